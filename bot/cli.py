@@ -1,0 +1,262 @@
+"""The `easel` command line: generate images and inspect models."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.outputs import SavedResult, save_result
+from bot.settings import Settings
+from pipeline.errors import EaselError, InvalidRequestError
+from pipeline.request import GenerationRequest, GenerationResult, ImageRef, ResultStatus
+from pipeline.validation import batch_seeds, parse_aspect_ratio, parse_size
+
+app = typer.Typer(
+    help="Easel: Stable Diffusion on your own GPU and checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+log = logging.getLogger("easel")
+
+
+def _quiet_libraries() -> None:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+
+
+def _load_engine(settings: Settings, model: str | None, quiet: bool):
+    from pipeline.device import choose_device
+    from pipeline.engine import Engine
+    from pipeline.loading import HashCache, load_model, resolve_model
+
+    device = choose_device(settings.device, settings.dtype)
+    err.print(device.describe())
+    source = resolve_model(model or settings.model, settings.models_dir)
+    hashes = HashCache(settings.cache_dir / "hashes.json")
+    with err.status(f"Loading {source.name}…", spinner="dots") if not quiet else _nothing():
+        loaded = load_model(source, device, settings.cache_dir, hashes)
+    err.print(f"Model: {source.name} ({loaded.family.label}, native {loaded.native_size}px)")
+    return Engine(loaded, settings.limits(), exact_batches=settings.exact_batches)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@app.command()
+def imagine(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    n: Annotated[int, typer.Option("--n", help="Number of images, 1-4.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; -1 is random.")] = -1,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
+    cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
+    sampler: Annotated[str, typer.Option(help='A1111 sampler name, e.g. "DPM++ 2M Karras".')] = (
+        "Euler a"
+    ),
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help='Schedule type, e.g. "Karras".')
+    ] = None,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, e.g. 768x512.")] = None,
+    ar: Annotated[str | None, typer.Option("--ar", help="Aspect ratio W:H, e.g. 16:9.")] = None,
+    tile: Annotated[bool, typer.Option("--tile", help="Seamless tiling texture.")] = False,
+    clip_skip: Annotated[int, typer.Option("--clip-skip", help="CLIP layers to skip.")] = 1,
+    init: Annotated[Path | None, typer.Option("--init", help="Init image for img2img.")] = None,
+    strength: Annotated[float, typer.Option(help="Denoising strength for img2img.")] = 0.75,
+    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Generate images from a prompt and save them with a grid."""
+    settings = Settings()
+    _quiet_libraries()
+    if size and ar:
+        raise InvalidRequestError("Give --size or --ar, not both.")
+    if init is not None and not init.is_file():
+        raise InvalidRequestError(f"Init image {init} does not exist.")
+    engine = _load_engine(settings, model, quiet=as_json)
+    width, height = _requested_size(size, ar, engine.model.native_size)
+    request = GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        cfg_scale=cfg,
+        sampler=sampler,
+        schedule_type=schedule,
+        seeds=batch_seeds(seed, n),
+        init_image=ImageRef(path=str(init)) if init is not None else None,
+        denoising_strength=strength,
+        tiling=tile,
+        clip_skip=clip_skip,
+    )
+    resolved = engine.resolve(request)
+    for note in resolved.notes:
+        err.print(f"[yellow]{note}[/]")
+    result = _generate_with_progress(engine, resolved.request, show=not as_json)
+    if result.status is ResultStatus.CANCELLED:
+        err.print("Cancelled.")
+        raise typer.Exit(130)
+    saved = save_result(result, out_dir or settings.outputs_dir)
+    if as_json:
+        print(json.dumps(_json_report(result, saved, resolved.notes), ensure_ascii=False))
+    else:
+        _print_report(result, saved)
+
+
+def _requested_size(size: str | None, ar: str | None, native: int) -> tuple[int | None, int | None]:
+    if size:
+        return parse_size(size)
+    if ar:
+        return parse_aspect_ratio(ar, native)
+    return None, None
+
+
+def _generate_with_progress(engine, request: GenerationRequest, show: bool) -> GenerationResult:
+    """Run the job on a worker thread so Ctrl-C cancels it cleanly within a step."""
+    cancel = threading.Event()
+    outcome: list[GenerationResult | BaseException] = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, disable=not show, transient=False) as progress:
+        task = progress.add_task("Sampling", total=request.steps)
+
+        def on_progress(event) -> None:
+            progress.update(task, completed=event.step, total=event.total)
+
+        def work() -> None:
+            try:
+                outcome.append(engine.generate(request, on_progress=on_progress, cancel=cancel))
+            except BaseException as error:  # handed to the main thread
+                outcome.append(error)
+
+        worker = threading.Thread(target=work, name="easel-generate", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.1)
+        except KeyboardInterrupt:
+            cancel.set()
+            worker.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _print_report(result: GenerationResult, saved: SavedResult) -> None:
+    for path, item in zip(saved.images, result.images, strict=True):
+        out.print(f"{path}  seed {item.seed}")
+    if saved.grid is not None:
+        out.print(f"{saved.grid}  grid")
+    timings = result.timings
+    err.print(
+        f"{len(result.images)} image(s) at {result.request.width}x{result.request.height} "
+        f"in {timings.total_s:.1f}s"
+    )
+
+
+def _json_report(
+    result: GenerationResult, saved: SavedResult, notes: tuple[str, ...]
+) -> dict[str, object]:
+    request = json.loads(result.request.to_json())
+    return {
+        "images": [
+            {"path": str(path), "seed": item.seed}
+            for path, item in zip(saved.images, result.images, strict=True)
+        ],
+        "grid": str(saved.grid) if saved.grid else None,
+        "seeds": list(result.seeds),
+        "parameters": request,
+        "model": {"name": result.model_name, "hash": result.model_hash},
+        "timings": asdict(result.timings),
+        "notes": list(notes),
+    }
+
+
+@app.command()
+def models() -> None:
+    """List the checkpoints in the models folder: name, family, size and A1111 short hash."""
+    from pipeline.loading import HashCache, checkpoint_folders, describe_local_models
+
+    settings = Settings()
+    folders = checkpoint_folders(settings.models_dir)
+    if not folders:
+        err.print(f"No checkpoint folder in {settings.models_dir} (expected stable-diffusion/).")
+        raise typer.Exit(1)
+    hashes = HashCache(settings.cache_dir / "hashes.json")
+    infos = describe_local_models(settings.models_dir, hashes)
+    if not infos:
+        err.print(f"No checkpoints in {', '.join(str(folder) for folder in folders)}.")
+        return
+    table = Table(title=f"Models in {settings.models_dir}")
+    for column in ("Name", "Family", "Size", "Hash", "Kind"):
+        table.add_column(column)
+    for info in infos:
+        table.add_row(
+            info.source.name,
+            info.family,
+            _human_size(info.size_bytes),
+            info.short_hash or "-",
+            info.source.kind.value,
+        )
+    out.print(table)
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def main() -> None:
+    """Entry point: every known error is one readable line and a non-zero exit."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except EaselError as error:
+        err.print(f"[red]error:[/] {error}", highlight=False)
+        sys.exit(1)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("Interrupted.")
+        sys.exit(130)
+    except Exception as error:  # the last line of defence: no traceback for users
+        if os.environ.get("EASEL_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] {type(error).__name__}: {error}", highlight=False)
+        sys.exit(1)

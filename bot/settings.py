@@ -1,0 +1,61 @@
+"""Settings from the environment and `.env`: `EASEL_*`, plus the bot tokens by their usual names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.validation import Limits
+
+
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "easel"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EASEL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    model: str | None = Field(
+        default=None,
+        description="Checkpoint name, path or Hugging Face repo id; empty picks the default.",
+    )
+    models_dir: Path = Field(default=Path("models"), description="Where weights live.")
+    outputs_dir: Path = Field(default=Path("outputs"), description="Where images are saved.")
+    cache_dir: Path = Field(default_factory=_default_cache, description="Hashes and configs.")
+    device: str = Field(default="auto", description="auto, cuda, cuda:N, mps or cpu.")
+    dtype: str = Field(default="auto", description="auto, float16, bfloat16 or float32.")
+    exact_batches: bool = Field(
+        default=True, description="Image i of a batch is bit-identical to its seed alone."
+    )
+
+    max_area: int = Field(default=1024 * 1024, ge=64 * 64)
+    max_steps: int = Field(default=100, ge=1)
+    max_images: int = Field(default=4, ge=1)
+    min_cfg: float = Field(default=1.0, ge=0)
+    max_cfg: float = Field(default=30.0, ge=1)
+
+    discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
+    telegram_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_TOKEN")
+
+    @field_validator("models_dir", "outputs_dir", "cache_dir", mode="after")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("model", "discord_token", "telegram_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_area=self.max_area,
+            max_steps=self.max_steps,
+            max_images=self.max_images,
+            min_cfg=self.min_cfg,
+            max_cfg=self.max_cfg,
+        )

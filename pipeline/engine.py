@@ -1,0 +1,221 @@
+"""The one shared diffusers pipeline: a GenerationRequest in, images out.
+
+Jobs run one at a time (diffusers schedulers and module state are shared), each with its own
+scheduler instance. The img2img pipeline is built from the txt2img pipeline's components, so
+the weights are in memory once.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from pipeline.batching import image_by_image, vae_slicing
+from pipeline.conditioning import encode_prompts, max_clip_skip
+from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
+from pipeline.images import Infotext
+from pipeline.loading import LoadedModel
+from pipeline.request import (
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    ImageRef,
+    ProgressEvent,
+    ResultStatus,
+    Timings,
+)
+from pipeline.samplers import SamplerSpec, make_scheduler, resolve_sampler
+from pipeline.tiling import circular_padding
+from pipeline.validation import Limits, ResolvedRequest, resolve_request
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class _Cancelled(Exception):
+    """Raised inside the step callback to leave the diffusers loop at once."""
+
+
+def easel_version() -> str:
+    try:
+        return version("easel")
+    except PackageNotFoundError:
+        return "dev"
+
+
+class Engine:
+    def __init__(
+        self, model: LoadedModel, limits: Limits | None = None, exact_batches: bool = True
+    ) -> None:
+        """`exact_batches`: image i of a batch is bit-identical to seed i alone (see batching)."""
+        self.model = model
+        self.limits = limits or Limits()
+        self.exact_batches = exact_batches
+        self._txt2img = model.pipe
+        self._img2img = model.family.img2img_class(**model.pipe.components)
+        self._img2img.set_progress_bar_config(disable=True)
+        self._scheduler_config = dict(model.pipe.scheduler.config)
+        self._lock = threading.Lock()
+
+    @property
+    def pipelines(self) -> tuple[DiffusionPipeline, DiffusionPipeline]:
+        return self._txt2img, self._img2img
+
+    def resolve(self, request: GenerationRequest) -> ResolvedRequest:
+        """Check a request against the limits and fix its size and seeds, without running it."""
+        resolve_sampler(request.sampler, request.schedule_type)
+        init = open_init_image(request.init_image) if request.init_image is not None else None
+        limits = self.limits
+        layers = max_clip_skip(self._txt2img)
+        if request.clip_skip > layers:
+            raise InvalidRequestError(
+                f"Clip skip must be between 1 and {layers} for this model, not {request.clip_skip}."
+            )
+        return resolve_request(request, limits, self.model.native_size, init)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        resolved = self.resolve(request).request
+        spec = resolve_sampler(resolved.sampler, resolved.schedule_type)
+        with self._lock:
+            started = time.perf_counter()
+            if cancel is not None and cancel.is_set():
+                return self._cancelled(resolved, started, 0.0)
+            try:
+                images, diffusion_s = self._run(resolved, spec, on_progress, cancel)
+            except _Cancelled:
+                return self._cancelled(resolved, started, 0.0)
+            except torch.OutOfMemoryError:
+                self._free_memory()
+                raise GenerationOutOfMemory(
+                    f"The GPU ran out of memory for {resolved.image_count} image(s) at "
+                    f"{resolved.width}x{resolved.height}; try fewer images or a smaller size."
+                ) from None
+            generated = tuple(
+                GeneratedImage(
+                    image=image, seed=seed, infotext=self._infotext(resolved, spec, seed)
+                )
+                for image, seed in zip(images, resolved.seeds, strict=True)
+            )
+            total = time.perf_counter() - started
+        return GenerationResult(
+            status=ResultStatus.DONE,
+            request=resolved,
+            images=generated,
+            model_name=self.model.source.name,
+            model_hash=self.model.short_hash,
+            timings=Timings(total_s=total, diffusion_s=diffusion_s),
+        )
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        spec: SamplerSpec,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> tuple[list[Image.Image], float]:
+        pipe = self._img2img if request.is_img2img else self._txt2img
+        pipe.scheduler = make_scheduler(spec, self._scheduler_config)
+        embeddings = encode_prompts(
+            pipe, request.prompt, request.negative_prompt, request.image_count, request.clip_skip
+        )
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+        arguments: dict[str, Any] = {
+            **embeddings.pipeline_kwargs(),
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.cfg_scale,
+            "generator": generators,
+            "output_type": "pil",
+            "callback_on_step_end": _step_callback(on_progress, cancel),
+        }
+        if request.is_img2img:
+            assert request.init_image is not None and request.width and request.height
+            init = open_init_image(request.init_image).resize(
+                (request.width, request.height), Image.Resampling.LANCZOS
+            )
+            arguments.update(image=init, strength=request.denoising_strength)
+        else:
+            arguments.update(width=request.width, height=request.height)
+        exact = self.exact_batches
+        with (
+            circular_padding((pipe.unet, pipe.vae), enabled=request.tiling),
+            image_by_image(pipe.unet, request.image_count, enabled=exact),
+            vae_slicing(pipe.vae, enabled=exact),
+        ):
+            started = time.perf_counter()
+            output = pipe(**arguments)
+            diffusion_s = time.perf_counter() - started
+        return list(output.images), diffusion_s
+
+    def _infotext(self, request: GenerationRequest, spec: SamplerSpec, seed: int) -> Infotext:
+        return Infotext(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            steps=request.steps,
+            sampler=spec.base_name,
+            schedule_type=spec.schedule_type,
+            cfg_scale=request.cfg_scale,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model_hash=self.model.short_hash,
+            model=self.model.source.name,
+            denoising_strength=request.denoising_strength if request.is_img2img else None,
+            clip_skip=request.clip_skip if request.clip_skip > 1 else None,  # A1111 omits 1
+            tiling=request.tiling,
+            extra=(("RNG", "CPU"),),
+            version=f"Easel {easel_version()}",
+        )
+
+    def _cancelled(
+        self, request: GenerationRequest, started: float, diffusion_s: float
+    ) -> GenerationResult:
+        self._free_memory()
+        return GenerationResult(
+            status=ResultStatus.CANCELLED,
+            request=request,
+            model_name=self.model.source.name,
+            model_hash=self.model.short_hash,
+            timings=Timings(total_s=time.perf_counter() - started, diffusion_s=diffusion_s),
+        )
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def open_init_image(reference: ImageRef) -> Image.Image:
+    try:
+        return reference.open()
+    except (OSError, ValueError) as error:
+        where = reference.path or "the uploaded file"
+        raise InvalidRequestError(
+            f"The init image ({where}) could not be read as an image."
+        ) from error
+
+
+def _step_callback(
+    on_progress: ProgressCallback | None, cancel: threading.Event | None
+) -> Callable[..., dict[str, Any]]:
+    def callback(
+        pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        if on_progress is not None:
+            on_progress(ProgressEvent(step=step + 1, total=pipe.num_timesteps))
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+        return tensors
+
+    return callback

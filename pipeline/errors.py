@@ -1,0 +1,21 @@
+"""Errors the generation side raises; each message is one line a user can act on."""
+
+
+class EaselError(Exception):
+    """Base of every error that is reported to a user as a plain message."""
+
+
+class InvalidRequestError(EaselError, ValueError):
+    """A request asks for something outside what the engine accepts (size, steps, sampler...)."""
+
+
+class UnknownSamplerError(InvalidRequestError):
+    """A sampler name that is not one of the known A1111 names."""
+
+
+class ModelLoadError(EaselError):
+    """A model is missing, corrupt, of an unsupported kind, or unreachable offline."""
+
+
+class GenerationOutOfMemory(EaselError):
+    """The device ran out of memory during one job; the engine stays usable."""

@@ -1,0 +1,358 @@
+"""Finding and loading checkpoints: diffusers folders, A1111 single files, Hugging Face repos.
+
+Local models never touch the network. Hub models download into the hub cache with a progress
+bar, and `HF_HUB_OFFLINE=1` makes a missing one a clear error rather than a hang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+from transformers import CLIPTextModel
+
+from pipeline.checkpoints import (
+    detect_family,
+    is_v_prediction,
+    read_checkpoint,
+    read_shapes,
+    write_config_folder,
+)
+from pipeline.device import DeviceChoice
+from pipeline.errors import ModelLoadError
+from pipeline.families import SD1, SD2, ModelFamily, unsupported
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+# Easel's own folder first, then the names an AUTOMATIC1111 `models/` folder uses.
+CHECKPOINT_FOLDERS = ("stable-diffusion", "Stable-diffusion")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class SourceKind(StrEnum):
+    DIFFUSERS_FOLDER = "diffusers"
+    SINGLE_FILE = "single-file"
+    HUB = "hub"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what users call it: the file stem, the folder name or the repo id
+    kind: SourceKind
+    location: str  # a path, or a repo id for the hub
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    source: ModelSource
+    family: str
+    size_bytes: int
+    short_hash: str | None
+
+
+@dataclass
+class LoadedModel:
+    pipe: DiffusionPipeline
+    family: ModelFamily
+    source: ModelSource
+    short_hash: str | None
+
+    @property
+    def native_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
+
+
+def checkpoint_folders(models_dir: Path) -> list[Path]:
+    return [models_dir / name for name in CHECKPOINT_FOLDERS if (models_dir / name).is_dir()]
+
+
+def find_local_models(models_dir: Path) -> list[ModelSource]:
+    """Checkpoints and diffusers folders under the models folder, sorted by name."""
+    found: dict[str, ModelSource] = {}
+    for folder in checkpoint_folders(models_dir):
+        for entry in sorted(folder.rglob("*")):
+            source = _source_for_path(entry, folder)
+            if source is not None and source.location not in found:
+                found[source.location] = source
+    return sorted(found.values(), key=lambda source: source.name.lower())
+
+
+def _source_for_path(entry: Path, root: Path) -> ModelSource | None:
+    if entry.is_file() and entry.suffix in CHECKPOINT_SUFFIXES:
+        if (entry.parent / "model_index.json").exists() or _inside_diffusers_folder(entry, root):
+            return None
+        return ModelSource(entry.stem, SourceKind.SINGLE_FILE, str(entry))
+    if entry.is_dir() and (entry / "model_index.json").is_file():
+        return ModelSource(entry.name, SourceKind.DIFFUSERS_FOLDER, str(entry))
+    return None
+
+
+def _inside_diffusers_folder(path: Path, root: Path) -> bool:
+    return any((parent / "model_index.json").exists() for parent in path.parents if parent != root)
+
+
+def resolve_model(name: str | None, models_dir: Path) -> ModelSource:
+    """Turn a model name, path or repo id into a source; None picks the default.
+
+    The default is the only local checkpoint when there is exactly one, else the SD 1.5 repo.
+    """
+    local = find_local_models(models_dir)
+    if name is None or name == "":
+        return local[0] if len(local) == 1 else _hub(DEFAULT_HUB_MODEL)
+    path = Path(name).expanduser()
+    if path.exists():
+        source = _source_for_path(path.resolve(), path.resolve().parent)
+        if source is None:
+            raise ModelLoadError(
+                f"{path} is not a model: expected a .safetensors or .ckpt file, or a diffusers "
+                "folder with a model_index.json."
+            )
+        return source
+    for source in local:
+        if name in (source.name, Path(source.location).name):
+            return source
+    lowered = name.lower()
+    matches = [source for source in local if source.name.lower() == lowered]
+    if len(matches) == 1:
+        return matches[0]
+    if _REPO_ID.match(name) and not name.endswith(CHECKPOINT_SUFFIXES):
+        return _hub(name)
+    known = ", ".join(source.name for source in local) or "none"
+    raise ModelLoadError(
+        f"No model named {name!r}. Local models in {models_dir}: {known}. "
+        "Give a file stem, a path, or a Hugging Face repo id such as "
+        f"{DEFAULT_HUB_MODEL}."
+    )
+
+
+def _hub(repo_id: str) -> ModelSource:
+    return ModelSource(repo_id, SourceKind.HUB, repo_id)
+
+
+class HashCache:
+    """A1111's short model hash (first 10 hex digits of the file's sha256), computed once.
+
+    Entries are keyed by absolute path and invalidated when the size or mtime changes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def short_hash(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        entries = self._read()
+        entry = entries.get(key)
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            return str(entry["sha256"])[:10]
+        digest = sha256_of(file)
+        entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        self._write(entries)
+        return digest[:10]
+
+    def _read(self) -> dict[str, dict[str, int | str]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, entries: dict[str, dict[str, int | str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(entries, indent=1))
+        temporary.replace(self.path)
+
+
+def sha256_of(file: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_local_models(models_dir: Path, hashes: HashCache) -> list[CheckpointInfo]:
+    """What `easel models` lists: name, family, size and short hash of each local model."""
+    infos = []
+    for source in find_local_models(models_dir):
+        path = Path(source.location)
+        try:
+            family = detect_local_family(source).label
+        except ModelLoadError as error:
+            family = f"unreadable: {error}"
+        if source.kind is SourceKind.SINGLE_FILE:
+            size = path.stat().st_size
+            short = hashes.short_hash(path)
+        else:
+            size = sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+            short = None
+        infos.append(CheckpointInfo(source, family, size, short))
+    return infos
+
+
+def detect_local_family(source: ModelSource) -> ModelFamily:
+    path = Path(source.location)
+    if source.kind is SourceKind.SINGLE_FILE:
+        return detect_family(read_shapes(path), path)
+    return _folder_family(path)
+
+
+def _folder_family(folder: Path) -> ModelFamily:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"{folder} is not a complete diffusers model folder ({error}); expected "
+            "model_index.json and text_encoder/config.json."
+        ) from error
+    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
+        raise unsupported("sdxl", str(folder))
+    # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP (SD 2.x) uses gelu.
+    return SD1 if text.get("hidden_act") == "quick_gelu" else SD2
+
+
+def load_model(
+    source: ModelSource, device: DeviceChoice, cache_dir: Path, hashes: HashCache
+) -> LoadedModel:
+    """Load a model onto the device, ready for the engine."""
+    if source.kind is SourceKind.SINGLE_FILE:
+        pipe, family = _load_single_file(Path(source.location), device, cache_dir)
+        short = hashes.short_hash(Path(source.location))
+    else:
+        folder = Path(source.location)
+        if source.kind is SourceKind.HUB:
+            folder = download_from_hub(source.location, device)
+        family = _folder_family(folder)
+        pipe = _load_folder(folder, family, device)
+        short = None
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, family=family, source=source, short_hash=short)
+
+
+def _load_folder(folder: Path, family: ModelFamily, device: DeviceChoice) -> DiffusionPipeline:
+    try:
+        pipe = family.txt2img_class.from_pretrained(
+            str(folder),
+            torch_dtype=device.dtype,
+            local_files_only=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ModelLoadError(
+            f"{folder} could not be loaded as a diffusers model: {_first_line(error)}"
+        ) from error
+    return pipe.to(device.device)
+
+
+def _load_single_file(
+    path: Path, device: DeviceChoice, cache_dir: Path
+) -> tuple[DiffusionPipeline, ModelFamily]:
+    checkpoint = read_checkpoint(path)
+    shapes = checkpoint.shapes
+    family = detect_family(shapes, path)
+    v_prediction = family is SD2 and is_v_prediction(path)
+    config = write_config_folder(
+        shapes, family, v_prediction, cache_dir / "single-file-configs" / _config_key(path)
+    )
+    state = checkpoint.tensors
+    try:
+        unet = UNet2DConditionModel.from_single_file(
+            state,
+            config=str(config),
+            subfolder="unet",
+            local_files_only=True,
+            torch_dtype=device.dtype,
+        )
+        vae = AutoencoderKL.from_single_file(
+            state,
+            config=str(config),
+            subfolder="vae",
+            local_files_only=True,
+            torch_dtype=device.dtype,
+        )
+        text_encoder = create_diffusers_clip_model_from_ldm(
+            CLIPTextModel,
+            state,
+            subfolder="text_encoder",
+            config=str(config),
+            torch_dtype=device.dtype,
+            local_files_only=True,
+        )
+    except (KeyError, ValueError, RuntimeError, OSError) as error:
+        raise ModelLoadError(
+            f"{path} looks like a {family.label} checkpoint but its tensors do not fit that "
+            f"layout: {_first_line(error)}"
+        ) from error
+    scheduler_class = _scheduler_class(config)
+    pipe = family.txt2img_class(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=family_tokenizer(config),
+        unet=unet,
+        scheduler=scheduler_class.from_pretrained(str(config), subfolder="scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe.to(device.device), family
+
+
+def family_tokenizer(config: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(config), subfolder="tokenizer")
+
+
+def _scheduler_class(config: Path) -> type:
+    import diffusers
+
+    name = json.loads((config / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    return getattr(diffusers, name)
+
+
+def _config_key(path: Path) -> str:
+    stat = path.stat()
+    raw = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{path.stem[:40]}-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
+
+
+def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
+    """Download (or find in the hub cache) a diffusers repo; tqdm shows the progress."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    variant = "fp16" if device.dtype == torch.float16 else None
+    attempts = [variant, None] if variant else [None]
+    last_error: Exception | None = None
+    for attempt in attempts:
+        try:
+            folder = DiffusionPipeline.download(
+                repo_id, variant=attempt, use_safetensors=True, ignore_patterns=None
+            )
+            return Path(folder)
+        except LocalEntryNotFoundError as error:
+            raise ModelLoadError(
+                f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached "
+                "(offline, or HF_HUB_OFFLINE is set). Put a checkpoint in "
+                "models/stable-diffusion or connect once to download it."
+            ) from error
+        except (HfHubHTTPError, OSError, ValueError) as error:
+            last_error = error
+    raise ModelLoadError(f"Could not download {repo_id}: {_first_line(last_error)}")
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,192 @@
+"""The contract between the bot and the GPU side: plain dataclasses that round-trip through JSON.
+
+A Celery worker on another machine receives these, so nothing here holds live objects other
+than PIL images, which travel as PNG bytes (base64 in JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from pipeline.images import Infotext, format_infotext, parse_infotext
+
+RANDOM_SEED = -1
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An input image, by path on the worker's disk or by its encoded bytes."""
+
+    path: str | None = None
+    data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("an ImageRef holds exactly one of path or data")
+
+    @classmethod
+    def from_image(cls, image: Image.Image) -> ImageRef:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return cls(data=buffer.getvalue())
+
+    def open(self) -> Image.Image:
+        source = Path(self.path) if self.path is not None else io.BytesIO(self.data or b"")
+        with Image.open(source) as image:
+            return image.convert("RGB")
+
+    def to_json_value(self) -> dict[str, str]:
+        if self.path is not None:
+            return {"path": self.path}
+        return {"data": base64.b64encode(self.data or b"").decode("ascii")}
+
+    @classmethod
+    def from_json_value(cls, value: dict[str, str]) -> ImageRef:
+        if "path" in value:
+            return cls(path=value["path"])
+        return cls(data=base64.b64decode(value["data"]))
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One batch of images from one prompt; image i uses `seeds[i]` (-1 = pick one at random)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler: str = "Euler a"
+    schedule_type: str | None = None
+    seeds: tuple[int, ...] = (RANDOM_SEED,)
+    init_image: ImageRef | None = None
+    denoising_strength: float = 0.75
+    tiling: bool = False
+    clip_skip: int = 1
+
+    @property
+    def image_count(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def is_img2img(self) -> bool:
+        return self.init_image is not None
+
+    def to_json(self) -> str:
+        return json.dumps(_encode(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        return _decode_request(json.loads(text))
+
+
+class ResultStatus(StrEnum):
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Timings:
+    total_s: float
+    diffusion_s: float  # time inside the diffusers pipeline call
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    infotext: Infotext  # the A1111 "parameters" of this image
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    status: ResultStatus
+    request: GenerationRequest  # with seeds and size resolved to what was actually used
+    images: tuple[GeneratedImage, ...] = ()
+    model_name: str = ""
+    model_hash: str | None = None
+    timings: Timings = field(default_factory=lambda: Timings(0.0, 0.0))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(image.seed for image in self.images)
+
+    def to_json(self) -> str:
+        payload = {
+            "status": self.status.value,
+            "request": _encode(self.request),
+            "images": [
+                {
+                    "image": ImageRef.from_image(item.image).to_json_value(),
+                    "seed": item.seed,
+                    "infotext": format_infotext(item.infotext),
+                }
+                for item in self.images
+            ],
+            "model_name": self.model_name,
+            "model_hash": self.model_hash,
+            "timings": asdict(self.timings),
+        }
+        return json.dumps(payload, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationResult:
+        payload = json.loads(text)
+        images = tuple(
+            GeneratedImage(
+                image=ImageRef.from_json_value(item["image"]).open(),
+                seed=item["seed"],
+                infotext=_parse_required(item["infotext"]),
+            )
+            for item in payload["images"]
+        )
+        return cls(
+            status=ResultStatus(payload["status"]),
+            request=_decode_request(payload["request"]),
+            images=images,
+            model_name=payload["model_name"],
+            model_hash=payload["model_hash"],
+            timings=Timings(**payload["timings"]),
+        )
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int
+    total: int
+
+
+def _parse_required(text: str) -> Infotext:
+    parsed = parse_infotext(text)
+    return parsed if parsed is not None else Infotext(prompt=text)
+
+
+def _encode(request: GenerationRequest) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for item in fields(request):
+        value = getattr(request, item.name)
+        if isinstance(value, ImageRef):
+            value = value.to_json_value()
+        elif isinstance(value, tuple):
+            value = list(value)
+        payload[item.name] = value
+    return payload
+
+
+def _decode_request(payload: dict[str, Any]) -> GenerationRequest:
+    known = {item.name for item in fields(GenerationRequest)}
+    values = {key: value for key, value in payload.items() if key in known}
+    if values.get("init_image") is not None:
+        values["init_image"] = ImageRef.from_json_value(values["init_image"])
+    if "seeds" in values:
+        values["seeds"] = tuple(values["seeds"])
+    return GenerationRequest(**values)

@@ -1,0 +1,271 @@
+"""A1111 sampler names mapped to diffusers schedulers.
+
+The mapping follows the A1111/k-diffusion table in the diffusers docs (API > Schedulers >
+Overview), checked against the scheduler classes of the installed diffusers.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
+
+# `from diffusers import LMSDiscreteScheduler` yields a placeholder that raises when scipy is
+# missing; the real class imports fine and only needs scipy inside step().
+from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
+from diffusers.utils import is_scipy_available
+
+from pipeline.errors import InvalidRequestError, UnknownSamplerError
+
+SAMPLER_NAMES: tuple[str, ...] = (
+    "Euler a",
+    "Euler",
+    "LMS",
+    "LMS Karras",
+    "Heun",
+    "DPM2",
+    "DPM2 a",
+    "DPM2 Karras",
+    "DPM2 a Karras",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Karras",
+    "DPM++ SDE",
+    "DPM++ SDE Karras",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "LCM",
+)
+
+KARRAS = "Karras"
+SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", KARRAS)
+
+_KARRAS_SUFFIX = " " + KARRAS
+_MAX_ECHOED_CHARS = 60
+
+Overrides = tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One resolved A1111 sampler: what to build, and what to write in the infotext."""
+
+    name: str  # canonical A1111 name, " Karras" included ("DPM++ 2M Karras")
+    base_name: str  # the name without its schedule ("DPM++ 2M"), for `Sampler:` in the infotext
+    schedule_type: str | None  # "Karras", or None for the sampler's default schedule
+    scheduler_class: type[SchedulerMixin]
+    config_overrides: Overrides  # applied over the pipeline's own scheduler config
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    scheduler_class: type[SchedulerMixin]
+    overrides: Overrides = ()
+    takes_sigma_flags: bool = True  # the class has use_karras/exponential/beta_sigmas
+
+
+_DPM_PP_2M: Overrides = (
+    ("algorithm_type", "dpmsolver++"),
+    ("solver_order", 2),
+    ("solver_type", "midpoint"),
+)
+_DPM_PP_2M_SDE: Overrides = (
+    ("algorithm_type", "sde-dpmsolver++"),
+    ("solver_order", 2),
+    ("solver_type", "midpoint"),
+)
+# The docs map "DPM++ SDE" to DPMSolverSinglestepScheduler. DPMSolverSDEScheduler (the direct
+# k-diffusion port) needs torchsde, which is not a dependency of this project.
+# lower_order_final=True is what set_timesteps() would force anyway (with a warning per job).
+_DPM_PP_SDE: Overrides = (
+    ("algorithm_type", "dpmsolver++"),
+    ("solver_order", 2),
+    ("lower_order_final", True),
+)
+# A1111's DDIM and PLMS are the CompVis samplers: latents are never clipped and the last step
+# uses alphas_cumprod[0]. DDIMScheduler defaults to clip_sample=True, set_alpha_to_one=True.
+_DDIM: Overrides = (("clip_sample", False), ("set_alpha_to_one", False))
+_PLMS: Overrides = (("skip_prk_steps", True), ("set_alpha_to_one", False))
+
+_SAMPLERS: dict[str, _Sampler] = {
+    "Euler a": _Sampler(EulerAncestralDiscreteScheduler, takes_sigma_flags=False),
+    "Euler": _Sampler(EulerDiscreteScheduler),
+    "LMS": _Sampler(LMSDiscreteScheduler),
+    "Heun": _Sampler(HeunDiscreteScheduler),
+    "DPM2": _Sampler(KDPM2DiscreteScheduler),
+    "DPM2 a": _Sampler(KDPM2AncestralDiscreteScheduler),
+    "DPM++ 2M": _Sampler(DPMSolverMultistepScheduler, _DPM_PP_2M),
+    "DPM++ 2M SDE": _Sampler(DPMSolverMultistepScheduler, _DPM_PP_2M_SDE),
+    "DPM++ SDE": _Sampler(DPMSolverSinglestepScheduler, _DPM_PP_SDE),
+    "DDIM": _Sampler(DDIMScheduler, _DDIM, takes_sigma_flags=False),
+    "PLMS": _Sampler(PNDMScheduler, _PLMS, takes_sigma_flags=False),
+    "UniPC": _Sampler(UniPCMultistepScheduler),
+    "LCM": _Sampler(LCMScheduler, takes_sigma_flags=False),
+}
+
+# A1111 runs these with its "Automatic" schedule, k-diffusion's get_sigmas(): t from 999 down to 0,
+# which is diffusers' "linspace" (also these classes' own default). SD configs say "leading" (for
+# PNDM/DDIM), which would start at t=951 for 20 steps, so that one value is swapped out. "trailing"
+# is kept: models that ship it (zero-SNR, distilled) depend on it.
+_LINSPACE_OVER_LEADING: frozenset[type[SchedulerMixin]] = frozenset(
+    {
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        LMSDiscreteScheduler,
+        HeunDiscreteScheduler,
+        KDPM2DiscreteScheduler,
+        KDPM2AncestralDiscreteScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+    }
+)
+
+
+def _sigma_flags(karras: bool) -> Overrides:
+    # Pinned both ways so a pipeline config that ships Karras sigmas can't leak into "DPM++ 2M".
+    return (
+        ("use_karras_sigmas", karras),
+        ("use_exponential_sigmas", False),
+        ("use_beta_sigmas", False),
+    )
+
+
+def _split_schedule(name: str) -> tuple[str, str | None]:
+    if name.endswith(_KARRAS_SUFFIX):
+        return name.removesuffix(_KARRAS_SUFFIX), KARRAS
+    return name, None
+
+
+def _build_spec(name: str) -> SamplerSpec:
+    base_name, schedule_type = _split_schedule(name)
+    sampler = _SAMPLERS[base_name]
+    overrides = sampler.overrides
+    if sampler.takes_sigma_flags:
+        overrides += _sigma_flags(karras=schedule_type == KARRAS)
+    return SamplerSpec(
+        name=name,
+        base_name=base_name,
+        schedule_type=schedule_type,
+        scheduler_class=sampler.scheduler_class,
+        config_overrides=overrides,
+    )
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+_SPECS: dict[str, SamplerSpec] = {_normalize(name): _build_spec(name) for name in SAMPLER_NAMES}
+_KARRAS_BASES: tuple[str, ...] = tuple(
+    spec.base_name for spec in _SPECS.values() if spec.schedule_type == KARRAS
+)
+
+
+def _echo(text: str) -> str:
+    """Quote user input for a one-line message: escaped, and cut if it is long."""
+    if len(text) > _MAX_ECHOED_CHARS:
+        text = text[:_MAX_ECHOED_CHARS] + "..."
+    return repr(text)
+
+
+def _closest_name(name: str) -> str | None:
+    by_key = {_normalize(canonical): canonical for canonical in SAMPLER_NAMES}
+    matches = difflib.get_close_matches(_normalize(name), list(by_key), n=1, cutoff=0.6)
+    return by_key[matches[0]] if matches else None
+
+
+def _unknown_sampler(name: str) -> UnknownSamplerError:
+    closest = _closest_name(name)
+    hint = f" Did you mean {closest!r}?" if closest else ""
+    valid = ", ".join(SAMPLER_NAMES)
+    return UnknownSamplerError(f"Unknown sampler {_echo(name)}.{hint} Valid samplers: {valid}.")
+
+
+def _parse_schedule_type(schedule_type: str | None) -> str | None:
+    """Returns KARRAS, or None for the sampler's own schedule ("Automatic")."""
+    key = _normalize(schedule_type or "")
+    if key in ("", "automatic"):
+        return None
+    if key == KARRAS.casefold():
+        return KARRAS
+    valid = ", ".join(SCHEDULE_TYPES)
+    raise UnknownSamplerError(
+        f"Unknown schedule type {_echo(schedule_type or '')}. Valid schedule types: {valid}."
+    )
+
+
+def _with_karras(spec: SamplerSpec) -> SamplerSpec:
+    if spec.schedule_type == KARRAS:
+        return spec
+    karras = _SPECS.get(_normalize(spec.base_name + _KARRAS_SUFFIX))
+    if karras is None:
+        with_karras = ", ".join(_KARRAS_BASES)
+        raise UnknownSamplerError(
+            f"Sampler {spec.name!r} has no Karras schedule: use schedule type Automatic, "
+            f"or one of these samplers: {with_karras}."
+        )
+    return karras
+
+
+def resolve_sampler(name: str, schedule_type: str | None = None) -> SamplerSpec:
+    """Resolves an A1111 sampler name, case- and spacing-insensitively.
+
+    `schedule_type` is A1111's newer separate field: "Karras" turns "DPM++ 2M" into
+    "DPM++ 2M Karras"; None, "" or "Automatic" keeps the sampler's default.
+    """
+    spec = _SPECS.get(_normalize(name))
+    if spec is None:
+        raise _unknown_sampler(name)
+    if _parse_schedule_type(schedule_type) == KARRAS:
+        return _with_karras(spec)
+    return spec
+
+
+def _spacing_override(spec: SamplerSpec, base_config: Mapping[str, Any]) -> Overrides:
+    if spec.scheduler_class not in _LINSPACE_OVER_LEADING:
+        return ()
+    if base_config.get("timestep_spacing") != "leading":
+        return ()
+    return (("timestep_spacing", "linspace"),)
+
+
+def _check_dependencies(spec: SamplerSpec) -> None:
+    # LMS integrates its coefficients with scipy inside step(); fail before the job starts.
+    if spec.scheduler_class is LMSDiscreteScheduler and not is_scipy_available():
+        raise InvalidRequestError(
+            f"Sampler {spec.name!r} needs the scipy package, which is not installed here; "
+            "choose another sampler."
+        )
+
+
+def make_scheduler(spec: SamplerSpec, base_config: Mapping[str, Any]) -> SchedulerMixin:
+    """Builds a new scheduler for one job from the pipeline's scheduler config.
+
+    The model-defining values of `base_config` (betas, prediction_type, ...) carry over; the
+    pipeline's own scheduler object is never touched, so jobs can use different samplers.
+    """
+    _check_dependencies(spec)
+    overrides = dict(spec.config_overrides + _spacing_override(spec, base_config))
+    # A copy, so that nothing from_config does can reach the caller's mapping.
+    scheduler = spec.scheduler_class.from_config(dict(base_config), **overrides)
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(f"{spec.scheduler_class.__name__}.from_config gave {type(scheduler)}")
+    return scheduler

@@ -1,0 +1,168 @@
+"""Limits on what one request may ask for, and resolving its open values (size, seeds)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from pipeline.errors import InvalidRequestError
+from pipeline.request import RANDOM_SEED, GenerationRequest
+
+MAX_SEED = 2**32 - 1
+SIZE_STEP = 8
+MIN_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_area: int = 1024 * 1024
+    min_steps: int = 1
+    max_steps: int = 100
+    max_images: int = 4
+    min_cfg: float = 1.0
+    max_cfg: float = 30.0
+    max_clip_skip: int = 12
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A request with every open value fixed, and notes for the user about what changed."""
+
+    request: GenerationRequest
+    notes: tuple[str, ...] = ()
+
+
+def resolve_request(
+    request: GenerationRequest,
+    limits: Limits,
+    native_size: int,
+    init_image: Image.Image | None = None,
+) -> ResolvedRequest:
+    _check_ranges(request, limits)
+    width, height, notes = _resolve_size(request, limits, native_size, init_image)
+    seeds = tuple(_resolve_seed(seed) for seed in request.seeds)
+    return ResolvedRequest(replace(request, width=width, height=height, seeds=seeds), notes)
+
+
+def _check_ranges(request: GenerationRequest, limits: Limits) -> None:
+    if not limits.min_steps <= request.steps <= limits.max_steps:
+        raise InvalidRequestError(
+            f"Steps must be between {limits.min_steps} and {limits.max_steps}, not {request.steps}."
+        )
+    if not 1 <= request.image_count <= limits.max_images:
+        raise InvalidRequestError(
+            f"A request makes 1 to {limits.max_images} images, not {request.image_count}."
+        )
+    if not limits.min_cfg <= request.cfg_scale <= limits.max_cfg:
+        raise InvalidRequestError(
+            f"CFG scale must be between {limits.min_cfg:g} and {limits.max_cfg:g}, "
+            f"not {request.cfg_scale:g}."
+        )
+    if not 1 <= request.clip_skip <= limits.max_clip_skip:
+        raise InvalidRequestError(
+            f"Clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}."
+        )
+    for seed in request.seeds:
+        if seed != RANDOM_SEED and not 0 <= seed <= MAX_SEED:
+            raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
+    if request.is_img2img:
+        if not 0.0 < request.denoising_strength <= 1.0:
+            raise InvalidRequestError(
+                "Denoising strength must be above 0 and at most 1, "
+                f"not {request.denoising_strength:g}."
+            )
+        if int(request.steps * request.denoising_strength) < 1:
+            raise InvalidRequestError(
+                f"{request.steps} steps at denoising strength {request.denoising_strength:g} "
+                "leave no step to run; raise the steps or the strength."
+            )
+
+
+def _resolve_size(
+    request: GenerationRequest,
+    limits: Limits,
+    native_size: int,
+    init_image: Image.Image | None,
+) -> tuple[int, int, tuple[str, ...]]:
+    if request.width is not None and request.height is not None:
+        asked = (request.width, request.height)
+    elif init_image is not None and request.width is None and request.height is None:
+        asked = _fit_area(init_image.size, limits.max_area)
+    else:
+        asked = (request.width or native_size, request.height or native_size)
+    if min(asked) < 1:
+        raise InvalidRequestError(f"Width and height must be positive, not {asked[0]}x{asked[1]}.")
+    width, height = (max(MIN_SIDE, _round_to_step(side)) for side in asked)
+    if width * height > limits.max_area:
+        raise InvalidRequestError(
+            f"{width}x{height} is {width * height:,} pixels; the limit is "
+            f"{limits.max_area:,} pixels per image (for example "
+            f"{_square_side(limits.max_area)}x{_square_side(limits.max_area)})."
+        )
+    notes: tuple[str, ...] = ()
+    if (width, height) != asked and request.width is not None:
+        notes = (
+            f"Size {asked[0]}x{asked[1]} was rounded to {width}x{height} "
+            f"(sides are multiples of {SIZE_STEP}, at least {MIN_SIDE}).",
+        )
+    return width, height, notes
+
+
+def _round_to_step(side: int) -> int:
+    return max(SIZE_STEP, round(side / SIZE_STEP) * SIZE_STEP)
+
+
+def _fit_area(size: tuple[int, int], max_area: int) -> tuple[int, int]:
+    width, height = size
+    if width * height <= max_area:
+        return width, height
+    scale = (max_area / (width * height)) ** 0.5
+    return int(width * scale) // SIZE_STEP * SIZE_STEP, int(height * scale) // SIZE_STEP * SIZE_STEP
+
+
+def _square_side(area: int) -> int:
+    return int(area**0.5) // SIZE_STEP * SIZE_STEP
+
+
+def _resolve_seed(seed: int) -> int:
+    if seed != RANDOM_SEED:
+        return seed
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def batch_seeds(seed: int, count: int) -> tuple[int, ...]:
+    """A1111's batch seeds: `seed`, `seed + 1`, ...; a random start when seed is -1."""
+    start = _resolve_seed(seed)
+    return tuple((start + index) % (MAX_SEED + 1) for index in range(count))
+
+
+ASPECT_STEP = 64
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = _SIZE.match(text)
+    if match is None:
+        raise InvalidRequestError(f"Size {text!r} is not WIDTHxHEIGHT, for example 768x512.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_aspect_ratio(text: str, native_size: int) -> tuple[int, int]:
+    """A size of about the model's native area with this aspect ratio, in multiples of 64."""
+    match = _RATIO.match(text)
+    if match is None:
+        raise InvalidRequestError(f"Aspect ratio {text!r} is not W:H, for example 16:9.")
+    ratio_w, ratio_h = float(match.group(1)), float(match.group(2))
+    if ratio_w <= 0 or ratio_h <= 0 or not 1 / 8 <= ratio_w / ratio_h <= 8:
+        raise InvalidRequestError(f"Aspect ratio {text} is out of range (1:8 to 8:1).")
+    area = native_size * native_size
+    width = (area * ratio_w / ratio_h) ** 0.5
+    height = area / width
+    return (
+        max(ASPECT_STEP, round(width / ASPECT_STEP) * ASPECT_STEP),
+        max(ASPECT_STEP, round(height / ASPECT_STEP) * ASPECT_STEP),
+    )

@@ -1,0 +1,250 @@
+"""The generation engine on a tiny random-weight model: seeds, img2img, samplers, tiling,
+cancellation, memory errors and the limits."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from pipeline.engine import Engine
+from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, UnknownSamplerError
+from pipeline.request import GenerationRequest, ImageRef, ProgressEvent, ResultStatus
+from pipeline.samplers import SAMPLER_NAMES
+from pipeline.validation import MAX_SEED, batch_seeds
+
+
+def request(**overrides: object) -> GenerationRequest:
+    values: dict[str, object] = {
+        "prompt": "a castle on a hill, watercolor",
+        "steps": 3,
+        "seeds": (7,),
+        "width": 64,
+        "height": 64,
+    }
+    values.update(overrides)
+    return GenerationRequest(**values)  # type: ignore[arg-type]
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def test_image_of_a_batch_equals_that_seed_alone(engine: Engine) -> None:
+    batch = engine.generate(request(seeds=(101, 102, 103, 104)))
+    assert batch.seeds == (101, 102, 103, 104)
+    for index, seed in enumerate(batch.seeds):
+        alone = engine.generate(request(seeds=(seed,)))
+        assert np.array_equal(as_array(batch.images[index].image), as_array(alone.images[0].image))
+    assert not np.array_equal(as_array(batch.images[0].image), as_array(batch.images[1].image))
+
+
+def test_random_seed_is_resolved_reported_and_reproducible(engine: Engine) -> None:
+    first = engine.generate(request(seeds=(-1,)))
+    seed = first.seeds[0]
+    assert 0 <= seed <= MAX_SEED
+    assert first.images[0].infotext.seed == seed
+    assert first.request.seeds == (seed,)
+    again = engine.generate(request(seeds=(seed,)))
+    assert np.array_equal(as_array(first.images[0].image), as_array(again.images[0].image))
+
+
+def test_batch_seeds_follow_a1111() -> None:
+    assert batch_seeds(10, 4) == (10, 11, 12, 13)
+    random_start = batch_seeds(-1, 3)
+    assert random_start[1] == (random_start[0] + 1) % (MAX_SEED + 1)
+
+
+def test_img2img_follows_the_init_image_and_shares_weights(engine: Engine) -> None:
+    txt2img, img2img = engine.pipelines
+    assert img2img.unet is txt2img.unet
+    assert img2img.vae is txt2img.vae
+    assert img2img.text_encoder is txt2img.text_encoder
+    red = ImageRef.from_image(Image.new("RGB", (64, 64), (255, 0, 0)))
+    blue = ImageRef.from_image(Image.new("RGB", (64, 64), (0, 0, 255)))
+    events: list[ProgressEvent] = []
+    from_red = engine.generate(
+        request(init_image=red, denoising_strength=0.5, steps=4), on_progress=events.append
+    )
+    from_blue = engine.generate(request(init_image=blue, denoising_strength=0.5, steps=4))
+    assert [event.total for event in events] == [2, 2]
+    assert from_red.images[0].infotext.denoising_strength == 0.5
+    red_mean = as_array(from_red.images[0].image).mean(axis=(0, 1))
+    blue_mean = as_array(from_blue.images[0].image).mean(axis=(0, 1))
+    assert red_mean[0] - red_mean[2] > blue_mean[0] - blue_mean[2]
+
+
+def test_img2img_without_size_takes_the_init_image_size(engine: Engine) -> None:
+    init = ImageRef.from_image(Image.new("RGB", (96, 64), (0, 128, 0)))
+    result = engine.generate(
+        request(init_image=init, width=None, height=None, steps=2, denoising_strength=0.5)
+    )
+    assert result.images[0].image.size == (96, 64)
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_every_sampler_runs(engine: Engine, sampler: str) -> None:
+    result = engine.generate(request(sampler=sampler, steps=4, cfg_scale=1.5))
+    image = result.images[0].image
+    assert image.size == (64, 64)
+    assert as_array(image).std() > 0
+    info = result.images[0].infotext
+    shown = info.sampler if info.schedule_type is None else f"{info.sampler} {info.schedule_type}"
+    assert shown == sampler
+
+
+def test_new_schedule_type_spelling_matches_the_old(engine: Engine) -> None:
+    old = engine.generate(request(sampler="DPM++ 2M Karras"))
+    new = engine.generate(request(sampler="DPM++ 2M", schedule_type="Karras"))
+    assert np.array_equal(as_array(old.images[0].image), as_array(new.images[0].image))
+
+
+def test_samplers_do_not_leak_into_each_other(engine: Engine) -> None:
+    euler = engine.generate(request(sampler="Euler"))
+    engine.generate(request(sampler="DDIM"))
+    euler_again = engine.generate(request(sampler="Euler"))
+    assert np.array_equal(as_array(euler.images[0].image), as_array(euler_again.images[0].image))
+
+
+def _padding_modes(engine: Engine) -> list[str]:
+    pipe = engine.pipelines[0]
+    return [
+        layer.padding_mode
+        for module in (pipe.unet, pipe.vae)
+        for layer in module.modules()
+        if isinstance(layer, nn.Conv2d)
+    ]
+
+
+def test_tiling_changes_the_image_and_restores_the_convolutions(engine: Engine) -> None:
+    before = _padding_modes(engine)
+    plain = engine.generate(request())
+    seen: list[set[str]] = []
+    tiled = engine.generate(
+        request(tiling=True), on_progress=lambda _event: seen.append(set(_padding_modes(engine)))
+    )
+    assert seen and all(modes == {"circular"} for modes in seen)
+    assert _padding_modes(engine) == before
+    assert not np.array_equal(as_array(plain.images[0].image), as_array(tiled.images[0].image))
+    assert tiled.images[0].infotext.tiling is True
+
+
+def test_progress_reports_every_step(engine: Engine) -> None:
+    events: list[ProgressEvent] = []
+    engine.generate(request(steps=5), on_progress=events.append)
+    assert [(event.step, event.total) for event in events] == [(step, 5) for step in range(1, 6)]
+
+
+def test_cancel_stops_within_a_step_and_the_engine_stays_usable(engine: Engine) -> None:
+    cancel = threading.Event()
+    events: list[ProgressEvent] = []
+
+    def on_progress(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.step == 2:
+            cancel.set()
+
+    result = engine.generate(request(steps=10), on_progress=on_progress, cancel=cancel)
+    assert result.status is ResultStatus.CANCELLED
+    assert result.images == ()
+    assert [event.step for event in events] == [1, 2]
+    assert engine.generate(request()).status is ResultStatus.DONE
+
+
+def test_out_of_memory_fails_that_job_only(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    unet = engine.pipelines[0].unet
+    original = unet.forward
+    calls = {"count": 0}
+
+    def exhausted(*args: object, **kwargs: object) -> object:
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", exhausted)
+    with pytest.raises(GenerationOutOfMemory, match="ran out of memory"):
+        engine.generate(request())
+    assert engine.generate(request()).status is ResultStatus.DONE
+
+
+def test_clip_skip_changes_the_image(engine: Engine) -> None:
+    normal = engine.generate(request())
+    skipped = engine.generate(request(clip_skip=2))
+    assert not np.array_equal(as_array(normal.images[0].image), as_array(skipped.images[0].image))
+    assert skipped.images[0].infotext.clip_skip == 2
+
+
+def test_negative_prompt_and_cfg_shape_the_image(engine: Engine) -> None:
+    plain = engine.generate(request(cfg_scale=7))
+    negative = engine.generate(request(cfg_scale=7, negative_prompt="blurry, low quality"))
+    assert not np.array_equal(as_array(plain.images[0].image), as_array(negative.images[0].image))
+    assert negative.images[0].infotext.negative_prompt == "blurry, low quality"
+
+
+def test_size_is_rounded_to_multiples_of_8_and_said(engine: Engine) -> None:
+    resolved = engine.resolve(request(width=70, height=61))
+    assert (resolved.request.width, resolved.request.height) == (72, 64)
+    assert "rounded to 72x64" in resolved.notes[0]
+    result = engine.generate(request(width=70, height=61))
+    assert result.images[0].image.size == (72, 64)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"width": 2048, "height": 2048}, "limit is 1,048,576 pixels"),
+        ({"steps": 0}, "Steps must be between 1 and 100"),
+        ({"steps": 101}, "Steps must be between 1 and 100"),
+        ({"seeds": (1, 2, 3, 4, 5)}, "1 to 4 images"),
+        ({"cfg_scale": 31.0}, "CFG scale must be between 1 and 30"),
+        ({"clip_skip": 3}, "Clip skip must be between 1 and 2 for this model"),
+        ({"seeds": (2**40,)}, "Seeds are -1"),
+        ({"init_image": ImageRef(data=b"not an image")}, "could not be read as an image"),
+    ],
+)
+def test_bad_requests_are_clear_errors(
+    engine: Engine, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        engine.generate(request(**overrides))
+
+
+def test_zero_denoising_strength_is_refused(engine: Engine) -> None:
+    init = ImageRef.from_image(Image.new("RGB", (64, 64)))
+    with pytest.raises(InvalidRequestError, match="Denoising strength must be above 0"):
+        engine.generate(request(init_image=init, denoising_strength=0.0))
+
+
+def test_unknown_sampler_lists_the_valid_names(engine: Engine) -> None:
+    with pytest.raises(UnknownSamplerError) as caught:
+        engine.generate(request(sampler="Eular a"))
+    text = str(caught.value)
+    assert "Eular a" in text
+    assert "DPM++ 2M Karras" in text
+    assert "Euler a" in text
+
+
+def test_request_and_result_round_trip_through_json(engine: Engine) -> None:
+    init = ImageRef.from_image(Image.new("RGB", (64, 64), (10, 20, 30)))
+    original = request(
+        negative_prompt="fog",
+        init_image=init,
+        denoising_strength=0.6,
+        tiling=True,
+        clip_skip=2,
+        schedule_type="Karras",
+        sampler="DPM++ 2M",
+    )
+    assert GenerationRequest.from_json(original.to_json()) == original
+    assert GenerationRequest.from_json(request().to_json()) == request()
+    result = engine.generate(request(seeds=(5, 6)))
+    restored = type(result).from_json(result.to_json())
+    assert restored.request == result.request
+    assert restored.seeds == (5, 6)
+    assert restored.images[1].infotext == result.images[1].infotext
+    assert np.array_equal(as_array(restored.images[1].image), as_array(result.images[1].image))
