@@ -7,11 +7,10 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,7 +20,8 @@ from bot.outputs import SavedResult, save_result
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError
 from pipeline.request import GenerationRequest, GenerationResult, ImageRef, ResultStatus
-from pipeline.validation import batch_seeds, parse_aspect_ratio, parse_size
+from pipeline.samplers import resolve_sampler
+from pipeline.validation import batch_seeds, check_ranges, parse_aspect_ratio, parse_size
 
 app = typer.Typer(
     help="Easel: Stable Diffusion on your own GPU and checkpoints.",
@@ -29,8 +29,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 log = logging.getLogger("easel")
 
 
@@ -96,13 +96,9 @@ def imagine(
         raise InvalidRequestError("Give --size or --ar, not both.")
     if init is not None and not init.is_file():
         raise InvalidRequestError(f"Init image {init} does not exist.")
-    engine = _load_engine(settings, model, quiet=as_json)
-    width, height = _requested_size(size, ar, engine.model.native_size)
     request = GenerationRequest(
         prompt=prompt,
         negative_prompt=negative,
-        width=width,
-        height=height,
         steps=steps,
         cfg_scale=cfg,
         sampler=sampler,
@@ -113,6 +109,14 @@ def imagine(
         tiling=tile,
         clip_skip=clip_skip,
     )
+    # Everything that needs no model is checked before the (slow) model load.
+    resolve_sampler(sampler, schedule)
+    check_ranges(request, settings.limits())
+    if size:
+        parse_size(size)
+    engine = _load_engine(settings, model, quiet=as_json)
+    width, height = _requested_size(size, ar, engine.model.native_size)
+    request = replace(request, width=width, height=height)
     resolved = engine.resolve(request)
     for note in resolved.notes:
         err.print(f"[yellow]{note}[/]")
@@ -243,20 +247,17 @@ def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
+        app()  # usage errors print their help and exit 2 through typer's standalone mode
     except EaselError as error:
         err.print(f"[red]error:[/] {error}", highlight=False)
         sys.exit(1)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err.print("Interrupted.")
         sys.exit(130)
     except Exception as error:  # the last line of defence: no traceback for users
         if os.environ.get("EASEL_DEBUG"):
             raise
-        err.print(f"[red]error:[/] {type(error).__name__}: {error}", highlight=False)
+        err.print(
+            f"[red]error:[/] {type(error).__name__}: {error}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)

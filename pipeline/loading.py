@@ -330,27 +330,42 @@ def _config_key(path: Path) -> str:
 
 
 def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
-    """Download (or find in the hub cache) a diffusers repo; tqdm shows the progress."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    """The repo's folder in the hub cache, downloading it first (tqdm shows the progress).
 
-    variant = "fp16" if device.dtype == torch.float16 else None
-    attempts = [variant, None] if variant else [None]
-    last_error: Exception | None = None
-    for attempt in attempts:
+    The cache is tried without the network first, so a cached model loads offline.
+    """
+    from huggingface_hub import constants
+
+    variants = ["fp16", None] if device.dtype == torch.float16 else [None]
+    for variant in variants:
+        cached = _hub_snapshot(repo_id, variant, local_only=True)
+        if cached is not None:
+            return cached
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. Put a "
+            "checkpoint in models/stable-diffusion, or unset HF_HUB_OFFLINE to download it."
+        )
+    log.warning("Downloading %s from the Hugging Face hub into its cache.", repo_id)
+    errors: list[str] = []
+    for variant in variants:
         try:
-            folder = DiffusionPipeline.download(
-                repo_id, variant=attempt, use_safetensors=True, ignore_patterns=None
-            )
-            return Path(folder)
-        except LocalEntryNotFoundError as error:
-            raise ModelLoadError(
-                f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached "
-                "(offline, or HF_HUB_OFFLINE is set). Put a checkpoint in "
-                "models/stable-diffusion or connect once to download it."
-            ) from error
-        except (HfHubHTTPError, OSError, ValueError) as error:
-            last_error = error
-    raise ModelLoadError(f"Could not download {repo_id}: {_first_line(last_error)}")
+            return Path(DiffusionPipeline.download(repo_id, variant=variant, use_safetensors=True))
+        except (OSError, ValueError) as error:
+            errors.append(_first_line(error))
+    raise ModelLoadError(
+        f"Could not download {repo_id} (offline, a wrong repo id, or a gated repo?): {errors[-1]}"
+    )
+
+
+def _hub_snapshot(repo_id: str, variant: str | None, local_only: bool) -> Path | None:
+    try:
+        folder = DiffusionPipeline.download(
+            repo_id, variant=variant, use_safetensors=True, local_files_only=local_only
+        )
+    except (OSError, ValueError):
+        return None
+    return Path(folder)
 
 
 def _first_line(error: BaseException | None) -> str:

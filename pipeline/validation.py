@@ -41,13 +41,14 @@ def resolve_request(
     native_size: int,
     init_image: Image.Image | None = None,
 ) -> ResolvedRequest:
-    _check_ranges(request, limits)
+    check_ranges(request, limits)
     width, height, notes = _resolve_size(request, limits, native_size, init_image)
     seeds = tuple(_resolve_seed(seed) for seed in request.seeds)
     return ResolvedRequest(replace(request, width=width, height=height, seeds=seeds), notes)
 
 
-def _check_ranges(request: GenerationRequest, limits: Limits) -> None:
+def check_ranges(request: GenerationRequest, limits: Limits) -> None:
+    """The checks that need no model: steps, count, CFG, clip skip, seeds, strength."""
     if not limits.min_steps <= request.steps <= limits.max_steps:
         raise InvalidRequestError(
             f"Steps must be between {limits.min_steps} and {limits.max_steps}, not {request.steps}."

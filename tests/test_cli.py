@@ -1,0 +1,186 @@
+"""`easel imagine` and `easel models` as a user runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sd_parsers import ParserManager
+
+from bot.cli import main
+
+
+@pytest.fixture
+def env(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    outputs = tmp_path / "outputs"
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("EASEL_OUTPUTS_DIR", str(outputs))
+    monkeypatch.setenv("EASEL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EASEL_DEVICE", "cpu")
+    monkeypatch.chdir(tmp_path)
+    return outputs
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["easel", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+        raise SystemExit(0)
+    return int(exited.value.code or 0)
+
+
+def test_imagine_saves_four_pngs_and_a_grid(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(
+        monkeypatch,
+        "imagine",
+        "a castle on a hill, watercolor",
+        "--n",
+        "4",
+        "--seed",
+        "1234",
+        "--steps",
+        "3",
+        "--model",
+        "tiny-sd1",
+        "--negative",
+        "blurry",
+        "--json",
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["seeds"] == [1234, 1235, 1236, 1237]
+    paths = [Path(item["path"]) for item in report["images"]]
+    assert len(paths) == 4 and all(path.is_file() for path in paths)
+    assert all(path.parent.parent == env for path in paths)
+    grid = Image.open(report["grid"])
+    assert grid.size == (128, 128)
+    assert report["parameters"]["steps"] == 3
+    assert report["timings"]["total_s"] >= report["timings"]["diffusion_s"] > 0
+
+    parsed = ParserManager().parse(paths[2])
+    assert parsed is not None
+    assert parsed.full_prompt == "a castle on a hill, watercolor"
+    assert parsed.full_negative_prompt == "blurry"
+    sampler = parsed.samplers[0]
+    assert sampler.name == "Euler a"
+    assert sampler.parameters["seed"] == "1236"
+    assert sampler.parameters["steps"] == "3"
+    assert sampler.parameters["cfg_scale"] == "7"
+    assert parsed.metadata["Size"] == "64x64"
+
+
+def test_imagine_prints_paths_and_says_when_it_rounds(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(
+        monkeypatch,
+        "imagine",
+        "tiles",
+        "--n",
+        "1",
+        "--size",
+        "70x61",
+        "--steps",
+        "2",
+        "--model",
+        "tiny-sd1",
+        "--tile",
+        "--sampler",
+        "DPM++ 2M",
+        "--schedule",
+        "Karras",
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "rounded to 72x64" in captured.err
+    assert "Running on cpu" in captured.err and "slow" in captured.err
+    printed = Path(captured.out.split()[0])
+    with Image.open(printed) as image:
+        assert image.size == (72, 64)
+        assert "Schedule type: Karras" in image.info["parameters"]
+        assert "Tiling: True" in image.info["parameters"]
+
+
+def test_img2img_from_the_command_line(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(init)
+    code = run_cli(
+        monkeypatch,
+        "imagine",
+        "a red square",
+        "--n",
+        "1",
+        "--init",
+        str(init),
+        "--strength",
+        "0.5",
+        "--steps",
+        "4",
+        "--model",
+        "tiny-sd1",
+        "--json",
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    with Image.open(report["images"][0]["path"]) as image:
+        assert "Denoising strength: 0.5" in image.info["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sampler", "Eular a"], "Did you mean 'Euler a'"),
+        (["--steps", "0"], "Steps must be between 1 and 100"),
+        (["--n", "5"], "1 to 4 images"),
+        (["--model", "no-such-model"], "No model named 'no-such-model'"),
+        (["--size", "4096x4096", "--model", "tiny-sd1"], "limit is 1,048,576 pixels"),
+        (["--size", "big"], "is not WIDTHxHEIGHT"),
+        (["--init", "missing.png"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_and_exit_non_zero(
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    assert run_cli(monkeypatch, "imagine", "x", *args) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert not any(env.rglob("*.png"))
+
+
+def test_models_lists_name_family_size_and_hash(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run_cli(monkeypatch, "models") == 0
+    table = capsys.readouterr().out
+    assert "tiny-sd1-single" in table and "SD 1.x" in table and "single-file" in table
+    assert any(
+        len(word) == 10 and all(c in "0123456789abcdef" for c in word) for word in table.split()
+    )
+
+
+def test_the_installed_command_never_shows_a_traceback(env: Path) -> None:
+    easel = Path(sys.executable).with_name("easel")
+    finished = subprocess.run(
+        [str(easel), "imagine", "x", "--model", "nowhere/../nothing.safetensors"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 1
+    assert "Traceback" not in finished.stderr
+    assert finished.stderr.strip().splitlines()[-1].startswith("error:")
+    assert io.StringIO(finished.stdout).read() == ""

@@ -1,0 +1,65 @@
+"""Settings from the environment and .env, and the choice of device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.settings import Settings
+from pipeline.device import choose_device
+from pipeline.errors import EaselError
+
+
+def test_settings_come_from_env_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "EASEL_MODELS_DIR=/srv/a1111/models\nEASEL_MAX_STEPS=50\nTELEGRAM_TOKEN=123:abc\n"
+        "DISCORD_TOKEN=\nEASEL_MODEL=\n"
+    )
+    monkeypatch.setenv("EASEL_MAX_IMAGES", "2")
+    monkeypatch.setenv("EASEL_CACHE_DIR", "~/easel-cache")
+    settings = Settings()
+    assert settings.models_dir == Path("/srv/a1111/models")
+    assert settings.limits().max_steps == 50
+    assert settings.limits().max_images == 2
+    assert settings.cache_dir == Path.home() / "easel-cache"
+    assert settings.model is None
+    assert settings.discord_token is None
+    assert settings.telegram_token is not None
+    assert settings.telegram_token.get_secret_value() == "123:abc"
+    assert "123:abc" not in repr(settings) and "123:abc" not in str(settings.model_dump())
+
+
+def test_env_example_lists_every_setting() -> None:
+    example = (Path(__file__).parent.parent / ".env.example").read_text()
+    for name, field in Settings.model_fields.items():
+        key = field.validation_alias if isinstance(field.validation_alias, str) else None
+        assert (key or f"EASEL_{name.upper()}") + "=" in example, name
+
+
+def test_cpu_is_chosen_without_a_gpu_and_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    choice = choose_device()
+    assert choice.device.type == "cpu" and choice.dtype == torch.float32
+    assert choice.describe() == "Running on cpu, float32 - no GPU found, so generation is slow."
+
+
+def test_gpu_defaults_to_fp16_and_dtype_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert choose_device().device.type == "mps"
+    assert choose_device().dtype == torch.float16
+    assert choose_device("cpu", "bf16").dtype == torch.bfloat16
+
+
+def test_bad_device_settings_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EaselError, match="PyTorch sees no CUDA GPU"):
+        choose_device("cuda")
+    with pytest.raises(EaselError, match="Unknown dtype 'half-ish'"):
+        choose_device("cpu", "half-ish")
+    with pytest.raises(EaselError, match="Unknown device 'gpu0'"):
+        choose_device("gpu0")
