@@ -59,7 +59,9 @@ class Engine:
         self.limits = limits or Limits()
         self.exact_batches = exact_batches
         self._txt2img = model.pipe
-        self._img2img = model.family.img2img_class(**model.pipe.components)
+        self._img2img = model.family.img2img_class(
+            **model.pipe.components, requires_safety_checker=False
+        )
         self._img2img.set_progress_bar_config(disable=True)
         self._scheduler_config = dict(model.pipe.scheduler.config)
         self._lock = threading.Lock()
@@ -92,16 +94,21 @@ class Engine:
             started = time.perf_counter()
             if cancel is not None and cancel.is_set():
                 return self._cancelled(resolved, started, 0.0)
+            out_of_memory = False
             try:
                 images, diffusion_s = self._run(resolved, spec, on_progress, cancel)
             except _Cancelled:
                 return self._cancelled(resolved, started, 0.0)
             except torch.OutOfMemoryError:
+                out_of_memory = True
+            if out_of_memory:
+                # Outside the except block, so the traceback (and every tensor its frames
+                # hold) is gone before the cache is emptied.
                 self._free_memory()
                 raise GenerationOutOfMemory(
                     f"The GPU ran out of memory for {resolved.image_count} image(s) at "
                     f"{resolved.width}x{resolved.height}; try fewer images or a smaller size."
-                ) from None
+                )
             generated = tuple(
                 GeneratedImage(
                     image=image, seed=seed, infotext=self._infotext(resolved, spec, seed)

@@ -245,7 +245,7 @@ def _load_folder(folder: Path, family: ModelFamily, device: DeviceChoice) -> Dif
     try:
         pipe = family.txt2img_class.from_pretrained(
             str(folder),
-            torch_dtype=device.dtype,
+            dtype=device.dtype,
             local_files_only=True,
             safety_checker=None,
             requires_safety_checker=False,

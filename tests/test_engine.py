@@ -4,6 +4,7 @@ cancellation, memory errors and the limits."""
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -158,17 +159,20 @@ def test_cancel_stops_within_a_step_and_the_engine_stays_usable(engine: Engine) 
 def test_out_of_memory_fails_that_job_only(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     unet = engine.pipelines[0].unet
     original = unet.forward
-    calls = {"count": 0}
+    held: list[weakref.ref[torch.Tensor]] = []
 
     def exhausted(*args: object, **kwargs: object) -> object:
-        calls["count"] += 1
-        if calls["count"] == 1:
+        if not held:
+            activations = torch.ones(256, 1024)
+            held.append(weakref.ref(activations))
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(*args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", exhausted)
-    with pytest.raises(GenerationOutOfMemory, match="ran out of memory"):
+    with pytest.raises(GenerationOutOfMemory, match="ran out of memory") as caught:
         engine.generate(request())
+    assert held[0]() is None, "the failed job's tensors must be freed"
+    assert caught.value.__context__ is None
     assert engine.generate(request()).status is ResultStatus.DONE
 
 
