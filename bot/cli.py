@@ -45,11 +45,19 @@ def _quiet_libraries() -> None:
 def _load_engine(settings: Settings, model: str | None, quiet: bool):
     from pipeline.device import choose_device
     from pipeline.engine import Engine
-    from pipeline.loading import HashCache, load_model, resolve_model
+    from pipeline.loading import (
+        HashCache,
+        SourceKind,
+        download_from_hub,
+        load_model,
+        resolve_model,
+    )
 
     device = choose_device(settings.device, settings.dtype)
     err.print(device.describe())
     source = resolve_model(model or settings.model, settings.models_dir)
+    if source.kind is SourceKind.HUB:
+        download_from_hub(source.location, device)  # its own progress bars, before the spinner
     hashes = HashCache(settings.cache_dir / "hashes.json")
     with err.status(f"Loading {source.name}…", spinner="dots") if not quiet else _nothing():
         loaded = load_model(source, device, settings.cache_dir, hashes)
@@ -208,30 +216,63 @@ def _json_report(
 @app.command()
 def models() -> None:
     """List the checkpoints in the models folder: name, family, size and A1111 short hash."""
-    from pipeline.loading import HashCache, checkpoint_folders, describe_local_models
+    from pipeline.folders import ModelFolders
+    from pipeline.loading import HashCache, describe_local_models
 
     settings = Settings()
-    folders = checkpoint_folders(settings.models_dir)
-    if not folders:
-        err.print(f"No checkpoint folder in {settings.models_dir} (expected stable-diffusion/).")
+    folders = ModelFolders(settings.models_dir)
+    if not folders.checkpoints:
+        err.print(
+            f"No checkpoint folder in {settings.models_dir} (expected stable-diffusion/ or "
+            "an AUTOMATIC1111 models/ folder with Stable-diffusion/)."
+        )
         raise typer.Exit(1)
     hashes = HashCache(settings.cache_dir / "hashes.json")
     infos = describe_local_models(settings.models_dir, hashes)
-    if not infos:
-        err.print(f"No checkpoints in {', '.join(str(folder) for folder in folders)}.")
-        return
-    table = Table(title=f"Models in {settings.models_dir}")
-    for column in ("Name", "Family", "Size", "Hash", "Kind"):
-        table.add_column(column)
-    for info in infos:
-        table.add_row(
-            info.source.name,
-            info.family,
-            _human_size(info.size_bytes),
-            info.short_hash or "-",
-            info.source.kind.value,
-        )
-    out.print(table)
+    if infos:
+        table = Table(title=f"Models in {settings.models_dir}")
+        for column in ("Name", "Family", "Size", "Hash", "Kind"):
+            table.add_column(column)
+        for info in infos:
+            table.add_row(
+                info.source.name,
+                info.family,
+                _human_size(info.size_bytes),
+                info.short_hash or "-",
+                info.source.kind.value,
+            )
+        out.print(table)
+    else:
+        names = ", ".join(str(folder) for folder in folders.checkpoints)
+        err.print(f"No checkpoints in {names}.")
+    out.print(_folder_line("LoRAs", folders.loras, len(folders.lora_files())))
+    out.print(_folder_line("Upscalers", folders.upscalers, len(folders.upscaler_files())))
+
+
+def _folder_line(kind: str, folders: list[Path], count: int) -> str:
+    if not folders:
+        return f"{kind}: no folder"
+    return f"{kind}: {count} in {', '.join(str(folder) for folder in folders)}"
+
+
+@app.command()
+def pnginfo(
+    image: Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show the generation parameters stored in an image (A1111's PNG Info)."""
+    from pipeline.images import format_infotext, read_infotext
+
+    if not image.is_file():
+        raise InvalidRequestError(f"{image} does not exist.")
+    info = read_infotext(image)
+    if info is None:
+        err.print(f"{image}: no generation data.")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(asdict(info), ensure_ascii=False))
+    else:
+        out.print(format_infotext(info), highlight=False, markup=False)
 
 
 def _human_size(size: int) -> str:

@@ -30,13 +30,12 @@ from pipeline.checkpoints import (
 from pipeline.device import DeviceChoice
 from pipeline.errors import ModelLoadError
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
+from pipeline.folders import ModelFolders
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-# Easel's own folder first, then the names an AUTOMATIC1111 `models/` folder uses.
-CHECKPOINT_FOLDERS = ("stable-diffusion", "Stable-diffusion")
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -73,14 +72,10 @@ class LoadedModel:
         return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
 
 
-def checkpoint_folders(models_dir: Path) -> list[Path]:
-    return [models_dir / name for name in CHECKPOINT_FOLDERS if (models_dir / name).is_dir()]
-
-
 def find_local_models(models_dir: Path) -> list[ModelSource]:
     """Checkpoints and diffusers folders under the models folder, sorted by name."""
     found: dict[str, ModelSource] = {}
-    for folder in checkpoint_folders(models_dir):
+    for folder in ModelFolders(models_dir).checkpoints:
         for entry in sorted(folder.rglob("*")):
             source = _source_for_path(entry, folder)
             if source is not None and source.location not in found:

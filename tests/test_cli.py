@@ -184,3 +184,32 @@ def test_the_installed_command_never_shows_a_traceback(env: Path) -> None:
     assert "Traceback" not in finished.stderr
     assert finished.stderr.strip().splitlines()[-1].startswith("error:")
     assert io.StringIO(finished.stdout).read() == ""
+
+
+def test_pnginfo_reads_back_what_imagine_wrote(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(
+        monkeypatch,
+        "imagine",
+        "a lighthouse, oil painting",
+        "--n",
+        "1",
+        "--seed",
+        "77",
+        "--steps",
+        "2",
+        "--model",
+        "tiny-sd1",
+        "--json",
+    )
+    path = json.loads(capsys.readouterr().out)["images"][0]["path"]
+    assert run_cli(monkeypatch, "pnginfo", path, "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["prompt"] == "a lighthouse, oil painting"
+    assert info["seed"] == 77 and info["steps"] == 2 and info["model"] == "tiny-sd1"
+
+    foreign = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(foreign)
+    assert run_cli(monkeypatch, "pnginfo", str(foreign)) == 1
+    assert "no generation data" in capsys.readouterr().err

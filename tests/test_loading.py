@@ -17,6 +17,7 @@ from pipeline.checkpoints import detect_family
 from pipeline.engine import Engine
 from pipeline.errors import ModelLoadError
 from pipeline.families import SD1, SD2
+from pipeline.folders import ModelFolders
 from pipeline.loading import (
     DEFAULT_HUB_MODEL,
     HashCache,
@@ -175,3 +176,22 @@ def test_short_hash_is_a1111s_and_computed_once(
 def test_offline_hub_model_is_a_clear_error_not_a_hang(no_network: None) -> None:
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         download_from_hub("someone/not-in-the-cache", CPU)
+
+
+def test_a1111_lora_and_upscaler_folders_are_found(tmp_path: Path) -> None:
+    for folder, name in [
+        ("Lora", "style.safetensors"),
+        ("Lora/characters", "hero.safetensors"),
+        ("ESRGAN", "4x-UltraSharp.pth"),
+        ("RealESRGAN", "RealESRGAN_x4plus.pth"),
+        ("upscale", "notes.txt"),
+    ]:
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / name).write_bytes(b"weights")
+    folders = ModelFolders(tmp_path)
+    assert [path.name for path in folders.lora_files()] == ["hero.safetensors", "style.safetensors"]
+    assert [path.name for path in folders.upscaler_files()] == [
+        "4x-UltraSharp.pth",
+        "RealESRGAN_x4plus.pth",
+    ]
+    assert folders.checkpoints == []
