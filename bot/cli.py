@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
@@ -15,13 +16,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from bot.core.options import parse_ratio, parse_size, size_for_ratio
 from bot.outputs import SavedResult, save_result
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError
 from pipeline.request import GenerationRequest, GenerationResult, ImageRef, ResultStatus
 from pipeline.samplers import resolve_sampler
-from pipeline.validation import batch_seeds, check_ranges, parse_aspect_ratio, parse_size
+from pipeline.validation import batch_seeds, check_ranges
 
 app = typer.Typer(
     help="Easel: Stable Diffusion on your own GPU and checkpoints.",
@@ -29,8 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# Markup is off: prompts, paths and model names are printed as they are, brackets included.
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+out = Console(soft_wrap=True, markup=False, highlight=False)
 log = logging.getLogger("easel")
 
 
@@ -48,29 +52,34 @@ def _load_engine(settings: Settings, model: str | None, quiet: bool):
     from pipeline.loading import (
         HashCache,
         SourceKind,
-        download_from_hub,
+        find_local_models,
         load_model,
         resolve_model,
     )
 
     device = choose_device(settings.device, settings.dtype)
     err.print(device.describe())
-    source = resolve_model(model or settings.model, settings.models_dir)
-    if source.kind is SourceKind.HUB:
-        download_from_hub(source.location, device)  # its own progress bars, before the spinner
+    wanted = model or settings.model
+    source = resolve_model(wanted, settings.models_dir)
+    if not wanted and source.kind is SourceKind.HUB:
+        _say_which_default(source.name, find_local_models(settings.models_dir))
     hashes = HashCache(settings.cache_dir / "hashes.json")
-    with err.status(f"Loading {source.name}…", spinner="dots") if not quiet else _nothing():
+    # A hub download draws its own progress bars, which a spinner would garble.
+    spinner = not quiet and source.kind is not SourceKind.HUB
+    status = err.status(f"Loading {source.name}…") if spinner else nullcontext()
+    with status:
         loaded = load_model(source, device, settings.cache_dir, hashes)
     err.print(f"Model: {source.name} ({loaded.family.label}, native {loaded.native_size}px)")
     return Engine(loaded, settings.limits(), exact_batches=settings.exact_batches)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _say_which_default(default: str, local: list) -> None:  # list[ModelSource]
+    if len(local) > 1:
+        names = ", ".join(source.name for source in local)
+        err.print(
+            f"{len(local)} local checkpoints and no EASEL_MODEL, so the default {default} is "
+            f"used. Pick one with --model or EASEL_MODEL: {names}."
+        )
 
 
 @app.command()
@@ -120,14 +129,16 @@ def imagine(
     # Everything that needs no model is checked before the (slow) model load.
     resolve_sampler(sampler, schedule)
     check_ranges(request, settings.limits())
-    if size:
-        parse_size(size)
+    explicit_size = parse_size(size) if size else None
+    ratio = parse_ratio(ar) if ar else None
     engine = _load_engine(settings, model, quiet=as_json)
-    width, height = _requested_size(size, ar, engine.model.native_size)
-    request = replace(request, width=width, height=height)
-    resolved = engine.resolve(request)
+    if ratio is not None:
+        explicit_size = size_for_ratio(ratio, engine.model.native_size)
+    if explicit_size is not None:
+        request = replace(request, width=explicit_size[0], height=explicit_size[1])
+    resolved = engine.prepare(request)
     for note in resolved.notes:
-        err.print(f"[yellow]{note}[/]")
+        err.print(note, style="yellow")
     result = _generate_with_progress(engine, resolved.request, show=not as_json)
     if result.status is ResultStatus.CANCELLED:
         err.print("Cancelled.")
@@ -137,14 +148,6 @@ def imagine(
         print(json.dumps(_json_report(result, saved, resolved.notes), ensure_ascii=False))
     else:
         _print_report(result, saved)
-
-
-def _requested_size(size: str | None, ar: str | None, native: int) -> tuple[int | None, int | None]:
-    if size:
-        return parse_size(size)
-    if ar:
-        return parse_aspect_ratio(ar, native)
-    return None, None
 
 
 def _generate_with_progress(engine, request: GenerationRequest, show: bool) -> GenerationResult:
@@ -272,7 +275,7 @@ def pnginfo(
     if as_json:
         print(json.dumps(asdict(info), ensure_ascii=False))
     else:
-        out.print(format_infotext(info), highlight=False, markup=False)
+        out.print(format_infotext(info))
 
 
 def _human_size(size: int) -> str:
@@ -290,7 +293,7 @@ def main() -> None:
     try:
         app()  # usage errors print their help and exit 2 through typer's standalone mode
     except EaselError as error:
-        err.print(f"[red]error:[/] {error}", highlight=False)
+        _print_error(str(error))
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("Interrupted.")
@@ -302,3 +305,12 @@ def main() -> None:
             f"[red]error:[/] {type(error).__name__}: {error}", highlight=False, soft_wrap=True
         )
         sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    err.print(Text.assemble(("error:", "red"), " ", message))
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

@@ -26,37 +26,25 @@ def image_by_image(unet: nn.Module, images: int, enabled: bool = True) -> Iterat
     original = unet.forward
     shadowed = unet.__dict__.get("forward")  # an instance-level forward already in place
 
-    def forward(
-        sample: torch.Tensor,
-        timestep: torch.Tensor | float | int,
-        encoder_hidden_states: torch.Tensor,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
+    def forward(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         rows = sample.shape[0]
         if rows % images:
-            return original(sample, timestep, encoder_hidden_states, *args, **kwargs)
+            return original(sample, *args, **kwargs)
         group = rows // images
-        outputs = []
-        order = []
+        wants_dict = kwargs.pop("return_dict", True)
+        merged: torch.Tensor | None = None
         for image in range(images):
             index = torch.tensor([image + k * images for k in range(group)], device=sample.device)
-            step = timestep
-            if isinstance(timestep, torch.Tensor) and timestep.ndim > 0 and len(timestep) == rows:
-                step = timestep[index]
             result = original(
                 sample[index],
-                step,
-                encoder_hidden_states[index],
-                *args,
-                **{**kwargs, "return_dict": False},
-            )
-            outputs.append(result[0])
-            order.append(index)
-        merged = outputs[0].new_empty((rows, *outputs[0].shape[1:]))
-        for index, output in zip(order, outputs, strict=True):
-            merged[index] = output
-        if kwargs.get("return_dict", True):
+                *(_rows(value, index, rows) for value in args),
+                **{key: _rows(value, index, rows) for key, value in kwargs.items()},
+                return_dict=False,
+            )[0]
+            if merged is None:
+                merged = result.new_empty((rows, *result.shape[1:]))
+            merged[index] = result
+        if wants_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
             return UNet2DConditionOutput(sample=merged)
@@ -70,6 +58,16 @@ def image_by_image(unet: nn.Module, images: int, enabled: bool = True) -> Iterat
             del unet.forward
         else:
             unet.forward = shadowed
+
+
+def _rows(value: Any, index: torch.Tensor, rows: int) -> Any:
+    """This image's rows of any per-row input (timesteps, text embeddings, SDXL's extra
+    conditioning dicts); everything else passes through unchanged."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows:
+        return value[index]
+    if isinstance(value, dict):
+        return {key: _rows(item, index, rows) for key, item in value.items()}
+    return value
 
 
 @contextmanager

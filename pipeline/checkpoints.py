@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import re
 import zipfile
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from safetensors import SafetensorError, safe_open
 
 from pipeline.errors import ModelLoadError
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
-from pipeline.tokenizer import build_clip_tokenizer
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -71,7 +71,14 @@ def read_checkpoint(path: Path) -> CheckpointFile:
 
 def _read_ckpt(path: Path) -> dict[str, torch.Tensor]:
     mmap = zipfile.is_zipfile(path)
-    loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise ModelLoadError(
+            f"{path} holds pickled Python objects besides its tensors, which Easel does not "
+            "unpickle because they can run code. Convert it to .safetensors "
+            f"({_first_line(error)})."
+        ) from error
     while isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
@@ -79,11 +86,25 @@ def _read_ckpt(path: Path) -> dict[str, torch.Tensor]:
     return {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
 
 
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
 def _corrupt(path: Path, error: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"{path} could not be read as a checkpoint ({type(error).__name__}); the file may be "
         "incomplete or corrupt. Expected a .safetensors or .ckpt Stable Diffusion checkpoint."
     )
+
+
+def check_unet_inputs(in_channels: int, where: str) -> None:
+    """Inpainting (9), depth (5) and instruct-pix2pix (8) UNets need inputs Easel cannot give."""
+    if in_channels != 4:
+        raise ModelLoadError(
+            f"{where} is an inpainting, depth or instruct-pix2pix model ({in_channels} UNet input "
+            "channels); Easel runs text-to-image checkpoints with 4."
+        )
 
 
 def detect_family(shapes: Shapes, path: Path) -> ModelFamily:
@@ -95,6 +116,7 @@ def detect_family(shapes: Shapes, path: Path) -> ModelFamily:
             "If it is a LoRA, put it in models/lora; if it is a VAE or an upscaler, it does "
             "not belong in models/stable-diffusion."
         )
+    check_unet_inputs(shapes.get(UNET + "input_blocks.0.0.weight", (0, 4))[1], str(path))
     if any(key.startswith(OPEN_CLIP + "transformer.resblocks.") for key in shapes):
         return SD2
     if any(key.startswith(CLIP) for key in shapes):
@@ -210,7 +232,7 @@ def _template(family: ModelFamily, part: str, name: str = "config.json") -> dict
 def write_config_folder(
     shapes: Shapes, family: ModelFamily, v_prediction: bool, destination: Path
 ) -> Path:
-    """A diffusers-layout config folder for this checkpoint (no weights), made offline."""
+    """A diffusers-layout config folder for this checkpoint (no weights or tokenizer)."""
     unet = unet_config(shapes, family, _template(family, "unet"))
     vae = vae_config(shapes, _template(family, "vae"))
     text = text_encoder_config(shapes, family, _template(family, "text_encoder"))
@@ -230,5 +252,4 @@ def write_config_folder(
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(content, indent=2))
-    build_clip_tokenizer(family.pad_token).save_pretrained(str(destination / "tokenizer"))
     return destination

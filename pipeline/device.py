@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from pipeline.errors import EaselError
-
-log = logging.getLogger(__name__)
 
 _DTYPES = {
     "float16": torch.float16,
@@ -25,6 +22,7 @@ _DTYPES = {
 class DeviceChoice:
     device: torch.device
     dtype: torch.dtype
+    chosen_by_user: bool = False
 
     @property
     def is_cpu(self) -> bool:
@@ -35,7 +33,10 @@ class DeviceChoice:
         if self.device.type == "cuda":
             name = f"cuda ({torch.cuda.get_device_name(self.device)})"
         dtype = str(self.dtype).removeprefix("torch.")
-        note = " - no GPU found, so generation is slow" if self.is_cpu else ""
+        note = ""
+        if self.is_cpu:
+            why = "as configured" if self.chosen_by_user else "no GPU found"
+            note = f" - {why}, so generation is slow"
         return f"Running on {name}, {dtype}{note}."
 
 
@@ -53,12 +54,14 @@ def choose_device(device: str = "auto", dtype: str = "auto") -> DeviceChoice:
 
     "auto" dtype is fp16 on GPUs and fp32 on the CPU, where fp16 is slow or unsupported.
     """
-    chosen = _detect_device() if device == "auto" else _parse_device(device)
+    by_user = device != "auto"
+    chosen = _parse_device(device) if by_user else _detect_device()
     if dtype == "auto":
-        return DeviceChoice(chosen, torch.float32 if chosen.type == "cpu" else torch.float16)
+        automatic = torch.float32 if chosen.type == "cpu" else torch.float16
+        return DeviceChoice(chosen, automatic, by_user)
     if dtype.lower() not in _DTYPES:
         raise EaselError(f"Unknown dtype {dtype!r}: use auto, float16, bfloat16 or float32.")
-    return DeviceChoice(chosen, _DTYPES[dtype.lower()])
+    return DeviceChoice(chosen, _DTYPES[dtype.lower()], by_user)
 
 
 def _parse_device(name: str) -> torch.device:

@@ -8,18 +8,20 @@ the weights are in memory once.
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SchedulerMixin
 from PIL import Image
 
 from pipeline.batching import image_by_image, vae_slicing
-from pipeline.conditioning import encode_prompts, max_clip_skip
+from pipeline.conditioning import max_clip_skip
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.images import Infotext
 from pipeline.loading import LoadedModel
@@ -34,13 +36,24 @@ from pipeline.request import (
 )
 from pipeline.samplers import SamplerSpec, make_scheduler, resolve_sampler
 from pipeline.tiling import circular_padding
-from pipeline.validation import Limits, ResolvedRequest, resolve_request
+from pipeline.validation import Limits, resolve_request
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
 class _Cancelled(Exception):
     """Raised inside the step callback to leave the diffusers loop at once."""
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A checked request with its size and seeds fixed, ready to run."""
+
+    request: GenerationRequest
+    notes: tuple[str, ...]  # what was changed and should be told (a rounded size)
+    scheduler: SchedulerMixin  # this job's own instance
+    sampler: SamplerSpec
+    init_image: Image.Image | None
 
 
 def easel_version() -> str:
@@ -70,17 +83,31 @@ class Engine:
     def pipelines(self) -> tuple[DiffusionPipeline, DiffusionPipeline]:
         return self._txt2img, self._img2img
 
-    def resolve(self, request: GenerationRequest) -> ResolvedRequest:
-        """Check a request against the limits and fix its size and seeds, without running it."""
-        resolve_sampler(request.sampler, request.schedule_type)
+    def prepare(self, request: GenerationRequest) -> PreparedJob:
+        """Check a request and fix its size and seeds without running it; errors are clear."""
+        spec = resolve_sampler(request.sampler, request.schedule_type)
         init = open_init_image(request.init_image) if request.init_image is not None else None
-        limits = self.limits
         layers = max_clip_skip(self._txt2img)
         if request.clip_skip > layers:
             raise InvalidRequestError(
                 f"Clip skip must be between 1 and {layers} for this model, not {request.clip_skip}."
             )
-        return resolve_request(request, limits, self.model.native_size, init)
+        resolved = resolve_request(request, self.limits, self.model.native_size, init)
+        return PreparedJob(
+            request=resolved.request,
+            notes=resolved.notes,
+            scheduler=self._scheduler_for(spec, resolved.request.steps),
+            sampler=spec,
+            init_image=init,
+        )
+
+    def _scheduler_for(self, spec: SamplerSpec, steps: int) -> SchedulerMixin:
+        scheduler = make_scheduler(spec, self._scheduler_config)
+        try:
+            scheduler.set_timesteps(steps)
+        except ValueError as error:  # e.g. LCM runs at most its original 50 steps
+            raise InvalidRequestError(f"{spec.name} cannot run {steps} steps: {error}") from None
+        return scheduler
 
     def generate(
         self,
@@ -88,17 +115,17 @@ class Engine:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        resolved = self.resolve(request).request
-        spec = resolve_sampler(resolved.sampler, resolved.schedule_type)
+        job = self.prepare(request)
+        resolved = job.request
         with self._lock:
             started = time.perf_counter()
             if cancel is not None and cancel.is_set():
-                return self._cancelled(resolved, started, 0.0)
+                return self._cancelled(resolved, started)
             out_of_memory = False
             try:
-                images, diffusion_s = self._run(resolved, spec, on_progress, cancel)
+                images, diffusion_s = self._run(job, on_progress, cancel)
             except _Cancelled:
-                return self._cancelled(resolved, started, 0.0)
+                return self._cancelled(resolved, started)
             except torch.OutOfMemoryError:
                 out_of_memory = True
             if out_of_memory:
@@ -111,7 +138,7 @@ class Engine:
                 )
             generated = tuple(
                 GeneratedImage(
-                    image=image, seed=seed, infotext=self._infotext(resolved, spec, seed)
+                    image=image, seed=seed, infotext=self._infotext(resolved, job.sampler, seed)
                 )
                 for image, seed in zip(images, resolved.seeds, strict=True)
             )
@@ -127,14 +154,14 @@ class Engine:
 
     def _run(
         self,
-        request: GenerationRequest,
-        spec: SamplerSpec,
+        job: PreparedJob,
         on_progress: ProgressCallback | None,
         cancel: threading.Event | None,
     ) -> tuple[list[Image.Image], float]:
+        request = job.request
         pipe = self._img2img if request.is_img2img else self._txt2img
-        pipe.scheduler = make_scheduler(spec, self._scheduler_config)
-        embeddings = encode_prompts(
+        pipe.scheduler = job.scheduler
+        embeddings = self.model.family.encode_prompts(
             pipe, request.prompt, request.negative_prompt, request.image_count, request.clip_skip
         )
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
@@ -144,13 +171,11 @@ class Engine:
             "guidance_scale": request.cfg_scale,
             "generator": generators,
             "output_type": "pil",
-            "callback_on_step_end": _step_callback(on_progress, cancel),
+            "callback_on_step_end": _step_callback(on_progress, cancel, _visible_steps(request)),
         }
-        if request.is_img2img:
-            assert request.init_image is not None and request.width and request.height
-            init = open_init_image(request.init_image).resize(
-                (request.width, request.height), Image.Resampling.LANCZOS
-            )
+        if job.init_image is not None:
+            assert request.width is not None and request.height is not None
+            init = job.init_image.resize((request.width, request.height), Image.Resampling.LANCZOS)
             arguments.update(image=init, strength=request.denoising_strength)
         else:
             arguments.update(width=request.width, height=request.height)
@@ -181,20 +206,18 @@ class Engine:
             denoising_strength=request.denoising_strength if request.is_img2img else None,
             clip_skip=request.clip_skip if request.clip_skip > 1 else None,  # A1111 omits 1
             tiling=request.tiling,
-            extra=(("RNG", "CPU"),),
+            rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
             version=f"Easel {easel_version()}",
         )
 
-    def _cancelled(
-        self, request: GenerationRequest, started: float, diffusion_s: float
-    ) -> GenerationResult:
+    def _cancelled(self, request: GenerationRequest, started: float) -> GenerationResult:
         self._free_memory()
         return GenerationResult(
             status=ResultStatus.CANCELLED,
             request=request,
             model_name=self.model.source.name,
             model_hash=self.model.short_hash,
-            timings=Timings(total_s=time.perf_counter() - started, diffusion_s=diffusion_s),
+            timings=Timings(total_s=time.perf_counter() - started, diffusion_s=0.0),
         )
 
     def _free_memory(self) -> None:
@@ -213,14 +236,28 @@ def open_init_image(reference: ImageRef) -> Image.Image:
         ) from error
 
 
+def _visible_steps(request: GenerationRequest) -> int:
+    """The steps a user asked for: img2img runs only the last `strength` share of them."""
+    if request.is_img2img:
+        return min(int(request.steps * request.denoising_strength), request.steps)
+    return request.steps
+
+
 def _step_callback(
-    on_progress: ProgressCallback | None, cancel: threading.Event | None
+    on_progress: ProgressCallback | None, cancel: threading.Event | None, visible: int
 ) -> Callable[..., dict[str, Any]]:
+    """Progress in the user's steps: second-order samplers (Heun, DPM2) call the UNet about
+    twice per step and PLMS once more, so diffusers' own count would overshoot."""
+    shown = 0
+
     def callback(
-        pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]
+        pipe: DiffusionPipeline, index: int, timestep: Any, tensors: dict[str, Any]
     ) -> dict[str, Any]:
-        if on_progress is not None:
-            on_progress(ProgressEvent(step=step + 1, total=pipe.num_timesteps))
+        nonlocal shown
+        step = min(visible, math.ceil((index + 1) * visible / pipe.num_timesteps))
+        if on_progress is not None and step > shown:
+            on_progress(ProgressEvent(step=step, total=visible))
+        shown = max(shown, step)
         if cancel is not None and cancel.is_set():
             raise _Cancelled
         return tensors

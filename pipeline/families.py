@@ -7,6 +7,7 @@ new entry here plus its own text encoding, not a rewrite of the engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from diffusers import (
@@ -15,6 +16,7 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from pipeline.conditioning import PromptEmbeddings, encode_prompts
 from pipeline.errors import ModelLoadError
 from pipeline.tokenizer import EOS, OPEN_CLIP_PAD
 
@@ -27,6 +29,8 @@ class ModelFamily:
     img2img_class: type[DiffusionPipeline]
     pad_token: str
     config_folder: str  # under pipeline/configs/
+    # (pipeline, prompt, negative prompt, image count, clip skip) -> conditioning
+    encode_prompts: Callable[[DiffusionPipeline, str, str, int, int], PromptEmbeddings]
 
 
 SD1 = ModelFamily(
@@ -36,6 +40,7 @@ SD1 = ModelFamily(
     img2img_class=StableDiffusionImg2ImgPipeline,
     pad_token=EOS,
     config_folder="sd1",
+    encode_prompts=encode_prompts,
 )
 SD2 = ModelFamily(
     id="sd2",
@@ -44,6 +49,7 @@ SD2 = ModelFamily(
     img2img_class=StableDiffusionImg2ImgPipeline,
     pad_token=OPEN_CLIP_PAD,
     config_folder="sd2",
+    encode_prompts=encode_prompts,
 )
 SUPPORTED = (SD1, SD2)
 NOT_YET_SUPPORTED = {"sdxl": "SDXL"}

@@ -65,6 +65,7 @@ class Infotext:
     variation_seed_strength: float | None = None
     denoising_strength: float | None = None
     clip_skip: int | None = None
+    rng: str | None = None  # A1111's random number source: "CPU", "GPU" or "NV"
     tiling: bool = False
     version: str | None = None
     # Keys not modelled above, in order; written after the known keys and before Version.
@@ -90,6 +91,7 @@ _KNOWN_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Variation seed strength": ("variation_seed_strength", float),
     "Denoising strength": ("denoising_strength", float),
     "Clip skip": ("clip_skip", int),
+    "RNG": ("rng", str),
     "Tiling": ("tiling", _parse_bool),
     "Version": ("version", str),
 }
@@ -121,6 +123,7 @@ def _param_pairs(info: Infotext) -> list[tuple[str, str]]:
         ("Variation seed strength", info.variation_seed_strength),
         ("Denoising strength", info.denoising_strength),
         ("Clip skip", info.clip_skip if info.clip_skip != 1 else None),
+        ("RNG", info.rng),
         ("Tiling", True if info.tiling else None),
     ]
     pairs = [(key, _format_value(value)) for key, value in known if value is not None]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from
 from transformers import CLIPTextModel
 
 from pipeline.checkpoints import (
+    check_unet_inputs,
     detect_family,
     is_v_prediction,
     read_checkpoint,
@@ -31,6 +33,7 @@ from pipeline.device import DeviceChoice
 from pipeline.errors import ModelLoadError
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
 from pipeline.folders import ModelFolders
+from pipeline.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,12 @@ def _source_for_path(entry: Path, root: Path) -> ModelSource | None:
 
 
 def _inside_diffusers_folder(path: Path, root: Path) -> bool:
-    return any((parent / "model_index.json").exists() for parent in path.parents if parent != root)
+    for parent in path.parents:
+        if parent == root or root not in parent.parents:
+            return False
+        if (parent / "model_index.json").exists():
+            return True
+    return False
 
 
 def resolve_model(name: str | None, models_dir: Path) -> ModelSource:
@@ -164,9 +172,10 @@ class HashCache:
 
     def _write(self, entries: dict[str, dict[str, int | str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(entries, indent=1))
-        temporary.replace(self.path)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w") as file:
+            json.dump(entries, file, indent=1)
+        Path(temporary).replace(self.path)
 
 
 def sha256_of(file: Path, chunk: int = 1 << 20) -> str:
@@ -185,7 +194,7 @@ def describe_local_models(models_dir: Path, hashes: HashCache) -> list[Checkpoin
         try:
             family = detect_local_family(source).label
         except ModelLoadError as error:
-            family = f"unreadable: {error}"
+            family = f"not usable: {error}"
         if source.kind is SourceKind.SINGLE_FILE:
             size = path.stat().st_size
             short = hashes.short_hash(path)
@@ -207,13 +216,19 @@ def _folder_family(folder: Path) -> ModelFamily:
     try:
         index = json.loads((folder / "model_index.json").read_text())
         text = json.loads((folder / "text_encoder" / "config.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"{folder} is not a complete diffusers model folder ({error}); expected "
-            "model_index.json and text_encoder/config.json."
+            "model_index.json, unet/config.json and text_encoder/config.json."
         ) from error
+    return family_from_configs(index, text, unet, str(folder))
+
+
+def family_from_configs(index: dict, text: dict, unet: dict, where: str) -> ModelFamily:
     if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
-        raise unsupported("sdxl", str(folder))
+        raise unsupported("sdxl", where)
+    check_unet_inputs(int(unet.get("in_channels", 4)), where)
     # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP (SD 2.x) uses gelu.
     return SD1 if text.get("hidden_act") == "quick_gelu" else SD2
 
@@ -236,11 +251,20 @@ def load_model(
     return LoadedModel(pipe=pipe, family=family, source=source, short_hash=short)
 
 
+def weights_variant(folder: Path) -> str | None:
+    """ "fp16" when the folder holds only `*.fp16.*` weights (as hub fp16 downloads do)."""
+    unet = folder / "unet"
+    if any(unet.glob("diffusion_pytorch_model.safetensors")) or any(unet.glob("*model.bin")):
+        return None
+    return "fp16" if any(unet.glob("*.fp16.*")) else None
+
+
 def _load_folder(folder: Path, family: ModelFamily, device: DeviceChoice) -> DiffusionPipeline:
     try:
         pipe = family.txt2img_class.from_pretrained(
             str(folder),
             dtype=device.dtype,
+            variant=weights_variant(folder),
             local_files_only=True,
             safety_checker=None,
             requires_safety_checker=False,
@@ -295,7 +319,7 @@ def _load_single_file(
     pipe = family.txt2img_class(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=family_tokenizer(config),
+        tokenizer=build_clip_tokenizer(family.pad_token),
         unet=unet,
         scheduler=scheduler_class.from_pretrained(str(config), subfolder="scheduler"),
         safety_checker=None,
@@ -303,12 +327,6 @@ def _load_single_file(
         requires_safety_checker=False,
     )
     return pipe.to(device.device), family
-
-
-def family_tokenizer(config: Path):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(config), subfolder="tokenizer")
 
 
 def _scheduler_class(config: Path) -> type:
@@ -327,7 +345,8 @@ def _config_key(path: Path) -> str:
 def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
     """The repo's folder in the hub cache, downloading it first (tqdm shows the progress).
 
-    The cache is tried without the network first, so a cached model loads offline.
+    The cache is tried without the network first, so a cached model loads offline. Before a
+    download, the repo's small config files are read to refuse unsupported models early.
     """
     from huggingface_hub import constants
 
@@ -341,25 +360,47 @@ def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
             f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. Put a "
             "checkpoint in models/stable-diffusion, or unset HF_HUB_OFFLINE to download it."
         )
+    _check_hub_family(repo_id)
     log.warning("Downloading %s from the Hugging Face hub into its cache.", repo_id)
     errors: list[str] = []
     for variant in variants:
         try:
-            return Path(DiffusionPipeline.download(repo_id, variant=variant, use_safetensors=True))
+            return _hub_snapshot(repo_id, variant, local_only=False)
         except (OSError, ValueError) as error:
             errors.append(_first_line(error))
-    raise ModelLoadError(
-        f"Could not download {repo_id} (offline, a wrong repo id, or a gated repo?): {errors[-1]}"
-    )
+    raise ModelLoadError(f"Could not download {repo_id}: {errors[-1]}")
+
+
+def _check_hub_family(repo_id: str) -> ModelFamily:
+    from huggingface_hub import hf_hub_download
+
+    configs = []
+    try:
+        for name in ("model_index.json", "text_encoder/config.json", "unet/config.json"):
+            configs.append(json.loads(Path(hf_hub_download(repo_id, name)).read_text()))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"{repo_id} could not be read from the Hugging Face hub (offline, a wrong repo id, "
+            f"or a gated repo that needs a token?): {_first_line(error)}"
+        ) from error
+    return family_from_configs(*configs, where=repo_id)
 
 
 def _hub_snapshot(repo_id: str, variant: str | None, local_only: bool) -> Path | None:
+    """The cached (or, unless `local_only`, downloaded) folder; None when not cached."""
     try:
         folder = DiffusionPipeline.download(
-            repo_id, variant=variant, use_safetensors=True, local_files_only=local_only
+            repo_id,
+            variant=variant,
+            use_safetensors=True,
+            local_files_only=local_only,
+            safety_checker=None,  # never used: skip its 1.2 GB
+            feature_extractor=None,
         )
     except (OSError, ValueError):
-        return None
+        if local_only:
+            return None
+        raise
     return Path(folder)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.images import Infotext, format_infotext, parse_infotext
+from pipeline.images import Infotext
 
 RANDOM_SEED = -1
 
@@ -67,7 +67,7 @@ class GenerationRequest:
     cfg_scale: float = 7.0
     sampler: str = "Euler a"
     schedule_type: str | None = None
-    seeds: tuple[int, ...] = (RANDOM_SEED,)
+    seeds: tuple[int | None, ...] = (RANDOM_SEED,)  # None or -1: random
     init_image: ImageRef | None = None
     denoising_strength: float = 0.75
     tiling: bool = False
@@ -128,7 +128,7 @@ class GenerationResult:
                 {
                     "image": ImageRef.from_image(item.image).to_json_value(),
                     "seed": item.seed,
-                    "infotext": format_infotext(item.infotext),
+                    "infotext": asdict(item.infotext),
                 }
                 for item in self.images
             ],
@@ -145,7 +145,7 @@ class GenerationResult:
             GeneratedImage(
                 image=ImageRef.from_json_value(item["image"]).open(),
                 seed=item["seed"],
-                infotext=_parse_required(item["infotext"]),
+                infotext=_infotext_from_json(item["infotext"]),
             )
             for item in payload["images"]
         )
@@ -165,9 +165,9 @@ class ProgressEvent:
     total: int
 
 
-def _parse_required(text: str) -> Infotext:
-    parsed = parse_infotext(text)
-    return parsed if parsed is not None else Infotext(prompt=text)
+def _infotext_from_json(values: dict[str, Any]) -> Infotext:
+    extra = tuple((str(key), str(value)) for key, value in values.pop("extra", ()))
+    return Infotext(**values, extra=extra)
 
 
 def _encode(request: GenerationRequest) -> dict[str, Any]:
@@ -184,7 +184,11 @@ def _encode(request: GenerationRequest) -> dict[str, Any]:
 
 def _decode_request(payload: dict[str, Any]) -> GenerationRequest:
     known = {item.name for item in fields(GenerationRequest)}
-    values = {key: value for key, value in payload.items() if key in known}
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        # A newer bot talking to an older worker: refuse rather than drop an option silently.
+        raise ValueError(f"GenerationRequest has no field(s) {', '.join(unknown)}")
+    values = dict(payload)
     if values.get("init_image") is not None:
         values["init_image"] = ImageRef.from_json_value(values["init_image"])
     if "seeds" in values:

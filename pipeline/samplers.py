@@ -7,6 +7,7 @@ Overview), checked against the scheduler classes of the installed diffusers.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,18 +22,16 @@ from diffusers import (
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
     LCMScheduler,
+    LMSDiscreteScheduler,
     PNDMScheduler,
     SchedulerMixin,
     UniPCMultistepScheduler,
 )
 
-# `from diffusers import LMSDiscreteScheduler` yields a placeholder that raises when scipy is
-# missing; the real class imports fine and only needs scipy inside step().
-from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
-from diffusers.utils import is_scipy_available
+from pipeline.errors import UnknownSamplerError
 
-from pipeline.errors import InvalidRequestError, UnknownSamplerError
-
+# The names A1111 lists. Since A1111 1.9 the schedule is a separate choice, so every sampler whose
+# scheduler class takes Karras sigmas also resolves as "<name> Karras" ("Euler Karras").
 SAMPLER_NAMES: tuple[str, ...] = (
     "Euler a",
     "Euler",
@@ -79,7 +78,6 @@ class SamplerSpec:
 class _Sampler:
     scheduler_class: type[SchedulerMixin]
     overrides: Overrides = ()
-    takes_sigma_flags: bool = True  # the class has use_karras/exponential/beta_sigmas
 
 
 _DPM_PP_2M: Overrides = (
@@ -106,7 +104,7 @@ _DDIM: Overrides = (("clip_sample", False), ("set_alpha_to_one", False))
 _PLMS: Overrides = (("skip_prk_steps", True), ("set_alpha_to_one", False))
 
 _SAMPLERS: dict[str, _Sampler] = {
-    "Euler a": _Sampler(EulerAncestralDiscreteScheduler, takes_sigma_flags=False),
+    "Euler a": _Sampler(EulerAncestralDiscreteScheduler),
     "Euler": _Sampler(EulerDiscreteScheduler),
     "LMS": _Sampler(LMSDiscreteScheduler),
     "Heun": _Sampler(HeunDiscreteScheduler),
@@ -115,10 +113,10 @@ _SAMPLERS: dict[str, _Sampler] = {
     "DPM++ 2M": _Sampler(DPMSolverMultistepScheduler, _DPM_PP_2M),
     "DPM++ 2M SDE": _Sampler(DPMSolverMultistepScheduler, _DPM_PP_2M_SDE),
     "DPM++ SDE": _Sampler(DPMSolverSinglestepScheduler, _DPM_PP_SDE),
-    "DDIM": _Sampler(DDIMScheduler, _DDIM, takes_sigma_flags=False),
-    "PLMS": _Sampler(PNDMScheduler, _PLMS, takes_sigma_flags=False),
+    "DDIM": _Sampler(DDIMScheduler, _DDIM),
+    "PLMS": _Sampler(PNDMScheduler, _PLMS),
     "UniPC": _Sampler(UniPCMultistepScheduler),
-    "LCM": _Sampler(LCMScheduler, takes_sigma_flags=False),
+    "LCM": _Sampler(LCMScheduler),
 }
 
 # A1111 runs these with its "Automatic" schedule, k-diffusion's get_sigmas(): t from 999 down to 0,
@@ -139,12 +137,24 @@ _LINSPACE_OVER_LEADING: frozenset[type[SchedulerMixin]] = frozenset(
 )
 
 
-def _sigma_flags(karras: bool) -> Overrides:
+_SIGMA_FLAGS: tuple[str, ...] = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _accepted_sigma_flags(scheduler_class: type[SchedulerMixin]) -> tuple[str, ...]:
+    parameters = inspect.signature(scheduler_class.__init__).parameters
+    return tuple(flag for flag in _SIGMA_FLAGS if flag in parameters)
+
+
+def _takes_karras(sampler: _Sampler) -> bool:
+    return "use_karras_sigmas" in _accepted_sigma_flags(sampler.scheduler_class)
+
+
+def _sigma_flags(scheduler_class: type[SchedulerMixin], karras: bool) -> Overrides:
     # Pinned both ways so a pipeline config that ships Karras sigmas can't leak into "DPM++ 2M".
-    return (
-        ("use_karras_sigmas", karras),
-        ("use_exponential_sigmas", False),
-        ("use_beta_sigmas", False),
+    # Only the flags the class takes: from_config would drop any other with just a log line.
+    return tuple(
+        (flag, karras and flag == "use_karras_sigmas")
+        for flag in _accepted_sigma_flags(scheduler_class)
     )
 
 
@@ -157,9 +167,7 @@ def _split_schedule(name: str) -> tuple[str, str | None]:
 def _build_spec(name: str) -> SamplerSpec:
     base_name, schedule_type = _split_schedule(name)
     sampler = _SAMPLERS[base_name]
-    overrides = sampler.overrides
-    if sampler.takes_sigma_flags:
-        overrides += _sigma_flags(karras=schedule_type == KARRAS)
+    overrides = sampler.overrides + _sigma_flags(sampler.scheduler_class, schedule_type == KARRAS)
     return SamplerSpec(
         name=name,
         base_name=base_name,
@@ -173,10 +181,14 @@ def _normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-_SPECS: dict[str, SamplerSpec] = {_normalize(name): _build_spec(name) for name in SAMPLER_NAMES}
 _KARRAS_BASES: tuple[str, ...] = tuple(
-    spec.base_name for spec in _SPECS.values() if spec.schedule_type == KARRAS
+    name for name, sampler in _SAMPLERS.items() if _takes_karras(sampler)
 )
+# Every name that resolves: A1111's list first, then the Karras pairings it does not list.
+_ALL_NAMES: tuple[str, ...] = SAMPLER_NAMES + tuple(
+    name + _KARRAS_SUFFIX for name in _KARRAS_BASES if name + _KARRAS_SUFFIX not in SAMPLER_NAMES
+)
+_SPECS: dict[str, SamplerSpec] = {_normalize(name): _build_spec(name) for name in _ALL_NAMES}
 
 
 def _echo(text: str) -> str:
@@ -187,7 +199,7 @@ def _echo(text: str) -> str:
 
 
 def _closest_name(name: str) -> str | None:
-    by_key = {_normalize(canonical): canonical for canonical in SAMPLER_NAMES}
+    by_key = {_normalize(canonical): canonical for canonical in _ALL_NAMES}
     matches = difflib.get_close_matches(_normalize(name), list(by_key), n=1, cutoff=0.6)
     return by_key[matches[0]] if matches else None
 
@@ -229,7 +241,8 @@ def resolve_sampler(name: str, schedule_type: str | None = None) -> SamplerSpec:
     """Resolves an A1111 sampler name, case- and spacing-insensitively.
 
     `schedule_type` is A1111's newer separate field: "Karras" turns "DPM++ 2M" into
-    "DPM++ 2M Karras"; None, "" or "Automatic" keeps the sampler's default.
+    "DPM++ 2M Karras" and "Euler" into "Euler Karras" (any sampler whose scheduler takes Karras
+    sigmas); None, "" or "Automatic" keeps the sampler's default.
     """
     spec = _SPECS.get(_normalize(name))
     if spec is None:
@@ -247,22 +260,12 @@ def _spacing_override(spec: SamplerSpec, base_config: Mapping[str, Any]) -> Over
     return (("timestep_spacing", "linspace"),)
 
 
-def _check_dependencies(spec: SamplerSpec) -> None:
-    # LMS integrates its coefficients with scipy inside step(); fail before the job starts.
-    if spec.scheduler_class is LMSDiscreteScheduler and not is_scipy_available():
-        raise InvalidRequestError(
-            f"Sampler {spec.name!r} needs the scipy package, which is not installed here; "
-            "choose another sampler."
-        )
-
-
 def make_scheduler(spec: SamplerSpec, base_config: Mapping[str, Any]) -> SchedulerMixin:
     """Builds a new scheduler for one job from the pipeline's scheduler config.
 
     The model-defining values of `base_config` (betas, prediction_type, ...) carry over; the
     pipeline's own scheduler object is never touched, so jobs can use different samplers.
     """
-    _check_dependencies(spec)
     overrides = dict(spec.config_overrides + _spacing_override(spec, base_config))
     # A copy, so that nothing from_config does can reach the caller's mapping.
     scheduler = spec.scheduler_class.from_config(dict(base_config), **overrides)

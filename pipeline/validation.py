@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, replace
 
@@ -67,7 +66,7 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
             f"Clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}."
         )
     for seed in request.seeds:
-        if seed != RANDOM_SEED and not 0 <= seed <= MAX_SEED:
+        if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
             raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
     if request.is_img2img:
         if not 0.0 < request.denoising_strength <= 1.0:
@@ -128,42 +127,17 @@ def _square_side(area: int) -> int:
     return int(area**0.5) // SIZE_STEP * SIZE_STEP
 
 
-def _resolve_seed(seed: int) -> int:
-    if seed != RANDOM_SEED:
+def _is_random(seed: int | None) -> bool:
+    return seed is None or seed == RANDOM_SEED
+
+
+def _resolve_seed(seed: int | None) -> int:
+    if seed is not None and not _is_random(seed):
         return seed
     return secrets.randbelow(MAX_SEED + 1)
 
 
-def batch_seeds(seed: int, count: int) -> tuple[int, ...]:
+def batch_seeds(seed: int | None, count: int) -> tuple[int, ...]:
     """A1111's batch seeds: `seed`, `seed + 1`, ...; a random start when seed is -1."""
     start = _resolve_seed(seed)
     return tuple((start + index) % (MAX_SEED + 1) for index in range(count))
-
-
-ASPECT_STEP = 64
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-_RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    match = _SIZE.match(text)
-    if match is None:
-        raise InvalidRequestError(f"Size {text!r} is not WIDTHxHEIGHT, for example 768x512.")
-    return int(match.group(1)), int(match.group(2))
-
-
-def parse_aspect_ratio(text: str, native_size: int) -> tuple[int, int]:
-    """A size of about the model's native area with this aspect ratio, in multiples of 64."""
-    match = _RATIO.match(text)
-    if match is None:
-        raise InvalidRequestError(f"Aspect ratio {text!r} is not W:H, for example 16:9.")
-    ratio_w, ratio_h = float(match.group(1)), float(match.group(2))
-    if ratio_w <= 0 or ratio_h <= 0 or not 1 / 8 <= ratio_w / ratio_h <= 8:
-        raise InvalidRequestError(f"Aspect ratio {text} is out of range (1:8 to 8:1).")
-    area = native_size * native_size
-    width = (area * ratio_w / ratio_h) ** 0.5
-    height = area / width
-    return (
-        max(ASPECT_STEP, round(width / ASPECT_STEP) * ASPECT_STEP),
-        max(ASPECT_STEP, round(height / ASPECT_STEP) * ASPECT_STEP),
-    )

@@ -87,12 +87,22 @@ def test_img2img_without_size_takes_the_init_image_size(engine: Engine) -> None:
     assert result.images[0].image.size == (96, 64)
 
 
+@pytest.fixture(scope="module")
+def euler_a_image(engine: Engine) -> np.ndarray:
+    return as_array(
+        engine.generate(request(sampler="Euler a", steps=4, cfg_scale=1.5)).images[0].image
+    )
+
+
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
-def test_every_sampler_runs(engine: Engine, sampler: str) -> None:
+def test_every_sampler_runs(engine: Engine, sampler: str, euler_a_image: np.ndarray) -> None:
     result = engine.generate(request(sampler=sampler, steps=4, cfg_scale=1.5))
     image = result.images[0].image
     assert image.size == (64, 64)
-    assert as_array(image).std() > 0
+    pixels = as_array(image)
+    assert 0 < pixels.mean() < 255 and pixels.std() > 1
+    if sampler != "Euler a":
+        assert not np.array_equal(pixels, euler_a_image), "every sampler draws its own way"
     info = result.images[0].infotext
     shown = info.sampler if info.schedule_type is None else f"{info.sampler} {info.schedule_type}"
     assert shown == sampler
@@ -104,11 +114,12 @@ def test_new_schedule_type_spelling_matches_the_old(engine: Engine) -> None:
     assert np.array_equal(as_array(old.images[0].image), as_array(new.images[0].image))
 
 
-def test_samplers_do_not_leak_into_each_other(engine: Engine) -> None:
-    euler = engine.generate(request(sampler="Euler"))
-    engine.generate(request(sampler="DDIM"))
-    euler_again = engine.generate(request(sampler="Euler"))
-    assert np.array_equal(as_array(euler.images[0].image), as_array(euler_again.images[0].image))
+def test_a_karras_job_does_not_leak_into_the_next(engine: Engine) -> None:
+    plain = engine.generate(request(sampler="DPM++ 2M"))
+    karras = engine.generate(request(sampler="DPM++ 2M Karras"))
+    plain_again = engine.generate(request(sampler="DPM++ 2M"))
+    assert not np.array_equal(as_array(plain.images[0].image), as_array(karras.images[0].image))
+    assert np.array_equal(as_array(plain.images[0].image), as_array(plain_again.images[0].image))
 
 
 def _padding_modes(engine: Engine) -> list[str]:
@@ -191,7 +202,7 @@ def test_negative_prompt_and_cfg_shape_the_image(engine: Engine) -> None:
 
 
 def test_size_is_rounded_to_multiples_of_8_and_said(engine: Engine) -> None:
-    resolved = engine.resolve(request(width=70, height=61))
+    resolved = engine.prepare(request(width=70, height=61))
     assert (resolved.request.width, resolved.request.height) == (72, 64)
     assert "rounded to 72x64" in resolved.notes[0]
     result = engine.generate(request(width=70, height=61))
@@ -246,9 +257,65 @@ def test_request_and_result_round_trip_through_json(engine: Engine) -> None:
     )
     assert GenerationRequest.from_json(original.to_json()) == original
     assert GenerationRequest.from_json(request().to_json()) == request()
-    result = engine.generate(request(seeds=(5, 6)))
+    result = engine.generate(
+        request(prompt="  two\r\nlines\nNegative prompt: not one ", seeds=(5, 6))
+    )
     restored = type(result).from_json(result.to_json())
     assert restored.request == result.request
     assert restored.seeds == (5, 6)
     assert restored.images[1].infotext == result.images[1].infotext
     assert np.array_equal(as_array(restored.images[1].image), as_array(result.images[1].image))
+    assert restored.images[0].infotext.prompt == "  two\r\nlines\nNegative prompt: not one "
+    with pytest.raises(ValueError, match="no field"):
+        GenerationRequest.from_json('{"prompt": "x", "loras": ["style"]}')
+
+
+def test_progress_counts_the_users_steps_for_second_order_samplers(engine: Engine) -> None:
+    for sampler in ("Heun", "DPM2 a", "PLMS"):
+        events: list[ProgressEvent] = []
+        engine.generate(request(sampler=sampler, steps=4), on_progress=events.append)
+        assert [(event.step, event.total) for event in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_a_sampler_that_cannot_run_that_many_steps_is_refused_up_front(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="LCM cannot run 60 steps"):
+        engine.prepare(request(sampler="LCM", steps=60))
+
+
+def test_missing_seeds_are_random(engine: Engine) -> None:
+    result = engine.generate(request(seeds=(None, 5)))
+    assert result.seeds[1] == 5
+    assert 0 <= result.seeds[0] <= MAX_SEED
+
+
+def test_jobs_from_two_threads_give_the_same_images_as_one_by_one(engine: Engine) -> None:
+    jobs = (request(sampler="Euler", seeds=(3,)), request(sampler="DDIM", seeds=(4,)))
+    expected = [as_array(engine.generate(job).images[0].image) for job in jobs]
+    results: dict[int, np.ndarray] = {}
+
+    def run(index: int) -> None:
+        results[index] = as_array(engine.generate(jobs[index]).images[0].image)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, alone in enumerate(expected):
+        assert np.array_equal(results[index], alone)
+
+
+def test_clip_skip_uses_a1111_numbering(engine: Engine) -> None:
+    from pipeline.conditioning import encode_text
+
+    pipe = engine.pipelines[0]
+    ids = pipe.tokenizer(
+        ["a castle"], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        states = pipe.text_encoder(ids, output_hidden_states=True).hidden_states
+        final_norm = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).final_layer_norm
+        penultimate = final_norm(states[-2])
+        reference, _ = pipe.encode_prompt("a castle", "cpu", 1, False)
+    assert torch.equal(encode_text(pipe, ["a castle"], clip_skip=1), reference)
+    assert torch.equal(encode_text(pipe, ["a castle"], clip_skip=2), penultimate)

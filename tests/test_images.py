@@ -113,6 +113,20 @@ def test_format_all_keys_in_a1111_order_exact() -> None:
     )
 
 
+def test_format_writes_rng_between_clip_skip_and_tiling() -> None:
+    info = Infotext(
+        prompt="p",
+        steps=20,
+        sampler="Euler",
+        seed=1,
+        clip_skip=2,
+        rng="CPU",
+        tiling=True,
+        version="x",
+    )
+    assert format_infotext(info).endswith("Clip skip: 2, RNG: CPU, Tiling: True, Version: x")
+
+
 def test_format_leaves_out_defaults() -> None:
     info = Infotext(prompt="p", steps=4, sampler="Euler", seed=1, clip_skip=1, width=64)
     assert format_infotext(info) == "p\nSteps: 4, Sampler: Euler, Seed: 1"
@@ -214,6 +228,23 @@ def test_parse_returns_none_without_a_parameter_line(text: str) -> None:
     assert parse_infotext(text) is None
 
 
+def test_parse_reads_rng_into_its_field_not_extra() -> None:
+    parsed = parse_infotext(
+        "p\nSteps: 20, Sampler: Euler, Seed: 1, Clip skip: 2, RNG: NV, Tiling: True, Version: x"
+    )
+    assert parsed == Infotext(
+        prompt="p",
+        steps=20,
+        sampler="Euler",
+        seed=1,
+        clip_skip=2,
+        rng="NV",
+        tiling=True,
+        version="x",
+    )
+    assert parsed.extra == ()
+
+
 def test_parse_keeps_values_that_do_not_convert_in_extra() -> None:
     parsed = parse_infotext("p\nSteps: many, Sampler: Euler, Seed: 0x1f, Size: big, Tiling: yes")
     assert parsed == Infotext(
@@ -263,6 +294,17 @@ ROUND_TRIP_CASES = [
         version="f2.0.1v1.10.1-previous",
     ),
     Infotext(prompt="x", steps=20, sampler="Euler", seed=1, tiling=True, clip_skip=12),
+    Infotext(
+        prompt="x",
+        steps=20,
+        sampler="Euler",
+        seed=1,
+        clip_skip=2,
+        rng="CPU",
+        tiling=True,
+        extra=(("Hires upscale", "2"),),
+        version="x",
+    ),
     Infotext(prompt="x", steps=20, sampler="Euler", seed=1, denoising_strength=0.0),
     Infotext(prompt="x", steps=20, sampler="Euler", seed=1, extra=(("Steps", "not a number"),)),
 ]
