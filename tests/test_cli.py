@@ -213,3 +213,46 @@ def test_pnginfo_reads_back_what_imagine_wrote(
     Image.new("RGB", (8, 8)).save(foreign)
     assert run_cli(monkeypatch, "pnginfo", str(foreign)) == 1
     assert "no generation data" in capsys.readouterr().err
+
+
+def test_aspect_ratio_cfg_clip_skip_and_out_folder(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "elsewhere"
+    code = run_cli(
+        monkeypatch,
+        "imagine",
+        "a harbour at dawn",
+        "--n",
+        "1",
+        "--steps",
+        "1",
+        "--ar",
+        "16:9",
+        "--cfg",
+        "5.5",
+        "--clip-skip",
+        "2",
+        "--out",
+        str(out),
+        "--model",
+        "tiny-sd1-single",
+        "--json",
+    )
+    assert code == 0
+    path = Path(json.loads(capsys.readouterr().out)["images"][0]["path"])
+    assert out in path.parents
+    with Image.open(path) as image:
+        assert image.size == (704, 384)  # 16:9 near the SD 1.x native 512x512
+        parameters = image.info["parameters"]
+    assert "CFG scale: 5.5" in parameters and "Clip skip: 2" in parameters
+    assert "Model: tiny-sd1-single" in parameters
+
+
+def test_brackets_in_user_input_are_printed_as_they_are(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(monkeypatch, "imagine", "x", "--sampler", "[/x] [bold]euler") == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: Unknown sampler '[/x] [bold]euler'. Valid samplers:")

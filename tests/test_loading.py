@@ -61,6 +61,9 @@ def test_single_file_loads_offline_and_matches_the_folder(
     assert single.source.kind is SourceKind.SINGLE_FILE
     assert single.short_hash is not None and len(single.short_hash) == 10
     assert np.array_equal(tiny_image(single), tiny_image(tiny_model))
+    request = GenerationRequest(prompt="a fox", steps=1, seeds=(1,), width=64, height=64)
+    info = Engine(single).generate(request).images[0].infotext
+    assert (info.model, info.model_hash) == ("tiny-sd1-single", single.short_hash)
 
 
 def test_ckpt_and_sd2_checkpoints_load(tmp_path: Path, no_network: None) -> None:
@@ -195,3 +198,112 @@ def test_a1111_lora_and_upscaler_folders_are_found(tmp_path: Path) -> None:
         "RealESRGAN_x4plus.pth",
     ]
     assert folders.checkpoints == []
+
+
+class LightningCallback:
+    """Stands in for the training callbacks old .ckpt files pickle beside their weights."""
+
+
+def test_pickled_objects_in_a_ckpt_are_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "old-training-run.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "callbacks": LightningCallback()}, path)
+    with pytest.raises(
+        ModelLoadError, match=r"pickled Python objects.*Convert it to \.safetensors"
+    ):
+        load(path, tmp_path / "cache")
+
+
+def test_fp16_only_folders_load(tmp_path: Path) -> None:
+    folder = tmp_path / "stable-diffusion" / "half"
+    build_random_pipeline("sd1").save_pretrained(folder, variant="fp16")
+    model = load_model(resolve_model("half", tmp_path), CPU, tmp_path, HashCache(tmp_path / "h"))
+    assert model.family is SD1
+    assert tiny_image(model).shape == (64, 64, 3)
+
+
+def _write_configs(folder: Path, index: dict, text: dict, unet: dict) -> Path:
+    for name, content in (
+        ("model_index.json", index),
+        ("text_encoder/config.json", text),
+        ("unet/config.json", unet),
+    ):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(content))
+    return folder
+
+
+SD_INDEX = {"_class_name": "StableDiffusionPipeline"}
+XL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "x"]}
+
+
+@pytest.mark.parametrize(
+    ("index", "text", "unet", "outcome"),
+    [
+        (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 4}, "SD 1.x"),
+        (SD_INDEX, {"hidden_act": "gelu"}, {"in_channels": 4}, "SD 2.x"),
+        (XL_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 4}, "SDXL"),
+        (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 9}, "inpainting"),
+    ],
+)
+def test_diffusers_folder_family(
+    tmp_path: Path, index: dict, text: dict, unet: dict, outcome: str
+) -> None:
+    folder = _write_configs(tmp_path / "stable-diffusion" / "m", index, text, unet)
+    source = resolve_model(str(folder), tmp_path)
+    if outcome.startswith("SD "):
+        assert loading.detect_local_family(source).label == outcome
+    else:
+        with pytest.raises(ModelLoadError, match=outcome):
+            loading.detect_local_family(source)
+
+
+def test_inpainting_single_files_are_refused_by_name(tmp_path: Path) -> None:
+    shapes = {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+    }
+    with pytest.raises(ModelLoadError, match=r"sd-inpaint\.safetensors is an inpainting"):
+        detect_family(shapes, tmp_path / "sd-inpaint.safetensors")
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behave as if HF_HUB_OFFLINE were unset (the suite sets it for safety)."""
+    import diffusers.utils.hub_utils
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", False)
+
+
+def test_local_models_make_no_network_call_even_when_online(
+    models_dir: Path, tmp_path: Path, online: None, no_network: None
+) -> None:
+    for name in ("tiny-sd1", "tiny-sd1-single"):
+        model = load_model(
+            resolve_model(name, models_dir), CPU, tmp_path, HashCache(tmp_path / "h")
+        )
+        assert tiny_image(model).shape == (64, 64, 3)
+
+
+def test_hub_models_are_checked_before_the_download(
+    tmp_path: Path, online: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from diffusers import DiffusionPipeline
+
+    xl = _write_configs(tmp_path / "xl", XL_INDEX, {"hidden_act": "quick_gelu"}, {})
+    downloads: list[bool] = []
+
+    def fetch_config(repo_id: str, filename: str, **kwargs: object) -> str:
+        return str(xl / filename)
+
+    def snapshot(repo_id: str, local_files_only: bool = False, **kwargs: object) -> str:
+        downloads.append(local_files_only)
+        raise OSError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
+    monkeypatch.setattr(DiffusionPipeline, "download", snapshot)
+    with pytest.raises(ModelLoadError, match="SDXL"):
+        download_from_hub("stabilityai/stable-diffusion-xl-base-1.0", CPU)
+    assert downloads and all(downloads), "only cache look-ups, no download"
