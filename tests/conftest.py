@@ -51,9 +51,3 @@ def tiny_model(models_dir: Path, cache_dir: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def engine(tiny_model: LoadedModel) -> Iterator[Engine]:
     yield Engine(tiny_model)
-
-
-def pixels(image) -> torch.Tensor:
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(image).copy())
