@@ -51,7 +51,6 @@ SD2 = ModelFamily(
     config_folder="sd2",
     encode_prompts=encode_prompts,
 )
-SUPPORTED = (SD1, SD2)
 NOT_YET_SUPPORTED = {"sdxl": "SDXL"}
 
 
