@@ -309,8 +309,3 @@ def main() -> None:
 
 def _print_error(message: str) -> None:
     err.print(Text.assemble(("error:", "red"), " ", message))
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""

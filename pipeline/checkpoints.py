@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from pipeline.errors import ModelLoadError
+from pipeline.errors import ModelLoadError, first_line
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
 
 UNET = "model.diffusion_model."
@@ -77,18 +77,13 @@ def _read_ckpt(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(
             f"{path} holds pickled Python objects besides its tensors, which Easel does not "
             "unpickle because they can run code. Convert it to .safetensors "
-            f"({_first_line(error)})."
+            f"({first_line(error)})."
         ) from error
     while isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
         raise ModelLoadError(f"{path} holds no state dict; expected a Stable Diffusion checkpoint.")
     return {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def _corrupt(path: Path, error: Exception) -> ModelLoadError:

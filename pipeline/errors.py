@@ -19,3 +19,9 @@ class ModelLoadError(EaselError):
 
 class GenerationOutOfMemory(EaselError):
     """The device ran out of memory during one job; the engine stays usable."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors can run to a page), or its type."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__

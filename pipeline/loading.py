@@ -30,7 +30,7 @@ from pipeline.checkpoints import (
     write_config_folder,
 )
 from pipeline.device import DeviceChoice
-from pipeline.errors import ModelLoadError
+from pipeline.errors import ModelLoadError, first_line
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
 from pipeline.folders import ModelFolders
 from pipeline.tokenizer import build_clip_tokenizer
@@ -271,7 +271,7 @@ def _load_folder(folder: Path, family: ModelFamily, device: DeviceChoice) -> Dif
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(
-            f"{folder} could not be loaded as a diffusers model: {_first_line(error)}"
+            f"{folder} could not be loaded as a diffusers model: {first_line(error)}"
         ) from error
     return pipe.to(device.device)
 
@@ -313,7 +313,7 @@ def _load_single_file(
     except (KeyError, ValueError, RuntimeError, OSError) as error:
         raise ModelLoadError(
             f"{path} looks like a {family.label} checkpoint but its tensors do not fit that "
-            f"layout: {_first_line(error)}"
+            f"layout: {first_line(error)}"
         ) from error
     scheduler_class = _scheduler_class(config)
     pipe = family.txt2img_class(
@@ -367,7 +367,7 @@ def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
         try:
             return _hub_snapshot(repo_id, variant, local_only=False)
         except (OSError, ValueError) as error:
-            errors.append(_first_line(error))
+            errors.append(first_line(error))
     raise ModelLoadError(f"Could not download {repo_id}: {errors[-1]}")
 
 
@@ -381,7 +381,7 @@ def _check_hub_family(repo_id: str) -> ModelFamily:
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"{repo_id} could not be read from the Hugging Face hub (offline, a wrong repo id, "
-            f"or a gated repo that needs a token?): {_first_line(error)}"
+            f"or a gated repo that needs a token?): {first_line(error)}"
         ) from error
     return family_from_configs(*configs, where=repo_id)
 
@@ -402,8 +402,3 @@ def _hub_snapshot(repo_id: str, variant: str | None, local_only: bool) -> Path |
             return None
         raise
     return Path(folder)
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
