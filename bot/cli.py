@@ -10,7 +10,7 @@ import threading
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,9 +22,18 @@ from bot.core.options import parse_ratio, parse_size, size_for_ratio
 from bot.outputs import SavedResult, save_result
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError
-from pipeline.request import GenerationRequest, GenerationResult, ImageRef, ResultStatus
+from pipeline.request import (
+    GenerationRequest,
+    GenerationResult,
+    ImageRef,
+    ProgressEvent,
+    ResultStatus,
+)
 from pipeline.samplers import resolve_sampler
 from pipeline.validation import batch_seeds, check_ranges
+
+if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
+    from pipeline.engine import Engine, PreparedJob
 
 app = typer.Typer(
     help="Easel: Stable Diffusion on your own GPU and checkpoints.",
@@ -46,7 +55,7 @@ def _quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
 
 
-def _load_engine(settings: Settings, model: str | None, quiet: bool):
+def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
     from pipeline.device import choose_device
     from pipeline.engine import Engine
     from pipeline.loading import (
@@ -136,21 +145,21 @@ def imagine(
         explicit_size = size_for_ratio(ratio, engine.model.native_size)
     if explicit_size is not None:
         request = replace(request, width=explicit_size[0], height=explicit_size[1])
-    resolved = engine.prepare(request)
-    for note in resolved.notes:
+    job = engine.prepare(request)
+    for note in job.notes:
         err.print(note, style="yellow")
-    result = _generate_with_progress(engine, resolved.request, show=not as_json)
+    result = _generate_with_progress(engine, job, show=not as_json)
     if result.status is ResultStatus.CANCELLED:
         err.print("Cancelled.")
         raise typer.Exit(130)
     saved = save_result(result, out_dir or settings.outputs_dir)
     if as_json:
-        print(json.dumps(_json_report(result, saved, resolved.notes), ensure_ascii=False))
+        print(json.dumps(_json_report(result, saved, job.notes), ensure_ascii=False))
     else:
         _print_report(result, saved)
 
 
-def _generate_with_progress(engine, request: GenerationRequest, show: bool) -> GenerationResult:
+def _generate_with_progress(engine: Engine, job: PreparedJob, show: bool) -> GenerationResult:
     """Run the job on a worker thread so Ctrl-C cancels it cleanly within a step."""
     cancel = threading.Event()
     outcome: list[GenerationResult | BaseException] = []
@@ -161,14 +170,14 @@ def _generate_with_progress(engine, request: GenerationRequest, show: bool) -> G
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, disable=not show, transient=False) as progress:
-        task = progress.add_task("Sampling", total=request.steps)
+        task = progress.add_task("Sampling", total=job.request.steps)
 
-        def on_progress(event) -> None:
+        def on_progress(event: ProgressEvent) -> None:
             progress.update(task, completed=event.step, total=event.total)
 
         def work() -> None:
             try:
-                outcome.append(engine.generate(request, on_progress=on_progress, cancel=cancel))
+                outcome.append(engine.run(job, on_progress=on_progress, cancel=cancel))
             except BaseException as error:  # handed to the main thread
                 outcome.append(error)
 

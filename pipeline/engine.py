@@ -115,7 +115,15 @@ class Engine:
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        job = self.prepare(request)
+        return self.run(self.prepare(request), on_progress, cancel)
+
+    def run(
+        self,
+        job: PreparedJob,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Run a job from `prepare`; one at a time, whichever thread calls."""
         resolved = job.request
         with self._lock:
             started = time.perf_counter()
