@@ -18,19 +18,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot.core.options import parse_ratio, parse_size, size_for_ratio
+from bot.core.options import options_from_fields
 from bot.outputs import SavedResult, save_result
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError
 from pipeline.request import (
-    GenerationRequest,
     GenerationResult,
     ImageRef,
     ProgressEvent,
     ResultStatus,
 )
 from pipeline.samplers import resolve_sampler
-from pipeline.validation import batch_seeds, check_ranges
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
     from pipeline.engine import Engine, PreparedJob
@@ -93,58 +91,78 @@ def _say_which_default(default: str, local: list) -> None:  # list[ModelSource]
 
 @app.command()
 def imagine(
-    prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    n: Annotated[int, typer.Option("--n", help="Number of images, 1-4.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; -1 is random.")] = -1,
-    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 20,
-    cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
-    sampler: Annotated[str, typer.Option(help='A1111 sampler name, e.g. "DPM++ 2M Karras".')] = (
-        "Euler a"
-    ),
+    prompt: Annotated[
+        str, typer.Argument(help="What to draw; may hold the chat flags, e.g. `--ar 16:9`.")
+    ],
+    negative: Annotated[
+        str | None, typer.Option("--negative", "--neg", help="Negative prompt.")
+    ] = None,
+    no: Annotated[str | None, typer.Option("--no", help="Things to avoid: `fog, people`.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Number of images, 1-4 (default 4).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first image; -1 is random.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps (default 20).")] = None,
+    cfg: Annotated[float | None, typer.Option(help="CFG scale (default 7).")] = None,
+    sampler: Annotated[str | None, typer.Option(help='e.g. "DPM++ 2M Karras".')] = None,
     schedule: Annotated[
         str | None, typer.Option("--schedule", help='Schedule type, e.g. "Karras".')
     ] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, e.g. 768x512.")] = None,
     ar: Annotated[str | None, typer.Option("--ar", help="Aspect ratio W:H, e.g. 16:9.")] = None,
+    style: Annotated[str | None, typer.Option(help="Style id, e.g. watercolor.")] = None,
+    shot: Annotated[str | None, typer.Option(help="Shot id, e.g. close-up-shot.")] = None,
+    light: Annotated[
+        str | None, typer.Option(help="Lighting id, e.g. golden-hour-lighting.")
+    ] = None,
+    quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
     tile: Annotated[bool, typer.Option("--tile", help="Seamless tiling texture.")] = False,
-    clip_skip: Annotated[int, typer.Option("--clip-skip", help="CLIP layers to skip.")] = 1,
+    clip_skip: Annotated[
+        int | None, typer.Option("--clip-skip", help="CLIP layers to skip.")
+    ] = None,
     init: Annotated[Path | None, typer.Option("--init", help="Init image for img2img.")] = None,
     strength: Annotated[float, typer.Option(help="Denoising strength for img2img.")] = 0.75,
     model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Generate images from a prompt and save them with a grid."""
+    """Generate images from a prompt and save them with a grid.
+
+    The options are the chat bots' flags; they can also be written inside the prompt.
+    """
+    from pipeline.prompts.vocabulary import VocabularyStore
+
     settings = Settings()
     _quiet_libraries()
-    if size and ar:
-        raise InvalidRequestError("Give --size or --ar, not both.")
     if init is not None and not init.is_file():
         raise InvalidRequestError(f"Init image {init} does not exist.")
-    request = GenerationRequest(
-        prompt=prompt,
-        negative_prompt=negative,
+    if schedule:
+        sampler = resolve_sampler(sampler or "Euler a", schedule).name
+    vocabulary = VocabularyStore(settings.models_dir).current()
+    # Everything that needs no model is checked before the (slow) model load.
+    options = options_from_fields(
+        prompt,
+        vocabulary,
+        settings.limits(),
+        neg=negative,
+        no=no,
+        n=n,
+        seed=seed,
         steps=steps,
-        cfg_scale=cfg,
+        cfg=cfg,
         sampler=sampler,
-        schedule_type=schedule,
-        seeds=batch_seeds(seed, n),
-        init_image=ImageRef(path=str(init)) if init is not None else None,
-        denoising_strength=strength,
-        tiling=tile,
+        size=size,
+        ar=ar,
+        style=style,
+        shot=shot,
+        light=light,
+        quality=quality,
+        tile=tile,
         clip_skip=clip_skip,
     )
-    # Everything that needs no model is checked before the (slow) model load.
-    resolve_sampler(sampler, schedule)
-    check_ranges(request, settings.limits())
-    explicit_size = parse_size(size) if size else None
-    ratio = parse_ratio(ar) if ar else None
+    options.check_supported()
     engine = _load_engine(settings, model, quiet=as_json)
-    if ratio is not None:
-        explicit_size = size_for_ratio(ratio, engine.model.native_size)
-    if explicit_size is not None:
-        request = replace(request, width=explicit_size[0], height=explicit_size[1])
+    request = options.to_request(vocabulary, engine.model.native_size)
+    if init is not None:
+        request = replace(request, init_image=ImageRef(path=str(init)), denoising_strength=strength)
     job = engine.prepare(request)
     for note in job.notes:
         err.print(note, style="yellow")

@@ -20,11 +20,12 @@ import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 from PIL import Image
 
-from pipeline.batching import image_by_image, vae_slicing
-from pipeline.conditioning import max_clip_skip
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
+from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import LoadedModel
+from pipeline.prompts.encoding import max_clip_skip
+from pipeline.prompts.plan import PromptPlan, plan_prompt
 from pipeline.request import (
     GeneratedImage,
     GenerationRequest,
@@ -54,6 +55,7 @@ class PreparedJob:
     scheduler: SchedulerMixin  # this job's own instance
     sampler: SamplerSpec
     init_image: Image.Image | None
+    prompt: PromptPlan
 
 
 def easel_version() -> str:
@@ -93,12 +95,21 @@ class Engine:
                 f"Clip skip must be between 1 and {layers} for this model, not {request.clip_skip}."
             )
         resolved = resolve_request(request, self.limits, self.model.native_size, init)
+        steps = _visible_steps(resolved.request)
+        plan = plan_prompt(request.prompt, request.negative_prompt, steps)
+        if plan.loras:
+            names = ", ".join(tag.name for tag in plan.loras)
+            raise InvalidRequestError(
+                f"The prompt asks for LoRA {names} with a <lora:…> tag, but this version of "
+                "Easel cannot apply LoRAs yet; remove the tag."
+            )
         return PreparedJob(
             request=resolved.request,
             notes=resolved.notes,
             scheduler=self._scheduler_for(spec, resolved.request.steps),
             sampler=spec,
             init_image=init,
+            prompt=plan,
         )
 
     def _scheduler_for(self, spec: SamplerSpec, steps: int) -> SchedulerMixin:
@@ -169,17 +180,25 @@ class Engine:
         request = job.request
         pipe = self._img2img if request.is_img2img else self._txt2img
         pipe.scheduler = job.scheduler
-        embeddings = self.model.family.encode_prompts(
-            pipe, request.prompt, request.negative_prompt, request.image_count, request.clip_skip
+        count = request.image_count
+        counter = StepCounter(_visible_steps(request))
+        guided = GuidedUNet(
+            job.prompt,
+            self.model.family.prompt_encoder(pipe, request.clip_skip),
+            counter,
+            images=count,
+            exact=self.exact_batches,
         )
+        first = guided.conditioning()  # diffusers checks shapes; the wrapper picks per step
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
         arguments: dict[str, Any] = {
-            **embeddings.pipeline_kwargs(),
+            "prompt_embeds": first.parts[0].repeat(count, 1, 1),
+            "negative_prompt_embeds": first.negative.repeat(count, 1, 1),
             "num_inference_steps": request.steps,
             "guidance_scale": request.cfg_scale,
             "generator": generators,
             "output_type": "pil",
-            "callback_on_step_end": _step_callback(on_progress, cancel, _visible_steps(request)),
+            "callback_on_step_end": _step_callback(on_progress, cancel, counter),
         }
         if job.init_image is not None:
             assert request.width is not None and request.height is not None
@@ -190,7 +209,7 @@ class Engine:
         exact = self.exact_batches
         with (
             circular_padding((pipe.unet, pipe.vae), enabled=request.tiling),
-            image_by_image(pipe.unet, request.image_count, enabled=exact),
+            guided.wrapping(pipe.unet),
             vae_slicing(pipe.vae, enabled=exact),
         ):
             started = time.perf_counter()
@@ -252,16 +271,18 @@ def _visible_steps(request: GenerationRequest) -> int:
 
 
 def _step_callback(
-    on_progress: ProgressCallback | None, cancel: threading.Event | None, visible: int
+    on_progress: ProgressCallback | None, cancel: threading.Event | None, counter: StepCounter
 ) -> Callable[..., dict[str, Any]]:
-    """Progress in the user's steps: second-order samplers (Heun, DPM2) call the UNet about
-    twice per step and PLMS once more, so diffusers' own count would overshoot."""
+    """Advances the prompt schedule and reports progress in the user's steps: second-order
+    samplers (Heun, DPM2) call the UNet about twice per step and PLMS once more."""
     shown = 0
 
     def callback(
         pipe: DiffusionPipeline, index: int, timestep: Any, tensors: dict[str, Any]
     ) -> dict[str, Any]:
         nonlocal shown
+        counter.advance(pipe.num_timesteps)
+        visible = counter.steps
         step = min(visible, math.ceil((index + 1) * visible / pipe.num_timesteps))
         if on_progress is not None and step > shown:
             on_progress(ProgressEvent(step=step, total=visible))

@@ -16,8 +16,8 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
-from pipeline.conditioning import PromptEmbeddings, encode_prompts
 from pipeline.errors import ModelLoadError
+from pipeline.prompts.encoding import PromptEncoder
 from pipeline.tokenizer import EOS, OPEN_CLIP_PAD
 
 
@@ -29,8 +29,8 @@ class ModelFamily:
     img2img_class: type[DiffusionPipeline]
     pad_token: str
     config_folder: str  # under pipeline/configs/
-    # (pipeline, prompt, negative prompt, image count, clip skip) -> conditioning
-    encode_prompts: Callable[[DiffusionPipeline, str, str, int, int], PromptEmbeddings]
+    # (pipeline, clip skip) -> the encoder of one job's prompts
+    prompt_encoder: Callable[[DiffusionPipeline, int], PromptEncoder]
 
 
 SD1 = ModelFamily(
@@ -40,7 +40,7 @@ SD1 = ModelFamily(
     img2img_class=StableDiffusionImg2ImgPipeline,
     pad_token=EOS,
     config_folder="sd1",
-    encode_prompts=encode_prompts,
+    prompt_encoder=PromptEncoder,
 )
 SD2 = ModelFamily(
     id="sd2",
@@ -49,7 +49,7 @@ SD2 = ModelFamily(
     img2img_class=StableDiffusionImg2ImgPipeline,
     pad_token=OPEN_CLIP_PAD,
     config_folder="sd2",
-    encode_prompts=encode_prompts,
+    prompt_encoder=PromptEncoder,
 )
 NOT_YET_SUPPORTED = {"sdxl": "SDXL"}
 

@@ -139,11 +139,12 @@ def test_img2img_from_the_command_line(
     ("args", "message"),
     [
         (["--sampler", "Eular a"], "Did you mean 'Euler a'"),
-        (["--steps", "0"], "Steps must be between 1 and 100"),
-        (["--n", "5"], "1 to 4 images"),
+        (["--steps", "0"], "--steps must be a whole number from 1 to 100"),
+        (["--n", "5"], "--n must be a whole number from 1 to 4"),
         (["--model", "no-such-model"], "No model named 'no-such-model'"),
-        (["--size", "4096x4096", "--model", "tiny-sd1"], "limit is 1,048,576 pixels"),
-        (["--size", "big"], "is not WIDTHxHEIGHT"),
+        (["--size", "4096x4096", "--model", "tiny-sd1"], "at most 1,048,576 pixels"),
+        (["--size", "big"], "--size must be WIDTHxHEIGHT"),
+        (["--style", "watercolour"], "Did you mean 'watercolor'"),
         (["--init", "missing.png"], "does not exist"),
     ],
 )
@@ -256,3 +257,28 @@ def test_brackets_in_user_input_are_printed_as_they_are(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: Unknown sampler '[/x] [bold]euler'. Valid samplers:")
+
+
+def test_the_chat_flags_work_inside_the_prompt(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(
+        monkeypatch,
+        "imagine",
+        "a lighthouse --steps 2 --n 1 --seed 5 --style watercolor --light golden-hour-lighting "
+        "--no fog, people --sampler DPM++ 2M Karras",
+        "--model",
+        "tiny-sd1",
+        "--json",
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    parameters = report["parameters"]
+    assert parameters["prompt"].startswith("a lighthouse, ")
+    assert "watercolor" in parameters["prompt"] and "golden hour" in parameters["prompt"]
+    assert parameters["negative_prompt"] == "fog, people"
+    assert (parameters["steps"], report["seeds"]) == (2, [5])
+    assert parameters["sampler"] == "DPM++ 2M Karras"
+
+    assert run_cli(monkeypatch, "imagine", "x --bogus 1", "--model", "tiny-sd1") == 1
+    assert "Unknown flag --bogus" in capsys.readouterr().err

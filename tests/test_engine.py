@@ -306,7 +306,7 @@ def test_jobs_from_two_threads_give_the_same_images_as_one_by_one(engine: Engine
 
 
 def test_clip_skip_uses_a1111_numbering(engine: Engine) -> None:
-    from pipeline.conditioning import encode_text
+    from pipeline.prompts.encoding import PromptEncoder
 
     pipe = engine.pipelines[0]
     ids = pipe.tokenizer(
@@ -317,5 +317,5 @@ def test_clip_skip_uses_a1111_numbering(engine: Engine) -> None:
         final_norm = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).final_layer_norm
         penultimate = final_norm(states[-2])
         reference, _ = pipe.encode_prompt("a castle", "cpu", 1, False)
-    assert torch.equal(encode_text(pipe, ["a castle"], clip_skip=1), reference)
-    assert torch.equal(encode_text(pipe, ["a castle"], clip_skip=2), penultimate)
+    assert torch.equal(PromptEncoder(pipe, clip_skip=1).encode("a castle"), reference)
+    assert torch.equal(PromptEncoder(pipe, clip_skip=2).encode("a castle"), penultimate)

@@ -1,11 +1,165 @@
-"""Size options as users type them."""
+"""The /imagine options: one line with Midjourney-style flags, or typed fields."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bot.core.options import parse_ratio, parse_size, size_for_ratio
+from bot.core.options import (
+    ImagineOptions,
+    LoraChoice,
+    OptionsError,
+    options_from_fields,
+    parse_options,
+    parse_ratio,
+    parse_size,
+    size_for_ratio,
+)
 from pipeline.errors import InvalidRequestError
+from pipeline.prompts.vocabulary import Vocabulary
+from pipeline.validation import Limits
+
+VOCABULARY = Vocabulary.load()
+
+
+def parse(text: str) -> ImagineOptions:
+    return parse_options(text, VOCABULARY)
+
+
+def test_a_full_line() -> None:
+    options = parse(
+        "a castle on a hill --ar 16:9 --seed 42 --no fog, people --neg blurry "
+        '--steps 30 --cfg 6.5 --sampler "DPM++ 2M Karras" --style Pixel Art --shot wide-shot '
+        "--light golden-hour-lighting --quality masterpiece --n 2 --tile --clip-skip 2"
+    )
+    assert options.prompt == "a castle on a hill"
+    assert options.aspect_ratio == (16.0, 9.0)
+    assert (options.seed, options.steps, options.cfg, options.count) == (42, 30, 6.5, 2)
+    assert options.avoid == ("fog", "people")
+    assert options.negative_prompt() == "blurry, fog, people"
+    assert options.sampler == "DPM++ 2M Karras"
+    assert (options.style, options.shot, options.lighting, options.quality) == (
+        "pixel-art",
+        "wide-shot",
+        "golden-hour-lighting",
+        "masterpiece",
+    )
+    assert options.tile and options.clip_skip == 2
+
+
+def test_the_request_puts_the_users_words_first() -> None:
+    options = parse(
+        "a fox in the snow --style watercolor --shot close-up-shot --light soft-lighting"
+    )
+    request = options.to_request(VOCABULARY, native_size=512)
+    assert request.prompt.startswith("a fox in the snow, ")
+    fragments = request.prompt.split(", ")
+    assert fragments.index("watercolor") < fragments.index("close-up shot")
+    assert fragments.index("close-up shot") < fragments.index("soft lighting")
+
+
+@pytest.mark.parametrize(
+    ("line", "native", "size"),
+    [
+        ("x --ar 16:9", 512, (704, 384)),
+        ("x --ar 1:1", 768, (768, 768)),
+        ("x --ar 2:3", 768, (640, 960)),
+        ("x --size 640x448", 512, (640, 448)),
+        ("x", 512, (None, None)),
+    ],
+)
+def test_sizes_follow_the_model(line: str, native: int, size: tuple) -> None:
+    request = parse(line).to_request(VOCABULARY, native_size=native)
+    assert (request.width, request.height) == size
+
+
+def test_seed_and_count_make_a1111_batch_seeds() -> None:
+    request = parse("x --seed 10 --n 3").to_request(VOCABULARY, 512)
+    assert request.seeds == (10, 11, 12)
+
+
+def test_several_no_flags_add_up_and_ids_match_loosely() -> None:
+    options = parse("x --no fog --no rain, snow --style WATERCOLOR")
+    assert options.avoid == ("fog", "rain", "snow")
+    assert options.style == "watercolor"
+
+
+@pytest.mark.parametrize(
+    ("line", "english", "korean"),
+    [
+        ("x --steps 0", "--steps must be a whole number from 1 to 100", "--steps 값은"),
+        ("x --steps many", "--steps must be a whole number", "정수"),
+        ("x --cfg 99", "--cfg must be a number from 1 to 30", "--cfg 값은"),
+        ("x --n 9", "--n must be a whole number from 1 to 4", "--n 값은"),
+        ("x --ar 16x9", "--ar must be W:H", "--ar 값은"),
+        ("x --size 4000x4000", "at most 1,048,576 pixels", "픽셀 이하"),
+        ("x --style pixelart", "Did you mean 'pixel-art'?", "'pixel-art'을(를) 찾으셨나요?"),
+        ("x --sampler eular a", "Did you mean 'Euler a'?", "'Euler a'을(를) 찾으셨나요?"),
+        ("x --stpes 20", "Did you mean --steps?", "--steps을(를) 찾으셨나요?"),
+        ("x --tile yes", "--tile takes no value", "값을 쓰지 않습니다"),
+        ("x --seed 1 --seed 2", "--seed is given twice", "두 번"),
+        ("--ar 16:9", "The prompt is empty", "프롬프트가 비어"),
+        ("x --ar 1:1 --size 512x512", "Give --ar or --size, not both", "하나만"),
+        ("x --lora bad:weight:x", "--lora must be NAME or NAME:WEIGHT", "--lora 값은"),
+        ("x --hires 9", "--hires takes an upscale factor", "--hires 값은"),
+        ("x --no", "--no needs the things to leave out", "--no 뒤에"),
+    ],
+)
+def test_mistakes_are_one_error_in_both_languages(line: str, english: str, korean: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        parse(line)
+    assert english in caught.value.en and english in str(caught.value)
+    assert korean in caught.value.ko
+    assert caught.value.message("ko-KR") == caught.value.ko
+
+
+def test_limits_come_from_the_settings() -> None:
+    with pytest.raises(OptionsError, match="from 1 to 30"):
+        parse_options("x --steps 31", VOCABULARY, Limits(max_steps=30))
+
+
+def test_lora_and_hires_parse_but_are_refused_for_now() -> None:
+    options = parse("x --lora pixel-style:0.7 --hires")
+    assert options.loras == (LoraChoice("pixel-style", 0.7),)
+    assert options.hires == 2.0
+    with pytest.raises(OptionsError, match="cannot apply LoRAs yet"):
+        options.to_request(VOCABULARY, 512)
+
+
+def test_typed_fields_go_through_the_same_checks() -> None:
+    options = options_from_fields(
+        "a castle --seed 3", VOCABULARY, ar="3:2", style="ukiyo-e-painting", tile=True, steps=None
+    )
+    assert (options.seed, options.aspect_ratio, options.style, options.tile) == (
+        3,
+        (3.0, 2.0),
+        "ukiyo-e-painting",
+        True,
+    )
+    with pytest.raises(OptionsError, match="Unknown --light"):
+        options_from_fields("a castle", VOCABULARY, light="disco")
+
+
+def test_prompt_text_with_dashes_and_brackets_stays_text() -> None:
+    options = parse("a [cat:dog:0.5] -- (best quality:1.2), well-lit x--y --n 1")
+    assert options.prompt == "a [cat:dog:0.5] -- (best quality:1.2), well-lit x--y"
+    assert options.count == 1
+
+
+PIECES = [*"ab :-,'\"0123456789x.", "--", "--ar ", "--n ", "--style ", "--no ", "--tile"]
+PIECES += ["--seed ", "--lora ", "--hires", "—", "--size ", "--sampler ", "--cfg "]
+
+
+@settings(max_examples=300, deadline=500)
+@given(st.lists(st.sampled_from(PIECES), max_size=40).map("".join))
+def test_any_line_parses_or_is_one_options_error(text: str) -> None:
+    try:
+        options = parse(text)
+    except OptionsError as error:
+        assert error.en and error.ko
+    else:
+        assert options.prompt.strip()
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,14 @@ def _text_encoder(shape: TinyShape, family: str) -> CLIPTextModel:
         eos_token_id=49407,
         pad_token_id=0 if family == "sd2" else 49407,
     )
-    return CLIPTextModel(config)
+    model = CLIPTextModel(config)
+    # A trained final layer norm has its own scale and shift; the default (1, 0) would make
+    # every token's mean exactly 0, which no real checkpoint does.
+    norm = getattr(model, "text_model", model).final_layer_norm
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2)
+        norm.bias.normal_(0.0, 0.5)
+    return model
 
 
 def _scheduler(family: str) -> PNDMScheduler | DDIMScheduler:

@@ -1,0 +1,82 @@
+"""What a prompt asks for at each sampling step: LoRA tags out, AND parts, edit schedules.
+
+The order follows A1111: extra-network tags are taken out of the whole prompt first, then the
+prompt splits into AND parts, and each part gets its own prompt-editing schedule. The negative
+prompt is scheduled too, but is never split by AND.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.prompts.composable import split_and
+from pipeline.prompts.extra_networks import LoraTag, extract_loras
+from pipeline.prompts.schedule import prompt_schedule
+
+
+@dataclass(frozen=True)
+class ScheduledText:
+    end_step: int  # as prompt_schedule gives it; see PromptPlan.at_step
+    text: str
+
+
+Schedule = tuple[ScheduledText, ...]
+
+
+@dataclass(frozen=True)
+class PromptPart:
+    weight: float
+    schedule: Schedule
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    parts: tuple[PromptPart, ...]
+    negative: Schedule
+    loras: tuple[LoraTag, ...]
+
+    @property
+    def is_plain(self) -> bool:
+        """One part of weight 1 whose text never changes: plain diffusers conditioning."""
+        return (
+            len(self.parts) == 1
+            and self.parts[0].weight == 1.0
+            and len(self.parts[0].schedule) == 1
+            and len(self.negative) == 1
+        )
+
+    def texts(self) -> set[str]:
+        """Every distinct text the job will encode."""
+        found = {entry.text for entry in self.negative}
+        for part in self.parts:
+            found.update(entry.text for entry in part.schedule)
+        return found
+
+    def at_step(self, done: int) -> tuple[str, tuple[tuple[str, float], ...]]:
+        """(negative text, ((part text, weight), ...)) for the step after `done` steps.
+
+        A1111's rule: the first entry with `done <= end_step` applies, so `[cat:dog:0.4]` at
+        20 steps draws a cat for 9 steps (done = 0..8) and a dog for the other 11.
+        """
+        parts = tuple((_text_at(part.schedule, done), part.weight) for part in self.parts)
+        return _text_at(self.negative, done), parts
+
+
+def _text_at(schedule: Schedule, done: int) -> str:
+    for entry in schedule:
+        if done <= entry.end_step:
+            return entry.text
+    return schedule[-1].text
+
+
+def _scheduled(text: str, steps: int) -> Schedule:
+    return tuple(ScheduledText(end, part) for end, part in prompt_schedule(text, steps))
+
+
+def plan_prompt(prompt: str, negative_prompt: str, steps: int) -> PromptPlan:
+    text, loras = extract_loras(prompt)
+    parts = tuple(
+        PromptPart(weight=part.weight, schedule=_scheduled(part.text, steps))
+        for part in split_and(text)
+    )
+    return PromptPlan(parts=parts, negative=_scheduled(negative_prompt, steps), loras=tuple(loras))
