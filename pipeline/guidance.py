@@ -52,6 +52,7 @@ class _StepConditioning:
     negative: torch.Tensor  # (1, tokens, width)
     parts: tuple[torch.Tensor, ...]
     weights: tuple[float, ...]
+    stacked: torch.Tensor  # (1 + parts, tokens, width): negative first
 
 
 class GuidedUNet:
@@ -68,16 +69,21 @@ class GuidedUNet:
         self.counter = counter
         self.images = images
         self.exact = exact
+        self._built: dict[tuple[str, tuple[tuple[str, float], ...]], _StepConditioning] = {}
 
     def conditioning(self) -> _StepConditioning:
-        negative, parts = self.plan.at_step(self.counter.done)
-        texts = [negative, *(text for text, _ in parts)]
-        padded = self.encoder.padded(texts)
-        return _StepConditioning(
-            negative=padded[0],
-            parts=tuple(padded[1:]),
-            weights=tuple(weight for _, weight in parts),
-        )
+        """The conditioning in force now; built once per distinct set of texts."""
+        key = self.plan.at_step(self.counter.done)
+        if key not in self._built:
+            negative, parts = key
+            padded = self.encoder.padded([negative, *(text for text, _ in parts)])
+            self._built[key] = _StepConditioning(
+                negative=padded[0],
+                parts=tuple(padded[1:]),
+                weights=tuple(weight for _, weight in parts),
+                stacked=torch.cat(padded, dim=0),
+            )
+        return self._built[key]
 
     @contextmanager
     def wrapping(self, unet: nn.Module) -> Iterator[None]:
@@ -117,20 +123,19 @@ class GuidedUNet:
         step = self.conditioning()
         plain = len(step.parts) == 1 and step.weights == (1.0,)
         with_negative = guided or not plain
-        embeddings = [step.negative] if with_negative else []
-        embeddings += list(step.parts)
-        per_image = torch.cat(embeddings, dim=0)  # (rows per image, tokens, width)
+        per_image = step.stacked if with_negative else step.stacked[1:]
+        rows_per_image = per_image.shape[0]
         latents = sample[: self.images]
         groups = (
             [[image] for image in range(self.images)] if self.exact else [list(range(self.images))]
         )
         outputs: list[torch.Tensor] = []
         for group in groups:
-            batch = latents[group].repeat_interleave(len(embeddings), dim=0)
+            batch = latents[group].repeat_interleave(rows_per_image, dim=0)
             context = per_image.repeat(len(group), 1, 1)
             steps = _timesteps(timestep, batch.shape[0])
             predicted = original(batch, steps, context, *extra_args, **kwargs, return_dict=False)
-            outputs.append(predicted[0].view(len(group), len(embeddings), *batch.shape[1:]))
+            outputs.append(predicted[0].view(len(group), rows_per_image, *batch.shape[1:]))
         predictions = torch.cat(outputs, dim=0)  # (images, rows per image, c, h, w)
         negative = predictions[:, 0] if with_negative else None
         positive = _combine(predictions[:, 1:] if with_negative else predictions, negative, step)
