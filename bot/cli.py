@@ -286,6 +286,35 @@ def _folder_line(kind: str, folders: list[Path], count: int) -> str:
 
 
 @app.command()
+def vocabulary(
+    category: Annotated[
+        str | None, typer.Argument(help="quality, face, style, shot, composition or lighting.")
+    ] = None,
+    korean: Annotated[bool, typer.Option("--ko", help="Korean labels.")] = False,
+) -> None:
+    """The ids --style, --shot, --light and --quality take, with their labels and prompts."""
+    from pipeline.prompts.vocabulary import CATEGORIES, CATEGORY_LABELS, VocabularyStore
+
+    settings = Settings()
+    store = VocabularyStore(settings.models_dir)
+    words = store.current()
+    if store.last_error:
+        err.print(f"{store.override_path} was not applied: {store.last_error}", style="yellow")
+    if category is not None and category not in CATEGORIES:
+        raise InvalidRequestError(
+            f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)}."
+        )
+    locale = "ko" if korean else "en"
+    for name in [category] if category else CATEGORIES:
+        table = Table(title=CATEGORY_LABELS[name].text(locale))
+        for column in ("Id", "Label", "Prompt"):
+            table.add_column(column)
+        for entry in words.entries(name):
+            table.add_row(entry.id, entry.label(locale), entry.prompt)
+        out.print(table)
+
+
+@app.command()
 def pnginfo(
     image: Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP image.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

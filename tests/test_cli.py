@@ -282,3 +282,16 @@ def test_the_chat_flags_work_inside_the_prompt(
 
     assert run_cli(monkeypatch, "imagine", "x --bogus 1", "--model", "tiny-sd1") == 1
     assert "Unknown flag --bogus" in capsys.readouterr().err
+
+
+def test_vocabulary_lists_ids_in_both_languages(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run_cli(monkeypatch, "vocabulary", "style") == 0
+    english = capsys.readouterr().out
+    assert "pixel-art" in english and "voxel-art" in english and "Pixel art" in english
+    assert run_cli(monkeypatch, "vocabulary", "style", "--ko") == 0
+    assert "화풍" in capsys.readouterr().out
+    assert run_cli(monkeypatch, "vocabulary", "colours") == 1
+    assert "Unknown category 'colours'" in capsys.readouterr().err
