@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -23,12 +24,14 @@ from bot.outputs import SavedResult, save_result
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError
 from pipeline.request import (
+    GenerationRequest,
     GenerationResult,
     ImageRef,
     ProgressEvent,
     ResultStatus,
 )
 from pipeline.samplers import resolve_sampler
+from pipeline.validation import check_ranges
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
     from pipeline.engine import Engine, PreparedJob
@@ -163,6 +166,12 @@ def imagine(
     request = options.to_request(vocabulary, engine.model.native_size)
     if init is not None:
         request = replace(request, init_image=ImageRef(path=str(init)), denoising_strength=strength)
+    _generate_and_save(engine, request, out_dir or settings.outputs_dir, as_json)
+
+
+def _generate_and_save(
+    engine: Engine, request: GenerationRequest, out_dir: Path, as_json: bool
+) -> None:
     job = engine.prepare(request)
     for note in job.notes:
         err.print(note, style="yellow")
@@ -170,11 +179,64 @@ def imagine(
     if result.status is ResultStatus.CANCELLED:
         err.print("Cancelled.")
         raise typer.Exit(130)
-    saved = save_result(result, out_dir or settings.outputs_dir)
+    saved = save_result(result, out_dir)
     if as_json:
         print(json.dumps(_json_report(result, saved, job.notes), ensure_ascii=False))
     else:
         _print_report(result, saved)
+
+
+@app.command()
+def vary(
+    image: Annotated[Path, typer.Argument(help="A PNG that Easel or A1111 made.")],
+    strong: Annotated[
+        bool, typer.Option("--strong/--subtle", help="Strong (img2img) or subtle (default).")
+    ] = False,
+    n: Annotated[int, typer.Option("--n", help="Number of variations, 1-4.")] = 4,
+    strength: Annotated[
+        float | None,
+        typer.Option(help="Variation strength (subtle, default 0.25) or denoising (strong, 0.65)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Variations of an image, from the parameters stored in it (Midjourney's V buttons)."""
+    from pipeline.images import read_infotext
+    from pipeline.variations import (
+        STRONG_DENOISING,
+        SUBTLE_STRENGTH,
+        request_from_infotext,
+        strong_variation,
+        subtle_variation,
+    )
+
+    settings = Settings()
+    _quiet_libraries()
+    if not image.is_file():
+        raise InvalidRequestError(f"{image} does not exist.")
+    info = read_infotext(image)
+    if info is None:
+        raise InvalidRequestError(f"{image} holds no generation data to vary.")
+    original = request_from_infotext(info)
+    with Image.open(image) as opened:
+        picture = opened.convert("RGB")
+    if strong:
+        request = strong_variation(original, picture, n, strength or STRONG_DENOISING)
+    else:
+        request = subtle_variation(original, 0, n, strength or SUBTLE_STRENGTH)
+    check_ranges(request, settings.limits())
+    engine = _load_engine(settings, model or _local_model_named(info.model, settings), as_json)
+    _generate_and_save(engine, request, out_dir or settings.outputs_dir, as_json)
+
+
+def _local_model_named(name: str | None, settings: Settings) -> str | None:
+    """The image's own model when it is here; otherwise the configured default."""
+    from pipeline.loading import find_local_models
+
+    if name and any(source.name == name for source in find_local_models(settings.models_dir)):
+        return name
+    return None
 
 
 def _generate_with_progress(engine: Engine, job: PreparedJob, show: bool) -> GenerationResult:

@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import LoadedModel
+from pipeline.noise import seeded_noise, slerp
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
 from pipeline.request import (
@@ -157,9 +159,11 @@ class Engine:
                 )
             generated = tuple(
                 GeneratedImage(
-                    image=image, seed=seed, infotext=self._infotext(resolved, job.sampler, seed)
+                    image=image,
+                    seed=seed,
+                    infotext=self._infotext(resolved, job.sampler, seed, index),
                 )
-                for image, seed in zip(images, resolved.seeds, strict=True)
+                for index, (image, seed) in enumerate(zip(images, resolved.seeds, strict=True))
             )
             total = time.perf_counter() - started
         return GenerationResult(
@@ -200,6 +204,8 @@ class Engine:
             "output_type": "pil",
             "callback_on_step_end": _step_callback(on_progress, cancel, counter),
         }
+        if request.variation_seeds:
+            arguments["latents"] = self._varied_noise(pipe, request, generators)
         if job.init_image is not None:
             assert request.width is not None and request.height is not None
             init = job.init_image.resize((request.width, request.height), Image.Resampling.LANCZOS)
@@ -217,7 +223,24 @@ class Engine:
             diffusion_s = time.perf_counter() - started
         return list(output.images), diffusion_s
 
-    def _infotext(self, request: GenerationRequest, spec: SamplerSpec, seed: int) -> Infotext:
+    def _varied_noise(
+        self, pipe: DiffusionPipeline, request: GenerationRequest, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """The seeds' noise, drawn from the job's own generators as diffusers would draw it,
+        blended towards the variation seeds' noise."""
+        assert request.width is not None and request.height is not None
+        factor = pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        device, dtype = pipe._execution_device, pipe.unet.dtype
+        base = randn_tensor(
+            (request.image_count, *shape), generator=generators, device=device, dtype=dtype
+        )
+        varied = seeded_noise(request.variation_seeds, shape, device, dtype)  # type: ignore[arg-type]
+        return slerp(request.variation_strength, base, varied)
+
+    def _infotext(
+        self, request: GenerationRequest, spec: SamplerSpec, seed: int, index: int
+    ) -> Infotext:
         return Infotext(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -226,6 +249,8 @@ class Engine:
             schedule_type=spec.schedule_type,
             cfg_scale=request.cfg_scale,
             seed=seed,
+            variation_seed=request.variation_seeds[index] if request.variation_seeds else None,
+            variation_seed_strength=request.variation_strength if request.variation_seeds else None,
             width=request.width,
             height=request.height,
             model_hash=self.model.short_hash,

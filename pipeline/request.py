@@ -72,6 +72,10 @@ class GenerationRequest:
     denoising_strength: float = 0.75
     tiling: bool = False
     clip_skip: int = 1
+    # A1111's variation seeds: one per image (None or -1: random), blended into the noise of
+    # `seeds` at `variation_strength` (0 keeps the image, 1 is the variation seed's own).
+    variation_seeds: tuple[int | None, ...] = ()
+    variation_strength: float = 0.0
 
     @property
     def image_count(self) -> int:
@@ -191,6 +195,7 @@ def _decode_request(payload: dict[str, Any]) -> GenerationRequest:
     values = dict(payload)
     if values.get("init_image") is not None:
         values["init_image"] = ImageRef.from_json_value(values["init_image"])
-    if "seeds" in values:
-        values["seeds"] = tuple(values["seeds"])
+    for name in ("seeds", "variation_seeds"):
+        if name in values:
+            values[name] = tuple(values[name])
     return GenerationRequest(**values)

@@ -43,7 +43,9 @@ def resolve_request(
     check_ranges(request, limits)
     width, height, notes = _resolve_size(request, limits, native_size, init_image)
     seeds = tuple(_resolve_seed(seed) for seed in request.seeds)
-    return ResolvedRequest(replace(request, width=width, height=height, seeds=seeds), notes)
+    variation = tuple(_resolve_seed(seed) for seed in request.variation_seeds)
+    resolved = replace(request, width=width, height=height, seeds=seeds, variation_seeds=variation)
+    return ResolvedRequest(resolved, notes)
 
 
 def check_ranges(request: GenerationRequest, limits: Limits) -> None:
@@ -68,6 +70,7 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
     for seed in request.seeds:
         if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
             raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
+    _check_variation(request)
     if request.is_img2img:
         if not 0.0 < request.denoising_strength <= 1.0:
             raise InvalidRequestError(
@@ -79,6 +82,27 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
                 f"{request.steps} steps at denoising strength {request.denoising_strength:g} "
                 "leave no step to run; raise the steps or the strength."
             )
+
+
+def _check_variation(request: GenerationRequest) -> None:
+    if not request.variation_seeds:
+        return
+    if len(request.variation_seeds) != request.image_count:
+        raise InvalidRequestError(
+            f"Give one variation seed per image: {request.image_count}, "
+            f"not {len(request.variation_seeds)}."
+        )
+    for seed in request.variation_seeds:
+        if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
+            raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
+    if not 0.0 <= request.variation_strength <= 1.0:
+        raise InvalidRequestError(
+            f"Variation strength must be between 0 and 1, not {request.variation_strength:g}."
+        )
+    if request.is_img2img:
+        raise InvalidRequestError(
+            "Variation seeds blend text-to-image noise; an init image cannot take them."
+        )
 
 
 def _resolve_size(

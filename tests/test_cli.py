@@ -295,3 +295,38 @@ def test_vocabulary_lists_ids_in_both_languages(
     assert "화풍" in capsys.readouterr().out
     assert run_cli(monkeypatch, "vocabulary", "colours") == 1
     assert "Unknown category 'colours'" in capsys.readouterr().err
+
+
+def test_vary_makes_variations_of_a_generated_png(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_cli(
+        monkeypatch,
+        "imagine",
+        "a red barn",
+        "--n",
+        "1",
+        "--seed",
+        "8",
+        "--steps",
+        "3",
+        "--model",
+        "tiny-sd1",
+        "--json",
+    )
+    source = json.loads(capsys.readouterr().out)["images"][0]["path"]
+    assert run_cli(monkeypatch, "vary", source, "--n", "2", "--json") == 0
+    subtle = json.loads(capsys.readouterr().out)
+    assert subtle["seeds"] == [8, 8]
+    with Image.open(subtle["images"][0]["path"]) as image:
+        assert "Variation seed strength: 0.25" in image.info["parameters"]
+    assert run_cli(monkeypatch, "vary", source, "--strong", "--n", "1", "--json") == 0
+    strong = json.loads(capsys.readouterr().out)
+    with Image.open(strong["images"][0]["path"]) as image:
+        assert image.size == (64, 64)
+        assert "Denoising strength: 0.65" in image.info["parameters"]
+
+    foreign = env.parent / "photo.png"
+    Image.new("RGB", (8, 8)).save(foreign)
+    assert run_cli(monkeypatch, "vary", str(foreign)) == 1
+    assert "holds no generation data" in capsys.readouterr().err

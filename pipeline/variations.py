@@ -1,0 +1,79 @@
+"""Midjourney's buttons as requests: reroll, subtle variation (V-subtle) and strong variation.
+
+Each keeps the original request's size, sampler, steps, CFG, clip skip and tiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from PIL import Image
+
+from pipeline.images import Infotext
+from pipeline.request import RANDOM_SEED, GenerationRequest, ImageRef
+from pipeline.validation import batch_seeds
+
+SUBTLE_STRENGTH = 0.25
+STRONG_DENOISING = 0.65
+
+
+def reroll(request: GenerationRequest) -> GenerationRequest:
+    """The same request with new random seeds."""
+    return replace(request, seeds=batch_seeds(RANDOM_SEED, request.image_count))
+
+
+def subtle_variation(
+    request: GenerationRequest,
+    index: int,
+    count: int = 4,
+    strength: float = SUBTLE_STRENGTH,
+    variation_seed: int = RANDOM_SEED,
+) -> GenerationRequest:
+    """`count` images that keep image `index`'s seed and blend in variation seeds (A1111)."""
+    seed = request.seeds[index]
+    return replace(
+        request,
+        seeds=(seed,) * count,
+        variation_seeds=batch_seeds(variation_seed, count),
+        variation_strength=strength,
+    )
+
+
+def strong_variation(
+    request: GenerationRequest,
+    image: Image.Image,
+    count: int = 4,
+    denoising_strength: float = STRONG_DENOISING,
+    seed: int = RANDOM_SEED,
+) -> GenerationRequest:
+    """img2img from the chosen image with the same prompt and new seeds."""
+    width, height = image.size
+    return replace(
+        request,
+        seeds=batch_seeds(seed, count),
+        init_image=ImageRef.from_image(image),
+        denoising_strength=denoising_strength,
+        width=request.width or width,
+        height=request.height or height,
+        variation_seeds=(),
+        variation_strength=0.0,
+    )
+
+
+def request_from_infotext(info: Infotext) -> GenerationRequest:
+    """The request that made an image, read back from its A1111 parameters."""
+    sampler = info.sampler or "Euler a"
+    if info.schedule_type and info.schedule_type.lower() != "automatic":
+        sampler = f"{sampler} {info.schedule_type}"
+    return GenerationRequest(
+        prompt=info.prompt,
+        negative_prompt=info.negative_prompt,
+        width=info.width,
+        height=info.height,
+        steps=info.steps or 20,
+        cfg_scale=info.cfg_scale if info.cfg_scale is not None else 7.0,
+        sampler=sampler,
+        seeds=(info.seed if info.seed is not None else RANDOM_SEED,),
+        tiling=info.tiling,
+        clip_skip=info.clip_skip or 1,
+    )
