@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,9 +29,11 @@ from pipeline.noise import seeded_noise, slerp
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
 from pipeline.request import (
+    LATENT_UPSCALER,
     GeneratedImage,
     GenerationRequest,
     GenerationResult,
+    HiresFix,
     ImageRef,
     ProgressEvent,
     ResultStatus,
@@ -182,28 +184,10 @@ class Engine:
         cancel: threading.Event | None,
     ) -> tuple[list[Image.Image], float]:
         request = job.request
-        pipe = self._img2img if request.is_img2img else self._txt2img
-        pipe.scheduler = job.scheduler
-        count = request.image_count
-        counter = StepCounter(_visible_steps(request))
-        guided = GuidedUNet(
-            job.prompt,
-            self.model.family.prompt_encoder(pipe, request.clip_skip),
-            counter,
-            images=count,
-            exact=self.exact_batches,
-        )
-        first = guided.conditioning()  # diffusers checks shapes; the wrapper picks per step
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-        arguments: dict[str, Any] = {
-            "prompt_embeds": first.parts[0].repeat(count, 1, 1),
-            "negative_prompt_embeds": first.negative.repeat(count, 1, 1),
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.cfg_scale,
-            "generator": generators,
-            "output_type": "pil",
-            "callback_on_step_end": _step_callback(on_progress, cancel, counter),
-        }
+        progress = _Progress(on_progress, cancel, total=_total_steps(request))
+        pipe = self._img2img if request.is_img2img else self._txt2img
+        arguments: dict[str, Any] = {}
         if request.variation_seeds:
             arguments["latents"] = self._varied_noise(pipe, request, generators)
         if job.init_image is not None:
@@ -212,6 +196,94 @@ class Engine:
             arguments.update(image=init, strength=request.denoising_strength)
         else:
             arguments.update(width=request.width, height=request.height)
+        hires = request.hires
+        latent_hires = hires is not None and hires.upscaler == LATENT_UPSCALER
+        first, diffusion_s = self._pass(
+            pipe,
+            job.scheduler,
+            job.prompt,
+            request,
+            generators,
+            arguments,
+            progress,
+            output_type="latent" if latent_hires else "pil",
+        )
+        if hires is None:
+            return first, diffusion_s
+        return self._hires_pass(job, first, generators, progress, diffusion_s)
+
+    def _hires_pass(
+        self,
+        job: PreparedJob,
+        first: list[Any],
+        generators: list[torch.Generator],
+        progress: _Progress,
+        diffusion_s: float,
+    ) -> tuple[list[Image.Image], float]:
+        """Upscale the first pass and run img2img at the target size (A1111's hires fix)."""
+        request = job.request
+        assert request.hires is not None
+        hires = request.hires
+        width, height = request.hires_size()
+        steps = hires.steps or request.steps
+        if hires.upscaler == LATENT_UPSCALER:
+            factor = self._txt2img.vae_scale_factor
+            latents = torch.cat(first) if isinstance(first[0], torch.Tensor) else first
+            image: Any = torch.nn.functional.interpolate(
+                latents, size=(height // factor, width // factor), mode="bilinear"
+            )
+        else:
+            image = [item.resize((width, height), Image.Resampling.LANCZOS) for item in first]
+        strength = hires.denoising_strength
+        plan = plan_prompt(
+            request.prompt, request.negative_prompt, min(int(steps * strength), steps)
+        )
+        hires_request = replace(request, width=width, height=height, steps=steps, hires=None)
+        images, hires_s = self._pass(
+            self._img2img,
+            self._scheduler_for(job.sampler, steps),
+            plan,
+            replace(hires_request, denoising_strength=strength),
+            generators,
+            {"image": image, "strength": strength, "num_inference_steps": steps},
+            progress,
+            output_type="pil",
+        )
+        return images, diffusion_s + hires_s
+
+    def _pass(
+        self,
+        pipe: DiffusionPipeline,
+        scheduler: SchedulerMixin,
+        plan: PromptPlan,
+        request: GenerationRequest,
+        generators: list[torch.Generator],
+        arguments: dict[str, Any],
+        progress: _Progress,
+        output_type: str,
+    ) -> tuple[list[Any], float]:
+        """One diffusers call with this job's scheduler, conditioning and padding."""
+        pipe.scheduler = scheduler
+        count = request.image_count
+        counter = StepCounter(progress.pass_steps(request, "strength" in arguments))
+        guided = GuidedUNet(
+            plan,
+            self.model.family.prompt_encoder(pipe, request.clip_skip),
+            counter,
+            images=count,
+            exact=self.exact_batches,
+        )
+        first = guided.conditioning()  # diffusers checks shapes; the wrapper picks per step
+        call: dict[str, Any] = {
+            "prompt_embeds": first.parts[0].repeat(count, 1, 1),
+            "negative_prompt_embeds": first.negative.repeat(count, 1, 1),
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.cfg_scale,
+            "generator": generators,
+            "output_type": output_type,
+            "callback_on_step_end": progress.callback(counter),
+            **arguments,
+        }
         exact = self.exact_batches
         with (
             circular_padding((pipe.unet, pipe.vae), enabled=request.tiling),
@@ -219,9 +291,11 @@ class Engine:
             vae_slicing(pipe.vae, enabled=exact),
         ):
             started = time.perf_counter()
-            output = pipe(**arguments)
-            diffusion_s = time.perf_counter() - started
-        return list(output.images), diffusion_s
+            output = pipe(**call)
+            elapsed = time.perf_counter() - started
+        if output_type == "latent":
+            return list(output.images.split(1)), elapsed
+        return list(output.images), elapsed
 
     def _varied_noise(
         self, pipe: DiffusionPipeline, request: GenerationRequest, generators: list[torch.Generator]
@@ -255,10 +329,11 @@ class Engine:
             height=request.height,
             model_hash=self.model.short_hash,
             model=self.model.source.name,
-            denoising_strength=request.denoising_strength if request.is_img2img else None,
+            denoising_strength=_denoising_strength(request),
             clip_skip=request.clip_skip if request.clip_skip > 1 else None,  # A1111 omits 1
             tiling=request.tiling,
             rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
+            extra=_hires_keys(request.hires),
             version=f"Easel {easel_version()}",
         )
 
@@ -288,6 +363,23 @@ def open_init_image(reference: ImageRef) -> Image.Image:
         ) from error
 
 
+def _denoising_strength(request: GenerationRequest) -> float | None:
+    if request.hires is not None:
+        return request.hires.denoising_strength
+    return request.denoising_strength if request.is_img2img else None
+
+
+def _hires_keys(hires: HiresFix | None) -> tuple[tuple[str, str], ...]:
+    """A1111's hires fix parameters, in its order."""
+    if hires is None:
+        return ()
+    keys = [("Hires upscale", f"{hires.scale:g}")]
+    if hires.steps is not None:
+        keys.append(("Hires steps", str(hires.steps)))
+    keys.append(("Hires upscaler", hires.upscaler))
+    return tuple(keys)
+
+
 def _visible_steps(request: GenerationRequest) -> int:
     """The steps a user asked for: img2img runs only the last `strength` share of them."""
     if request.is_img2img:
@@ -295,25 +387,54 @@ def _visible_steps(request: GenerationRequest) -> int:
     return request.steps
 
 
-def _step_callback(
-    on_progress: ProgressCallback | None, cancel: threading.Event | None, counter: StepCounter
-) -> Callable[..., dict[str, Any]]:
-    """Advances the prompt schedule and reports progress in the user's steps: second-order
-    samplers (Heun, DPM2) call the UNet about twice per step and PLMS once more."""
-    shown = 0
+def _total_steps(request: GenerationRequest) -> int:
+    """Every step the job runs, a hires fix's second pass included."""
+    total = _visible_steps(request)
+    if request.hires is not None:
+        steps = request.hires.steps or request.steps
+        total += min(int(steps * request.hires.denoising_strength), steps)
+    return total
 
-    def callback(
-        pipe: DiffusionPipeline, index: int, timestep: Any, tensors: dict[str, Any]
-    ) -> dict[str, Any]:
-        nonlocal shown
-        counter.advance(pipe.num_timesteps)
-        visible = counter.steps
-        step = min(visible, math.ceil((index + 1) * visible / pipe.num_timesteps))
-        if on_progress is not None and step > shown:
-            on_progress(ProgressEvent(step=step, total=visible))
-        shown = max(shown, step)
-        if cancel is not None and cancel.is_set():
-            raise _Cancelled
-        return tensors
 
-    return callback
+class _Progress:
+    """Progress over the whole job in the user's steps, and cancellation, for each pass.
+
+    Second-order samplers (Heun, DPM2) call the UNet about twice per step and PLMS once
+    more, so diffusers' own count would overshoot; the count is mapped back to steps.
+    """
+
+    def __init__(
+        self,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        total: int,
+    ) -> None:
+        self.on_progress = on_progress
+        self.cancel = cancel
+        self.total = total
+        self.done_before = 0  # steps of the passes already finished
+        self.shown = 0
+
+    def pass_steps(self, request: GenerationRequest, img2img: bool) -> int:
+        if img2img:
+            return min(int(request.steps * request.denoising_strength), request.steps)
+        return request.steps
+
+    def callback(self, counter: StepCounter) -> Callable[..., dict[str, Any]]:
+        offset = self.done_before
+        self.done_before += counter.steps
+
+        def step_end(
+            pipe: DiffusionPipeline, index: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            counter.advance(pipe.num_timesteps)
+            in_pass = math.ceil((index + 1) * counter.steps / pipe.num_timesteps)
+            step = offset + min(counter.steps, in_pass)
+            if self.on_progress is not None and step > self.shown:
+                self.on_progress(ProgressEvent(step=step, total=self.total))
+            self.shown = max(self.shown, step)
+            if self.cancel is not None and self.cancel.is_set():
+                raise _Cancelled
+            return tensors
+
+        return step_end

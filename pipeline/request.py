@@ -55,6 +55,19 @@ class ImageRef:
         return cls(data=base64.b64decode(value["data"]))
 
 
+LATENT_UPSCALER = "Latent"
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A1111's hires fix: generate, upscale by `scale`, then img2img at the larger size."""
+
+    scale: float = 2.0
+    steps: int | None = None  # None: the base steps
+    denoising_strength: float = 0.5
+    upscaler: str = LATENT_UPSCALER  # "Latent", "Lanczos", or an upscaler model's name
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One batch of images from one prompt; image i uses `seeds[i]` (-1 = pick one at random)."""
@@ -76,6 +89,13 @@ class GenerationRequest:
     # `seeds` at `variation_strength` (0 keeps the image, 1 is the variation seed's own).
     variation_seeds: tuple[int | None, ...] = ()
     variation_strength: float = 0.0
+    hires: HiresFix | None = None
+
+    def hires_size(self) -> tuple[int, int]:
+        """The final size of a hires-fixed request (multiples of 8)."""
+        assert self.hires is not None and self.width is not None and self.height is not None
+        scale = self.hires.scale
+        return round(self.width * scale / 8) * 8, round(self.height * scale / 8) * 8
 
     @property
     def image_count(self) -> int:
@@ -180,6 +200,8 @@ def _encode(request: GenerationRequest) -> dict[str, Any]:
         value = getattr(request, item.name)
         if isinstance(value, ImageRef):
             value = value.to_json_value()
+        elif isinstance(value, HiresFix):
+            value = asdict(value)
         elif isinstance(value, tuple):
             value = list(value)
         payload[item.name] = value
@@ -195,6 +217,8 @@ def _decode_request(payload: dict[str, Any]) -> GenerationRequest:
     values = dict(payload)
     if values.get("init_image") is not None:
         values["init_image"] = ImageRef.from_json_value(values["init_image"])
+    if values.get("hires") is not None:
+        values["hires"] = HiresFix(**values["hires"])
     for name in ("seeds", "variation_seeds"):
         if name in values:
             values[name] = tuple(values[name])

@@ -71,6 +71,7 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
         if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
             raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
     _check_variation(request)
+    _check_hires(request, limits)
     if request.is_img2img:
         if not 0.0 < request.denoising_strength <= 1.0:
             raise InvalidRequestError(
@@ -82,6 +83,28 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
                 f"{request.steps} steps at denoising strength {request.denoising_strength:g} "
                 "leave no step to run; raise the steps or the strength."
             )
+
+
+def _check_hires(request: GenerationRequest, limits: Limits) -> None:
+    hires = request.hires
+    if hires is None:
+        return
+    if not 1.0 < hires.scale <= 4.0:
+        raise InvalidRequestError(
+            f"Hires scale must be above 1 and at most 4, not {hires.scale:g}."
+        )
+    if hires.steps is not None and not limits.min_steps <= hires.steps <= limits.max_steps:
+        raise InvalidRequestError(
+            f"Hires steps must be between {limits.min_steps} and {limits.max_steps}, "
+            f"not {hires.steps}."
+        )
+    if not 0.0 < hires.denoising_strength <= 1.0:
+        raise InvalidRequestError(
+            f"Hires denoising strength must be above 0 and at most 1, "
+            f"not {hires.denoising_strength:g}."
+        )
+    if request.is_img2img:
+        raise InvalidRequestError("Hires fix is for text-to-image; an init image cannot take it.")
 
 
 def _check_variation(request: GenerationRequest) -> None:
@@ -126,6 +149,13 @@ def _resolve_size(
             f"{limits.max_area:,} pixels per image (for example "
             f"{_square_side(limits.max_area)}x{_square_side(limits.max_area)})."
         )
+    if request.hires is not None:
+        target = replace(request, width=width, height=height).hires_size()
+        if target[0] * target[1] > limits.max_area:
+            raise InvalidRequestError(
+                f"Hires fix to {target[0]}x{target[1]} is {target[0] * target[1]:,} pixels; "
+                f"the limit is {limits.max_area:,} pixels per image."
+            )
     notes: tuple[str, ...] = ()
     if (width, height) != asked and request.width is not None:
         notes = (

@@ -18,6 +18,7 @@ from bot.core.options import (
 )
 from pipeline.errors import InvalidRequestError
 from pipeline.prompts.vocabulary import Vocabulary
+from pipeline.request import HiresFix
 from pipeline.validation import Limits
 
 VOCABULARY = Vocabulary.load()
@@ -119,12 +120,16 @@ def test_limits_come_from_the_settings() -> None:
         parse_options("x --steps 31", VOCABULARY, Limits(max_steps=30))
 
 
-def test_lora_and_hires_parse_but_are_refused_for_now() -> None:
-    options = parse("x --lora pixel-style:0.7 --hires")
+def test_lora_parses_but_is_refused_for_now() -> None:
+    options = parse("x --lora pixel-style:0.7")
     assert options.loras == (LoraChoice("pixel-style", 0.7),)
-    assert options.hires == 2.0
     with pytest.raises(OptionsError, match="cannot apply LoRAs yet"):
         options.to_request(VOCABULARY, 512)
+
+
+def test_hires_takes_an_optional_factor() -> None:
+    assert parse("x --hires").to_request(VOCABULARY, 512).hires == HiresFix(scale=2.0)
+    assert parse("x --hires 1.5 --n 1").to_request(VOCABULARY, 512).hires == HiresFix(scale=1.5)
 
 
 def test_typed_fields_go_through_the_same_checks() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
-from pipeline.request import GenerationRequest
+from pipeline.request import GenerationRequest, HiresFix
 from pipeline.samplers import resolve_sampler
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
@@ -98,20 +98,16 @@ class ImagineOptions:
             seeds=batch_seeds(self.seed, self.count),
             tiling=self.tile,
             clip_skip=self.clip_skip,
+            hires=HiresFix(scale=self.hires) if self.hires is not None else None,
         )
 
     def check_supported(self) -> None:
-        """LoRAs and hires fix are parsed and checked, but the engine cannot run them yet."""
+        """LoRAs are parsed and checked, but the engine cannot apply them yet."""
         if self.loras:
             names = ", ".join(choice.name for choice in self.loras)
             raise OptionsError(
                 f"--lora {names}: this version of Easel cannot apply LoRAs yet.",
                 f"--lora {names}: 이 버전의 Easel은 아직 LoRA를 적용할 수 없습니다.",
-            )
-        if self.hires is not None:
-            raise OptionsError(
-                "--hires: this version of Easel has no hires fix yet.",
-                "--hires: 이 버전의 Easel에는 아직 하이레스 픽스가 없습니다.",
             )
 
 
