@@ -137,8 +137,6 @@ def imagine(
     _quiet_libraries()
     if init is not None and not init.is_file():
         raise InvalidRequestError(f"Init image {init} does not exist.")
-    if schedule:
-        sampler = resolve_sampler(sampler or "Euler a", schedule).name
     vocabulary = VocabularyStore(settings.models_dir).current()
     # Everything that needs no model is checked before the (slow) model load.
     options = options_from_fields(
@@ -161,6 +159,8 @@ def imagine(
         tile=tile,
         clip_skip=clip_skip,
     )
+    if schedule:
+        options = replace(options, sampler=resolve_sampler(options.sampler, schedule).name)
     options.check_supported()
     engine = _load_engine(settings, model, quiet=as_json)
     request = options.to_request(vocabulary, engine.model.native_size)

@@ -101,6 +101,7 @@ class Engine:
         resolved = resolve_request(request, self.limits, self.model.native_size, init)
         steps = _visible_steps(resolved.request)
         plan = plan_prompt(request.prompt, request.negative_prompt, steps)
+        self._check_prompt_length(plan, request.clip_skip)
         if plan.loras:
             names = ", ".join(tag.name for tag in plan.loras)
             raise InvalidRequestError(
@@ -115,6 +116,17 @@ class Engine:
             init_image=init,
             prompt=plan,
         )
+
+    def _check_prompt_length(self, plan: PromptPlan, clip_skip: int) -> None:
+        encoder = self.model.family.prompt_encoder(self._txt2img, clip_skip)
+        most = self.limits.max_prompt_chunks
+        for text in plan.texts():
+            chunks = len(encoder.chunks(text))
+            if chunks > most:
+                raise InvalidRequestError(
+                    f"The prompt needs {chunks} chunks of 75 tokens (BREAK starts one too); "
+                    f"the limit is {most}. Shorten it."
+                )
 
     def _scheduler_for(self, spec: SamplerSpec, steps: int) -> SchedulerMixin:
         scheduler = make_scheduler(spec, self._scheduler_config)

@@ -135,7 +135,8 @@ class GuidedUNet:
             context = per_image.repeat(len(group), 1, 1)
             steps = _timesteps(timestep, batch.shape[0])
             predicted = original(batch, steps, context, *extra_args, **kwargs, return_dict=False)
-            outputs.append(predicted[0].view(len(group), rows_per_image, *batch.shape[1:]))
+            output = predicted[0]
+            outputs.append(output.view(len(group), rows_per_image, *output.shape[1:]))
         predictions = torch.cat(outputs, dim=0)  # (images, rows per image, c, h, w)
         negative = predictions[:, 0] if with_negative else None
         positive = _combine(predictions[:, 1:] if with_negative else predictions, negative, step)

@@ -24,6 +24,7 @@ class Limits:
     min_cfg: float = 1.0
     max_cfg: float = 30.0
     max_clip_skip: int = 12
+    max_prompt_chunks: int = 8  # of 75 tokens: each one costs a text-encoder pass and UNet time
 
 
 @dataclass(frozen=True)

@@ -330,3 +330,22 @@ def test_vary_makes_variations_of_a_generated_png(
     Image.new("RGB", (8, 8)).save(foreign)
     assert run_cli(monkeypatch, "vary", str(foreign)) == 1
     assert "holds no generation data" in capsys.readouterr().err
+
+
+def test_schedule_applies_to_a_sampler_written_in_the_prompt(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_cli(
+        monkeypatch,
+        "imagine",
+        "x --sampler DPM++ 2M --n 1 --steps 2",
+        "--schedule",
+        "Karras",
+        "--model",
+        "tiny-sd1",
+        "--json",
+    )
+    assert code == 0
+    path = json.loads(capsys.readouterr().out)["images"][0]["path"]
+    with Image.open(path) as image:
+        assert "Sampler: DPM++ 2M, Schedule type: Karras" in image.info["parameters"]

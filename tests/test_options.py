@@ -95,7 +95,7 @@ def test_several_no_flags_add_up_and_ids_match_loosely() -> None:
         ("x --n 9", "--n must be a whole number from 1 to 4", "--n 값은"),
         ("x --ar 16x9", "--ar must be W:H", "--ar 값은"),
         ("x --size 4000x4000", "at most 1,048,576 pixels", "픽셀 이하"),
-        ("x --style pixelart", "Did you mean 'pixel-art'?", "'pixel-art'을(를) 찾으셨나요?"),
+        ("x --style pixl-art", "Did you mean 'pixel-art'?", "'pixel-art'을(를) 찾으셨나요?"),
         ("x --sampler eular a", "Did you mean 'Euler a'?", "'Euler a'을(를) 찾으셨나요?"),
         ("x --stpes 20", "Did you mean --steps?", "--steps을(를) 찾으셨나요?"),
         ("x --tile yes", "--tile takes no value", "값을 쓰지 않습니다"),
@@ -198,3 +198,39 @@ def test_sizes() -> None:
     assert parse_size(" 640 X 640 ") == (640, 640)
     with pytest.raises(InvalidRequestError, match="WIDTHxHEIGHT"):
         parse_size("768 by 512")
+
+
+@pytest.mark.parametrize(
+    ("line", "prompt", "negative"),
+    [
+        ("a knight —in the rain --n 1", "a knight —in the rain", ""),
+        ('a cat --neg "ugly --low" --n 1', "a cat", "ugly --low"),
+        ("a cat –no fog --n 1", "a cat", "fog"),
+        ("고양이 한 마리 --no 안개 --n 1", "고양이 한 마리", "안개"),
+    ],
+)
+def test_dashes_quotes_and_korean_in_realistic_prompts(
+    line: str, prompt: str, negative: str
+) -> None:
+    options = parse(line)
+    assert (options.prompt, options.negative_prompt(), options.count) == (prompt, negative, 1)
+
+
+def test_unknown_flags_in_any_script_are_errors() -> None:
+    with pytest.raises(OptionsError, match="Unknown flag --스타일"):
+        parse("고양이 --스타일 수채화")
+
+
+def test_defaults_fit_the_operators_limits() -> None:
+    limits = Limits(max_images=2, max_steps=10)
+    options = parse_options("a castle", VOCABULARY, limits)
+    assert (options.count, options.steps) == (2, 10)
+    with pytest.raises(OptionsError, match="--clip-skip must be a whole number from 1 to 2"):
+        parse_options("a castle --clip-skip 3", VOCABULARY, Limits(max_clip_skip=2))
+
+
+def test_typed_fields_merge_with_flags_in_the_prompt() -> None:
+    options = options_from_fields("a castle --no fog --steps 12", VOCABULARY, no="rain", cfg=5)
+    assert options.avoid == ("fog", "rain") and (options.steps, options.cfg) == (12, 5.0)
+    with pytest.raises(OptionsError, match="not both"):
+        options_from_fields("a castle --ar 16:9", VOCABULARY, size="512x512")

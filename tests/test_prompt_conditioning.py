@@ -141,3 +141,26 @@ def test_edited_and_composed_batches_stay_exact(engine: Engine) -> None:
 def test_lora_tags_are_a_clear_error_until_loras_are_supported(engine: Engine) -> None:
     with pytest.raises(InvalidRequestError, match="LoRA pixel-style"):
         engine.generate(request("a castle <lora:pixel-style:0.8>"))
+
+
+def test_a_negative_weight_is_not_a_break(encoder: PromptEncoder) -> None:
+    chunks = encoder.chunks("a photo, (ugly:-1), cat")
+    assert len(chunks) == 1
+    ugly = encoder.pipe.tokenizer("ugly", add_special_tokens=False).input_ids[0]
+    assert ugly in chunks[0].tokens
+    assert chunks[0].multipliers[chunks[0].tokens.index(ugly)] == -1
+
+
+def test_a_comma_further_back_than_20_tokens_does_not_move_words(encoder: PromptEncoder) -> None:
+    prompt = " ".join(["castle"] * 50) + ", " + " ".join(["tower"] * 40)
+    chunks = encoder.chunks(prompt)
+    assert [len(chunk.tokens) for chunk in chunks] == [75, 16]
+
+
+def test_huge_weights_stay_finite(encoder: PromptEncoder) -> None:
+    assert torch.isfinite(encoder.encode("a (castle:50000) on a hill")).all()
+
+
+def test_too_many_chunks_is_a_clear_error(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="needs 9 chunks of 75 tokens"):
+        engine.prepare(request("castle " + "BREAK castle " * 8))

@@ -223,12 +223,23 @@ def test_lookup_ignores_case_spaces_and_underscores(vocabulary: Vocabulary) -> N
     assert vocabulary.find("style", "no such style") is None
 
 
+def test_labels_work_as_ids_in_both_languages(vocabulary: Vocabulary) -> None:
+    watercolor = vocabulary.get("style", "watercolor")
+    assert vocabulary.get("style", watercolor.ko).id == "watercolor"
+    assert vocabulary.get("style", "pixelart").id == "pixel-art"  # the label without its space
+
+
+def test_styles_reach_every_part_of_a_composed_prompt(vocabulary: Vocabulary) -> None:
+    composed = vocabulary.compose("a cat AND a dog :1.5", style="watercolor")
+    assert composed == "a cat, watercolor AND a dog, watercolor :1.5"
+
+
 def test_unknown_id_suggests_the_closest(vocabulary: Vocabulary) -> None:
     with pytest.raises(UnknownVocabularyId) as raised:
-        vocabulary.get("style", "pixelart")
+        vocabulary.get("style", "pixl-art")
     error = raised.value
     assert isinstance(error, InvalidRequestError)
-    assert (error.category, error.given_id, error.suggestion) == ("style", "pixelart", "pixel-art")
+    assert (error.category, error.given_id, error.suggestion) == ("style", "pixl-art", "pixel-art")
     assert "pixel-art" in str(error)
     assert "\n" not in str(error)
     assert vocabulary.closest("shot", "extreme long shots") == "extreme-long-shot"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
@@ -21,10 +21,9 @@ from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
 ASPECT_STEP = 64
 DEFAULT_HIRES_SCALE = 2.0
-MAX_CLIP_SKIP = 12
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
-_FLAG = re.compile(r"(?:^|(?<=\s))(?:--|—)([A-Za-z][A-Za-z-]*)")
+_FLAG = re.compile(r"(?:^|(?<=\s))(--|—|–)(\w[\w-]*)")
 _LORA = re.compile(r"^\s*([^:\s]+)\s*(?::\s*([-+]?\d*\.?\d+))?\s*$")
 
 
@@ -132,23 +131,7 @@ def parse_options(
     text: str, vocabulary: Vocabulary, limits: Limits | None = None
 ) -> ImagineOptions:
     """Parse one line: the prompt, then `--flag value` pairs (values may be quoted)."""
-    context = _Context(vocabulary, limits or Limits())
-    prompt, flags = _split_flags(text)
-    values: dict[str, object] = {}
-    for name, raw in flags:
-        flag = _lookup_flag(name)
-        if not flag.takes_value and raw:
-            raise OptionsError(
-                f"--{name} takes no value, but got {raw!r}. Put the prompt before the flags.",
-                f"--{name} 뒤에는 값을 쓰지 않습니다({raw!r}). 프롬프트는 플래그 앞에 쓰세요.",
-            )
-        if flag.field in values and flag.field != "avoid":
-            raise OptionsError(f"--{name} is given twice.", f"--{name} 옵션이 두 번 들어갔습니다.")
-        parsed = flag.parse(raw, context)
-        if flag.field == "avoid":
-            parsed = (*values.get("avoid", ()), *parsed)  # type: ignore[misc]
-        values[flag.field] = parsed
-    return _finish(prompt, values, context)
+    return options_from_fields(text, vocabulary, limits)
 
 
 def options_from_fields(
@@ -157,29 +140,62 @@ def options_from_fields(
     limits: Limits | None = None,
     **typed: object,
 ) -> ImagineOptions:
-    """Typed fields (a Discord slash command): the same checks, keyed by flag name
-    (`ar`, `style`, `steps`, ...; dashes as underscores). The prompt may hold flags too."""
+    """Typed fields (a Discord slash command) keyed by flag name (`ar`, `style`, `steps`;
+    dashes as underscores), on top of any flags written in the prompt. A field given both
+    ways takes the typed value, except `no`, which adds up."""
     context = _Context(vocabulary, limits or Limits())
-    base = parse_options(prompt, vocabulary, limits)
-    values: dict[str, object] = {}
+    text, flags = _split_flags(prompt)
     for key, value in typed.items():
-        if value is None or value is False:
-            continue
-        flag = _lookup_flag(key.replace("_", "-"))
-        values[flag.field] = flag.parse("" if value is True else str(value), context)
-    return replace(base, **values)  # type: ignore[arg-type]
+        if value is not None and value is not False:
+            flags.append((key.replace("_", "-"), "" if value is True else str(value), True))
+    values: dict[str, object] = {}
+    written: set[str] = set()
+    for name, raw, is_typed in flags:
+        flag = _lookup_flag(name)
+        if not flag.takes_value and raw:
+            raise OptionsError(
+                f"--{name} takes no value, but got {raw!r}. Put the prompt before the flags.",
+                f"--{name} 뒤에는 값을 쓰지 않습니다({raw!r}). 프롬프트는 플래그 앞에 쓰세요.",
+            )
+        if flag.field in written and flag.field != "avoid" and not is_typed:
+            raise OptionsError(f"--{name} is given twice.", f"--{name} 옵션이 두 번 들어갔습니다.")
+        written.add(flag.field)
+        parsed = flag.parse(raw, context)
+        if flag.field == "avoid":
+            parsed = (*values.get("avoid", ()), *parsed)  # type: ignore[misc]
+        values[flag.field] = parsed
+    return _finish(text, values, context)
 
 
-def _split_flags(text: str) -> tuple[str, list[tuple[str, str]]]:
-    matches = list(_FLAG.finditer(text))
+def _split_flags(text: str) -> tuple[str, list[tuple[str, str, bool]]]:
+    """The prompt before the first flag, and (name, value, typed=False) for each flag.
+
+    `--name` is always a flag (an unknown name is an error later); the em and en dash forms
+    that phones type count only for known flag names, so `a knight —in the rain` stays text.
+    A dash inside quotes belongs to the quoted value.
+    """
+    quoted = _quoted_spans(text)
+    matches = [
+        match
+        for match in _FLAG.finditer(text)
+        if not any(start < match.start() < end for start, end in quoted)
+        and (match.group(1) == "--" or match.group(2).lower() in _BY_NAME)
+    ]
     if not matches:
         return text.strip(), []
     prompt = text[: matches[0].start()].strip()
     flags = []
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
-        flags.append((match.group(1).lower(), _unquote(text[match.end() : end].strip())))
+        flags.append((match.group(2).lower(), _unquote(text[match.end() : end].strip()), False))
     return prompt, flags
+
+
+def _quoted_spans(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for match in re.finditer(r'"[^"]*"|“[^”]*”', text):
+        spans.append((match.start(), match.end()))
+    return spans
 
 
 def _unquote(value: str) -> str:
@@ -191,6 +207,7 @@ def _unquote(value: str) -> str:
 
 
 def _finish(prompt: str, values: dict[str, object], context: _Context) -> ImagineOptions:
+    """Check what needs several values at once, and fit the defaults to the limits."""
     if not prompt.strip():
         raise OptionsError(
             "The prompt is empty: write what to draw before the flags, e.g. "
@@ -200,6 +217,10 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
         )
     if "size" in values and "aspect_ratio" in values:
         raise OptionsError("Give --ar or --size, not both.", "--ar과 --size 중 하나만 쓰세요.")
+    limits = context.limits
+    values.setdefault("count", min(ImagineOptions.count, limits.max_images))
+    values.setdefault("steps", min(ImagineOptions.steps, limits.max_steps))
+    values.setdefault("cfg", min(max(ImagineOptions.cfg, limits.min_cfg), limits.max_cfg))
     return ImagineOptions(prompt=prompt, **values)  # type: ignore[arg-type]
 
 
@@ -372,7 +393,11 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("tile", _flag_on, takes_value=False, aliases=("tile",)),
     _Flag("loras", _loras, aliases=("lora",)),
     _Flag("hires", _hires, aliases=("hires",)),
-    _Flag("clip_skip", _integer("clip-skip", 1, MAX_CLIP_SKIP), aliases=("clip-skip",)),
+    _Flag(
+        "clip_skip",
+        _limited_integer("clip-skip", 1, lambda limits: limits.max_clip_skip),
+        aliases=("clip-skip",),
+    ),
 )
 _BY_NAME: Mapping[str, _Flag] = {alias: flag for flag in _FLAGS for alias in flag.aliases}
 

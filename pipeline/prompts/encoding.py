@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DiffusionPipeline
 
-from pipeline.prompts.emphasis import parse_emphasis
+from pipeline.prompts.emphasis import BREAK, BREAK_WEIGHT, parse_emphasis
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
-BREAK_WEIGHT = -1
 
 
 @dataclass
@@ -73,8 +72,8 @@ class PromptEncoder:
         chunks: list[Chunk] = []
         current = Chunk()
         last_comma = -1
-        for (_, weight), tokens in zip(fragments, tokenized, strict=True):
-            if weight == BREAK_WEIGHT:
+        for (fragment, weight), tokens in zip(fragments, tokenized, strict=True):
+            if fragment == BREAK and weight == BREAK_WEIGHT:  # not `(word:-1)`
                 chunks.append(current)
                 current, last_comma = Chunk(), -1
                 continue
@@ -122,11 +121,13 @@ class PromptEncoder:
 
 
 def _apply_weights(hidden: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
-    scale = torch.tensor(multipliers, device=hidden.device, dtype=hidden.dtype)
-    weighted = hidden * scale.reshape(1, -1, 1)
-    original_mean = hidden.float().mean()
-    weighted_mean = weighted.float().mean()
+    # In float32: a large weight would overflow fp16 to inf and the image to NaN.
+    original = hidden.float()
+    scale = torch.tensor(multipliers, device=hidden.device, dtype=torch.float32)
+    weighted = original * scale.reshape(1, -1, 1)
+    weighted_mean = weighted.mean()
     # A mean near zero (say, all weights cancelling out) would blow the ratio up to inf/NaN.
-    if weighted_mean.abs() <= 1e-6 * hidden.float().abs().mean():
-        return weighted
-    return weighted * (original_mean / weighted_mean).to(hidden.dtype)
+    if weighted_mean.abs() > 1e-6 * original.abs().mean():
+        weighted = weighted * (original.mean() / weighted_mean)
+    finite = torch.finfo(hidden.dtype)
+    return weighted.clamp(finite.min, finite.max).to(hidden.dtype)

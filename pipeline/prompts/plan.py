@@ -35,16 +35,6 @@ class PromptPlan:
     negative: Schedule
     loras: tuple[LoraTag, ...]
 
-    @property
-    def is_plain(self) -> bool:
-        """One part of weight 1 whose text never changes: plain diffusers conditioning."""
-        return (
-            len(self.parts) == 1
-            and self.parts[0].weight == 1.0
-            and len(self.parts[0].schedule) == 1
-            and len(self.negative) == 1
-        )
-
     def texts(self) -> set[str]:
         """Every distinct text the job will encode."""
         found = {entry.text for entry in self.negative}

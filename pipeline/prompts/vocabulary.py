@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from pipeline.errors import EaselError, InvalidRequestError
+from pipeline.prompts.composable import split_and
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,20 @@ class Vocabulary:
         return list(self._entries[_known_category(category)])
 
     def find(self, category: str, id: str) -> VocabularyEntry | None:
-        return self._entries[_known_category(category)].get(normalize_id(id))
+        """By id, or by its English or Korean label (`--style 수채화` works too)."""
+        entries = self._entries[_known_category(category)]
+        found = entries.get(normalize_id(id))
+        if found is not None:
+            return found
+        label = _label_key(id)
+        return next(
+            (
+                entry
+                for entry in entries.values()
+                if label in (_label_key(entry.en), _label_key(entry.ko))
+            ),
+            None,
+        )
 
     def get(self, category: str, id: str) -> VocabularyEntry:
         entry = self.find(category, id)
@@ -175,7 +189,19 @@ class Vocabulary:
             for category in COMPOSE_ORDER
             if chosen[category] is not None
         ]
-        return _append_fragments(prompt, fragments)
+        parts = split_and(prompt)
+        if len(parts) == 1:
+            return _append_fragments(prompt, fragments)
+        # Composable prompts: every part gets the fragments, before its own `:weight`.
+        return " AND ".join(
+            _append_fragments(part.text, fragments)
+            + (f" :{part.weight:g}" if part.weight != 1.0 else "")
+            for part in parts
+        )
+
+
+def _label_key(text: str) -> str:
+    return "".join(text.casefold().split())
 
 
 def _known_category(category: str) -> str:
