@@ -230,6 +230,67 @@ def vary(
     _generate_and_save(engine, request, out_dir or settings.outputs_dir, as_json)
 
 
+@app.command()
+def upscale(
+    image: Annotated[Path, typer.Argument(help="The image to enlarge.")],
+    scale: Annotated[int, typer.Option(help="2 or 4.")] = 2,
+    upscaler: Annotated[
+        str | None, typer.Option("--model", help="Upscaler name in models/upscale; none: Lanczos.")
+    ] = None,
+    detail: Annotated[
+        float,
+        typer.Option(help="img2img detail pass strength after upscaling (0 to skip)."),
+    ] = 0.3,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Checkpoint for the detail pass.")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+) -> None:
+    """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U).
+
+    The detail pass needs the image's generation parameters and a result within the size
+    limit; otherwise it is skipped and said so.
+    """
+    from pipeline.device import choose_device
+    from pipeline.images import Infotext, output_path, read_infotext, save_png
+    from pipeline.upscale import load_upscaler, upscale_image, validate_scale
+    from pipeline.variations import detail_pass, request_from_infotext
+
+    settings = Settings()
+    _quiet_libraries()
+    validate_scale(scale)
+    if not image.is_file():
+        raise InvalidRequestError(f"{image} does not exist.")
+    info = read_infotext(image)
+    with Image.open(image) as opened:
+        picture = opened.convert("RGB")
+    device = choose_device(settings.device, settings.dtype)
+    model = load_upscaler(upscaler, settings.models_dir, device.device, device.dtype)
+    with err.status(f"Upscaling x{scale}…"):
+        enlarged, used = upscale_image(picture, scale, model)
+    width, height = enlarged.size
+    fits = width * height <= settings.max_area
+    if detail > 0 and info is not None and fits:
+        wanted = checkpoint or _local_model_named(info.model, settings)
+        engine = _load_engine(settings, wanted, quiet=False)
+        request = detail_pass(request_from_infotext(info), enlarged, detail)
+        result = _generate_with_progress(engine, engine.prepare(request), show=True)
+        if result.status is ResultStatus.CANCELLED:
+            raise typer.Exit(130)
+        enlarged, parameters = result.images[0].image, result.images[0].infotext
+    else:
+        if detail > 0:
+            why = "it holds no generation data" if info is None else "it is over the size limit"
+            err.print(f"No detail pass: {why} ({width}x{height}).", style="yellow")
+        parameters = replace(info or Infotext(prompt=""), width=width, height=height)
+    parameters = replace(
+        parameters, extra=(*parameters.extra, ("Upscaler", used), ("Upscale by", str(scale)))
+    )
+    stem = f"upscaled-x{scale}-{image.stem}"
+    path = save_png(enlarged, output_path(out_dir or settings.outputs_dir, stem), parameters)
+    out.print(f"{path}  {width}x{height}  {used}")
+
+
 def _local_model_named(name: str | None, settings: Settings) -> str | None:
     """The image's own model when it is here; otherwise the configured default."""
     from pipeline.loading import find_local_models

@@ -5,6 +5,7 @@ Each keeps the original request's size, sampler, steps, CFG, clip skip and tilin
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from PIL import Image
@@ -76,4 +77,24 @@ def request_from_infotext(info: Infotext) -> GenerationRequest:
         seeds=(info.seed if info.seed is not None else RANDOM_SEED,),
         tiling=info.tiling,
         clip_skip=info.clip_skip or 1,
+    )
+
+
+def detail_pass(
+    request: GenerationRequest, upscaled: Image.Image, denoising_strength: float
+) -> GenerationRequest:
+    """A1111's "SD upscale" detail pass: img2img of the upscaled image at a low strength,
+    with the original prompt and seed (and enough steps that at least one runs)."""
+    width, height = upscaled.size
+    return replace(
+        request,
+        steps=max(request.steps, math.ceil(1 / denoising_strength)),
+        seeds=request.seeds[:1],
+        init_image=ImageRef.from_image(upscaled),
+        denoising_strength=denoising_strength,
+        width=width,
+        height=height,
+        variation_seeds=(),
+        variation_strength=0.0,
+        hires=None,
     )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from sd_parsers import ParserManager
 
@@ -349,3 +350,41 @@ def test_schedule_applies_to_a_sampler_written_in_the_prompt(
     path = json.loads(capsys.readouterr().out)["images"][0]["path"]
     with Image.open(path) as image:
         assert "Sampler: DPM++ 2M, Schedule type: Karras" in image.info["parameters"]
+
+
+def test_upscale_with_a_model_and_a_detail_pass(
+    env: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_upscale import _tiny_esrgan
+
+    (models_dir / "upscale").mkdir(exist_ok=True)
+    torch.save(_tiny_esrgan(2), models_dir / "upscale" / "Tiny-2x.pth")
+    run_cli(
+        monkeypatch,
+        "imagine",
+        "a red barn",
+        "--n",
+        "1",
+        "--seed",
+        "8",
+        "--steps",
+        "3",
+        "--model",
+        "tiny-sd1",
+        "--json",
+    )
+    source = json.loads(capsys.readouterr().out)["images"][0]["path"]
+
+    assert run_cli(monkeypatch, "upscale", source, "--model", "tiny-2x") == 0
+    detailed = Path(capsys.readouterr().out.split()[0])
+    with Image.open(detailed) as image:
+        assert image.size == (128, 128)
+        parameters = image.info["parameters"]
+    assert "Denoising strength: 0.3" in parameters and "Upscaler: Tiny-2x" in parameters
+    assert "Seed: 8" in parameters and "Size: 128x128" in parameters
+
+    assert run_cli(monkeypatch, "upscale", source, "--scale", "4", "--detail", "0") == 0
+    plain = Path(capsys.readouterr().out.split()[0])
+    with Image.open(plain) as image:
+        assert image.size == (256, 256)
+        assert "Upscaler: Lanczos, Upscale by: 4" in image.info["parameters"]
