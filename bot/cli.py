@@ -80,7 +80,12 @@ def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
     with status:
         loaded = load_model(source, device, settings.cache_dir, hashes)
     err.print(f"Model: {source.name} ({loaded.family.label}, native {loaded.native_size}px)")
-    return Engine(loaded, settings.limits(), exact_batches=settings.exact_batches)
+    return Engine(
+        loaded,
+        settings.limits(),
+        exact_batches=settings.exact_batches,
+        models_dir=settings.models_dir,
+    )
 
 
 def _say_which_default(default: str, local: list) -> None:  # list[ModelSource]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from pipeline.request import (
 )
 from pipeline.samplers import SamplerSpec, make_scheduler, resolve_sampler
 from pipeline.tiling import circular_padding
+from pipeline.upscale import LANCZOS, load_upscaler, resolve_upscaler
 from pipeline.validation import Limits, resolve_request
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -71,12 +73,18 @@ def easel_version() -> str:
 
 class Engine:
     def __init__(
-        self, model: LoadedModel, limits: Limits | None = None, exact_batches: bool = True
+        self,
+        model: LoadedModel,
+        limits: Limits | None = None,
+        exact_batches: bool = True,
+        models_dir: Path | None = None,
     ) -> None:
-        """`exact_batches`: image i of a batch is bit-identical to seed i alone (see batching)."""
+        """`exact_batches`: image i of a batch is bit-identical to seed i alone (see
+        pipeline/guidance.py). `models_dir` holds the upscalers a hires fix may name."""
         self.model = model
         self.limits = limits or Limits()
         self.exact_batches = exact_batches
+        self.models_dir = models_dir
         self._txt2img = model.pipe
         self._img2img = model.family.img2img_class(
             **model.pipe.components, requires_safety_checker=False
@@ -102,6 +110,9 @@ class Engine:
         steps = _visible_steps(resolved.request)
         plan = plan_prompt(request.prompt, request.negative_prompt, steps)
         self._check_prompt_length(plan, request.clip_skip)
+        hires = resolved.request.hires
+        if hires is not None and hires.upscaler not in (LATENT_UPSCALER, LANCZOS):
+            resolve_upscaler(hires.upscaler, self.models_dir or Path("models"))
         if plan.loras:
             names = ", ".join(tag.name for tag in plan.loras)
             raise InvalidRequestError(
@@ -245,7 +256,7 @@ class Engine:
                 latents, size=(height // factor, width // factor), mode="bilinear"
             )
         else:
-            image = [item.resize((width, height), Image.Resampling.LANCZOS) for item in first]
+            image = [self._hires_upscale(item, hires.upscaler, width, height) for item in first]
         strength = hires.denoising_strength
         plan = plan_prompt(
             request.prompt, request.negative_prompt, min(int(steps * strength), steps)
@@ -262,6 +273,21 @@ class Engine:
             output_type="pil",
         )
         return images, diffusion_s + hires_s
+
+    def _hires_upscale(
+        self, image: Image.Image, upscaler: str, width: int, height: int
+    ) -> Image.Image:
+        """Lanczos, or an upscaler model at 2x or 4x brought to the exact size."""
+        model = None
+        if upscaler != LANCZOS:
+            device = self._txt2img.device
+            model = load_upscaler(
+                upscaler, self.models_dir or Path("models"), device, self._txt2img.dtype
+            )
+        if model is not None:
+            factor = 2 if max(width / image.width, height / image.height) <= 2 else 4
+            image = model.upscale(image, factor)
+        return image.resize((width, height), Image.Resampling.LANCZOS)
 
     def _pass(
         self,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from pipeline.engine import Engine
 from pipeline.errors import InvalidRequestError
+from pipeline.loading import LoadedModel
 from pipeline.request import GenerationRequest, HiresFix, ProgressEvent
+from tests.test_upscale import _tiny_esrgan
 
 
 def request(**overrides: object) -> GenerationRequest:
@@ -55,3 +60,20 @@ def test_hires_limits_are_clear(engine: Engine) -> None:
         engine.generate(request(width=1024, height=1024))
     with pytest.raises(InvalidRequestError, match="Hires scale must be above 1"):
         engine.generate(request(hires=HiresFix(scale=1.0)))
+
+
+def test_hires_with_an_upscaler_model(tiny_model: LoadedModel, tmp_path: Path) -> None:
+
+    (tmp_path / "upscale").mkdir()
+    torch.save(_tiny_esrgan(2), tmp_path / "upscale" / "Tiny-2x.pth")
+    engine = Engine(tiny_model, models_dir=tmp_path)
+    hires = HiresFix(scale=2.0, upscaler="tiny-2x")
+    result = engine.generate(request(hires=hires, seeds=(5,)))
+    assert result.images[0].image.size == (128, 128)
+    assert ("Hires upscaler", "tiny-2x") in result.images[0].infotext.extra
+    lanczos = engine.generate(request(hires=HiresFix(scale=2.0, upscaler="Lanczos"), seeds=(5,)))
+    assert not np.array_equal(
+        np.asarray(result.images[0].image), np.asarray(lanczos.images[0].image)
+    )
+    with pytest.raises(InvalidRequestError, match="No upscaler named 'missing'"):
+        engine.prepare(request(hires=HiresFix(upscaler="missing")))
