@@ -122,6 +122,11 @@ def imagine(
         str | None, typer.Option(help="Lighting id, e.g. golden-hour-lighting.")
     ] = None,
     quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
+    lora: Annotated[
+        list[str] | None, typer.Option("--lora", help="LoRA NAME[:WEIGHT]; repeatable.")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="A preset from models/presets.toml.")] = None,
+    hires: Annotated[float | None, typer.Option(help="Hires fix: upscale factor, e.g. 2.")] = None,
     tile: Annotated[bool, typer.Option("--tile", help="Seamless tiling texture.")] = False,
     clip_skip: Annotated[
         int | None, typer.Option("--clip-skip", help="CLIP layers to skip.")
@@ -136,6 +141,7 @@ def imagine(
 
     The options are the chat bots' flags; they can also be written inside the prompt.
     """
+    from pipeline.presets import load_presets
     from pipeline.prompts.vocabulary import VocabularyStore
 
     settings = Settings()
@@ -163,12 +169,16 @@ def imagine(
         quality=quality,
         tile=tile,
         clip_skip=clip_skip,
+        lora=lora,
+        preset=preset,
+        hires=hires,
     )
     if schedule:
         options = replace(options, sampler=resolve_sampler(options.sampler, schedule).name)
-    options.check_supported()
+    presets = load_presets(settings.models_dir)
+    options.to_request(vocabulary, 512, presets)  # an unknown preset fails before the load
     engine = _load_engine(settings, model, quiet=as_json)
-    request = options.to_request(vocabulary, engine.model.native_size)
+    request = options.to_request(vocabulary, engine.model.native_size, presets)
     if init is not None:
         request = replace(request, init_image=ImageRef(path=str(init)), denoising_strength=strength)
     _generate_and_save(engine, request, out_dir or settings.outputs_dir, as_json)

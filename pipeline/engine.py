@@ -26,6 +26,7 @@ from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import LoadedModel
+from pipeline.lora import ActiveLoras, LoraManager
 from pipeline.noise import seeded_noise, slerp
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
@@ -36,6 +37,7 @@ from pipeline.request import (
     GenerationResult,
     HiresFix,
     ImageRef,
+    LoraUse,
     ProgressEvent,
     ResultStatus,
     Timings,
@@ -62,6 +64,7 @@ class PreparedJob:
     sampler: SamplerSpec
     init_image: Image.Image | None
     prompt: PromptPlan
+    loras: tuple[LoraUse, ...]  # from <lora:…> tags and the request
 
 
 def easel_version() -> str:
@@ -78,6 +81,7 @@ class Engine:
         limits: Limits | None = None,
         exact_batches: bool = True,
         models_dir: Path | None = None,
+        max_resident_loras: int = 4,
     ) -> None:
         """`exact_batches`: image i of a batch is bit-identical to seed i alone (see
         pipeline/guidance.py). `models_dir` holds the upscalers a hires fix may name."""
@@ -85,6 +89,7 @@ class Engine:
         self.limits = limits or Limits()
         self.exact_batches = exact_batches
         self.models_dir = models_dir
+        self.loras = LoraManager(model.pipe, models_dir or Path("models"), max_resident_loras)
         self._txt2img = model.pipe
         self._img2img = model.family.img2img_class(
             **model.pipe.components, requires_safety_checker=False
@@ -113,12 +118,10 @@ class Engine:
         hires = resolved.request.hires
         if hires is not None and hires.upscaler not in (LATENT_UPSCALER, LANCZOS):
             resolve_upscaler(hires.upscaler, self.models_dir or Path("models"))
-        if plan.loras:
-            names = ", ".join(tag.name for tag in plan.loras)
-            raise InvalidRequestError(
-                f"The prompt asks for LoRA {names} with a <lora:…> tag, but this version of "
-                "Easel cannot apply LoRAs yet; remove the tag."
-            )
+        tagged = (LoraUse(tag.name, tag.unet_weight, tag.te_weight) for tag in plan.loras)
+        loras = (*tagged, *request.loras)
+        for use in loras:
+            self.loras.lookup(use.name)  # an unknown name is a clear error before the queue
         return PreparedJob(
             request=resolved.request,
             notes=resolved.notes,
@@ -126,6 +129,7 @@ class Engine:
             sampler=spec,
             init_image=init,
             prompt=plan,
+            loras=loras,
         )
 
     def _check_prompt_length(self, plan: PromptPlan, clip_skip: int) -> None:
@@ -168,6 +172,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 return self._cancelled(resolved, started)
             out_of_memory = False
+            active = self.loras.activate(job.loras)  # a bad file fails this job alone
             try:
                 images, diffusion_s = self._run(job, on_progress, cancel)
             except _Cancelled:
@@ -186,7 +191,7 @@ class Engine:
                 GeneratedImage(
                     image=image,
                     seed=seed,
-                    infotext=self._infotext(resolved, job.sampler, seed, index),
+                    infotext=self._infotext(resolved, job.sampler, seed, index, active),
                 )
                 for index, (image, seed) in enumerate(zip(images, resolved.seeds, strict=True))
             )
@@ -351,7 +356,12 @@ class Engine:
         return slerp(request.variation_strength, base, varied)
 
     def _infotext(
-        self, request: GenerationRequest, spec: SamplerSpec, seed: int, index: int
+        self,
+        request: GenerationRequest,
+        spec: SamplerSpec,
+        seed: int,
+        index: int,
+        loras: ActiveLoras,
     ) -> Infotext:
         return Infotext(
             prompt=request.prompt,
@@ -371,7 +381,7 @@ class Engine:
             clip_skip=request.clip_skip if request.clip_skip > 1 else None,  # A1111 omits 1
             tiling=request.tiling,
             rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
-            extra=_hires_keys(request.hires),
+            extra=_hires_keys(request.hires) + _lora_keys(loras),
             version=f"Easel {easel_version()}",
         )
 
@@ -416,6 +426,11 @@ def _hires_keys(hires: HiresFix | None) -> tuple[tuple[str, str], ...]:
         keys.append(("Hires steps", str(hires.steps)))
     keys.append(("Hires upscaler", hires.upscaler))
     return tuple(keys)
+
+
+def _lora_keys(loras: ActiveLoras) -> tuple[tuple[str, str], ...]:
+    hashes = loras.hashes_infotext()
+    return (("Lora hashes", hashes),) if hashes else ()
 
 
 def _visible_steps(request: GenerationRequest) -> int:

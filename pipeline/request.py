@@ -59,6 +59,19 @@ LATENT_UPSCALER = "Latent"
 
 
 @dataclass(frozen=True)
+class LoraUse:
+    """A LoRA a job asks for, by name (its file stem), with UNet and text-encoder weights."""
+
+    name: str
+    unet_weight: float = 1.0
+    te_weight: float = 1.0
+
+    @property
+    def is_zero(self) -> bool:
+        return self.unet_weight == 0 and self.te_weight == 0
+
+
+@dataclass(frozen=True)
 class HiresFix:
     """A1111's hires fix: generate, upscale by `scale`, then img2img at the larger size."""
 
@@ -90,6 +103,7 @@ class GenerationRequest:
     variation_seeds: tuple[int | None, ...] = ()
     variation_strength: float = 0.0
     hires: HiresFix | None = None
+    loras: tuple[LoraUse, ...] = ()  # on top of any <lora:…> tags in the prompt
 
     def hires_size(self) -> tuple[int, int]:
         """The final size of a hires-fixed request (multiples of 8)."""
@@ -202,6 +216,8 @@ def _encode(request: GenerationRequest) -> dict[str, Any]:
             value = value.to_json_value()
         elif isinstance(value, HiresFix):
             value = asdict(value)
+        elif item.name == "loras":
+            value = [asdict(use) for use in value]
         elif isinstance(value, tuple):
             value = list(value)
         payload[item.name] = value
@@ -219,6 +235,8 @@ def _decode_request(payload: dict[str, Any]) -> GenerationRequest:
         values["init_image"] = ImageRef.from_json_value(values["init_image"])
     if values.get("hires") is not None:
         values["hires"] = HiresFix(**values["hires"])
+    if "loras" in values:
+        values["loras"] = tuple(LoraUse(**use) for use in values["loras"])
     for name in ("seeds", "variation_seeds"):
         if name in values:
             values[name] = tuple(values[name])

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from bot.core.options import (
     ImagineOptions,
-    LoraChoice,
     OptionsError,
     options_from_fields,
     parse_options,
@@ -18,7 +17,7 @@ from bot.core.options import (
 )
 from pipeline.errors import InvalidRequestError
 from pipeline.prompts.vocabulary import Vocabulary
-from pipeline.request import HiresFix
+from pipeline.request import HiresFix, LoraUse
 from pipeline.validation import Limits
 
 VOCABULARY = Vocabulary.load()
@@ -120,11 +119,10 @@ def test_limits_come_from_the_settings() -> None:
         parse_options("x --steps 31", VOCABULARY, Limits(max_steps=30))
 
 
-def test_lora_parses_but_is_refused_for_now() -> None:
-    options = parse("x --lora pixel-style:0.7")
-    assert options.loras == (LoraChoice("pixel-style", 0.7),)
-    with pytest.raises(OptionsError, match="cannot apply LoRAs yet"):
-        options.to_request(VOCABULARY, 512)
+def test_loras_add_up_and_reach_the_request() -> None:
+    options = parse("x --lora pixel-style:0.7 --lora detail")
+    assert options.loras == (LoraUse("pixel-style", 0.7, 0.7), LoraUse("detail"))
+    assert options.to_request(VOCABULARY, 512).loras == options.loras
 
 
 def test_hires_takes_an_optional_factor() -> None:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
+from pipeline.presets import Presets
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
-from pipeline.request import GenerationRequest, HiresFix
+from pipeline.request import GenerationRequest, HiresFix, LoraUse
 from pipeline.samplers import resolve_sampler
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
@@ -40,12 +41,6 @@ class OptionsError(InvalidRequestError):
 
 
 @dataclass(frozen=True)
-class LoraChoice:
-    name: str
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
 class ImagineOptions:
     """What a user asked for, validated; `to_request` turns it into a GenerationRequest."""
 
@@ -64,7 +59,8 @@ class ImagineOptions:
     quality: str | None = None
     count: int = 4
     tile: bool = False
-    loras: tuple[LoraChoice, ...] = ()
+    loras: tuple[LoraUse, ...] = ()
+    preset: str | None = None
     hires: float | None = None
     clip_skip: int = 1
 
@@ -81,14 +77,24 @@ class ImagineOptions:
     def negative_prompt(self) -> str:
         return ", ".join(part for part in (self.negative, *self.avoid) if part)
 
-    def to_request(self, vocabulary: Vocabulary, native_size: int) -> GenerationRequest:
-        self.check_supported()
+    def to_request(
+        self, vocabulary: Vocabulary, native_size: int, presets: Presets | None = None
+    ) -> GenerationRequest:
+        prompt, negative, loras = (
+            self.composed_prompt(vocabulary),
+            self.negative_prompt(),
+            self.loras,
+        )
+        if self.preset is not None:
+            preset = (presets or Presets()).get(self.preset)
+            prompt, negative = preset.apply(prompt, negative)
+            loras = (*preset.loras, *loras)
         size = self.size
         if self.aspect_ratio is not None:
             size = size_for_ratio(self.aspect_ratio, native_size)
         return GenerationRequest(
-            prompt=self.composed_prompt(vocabulary),
-            negative_prompt=self.negative_prompt(),
+            prompt=prompt,
+            negative_prompt=negative,
             width=size[0] if size else None,
             height=size[1] if size else None,
             steps=self.steps,
@@ -98,16 +104,8 @@ class ImagineOptions:
             tiling=self.tile,
             clip_skip=self.clip_skip,
             hires=HiresFix(scale=self.hires) if self.hires is not None else None,
+            loras=loras,
         )
-
-    def check_supported(self) -> None:
-        """LoRAs are parsed and checked, but the engine cannot apply them yet."""
-        if self.loras:
-            names = ", ".join(choice.name for choice in self.loras)
-            raise OptionsError(
-                f"--lora {names}: this version of Easel cannot apply LoRAs yet.",
-                f"--lora {names}: 이 버전의 Easel은 아직 LoRA를 적용할 수 없습니다.",
-            )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -146,8 +144,9 @@ def options_from_fields(
     context = _Context(vocabulary, limits or Limits())
     text, flags = _split_flags(prompt)
     for key, value in typed.items():
-        if value is not None and value is not False:
-            flags.append((key.replace("_", "-"), "" if value is True else str(value), True))
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is not None and item is not False:
+                flags.append((key.replace("_", "-"), "" if item is True else str(item), True))
     values: dict[str, object] = {}
     written: set[str] = set()
     for name, raw, is_typed in flags:
@@ -157,12 +156,12 @@ def options_from_fields(
                 f"--{name} takes no value, but got {raw!r}. Put the prompt before the flags.",
                 f"--{name} 뒤에는 값을 쓰지 않습니다({raw!r}). 프롬프트는 플래그 앞에 쓰세요.",
             )
-        if flag.field in written and flag.field != "avoid" and not is_typed:
+        if flag.field in written and flag.field not in _REPEATABLE and not is_typed:
             raise OptionsError(f"--{name} is given twice.", f"--{name} 옵션이 두 번 들어갔습니다.")
         written.add(flag.field)
         parsed = flag.parse(raw, context)
-        if flag.field == "avoid":
-            parsed = (*values.get("avoid", ()), *parsed)  # type: ignore[misc]
+        if flag.field in _REPEATABLE:
+            parsed = (*values.get(flag.field, ()), *parsed)  # type: ignore[misc]
         values[flag.field] = parsed
     return _finish(text, values, context)
 
@@ -348,7 +347,7 @@ def _size(raw: str, context: _Context) -> tuple[int, int]:
     return width, height
 
 
-def _loras(raw: str, _: _Context) -> tuple[LoraChoice, ...]:
+def _loras(raw: str, _: _Context) -> tuple[LoraUse, ...]:
     match = _LORA.match(raw)
     if match is None:
         raise OptionsError(
@@ -356,7 +355,7 @@ def _loras(raw: str, _: _Context) -> tuple[LoraChoice, ...]:
             f"--lora 값은 이름 또는 이름:가중치 형식이어야 합니다. 예: pixel-art:0.8 ({raw!r}).",
         )
     weight = float(match.group(2)) if match.group(2) else 1.0
-    return (LoraChoice(match.group(1), weight),)
+    return (LoraUse(match.group(1), weight, weight),)
 
 
 def _hires(raw: str, _: _Context) -> float:
@@ -393,12 +392,14 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("tile", _flag_on, takes_value=False, aliases=("tile",)),
     _Flag("loras", _loras, aliases=("lora",)),
     _Flag("hires", _hires, aliases=("hires",)),
+    _Flag("preset", _text("preset"), aliases=("preset",)),
     _Flag(
         "clip_skip",
         _limited_integer("clip-skip", 1, lambda limits: limits.max_clip_skip),
         aliases=("clip-skip",),
     ),
 )
+_REPEATABLE = ("avoid", "loras")
 _BY_NAME: Mapping[str, _Flag] = {alias: flag for flag in _FLAGS for alias in flag.aliases}
 
 

@@ -1,0 +1,186 @@
+"""Presets: a named look made of LoRAs and the words that trigger them, from `presets.toml` in the
+models folder.
+
+    [presets.pixel-art]
+    description_en = "Pixel art"
+    description_ko = "픽셀 아트"
+    loras = [{ name = "pixel-art-v1", unet = 0.8, te = 0.8 }]   # unet and te default to 1
+    trigger = "pixel art, 8-bit"                                 # added after the user's words
+    negative = "blurry"                                          # optional, added to the negative
+
+Ids are looked up ignoring case, spaces and underscores ("Pixel Art" is "pixel-art"). A missing
+file means no presets; a file that cannot be used is a PresetFileError naming the file and entry.
+The LoRA names are checked when a preset is used, against the files present then.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import EaselError, InvalidRequestError
+from pipeline.lora import LoraUse
+from pipeline.prompts.composable import split_and
+from pipeline.prompts.vocabulary import normalize_id
+
+PRESETS_FILE_NAME = "presets.toml"
+_FIELDS = ("description_en", "description_ko", "loras", "trigger", "negative")
+_LORA_FIELDS = ("name", "unet", "te")
+
+
+class PresetFileError(EaselError):
+    """A presets file that cannot be used: bad TOML, a missing or mistyped field..."""
+
+
+class UnknownPresetError(InvalidRequestError):
+    def __init__(self, given_id: str, suggestion: str | None, known: list[str]) -> None:
+        self.given_id = given_id
+        self.suggestion = suggestion
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        listed = ", ".join(known) if known else f"none ({PRESETS_FILE_NAME} defines none)"
+        super().__init__(f"Unknown preset {given_id[:60]!r}.{hint} Presets: {listed}.")
+
+
+@dataclass(frozen=True)
+class Preset:
+    id: str
+    description_en: str
+    description_ko: str
+    loras: tuple[LoraUse, ...] = ()
+    trigger: str = ""
+    negative: str = ""
+
+    def description(self, locale: str) -> str:
+        return self.description_ko if locale == "ko" else self.description_en
+
+    def apply(self, prompt: str, negative: str) -> tuple[str, str]:
+        """The prompt with the trigger words after the user's own (in every `AND` part), and
+        the negative with the preset's extra negative; words already there are not repeated."""
+        parts = split_and(prompt)
+        if len(parts) == 1:
+            prompt = _add_words(prompt, self.trigger)
+        else:
+            prompt = " AND ".join(
+                _add_words(part.text, self.trigger)
+                + (f" :{part.weight:g}" if part.weight != 1.0 else "")
+                for part in parts
+            )
+        return prompt, _add_words(negative, self.negative)
+
+
+@dataclass(frozen=True)
+class Presets:
+    presets: tuple[Preset, ...] = ()
+    source: Path | None = None
+
+    def ids(self) -> list[str]:
+        return [preset.id for preset in self.presets]
+
+    def find(self, preset_id: str) -> Preset | None:
+        key = normalize_id(preset_id)
+        return next((p for p in self.presets if normalize_id(p.id) == key), None)
+
+    def get(self, preset_id: str) -> Preset:
+        preset = self.find(preset_id)
+        if preset is None:
+            raise UnknownPresetError(preset_id, self.closest(preset_id), self.ids())
+        return preset
+
+    def closest(self, preset_id: str) -> str | None:
+        by_key = {normalize_id(preset.id): preset.id for preset in self.presets}
+        matches = difflib.get_close_matches(normalize_id(preset_id), list(by_key), n=1, cutoff=0.6)
+        return by_key[matches[0]] if matches else None
+
+
+def load_presets(models_dir: Path) -> Presets:
+    """The presets of `models_dir/presets.toml`; none when the file does not exist."""
+    path = models_dir / PRESETS_FILE_NAME
+    if not path.is_file():
+        return Presets()
+    return read_presets_file(path)
+
+
+def read_presets_file(path: Path) -> Presets:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise PresetFileError(f"{path}: cannot read it: {error}") from error
+    unknown = sorted(set(data) - {"presets"})
+    if unknown:
+        raise PresetFileError(f"{path}: unknown table {unknown[0]!r}; write [presets.<id>].")
+    tables = data.get("presets", {})
+    if not isinstance(tables, dict):
+        raise PresetFileError(f"{path}: presets must be tables, [presets.<id>].")
+    presets: list[Preset] = []
+    for preset_id, table in tables.items():
+        preset = _parse_preset(f"{path}: preset {preset_id!r}", preset_id, table)
+        if any(normalize_id(other.id) == normalize_id(preset_id) for other in presets):
+            raise PresetFileError(f"{path}: preset {preset_id!r} is defined twice.")
+        presets.append(preset)
+    return Presets(tuple(presets), path)
+
+
+def _parse_preset(where: str, preset_id: str, table: object) -> Preset:
+    if not isinstance(table, dict):
+        raise PresetFileError(f"{where}: must be a table, [presets.{preset_id}].")
+    if not normalize_id(preset_id):
+        raise PresetFileError(f"{where}: the id needs letters or digits.")
+    unknown = sorted(set(table) - set(_FIELDS))
+    if unknown:
+        raise PresetFileError(f"{where}: unknown field {unknown[0]!r}.")
+    loras = table.get("loras", [])
+    if not isinstance(loras, list):
+        raise PresetFileError(f'{where}: loras must be a list, [{{ name = "...", unet = 1 }}].')
+    return Preset(
+        id=preset_id,
+        description_en=_text(where, table, "description_en", required=True),
+        description_ko=_text(where, table, "description_ko", required=True),
+        loras=tuple(_parse_lora(f"{where}, LoRA {n}", item) for n, item in enumerate(loras, 1)),
+        trigger=_text(where, table, "trigger"),
+        negative=_text(where, table, "negative"),
+    )
+
+
+def _parse_lora(where: str, item: object) -> LoraUse:
+    if not isinstance(item, dict):
+        raise PresetFileError(f'{where}: must be a table, {{ name = "...", unet = 1, te = 1 }}.')
+    unknown = sorted(set(item) - set(_LORA_FIELDS))
+    if unknown:
+        raise PresetFileError(f"{where}: unknown field {unknown[0]!r} (name, unet, te).")
+    name = _text(where, item, "name", required=True)
+    return LoraUse(name, _weight(where, item, "unet"), _weight(where, item, "te"))
+
+
+def _text(where: str, table: dict[str, object], name: str, required: bool = False) -> str:
+    value = table.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        state = "missing" if value is None else "not a non-empty string"
+        raise PresetFileError(f"{where}: field {name!r} is {state}.")
+    return " ".join(value.split())
+
+
+def _weight(where: str, table: dict[str, object], name: str) -> float:
+    value = table.get(name, 1.0)
+    # bool is an int in Python; `unet = true` is a mistake, not a weight of 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PresetFileError(f"{where}: {name} must be a number, not {value!r}.")
+    return float(value)
+
+
+def _add_words(text: str, words: str) -> str:
+    """`text, words`, leaving out the comma-separated parts of `words` that `text` has."""
+    present = {_key(part) for part in text.split(",")}
+    new = [part.strip() for part in words.split(",") if part.strip()]
+    new = [part for part in new if _key(part) not in present]
+    if not new:
+        return text
+    head = text.strip().strip(",").strip()
+    return ", ".join([head, *new] if head else new)
+
+
+def _key(part: str) -> str:
+    return " ".join(part.split()).casefold()
