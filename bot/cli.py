@@ -452,6 +452,44 @@ def vocabulary(
         out.print(table)
 
 
+lora_app = typer.Typer(help="LoRA files and presets.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+
+
+@lora_app.command("list")
+def lora_list(
+    korean: Annotated[bool, typer.Option("--ko", help="Korean descriptions.")] = False,
+) -> None:
+    """The LoRA files in the models folder and the presets in models/presets.toml."""
+    from pipeline.lora import find_loras, lora_hash
+    from pipeline.presets import load_presets
+
+    settings = Settings()
+    files = find_loras(settings.models_dir)
+    table = Table(title=f"LoRA files in {settings.models_dir}")
+    for column in ("Name", "Size", "Hash", "File"):
+        table.add_column(column)
+    for file in files:
+        table.add_row(
+            file.name, _human_size(file.path.stat().st_size), lora_hash(file.path), str(file.path)
+        )
+    out.print(table if files else "No LoRA files (put .safetensors files in models/lora).")
+    presets = load_presets(settings.models_dir)
+    known = {file.name.lower() for file in files}
+    table = Table(title="Presets")
+    for column in ("Id", "Description", "LoRAs", "Trigger words"):
+        table.add_column(column)
+    for preset in presets.presets:
+        loras = ", ".join(
+            f"{use.name}:{use.unet_weight:g}" + ("" if use.name.lower() in known else " (missing)")
+            for use in preset.loras
+        )
+        table.add_row(
+            preset.id, preset.description("ko" if korean else "en"), loras, preset.trigger
+        )
+    out.print(table if presets.presets else "No presets (models/presets.toml).")
+
+
 @app.command()
 def pnginfo(
     image: Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP image.")],

@@ -388,3 +388,23 @@ def test_upscale_with_a_model_and_a_detail_pass(
     with Image.open(plain) as image:
         assert image.size == (256, 256)
         assert "Upscaler: Lanczos, Upscale by: 4" in image.info["parameters"]
+
+
+def test_lora_list_shows_files_presets_and_what_is_missing(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.lora_files import write_lora
+    from tests.tiny_models import build_random_pipeline
+
+    models = tmp_path / "lora-models"
+    write_lora(build_random_pipeline("sd1"), models / "Lora" / "pixel-art-v1.safetensors")
+    (models / "presets.toml").write_text(
+        (Path(__file__).resolve().parents[1] / "models" / "presets.toml").read_text()
+    )
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(models))
+    monkeypatch.setenv("COLUMNS", "250")
+    assert run_cli(monkeypatch, "lora", "list") == 0
+    listing = capsys.readouterr().out
+    assert "pixel-art-v1" in listing and "voxel-art" in listing
+    assert "voxel-art-v1:0.8 (missing)" in listing
+    assert "pixel-art-v1:0.8 (missing)" not in listing
