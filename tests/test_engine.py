@@ -14,7 +14,14 @@ from torch import nn
 
 from pipeline.engine import Engine
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, UnknownSamplerError
-from pipeline.request import GenerationRequest, ImageRef, ProgressEvent, ResultStatus
+from pipeline.request import (
+    GenerationRequest,
+    HiresFix,
+    ImageRef,
+    LoraUse,
+    ProgressEvent,
+    ResultStatus,
+)
 from pipeline.samplers import SAMPLER_NAMES
 from pipeline.validation import MAX_SEED, batch_seeds
 
@@ -256,6 +263,13 @@ def test_request_and_result_round_trip_through_json(engine: Engine) -> None:
         sampler="DPM++ 2M",
     )
     assert GenerationRequest.from_json(original.to_json()) == original
+    extended = request(
+        loras=(LoraUse("ink", 0.5, 1.0),),
+        hires=HiresFix(scale=1.5, steps=10, upscaler="Lanczos"),
+        variation_seeds=(9,),
+        variation_strength=0.3,
+    )
+    assert GenerationRequest.from_json(extended.to_json()) == extended
     assert GenerationRequest.from_json(request().to_json()) == request()
     result = engine.generate(
         request(prompt="  two\r\nlines\nNegative prompt: not one ", seeds=(5, 6))
@@ -267,7 +281,7 @@ def test_request_and_result_round_trip_through_json(engine: Engine) -> None:
     assert np.array_equal(as_array(restored.images[1].image), as_array(result.images[1].image))
     assert restored.images[0].infotext.prompt == "  two\r\nlines\nNegative prompt: not one "
     with pytest.raises(ValueError, match="no field"):
-        GenerationRequest.from_json('{"prompt": "x", "loras": ["style"]}')
+        GenerationRequest.from_json('{"prompt": "x", "refiner": "sdxl"}')
 
 
 def test_progress_counts_the_users_steps_for_second_order_samplers(engine: Engine) -> None:
