@@ -138,8 +138,8 @@ def test_edited_and_composed_batches_stay_exact(engine: Engine) -> None:
     assert np.array_equal(np.asarray(batch.images[1].image), np.asarray(alone.images[0].image))
 
 
-def test_lora_tags_are_a_clear_error_until_loras_are_supported(engine: Engine) -> None:
-    with pytest.raises(InvalidRequestError, match="LoRA pixel-style"):
+def test_an_unknown_lora_tag_is_a_clear_error(engine: Engine) -> None:
+    with pytest.raises(InvalidRequestError, match="Unknown LoRA 'pixel-style'"):
         engine.generate(request("a castle <lora:pixel-style:0.8>"))
 
 
