@@ -464,8 +464,10 @@ class LoraManager:
         """Make exactly these LoRAs active, with these weights, for the next pipeline call.
 
         No uses (or only zero weights) disables LoRA: the output is exactly the plain model's.
-        Raises InvalidRequestError (unknown name, too many) or ModelLoadError (a bad file); either
-        way the pipeline is left as it was.
+        Raises InvalidRequestError (unknown name, too many) or ModelLoadError (a bad file); then
+        the LoRAs active before stay active with their weights (files are read and checked
+        before anything changes; only a load failing inside diffusers after an eviction made
+        room can have unloaded one of them).
         """
         with self._lock:
             files = [self.lookup(use.name) for use in uses]
@@ -531,7 +533,10 @@ class LoraManager:
         try:
             with _quiet(_NOISY_LOGGERS):
                 self.pipe.load_lora_weights(state, adapter_name=adapter)
-        except Exception as error:
+        except torch.OutOfMemoryError:
+            self._delete(adapter)
+            raise
+        except Exception as error:  # whatever diffusers or peft raise, the adapter goes
             self._delete(adapter)
             raise ModelLoadError(
                 f"LoRA {file.name} ({file.path}) could not be loaded: {first_line(error)}"
