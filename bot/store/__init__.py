@@ -1,0 +1,35 @@
+"""The bot's durable store: users, settings, chats and jobs in SQL, migrated with Alembic."""
+
+from bot.store.database import SETTING_NAMES, UNSET, NotFoundError, Store
+from bot.store.models import Delivery, JobKind, JobStatus, Role
+from bot.store.records import (
+    ChatRecord,
+    HistoryPage,
+    ImageRecord,
+    JobRecord,
+    NewImage,
+    NewJob,
+    Recovery,
+    SettingsRecord,
+    UserRecord,
+)
+
+__all__ = [
+    "SETTING_NAMES",
+    "UNSET",
+    "ChatRecord",
+    "Delivery",
+    "HistoryPage",
+    "ImageRecord",
+    "JobKind",
+    "JobRecord",
+    "JobStatus",
+    "NewImage",
+    "NewJob",
+    "NotFoundError",
+    "Recovery",
+    "Role",
+    "SettingsRecord",
+    "Store",
+    "UserRecord",
+]

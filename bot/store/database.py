@@ -1,0 +1,554 @@
+"""The bot's durable store. Each write is one short transaction: a crash never leaves half a job."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, fields
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from bot.store.models import (
+    Base,
+    Chat,
+    Delivery,
+    Image,
+    Job,
+    JobStatus,
+    Role,
+    User,
+    UserSettings,
+    utcnow,
+)
+from bot.store.records import (
+    ChatRecord,
+    HistoryPage,
+    ImageRecord,
+    JobRecord,
+    NewImage,
+    NewJob,
+    Recovery,
+    SettingsRecord,
+    UserRecord,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=5000",
+)
+SETTING_NAMES = frozenset(
+    field.name for field in fields(SettingsRecord) if field.name not in {"user_id", "updated_at"}
+)
+DELIVERABLE = (JobStatus.DONE, JobStatus.FAILED)
+NOT_COUNTED = (JobStatus.FAILED, JobStatus.CANCELLED)
+
+R = TypeVar("R", bound="DataclassInstance")
+M = TypeVar("M", bound=Base)
+
+
+class NotFoundError(LookupError):
+    """The user or job asked for does not exist."""
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET
+
+
+class Store:
+    """Users, their settings, chats and jobs, in any database SQLAlchemy speaks (SQLite first)."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = _create_engine(make_url(url))
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked: the only form fit for logs."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Migrations
+
+    def upgrade(self) -> None:
+        """Apply the Alembic migrations up to head, on this store's own engine."""
+        with self._migration_connection() as connection:
+            before = MigrationContext.configure(connection).get_current_revision()
+            command.upgrade(_alembic_config(connection), "head")
+        after = self.current()
+        if before != after:
+            log.info("Migrated %s from %s to %s", self.url, before or "empty", after)
+
+    def current(self) -> str | None:
+        with self._engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def head(self) -> str:
+        head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+        if head is None:
+            raise RuntimeError(f"no migrations in {MIGRATIONS_DIR}")
+        return head
+
+    @contextmanager
+    def _migration_connection(self) -> Iterator[Connection]:
+        with self._engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch migrations copy a table and drop the original; with foreign keys on,
+                # that drop would cascade into the rows that point at it.
+                _pragma(connection, "PRAGMA foreign_keys=OFF")
+            try:
+                with connection.begin():
+                    yield connection
+            finally:
+                if sqlite:
+                    _pragma(connection, "PRAGMA foreign_keys=ON")
+
+    # Users
+
+    def user(
+        self,
+        platform: str,
+        platform_user_id: str,
+        display_name: str | None = None,
+        locale: str | None = None,
+    ) -> UserRecord:
+        """The user with this platform id, created on first sight; refreshes name and locale."""
+        try:
+            return self._get_or_create_user(platform, platform_user_id, display_name, locale)
+        except IntegrityError:
+            # Another connection created the same user between our read and our insert.
+            return self._get_or_create_user(platform, platform_user_id, display_name, locale)
+
+    def _get_or_create_user(
+        self, platform: str, platform_user_id: str, display_name: str | None, locale: str | None
+    ) -> UserRecord:
+        with self._sessions.begin() as session:
+            row = session.scalars(
+                sa.select(User).where(
+                    User.platform == platform, User.platform_user_id == platform_user_id
+                )
+            ).one_or_none()
+            if row is None:
+                row = User(platform=platform, platform_user_id=platform_user_id)
+                session.add(row)
+            if display_name is not None:
+                row.display_name = display_name
+            if locale is not None:
+                row.locale = locale
+            session.flush()
+            return _record(UserRecord, row)
+
+    def user_by_id(self, user_id: int) -> UserRecord | None:
+        with self._sessions() as session:
+            row = session.get(User, user_id)
+            return None if row is None else _record(UserRecord, row)
+
+    def set_role(self, user_id: int, role: Role) -> UserRecord:
+        return self._update_user(user_id, role=role)
+
+    def ban(self, user_id: int, reason: str | None) -> UserRecord:
+        return self._update_user(user_id, banned=True, ban_reason=reason)
+
+    def unban(self, user_id: int) -> UserRecord:
+        return self._update_user(user_id, banned=False, ban_reason=None)
+
+    def set_quota(
+        self,
+        user_id: int,
+        max_queued: int | None,
+        max_running: int | None,
+        daily_images: int | None,
+    ) -> UserRecord:
+        """Per-user overrides of the global limits; None falls back to the global one."""
+        return self._update_user(
+            user_id, max_queued=max_queued, max_running=max_running, daily_images=daily_images
+        )
+
+    def _update_user(self, user_id: int, **values: object) -> UserRecord:
+        with self._sessions.begin() as session:
+            row = _get(session, User, user_id)
+            for name, value in values.items():
+                setattr(row, name, value)
+            session.flush()
+            return _record(UserRecord, row)
+
+    def count_users(self) -> int:
+        with self._sessions() as session:
+            return session.scalar(sa.select(sa.func.count()).select_from(User)) or 0
+
+    # Settings
+
+    def settings(self, user_id: int) -> SettingsRecord:
+        """The user's settings; all unset when they never changed any."""
+        with self._sessions() as session:
+            row = session.get(UserSettings, user_id)
+            return SettingsRecord(user_id) if row is None else _record(SettingsRecord, row)
+
+    def update_settings(self, user_id: int, **changes: str | int | bool | None) -> SettingsRecord:
+        """Set the named settings; None clears one (`private` goes back to False)."""
+        unknown = sorted(set(changes) - SETTING_NAMES)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)}")
+        if "private" in changes and changes["private"] is None:
+            changes["private"] = False
+        try:
+            return self._write_settings(user_id, changes)
+        except IntegrityError:
+            # Another connection inserted this user's row first; now it is an update.
+            return self._write_settings(user_id, changes)
+
+    def _write_settings(
+        self, user_id: int, changes: dict[str, str | int | bool | None]
+    ) -> SettingsRecord:
+        with self._sessions.begin() as session:
+            _get(session, User, user_id)
+            row = session.get(UserSettings, user_id)
+            if row is None:
+                row = UserSettings(user_id=user_id)
+                session.add(row)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            session.flush()
+            return _record(SettingsRecord, row)
+
+    # Chats
+
+    def chat(self, platform: str, chat_id: str) -> ChatRecord:
+        """The chat's settings; the defaults when nobody changed any."""
+        with self._sessions() as session:
+            row = _find_chat(session, platform, chat_id)
+            return ChatRecord(platform, chat_id) if row is None else _chat_record(row)
+
+    def update_chat(
+        self,
+        platform: str,
+        chat_id: str,
+        *,
+        banned_words: Sequence[str] | _Unset = UNSET,
+        nsfw_allowed: bool | _Unset = UNSET,
+        default_preset: str | _Unset | None = UNSET,
+    ) -> ChatRecord:
+        """Change the settings given; the others keep their value."""
+        changes: dict[str, object] = {}
+        if not isinstance(banned_words, _Unset):
+            changes["banned_words"] = list(banned_words)
+        if not isinstance(nsfw_allowed, _Unset):
+            changes["nsfw_allowed"] = nsfw_allowed
+        if not isinstance(default_preset, _Unset):
+            changes["default_preset"] = default_preset
+        try:
+            return self._write_chat(platform, chat_id, changes)
+        except IntegrityError:
+            return self._write_chat(platform, chat_id, changes)
+
+    def _write_chat(self, platform: str, chat_id: str, changes: dict[str, object]) -> ChatRecord:
+        with self._sessions.begin() as session:
+            row = _find_chat(session, platform, chat_id)
+            if row is None:
+                row = Chat(platform=platform, chat_id=chat_id)
+                session.add(row)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            session.flush()
+            return _chat_record(row)
+
+    # Jobs
+
+    def add_job(self, new: NewJob) -> JobRecord:
+        with self._sessions.begin() as session:
+            row = Job(**asdict(new))
+            session.add(row)
+            session.flush()
+            return _job_record(row)
+
+    def job(self, job_id: int, with_images: bool = False) -> JobRecord | None:
+        jobs = self._jobs(sa.select(Job).where(Job.id == job_id), with_images)
+        return jobs[0] if jobs else None
+
+    def queued_jobs(self) -> list[JobRecord]:
+        """Every queued job, oldest first: what the scheduler rebuilds its queue from."""
+        return self._jobs(sa.select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id))
+
+    def mark_running(self, job_ids: Sequence[int]) -> None:
+        """Queued jobs start: one more attempt each. Jobs no longer queued are left alone."""
+        if not job_ids:
+            return
+        with self._sessions.begin() as session:
+            session.execute(
+                sa.update(Job)
+                .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
+            )
+
+    def mark_done(self, job_id: int, images: Sequence[NewImage], grid_path: str | None) -> None:
+        """Record the job's images and finish it, both or neither."""
+        with self._sessions.begin() as session:
+            row = _get(session, Job, job_id)
+            row.status = JobStatus.DONE
+            row.finished_at = utcnow()
+            row.grid_path = grid_path
+            session.add_all(Image(job_id=job_id, **asdict(image)) for image in images)
+
+    def mark_failed(self, job_id: int, error: str) -> None:
+        """Finish the job as failed; `error` is the caller's JSON document, kept as is."""
+        self._update_job(job_id, status=JobStatus.FAILED, finished_at=utcnow(), error=error)
+
+    def mark_cancelled(self, job_id: int) -> bool:
+        """Cancel a queued or running job; False when it had already finished."""
+        with self._sessions.begin() as session:
+            row = _get(session, Job, job_id)
+            if row.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return False
+            row.status = JobStatus.CANCELLED
+            row.finished_at = utcnow()
+            return True
+
+    def requeue(self, job_ids: Sequence[int]) -> None:
+        """Running jobs go back to the queue, keeping their attempt count."""
+        if not job_ids:
+            return
+        with self._sessions.begin() as session:
+            session.execute(
+                sa.update(Job)
+                .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
+                .values(status=JobStatus.QUEUED, started_at=None)
+            )
+
+    def recover(self, max_attempts: int, error_for_exhausted: str) -> Recovery:
+        """After a crash: jobs left running are queued again, or failed once out of attempts."""
+        with self._sessions.begin() as session:
+            running = session.execute(
+                sa.select(Job.id, Job.attempts)
+                .where(Job.status == JobStatus.RUNNING)
+                .order_by(Job.id)
+            ).all()
+            requeued = tuple(job_id for job_id, attempts in running if attempts < max_attempts)
+            failed = tuple(job_id for job_id, attempts in running if attempts >= max_attempts)
+            if requeued:
+                session.execute(
+                    sa.update(Job)
+                    .where(Job.id.in_(requeued))
+                    .values(status=JobStatus.QUEUED, started_at=None)
+                )
+            if failed:
+                session.execute(
+                    sa.update(Job)
+                    .where(Job.id.in_(failed))
+                    .values(
+                        status=JobStatus.FAILED, finished_at=utcnow(), error=error_for_exhausted
+                    )
+                )
+        return Recovery(requeued=requeued, failed=failed)
+
+    def undelivered(self, platform: str) -> list[JobRecord]:
+        """Finished jobs from this platform whose result never reached the chat, oldest first."""
+        query = (
+            sa.select(Job)
+            .where(
+                Job.origin_platform == platform,
+                Job.delivery == Delivery.PENDING,
+                Job.status.in_(DELIVERABLE),
+            )
+            .order_by(Job.id)
+        )
+        return self._jobs(query, with_images=True)
+
+    def mark_delivered(self, job_id: int) -> None:
+        self._update_job(job_id, delivery=Delivery.DELIVERED)
+
+    def set_status_message(self, job_id: int, message_id: str) -> None:
+        self._update_job(job_id, status_message=message_id)
+
+    def _update_job(self, job_id: int, **values: object) -> None:
+        with self._sessions.begin() as session:
+            row = _get(session, Job, job_id)
+            for name, value in values.items():
+                setattr(row, name, value)
+
+    def history(self, user_id: int, page: int, per_page: int = 5) -> HistoryPage:
+        """One page (1-based, clamped to the pages there are) of the user's jobs, newest first."""
+        if per_page < 1:
+            raise ValueError(f"per_page must be at least 1, not {per_page}")
+        mine = Job.user_id == user_id
+        with self._sessions() as session:
+            total = session.scalar(sa.select(sa.func.count()).select_from(Job).where(mine)) or 0
+            pages = max(1, math.ceil(total / per_page))
+            page = min(max(page, 1), pages)
+            rows = session.scalars(
+                sa.select(Job)
+                .where(mine)
+                .order_by(Job.created_at.desc(), Job.id.desc())
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+                .options(selectinload(Job.images))
+            ).all()
+            jobs = tuple(_job_record(row, with_images=True) for row in rows)
+        return HistoryPage(jobs=jobs, page=page, pages=pages, total=total)
+
+    def children(self, job_id: int) -> list[JobRecord]:
+        """The jobs made from this one's buttons (upscales, variations, rerolls), oldest first."""
+        return self._jobs(sa.select(Job).where(Job.parent_id == job_id).order_by(Job.id))
+
+    def images_since(self, user_id: int, since: datetime) -> int:
+        """Images the user asked for since then, not counting failed or cancelled jobs."""
+        if since.tzinfo is None:
+            raise ValueError(f"naive datetime {since!r}: pass a timezone-aware one")
+        with self._sessions() as session:
+            total = session.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(Job.image_count), 0)).where(
+                    Job.user_id == user_id,
+                    Job.created_at >= since,
+                    Job.status.not_in(NOT_COUNTED),
+                )
+            )
+            return int(total or 0)
+
+    def count_queued(self, user_id: int | None = None) -> int:
+        return self._count(JobStatus.QUEUED, user_id)
+
+    def count_running(self, user_id: int | None = None) -> int:
+        return self._count(JobStatus.RUNNING, user_id)
+
+    def _count(self, status: JobStatus, user_id: int | None) -> int:
+        query = sa.select(sa.func.count()).select_from(Job).where(Job.status == status)
+        if user_id is not None:
+            query = query.where(Job.user_id == user_id)
+        with self._sessions() as session:
+            return session.scalar(query) or 0
+
+    def recent_durations(self, limit: int = 20) -> list[tuple[float, int]]:
+        """(seconds from start to finish, image count) of the latest finished jobs, newest first."""
+        query = (
+            sa.select(Job.started_at, Job.finished_at, Job.image_count)
+            .where(
+                Job.status == JobStatus.DONE,
+                Job.started_at.is_not(None),
+                Job.finished_at.is_not(None),
+            )
+            .order_by(Job.id.desc())
+            .limit(limit)
+        )
+        with self._sessions() as session:
+            rows = session.execute(query).all()
+        return [
+            ((finished - started).total_seconds(), count)
+            for started, finished, count in rows
+            if started is not None and finished is not None
+        ]
+
+    def _jobs(self, query: sa.Select[Any], with_images: bool = False) -> list[JobRecord]:
+        if with_images:
+            query = query.options(selectinload(Job.images))
+        with self._sessions() as session:
+            return [_job_record(row, with_images) for row in session.scalars(query)]
+
+
+def _create_engine(url: URL) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if _in_memory(url):
+        # One connection for everyone, or each would see its own empty database.
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        if url.database and not url.query.get("uri"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url)
+    sa.event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def _in_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _connection_record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _pragma(connection: Connection, pragma: str) -> None:
+    # Outside any transaction: SQLite ignores foreign_keys changes inside one.
+    connection.exec_driver_sql(pragma)
+    connection.commit()
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    # Config values go through configparser, where % starts an interpolation.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _get(session: Session, model: type[M], key: int) -> M:
+    row = session.get(model, key)
+    if row is None:
+        raise NotFoundError(f"no {model.__tablename__} row with id {key}")
+    return row
+
+
+def _find_chat(session: Session, platform: str, chat_id: str) -> Chat | None:
+    return session.scalars(
+        sa.select(Chat).where(Chat.platform == platform, Chat.chat_id == chat_id)
+    ).one_or_none()
+
+
+def _record(cls: type[R], row: object, **extra: object) -> R:
+    """Copy the row's columns named like the record's fields; `extra` fills or overrides some."""
+    values = {
+        field.name: getattr(row, field.name) for field in fields(cls) if field.name not in extra
+    }
+    return cls(**values, **extra)
+
+
+def _chat_record(row: Chat) -> ChatRecord:
+    return _record(ChatRecord, row, banned_words=tuple(row.banned_words))
+
+
+def _job_record(row: Job, with_images: bool = False) -> JobRecord:
+    images = tuple(_record(ImageRecord, image) for image in row.images) if with_images else ()
+    return _record(JobRecord, row, images=images)

@@ -1,0 +1,127 @@
+"""Plain frozen values the store hands out and takes in; ORM objects never leave the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.store.models import Delivery, JobKind, JobStatus, Role
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    platform: str
+    platform_user_id: str
+    display_name: str | None
+    locale: str
+    role: Role
+    banned: bool
+    ban_reason: str | None
+    max_queued: int | None
+    max_running: int | None
+    daily_images: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SettingsRecord:
+    """A user's remembered choices; None means not set (the bot's default applies)."""
+
+    user_id: int
+    style: str | None = None
+    shot: str | None = None
+    lighting: str | None = None
+    quality: str | None = None
+    aspect_ratio: str | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    preset: str | None = None
+    private: bool = False
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    platform: str
+    chat_id: str
+    banned_words: tuple[str, ...] = ()
+    nsfw_allowed: bool = False
+    default_preset: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    job_id: int
+    index: int
+    path: str
+    seed: int
+    width: int
+    height: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job; `images` is filled only where the store says so (empty otherwise)."""
+
+    id: int
+    user_id: int
+    kind: JobKind
+    parent_id: int | None
+    image_index: int | None
+    request: str
+    batch_key: str | None
+    image_count: int
+    status: JobStatus
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    origin_platform: str
+    origin_chat: str
+    origin_message: str | None
+    status_message: str | None
+    delivery: Delivery
+    grid_path: str | None
+    images: tuple[ImageRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewJob:
+    user_id: int
+    kind: JobKind
+    request: str
+    batch_key: str | None
+    image_count: int
+    origin_platform: str
+    origin_chat: str
+    origin_message: str | None = None
+    parent_id: int | None = None
+    image_index: int | None = None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    index: int
+    path: str
+    seed: int
+    width: int
+    height: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    jobs: tuple[JobRecord, ...]
+    page: int
+    pages: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    requeued: tuple[int, ...]
+    failed: tuple[int, ...]
