@@ -5,7 +5,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXAMPLE_PROMPT ?= a castle on a hill, watercolor
 # Preload tcmalloc when the system has it (less memory fragmentation); silent when it does not.
 TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/*/libtcmalloc.so.4 \
 	/usr/lib/libtcmalloc_minimal.so.4 /usr/local/lib/libtcmalloc_minimal.so.4))
@@ -24,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: install
-	$(PRELOAD) $(BIN)/easel imagine "$(EXAMPLE_PROMPT)" --n 4
+	$(PRELOAD) $(BIN)/easel run
 
 test: install
 	$(BIN)/ruff check .

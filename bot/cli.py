@@ -34,6 +34,7 @@ from pipeline.samplers import resolve_sampler
 from pipeline.validation import check_ranges
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
+    from bot.runtime import Bot
     from pipeline.engine import Engine, PreparedJob
 
 app = typer.Typer(
@@ -519,6 +520,77 @@ def _human_size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration (the bot also does this at start)."""
+    from bot.runtime import open_store
+
+    store = open_store(Settings())
+    out.print(f"{store.url}: at revision {store.current()}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's revision and the newest one."""
+    from bot.store import Store
+
+    store = Store(Settings().database_url)
+    current, head = store.current(), store.head()
+    state = "up to date" if current == head else f"newest is {head}; run `easel db upgrade`"
+    out.print(f"{store.url}: revision {current or 'none'} ({state})")
+
+
+@app.command()
+def chat(
+    lang: Annotated[str | None, typer.Option(help="en or ko; default: from LANG.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+) -> None:
+    """Chat with the bot here: /imagine, /u 2, /v 3, /history, /help. Reads commands from
+    stdin when it is not a terminal, and exits when input ends and its jobs are done."""
+    import asyncio
+
+    from bot.serve import console_locale, serve_console
+
+    settings = Settings()
+    bot = _open_bot(settings, model)
+    asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, console_locale(lang)))
+
+
+@app.command()
+def run(
+    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+) -> None:
+    """Run the bot: Discord and/or Telegram when their tokens are set, else the console chat."""
+    import asyncio
+
+    from bot.core.messages import Key, Message
+    from bot.serve import console_locale, serve_console, serve_front_ends, wanted_front_ends
+
+    settings = Settings()
+    front_ends = wanted_front_ends(settings)
+    locale = console_locale(None)
+    if not front_ends:
+        err.print(Message(Key.RUN_CONSOLE).render(locale))
+    bot = _open_bot(settings, model)
+    if front_ends:
+        asyncio.run(serve_front_ends(bot, settings, front_ends))
+    else:
+        asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale))
+
+
+def _open_bot(settings: Settings, model: str | None) -> Bot:
+    from bot.runtime import build_bot, open_store
+
+    _quiet_libraries()
+    store = open_store(settings)
+    engine = _load_engine(settings, model, quiet=False)
+    return build_bot(settings, engine, store)
+
+
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -533,9 +605,7 @@ def main() -> None:
     except Exception as error:  # the last line of defence: no traceback for users
         if os.environ.get("EASEL_DEBUG"):
             raise
-        err.print(
-            f"[red]error:[/] {type(error).__name__}: {error}", highlight=False, soft_wrap=True
-        )
+        _print_error(f"{type(error).__name__}: {error}")
         sys.exit(1)
 
 

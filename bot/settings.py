@@ -38,6 +38,31 @@ class Settings(BaseSettings):
     min_cfg: float = Field(default=1.0, ge=0)
     max_cfg: float = Field(default=30.0, ge=1)
 
+    database_url: str = Field(
+        default="sqlite:///easel.db",
+        validation_alias="DATABASE_URL",
+        description="Any SQLAlchemy URL; SQLite by default.",
+    )
+    max_batch_images: int | None = Field(
+        default=None, ge=1, description="Images per pipeline call; empty: 4 on CPU, 8 on GPU."
+    )
+    max_queued_per_user: int = Field(default=10, ge=1, description="vip: twice; admin: no cap.")
+    max_running_per_user: int = Field(default=4, ge=1)
+    max_queue: int = Field(default=1000, ge=1, description="Queued jobs of all users together.")
+    daily_images: int = Field(
+        default=0, ge=0, description="Images per user per UTC day; 0: no cap."
+    )
+    banned_words: str = Field(default="", description="Comma-separated; refused in every chat.")
+    upscaler: str | None = Field(
+        default=None,
+        description="Upscaler for U buttons (models/upscale); empty: the first, else Lanczos.",
+    )
+    progress_interval: float = Field(default=2.0, ge=0, description="Seconds between updates.")
+    shutdown_timeout: float = Field(
+        default=60.0, ge=0, description="Seconds a running batch may take to finish on shutdown."
+    )
+    console_user: str = Field(default="local", description="The console chat's user name.")
+
     discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
     telegram_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_TOKEN")
 
@@ -46,10 +71,15 @@ class Settings(BaseSettings):
     def _expand_home(cls, path: Path) -> Path:
         return path.expanduser()
 
-    @field_validator("model", "discord_token", "telegram_token", mode="before")
+    @field_validator(
+        "model", "discord_token", "telegram_token", "upscaler", "max_batch_images", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    def banned_word_list(self) -> tuple[str, ...]:
+        return tuple(word.strip() for word in self.banned_words.split(",") if word.strip())
 
     def limits(self) -> Limits:
         return Limits(

@@ -1,18 +1,20 @@
 """The one shared diffusers pipeline: a GenerationRequest in, images out.
 
-Jobs run one at a time (diffusers schedulers and module state are shared), each with its own
-scheduler instance. The img2img pipeline is built from the txt2img pipeline's components, so
-the weights are in memory once.
+Batches run one at a time (diffusers schedulers and module state are shared). A batch is one
+job or several with equal `batch_key` (different prompts, seeds and init images), run as one
+diffusers call. The img2img pipeline is built from the txt2img pipeline's components, so the
+weights are in memory once.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import LoadedModel
-from pipeline.lora import ActiveLoras, LoraManager
+from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash
 from pipeline.noise import seeded_noise, slerp
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
@@ -65,6 +67,109 @@ class PreparedJob:
     init_image: Image.Image | None
     prompt: PromptPlan
     loras: tuple[LoraUse, ...]  # from <lora:…> tags and the request
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What jobs must share to run as one pipeline call; prompts, seeds, variation seeds and
+    init images may differ."""
+
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    sampler: str  # the canonical name, " Karras" included
+    schedule_type: str | None
+    clip_skip: int
+    tiling: bool
+    loras: tuple[LoraUse, ...]  # sorted by name, weight-zero uses dropped
+    is_img2img: bool
+    denoising_strength: float | None  # img2img's only
+    hires: HiresFix | None
+
+
+def batch_key(job: PreparedJob) -> BatchKey:
+    request = job.request
+    assert request.width is not None and request.height is not None
+    return BatchKey(
+        width=request.width,
+        height=request.height,
+        steps=request.steps,
+        cfg_scale=request.cfg_scale,
+        sampler=job.sampler.name,
+        schedule_type=job.sampler.schedule_type,
+        clip_skip=request.clip_skip,
+        tiling=request.tiling,
+        loras=tuple(sorted((use for use in job.loras if not use.is_zero), key=_lora_order)),
+        is_img2img=request.is_img2img,
+        denoising_strength=request.denoising_strength if request.is_img2img else None,
+        hires=request.hires,
+    )
+
+
+def _lora_order(use: LoraUse) -> tuple[str, float, float]:
+    return use.name, use.unet_weight, use.te_weight
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Jobs of one key, run as one call; their images follow one another in job order."""
+
+    jobs: tuple[PreparedJob, ...]
+    key: BatchKey
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(job.request.image_count for job in self.jobs)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def split(self, items: Sequence[Any]) -> list[Sequence[Any]]:
+        """Per-image `items` (images, generators) cut into one run per job."""
+        ends = list(itertools.accumulate(self.counts))
+        return [items[end - count : end] for end, count in zip(ends, self.counts, strict=True)]
+
+
+@dataclass(frozen=True)
+class _PassSpec:
+    """One diffusers call of a batch: the first pass, or a hires fix's second."""
+
+    pipe: DiffusionPipeline
+    scheduler: SchedulerMixin
+    plans: tuple[PromptPlan, ...]  # one per job
+    steps: int
+    strength: float | None  # img2img's, None for text-to-image
+    arguments: dict[str, Any]
+    output_type: str
+
+
+def _shared_key(jobs: Sequence[PreparedJob]) -> BatchKey:
+    first, *others = [batch_key(job) for job in jobs]
+    differing = [
+        item.name
+        for item in fields(BatchKey)
+        if any(getattr(key, item.name) != getattr(first, item.name) for key in others)
+    ]
+    if differing:
+        raise ValueError(f"Jobs of one batch must share their batch_key; {differing} differ.")
+    return first
+
+
+def _is_set(event: threading.Event | None) -> bool:
+    return event is not None and event.is_set()
+
+
+def _init_images(batch: _Batch) -> list[Image.Image]:
+    """Each job's init image at the batch size, once per image of that job."""
+    key = batch.key
+    images: list[Image.Image] = []
+    for job in batch.jobs:
+        assert job.init_image is not None
+        resized = job.init_image.resize((key.width, key.height), Image.Resampling.LANCZOS)
+        images.extend([resized] * job.request.image_count)
+    return images
 
 
 def easel_version() -> str:
@@ -166,94 +271,163 @@ class Engine:
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
         """Run a job from `prepare`; one at a time, whichever thread calls."""
-        resolved = job.request
+        return self.run_batch([job], on_progress, [cancel])[0]
+
+    def run_batch(
+        self,
+        jobs: Sequence[PreparedJob],
+        on_progress: ProgressCallback | None = None,
+        cancels: Sequence[threading.Event | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Run jobs of one `batch_key` as one pipeline call; one result per job, in order.
+
+        With `exact_batches` each job's images are bit-identical to running it alone. A job
+        whose cancel event is set comes back CANCELLED; the call stops early only once every
+        job is cancelled. One batch at a time, whichever thread calls.
+        """
+        events = tuple(cancels) if cancels is not None else (None,) * len(jobs)
+        if len(events) != len(jobs):
+            raise ValueError(f"{len(jobs)} jobs but {len(events)} cancel events")
+        if not jobs:
+            return []
+        key = _shared_key(jobs)
         with self._lock:
             started = time.perf_counter()
-            if cancel is not None and cancel.is_set():
-                return self._cancelled(resolved, started)
-            out_of_memory = False
-            active = self.loras.activate(job.loras)  # a bad file fails this job alone
-            try:
-                images, diffusion_s = self._run(job, on_progress, cancel)
-            except _Cancelled:
-                return self._cancelled(resolved, started)
-            except torch.OutOfMemoryError:
-                out_of_memory = True
-            if out_of_memory:
-                # Outside the except block, so the traceback (and every tensor its frames
-                # hold) is gone before the cache is emptied.
+            live = [index for index, event in enumerate(events) if not _is_set(event)]
+            images: dict[int, tuple[GeneratedImage, ...]] = {}
+            diffusion_s = 0.0
+            if live:
+                batch = _Batch(tuple(jobs[index] for index in live), key)
+                done, diffusion_s = self._generate(batch, on_progress, [events[i] for i in live])
+                images = dict(zip(live, done, strict=True)) if done is not None else {}
+            cancelled = [index for index, event in enumerate(events) if _is_set(event)]
+            if cancelled:
                 self._free_memory()
-                raise GenerationOutOfMemory(
-                    f"The GPU ran out of memory for {resolved.image_count} image(s) at "
-                    f"{resolved.width}x{resolved.height}; try fewer images or a smaller size."
-                )
-            generated = tuple(
-                GeneratedImage(
-                    image=image,
-                    seed=seed,
-                    infotext=self._infotext(resolved, job.sampler, seed, index, active),
-                )
-                for index, (image, seed) in enumerate(zip(images, resolved.seeds, strict=True))
-            )
-            total = time.perf_counter() - started
+            timings = Timings(total_s=time.perf_counter() - started, diffusion_s=diffusion_s)
+        return [
+            self._result(job, images.get(index) if index not in cancelled else None, timings)
+            for index, job in enumerate(jobs)
+        ]
+
+    def _result(
+        self, job: PreparedJob, images: tuple[GeneratedImage, ...] | None, timings: Timings
+    ) -> GenerationResult:
+        """DONE with `images`, or CANCELLED (no images, no diffusion time) without them."""
+        if images is None:
+            timings = replace(timings, diffusion_s=0.0)
         return GenerationResult(
-            status=ResultStatus.DONE,
-            request=resolved,
-            images=generated,
+            status=ResultStatus.DONE if images is not None else ResultStatus.CANCELLED,
+            request=job.request,
+            images=images or (),
             model_name=self.model.source.name,
             model_hash=self.model.short_hash,
-            timings=Timings(total_s=total, diffusion_s=diffusion_s),
+            timings=timings,
+        )
+
+    def _generate(
+        self,
+        batch: _Batch,
+        on_progress: ProgressCallback | None,
+        cancels: Sequence[threading.Event | None],
+    ) -> tuple[list[tuple[GeneratedImage, ...]] | None, float]:
+        """Each job's images and the diffusion time; None when every job was cancelled."""
+        out_of_memory = False
+        self.loras.activate(batch.key.loras)  # a bad file fails the whole batch
+        try:
+            images, diffusion_s = self._run(batch, on_progress, cancels)
+        except _Cancelled:
+            return None, 0.0
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:
+            # Outside the except block, so the traceback (and every tensor its frames
+            # hold) is gone before the cache is emptied.
+            self._free_memory()
+            key = batch.key
+            raise GenerationOutOfMemory(
+                f"The GPU ran out of memory for {batch.total} image(s) at "
+                f"{key.width}x{key.height}; try fewer images or a smaller size."
+            )
+        return [
+            self._generated(job, job_images)
+            for job, job_images in zip(batch.jobs, batch.split(images), strict=True)
+        ], diffusion_s
+
+    def _generated(
+        self, job: PreparedJob, images: Sequence[Image.Image]
+    ) -> tuple[GeneratedImage, ...]:
+        request = job.request
+        loras = self._lora_records(job.loras)
+        return tuple(
+            GeneratedImage(
+                image=image,
+                seed=seed,
+                infotext=self._infotext(request, job.sampler, seed, index, loras),
+            )
+            for index, (image, seed) in enumerate(zip(images, request.seeds, strict=True))
+        )
+
+    def _lora_records(self, uses: Sequence[LoraUse]) -> ActiveLoras:
+        """A job's own LoRAs for its infotext, in its order, weight-zero ones included."""
+        files = [self.loras.lookup(use.name) for use in uses]
+        return ActiveLoras(
+            tuple(
+                ActiveLora(file.name, use.unet_weight, use.te_weight, lora_hash(file.path))
+                for file, use in zip(files, uses, strict=True)
+            )
         )
 
     def _run(
         self,
-        job: PreparedJob,
+        batch: _Batch,
         on_progress: ProgressCallback | None,
-        cancel: threading.Event | None,
+        cancels: Sequence[threading.Event | None],
     ) -> tuple[list[Image.Image], float]:
-        request = job.request
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
-        progress = _Progress(on_progress, cancel, total=_total_steps(request))
-        pipe = self._img2img if request.is_img2img else self._txt2img
+        key = batch.key
+        generators = [
+            torch.Generator("cpu").manual_seed(seed)
+            for job in batch.jobs
+            for seed in job.request.seeds
+        ]
+        progress = _Progress(on_progress, cancels, total=_total_steps(batch.jobs[0].request))
+        pipe = self._img2img if key.is_img2img else self._txt2img
         arguments: dict[str, Any] = {}
-        if request.variation_seeds:
-            arguments["latents"] = self._varied_noise(pipe, request, generators)
-        if job.init_image is not None:
-            assert request.width is not None and request.height is not None
-            init = job.init_image.resize((request.width, request.height), Image.Resampling.LANCZOS)
-            arguments.update(image=init, strength=request.denoising_strength)
+        if any(job.request.variation_seeds for job in batch.jobs):
+            arguments["latents"] = self._initial_noise(pipe, batch, generators)
+        if key.is_img2img:
+            arguments.update(image=_init_images(batch), strength=key.denoising_strength)
         else:
-            arguments.update(width=request.width, height=request.height)
-        hires = request.hires
+            arguments.update(width=key.width, height=key.height)
+        hires = key.hires
         latent_hires = hires is not None and hires.upscaler == LATENT_UPSCALER
-        first, diffusion_s = self._pass(
-            pipe,
-            job.scheduler,
-            job.prompt,
-            request,
-            generators,
-            arguments,
-            progress,
+        first_pass = _PassSpec(
+            pipe=pipe,
+            scheduler=batch.jobs[0].scheduler,  # the jobs' schedulers are alike (same key)
+            plans=tuple(job.prompt for job in batch.jobs),
+            steps=key.steps,
+            strength=key.denoising_strength,
+            arguments=arguments,
             output_type="latent" if latent_hires else "pil",
         )
+        first, diffusion_s = self._pass(batch, first_pass, generators, progress)
         if hires is None:
             return first, diffusion_s
-        return self._hires_pass(job, first, generators, progress, diffusion_s)
+        images, hires_s = self._hires_pass(batch, first, generators, progress)
+        return images, diffusion_s + hires_s
 
     def _hires_pass(
         self,
-        job: PreparedJob,
+        batch: _Batch,
         first: list[Any],
         generators: list[torch.Generator],
         progress: _Progress,
-        diffusion_s: float,
     ) -> tuple[list[Image.Image], float]:
         """Upscale the first pass and run img2img at the target size (A1111's hires fix)."""
-        request = job.request
-        assert request.hires is not None
-        hires = request.hires
-        width, height = request.hires_size()
-        steps = hires.steps or request.steps
+        key = batch.key
+        assert key.hires is not None
+        hires = key.hires
+        width, height = batch.jobs[0].request.hires_size()
+        steps = hires.steps or key.steps
         if hires.upscaler == LATENT_UPSCALER:
             factor = self._txt2img.vae_scale_factor
             latents = torch.cat(first) if isinstance(first[0], torch.Tensor) else first
@@ -263,21 +437,21 @@ class Engine:
         else:
             image = [self._hires_upscale(item, hires.upscaler, width, height) for item in first]
         strength = hires.denoising_strength
-        plan = plan_prompt(
-            request.prompt, request.negative_prompt, min(int(steps * strength), steps)
+        edited_steps = _pass_steps(steps, strength)
+        plans = tuple(
+            plan_prompt(job.request.prompt, job.request.negative_prompt, edited_steps)
+            for job in batch.jobs
         )
-        hires_request = replace(request, width=width, height=height, steps=steps, hires=None)
-        images, hires_s = self._pass(
-            self._img2img,
-            self._scheduler_for(job.sampler, steps),
-            plan,
-            replace(hires_request, denoising_strength=strength),
-            generators,
-            {"image": image, "strength": strength, "num_inference_steps": steps},
-            progress,
+        second_pass = _PassSpec(
+            pipe=self._img2img,
+            scheduler=self._scheduler_for(batch.jobs[0].sampler, steps),
+            plans=plans,
+            steps=steps,
+            strength=strength,
+            arguments={"image": image, "strength": strength},
             output_type="pil",
         )
-        return images, diffusion_s + hires_s
+        return self._pass(batch, second_pass, generators, progress)
 
     def _hires_upscale(
         self, image: Image.Image, upscaler: str, width: int, height: int
@@ -296,62 +470,75 @@ class Engine:
 
     def _pass(
         self,
-        pipe: DiffusionPipeline,
-        scheduler: SchedulerMixin,
-        plan: PromptPlan,
-        request: GenerationRequest,
+        batch: _Batch,
+        spec: _PassSpec,
         generators: list[torch.Generator],
-        arguments: dict[str, Any],
         progress: _Progress,
-        output_type: str,
     ) -> tuple[list[Any], float]:
-        """One diffusers call with this job's scheduler, conditioning and padding."""
-        pipe.scheduler = scheduler
-        count = request.image_count
-        counter = StepCounter(progress.pass_steps(request, "strength" in arguments))
+        """One diffusers call for the whole batch, with per-job conditioning and padding."""
+        pipe = spec.pipe
+        pipe.scheduler = spec.scheduler
+        key = batch.key
+        counter = StepCounter(_pass_steps(spec.steps, spec.strength))
         guided = GuidedUNet(
-            plan,
-            self.model.family.prompt_encoder(pipe, request.clip_skip),
-            counter,
-            images=count,
+            plans=spec.plans,
+            images_per_plan=batch.counts,
+            encoder=self.model.family.prompt_encoder(pipe, key.clip_skip),
+            counter=counter,
             exact=self.exact_batches,
         )
-        first = guided.conditioning()  # diffusers checks shapes; the wrapper picks per step
+        # diffusers checks the embeddings' shapes; the wrapper picks each image's per step.
+        first = guided.conditioning(0)
         call: dict[str, Any] = {
-            "prompt_embeds": first.parts[0].repeat(count, 1, 1),
-            "negative_prompt_embeds": first.negative.repeat(count, 1, 1),
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.cfg_scale,
+            "prompt_embeds": first.parts[0].repeat(batch.total, 1, 1),
+            "negative_prompt_embeds": first.negative.repeat(batch.total, 1, 1),
+            "num_inference_steps": spec.steps,
+            "guidance_scale": key.cfg_scale,
             "generator": generators,
-            "output_type": output_type,
+            "output_type": spec.output_type,
             "callback_on_step_end": progress.callback(counter),
-            **arguments,
+            **spec.arguments,
         }
-        exact = self.exact_batches
         with (
-            circular_padding((pipe.unet, pipe.vae), enabled=request.tiling),
+            circular_padding((pipe.unet, pipe.vae), enabled=key.tiling),
             guided.wrapping(pipe.unet),
-            vae_slicing(pipe.vae, enabled=exact),
+            vae_slicing(pipe.vae, enabled=self.exact_batches),
         ):
             started = time.perf_counter()
             output = pipe(**call)
             elapsed = time.perf_counter() - started
-        if output_type == "latent":
+        if spec.output_type == "latent":
             return list(output.images.split(1)), elapsed
         return list(output.images), elapsed
 
-    def _varied_noise(
-        self, pipe: DiffusionPipeline, request: GenerationRequest, generators: list[torch.Generator]
+    def _initial_noise(
+        self, pipe: DiffusionPipeline, batch: _Batch, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """Every job's starting noise as it would be alone, in batch order."""
+        return torch.cat(
+            [
+                self._job_noise(pipe, job.request, job_generators)
+                for job, job_generators in zip(batch.jobs, batch.split(generators), strict=True)
+            ]
+        )
+
+    def _job_noise(
+        self,
+        pipe: DiffusionPipeline,
+        request: GenerationRequest,
+        generators: Sequence[torch.Generator],
     ) -> torch.Tensor:
         """The seeds' noise, drawn from the job's own generators as diffusers would draw it,
-        blended towards the variation seeds' noise."""
+        blended towards the variation seeds' noise when the job has them."""
         assert request.width is not None and request.height is not None
         factor = pipe.vae_scale_factor
         shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
         device, dtype = pipe._execution_device, pipe.unet.dtype
         base = randn_tensor(
-            (request.image_count, *shape), generator=generators, device=device, dtype=dtype
+            (request.image_count, *shape), generator=list(generators), device=device, dtype=dtype
         )
+        if not request.variation_seeds:
+            return base
         varied = seeded_noise(request.variation_seeds, shape, device, dtype)  # type: ignore[arg-type]
         return slerp(request.variation_strength, base, varied)
 
@@ -383,16 +570,6 @@ class Engine:
             rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
             extra=_hires_keys(request.hires) + _lora_keys(loras),
             version=f"Easel {easel_version()}",
-        )
-
-    def _cancelled(self, request: GenerationRequest, started: float) -> GenerationResult:
-        self._free_memory()
-        return GenerationResult(
-            status=ResultStatus.CANCELLED,
-            request=request,
-            model_name=self.model.source.name,
-            model_hash=self.model.short_hash,
-            timings=Timings(total_s=time.perf_counter() - started, diffusion_s=0.0),
         )
 
     def _free_memory(self) -> None:
@@ -435,9 +612,14 @@ def _lora_keys(loras: ActiveLoras) -> tuple[tuple[str, str], ...]:
 
 def _visible_steps(request: GenerationRequest) -> int:
     """The steps a user asked for: img2img runs only the last `strength` share of them."""
-    if request.is_img2img:
-        return min(int(request.steps * request.denoising_strength), request.steps)
-    return request.steps
+    return _pass_steps(request.steps, request.denoising_strength if request.is_img2img else None)
+
+
+def _pass_steps(steps: int, strength: float | None) -> int:
+    """The steps a pass runs: img2img (strength given) only the last `strength` share."""
+    if strength is not None:
+        return min(int(steps * strength), steps)
+    return steps
 
 
 def _total_steps(request: GenerationRequest) -> int:
@@ -450,7 +632,7 @@ def _total_steps(request: GenerationRequest) -> int:
 
 
 class _Progress:
-    """Progress over the whole job in the user's steps, and cancellation, for each pass.
+    """Progress over the whole batch in the user's steps, and cancellation, for each pass.
 
     Second-order samplers (Heun, DPM2) call the UNet about twice per step and PLMS once
     more, so diffusers' own count would overshoot; the count is mapped back to steps.
@@ -459,19 +641,19 @@ class _Progress:
     def __init__(
         self,
         on_progress: ProgressCallback | None,
-        cancel: threading.Event | None,
+        cancels: Sequence[threading.Event | None],
         total: int,
     ) -> None:
         self.on_progress = on_progress
-        self.cancel = cancel
+        self.cancels = tuple(cancels)
         self.total = total
         self.done_before = 0  # steps of the passes already finished
         self.shown = 0
 
-    def pass_steps(self, request: GenerationRequest, img2img: bool) -> int:
-        if img2img:
-            return min(int(request.steps * request.denoising_strength), request.steps)
-        return request.steps
+    @property
+    def all_cancelled(self) -> bool:
+        """The call stops only when no job of the batch still wants its images."""
+        return all(_is_set(event) for event in self.cancels)
 
     def callback(self, counter: StepCounter) -> Callable[..., dict[str, Any]]:
         offset = self.done_before
@@ -486,7 +668,7 @@ class _Progress:
             if self.on_progress is not None and step > self.shown:
                 self.on_progress(ProgressEvent(step=step, total=self.total))
             self.shown = max(self.shown, step)
-            if self.cancel is not None and self.cancel.is_set():
+            if self.all_cancelled:
                 raise _Cancelled
             return tensors
 

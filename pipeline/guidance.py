@@ -1,8 +1,11 @@
 """The conditioning the UNet sees at each step: prompt editing, AND, and exact batches.
 
 diffusers' pipeline stays in charge of the loop, the scheduler and classifier-free guidance;
-this wraps the UNet's forward for one job and decides what each call conditions on:
+this wraps the UNet's forward for one batch of jobs (each with its own prompt plan and number of
+images) and decides what each image conditions on at each call:
 
+- Several jobs in one call: image i uses its own job's plan, so prompts, AND parts and
+  negative prompts may all differ between the jobs of a batch.
 - Prompt editing: the text of every AND part (and of the negative prompt) in force at the
   current step, switched as the step callback advances `StepCounter`.
 - Composable diffusion (AND): the UNet runs once for the negative prompt and once per part,
@@ -10,12 +13,15 @@ this wraps the UNet's forward for one job and decides what each call conditions 
   diffusers' own `u + cfg * (c - u)` becomes A1111's `u + cfg * sum(w_i * (c_i - u))`.
 - Exact batches: each image's rows go through the UNet on their own, so image i of a batch is
   bit-identical to generating it alone (matrix kernels round differently by row count).
+  Otherwise the images whose stacked conditioning has the same shape (rows, tokens, width)
+  share one UNet call; other shapes (more AND parts, more 75-token chunks) get calls of their
+  own.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,26 +60,52 @@ class _StepConditioning:
     weights: tuple[float, ...]
     stacked: torch.Tensor  # (1 + parts, tokens, width): negative first
 
+    @property
+    def plain(self) -> bool:
+        """One part at weight 1: the positive prediction is that part's own."""
+        return len(self.weights) == 1 and self.weights[0] == 1.0
+
+
+@dataclass(frozen=True)
+class _ImageRows:
+    """What one image runs through the UNet at this call."""
+
+    step: _StepConditioning
+    with_negative: bool  # its first row is the negative prompt's
+    context: torch.Tensor  # (rows, tokens, width)
+
 
 class GuidedUNet:
+    """Per-image conditioning for a batch of jobs: `plans[j]` conditions the next
+    `images_per_plan[j]` images of the batch, in order."""
+
     def __init__(
         self,
-        plan: PromptPlan,
+        plans: Sequence[PromptPlan],
+        images_per_plan: Sequence[int],
         encoder: PromptEncoder,
         counter: StepCounter,
-        images: int,
         exact: bool,
     ) -> None:
-        self.plan = plan
+        if len(plans) != len(images_per_plan) or not plans:
+            raise ValueError("give one image count per prompt plan, and at least one plan")
+        self.plans = tuple(plans)
         self.encoder = encoder
         self.counter = counter
-        self.images = images
         self.exact = exact
+        # The plan index of every image of the batch.
+        self._image_plans = tuple(
+            plan for plan, count in enumerate(images_per_plan) for _ in range(count)
+        )
         self._built: dict[tuple[str, tuple[tuple[str, float], ...]], _StepConditioning] = {}
 
-    def conditioning(self) -> _StepConditioning:
-        """The conditioning in force now; built once per distinct set of texts."""
-        key = self.plan.at_step(self.counter.done)
+    @property
+    def images(self) -> int:
+        return len(self._image_plans)
+
+    def conditioning(self, plan: int = 0) -> _StepConditioning:
+        """The conditioning of `plans[plan]` in force now; built once per distinct set of texts."""
+        key = self.plans[plan].at_step(self.counter.done)
         if key not in self._built:
             negative, parts = key
             padded = self.encoder.padded([negative, *(text for text, _ in parts)])
@@ -118,32 +150,62 @@ class GuidedUNet:
         extra_args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        rows = sample.shape[0]
-        guided = rows == 2 * self.images  # diffusers stacked [negative x N, positive x N]
-        step = self.conditioning()
-        plain = len(step.parts) == 1 and step.weights == (1.0,)
-        with_negative = guided or not plain
-        per_image = step.stacked if with_negative else step.stacked[1:]
-        rows_per_image = per_image.shape[0]
-        latents = sample[: self.images]
-        groups = (
-            [[image] for image in range(self.images)] if self.exact else [list(range(self.images))]
+        # diffusers stacks [negative x N, positive x N] when it guides.
+        guided = sample.shape[0] == 2 * self.images
+        steps = [self.conditioning(plan) for plan in range(len(self.plans))]
+        rows = [_image_rows(steps[plan], guided) for plan in self._image_plans]
+        predictions = self._run_groups(
+            original, sample[: self.images], rows, timestep, extra_args, kwargs
         )
-        outputs: list[torch.Tensor] = []
-        for group in groups:
-            batch = latents[group].repeat_interleave(rows_per_image, dim=0)
-            context = per_image.repeat(len(group), 1, 1)
+        guidance = [_guide(*pair) for pair in zip(rows, predictions, strict=True)]
+        positives = torch.stack([positive for _, positive in guidance])
+        if not guided:
+            return positives
+        negatives = [negative for negative, _ in guidance if negative is not None]
+        return torch.cat([torch.stack(negatives), positives], dim=0)
+
+    def _run_groups(
+        self,
+        original: Any,
+        latents: torch.Tensor,
+        rows: list[_ImageRows],
+        timestep: Any,
+        extra_args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> list[torch.Tensor]:
+        """Each image's UNet outputs, (rows, channels, height, width), one call per group."""
+        outputs: dict[int, torch.Tensor] = {}
+        for group in self._groups(rows):
+            batch = torch.cat(
+                [
+                    latents[image : image + 1].repeat_interleave(len(rows[image].context), dim=0)
+                    for image in group
+                ]
+            )
+            context = torch.cat([rows[image].context for image in group])
             steps = _timesteps(timestep, batch.shape[0])
             predicted = original(batch, steps, context, *extra_args, **kwargs, return_dict=False)
             output = predicted[0]
-            outputs.append(output.view(len(group), rows_per_image, *output.shape[1:]))
-        predictions = torch.cat(outputs, dim=0)  # (images, rows per image, c, h, w)
-        negative = predictions[:, 0] if with_negative else None
-        positive = _combine(predictions[:, 1:] if with_negative else predictions, negative, step)
-        if guided:
-            assert negative is not None
-            return torch.cat([negative, positive], dim=0)
-        return positive
+            per_image = output.view(len(group), -1, *output.shape[1:])
+            for position, image in enumerate(group):
+                outputs[image] = per_image[position]
+        return [outputs[image] for image in range(len(rows))]
+
+    def _groups(self, rows: list[_ImageRows]) -> list[list[int]]:
+        """The images that share a UNet call: none when exact, else those of one shape."""
+        if self.exact:
+            return [[image] for image in range(len(rows))]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for image, image_rows in enumerate(rows):
+            groups.setdefault(tuple(image_rows.context.shape), []).append(image)
+        return list(groups.values())
+
+
+def _image_rows(step: _StepConditioning, guided: bool) -> _ImageRows:
+    # An AND prompt needs the negative prediction even when diffusers does no guidance.
+    with_negative = guided or not step.plain
+    context = step.stacked if with_negative else step.stacked[1:]
+    return _ImageRows(step=step, with_negative=with_negative, context=context)
 
 
 def _timesteps(timestep: Any, rows: int) -> Any:
@@ -152,22 +214,29 @@ def _timesteps(timestep: Any, rows: int) -> Any:
     return timestep
 
 
+def _guide(rows: _ImageRows, prediction: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One image's (negative, positive) predictions from its rows' outputs."""
+    negative = prediction[0] if rows.with_negative else None
+    parts = prediction[1:] if rows.with_negative else prediction
+    return negative, _combine(parts, negative, rows.step)
+
+
 def _combine(
     parts: torch.Tensor, negative: torch.Tensor | None, step: _StepConditioning
 ) -> torch.Tensor:
     """The positive prediction diffusers should see; exactly the part's own when plain."""
-    if len(step.weights) == 1 and step.weights[0] == 1.0:
-        return parts[:, 0]
+    if step.plain:
+        return parts[0]
     assert negative is not None
     combined = negative.clone()
     for index, weight in enumerate(step.weights):
-        combined += weight * (parts[:, index] - negative)
+        combined += weight * (parts[index] - negative)
     return combined
 
 
 @contextmanager
 def vae_slicing(vae: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Encode and decode one image at a time for this job (exact batches)."""
+    """Encode and decode one image at a time for this batch (exact batches)."""
     previous = bool(getattr(vae, "use_slicing", False))
     vae.use_slicing = enabled or previous
     try:

@@ -127,6 +127,31 @@ class GenerationRequest:
         return _decode_request(json.loads(text))
 
 
+@dataclass(frozen=True)
+class UpscaleRequest:
+    """Enlarge one image by `scale` (2 or 4) with an upscaler model (None: Lanczos)."""
+
+    image: ImageRef
+    scale: int = 2
+    upscaler: str | None = None
+
+    def to_json(self) -> str:
+        payload = {"image": self.image.to_json_value(), "scale": self.scale}
+        return json.dumps({**payload, "upscaler": self.upscaler}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> UpscaleRequest:
+        payload = json.loads(text)
+        unknown = sorted(set(payload) - {"image", "scale", "upscaler"})
+        if unknown:
+            raise ValueError(f"UpscaleRequest has no field(s) {', '.join(unknown)}")
+        return cls(
+            image=ImageRef.from_json_value(payload["image"]),
+            scale=int(payload.get("scale", 2)),
+            upscaler=payload.get("upscaler"),
+        )
+
+
 class ResultStatus(StrEnum):
     DONE = "done"
     CANCELLED = "cancelled"

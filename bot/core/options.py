@@ -136,11 +136,15 @@ def options_from_fields(
     prompt: str,
     vocabulary: Vocabulary,
     limits: Limits | None = None,
+    defaults: Mapping[str, str] | None = None,
     **typed: object,
 ) -> ImagineOptions:
     """Typed fields (a Discord slash command) keyed by flag name (`ar`, `style`, `steps`;
     dashes as underscores), on top of any flags written in the prompt. A field given both
-    ways takes the typed value, except `no`, which adds up."""
+    ways takes the typed value, except `no`, which adds up.
+
+    `defaults` (a user's saved settings, by flag name) fill the fields given neither way; one
+    that no longer parses (an operator removed that style) is skipped, never an error."""
     context = _Context(vocabulary, limits or Limits())
     text, flags = _split_flags(prompt)
     for key, value in typed.items():
@@ -163,7 +167,22 @@ def options_from_fields(
         if flag.field in _REPEATABLE:
             parsed = (*values.get(flag.field, ()), *parsed)  # type: ignore[misc]
         values[flag.field] = parsed
+    _apply_defaults(values, defaults or {}, context)
     return _finish(text, values, context)
+
+
+def _apply_defaults(
+    values: dict[str, object], defaults: Mapping[str, str], context: _Context
+) -> None:
+    for name, raw in defaults.items():
+        flag = _BY_NAME.get(name)
+        sized = flag is not None and flag.field == "aspect_ratio" and "size" in values
+        if flag is None or flag.field in values or sized or not raw:
+            continue
+        try:
+            values[flag.field] = flag.parse(raw, context)
+        except OptionsError:
+            continue
 
 
 def _split_flags(text: str) -> tuple[str, list[tuple[str, str, bool]]]:

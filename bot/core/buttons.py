@@ -1,0 +1,87 @@
+"""The buttons under a grid (U1-U4, V1-V4, S1-S4, reroll), the same for every platform.
+
+A button's id is `easel:<job id>:<action>`: at most 64 bytes, so it fits Telegram's
+callback_data (64 bytes) and Discord's custom_id (100 characters), and everything a press
+needs is in the database, so buttons keep working after a restart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bot.core.messages import Key, Message
+from bot.store import JobKind
+
+PREFIX = "easel"
+MAX_ID_BYTES = 64
+REROLL = "reroll"
+_ACTION = re.compile(r"^(?:(?P<letter>[UVS])(?P<index>[1-9]))$|^(?P<reroll>reroll)$", re.I)
+_KINDS = {"U": JobKind.UPSCALE, "V": JobKind.VARY_STRONG, "S": JobKind.VARY_SUBTLE}
+_LETTERS = {kind: letter for letter, kind in _KINDS.items()}
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a button does: a child job of `kind`, from image `index` (0-based) or none."""
+
+    kind: JobKind
+    index: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.index is None:
+            return REROLL
+        return f"{_LETTERS[self.kind]}{self.index + 1}"
+
+
+@dataclass(frozen=True)
+class ButtonSpec:
+    label: str | Message
+    custom_id: str
+
+    def text(self, locale: str) -> str:
+        return self.label if isinstance(self.label, str) else self.label.render(locale)
+
+
+ButtonRows = tuple[tuple[ButtonSpec, ...], ...]
+
+
+def parse_action(text: str) -> Action | None:
+    match = _ACTION.match(text.strip())
+    if match is None:
+        return None
+    if match.group("reroll"):
+        return Action(JobKind.REROLL)
+    return Action(_KINDS[match.group("letter").upper()], int(match.group("index")) - 1)
+
+
+def button_id(job_id: int, action: Action) -> str:
+    custom_id = f"{PREFIX}:{job_id}:{action.name}"
+    if len(custom_id.encode()) > MAX_ID_BYTES:
+        raise ValueError(f"button id {custom_id!r} is over {MAX_ID_BYTES} bytes")
+    return custom_id
+
+
+def parse_button_id(custom_id: str) -> tuple[int, Action] | None:
+    """The job and action of a button id, or None for anything that is not ours."""
+    parts = custom_id.split(":")
+    if len(parts) != 3 or parts[0] != PREFIX or not parts[1].isdigit():
+        return None
+    action = parse_action(parts[2])
+    return (int(parts[1]), action) if action is not None else None
+
+
+def grid_buttons(job_id: int, image_count: int) -> ButtonRows:
+    """U, V and S for each image (one row each, at most 4) and reroll: at most 5 per row."""
+    shown = range(min(image_count, 4))
+    rows = [
+        tuple(
+            ButtonSpec(f"{letter}{index + 1}", button_id(job_id, Action(kind, index)))
+            for index in shown
+        )
+        for letter, kind in _KINDS.items()
+    ]
+    reroll = ButtonSpec(Message(Key.BUTTON_REROLL), button_id(job_id, Action(JobKind.REROLL)))
+    rows[-1] = (*rows[-1], reroll)
+    return tuple(rows)

@@ -1,0 +1,364 @@
+"""The queue's engine room: picks batches, runs them on the executor, records and delivers.
+
+The job row is the truth. At start, jobs a crash left running go back to the queue (or fail
+after `max_attempts`), the in-memory scheduler is rebuilt from the rows, and results that were
+never delivered are delivered once a front end for their platform subscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bot.core.bus import EventBus
+from bot.core.buttons import grid_buttons
+from bot.core.config import TIERS, CoreConfig
+from bot.core.events import (
+    EventKind,
+    JobEvent,
+    Origin,
+    Reply,
+    message_from_json,
+    message_to_json,
+)
+from bot.core.messages import Key, Message, normalise_locale
+from bot.core.scheduler import FairScheduler, QueuedJob
+from bot.core.work import lora_signature, prompt_preview, work_of
+from bot.outputs import SavedImages, prompt_stem, save_images
+from bot.store import Delivery, JobKind, JobRecord, JobStatus, NewImage, Store, UserRecord
+from pipeline.errors import first_line
+from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Task, TaskOutcome
+from pipeline.request import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, executor: Executor, config: CoreConfig, bus: EventBus) -> None:
+        self.store = store
+        self.executor = executor
+        self.config = config
+        self.bus = bus
+        self.scheduler = FairScheduler(config.max_batch_images)
+        self._users: dict[int, UserRecord] = {}
+        self._running: dict[int, JobRecord] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._shutting_down = False
+        self._active_loras: str | None = None
+        self._pending: dict[int, str] = {}  # queued or running job -> its platform
+        self._delivering: set[int] = set()
+        self._background: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        exhausted = message_to_json(
+            Message(Key.FAILED_CRASHED, {"attempts": self.config.max_attempts})
+        )
+        recovery = self.store.recover(self.config.max_attempts, exhausted)
+        if recovery.requeued or recovery.failed:
+            log.info(
+                "Recovered after a stop: %d job(s) queued again, %d failed",
+                len(recovery.requeued),
+                len(recovery.failed),
+            )
+        for job in self.store.queued_jobs():
+            self.scheduler.add(self.queued_job(job))
+            self._pending[job.id] = job.origin_platform
+        self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
+
+    async def stop(self) -> None:
+        """Take no new batch; let the running one finish within the timeout, else stop it
+        (its jobs go back to the queue). Queued jobs stay queued in the database."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._loop_task), self.config.shutdown_timeout)
+        except TimeoutError:
+            self._shutting_down = True
+            for job_id in list(self._running):
+                self.executor.cancel(job_id)
+            await self._loop_task
+        self._loop_task = None
+
+    async def redeliver(self, platform: str) -> int:
+        """Deliver the finished and failed jobs of a platform that no front end took yet."""
+        count = 0
+        for job in self.store.undelivered(platform):
+            count += await self._deliver_final(job.id)
+        return count
+
+    async def _deliver_final(self, job_id: int) -> bool:
+        """Publish a job's result once: a job being published is skipped, and the row says
+        whether it was already taken."""
+        if job_id in self._delivering:
+            return False
+        job = self.store.job(job_id, with_images=True)
+        if job is None or job.delivery is Delivery.DELIVERED:
+            return False
+        self._delivering.add(job_id)
+        try:
+            delivered = await self.bus.publish(self._final_event(job))
+            if delivered:
+                self.store.mark_delivered(job_id)
+            return delivered
+        finally:
+            self._delivering.discard(job_id)
+
+    # ------------------------------------------------------------------ the queue
+
+    def user(self, user_id: int) -> UserRecord:
+        user = self._users.get(user_id)
+        if user is None:
+            user = self.store.user_by_id(user_id)
+            assert user is not None, f"job owner {user_id} is missing"
+            self._users[user_id] = user
+        return user
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop a cached user after their role or quota changed."""
+        self._users.pop(user_id, None)
+
+    def queued_job(self, job: JobRecord) -> QueuedJob:
+        return QueuedJob(
+            job_id=job.id,
+            user_id=job.user_id,
+            tier=TIERS[self.user(job.user_id).role],
+            images=job.image_count,
+            batch_key=job.batch_key,
+            lora_set=lora_signature(work_of(job)),
+        )
+
+    def enqueue(self, job: JobRecord) -> int:
+        """Queue a stored job; its 1-based position."""
+        self.scheduler.add(self.queued_job(job))
+        self._pending[job.id] = job.origin_platform
+        self._wake.set()
+        return self.scheduler.position(job.id) + len(self._running_batches()) + 1
+
+    async def unqueue(self, job_id: int) -> bool:
+        removed = self.scheduler.remove(job_id) is not None
+        if removed:
+            await self._settled(job_id)
+        return removed
+
+    def is_running(self, job_id: int) -> bool:
+        return job_id in self._running
+
+    def cancel_running(self, job_id: int) -> None:
+        self.executor.cancel(job_id)
+
+    def running_for(self, user_id: int) -> int:
+        return sum(1 for job in self._running.values() if job.user_id == user_id)
+
+    def pending_for(self, platform: str) -> bool:
+        """Whether a job of this platform is still queued or running."""
+        return platform in self._pending.values()
+
+    async def wait_until_idle(self, platform: str) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self.pending_for(platform))
+
+    def eta_seconds(self, position: int, images: int) -> float | None:
+        """A rough wait: the images ahead and this job's own at recent seconds per image."""
+        durations = self.store.recent_durations(20)
+        total_images = sum(count for _, count in durations)
+        if not total_images:
+            return None
+        per_image = sum(seconds for seconds, _ in durations) / total_images
+        return per_image * images * position
+
+    def _running_batches(self) -> list[int]:
+        return [1] if self._running else []
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            batch = self.scheduler.next_batch(
+                Counter(job.user_id for job in self._running.values()),
+                self._running_cap,
+                self._active_loras,
+            )
+            if not batch:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._run_batch(batch)
+            except Exception:  # the loop must outlive any one batch
+                log.exception("A batch failed outside the executor")
+
+    async def _settled(self, job_id: int) -> None:
+        """A job left the queue for good (or until the next start)."""
+        self._pending.pop(job_id, None)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _running_cap(self, user_id: int) -> int:
+        user = self.user(user_id)
+        return self.config.running_cap(user.role, user.max_running)
+
+    async def _run_batch(self, batch: Sequence[QueuedJob]) -> None:
+        ids = [item.job_id for item in batch]
+        self.store.mark_running(ids)
+        jobs = [self.store.job(job_id) for job_id in ids]
+        tasks = []
+        for job in jobs:
+            assert job is not None
+            self._running[job.id] = job
+            tasks.append(Task(job.id, work_of(job)))
+            await self._publish(job, EventKind.STARTED, Message(Key.STARTED, self._about(job)))
+        self._active_loras = batch[0].lora_set
+        try:
+            outcomes = await self.executor.run(tasks, self._progress_sink(jobs))
+        except Exception as error:  # an executor bug fails the batch, never the loop
+            log.exception("The executor raised")
+            failure = Failure(FailureKind.ERROR, first_line(error))
+            outcomes = [
+                TaskOutcome(task.task_id, OutcomeStatus.FAILED, failure=failure) for task in tasks
+            ]
+        finally:
+            for job_id in ids:
+                self._running.pop(job_id, None)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            assert job is not None
+            try:
+                await self._record(job, outcome)
+            finally:
+                await self._settled(job.id)
+
+    def _progress_sink(self, jobs: Sequence[JobRecord | None]) -> Callable[[ProgressEvent], None]:
+        def on_progress(event: ProgressEvent) -> None:
+            for job in jobs:
+                assert job is not None
+                message = Message(
+                    Key.PROGRESS, {"job": job.id, "step": event.step, "total": event.total}
+                )
+                update = self._publish(
+                    job, EventKind.PROGRESS, message, step=event.step, total=event.total
+                )
+                task = asyncio.ensure_future(update)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        return on_progress
+
+    async def _record(self, job: JobRecord, outcome: TaskOutcome) -> None:
+        if outcome.status is OutcomeStatus.DONE:
+            saved = await asyncio.to_thread(self._save, job, outcome)
+            self.store.mark_done(job.id, saved.records, _text(saved.grid))
+        elif outcome.status is OutcomeStatus.FAILED:
+            assert outcome.failure is not None
+            self.store.mark_failed(job.id, message_to_json(_failure_message(outcome)))
+        elif self._shutting_down:
+            self.store.requeue([job.id])  # stopped by the shutdown, not by anyone's choice
+            return
+        else:
+            self.store.mark_cancelled(job.id)
+            await self._publish(job, EventKind.CANCELLED, Message(Key.CANCELLED, {"job": job.id}))
+            return
+        await self._deliver_final(job.id)
+
+    def _save(self, job: JobRecord, outcome: TaskOutcome) -> SavedImages:
+        stem = prompt_stem(outcome.images[0].infotext.prompt) if outcome.images else "image"
+        if job.kind is JobKind.UPSCALE:
+            stem = f"upscaled-{stem}"
+        return save_images(outcome.images, self.config.outputs_dir, stem)
+
+    # ------------------------------------------------------------------ events
+
+    def _final_event(self, job: JobRecord) -> JobEvent:
+        if job.status is JobStatus.FAILED:
+            return self._event(job, EventKind.FAILED, Reply(self.failure_message(job)))
+        return self._event(job, EventKind.FINISHED, self.result_reply(job))
+
+    def failure_message(self, job: JobRecord) -> Message:
+        stored = message_from_json(job.error) if job.error else Message(Key.FAILED_ERROR)
+        return Message(stored.key, {"detail": "", **stored.args, "job": job.id})
+
+    def result_reply(self, job: JobRecord) -> Reply:
+        """The grid (or single image) with its buttons and parameters."""
+        images = tuple(Path(image.path) for image in job.images)
+        parameters = _parameters_of(images[0]) if images else None
+        if job.kind is JobKind.UPSCALE:
+            first = job.images[0]
+            message = Message(
+                Key.FINISHED_UPSCALE,
+                {
+                    "job": job.id,
+                    "parent": job.parent_id or 0,
+                    "index": (job.image_index or 0) + 1,
+                    "width": first.width,
+                    "height": first.height,
+                },
+            )
+            buttons: tuple = ()
+        else:
+            seconds = _seconds(job)
+            seeds = ", ".join(str(image.seed) for image in job.images)
+            message = Message(
+                Key.FINISHED, {**self._about(job), "seconds": seconds, "seeds": seeds}
+            )
+            buttons = grid_buttons(job.id, len(job.images))
+        private = self.store.settings(job.user_id).private
+        grid = Path(job.grid_path) if job.grid_path else None
+        return Reply(message, images, grid, buttons, parameters, private)
+
+    def _about(self, job: JobRecord) -> dict[str, str | int]:
+        return {"job": job.id, "prompt": prompt_preview(job)}
+
+    def _event(self, job: JobRecord, kind: EventKind, reply: Reply, **fields: int) -> JobEvent:
+        return JobEvent(
+            kind=kind,
+            job_id=job.id,
+            user_id=job.user_id,
+            origin=Origin(job.origin_platform, job.origin_chat, job.origin_message),
+            locale=normalise_locale(self.user(job.user_id).locale),
+            reply=reply,
+            status_message=job.status_message,
+            **fields,
+        )
+
+    async def _publish(
+        self, job: JobRecord, kind: EventKind, message: Message, **fields: int
+    ) -> None:
+        await self.bus.publish(self._event(job, kind, Reply(message), **fields))
+
+
+def _failure_message(outcome: TaskOutcome) -> Message:
+    assert outcome.failure is not None
+    key = {
+        FailureKind.OUT_OF_MEMORY: Key.FAILED_OUT_OF_MEMORY,
+        FailureKind.INVALID: Key.FAILED_INVALID,
+        FailureKind.ERROR: Key.FAILED_ERROR,
+    }[outcome.failure.kind]
+    return Message(key, {"detail": outcome.failure.detail})
+
+
+def _parameters_of(path: Path) -> str | None:
+    from pipeline.images import format_infotext, read_infotext
+
+    info = read_infotext(path) if path.is_file() else None
+    return format_infotext(info) if info is not None else None
+
+
+def _seconds(job: JobRecord) -> str:
+    if job.started_at is None or job.finished_at is None:
+        return "?"
+    return f"{(job.finished_at - job.started_at).total_seconds():.1f}"
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+__all__ = ["Dispatcher", "NewImage"]

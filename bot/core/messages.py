@@ -1,0 +1,134 @@
+"""Replies as data: a message key with arguments, rendered per locale from the catalogs.
+
+The catalogs (`bot/core/locales/en.toml`, `ko.toml`) hold one `str.format` template per key.
+A test checks that every key below is in both catalogs with the same placeholders.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import TypeAlias
+
+LOCALES = ("en", "ko")
+DEFAULT_LOCALE = "en"
+_CATALOGS = Path(__file__).parent / "locales"
+
+
+class Key(StrEnum):
+    QUEUED = "queued"
+    QUEUED_ETA = "queued_eta"
+    STARTED = "started"
+    PROGRESS = "progress"
+    FINISHED = "finished"
+    FINISHED_UPSCALE = "finished_upscale"
+    FAILED_OUT_OF_MEMORY = "failed_out_of_memory"
+    FAILED_INVALID = "failed_invalid"
+    FAILED_ERROR = "failed_error"
+    FAILED_CRASHED = "failed_crashed"
+    CANCELLED = "cancelled"
+    CANCEL_REQUESTED = "cancel_requested"
+    INVALID_OPTIONS = "invalid_options"
+    INVALID_REQUEST = "invalid_request"
+    NSFW_WORD = "nsfw_word"
+    BANNED = "banned"
+    BANNED_NO_REASON = "banned_no_reason"
+    BANNED_WORD = "banned_word"
+    QUEUE_FULL_USER = "queue_full_user"
+    QUEUE_FULL_GLOBAL = "queue_full_global"
+    DAILY_QUOTA = "daily_quota"
+    JOB_NOT_FOUND = "job_not_found"
+    JOB_NOT_READY = "job_not_ready"
+    NO_SUCH_IMAGE = "no_such_image"
+    NOT_YOUR_JOB = "not_your_job"
+    ALREADY_FINISHED = "already_finished"
+    UNKNOWN_ACTION = "unknown_action"
+    INFO = "info"
+    INFO_ERROR = "info_error"
+    HISTORY_HEADER = "history_header"
+    HISTORY_LINE = "history_line"
+    HISTORY_EMPTY = "history_empty"
+    SETTINGS = "settings"
+    SETTINGS_UPDATED = "settings_updated"
+    SETTINGS_UNKNOWN = "settings_unknown"
+    SETTINGS_NOT_SET = "settings_not_set"
+    SETTING_LINE = "setting_line"
+    SETTINGS_BAD_VALUE = "settings_bad_value"
+    PNGINFO = "pnginfo"
+    PNGINFO_NONE = "pnginfo_none"
+    NO_LAST_GRID = "no_last_grid"
+    UNKNOWN_COMMAND = "unknown_command"
+    HELP = "help"
+    RUN_CONSOLE = "run_console"
+    SHUTTING_DOWN = "shutting_down"
+    BUTTON_REROLL = "button_reroll"
+    KIND_IMAGINE = "kind_imagine"
+    KIND_UPSCALE = "kind_upscale"
+    KIND_VARY_SUBTLE = "kind_vary_subtle"
+    KIND_VARY_STRONG = "kind_vary_strong"
+    KIND_REROLL = "kind_reroll"
+    STATUS_QUEUED = "status_queued"
+    STATUS_RUNNING = "status_running"
+    STATUS_DONE = "status_done"
+    STATUS_FAILED = "status_failed"
+    STATUS_CANCELLED = "status_cancelled"
+
+
+@dataclass(frozen=True)
+class Localized:
+    """A text that arrives already written in each language (an options error)."""
+
+    en: str
+    ko: str
+
+    def in_locale(self, locale: str) -> str:
+        return self.ko if locale == "ko" else self.en
+
+
+Argument: TypeAlias = "str | int | float | Localized | Message"
+
+
+@dataclass(frozen=True)
+class Message:
+    key: Key
+    args: dict[str, Argument] = field(default_factory=dict)
+
+    def render(self, locale: str) -> str:
+        return render(self, locale)
+
+
+def normalise_locale(locale: str | None) -> str:
+    """`ko-KR`, `ko_KR` and `ko` are Korean; anything unknown is English."""
+    if not locale:
+        return DEFAULT_LOCALE
+    language = locale.replace("_", "-").split("-", 1)[0].lower()
+    return language if language in LOCALES else DEFAULT_LOCALE
+
+
+@cache
+def catalog(locale: str) -> dict[str, str]:
+    with (_CATALOGS / f"{locale}.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def render(message: Message, locale: str) -> str:
+    language = normalise_locale(locale)
+    template = catalog(language).get(message.key.value) or catalog(DEFAULT_LOCALE)[message.key]
+    values = {name: _argument(value, language) for name, value in message.args.items()}
+    return template.format(**values)
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _argument(value: Argument, locale: str) -> str | int | float:
+    if isinstance(value, Localized):
+        return value.in_locale(locale)
+    if isinstance(value, Message):
+        return render(value, locale)
+    return value

@@ -1,0 +1,64 @@
+"""Jobs as pipeline work: decoding a job's stored request, and the child jobs of buttons."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from bot.core.buttons import Action
+from bot.store import JobKind, JobRecord
+from pipeline.executors import Work
+from pipeline.prompts.extra_networks import extract_loras
+from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
+from pipeline.variations import reroll, strong_variation, subtle_variation
+
+
+def work_of(job: JobRecord) -> Work:
+    if job.kind is JobKind.UPSCALE:
+        return UpscaleRequest.from_json(job.request)
+    return GenerationRequest.from_json(job.request)
+
+
+def lora_signature(work: Work) -> str:
+    """Which LoRAs (and weights) the work needs loaded; "" for none. The scheduler prefers
+    batches whose LoRAs are already active."""
+    if isinstance(work, UpscaleRequest):
+        return ""
+    _, tags = extract_loras(work.prompt)
+    uses = [(tag.name, tag.unet_weight, tag.te_weight) for tag in tags]
+    uses += [(use.name, use.unet_weight, use.te_weight) for use in work.loras]
+    active = sorted(use for use in uses if use[1] or use[2])
+    if not active:
+        return ""
+    return hashlib.sha256(json.dumps(active).encode()).hexdigest()[:16]
+
+
+def child_work(
+    action: Action,
+    parent: GenerationRequest,
+    image_path: Path | None,
+    count: int,
+    upscaler: str | None,
+) -> Work:
+    """The work a button asks for, from the parent job's request and chosen image."""
+    if action.kind is JobKind.REROLL:
+        return reroll(parent)
+    assert action.index is not None and image_path is not None
+    if action.kind is JobKind.UPSCALE:
+        return UpscaleRequest(image=ImageRef(path=str(image_path)), scale=2, upscaler=upscaler)
+    if action.kind is JobKind.VARY_SUBTLE:
+        return subtle_variation(parent, action.index, count)
+    varied = strong_variation(parent, ImageRef(path=str(image_path)).open(), count)
+    # The chosen image stays a file on disk: the job row keeps its path, not its pixels.
+    return replace(varied, init_image=ImageRef(path=str(image_path)))
+
+
+def prompt_preview(job: JobRecord, limit: int = 120) -> str:
+    """The job's prompt, cut to `limit` characters for a chat line (for an upscale: which
+    image of which job)."""
+    if job.kind is JobKind.UPSCALE:
+        return f"U{(job.image_index or 0) + 1} #{job.parent_id}"
+    prompt = getattr(work_of(job), "prompt", "") or ""
+    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"

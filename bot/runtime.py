@@ -1,0 +1,67 @@
+"""Assembling the bot: settings -> database (migrated) -> engine -> executor -> job service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.core.bus import EventBus
+from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
+from bot.core.dispatcher import Dispatcher
+from bot.core.service import JobService
+from bot.settings import Settings
+from bot.store import Store
+from pipeline.engine import Engine
+from pipeline.executors import Executor
+from pipeline.executors.local import LocalExecutor
+from pipeline.presets import load_presets
+from pipeline.prompts.vocabulary import VocabularyStore
+
+
+def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
+    batch = settings.max_batch_images or DEFAULT_BATCH_IMAGES["gpu" if on_gpu else "cpu"]
+    return CoreConfig(
+        outputs_dir=settings.outputs_dir,
+        models_dir=settings.models_dir,
+        limits=settings.limits(),
+        max_batch_images=batch,
+        max_queued_per_user=settings.max_queued_per_user,
+        max_running_per_user=settings.max_running_per_user,
+        max_queue=settings.max_queue,
+        daily_images=settings.daily_images,
+        banned_words=settings.banned_word_list(),
+        upscaler=settings.upscaler,
+        progress_interval=settings.progress_interval,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+
+
+def open_store(settings: Settings) -> Store:
+    """The database, with every migration applied."""
+    store = Store(settings.database_url)
+    store.upgrade()
+    return store
+
+
+@dataclass
+class Bot:
+    service: JobService
+    store: Store
+    executor: Executor
+
+
+def build_bot(
+    settings: Settings, engine: Engine, store: Store, executor: Executor | None = None
+) -> Bot:
+    config = core_config(settings, engine.model.pipe.device.type != "cpu")
+    executor = executor or LocalExecutor(engine, settings.models_dir)
+    dispatcher = Dispatcher(store, executor, config, EventBus(config.progress_interval))
+    vocabulary = VocabularyStore(settings.models_dir)
+    service = JobService(
+        store,
+        dispatcher,
+        config,
+        vocabulary=vocabulary.current,
+        presets=lambda: load_presets(settings.models_dir),
+        native_size=engine.model.native_size,
+    )
+    return Bot(service, store, executor)

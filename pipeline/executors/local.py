@@ -1,0 +1,196 @@
+"""The default executor: the engine in one dedicated thread of this process.
+
+The event loop only awaits; every engine call runs on the one "easel-gpu" thread, so one batch
+runs at a time and the loop stays responsive. A batch that fails is retried job by job, so a
+bad job (an unreadable LoRA, an image too large for memory) fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.engine import Engine, PreparedJob, batch_key
+from pipeline.errors import EaselError, GenerationOutOfMemory, InvalidRequestError, first_line
+from pipeline.executors.work import (
+    Failure,
+    FailureKind,
+    OutcomeStatus,
+    PreparedWork,
+    ProgressSink,
+    Task,
+    TaskOutcome,
+    Work,
+)
+from pipeline.images import Infotext, read_infotext
+from pipeline.request import (
+    GeneratedImage,
+    GenerationRequest,
+    ProgressEvent,
+    ResultStatus,
+    UpscaleRequest,
+)
+from pipeline.upscale import load_upscaler, upscale_image, validate_scale
+
+
+class LocalExecutor:
+    def __init__(self, engine: Engine, models_dir: Path) -> None:
+        self.engine = engine
+        self.models_dir = models_dir
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-gpu")
+        self._cancels: dict[int, threading.Event] = {}
+
+    async def prepare(self, work: Work) -> PreparedWork:
+        # Off the loop, but not on the GPU thread, so a long batch does not hold up replies.
+        return await asyncio.to_thread(self._prepare, work)
+
+    def _prepare(self, work: Work) -> PreparedWork:
+        if isinstance(work, UpscaleRequest):
+            validate_scale(work.scale)
+            _check_source(work)
+            return PreparedWork(work=work, batch_key=None)
+        job = self.engine.prepare(work)
+        return PreparedWork(work=job.request, batch_key=key_digest(job), notes=job.notes)
+
+    async def run(self, tasks: Sequence[Task], on_progress: ProgressSink) -> list[TaskOutcome]:
+        loop = asyncio.get_running_loop()
+
+        def progress(event: ProgressEvent) -> None:
+            loop.call_soon_threadsafe(on_progress, event)
+
+        for task in tasks:
+            self._cancels[task.task_id] = threading.Event()
+        try:
+            return await loop.run_in_executor(self._thread, self._run, list(tasks), progress)
+        finally:
+            for task in tasks:
+                self._cancels.pop(task.task_id, None)
+
+    def cancel(self, task_id: int) -> None:
+        event = self._cancels.get(task_id)
+        if event is not None:
+            event.set()
+
+    async def close(self) -> None:
+        for event in self._cancels.values():
+            event.set()
+        await asyncio.to_thread(self._thread.shutdown, wait=True)
+
+    # ------------------------------------------------------------------ on the GPU thread
+
+    def _run(self, tasks: list[Task], progress: ProgressSink) -> list[TaskOutcome]:
+        if len(tasks) == 1 and isinstance(tasks[0].work, UpscaleRequest):
+            return [self._upscale(tasks[0])]
+        prepared: dict[int, PreparedJob] = {}
+        outcomes: dict[int, TaskOutcome] = {}
+        for task in tasks:
+            try:
+                assert isinstance(task.work, GenerationRequest)
+                prepared[task.task_id] = self.engine.prepare(task.work)
+            except EaselError as error:
+                outcomes[task.task_id] = _failed(task, FailureKind.INVALID, first_line(error))
+        runnable = [task for task in tasks if task.task_id in prepared]
+        if runnable:
+            for outcome in self._generate(runnable, prepared, progress):
+                outcomes[outcome.task_id] = outcome
+        return [outcomes[task.task_id] for task in tasks]
+
+    def _generate(
+        self, tasks: list[Task], prepared: dict[int, PreparedJob], progress: ProgressSink
+    ) -> list[TaskOutcome]:
+        started = time.perf_counter()
+        cancels = [self._cancels.get(task.task_id) for task in tasks]
+        try:
+            results = self.engine.run_batch(
+                [prepared[task.task_id] for task in tasks], progress, cancels
+            )
+        except Exception as error:  # a job's failure is reported, never raised
+            if len(tasks) > 1:
+                # Alone, each job may well fit in memory, and a bad one fails by itself.
+                return [
+                    outcome
+                    for task in tasks
+                    for outcome in self._generate([task], prepared, progress)
+                ]
+            return [_failed(tasks[0], _failure_kind(error), first_line(error))]
+        seconds = time.perf_counter() - started
+        return [
+            TaskOutcome(
+                task_id=task.task_id,
+                status=OutcomeStatus.DONE
+                if result.status is ResultStatus.DONE
+                else OutcomeStatus.CANCELLED,
+                images=result.images,
+                seconds=seconds,
+            )
+            for task, result in zip(tasks, results, strict=True)
+        ]
+
+    def _upscale(self, task: Task) -> TaskOutcome:
+        work = task.work
+        assert isinstance(work, UpscaleRequest)
+        cancel = self._cancels.get(task.task_id)
+        if cancel is not None and cancel.is_set():
+            return TaskOutcome(task.task_id, OutcomeStatus.CANCELLED)
+        started = time.perf_counter()
+        try:
+            image, infotext = _read_source(work)
+            pipe = self.engine.model.pipe
+            model = load_upscaler(work.upscaler, self.models_dir, pipe.device, pipe.dtype)
+            enlarged, used = upscale_image(image, work.scale, model)
+        except Exception as error:  # a job's failure is reported, never raised
+            return _failed(task, _failure_kind(error), first_line(error))
+        parameters = replace(
+            infotext or Infotext(prompt=""),
+            width=enlarged.width,
+            height=enlarged.height,
+        )
+        parameters = replace(
+            parameters,
+            extra=(*parameters.extra, ("Upscaler", used), ("Upscale by", str(work.scale))),
+        )
+        seed = parameters.seed if parameters.seed is not None else 0
+        return TaskOutcome(
+            task_id=task.task_id,
+            status=OutcomeStatus.DONE,
+            images=(GeneratedImage(image=enlarged, seed=seed, infotext=parameters),),
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _check_source(work: UpscaleRequest) -> None:
+    path = work.image.path
+    if path is not None and not Path(path).is_file():
+        raise InvalidRequestError(f"The image to upscale ({Path(path).name}) is gone.")
+
+
+def _read_source(work: UpscaleRequest) -> tuple[Image.Image, Infotext | None]:
+    """The image and the parameters it carries (kept on the enlarged copy)."""
+    _check_source(work)
+    path = work.image.path
+    return work.image.open(), read_infotext(Path(path)) if path is not None else None
+
+
+def key_digest(job: PreparedJob) -> str:
+    """A short, stable text form of the engine's batch key, for the database."""
+    return hashlib.sha256(repr(batch_key(job)).encode()).hexdigest()[:32]
+
+
+def _failure_kind(error: BaseException) -> FailureKind:
+    if isinstance(error, GenerationOutOfMemory):
+        return FailureKind.OUT_OF_MEMORY
+    if isinstance(error, InvalidRequestError | EaselError):
+        return FailureKind.INVALID
+    return FailureKind.ERROR
+
+
+def _failed(task: Task, kind: FailureKind, detail: str) -> TaskOutcome:
+    return TaskOutcome(task.task_id, OutcomeStatus.FAILED, failure=Failure(kind, detail))

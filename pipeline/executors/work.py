@@ -1,0 +1,77 @@
+"""What an executor is given (tasks) and what it gives back (outcomes), for any executor.
+
+A task's id is opaque here: the bot uses its job ids, the pipeline only hands them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from pipeline.request import GeneratedImage, GenerationRequest, ProgressEvent, UpscaleRequest
+
+Work = GenerationRequest | UpscaleRequest
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: int
+    work: Work
+
+
+@dataclass(frozen=True)
+class PreparedWork:
+    """Work checked before it is queued, with its size and seeds fixed, so that a restart
+    runs exactly what was promised; tasks with equal `batch_key` may share one pipeline call
+    (None: always alone)."""
+
+    work: Work
+    batch_key: str | None
+    notes: tuple[str, ...] = ()
+
+
+class FailureKind(StrEnum):
+    OUT_OF_MEMORY = "out_of_memory"
+    INVALID = "invalid"  # the request cannot run here (an unknown LoRA, a missing image)
+    ERROR = "error"  # anything else; the detail is the first line of the error
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    detail: str
+
+
+class OutcomeStatus(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task_id: int
+    status: OutcomeStatus
+    images: tuple[GeneratedImage, ...] = ()
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+
+class Executor(Protocol):
+    async def prepare(self, work: Work) -> PreparedWork:
+        """Check work without running it; raises InvalidRequestError with a clear message."""
+        ...
+
+    async def run(self, tasks: Sequence[Task], on_progress: ProgressSink) -> list[TaskOutcome]:
+        """Run tasks that share a batch key as one batch; one outcome per task, in order.
+        Never raises for a task's own failure."""
+        ...
+
+    def cancel(self, task_id: int) -> None:
+        """Ask a running task to stop; it ends CANCELLED within about one step."""
+        ...
+
+    async def close(self) -> None: ...
