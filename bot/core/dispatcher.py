@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from bot.core.bus import EventBus
 from bot.core.buttons import grid_buttons
@@ -142,7 +143,11 @@ class Dispatcher:
         self.scheduler.add(self.queued_job(job))
         self._pending[job.id] = job.origin_platform
         self._wake.set()
-        return self.scheduler.position(job.id) + len(self._running_batches()) + 1
+        return self.scheduler.position(job.id) + 1
+
+    def announce_queued(self, job: JobRecord, reply: Reply, position: int) -> None:
+        """The queued event, sent once the caller has its ticket."""
+        self._in_background(self._publish_reply(job, EventKind.QUEUED, reply, position=position))
 
     async def unqueue(self, job_id: int) -> bool:
         removed = self.scheduler.remove(job_id) is not None
@@ -175,9 +180,6 @@ class Dispatcher:
             return None
         per_image = sum(seconds for seconds, _ in durations) / total_images
         return per_image * images * position
-
-    def _running_batches(self) -> list[int]:
-        return [1] if self._running else []
 
     # ------------------------------------------------------------------ the loop
 
@@ -246,9 +248,7 @@ class Dispatcher:
                 update = self._publish(
                     job, EventKind.PROGRESS, message, step=event.step, total=event.total
                 )
-                task = asyncio.ensure_future(update)
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._in_background(update)
 
         return on_progress
 
@@ -275,6 +275,11 @@ class Dispatcher:
         return save_images(outcome.images, self.config.outputs_dir, stem)
 
     # ------------------------------------------------------------------ events
+
+    def _in_background(self, update: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(update)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _final_event(self, job: JobRecord) -> JobEvent:
         if job.status is JobStatus.FAILED:
@@ -331,7 +336,12 @@ class Dispatcher:
     async def _publish(
         self, job: JobRecord, kind: EventKind, message: Message, **fields: int
     ) -> None:
-        await self.bus.publish(self._event(job, kind, Reply(message), **fields))
+        await self._publish_reply(job, kind, Reply(message), **fields)
+
+    async def _publish_reply(
+        self, job: JobRecord, kind: EventKind, reply: Reply, **fields: int
+    ) -> None:
+        await self.bus.publish(self._event(job, kind, reply, **fields))
 
 
 def _failure_message(outcome: TaskOutcome) -> Message:

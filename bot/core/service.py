@@ -275,7 +275,9 @@ class JobService:
             message = Message(
                 Key.QUEUED_ETA, {"job": job.id, "position": position, "minutes": minutes}
             )
-        return Ticket(job.id, position, eta, Reply(message))
+        reply = Reply(message)
+        self.dispatcher.announce_queued(job, reply, position)
+        return Ticket(job.id, position, eta, reply)
 
     # ------------------------------------------------------------------ the rest
 
@@ -405,7 +407,10 @@ class JobService:
         return tuple(lines)
 
     def pnginfo(self, image: bytes) -> Reply:
-        info = read_infotext(image)
+        try:
+            info = read_infotext(image)
+        except InvalidRequestError as error:
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
         if info is None:
             return Reply(Message(Key.PNGINFO_NONE))
         parameters = format_infotext(info)
