@@ -66,7 +66,8 @@ def button_id(job_id: int, action: Action) -> str:
 def parse_button_id(custom_id: str) -> tuple[int, Action] | None:
     """The job and action of a button id, or None for anything that is not ours."""
     parts = custom_id.split(":")
-    if len(parts) != 3 or parts[0] != PREFIX or not parts[1].isdigit():
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if len(parts) != 3 or parts[0] != PREFIX or not (parts[1].isascii() and parts[1].isdigit()):
         return None
     action = parse_action(parts[2])
     return (int(parts[1]), action) if action is not None else None

@@ -67,6 +67,7 @@ class FairScheduler:
         queue.remove(job)
         if not queue:
             del tier.users[job.user_id]
+            tier.served.discard(job.user_id)  # back later, they wait by their job's age
         if job.batch_key is not None:
             same = self._by_key[job.batch_key]
             del same[job_id]
