@@ -35,6 +35,7 @@ lint: install
 
 bench: install
 	$(PRELOAD) $(BIN)/python -m bench.engine
+	$(PRELOAD) $(BIN)/python -m bench.queue
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

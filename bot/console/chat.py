@@ -8,7 +8,10 @@ console received unless a job number follows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shlex
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,9 @@ from typing import TextIO
 from bot.core.events import EventKind, JobEvent, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Message
 from bot.core.service import JobService
+from pipeline.errors import first_line
 
+log = logging.getLogger(__name__)
 PLATFORM = "console"
 CHAT = "local"
 
@@ -59,11 +64,6 @@ class ConsoleChat:
             "help": self._help,
         }
 
-    async def attach(self) -> None:
-        """Listen for this console's job events and take results missed while it was closed."""
-        self.service.subscribe(PLATFORM, self.on_event)
-        await self.service.deliver_missed(PLATFORM)
-
     async def run(self, lines: AsyncIterator[str]) -> None:
         """Handle lines until input ends, then wait for this console's jobs to finish."""
         async for line in lines:
@@ -81,6 +81,9 @@ class ConsoleChat:
             await handler(command.args)
         except Refusal as refusal:
             self._print_reply(refusal.reply)
+        except Exception as error:  # one bad line must not end the chat
+            log.exception("Console command %r failed", command.name)
+            self._say(Message(Key.COMMAND_FAILED, {"detail": first_line(error)}))
 
     # ------------------------------------------------------------------ commands
 
@@ -117,7 +120,11 @@ class ConsoleChat:
             self._print_reply(self.service.settings(self.user))
             return
         changes = {}
-        for pair in shlex.split(args):
+        try:
+            pairs = shlex.split(args)
+        except ValueError:  # an unclosed quote
+            pairs = args.split()
+        for pair in pairs:
             name, _, value = pair.partition("=")
             changes[name] = value
         self._print_reply(self.service.update_settings(self.user, changes))
@@ -171,12 +178,29 @@ class ConsoleChat:
 async def read_lines(
     stream: TextIO, prompt: str | None = None, out: TextIO | None = None
 ) -> AsyncIterator[str]:
-    """Lines from a blocking stream without blocking the event loop; ends at end of input."""
-    while True:
-        if prompt and out is not None:
-            out.write(prompt)
-            out.flush()
-        line = await asyncio.to_thread(stream.readline)
-        if not line:
-            return
+    """Lines from a blocking stream without blocking the event loop; ends at end of input.
+
+    A daemon thread does the reading: a thread blocked in `readline` can be neither
+    cancelled nor joined, and asyncio's own worker threads are joined at exit, so a stop
+    (SIGTERM) would hang until the user pressed Enter.
+    """
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def hand_over(line: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    def read() -> None:
+        while True:
+            if prompt and out is not None:
+                out.write(prompt)
+                out.flush()
+            line = stream.readline()
+            hand_over(line)
+            if not line:
+                return
+
+    threading.Thread(target=read, name="easel-console-input", daemon=True).start()
+    while line := await lines.get():
         yield line

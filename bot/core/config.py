@@ -37,8 +37,9 @@ class CoreConfig:
         )
 
     def running_cap(self, role: Role, override: int | None) -> int:
+        """At least 1: a user with a cap of 0 could never run anything (ban them instead)."""
         if override is not None:
-            return override
+            return max(1, override)
         return NO_CAP if role is Role.ADMIN else self.max_running_per_user
 
     def daily_cap(self, role: Role, override: int | None) -> int:

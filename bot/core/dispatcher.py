@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Ta
 from pipeline.request import ProgressEvent
 
 log = logging.getLogger(__name__)
+RECENT_JOBS = 20  # finished jobs the ETA is drawn from
 
 
 class Dispatcher:
@@ -54,6 +55,8 @@ class Dispatcher:
         self._active_loras: str | None = None
         self._pending: dict[int, str] = {}  # queued or running job -> its platform
         self._delivering: set[int] = set()
+        self._cancel_requested: set[int] = set()  # running jobs a user cancelled
+        self._recent: deque[tuple[float, int]] | None = None  # (seconds, images) of done jobs
         self._background: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -138,8 +141,11 @@ class Dispatcher:
             lora_set=lora_signature(work_of(job)),
         )
 
-    def enqueue(self, job: JobRecord) -> int:
-        """Queue a stored job; its 1-based position."""
+    def enqueue(self, job: JobRecord, owner: UserRecord | None = None) -> int:
+        """Queue a stored job; its 1-based position. `owner`, when given, is the job's user
+        as just read (their role decides the tier)."""
+        if owner is not None:
+            self._users[owner.id] = owner
         self.scheduler.add(self.queued_job(job))
         self._pending[job.id] = job.origin_platform
         self._wake.set()
@@ -159,6 +165,7 @@ class Dispatcher:
         return job_id in self._running
 
     def cancel_running(self, job_id: int) -> None:
+        self._cancel_requested.add(job_id)
         self.executor.cancel(job_id)
 
     def running_for(self, user_id: int) -> int:
@@ -174,11 +181,12 @@ class Dispatcher:
 
     def eta_seconds(self, position: int, images: int) -> float | None:
         """A rough wait: the images ahead and this job's own at recent seconds per image."""
-        durations = self.store.recent_durations(20)
-        total_images = sum(count for _, count in durations)
+        if self._recent is None:
+            self._recent = deque(self.store.recent_durations(RECENT_JOBS), maxlen=RECENT_JOBS)
+        total_images = sum(count for _, count in self._recent)
         if not total_images:
             return None
-        per_image = sum(seconds for seconds, _ in durations) / total_images
+        per_image = sum(seconds for seconds, _ in self._recent) / total_images
         return per_image * images * position
 
     # ------------------------------------------------------------------ the loop
@@ -236,6 +244,7 @@ class Dispatcher:
             try:
                 await self._record(job, outcome)
             finally:
+                self._cancel_requested.discard(job.id)
                 await self._settled(job.id)
 
     def _progress_sink(self, jobs: Sequence[JobRecord | None]) -> Callable[[ProgressEvent], None]:
@@ -254,13 +263,16 @@ class Dispatcher:
 
     async def _record(self, job: JobRecord, outcome: TaskOutcome) -> None:
         if outcome.status is OutcomeStatus.DONE:
+            if self._recent is not None:
+                self._recent.append((outcome.seconds, max(1, len(outcome.images))))
             saved = await asyncio.to_thread(self._save, job, outcome)
             self.store.mark_done(job.id, saved.records, _text(saved.grid))
         elif outcome.status is OutcomeStatus.FAILED:
             assert outcome.failure is not None
             self.store.mark_failed(job.id, message_to_json(_failure_message(outcome)))
-        elif self._shutting_down:
-            self.store.requeue([job.id])  # stopped by the shutdown, not by anyone's choice
+        elif self._shutting_down and job.id not in self._cancel_requested:
+            # Stopped by the shutdown, not by anyone's choice: it runs again at the next start.
+            self.store.requeue([job.id], refund_attempt=True)
             return
         else:
             self.store.mark_cancelled(job.id)

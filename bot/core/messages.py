@@ -62,6 +62,7 @@ class Key(StrEnum):
     PNGINFO_NONE = "pnginfo_none"
     NO_LAST_GRID = "no_last_grid"
     UNKNOWN_COMMAND = "unknown_command"
+    COMMAND_FAILED = "command_failed"
     HELP = "help"
     RUN_CONSOLE = "run_console"
     SHUTTING_DOWN = "shutting_down"

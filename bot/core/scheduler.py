@@ -92,7 +92,8 @@ class FairScheduler:
         cap = running_cap or (lambda _user: 1 << 30)
 
         def room(user_id: int, taken: int = 0) -> bool:
-            return running.get(user_id, 0) + taken < cap(user_id)
+            busy = running.get(user_id, 0) + taken
+            return busy == 0 or busy < cap(user_id)  # caps are at least 1
 
         for level in sorted(self._tiers):
             tier = self._tiers[level]
@@ -109,14 +110,25 @@ class FairScheduler:
     def _pick_leader(
         self, tier: _Tier, room: Callable[[int], bool], active_loras: str | None
     ) -> QueuedJob | None:
-        eligible = [queue[0] for user, queue in tier.users.items() if room(user)]
-        if not eligible:
+        """One pass over the tier's users (10,000 queued jobs stay cheap): the oldest head
+        job, a loaded LoRA set first, among users who have not led this round."""
+        waiting: tuple[tuple[bool, int], QueuedJob] | None = None
+        anyone: tuple[tuple[bool, int], QueuedJob] | None = None
+        for user, queue in tier.users.items():
+            if not room(user):
+                continue
+            head = queue[0]
+            key = (head.lora_set != active_loras, head.job_id)
+            if anyone is None or key < anyone[0]:
+                anyone = (key, head)
+            if user not in tier.served and (waiting is None or key < waiting[0]):
+                waiting = (key, head)
+        if anyone is None:
             return None
-        waiting = [job for job in eligible if job.user_id not in tier.served]
-        if not waiting:  # everyone led once: a new round
+        if waiting is None:  # everyone led once: a new round
             tier.served.clear()
-            waiting = eligible
-        return min(waiting, key=lambda job: (job.lora_set != active_loras, job.job_id))
+            return anyone[1]
+        return waiting[1]
 
     def _fill(self, leader: QueuedJob, room: Callable[[int, int], bool]) -> list[QueuedJob]:
         batch, images = [leader], leader.images
@@ -147,15 +159,16 @@ class FairScheduler:
         )
         tier = self._tiers[job.tier]
         mine = next(index for index, queued in enumerate(tier.users[job.user_id]) if queued is job)
+
         # Users who have not led yet this round come first, each in order of their oldest job.
-        order = sorted(
-            tier.users, key=lambda user: (user in tier.served, tier.users[user][0].job_id)
-        )
-        my_turn = order.index(job.user_id)
-        for turn, user in enumerate(order):
+        def turn(user: int) -> tuple[bool, int]:
+            return user in tier.served, tier.users[user][0].job_id
+
+        my_turn = turn(job.user_id)
+        for user, queue in tier.users.items():
             if user != job.user_id:
-                rounds = mine + 1 if turn < my_turn else mine
-                ahead += min(len(tier.users[user]), rounds)
+                rounds = mine + 1 if turn(user) < my_turn else mine
+                ahead += min(len(queue), rounds)
         return ahead + mine
 
     def jobs(self) -> Iterator[QueuedJob]:

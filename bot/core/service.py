@@ -265,8 +265,7 @@ class JobService:
                 image_index=image_index,
             )
         )
-        self.dispatcher.forget_user(user.id)
-        position = self.dispatcher.enqueue(job)
+        position = self.dispatcher.enqueue(job, user)
         eta = self.dispatcher.eta_seconds(position, images)
         if eta is None:
             message = Message(Key.QUEUED, {"job": job.id, "position": position})

@@ -68,6 +68,9 @@ R = TypeVar("R", bound="DataclassInstance")
 M = TypeVar("M", bound=Base)
 
 
+MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL
+
+
 class NotFoundError(LookupError):
     """The user or job asked for does not exist."""
 
@@ -299,6 +302,8 @@ class Store:
             return _job_record(row)
 
     def job(self, job_id: int, with_images: bool = False) -> JobRecord | None:
+        if not 0 < job_id <= MAX_ID:  # a typed or forged number no database could hold
+            return None
         jobs = self._jobs(sa.select(Job).where(Job.id == job_id), with_images)
         return jobs[0] if jobs else None
 
@@ -340,15 +345,17 @@ class Store:
             row.finished_at = utcnow()
             return True
 
-    def requeue(self, job_ids: Sequence[int]) -> None:
-        """Running jobs go back to the queue, keeping their attempt count."""
+    def requeue(self, job_ids: Sequence[int], refund_attempt: bool = False) -> None:
+        """Running jobs go back to the queue, keeping their attempt count unless
+        `refund_attempt` (a graceful stop is not a failed attempt)."""
         if not job_ids:
             return
+        attempts = Job.attempts - 1 if refund_attempt else Job.attempts
         with self._sessions.begin() as session:
             session.execute(
                 sa.update(Job)
                 .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
-                .values(status=JobStatus.QUEUED, started_at=None)
+                .values(status=JobStatus.QUEUED, started_at=None, attempts=attempts)
             )
 
     def recover(self, max_attempts: int, error_for_exhausted: str) -> Recovery:

@@ -1,0 +1,460 @@
+"""Queue benchmark: what the bot's job path costs around the engine, and what batching buys.
+
+Random-weight models only (nothing is downloaded; see `tests.tiny_models`). Prints three
+figures; asserts nothing.
+
+(a) End-to-end overhead. One job through the whole bot - `JobService.options` and `imagine`,
+    the store row, the dispatcher's queue, the local executor's GPU thread, the PNGs saved, the
+    image rows written and the finished event handed to a subscribed front end - against a bare
+    `Engine.generate` of the very request the job stored (same resolved seed and size). The
+    `mid` model (SD 1.5's block layout at half width), 20 steps, 1 image; 512x512 on a GPU,
+    256x256 on the CPU. Mean seconds of each over `--repeats` runs after a warm-up, run in
+    turn. Target: overhead under 3%.
+(b) Throughput. 8 users each queue 4 one-image jobs (same settings, their own prompts and
+    seeds) before the dispatcher starts; the wall time from the start until all 32 are
+    finished, with batching on (`max_batch_images` 4 on the CPU, 8 on a GPU) and off (1), for
+    `exact_batches` on and off. The `tiny` model at 64x64. Target: batching on gives at least
+    2x the images per second. Exact batches run the UNet image by image so each image is
+    bit-identical to its seed alone; their gain is only what the text encoder, VAE and the per-
+    call costs share, so most of the gain shows with `exact_batches=False` (whole-batch mode).
+(c) Store and scheduler latency, no model. A SQLite file database (WAL) in a temporary folder,
+    1,000 users and 10,000 queued jobs of mixed sizes and image counts. Enqueue is what
+    `JobService` does per job once it is admitted: `Store.add_job`, then `Dispatcher.enqueue`
+    (user lookup, scheduler add, queue position). Dequeue is what the dispatcher loop does per
+    batch before the executor: `FairScheduler.next_batch`, then `Store.mark_running`. p50, p99
+    and max in milliseconds over every operation. Target: p99 under 5 ms.
+
+    python -m bench.queue                          # all three, CPU-friendly defaults
+    python -m bench.queue --part a --device cuda --repeats 10
+    python -m bench.queue --part c --jobs 10000 --users 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from bot.core.bus import EventBus
+from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
+from bot.core.dispatcher import Dispatcher
+from bot.core.events import EventKind, JobEvent, Origin, UserRef
+from bot.core.work import work_of
+from bot.runtime import Bot, build_bot, open_store
+from bot.settings import Settings
+from bot.store import JobKind, JobStatus, NewJob, Store
+from pipeline.device import DeviceChoice, choose_device
+from pipeline.engine import Engine
+from pipeline.executors import PreparedWork, Task, TaskOutcome, Work
+from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
+from pipeline.request import GenerationRequest
+from tests.tiny_models import MID, TINY, build_random_pipeline
+
+SHAPES = {"tiny": TINY, "mid": MID}
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # the presets a real bot reads
+PLATFORM = "bench"
+WARM_UP_STEPS = 2
+PROMPT = "a castle on a hill, watercolor"
+PROMPTS = (
+    "a castle on a hill, watercolor",
+    "a lighthouse in a storm, oil painting",
+    "a red fox in the snow, photo",
+    "a city street at night, neon",
+    "a bowl of ramen, studio lighting",
+    "a sailing ship at dawn, pixel art",
+    "an old library with tall shelves",
+    "a mountain lake in autumn, pastel",
+)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def load_shape(name: str, device: DeviceChoice, scratch: Path) -> LoadedModel:
+    folder = scratch / name
+    build_random_pipeline("sd1", SHAPES[name]).save_pretrained(folder)
+    source = ModelSource(name, SourceKind.DIFFUSERS_FOLDER, str(folder))
+    return load_model(source, device, scratch, HashCache(scratch / "hashes.json"))
+
+
+def bot_settings(folder: Path, max_batch_images: int | None, exact: bool) -> Settings:
+    return Settings(
+        _env_file=None,
+        DATABASE_URL=f"sqlite:///{folder / 'easel.db'}",
+        outputs_dir=folder / "outputs",
+        models_dir=MODELS_DIR,
+        cache_dir=folder / "cache",
+        max_batch_images=max_batch_images,
+        exact_batches=exact,
+    )
+
+
+def start_bot(model: LoadedModel, settings: Settings) -> Bot:
+    engine = Engine(
+        model,
+        settings.limits(),
+        exact_batches=settings.exact_batches,
+        models_dir=settings.models_dir,
+    )
+    return build_bot(settings, engine, open_store(settings))
+
+
+async def close_bot(bot: Bot) -> None:
+    await bot.service.stop()
+    await bot.executor.close()
+    bot.store.close()
+
+
+class Finished:
+    """A front end that only notes when each job's final event arrived."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+        self.kind: dict[int, EventKind] = {}
+        self._changed = asyncio.Event()
+
+    async def on_event(self, event: JobEvent) -> None:
+        if event.is_final:
+            self.at[event.job_id] = time.perf_counter()
+            self.kind[event.job_id] = event.kind
+            self._changed.set()
+
+    async def wait_for(self, job_ids: Sequence[int]) -> float:
+        """When the last of these jobs finished; raises if any did not finish well."""
+        while not all(job_id in self.at for job_id in job_ids):
+            self._changed.clear()
+            await self._changed.wait()
+        bad = {job_id: self.kind[job_id] for job_id in job_ids}
+        bad = {job_id: kind for job_id, kind in bad.items() if kind is not EventKind.FINISHED}
+        if bad:
+            raise RuntimeError(f"jobs did not finish: {bad}")
+        return max(self.at[job_id] for job_id in job_ids)
+
+
+def imagine_line(prompt: str, seed: int, steps: int, size: int) -> str:
+    return f"{prompt} --seed {seed} --steps {steps} --size {size}x{size} --n 1"
+
+
+def percentile(sorted_values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    index = max(0, min(len(sorted_values) - 1, round(share * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+# --------------------------------------------------------------------------- (a) overhead
+
+
+async def overhead_runs(
+    model: LoadedModel, folder: Path, size: int, steps: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds of each service job and of each bare generate of the same request."""
+    bot = start_bot(model, bot_settings(folder, None, exact=True))
+    engine = bot.executor.engine  # type: ignore[attr-defined]
+    service = bot.service
+    finished = Finished()
+    service.subscribe(PLATFORM, finished.on_event)
+    await service.start()
+    user = UserRef(PLATFORM, "alice", "Alice")
+    origin = Origin(PLATFORM, "bench-chat")
+
+    async def through_service(seed: int, steps: int) -> tuple[float, GenerationRequest]:
+        synchronize()
+        started = time.perf_counter()
+        options = service.options(user, imagine_line(PROMPT, seed, steps, size), origin)
+        ticket = await service.imagine(user, options, origin)
+        done = await finished.wait_for([ticket.job_id])
+        job = bot.store.job(ticket.job_id, with_images=True)
+        assert job is not None and job.status is JobStatus.DONE and len(job.images) == 1
+        request = work_of(job)
+        assert isinstance(request, GenerationRequest)
+        return done - started, request
+
+    def bare(request: GenerationRequest) -> float:
+        synchronize()
+        started = time.perf_counter()
+        engine.generate(request)
+        synchronize()
+        return time.perf_counter() - started
+
+    service_s, bare_s = [], []
+    try:
+        # Warm-up, a few steps each way: kernels, allocator, lazy imports, first queries.
+        _, request = await through_service(seed=1, steps=WARM_UP_STEPS)
+        bare(request)
+        for repeat in range(repeats):
+            seconds, request = await through_service(seed=100 + repeat, steps=steps)
+            service_s.append(seconds)
+            bare_s.append(bare(request))
+    finally:
+        await close_bot(bot)
+    return service_s, bare_s
+
+
+def part_a(args: argparse.Namespace, device: DeviceChoice, scratch: Path) -> None:
+    size = args.size or (256 if device.is_cpu else 512)
+    model = load_shape("mid", device, scratch)
+    service_s, bare_s = asyncio.run(
+        overhead_runs(model, scratch / "a", size, args.steps, args.repeats)
+    )
+    bare_mean, service_mean = statistics.mean(bare_s), statistics.mean(service_s)
+    print(
+        f"\n(a) end-to-end overhead: mid model, {size}x{size}, {args.steps} steps, 1 image, "
+        f"{args.repeats} runs each after a warm-up"
+    )
+    print(f"{'path':44} {'mean s':>8} {'stdev s':>8} {'min s':>8}")
+    for label, values in (
+        ("bare engine.generate(request)", bare_s),
+        ("service: imagine -> ... -> finished event", service_s),
+    ):
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{label:44} {statistics.mean(values):>8.3f} {spread:>8.3f} {min(values):>8.3f}")
+    overhead = service_mean / bare_mean - 1
+    print(
+        f"{'overhead':44} {overhead:>8.2%}  ({service_mean - bare_mean:+.3f} s; target under 3%)",
+        flush=True,
+    )
+
+
+# --------------------------------------------------------------------------- (b) throughput
+
+
+async def throughput_run(
+    model: LoadedModel,
+    folder: Path,
+    max_batch_images: int,
+    exact: bool,
+    args: argparse.Namespace,
+) -> tuple[float, int]:
+    """Wall seconds from the dispatcher's start until every job finished, and the batches."""
+    bot = start_bot(model, bot_settings(folder, max_batch_images, exact))
+    engine = bot.executor.engine  # type: ignore[attr-defined]
+    size, steps = args.tiny_size, args.steps
+    # Warm-up at this batch size, outside the measurement.
+    engine.run_batch(
+        [
+            engine.prepare(
+                GenerationRequest(PROMPT, seeds=(seed,), width=size, height=size, steps=steps)
+            )
+            for seed in range(max_batch_images)
+        ]
+    )
+    service = bot.service
+    finished = Finished()
+    service.subscribe(PLATFORM, finished.on_event)
+    origin = Origin(PLATFORM, "bench-chat")
+    job_ids = []
+    try:
+        for number in range(args.users_b):
+            user = UserRef(PLATFORM, f"user-{number}", f"User {number}")
+            prompt = PROMPTS[number % len(PROMPTS)]
+            for index in range(args.jobs_per_user):
+                line = imagine_line(f"{prompt}, take {index}", 1000 * number + index, steps, size)
+                ticket = await service.imagine(user, service.options(user, line, origin), origin)
+                job_ids.append(ticket.job_id)
+        synchronize()
+        started = time.perf_counter()
+        await service.start()
+        done = await finished.wait_for(job_ids)
+        wall = done - started
+    finally:
+        await close_bot(bot)
+    # One mark_running per batch, so the jobs of a batch share their start time.
+    store = Store(f"sqlite:///{folder / 'easel.db'}")
+    try:
+        jobs = [store.job(job_id) for job_id in job_ids]
+    finally:
+        store.close()
+    return wall, len({job.started_at for job in jobs if job is not None})
+
+
+def part_b(args: argparse.Namespace, device: DeviceChoice, scratch: Path) -> None:
+    model = load_shape("tiny", device, scratch)
+    batch_on = args.batch_images or DEFAULT_BATCH_IMAGES["cpu" if device.is_cpu else "gpu"]
+    images = args.users_b * args.jobs_per_user
+    print(
+        f"\n(b) throughput: tiny model, {args.tiny_size}x{args.tiny_size}, {args.steps} steps; "
+        f"{args.users_b} users x {args.jobs_per_user} one-image jobs, all queued before the start"
+    )
+    print(
+        f"{'exact':>5} {'batching':>8} {'max imgs':>8} {'batches':>7} {'wall s':>8} "
+        f"{'images/s':>9} {'on/off':>7}"
+    )
+    for exact in (True, False):
+        rates = {}
+        for max_batch in (batch_on, 1):
+            folder = scratch / f"b-{exact}-{max_batch}"
+            wall, batches = asyncio.run(throughput_run(model, folder, max_batch, exact, args))
+            rates[max_batch] = images / wall
+            ratio = f"{rates[batch_on] / rates[1]:.2f}x" if max_batch == 1 else ""
+            label = "on" if max_batch > 1 else "off"
+            print(
+                f"{exact!s:>5} {label:>8} {max_batch:>8} {batches:>7} {wall:>8.2f} "
+                f"{rates[max_batch]:>9.2f} {ratio:>7}",
+                flush=True,
+            )
+    print(
+        "on/off: images/s with batching on over off (target at least 2x). exact=True runs the "
+        "UNet image by image (bit-identical to each seed alone), so its gain is small; "
+        "whole-batch mode (exact=False) is where batching pays."
+    )
+
+
+# --------------------------------------------------------------------------- (c) latency
+
+
+class NoExecutor:
+    """Part (c) never runs a batch; the dispatcher only needs something in the slot."""
+
+    async def prepare(self, work: Work) -> PreparedWork:
+        raise NotImplementedError
+
+    async def run(self, tasks: Sequence[Task], on_progress: object) -> list[TaskOutcome]:
+        raise NotImplementedError
+
+    def cancel(self, task_id: int) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def queued_jobs(user_ids: Sequence[int], count: int, seed: int = 0) -> list[NewJob]:
+    """`count` jobs spread evenly over the users in random order, of mixed sizes and counts."""
+    chooser = random.Random(seed)
+    owners = [user_ids[index % len(user_ids)] for index in range(count)]
+    chooser.shuffle(owners)
+    sizes, steps, counts = (512, 768), (20, 30), (1, 1, 2, 4)
+    jobs = []
+    for index, owner in enumerate(owners):
+        size, step, images = chooser.choice(sizes), chooser.choice(steps), chooser.choice(counts)
+        request = GenerationRequest(
+            prompt=f"{PROMPTS[index % len(PROMPTS)]}, job {index}",
+            width=size,
+            height=size,
+            steps=step,
+            seeds=tuple(chooser.randrange(1 << 32) for _ in range(images)),
+        )
+        jobs.append(
+            NewJob(
+                user_id=owner,
+                kind=JobKind.IMAGINE,
+                request=request.to_json(),
+                batch_key=f"{size}x{size}-{step}",
+                image_count=images,
+                origin_platform=PLATFORM,
+                origin_chat=f"chat-{owner % 50}",
+                origin_message=str(index),
+            )
+        )
+    return jobs
+
+
+def latency_line(label: str, seconds: list[float]) -> str:
+    ms = sorted(value * 1000 for value in seconds)
+    return (
+        f"{label:50} {len(ms):>6} {percentile(ms, 0.50):>8.3f} {percentile(ms, 0.99):>8.3f} "
+        f"{ms[-1]:>8.3f}"
+    )
+
+
+def part_c(args: argparse.Namespace, device: DeviceChoice, scratch: Path) -> None:
+    folder = scratch / "c"
+    path = folder / "queue.db"
+    store = Store(f"sqlite:///{path}")
+    store.upgrade()
+    batch = args.batch_images or DEFAULT_BATCH_IMAGES["cpu" if device.is_cpu else "gpu"]
+    config = CoreConfig(outputs_dir=folder / "outputs", max_batch_images=batch)
+    dispatcher = Dispatcher(store, NoExecutor(), config, EventBus())  # type: ignore[arg-type]
+    scheduler = dispatcher.scheduler
+    owners = {
+        record.id: record
+        for record in (store.user(PLATFORM, f"user-{i}", f"User {i}") for i in range(args.users))
+    }
+    jobs = queued_jobs(list(owners), args.jobs)
+
+    enqueue_s = []
+    for new in jobs:
+        started = time.perf_counter()
+        job = store.add_job(new)  # then as JobService._enqueue: queue, position and ETA
+        position = dispatcher.enqueue(job, owners[new.user_id])
+        dispatcher.eta_seconds(position, job.image_count)
+        enqueue_s.append(time.perf_counter() - started)
+
+    def running_cap(user_id: int) -> int:
+        user = dispatcher.user(user_id)
+        return config.running_cap(user.role, user.max_running)
+
+    dequeue_s, dequeued = [], 0
+    while len(scheduler):
+        started = time.perf_counter()
+        taken = scheduler.next_batch(Counter(), running_cap, None)
+        store.mark_running([item.job_id for item in taken])
+        dequeue_s.append(time.perf_counter() - started)
+        if not taken:
+            raise RuntimeError("the scheduler gave no batch with jobs queued")
+        dequeued += len(taken)
+    running = store.count_running()
+    store.close()
+    with sqlite3.connect(path) as connection:
+        journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
+
+    print(
+        f"\n(c) store + scheduler: SQLite file (journal_mode={journal}), {args.users} users, "
+        f"{args.jobs} jobs of 1-4 images in 4 batch keys, max {batch} images a batch"
+    )
+    print(f"{'operation':50} {'ops':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(latency_line("enqueue: add_job + enqueue + position", enqueue_s))
+    print(latency_line(f"dequeue: next_batch + mark_running ({dequeued} jobs)", dequeue_s))
+    print(f"target: p99 under 5 ms; {running} jobs marked running", flush=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5, help="(a) runs of each path")
+    parser.add_argument("--steps", type=int, default=20, help="(a) and (b)")
+    parser.add_argument("--size", type=int, default=0, help="(a) 0: 512 on a GPU, 256 on CPU")
+    parser.add_argument("--tiny-size", type=int, default=64, help="(b) image size")
+    parser.add_argument(
+        "--batch-images", type=int, default=0, help="(b), (c) 0: 4 on the CPU, 8 on a GPU"
+    )
+    parser.add_argument("--users-b", type=int, default=8, help="(b) users")
+    parser.add_argument("--jobs-per-user", type=int, default=4, help="(b) jobs per user")
+    parser.add_argument("--users", type=int, default=1000, help="(c) users")
+    parser.add_argument("--jobs", type=int, default=10_000, help="(c) queued jobs")
+    args = parser.parse_args()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    device = choose_device(args.device)
+    print(device.describe(), flush=True)
+    parts = "abc" if args.part == "all" else args.part
+    with tempfile.TemporaryDirectory() as scratch:
+        for part in parts:
+            runner = {"a": part_a, "b": part_b, "c": part_c}[part]
+            runner(args, device, Path(scratch))
+
+
+if __name__ == "__main__":
+    main()
