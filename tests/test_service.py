@@ -400,3 +400,128 @@ def test_pnginfo_reads_parameters_and_refuses_non_images(make_bot: Callable[...,
     assert "a quiet pond" in reply.text("en") and "Seed: 42" in reply.text("en")
     with pytest.raises(Refusal):
         bot.service.pnginfo(b"not an image")
+
+
+def test_a_job_whose_recording_fails_fails_alone(
+    make_bot: Callable[..., Bot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot = make_bot()
+    recorder = Recorder()
+    bot.service.subscribe("test", recorder)
+    dispatcher = bot.service.dispatcher
+    save = dispatcher._save
+
+    def full_disk(job: Any, outcome: Any) -> Any:
+        if "doomed" in outcome.images[0].infotext.prompt:
+            raise OSError(28, "No space left on device")
+        return save(job, outcome)
+
+    monkeypatch.setattr(dispatcher, "_save", full_disk)
+
+    async def scenario() -> tuple[int, int]:
+        doomed = await imagine(bot, ALICE, "a doomed castle --n 1 --steps 2")
+        fine = await imagine(bot, BOB, "a fine castle --n 1 --steps 2")
+        await bot.service.start()
+        await finish(bot)
+        await bot.service.stop()
+        return doomed, fine
+
+    doomed, fine = run(scenario())
+    assert bot.store.job(doomed).status is JobStatus.FAILED  # type: ignore[union-attr]
+    assert bot.store.job(fine).status is JobStatus.DONE  # type: ignore[union-attr]
+    failed = recorder.of(EventKind.FAILED, doomed)
+    assert len(failed) == 1 and "No space left" in failed[0].reply.text("en")
+
+
+def test_concurrent_requests_never_overrun_the_caps(make_bot: Callable[..., Bot]) -> None:
+    bot = make_bot(max_queued_per_user=2)
+    service = bot.service
+
+    async def scenario() -> list[Any]:
+        async def one(number: int) -> Any:
+            options = service.options(ALICE, f"castle {number} --n 1", ORIGIN)
+            return await service.imagine(ALICE, options, ORIGIN)
+
+        return await asyncio.gather(*(one(number) for number in range(6)), return_exceptions=True)
+
+    outcomes = run(scenario())
+    refused = [outcome for outcome in outcomes if isinstance(outcome, Refusal)]
+    assert len(refused) == 4
+    assert {refusal.reply.message.key for refusal in refused} == {Key.QUEUE_FULL_USER}
+    assert bot.store.count_queued(service.user(ALICE).id) == 2
+
+
+def test_events_come_in_order_and_admins_cancelling_tells_the_owner(
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot()
+    recorder = Recorder()
+    bot.service.subscribe("test", recorder)
+    bot.store.set_role(bot.service.user(CAROL).id, Role.ADMIN)
+
+    async def scenario() -> tuple[int, int]:
+        await bot.service.start()
+        first = await imagine(bot, ALICE, "a castle --n 1 --steps 2")
+        await finish(bot)
+        await bot.service.stop()  # the next job waits in the queue
+        waiting = await imagine(bot, ALICE, "a waiting castle --n 1 --steps 2")
+        await bot.service.cancel(CAROL, waiting)
+        await asyncio.sleep(0.05)
+        return first, waiting
+
+    first, waiting = run(scenario())
+    kinds = [event.kind for event in recorder.events if event.job_id == first]
+    assert kinds[:2] == [EventKind.QUEUED, EventKind.STARTED]
+    assert kinds[-1] is EventKind.FINISHED
+    cancelled = recorder.of(EventKind.CANCELLED, waiting)
+    assert len(cancelled) == 1 and cancelled[0].origin == ORIGIN
+    assert bot.store.job(waiting).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_private_results_show_their_images_only_to_the_owner(make_bot: Callable[..., Bot]) -> None:
+    bot = make_bot()
+    service = bot.service
+    service.update_settings(ALICE, {"private": "on"})
+
+    async def scenario() -> int:
+        await service.start()
+        job = await imagine(bot, ALICE, "a secret garden --n 1 --steps 2")
+        await finish(bot)
+        await service.stop()
+        return job
+
+    job = run(scenario())
+    mine, theirs = service.info(job, ALICE), service.info(job, BOB)
+    assert mine.private and len(mine.images) == 1
+    assert theirs.private and not theirs.images and theirs.grid is None
+
+
+def test_a_stored_request_this_version_cannot_read_fails_without_stopping_the_bot(
+    make_bot: Callable[..., Bot],
+) -> None:
+    from bot.store import NewJob
+
+    bot = make_bot()
+    owner = bot.service.user(ALICE)
+    broken = bot.store.add_job(
+        NewJob(
+            user_id=owner.id,
+            kind=JobKind.IMAGINE,
+            request='{"prompt": "a castle", "colour_grading": "teal"}',
+            batch_key=None,
+            image_count=1,
+            origin_platform="test",
+            origin_chat="chat-1",
+        )
+    )
+
+    async def scenario() -> int:
+        await bot.service.start()
+        fine = await imagine(bot, BOB, "a fine castle --n 1 --steps 2")
+        await finish(bot)
+        await bot.service.stop()
+        return fine
+
+    fine = run(scenario())
+    assert bot.store.job(broken.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+    assert bot.store.job(fine).status is JobStatus.DONE  # type: ignore[union-attr]

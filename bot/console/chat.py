@@ -110,7 +110,7 @@ class ConsoleChat:
         self._print_reply(self.service.history(self.user, page))
 
     async def _info(self, args: str) -> None:
-        self._print_reply(self.service.info(self._job_argument(args.split())))
+        self._print_reply(self.service.info(self._job_argument(args.split()), self.user))
 
     async def _cancel(self, args: str) -> None:
         self._print_reply(await self.service.cancel(self.user, self._job_argument(args.split())))

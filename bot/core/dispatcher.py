@@ -73,7 +73,13 @@ class Dispatcher:
                 len(recovery.failed),
             )
         for job in self.store.queued_jobs():
-            self.scheduler.add(self.queued_job(job))
+            try:
+                self.scheduler.add(self.queued_job(job))
+            except ValueError as error:  # a request this version cannot read
+                log.warning("Job %s cannot be read and fails: %s", job.id, error)
+                detail = Message(Key.FAILED_INVALID, {"detail": first_line(error)})
+                self.store.mark_failed(job.id, message_to_json(detail))
+                continue
             self._pending[job.id] = job.origin_platform
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
 
@@ -90,8 +96,16 @@ class Dispatcher:
             self._shutting_down = True
             for job_id in list(self._running):
                 self.executor.cancel(job_id)
-            await self._loop_task
+            try:
+                # A cancelled batch stops within a step; a hung front end must not hold us.
+                await asyncio.wait_for(self._loop_task, max(10.0, self.config.shutdown_timeout))
+            except TimeoutError:
+                log.warning("The running batch did not stop; it runs again at the next start")
         self._loop_task = None
+        if self._background:  # results being delivered; an undelivered one goes at next start
+            await asyncio.wait(
+                set(self._background), timeout=max(10.0, self.config.shutdown_timeout)
+            )
 
     async def redeliver(self, platform: str) -> int:
         """Deliver the finished and failed jobs of a platform that no front end took yet."""
@@ -148,12 +162,18 @@ class Dispatcher:
             self._users[owner.id] = owner
         self.scheduler.add(self.queued_job(job))
         self._pending[job.id] = job.origin_platform
-        self._wake.set()
         return self.scheduler.position(job.id) + 1
 
     def announce_queued(self, job: JobRecord, reply: Reply, position: int) -> None:
-        """The queued event, sent once the caller has its ticket."""
+        """Send the queued event, then let the loop take the job: front ends see "queued"
+        before "started"."""
         self._in_background(self._publish_reply(job, EventKind.QUEUED, reply, position=position))
+        self._wake.set()
+
+    def announce_cancelled(self, job: JobRecord) -> None:
+        """A queued job was cancelled (perhaps by an admin): its owner's chat is told."""
+        message = Message(Key.CANCELLED, {"job": job.id})
+        self._in_background(self._publish(job, EventKind.CANCELLED, message))
 
     async def unqueue(self, job_id: int) -> bool:
         removed = self.scheduler.remove(job_id) is not None
@@ -218,39 +238,67 @@ class Dispatcher:
         return self.config.running_cap(user.role, user.max_running)
 
     async def _run_batch(self, batch: Sequence[QueuedJob]) -> None:
+        """Run one batch. Every job ends recorded (done, failed, cancelled or queued again
+        for a shutdown) and settled, whatever raises on the way."""
         ids = [item.job_id for item in batch]
         self.store.mark_running(ids)
-        jobs = [self.store.job(job_id) for job_id in ids]
-        tasks = []
-        for job in jobs:
-            assert job is not None
+        jobs = [job for job in (self.store.job(job_id) for job_id in ids) if job is not None]
+        for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
-            tasks.append(Task(job.id, work_of(job)))
-            await self._publish(job, EventKind.STARTED, Message(Key.STARTED, self._about(job)))
-        self._active_loras = batch[0].lora_set
+        recorded: set[int] = set()
+        delivering: set[int] = set()
         try:
-            outcomes = await self.executor.run(tasks, self._progress_sink(jobs))
-        except Exception as error:  # an executor bug fails the batch, never the loop
-            log.exception("The executor raised")
-            failure = Failure(FailureKind.ERROR, first_line(error))
-            outcomes = [
-                TaskOutcome(task.task_id, OutcomeStatus.FAILED, failure=failure) for task in tasks
-            ]
+            outcomes = await self._execute(jobs)
+            self._active_loras = batch[0].lora_set
+            images = sum(max(1, len(outcome.images)) for outcome in outcomes) or 1
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                share = outcome.seconds * max(1, len(outcome.images)) / images
+                if await self._record_safely(job, outcome, share):
+                    # Uploads can take seconds: the next batch need not wait for them.
+                    self._in_background(self._deliver_and_settle(job.id))
+                    delivering.add(job.id)
+                recorded.add(job.id)
         finally:
-            for job_id in ids:
-                self._running.pop(job_id, None)
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            assert job is not None
-            try:
-                await self._record(job, outcome)
-            finally:
+            for job in jobs:
+                if job.id not in recorded:  # the loop is being torn down mid-batch
+                    self.store.requeue([job.id], refund_attempt=True)
+                self._running.pop(job.id, None)
                 self._cancel_requested.discard(job.id)
-                await self._settled(job.id)
+                if job.id not in delivering:
+                    await self._settled(job.id)
 
-    def _progress_sink(self, jobs: Sequence[JobRecord | None]) -> Callable[[ProgressEvent], None]:
+    async def _deliver_and_settle(self, job_id: int) -> None:
+        try:
+            await self._deliver_final(job_id)
+        finally:
+            await self._settled(job_id)
+
+    async def _execute(self, jobs: Sequence[JobRecord]) -> list[TaskOutcome]:
+        """The executor's outcomes; anything that goes wrong before or inside it fails the
+        batch's jobs with the error, never the loop."""
+        try:
+            tasks = [Task(job.id, work_of(job)) for job in jobs]
+            for job in jobs:
+                await self._publish(job, EventKind.STARTED, Message(Key.STARTED, self._about(job)))
+            return await self.executor.run(tasks, self._progress_sink(jobs))
+        except Exception as error:
+            log.exception("A batch failed before or inside the executor")
+            failure = Failure(FailureKind.ERROR, first_line(error))
+            return [TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure) for job in jobs]
+
+    async def _record_safely(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
+        """Record one job; an error here (a full disk) fails that job, not the batch."""
+        try:
+            return await self._record(job, outcome, seconds)
+        except Exception as error:
+            log.exception("Recording job %s failed", job.id)
+            failure = Failure(FailureKind.ERROR, first_line(error))
+            failed = TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure)
+            return await self._record(job, failed, seconds)
+
+    def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
             for job in jobs:
-                assert job is not None
                 message = Message(
                     Key.PROGRESS, {"job": job.id, "step": event.step, "total": event.total}
                 )
@@ -261,10 +309,12 @@ class Dispatcher:
 
         return on_progress
 
-    async def _record(self, job: JobRecord, outcome: TaskOutcome) -> None:
+    async def _record(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
+        """Write the outcome to the job's row; True when a result (done or failed) is to be
+        delivered. `seconds`: this job's share of the batch's time, for the ETA."""
         if outcome.status is OutcomeStatus.DONE:
             if self._recent is not None:
-                self._recent.append((outcome.seconds, max(1, len(outcome.images))))
+                self._recent.append((seconds, max(1, len(outcome.images))))
             saved = await asyncio.to_thread(self._save, job, outcome)
             self.store.mark_done(job.id, saved.records, _text(saved.grid))
         elif outcome.status is OutcomeStatus.FAILED:
@@ -273,12 +323,12 @@ class Dispatcher:
         elif self._shutting_down and job.id not in self._cancel_requested:
             # Stopped by the shutdown, not by anyone's choice: it runs again at the next start.
             self.store.requeue([job.id], refund_attempt=True)
-            return
+            return False
         else:
             self.store.mark_cancelled(job.id)
             await self._publish(job, EventKind.CANCELLED, Message(Key.CANCELLED, {"job": job.id}))
-            return
-        await self._deliver_final(job.id)
+            return False
+        return True
 
     def _save(self, job: JobRecord, outcome: TaskOutcome) -> SavedImages:
         stem = prompt_stem(outcome.images[0].infotext.prompt) if outcome.images else "image"

@@ -20,7 +20,7 @@ from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRe
 from bot.core.messages import Key, Localized, Message, normalise_locale
 from bot.core.options import ImagineOptions, OptionsError, options_from_fields
 from bot.core.work import child_work, prompt_preview, work_of
-from bot.store import JobKind, JobRecord, JobStatus, NewJob, Store, UserRecord
+from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import format_infotext, read_infotext
@@ -163,7 +163,8 @@ class JobService:
         parent, chosen = self._acted_on(job_id, chosen)
         image = self._chosen_image(parent, chosen)
         work = work_of(parent)
-        assert isinstance(work, GenerationRequest)
+        if not isinstance(work, GenerationRequest):  # an upscale whose original is gone
+            raise Refusal(Message(Key.JOB_NOT_READY, {"job": parent.id}))
         count = 1 if chosen.kind is JobKind.UPSCALE else min(4, self.config.limits.max_images)
         if chosen.kind is JobKind.REROLL:
             count = work.image_count
@@ -251,6 +252,9 @@ class JobService:
     ) -> Ticket:
         work = prepared.work
         images = 1 if kind is JobKind.UPSCALE else len(getattr(work, "seeds", (0,)))
+        # Again, with no await until the row is written: requests that arrived while this
+        # one was being prepared may have filled the queue.
+        self._admit(user, images)
         job = self.store.add_job(
             NewJob(
                 user_id=user.id,
@@ -286,10 +290,11 @@ class JobService:
         job = self.store.job(job_id)
         if job is None:
             raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
-        if job.user_id != record.id and record.role.value != "admin":
+        if job.user_id != record.id and record.role is not Role.ADMIN:
             raise Refusal(Message(Key.NOT_YOUR_JOB, {"job": job_id}))
         if job.status is JobStatus.QUEUED and await self.dispatcher.unqueue(job_id):
             self.store.mark_cancelled(job_id)
+            self.dispatcher.announce_cancelled(job)
             return Reply(Message(Key.CANCELLED, {"job": job_id}))
         if self.dispatcher.is_running(job_id):
             self.dispatcher.cancel_running(job_id)
@@ -297,11 +302,14 @@ class JobService:
         status = Message(_STATUS_KEYS[job.status])
         raise Refusal(Message(Key.ALREADY_FINISHED, {"job": job_id, "status": status}))
 
-    def info(self, job_id: int) -> Reply:
+    def info(self, job_id: int, user: UserRef | None = None) -> Reply:
+        """A job's details; the images of a private result only for its owner or an admin
+        (or when no `user` is given: the operator's own tools)."""
         job = self.store.job(job_id, with_images=True)
         if job is None:
             raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
         owner = self.store.user_by_id(job.user_id)
+        asker = self.user(user) if user is not None else None
         kind, status = Message(_KIND_KEYS[job.kind]), Message(_STATUS_KEYS[job.status])
         if job.status is JobStatus.FAILED and job.error:
             error = self.dispatcher.failure_message(job)
@@ -325,7 +333,12 @@ class JobService:
         if job.status is not JobStatus.DONE:
             return Reply(summary)
         result = self.dispatcher.result_reply(job)
-        return Reply(summary, result.images, result.grid, result.buttons, result.parameters)
+        allowed = asker is None or asker.id == job.user_id or asker.role is Role.ADMIN
+        if result.private and not allowed:
+            return Reply(summary, private=True)
+        return Reply(
+            summary, result.images, result.grid, result.buttons, result.parameters, result.private
+        )
 
     def history(self, user: UserRef, page: int = 1) -> Reply:
         record = self.user(user)

@@ -95,8 +95,9 @@ class LocalExecutor:
             try:
                 assert isinstance(task.work, GenerationRequest)
                 prepared[task.task_id] = self.engine.prepare(task.work)
-            except EaselError as error:
-                outcomes[task.task_id] = _failed(task, FailureKind.INVALID, first_line(error))
+            except Exception as error:  # this job fails alone
+                kind = _failure_kind(error)
+                outcomes[task.task_id] = _failed(task, kind, first_line(error))
         runnable = [task for task in tasks if task.task_id in prepared]
         if runnable:
             for outcome in self._generate(runnable, prepared, progress):
