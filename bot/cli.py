@@ -568,10 +568,16 @@ def run(
     import asyncio
 
     from bot.core.messages import Key, Message
-    from bot.serve import console_locale, serve_console, serve_front_ends, wanted_front_ends
+    from bot.serve import (
+        console_locale,
+        load_front_ends,
+        serve_console,
+        serve_front_ends,
+        wanted_front_ends,
+    )
 
     settings = Settings()
-    front_ends = wanted_front_ends(settings)
+    front_ends = load_front_ends(wanted_front_ends(settings))
     locale = console_locale(None)
     if not front_ends:
         err.print(Message(Key.RUN_CONSOLE).render(locale))

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import os
 import signal
+from types import ModuleType
 from typing import TextIO
 
 from bot.console.chat import PLATFORM, ConsoleChat, read_lines
@@ -58,8 +59,9 @@ async def serve_console(
         await bot.executor.close()
 
 
-async def serve_front_ends(bot: Bot, settings: Settings, modules: list[str]) -> None:
-    """`easel run` with tokens: each platform's front end until SIGINT or SIGTERM."""
+def load_front_ends(modules: list[str]) -> list[ModuleType]:
+    """The front-end modules for the tokens that are set; a missing one is a clear error
+    before anything slow (the model) is loaded."""
     loaded = []
     for name in modules:
         try:
@@ -69,10 +71,15 @@ async def serve_front_ends(bot: Bot, settings: Settings, modules: list[str]) -> 
                 f"{name.split('.')[-1].capitalize()} is configured (its token is set) but this "
                 f"version of Easel has no {name} front end; unset the token to use the console."
             ) from None
+    return loaded
+
+
+async def serve_front_ends(bot: Bot, settings: Settings, front_ends: list[ModuleType]) -> None:
+    """`easel run` with tokens: each platform's front end until SIGINT or SIGTERM."""
     await bot.service.start()
     stop = _stop_on_signals()
     try:
-        await asyncio.gather(*(module.serve(bot, settings, stop) for module in loaded))
+        await asyncio.gather(*(module.serve(bot, settings, stop) for module in front_ends))
     finally:
         await bot.service.stop()
         await bot.executor.close()

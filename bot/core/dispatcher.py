@@ -141,10 +141,6 @@ class Dispatcher:
             self._users[user_id] = user
         return user
 
-    def forget_user(self, user_id: int) -> None:
-        """Drop a cached user after their role or quota changed."""
-        self._users.pop(user_id, None)
-
     def queued_job(self, job: JobRecord) -> QueuedJob:
         return QueuedJob(
             job_id=job.id,
