@@ -184,9 +184,6 @@ class Dispatcher:
         self._cancel_requested.add(job_id)
         self.executor.cancel(job_id)
 
-    def running_for(self, user_id: int) -> int:
-        return sum(1 for job in self._running.values() if job.user_id == user_id)
-
     def pending_for(self, platform: str) -> bool:
         """Whether a job of this platform is still queued or running."""
         return platform in self._pending.values()
@@ -241,6 +238,8 @@ class Dispatcher:
         jobs = [job for job in (self.store.job(job_id) for job_id in ids) if job is not None]
         for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
+        for gone in set(ids) - {job.id for job in jobs}:  # a row deleted behind our back
+            await self._settled(gone)
         recorded: set[int] = set()
         delivering: set[int] = set()
         try:
