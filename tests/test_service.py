@@ -356,6 +356,8 @@ def test_settings_apply_to_new_jobs_and_bad_values_change_nothing(
     with pytest.raises(Refusal) as bad:
         service.update_settings(ALICE, {"style": "oil-painting", "steps": "many"})
     assert "--steps" in bad.value.reply.text("en")
+    assert (service.locale(ALICE), service.locale(BOB)) == ("en", "ko")
+    assert service.locale(UserRef("test", "bob")) == "ko"  # remembered from earlier
     shown = service.settings(ALICE).text("ko")
     assert "style: watercolor" in shown and "steps: 7" in shown and "설정 안 됨" in shown
     cleared = service.update_settings(ALICE, {"style": "none"}).text("en")

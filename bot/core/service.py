@@ -114,7 +114,9 @@ class JobService:
         )
 
     def locale(self, user: UserRef) -> str:
-        return normalise_locale(user.locale or self.user(user).locale)
+        """The language to answer in: the one the platform gives now, else the one it gave
+        last time."""
+        return normalise_locale(self.user(user).locale)
 
     # ------------------------------------------------------------------ imagine
 
