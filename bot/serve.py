@@ -66,7 +66,12 @@ def load_front_ends(modules: list[str]) -> list[ModuleType]:
     for name in modules:
         try:
             loaded.append(importlib.import_module(name))
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as error:
+            if error.name != name:  # the front end is there, a library it needs is not
+                raise EaselError(
+                    f"The {name} front end needs the Python package {error.name!r}, which is "
+                    "not installed; `make install` installs it."
+                ) from None
             raise EaselError(
                 f"{name.split('.')[-1].capitalize()} is configured (its token is set) but this "
                 f"version of Easel has no {name} front end; unset the token to use the console."
