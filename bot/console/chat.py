@@ -143,8 +143,9 @@ class ConsoleChat:
         self._say(Message(Key.HELP))
 
     def _job_argument(self, words: list[str]) -> int:
-        if words and words[0].lstrip("#").isdigit():
-            return int(words[0].lstrip("#"))
+        number = words[0].lstrip("#") if words else ""
+        if number.isascii() and number.isdigit():
+            return int(number)
         if self.last_grid is None:
             raise Refusal(Message(Key.NO_LAST_GRID))
         return self.last_grid
