@@ -28,7 +28,7 @@ from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import LoadedModel
-from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash
+from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
 from pipeline.noise import seeded_noise, slerp
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
@@ -100,15 +100,11 @@ def batch_key(job: PreparedJob) -> BatchKey:
         schedule_type=job.sampler.schedule_type,
         clip_skip=request.clip_skip,
         tiling=request.tiling,
-        loras=tuple(sorted((use for use in job.loras if not use.is_zero), key=_lora_order)),
+        loras=lora_set(job.loras),
         is_img2img=request.is_img2img,
         denoising_strength=request.denoising_strength if request.is_img2img else None,
         hires=request.hires,
     )
-
-
-def _lora_order(use: LoraUse) -> tuple[str, float, float]:
-    return use.name, use.unet_weight, use.te_weight
 
 
 @dataclass(frozen=True)
@@ -223,8 +219,7 @@ class Engine:
         hires = resolved.request.hires
         if hires is not None and hires.upscaler not in (LATENT_UPSCALER, LANCZOS):
             resolve_upscaler(hires.upscaler, self.models_dir or Path("models"))
-        tagged = (LoraUse(tag.name, tag.unet_weight, tag.te_weight) for tag in plan.loras)
-        loras = (*tagged, *request.loras)
+        loras = requested_loras(request)
         for use in loras:
             self.loras.lookup(use.name)  # an unknown name is a clear error before the queue
         return PreparedJob(

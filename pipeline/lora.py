@@ -34,7 +34,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +52,25 @@ from safetensors.torch import load_file
 
 from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
 from pipeline.folders import ModelFolders
-from pipeline.request import LoraUse  # what a job asks for; defined with the request
+from pipeline.prompts.extra_networks import extract_loras
+from pipeline.request import GenerationRequest, LoraUse  # what a job asks for
 
 log = logging.getLogger(__name__)
+
+
+def requested_loras(request: GenerationRequest) -> tuple[LoraUse, ...]:
+    """Every LoRA a request asks for: its `<lora:…>` tags, then its own list, in that order."""
+    _, tags = extract_loras(request.prompt)
+    tagged = (LoraUse(tag.name, tag.unet_weight, tag.te_weight) for tag in tags)
+    return (*tagged, *request.loras)
+
+
+def lora_set(uses: Iterable[LoraUse]) -> tuple[LoraUse, ...]:
+    """The LoRAs to load for these uses: weight-zero ones dropped, in a fixed order, so jobs
+    that ask for the same set in any order share a batch and the same pixels."""
+    active = (use for use in uses if not use.is_zero)
+    return tuple(sorted(active, key=lambda use: (use.name, use.unet_weight, use.te_weight)))
+
 
 HASH_DIGITS = 12  # A1111's "Lora hashes" use the first 12 hex digits
 DEFAULT_CACHE_BYTES = 2 << 30  # in-memory copies of LoRA files, for adapters evicted and reloaded

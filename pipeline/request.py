@@ -39,9 +39,16 @@ class ImageRef:
         return cls(data=buffer.getvalue())
 
     def open(self) -> Image.Image:
-        source = Path(self.path) if self.path is not None else io.BytesIO(self.data or b"")
-        with Image.open(source) as image:
+        with Image.open(self._source()) as image:
             return image.convert("RGB")
+
+    def size(self) -> tuple[int, int]:
+        """Width and height, from the header alone."""
+        with Image.open(self._source()) as image:
+            return image.size
+
+    def _source(self) -> Path | io.BytesIO:
+        return Path(self.path) if self.path is not None else io.BytesIO(self.data or b"")
 
     def to_json_value(self) -> dict[str, str]:
         if self.path is not None:

@@ -42,17 +42,19 @@ def subtle_variation(
 
 def strong_variation(
     request: GenerationRequest,
-    image: Image.Image,
+    image: Image.Image | ImageRef,
     count: int = 4,
     denoising_strength: float = STRONG_DENOISING,
     seed: int = RANDOM_SEED,
 ) -> GenerationRequest:
-    """img2img from the chosen image with the same prompt and new seeds."""
-    width, height = image.size
+    """img2img from the chosen image with the same prompt and new seeds. An `ImageRef` (a
+    file the worker can read) is kept as it is; a PIL image travels as PNG bytes."""
+    reference = image if isinstance(image, ImageRef) else ImageRef.from_image(image)
+    width, height = image.size() if isinstance(image, ImageRef) else image.size
     return replace(
         request,
         seeds=batch_seeds(seed, count),
-        init_image=ImageRef.from_image(image),
+        init_image=reference,
         denoising_strength=denoising_strength,
         width=request.width or width,
         height=request.height or height,

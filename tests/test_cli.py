@@ -298,9 +298,8 @@ def test_vocabulary_lists_ids_in_both_languages(
     assert "Unknown category 'colours'" in capsys.readouterr().err
 
 
-def test_vary_makes_variations_of_a_generated_png(
-    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _red_barn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    """A one-image PNG made by `easel imagine` (seed 8, 3 steps); its path."""
     run_cli(
         monkeypatch,
         "imagine",
@@ -315,7 +314,13 @@ def test_vary_makes_variations_of_a_generated_png(
         "tiny-sd1",
         "--json",
     )
-    source = json.loads(capsys.readouterr().out)["images"][0]["path"]
+    return json.loads(capsys.readouterr().out)["images"][0]["path"]
+
+
+def test_vary_makes_variations_of_a_generated_png(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _red_barn(monkeypatch, capsys)
     assert run_cli(monkeypatch, "vary", source, "--n", "2", "--json") == 0
     subtle = json.loads(capsys.readouterr().out)
     assert subtle["seeds"] == [8, 8]
@@ -359,21 +364,7 @@ def test_upscale_with_a_model_and_a_detail_pass(
 
     (models_dir / "upscale").mkdir(exist_ok=True)
     torch.save(_tiny_esrgan(2), models_dir / "upscale" / "Tiny-2x.pth")
-    run_cli(
-        monkeypatch,
-        "imagine",
-        "a red barn",
-        "--n",
-        "1",
-        "--seed",
-        "8",
-        "--steps",
-        "3",
-        "--model",
-        "tiny-sd1",
-        "--json",
-    )
-    source = json.loads(capsys.readouterr().out)["images"][0]["path"]
+    source = _red_barn(monkeypatch, capsys)
 
     assert run_cli(monkeypatch, "upscale", source, "--model", "tiny-2x") == 0
     detailed = Path(capsys.readouterr().out.split()[0])

@@ -80,6 +80,26 @@ async def finish(bot: Bot) -> None:
     await asyncio.wait_for(bot.service.wait_until_idle(ORIGIN.platform), 120)
 
 
+async def run_queued(bot: Bot) -> None:
+    """Start on what is queued, wait until all of it is done, stop."""
+    await bot.service.start()
+    await finish(bot)
+    await bot.service.stop()
+
+
+def generate(bot: Bot, user: UserRef, text: str) -> int:
+    """One job through a running bot, start to finish."""
+
+    async def scenario() -> int:
+        await bot.service.start()
+        job = await imagine(bot, user, text)
+        await finish(bot)
+        await bot.service.stop()
+        return job
+
+    return run(scenario())
+
+
 def pixels(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
@@ -104,9 +124,7 @@ def test_compatible_jobs_of_three_users_run_as_one_batch_and_equal_running_alone
             await imagine(bot, BOB, "a lighthouse AND stormy sea --steps 3 --n 1"),
             await imagine(bot, CAROL, "[a cat:a dog:0.5] on a sofa --steps 3 --n 1"),
         ]
-        await bot.service.start()  # queued first, so the scheduler sees all three at once
-        await finish(bot)
-        await bot.service.stop()
+        await run_queued(bot)  # queued first, so the scheduler sees all three at once
         return jobs
 
     jobs = run(scenario())
@@ -294,9 +312,7 @@ def test_out_of_memory_fails_that_job_alone_and_the_next_runs(
     async def scenario() -> tuple[int, int]:
         big = await imagine(bot, ALICE, "an enormous castle --n 1 --steps 2")
         small = await imagine(bot, BOB, "a small castle --n 1 --steps 2")
-        await bot.service.start()
-        await finish(bot)
-        await bot.service.stop()
+        await run_queued(bot)
         return big, small
 
     big, small = run(scenario())
@@ -332,14 +348,7 @@ def test_progress_is_throttled_per_job(make_bot: Callable[..., Bot]) -> None:
     recorder = Recorder()
     bot.service.subscribe("test", recorder)
 
-    async def scenario() -> int:
-        await bot.service.start()
-        job = await imagine(bot, ALICE, "a castle --n 1 --steps 5")
-        await finish(bot)
-        await bot.service.stop()
-        return job
-
-    job = run(scenario())
+    job = generate(bot, ALICE, "a castle --n 1 --steps 5")
     assert [event.step for event in recorder.of(EventKind.PROGRESS, job)] == [1]
     assert len(recorder.of(EventKind.FINISHED, job)) == 1
 
@@ -389,14 +398,8 @@ def test_history_pages_newest_first(make_bot: Callable[..., Bot]) -> None:
 def test_pnginfo_reads_parameters_and_refuses_non_images(make_bot: Callable[..., Bot]) -> None:
     bot = make_bot()
 
-    async def scenario() -> int:
-        await bot.service.start()
-        job = await imagine(bot, ALICE, "a quiet pond --n 1 --steps 2 --seed 42")
-        await finish(bot)
-        await bot.service.stop()
-        return job
-
-    job = bot.store.job(run(scenario()), with_images=True)
+    job_id = generate(bot, ALICE, "a quiet pond --n 1 --steps 2 --seed 42")
+    job = bot.store.job(job_id, with_images=True)
     assert job is not None
     reply = bot.service.pnginfo(Path(job.images[0].path).read_bytes())
     assert "a quiet pond" in reply.text("en") and "Seed: 42" in reply.text("en")
@@ -423,9 +426,7 @@ def test_a_job_whose_recording_fails_fails_alone(
     async def scenario() -> tuple[int, int]:
         doomed = await imagine(bot, ALICE, "a doomed castle --n 1 --steps 2")
         fine = await imagine(bot, BOB, "a fine castle --n 1 --steps 2")
-        await bot.service.start()
-        await finish(bot)
-        await bot.service.stop()
+        await run_queued(bot)
         return doomed, fine
 
     doomed, fine = run(scenario())
@@ -485,14 +486,7 @@ def test_private_results_show_their_images_only_to_the_owner(make_bot: Callable[
     service = bot.service
     service.update_settings(ALICE, {"private": "on"})
 
-    async def scenario() -> int:
-        await service.start()
-        job = await imagine(bot, ALICE, "a secret garden --n 1 --steps 2")
-        await finish(bot)
-        await service.stop()
-        return job
-
-    job = run(scenario())
+    job = generate(bot, ALICE, "a secret garden --n 1 --steps 2")
     mine, theirs = service.info(job, ALICE), service.info(job, BOB)
     assert mine.private and len(mine.images) == 1
     assert theirs.private and not theirs.images and theirs.grid is None
@@ -517,13 +511,6 @@ def test_a_stored_request_this_version_cannot_read_fails_without_stopping_the_bo
         )
     )
 
-    async def scenario() -> int:
-        await bot.service.start()
-        fine = await imagine(bot, BOB, "a fine castle --n 1 --steps 2")
-        await finish(bot)
-        await bot.service.stop()
-        return fine
-
-    fine = run(scenario())
+    fine = generate(bot, BOB, "a fine castle --n 1 --steps 2")
     assert bot.store.job(broken.id).status is JobStatus.FAILED  # type: ignore[union-attr]
     assert bot.store.job(fine).status is JobStatus.DONE  # type: ignore[union-attr]

@@ -23,12 +23,6 @@ class EventBus:
     def subscribe(self, platform: str, handler: EventHandler) -> None:
         self._handlers.setdefault(platform, []).append(handler)
 
-    def listens(self, platform: str) -> bool:
-        return bool(self._handlers.get(platform))
-
-    def platforms(self) -> list[str]:
-        return [platform for platform, handlers in self._handlers.items() if handlers]
-
     async def publish(self, event: JobEvent) -> bool:
         """True when every handler of the event's platform took it (so it counts as
         delivered); a handler that raises is logged and the event stays undelivered."""

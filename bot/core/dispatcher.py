@@ -29,9 +29,10 @@ from bot.core.messages import Key, Message, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
 from bot.core.work import lora_signature, prompt_preview, work_of
 from bot.outputs import SavedImages, prompt_stem, save_images
-from bot.store import Delivery, JobKind, JobRecord, JobStatus, NewImage, Store, UserRecord
+from bot.store import Delivery, JobKind, JobRecord, JobStatus, Store, UserRecord
 from pipeline.errors import first_line
 from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Task, TaskOutcome
+from pipeline.images import format_infotext, read_infotext
 from pipeline.request import ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -412,8 +413,6 @@ def _failure_message(outcome: TaskOutcome) -> Message:
 
 
 def _parameters_of(path: Path) -> str | None:
-    from pipeline.images import format_infotext, read_infotext
-
     info = read_infotext(path) if path.is_file() else None
     return format_infotext(info) if info is not None else None
 
@@ -426,6 +425,3 @@ def _seconds(job: JobRecord) -> str:
 
 def _text(path: Path | None) -> str | None:
     return str(path) if path is not None else None
-
-
-__all__ = ["Dispatcher", "NewImage"]

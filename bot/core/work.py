@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import replace
 from pathlib import Path
 
 from bot.core.buttons import Action
 from bot.store import JobKind, JobRecord
 from pipeline.executors import Work
-from pipeline.prompts.extra_networks import extract_loras
+from pipeline.lora import lora_set, requested_loras
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 from pipeline.variations import reroll, strong_variation, subtle_variation
 
@@ -26,13 +24,10 @@ def lora_signature(work: Work) -> str:
     batches whose LoRAs are already active."""
     if isinstance(work, UpscaleRequest):
         return ""
-    _, tags = extract_loras(work.prompt)
-    uses = [(tag.name, tag.unet_weight, tag.te_weight) for tag in tags]
-    uses += [(use.name, use.unet_weight, use.te_weight) for use in work.loras]
-    active = sorted(use for use in uses if use[1] or use[2])
-    if not active:
+    loras = lora_set(requested_loras(work))
+    if not loras:
         return ""
-    return hashlib.sha256(json.dumps(active).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr(loras).encode()).hexdigest()[:16]
 
 
 def child_work(
@@ -50,9 +45,8 @@ def child_work(
         return UpscaleRequest(image=ImageRef(path=str(image_path)), scale=2, upscaler=upscaler)
     if action.kind is JobKind.VARY_SUBTLE:
         return subtle_variation(parent, action.index, count)
-    varied = strong_variation(parent, ImageRef(path=str(image_path)).open(), count)
     # The chosen image stays a file on disk: the job row keeps its path, not its pixels.
-    return replace(varied, init_image=ImageRef(path=str(image_path)))
+    return strong_variation(parent, ImageRef(path=str(image_path)), count)
 
 
 def prompt_preview(job: JobRecord, limit: int = 120) -> str:
