@@ -548,16 +548,21 @@ def db_current() -> None:
 def chat(
     lang: Annotated[str | None, typer.Option(help="en or ko; default: from LANG.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    previews: Annotated[
+        Path | None,
+        typer.Option(help="Save each job's live preview in this folder (job-N.jpg)."),
+    ] = None,
 ) -> None:
-    """Chat with the bot here: /imagine, /u 2, /v 3, /history, /help. Reads commands from
-    stdin when it is not a terminal, and exits when input ends and its jobs are done."""
+    """Chat with the bot here: /imagine, /u 2, /v 3, /remix, /history, /help. Reads commands
+    from stdin when it is not a terminal, and exits when input ends and its jobs are done."""
     import asyncio
 
     from bot.serve import console_locale, serve_console
 
     settings = Settings()
     bot = _open_bot(settings, model)
-    asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, console_locale(lang)))
+    locale = console_locale(lang)
+    asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale, previews))
 
 
 @app.command()

@@ -31,6 +31,8 @@ def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
         banned_words=settings.banned_word_list(),
         upscaler=settings.upscaler,
         progress_interval=settings.progress_interval,
+        # Never throttle a chat harder than a single job.
+        progress_chat_interval=min(settings.progress_chat_interval, settings.progress_interval),
         shutdown_timeout=settings.shutdown_timeout,
     )
 
@@ -54,7 +56,8 @@ def build_bot(
 ) -> Bot:
     config = core_config(settings, engine.model.pipe.device.type != "cpu")
     executor = executor or LocalExecutor(engine, settings.models_dir)
-    dispatcher = Dispatcher(store, executor, config, EventBus(config.progress_interval))
+    bus = EventBus(config.progress_interval, chat_interval=config.progress_chat_interval)
+    dispatcher = Dispatcher(store, executor, config, bus)
     vocabulary = VocabularyStore(settings.models_dir)
     service = JobService(
         store,

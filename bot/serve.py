@@ -2,6 +2,7 @@
 
 SIGINT and SIGTERM stop it gracefully: no new batch starts, the running one may finish (it is
 stopped and queued again after `EASEL_SHUTDOWN_TIMEOUT`), and the queue stays in the database.
+A second SIGINT stops at once: the running batch goes back to the queue for the next start.
 """
 
 from __future__ import annotations
@@ -11,20 +12,34 @@ import contextlib
 import importlib
 import os
 import signal
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
-from bot.console.chat import PLATFORM, ConsoleChat, read_lines
+from bot.console.chat import PLATFORM, ConsoleChat, Terminal, read_lines
 from bot.core.events import UserRef
+from bot.core.frontend import BotContext
 from bot.core.messages import Key, Message, normalise_locale
 from bot.runtime import Bot
 from bot.settings import Settings
 from bot.store import Role
 from pipeline.errors import EaselError
 
-# Front ends by the token that turns them on; each module offers `async def serve(bot, settings,
-# stop)`. They are separate packages so that a missing one is a clear error, not a crash.
+# Front ends by the token that turns them on; each module offers `PLATFORM` and
+# `async def serve(context, settings, stop)` (bot.core.frontend.FrontEnd). They are separate
+# packages so that a missing one is a clear error, not a crash.
 FRONT_ENDS = {"discord_token": "bot.discord", "telegram_token": "bot.telegram"}
+
+
+@dataclass
+class Stop:
+    """SIGINT/SIGTERM: `graceful` at the first, `now` at a second SIGINT."""
+
+    graceful: asyncio.Event
+    now: asyncio.Event
 
 
 def wanted_front_ends(settings: Settings) -> list[str]:
@@ -32,31 +47,37 @@ def wanted_front_ends(settings: Settings) -> list[str]:
 
 
 async def serve_console(
-    bot: Bot, settings: Settings, stdin: TextIO, stdout: TextIO, locale: str
+    bot: Bot,
+    settings: Settings,
+    stdin: TextIO,
+    stdout: TextIO,
+    locale: str,
+    previews_dir: Path | None = None,
 ) -> None:
     """`easel chat`: one local user (an admin) chatting through the job service."""
-    service = bot.service
+    context = BotContext(bot.service)
     user = UserRef(PLATFORM, settings.console_user, settings.console_user, locale)
-    bot.store.set_role(service.user(user).id, Role.ADMIN)
-    chat = ConsoleChat(service, user, stdout, locale)
-    service.subscribe(PLATFORM, chat.on_event)
-    await service.start()
+    context.service.grant_role(user, Role.ADMIN)
+    interactive = stdin.isatty()
+    if hasattr(stdin, "reconfigure"):  # a bad byte is a bad line, not a dead chat
+        stdin.reconfigure(errors="replace")
+    terminal = Terminal(stdout, interactive, _line_buffer if interactive else None)
+    chat = ConsoleChat(context, user, terminal, locale, previews_dir)
+    context.service.subscribe(PLATFORM, chat.on_event, previews=previews_dir is not None)
     stop = _stop_on_signals()
-    try:
-        await service.deliver_missed(PLATFORM)
-        prompt = "easel> " if stdin.isatty() else None
-        talking = asyncio.create_task(chat.run(read_lines(stdin, prompt, stdout)))
-        stopping = asyncio.create_task(stop.wait())
+    async with _running(bot, stop, stdout, locale):
+        await context.service.deliver_missed(PLATFORM)
+        ready = threading.Event()
+        ready.set()
+        lines = read_lines(stdin, terminal, ready, lambda: chat.editable)
+        talking = asyncio.create_task(chat.run(lines, ready))
+        stopping = asyncio.create_task(stop.graceful.wait())
         done, _ = await asyncio.wait({talking, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if stopping in done:
-            stdout.write(Message(Key.SHUTTING_DOWN).render(locale) + "\n")
             talking.cancel()
         else:
             stopping.cancel()
             talking.result()
-    finally:
-        await service.stop()
-        await bot.executor.close()
 
 
 def load_front_ends(modules: list[str]) -> list[ModuleType]:
@@ -72,31 +93,70 @@ def load_front_ends(modules: list[str]) -> list[ModuleType]:
                     f"The {name} front end needs the Python package {error.name!r}, which is "
                     "not installed; `make install` installs it."
                 ) from None
+            platform = name.split(".")[-1].capitalize()
+            token = f"{platform.upper()}_TOKEN"
             raise EaselError(
-                f"{name.split('.')[-1].capitalize()} is configured (its token is set) but this "
-                f"version of Easel has no {name} front end; unset the token to use the console."
+                f"{token} is set, but this version of Easel has no {platform} front end yet "
+                f"(it runs the console chat only). Unset {token} to use the console."
             ) from None
     return loaded
 
 
 async def serve_front_ends(bot: Bot, settings: Settings, front_ends: list[ModuleType]) -> None:
     """`easel run` with tokens: each platform's front end until SIGINT or SIGTERM."""
-    await bot.service.start()
+    context = BotContext(bot.service)
     stop = _stop_on_signals()
+    async with _running(bot, stop, None, "en"):
+        await asyncio.gather(
+            *(module.serve(context, settings, stop.graceful) for module in front_ends)
+        )
+
+
+@contextlib.asynccontextmanager
+async def _running(bot: Bot, stop: Stop, out: TextIO | None, locale: str) -> AsyncIterator[None]:
+    """The job service started, then stopped however the body ends: gracefully, or at
+    once when a second SIGINT arrives during the stop."""
+    await bot.service.start()
     try:
-        await asyncio.gather(*(module.serve(bot, settings, stop) for module in front_ends))
+        yield
     finally:
-        await bot.service.stop()
+        if stop.graceful.is_set() and out is not None:
+            _say(out, Message(Key.SHUTTING_DOWN).render(locale))
+        stopping = asyncio.create_task(bot.service.stop())
+        hurry = asyncio.create_task(stop.now.wait())
+        done, _ = await asyncio.wait({stopping, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        if hurry in done:
+            count = bot.service.stop_now()
+            if out is not None:
+                _say(out, Message(Key.STOPPED_NOW, {"count": count}).render(locale))
+            await stopping
+        else:
+            hurry.cancel()
         await bot.executor.close()
 
 
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
+def _say(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+def _stop_on_signals() -> Stop:
+    stop = Stop(asyncio.Event(), asyncio.Event())
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
-            loop.add_signal_handler(signum, stop.set)
+
+    def interrupted() -> None:
+        (stop.now if stop.graceful.is_set() else stop.graceful).set()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        loop.add_signal_handler(signal.SIGTERM, stop.graceful.set)
     return stop
+
+
+def _line_buffer() -> str:
+    import readline
+
+    return readline.get_line_buffer()
 
 
 def console_locale(requested: str | None) -> str:

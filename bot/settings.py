@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         description="Upscaler for U buttons (models/upscale); empty: the first, else Lanczos.",
     )
     progress_interval: float = Field(default=2.0, ge=0, description="Seconds between updates.")
+    progress_chat_interval: float = Field(
+        default=1.0, ge=0, description="Seconds between progress updates in one chat."
+    )
     shutdown_timeout: float = Field(
         default=60.0, ge=0, description="Seconds a running batch may take to finish on shutdown."
     )

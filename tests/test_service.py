@@ -4,6 +4,7 @@ cancellation, failures, history and settings, as rows, files and events a user w
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_buttons_make_child_jobs_counted_against_the_presser(
         await finish(bot)
         children = {}
         for action in ("U2", "V1", "S2", "reroll"):
-            children[action] = (await bot.service.act(BOB, parent, action)).job_id
+            children[action] = (await bot.service.act(BOB, parent, action, ORIGIN)).job_id
         await finish(bot)
         await bot.service.stop()
         return parent, children
@@ -261,7 +262,7 @@ def test_cancelling_queued_and_running_jobs(make_bot: Callable[..., Bot]) -> Non
     async def scenario() -> dict[str, Any]:
         queued = await imagine(bot, ALICE, "a queued castle --n 1")
         with pytest.raises(Refusal) as foreign:
-            await service.cancel(BOB, queued)
+            await service.cancel(BOB, queued, ORIGIN)
         first = (await service.cancel(ALICE, queued)).message.key
         long_job = await imagine(bot, ALICE, "a long castle --n 1 --steps 60 --size 256x256")
         other = await imagine(bot, BOB, "a lighthouse --n 1 --steps 2 --size 128x128")
@@ -433,7 +434,12 @@ def test_a_job_whose_recording_fails_fails_alone(
     assert bot.store.job(doomed).status is JobStatus.FAILED  # type: ignore[union-attr]
     assert bot.store.job(fine).status is JobStatus.DONE  # type: ignore[union-attr]
     failed = recorder.of(EventKind.FAILED, doomed)
-    assert len(failed) == 1 and "No space left" in failed[0].reply.text("en")
+    text = failed[0].reply.text("en")
+    assert len(failed) == 1 and "No space left" not in text
+    reference = re.search(r"reference (E-[0-9A-F]{8})", text)
+    assert reference is not None
+    row = bot.store.job(doomed)
+    assert row is not None and "No space left" in (row.failure_trace or "")
 
 
 def test_concurrent_requests_never_overrun_the_caps(make_bot: Callable[..., Bot]) -> None:
@@ -481,15 +487,61 @@ def test_events_come_in_order_and_admins_cancelling_tells_the_owner(
     assert bot.store.job(waiting).status is JobStatus.CANCELLED  # type: ignore[union-attr]
 
 
-def test_private_results_show_their_images_only_to_the_owner(make_bot: Callable[..., Bot]) -> None:
+def test_private_results_are_only_for_their_owner_and_admins(
+    make_bot: Callable[..., Bot],
+) -> None:
     bot = make_bot()
     service = bot.service
     service.update_settings(ALICE, {"private": "on"})
+    service.grant_role(CAROL, Role.ADMIN)
 
     job = generate(bot, ALICE, "a secret garden --n 1 --steps 2")
-    mine, theirs = service.info(job, ALICE), service.info(job, BOB)
+    mine = service.info(job, ALICE, ORIGIN)
     assert mine.private and len(mine.images) == 1
-    assert theirs.private and not theirs.images and theirs.grid is None
+    assert len(service.info(job, CAROL).images) == 1
+    # To anyone else, in the same chat too, it is a job that does not exist.
+    for asked in (lambda: service.info(job, BOB, ORIGIN), lambda: service.remix_line(BOB, job)):
+        with pytest.raises(Refusal) as refused:
+            asked()
+        assert refused.value.reply.text("en") == f"There is no job #{job}."
+
+
+def test_jobs_are_seen_and_pressed_only_by_their_owner_admins_and_their_shared_chat(
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot()
+    service = bot.service
+    elsewhere = Origin("test", "someone-elses-dm")
+    job = generate(bot, ALICE, "a secret prompt about my diary --n 1 --steps 2")
+    nothing = run(_refusal_text(service.info, job + 1000, BOB, ORIGIN))
+
+    # Bob in the chat where it was posted may look and press; from elsewhere he cannot,
+    # and what he is told is exactly what a number nobody used gets.
+    assert "a secret prompt" in service.info(job, BOB, ORIGIN).text("en")
+    for call, args in (
+        (service.info, (job, BOB, elsewhere)),
+        (service.info, (job, BOB)),
+        (service.act, (BOB, job, "U1", elsewhere)),
+        (service.act, (BOB, job, "reroll", elsewhere)),
+        (service.cancel, (BOB, job, elsewhere)),
+        (service.remix_line, (BOB, job, elsewhere)),
+    ):
+        text = run(_refusal_text(call, *args))
+        assert text == nothing.replace(str(job + 1000), str(job)), call
+    # A chat that does not share results keeps each job to its owner.
+    bot.store.update_chat("test", "chat-1", shared_results=False)
+    assert run(_refusal_text(service.info, job, BOB, ORIGIN)).startswith("There is no job")
+    assert service.info(job, ALICE, ORIGIN).images
+
+
+async def _refusal_text(call: Callable[..., Any], *args: Any) -> str:
+    try:
+        result = call(*args)
+        if asyncio.iscoroutine(result):
+            await result
+    except Refusal as refusal:
+        return refusal.reply.text("en")
+    raise AssertionError(f"{call} was not refused")
 
 
 def test_a_stored_request_this_version_cannot_read_fails_without_stopping_the_bot(

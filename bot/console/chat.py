@@ -1,8 +1,9 @@
 """The console front end: reads chat lines, prints replies and job events.
 
-Thin like the other front ends: it maps lines to `JobService` calls and replies to text. A line
-without a leading slash is an /imagine prompt. `/u 2` and friends act on the last grid this
-console received unless a job number follows.
+The reference front end, and as thin as the others: lines go to the core's text router,
+replies and events come back as text. What only a terminal has lives here: files named by
+path (`/pnginfo FILE`, `--init FILE`), saving previews to a folder, line editing, and the
+commands that end the chat (`/quit`) or wait for it (`/wait`).
 """
 
 from __future__ import annotations
@@ -10,180 +11,179 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shlex
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from bot.core.events import EventKind, JobEvent, Origin, Refusal, Reply, Ticket, UserRef
+from bot.core.events import EventKind, JobEvent, Origin, Refusal, Reply, UserRef
+from bot.core.frontend import BotContext
 from bot.core.messages import Key, Message
-from bot.core.service import JobService
-from pipeline.errors import first_line
+from bot.core.router import TextRequest
 
 log = logging.getLogger(__name__)
 PLATFORM = "console"
 CHAT = "local"
+PROMPT = "easel> "
+_INIT_FLAG = re.compile(r"""(?:^|\s)--init\s+("[^"]*"|'[^']*'|\S+)""")
 
 
 @dataclass(frozen=True)
-class _Command:
-    name: str
-    args: str
+class Terminal:
+    """How the console talks to a person: `interactive` when stdin is a terminal (a prompt,
+    line editing); otherwise each line read is echoed after the prompt, so a transcript
+    reads like a conversation."""
 
-
-def parse_command(line: str) -> _Command:
-    text = line.strip()
-    if not text.startswith("/"):
-        return _Command("imagine", text)
-    name, _, rest = text[1:].partition(" ")
-    return _Command(name.lower(), rest.strip())
+    out: TextIO
+    interactive: bool = False
+    redraw: Callable[[], str] | None = None  # the line being typed, to draw again
 
 
 class ConsoleChat:
-    def __init__(self, service: JobService, user: UserRef, out: TextIO, locale: str = "en") -> None:
-        self.service = service
+    def __init__(
+        self,
+        context: BotContext,
+        user: UserRef,
+        terminal: Terminal,
+        locale: str = "en",
+        previews_dir: Path | None = None,
+    ) -> None:
+        self.service = context.service
         self.user = user
-        self.out = out
+        self.terminal = terminal
         self.locale = locale
+        self.previews_dir = previews_dir
         self.origin = Origin(PLATFORM, CHAT)
-        self.last_grid: int | None = None
-        self._handlers: dict[str, Callable[[str], Awaitable[None]]] = {
-            "imagine": self._imagine,
-            "u": self._button("U"),
-            "v": self._button("V"),
-            "s": self._button("S"),
-            "reroll": self._reroll,
-            "history": self._history,
-            "info": self._info,
-            "cancel": self._cancel,
-            "settings": self._settings,
-            "pnginfo": self._pnginfo,
-            "wait": self._wait,
-            "help": self._help,
-        }
+        self.router = context.router(PLATFORM, {"wait": self._wait, "quit": self._quit})
+        self.quit = asyncio.Event()
+        self.editable: str | None = None  # a remix line to offer at the next prompt
 
-    async def run(self, lines: AsyncIterator[str]) -> None:
-        """Handle lines until input ends, then wait for this console's jobs to finish."""
+    async def run(self, lines: AsyncIterator[str], ready: threading.Event | None = None) -> None:
+        """Handle lines until input ends or /quit, then wait for this console's jobs (when
+        input ended). `ready` is set whenever the chat can take the next line."""
         async for line in lines:
             if line.strip():
                 await self.handle(line)
+            if ready is not None:
+                ready.set()
+            if self.quit.is_set():
+                return
         await self.service.wait_until_idle(PLATFORM)
 
     async def handle(self, line: str) -> None:
-        command = parse_command(line)
-        handler = self._handlers.get(command.name)
-        if handler is None:
-            self._say(Message(Key.UNKNOWN_COMMAND, {"command": f"/{command.name}"}))
+        if not self.terminal.interactive:
+            self._write(PROMPT + line.rstrip("\n"))
+        if "\ufffd" in line:  # bytes that were not valid text (stdin decodes with "replace")
+            self._print_reply(Reply(Message(Key.INVALID_TEXT)))
             return
         try:
-            await handler(command.args)
+            text, attachment = self._attachment(line)
         except Refusal as refusal:
             self._print_reply(refusal.reply)
-        except Exception as error:  # one bad line must not end the chat
-            log.exception("Console command %r failed", command.name)
-            self._say(Message(Key.COMMAND_FAILED, {"detail": first_line(error)}))
-
-    # ------------------------------------------------------------------ commands
-
-    async def _imagine(self, text: str) -> None:
-        options = self.service.options(self.user, text, self.origin)
-        self._print_ticket(await self.service.imagine(self.user, options, self.origin))
-
-    def _button(self, letter: str) -> Callable[[str], Awaitable[None]]:
-        async def press(args: str) -> None:
-            words = args.split()
-            index = words[0] if words else ""
-            job = self._job_argument(words[1:])
-            ticket = await self.service.act(self.user, job, f"{letter}{index}", self.origin)
-            self._print_ticket(ticket)
-
-        return press
-
-    async def _reroll(self, args: str) -> None:
-        job = self._job_argument(args.split())
-        self._print_ticket(await self.service.act(self.user, job, "reroll", self.origin))
-
-    async def _history(self, args: str) -> None:
-        page = int(args) if args.strip().isdigit() else 1
-        self._print_reply(self.service.history(self.user, page))
-
-    async def _info(self, args: str) -> None:
-        self._print_reply(self.service.info(self._job_argument(args.split()), self.user))
-
-    async def _cancel(self, args: str) -> None:
-        self._print_reply(await self.service.cancel(self.user, self._job_argument(args.split())))
-
-    async def _settings(self, args: str) -> None:
-        if not args.strip():
-            self._print_reply(self.service.settings(self.user))
             return
-        changes = {}
-        try:
-            pairs = shlex.split(args)
-        except ValueError:  # an unclosed quote
-            pairs = args.split()
-        for pair in pairs:
-            name, _, value = pair.partition("=")
-            changes[name] = value
-        self._print_reply(self.service.update_settings(self.user, changes))
+        routed = await self.router.route(
+            TextRequest(self.user, self.origin, text, attachment=attachment)
+        )
+        if routed.reply is not None:
+            self._print_reply(routed.reply)
+            self.editable = routed.reply.editable
 
-    async def _pnginfo(self, args: str) -> None:
-        path = Path(args.strip().strip("'\"")).expanduser()
-        if not path.is_file():
-            self.out.write(f"{path}: no such file\n")
-            return
-        self._print_reply(self.service.pnginfo(path.read_bytes()))
+    def _attachment(self, line: str) -> tuple[str, bytes | None]:
+        """A file named on the line: `/pnginfo FILE`, or `--init FILE` in an /imagine."""
+        text = line.strip()
+        if text.lower().startswith("/pnginfo"):
+            name = text[len("/pnginfo") :].strip()
+            return "/pnginfo", _read_file(_unquote(name)) if name else None
+        match = _INIT_FLAG.search(text)
+        if match is None:
+            return text, None
+        data = _read_file(_unquote(match.group(1)))
+        return (text[: match.start()] + text[match.end() :]).strip(), data
 
-    async def _wait(self, _: str) -> None:
+    # ------------------------------------------------------------------ local commands
+
+    async def _wait(self, _: TextRequest, __: str) -> Reply | None:
         await self.service.wait_until_idle(PLATFORM)
+        return None
 
-    async def _help(self, _: str) -> None:
-        self._say(Message(Key.HELP))
-
-    def _job_argument(self, words: list[str]) -> int:
-        number = words[0].lstrip("#") if words else ""
-        if number.isascii() and number.isdigit():
-            return int(number)
-        if self.last_grid is None:
-            raise Refusal(Message(Key.NO_LAST_GRID))
-        return self.last_grid
+    async def _quit(self, _: TextRequest, __: str) -> Reply | None:
+        self.quit.set()
+        return None
 
     # ------------------------------------------------------------------ output
 
     async def on_event(self, event: JobEvent) -> None:
         if event.kind is EventKind.QUEUED:
             return  # the ticket already said it
-        if event.kind is EventKind.FINISHED and event.reply.buttons:
-            self.last_grid = event.job_id
+        if event.kind is EventKind.PROGRESS and event.preview is not None and self.previews_dir:
+            path = await asyncio.to_thread(self._save_preview, event.job_id, event.preview)
+            step, total = event.step or 0, event.total or 0
+            args = {"job": event.job_id, "step": step, "total": total, "path": str(path)}
+            self._print_reply(Reply(Message(Key.PREVIEW_SAVED, args)))
+            return
         self._print_reply(event.reply)
 
-    def _print_ticket(self, ticket: Ticket) -> None:
-        self._print_reply(ticket.reply)
+    def _save_preview(self, job_id: int, preview: bytes) -> Path:
+        assert self.previews_dir is not None
+        self.previews_dir.mkdir(parents=True, exist_ok=True)
+        path = self.previews_dir / f"job-{job_id}.jpg"
+        partial = path.with_suffix(".part")
+        partial.write_bytes(preview)
+        partial.replace(path)
+        return path
 
     def _print_reply(self, reply: Reply) -> None:
         lines = [reply.text(self.locale)]
+        if reply.editable is not None:
+            lines.append(f"  {reply.editable}")
         if reply.grid is not None:
             lines.append(f"  grid: {reply.grid}")
         lines += [f"  {index}: {path}" for index, path in enumerate(reply.images, start=1)]
         for row in reply.buttons:
             lines.append("  [" + "] [".join(button.text(self.locale) for button in row) + "]")
-        self.out.write("\n".join(lines) + "\n")
-        self.out.flush()
+        self._write("\n".join(lines))
 
-    def _say(self, message: Message) -> None:
-        self._print_reply(Reply(message))
+    def _write(self, text: str) -> None:
+        """Print above the line being typed, then draw the prompt and that line again."""
+        out = self.terminal.out
+        if self.terminal.interactive and self.terminal.redraw is not None:
+            out.write("\r\x1b[K" + text + "\n" + PROMPT + self.terminal.redraw())
+        else:
+            out.write(text + "\n")
+        out.flush()
+
+
+def _unquote(text: str) -> str:
+    try:
+        parts = shlex.split(text)
+    except ValueError:
+        return text.strip()
+    return parts[0] if len(parts) == 1 else text.strip()
+
+
+def _read_file(name: str) -> bytes:
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise Refusal(Message(Key.NO_SUCH_FILE, {"path": str(path)}))
+    return path.read_bytes()
 
 
 async def read_lines(
-    stream: TextIO, prompt: str | None = None, out: TextIO | None = None
+    stream: TextIO,
+    terminal: Terminal,
+    ready: threading.Event,
+    offer: Callable[[], str | None] = lambda: None,
 ) -> AsyncIterator[str]:
     """Lines from a blocking stream without blocking the event loop; ends at end of input.
 
     A daemon thread does the reading: a thread blocked in `readline` can be neither
     cancelled nor joined, and asyncio's own worker threads are joined at exit, so a stop
-    (SIGTERM) would hang until the user pressed Enter.
+    (SIGTERM) would hang until the user pressed Enter. On a terminal the thread waits for
+    the previous line's reply (`ready`) before it shows the prompt again, and `offer` gives
+    a line to start the next input with (a remix to edit).
     """
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str] = asyncio.Queue()
@@ -194,10 +194,9 @@ async def read_lines(
 
     def read() -> None:
         while True:
-            if prompt and out is not None:
-                out.write(prompt)
-                out.flush()
-            line = stream.readline()
+            ready.wait()
+            ready.clear()
+            line = _read_one(stream, terminal, offer())
             hand_over(line)
             if not line:
                 return
@@ -205,3 +204,18 @@ async def read_lines(
     threading.Thread(target=read, name="easel-console-input", daemon=True).start()
     while line := await lines.get():
         yield line
+
+
+def _read_one(stream: TextIO, terminal: Terminal, prefill: str | None) -> str:
+    if not terminal.interactive:
+        return stream.readline()
+    import readline
+
+    readline.set_startup_hook((lambda: readline.insert_text(prefill)) if prefill else None)
+    try:
+        return input(PROMPT) + "\n"
+    except EOFError:
+        terminal.out.write("\n")
+        return ""
+    finally:
+        readline.set_startup_hook(None)

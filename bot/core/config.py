@@ -28,6 +28,10 @@ class CoreConfig:
     progress_interval: float = 2.0
     shutdown_timeout: float = 60.0
     max_attempts: int = MAX_ATTEMPTS
+    progress_chat_interval: float = 1.0  # progress edits in one chat, at most this often
+    # A result a front end failed to deliver is tried again after these many seconds (the
+    # last one repeats) while the bot runs, and at the next start.
+    delivery_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
 
     def queued_cap(self, role: Role, override: int | None) -> int:
         if override is not None:

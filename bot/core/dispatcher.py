@@ -8,20 +8,24 @@ never delivered are delivered once a front end for their platform subscribes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from bot.core.bus import EventBus
 from bot.core.buttons import grid_buttons
 from bot.core.config import TIERS, CoreConfig
+from bot.core.errors import log_unexpected, trace_of
 from bot.core.events import (
     EventKind,
     JobEvent,
     Origin,
     Reply,
+    UserRef,
     message_from_json,
     message_to_json,
 )
@@ -37,6 +41,15 @@ from pipeline.request import ProgressEvent
 
 log = logging.getLogger(__name__)
 RECENT_JOBS = 20  # finished jobs the ETA is drawn from
+# How long a job's next event waits for the previous one's handlers (a hung front end must
+# not hold up the others).
+LANE_TIMEOUT = 10.0
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"  # it was queued; it is cancelled now
+    STOPPING = "stopping"  # it is running; it stops within a step
+    NOT_ACTIVE = "not_active"  # it had already ended
 
 
 class Dispatcher:
@@ -58,7 +71,13 @@ class Dispatcher:
         self._delivering: set[int] = set()
         self._cancel_requested: set[int] = set()  # running jobs a user cancelled
         self._recent: deque[tuple[float, int]] | None = None  # (seconds, images) of done jobs
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        # Each job's events go out in order, one after the other: a STARTED event is built
+        # only once the QUEUED handlers are done, so it carries the status message they bound.
+        self._lanes: dict[int, asyncio.Future[Any]] = {}
+        self._status_messages: dict[int, str] = {}
+        self._previews: dict[int, bytes] = {}  # running job -> its newest preview
+        self._retries: dict[int, asyncio.Task[None]] = {}  # job -> its next delivery try
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,10 +122,22 @@ class Dispatcher:
             except TimeoutError:
                 log.warning("The running batch did not stop; it runs again at the next start")
         self._loop_task = None
+        for retry in self._retries.values():  # an undelivered result goes at the next start
+            retry.cancel()
         if self._background:  # results being delivered; an undelivered one goes at next start
             await asyncio.wait(
                 set(self._background), timeout=max(10.0, self.config.shutdown_timeout)
             )
+
+    def stop_now(self) -> int:
+        """Stop the running batch at once (during `stop`); its jobs go back to the queue
+        without using up an attempt."""
+        self._stopping = True
+        self._shutting_down = True
+        self._wake.set()
+        for job_id in list(self._running):
+            self.executor.cancel(job_id)
+        return len(self._running)
 
     async def redeliver(self, platform: str) -> int:
         """Deliver the finished and failed jobs of a platform that no front end took yet."""
@@ -117,7 +148,8 @@ class Dispatcher:
 
     async def _deliver_final(self, job_id: int) -> bool:
         """Publish a job's result once: a job being published is skipped, and the row says
-        whether it was already taken."""
+        whether it was already taken. A front end that fails gets it again later, with
+        backoff, while the bot runs; each try is counted in the row."""
         if job_id in self._delivering:
             return False
         job = self.store.job(job_id, with_images=True)
@@ -125,12 +157,39 @@ class Dispatcher:
             return False
         self._delivering.add(job_id)
         try:
+            await self._after_earlier_events(job_id)
+            if not self.bus.has_subscribers(job.origin_platform):
+                return False  # delivered when a front end for the platform subscribes
+            attempt = self.store.count_delivery_attempt(job_id)
             delivered = await self.bus.publish(self._final_event(job))
             if delivered:
                 self.store.mark_delivered(job_id)
+                self._status_messages.pop(job_id, None)
+            else:
+                self._retry_delivery(job_id, attempt)
             return delivered
         finally:
             self._delivering.discard(job_id)
+
+    def _retry_delivery(self, job_id: int, attempt: int) -> None:
+        delays = self.config.delivery_retry_delays
+        if self._stopping or not delays or job_id in self._retries:
+            return
+        delay = delays[min(attempt, len(delays)) - 1]
+        log.warning(
+            "Delivering job %s failed (try %d); trying again in %.0f s", job_id, attempt, delay
+        )
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            self._retries.pop(job_id, None)
+            await self._deliver_final(job_id)
+
+        task = asyncio.create_task(again(), name=f"easel-redeliver-{job_id}")
+        self._retries[job_id] = task
+        task.add_done_callback(
+            lambda _: self._retries.pop(job_id, None) if self._retries.get(job_id) is task else None
+        )
 
     # ------------------------------------------------------------------ the queue
 
@@ -164,26 +223,31 @@ class Dispatcher:
     def announce_queued(self, job: JobRecord, reply: Reply, position: int) -> None:
         """Send the queued event, then let the loop take the job: front ends see "queued"
         before "started"."""
-        self._in_background(self._publish_reply(job, EventKind.QUEUED, reply, position=position))
+        self._emit(job, EventKind.QUEUED, reply, position=position)
         self._wake.set()
 
-    def announce_cancelled(self, job: JobRecord) -> None:
-        """A queued job was cancelled (perhaps by an admin): its owner's chat is told."""
-        message = Message(Key.CANCELLED, {"job": job.id})
-        self._in_background(self._publish(job, EventKind.CANCELLED, message))
+    def bind_status_message(self, job_id: int, message_id: str) -> None:
+        """The front end's own message about a job (to edit with progress and the result);
+        every later event of the job carries it."""
+        self._status_messages[job_id] = message_id
+        self.store.set_status_message(job_id, message_id)
 
-    async def unqueue(self, job_id: int) -> bool:
-        removed = self.scheduler.remove(job_id) is not None
-        if removed:
-            await self._settled(job_id)
-        return removed
+    async def cancel(self, job: JobRecord) -> CancelOutcome:
+        """Cancel a queued job (its row and its chat's message change together) or ask a
+        running one to stop (it ends cancelled within a step)."""
+        if self.scheduler.remove(job.id) is not None:
+            self.store.mark_cancelled(job.id)
+            self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
+            await self._settled(job.id)
+            return CancelOutcome.CANCELLED
+        if job.id in self._running:
+            self._cancel_requested.add(job.id)
+            self.executor.cancel(job.id)
+            return CancelOutcome.STOPPING
+        return CancelOutcome.NOT_ACTIVE
 
-    def is_running(self, job_id: int) -> bool:
-        return job_id in self._running
-
-    def cancel_running(self, job_id: int) -> None:
-        self._cancel_requested.add(job_id)
-        self.executor.cancel(job_id)
+    def running_jobs(self) -> list[JobRecord]:
+        return list(self._running.values())
 
     def pending_for(self, platform: str) -> bool:
         """Whether a job of this platform is still queued or running."""
@@ -259,6 +323,7 @@ class Dispatcher:
                 if job.id not in recorded:  # the loop is being torn down mid-batch
                     self.store.requeue([job.id], refund_attempt=True)
                 self._running.pop(job.id, None)
+                self._previews.pop(job.id, None)
                 self._cancel_requested.discard(job.id)
                 if job.id not in delivering:
                     await self._settled(job.id)
@@ -275,33 +340,47 @@ class Dispatcher:
         try:
             tasks = [Task(job.id, work_of(job)) for job in jobs]
             for job in jobs:
-                await self._publish(job, EventKind.STARTED, Message(Key.STARTED, self._about(job)))
-            return await self.executor.run(tasks, self._progress_sink(jobs))
+                self._emit(job, EventKind.STARTED, Reply(Message(Key.STARTED, self._about(job))))
+            previews = self._preview_interval(jobs)
+            sink = self._progress_sink(jobs)
+            if previews is None:
+                return await self.executor.run(tasks, sink)
+            return await self.executor.run(tasks, sink, preview_every=previews)
         except Exception as error:
-            log.exception("A batch failed before or inside the executor")
-            failure = Failure(FailureKind.ERROR, first_line(error))
+            failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
             return [TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure) for job in jobs]
+
+    def _preview_interval(self, jobs: Sequence[JobRecord]) -> float | None:
+        """Previews cost a little GPU time: they are made only for a front end that shows
+        them, at most one per progress interval."""
+        if any(self.bus.wants_previews(job.origin_platform) for job in jobs):
+            return max(self.config.progress_interval, 0.5)
+        return None
 
     async def _record_safely(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
         """Record one job; an error here (a full disk) fails that job, not the batch."""
         try:
             return await self._record(job, outcome, seconds)
         except Exception as error:
-            log.exception("Recording job %s failed", job.id)
-            failure = Failure(FailureKind.ERROR, first_line(error))
+            failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
             failed = TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure)
             return await self._record(job, failed, seconds)
 
     def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
+            self._previews.update(dict(getattr(event, "previews", None) or {}))
             for job in jobs:
                 message = Message(
                     Key.PROGRESS, {"job": job.id, "step": event.step, "total": event.total}
                 )
-                update = self._publish(
-                    job, EventKind.PROGRESS, message, step=event.step, total=event.total
+                self._emit(
+                    job,
+                    EventKind.PROGRESS,
+                    Reply(message),
+                    step=event.step,
+                    total=event.total,
+                    preview=self._previews.get(job.id),
                 )
-                self._in_background(update)
 
         return on_progress
 
@@ -315,16 +394,31 @@ class Dispatcher:
             self.store.mark_done(job.id, saved.records, _text(saved.grid))
         elif outcome.status is OutcomeStatus.FAILED:
             assert outcome.failure is not None
-            self.store.mark_failed(job.id, message_to_json(_failure_message(outcome)))
+            message = self._failure_message(job, outcome.failure)
+            self.store.mark_failed(job.id, message_to_json(message), outcome.failure.trace)
         elif self._shutting_down and job.id not in self._cancel_requested:
             # Stopped by the shutdown, not by anyone's choice: it runs again at the next start.
             self.store.requeue([job.id], refund_attempt=True)
             return False
         else:
             self.store.mark_cancelled(job.id)
-            await self._publish(job, EventKind.CANCELLED, Message(Key.CANCELLED, {"job": job.id}))
+            self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
             return False
         return True
+
+    def _failure_message(self, job: JobRecord, failure: Failure) -> Message:
+        """What the user is told. An unexpected error is logged with its traceback under a
+        reference that the user sees instead of the error itself."""
+        if failure.kind is FailureKind.ERROR:
+            owner = _user_ref(self.user(job.user_id))
+            trace = failure.trace or failure.detail
+            reference = log_unexpected(f"Job {job.id}", owner, job.id, trace=trace)
+            return Message(Key.FAILED_INTERNAL, {"reference": reference})
+        key = {
+            FailureKind.OUT_OF_MEMORY: Key.FAILED_OUT_OF_MEMORY,
+            FailureKind.INVALID: Key.FAILED_INVALID,
+        }[failure.kind]
+        return Message(key, {"detail": failure.detail})
 
     def _save(self, job: JobRecord, outcome: TaskOutcome) -> SavedImages:
         stem = prompt_stem(outcome.images[0].infotext.prompt) if outcome.images else "image"
@@ -334,10 +428,31 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ events
 
-    def _in_background(self, update: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, update: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(update)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
+
+    def _emit(self, job: JobRecord, kind: EventKind, reply: Reply, **fields: Any) -> None:
+        """Publish an event of the job after its earlier ones, without waiting for it."""
+        earlier = self._lanes.get(job.id)
+
+        async def publish() -> None:
+            await _after(earlier)
+            await self.bus.publish(self._event(job, kind, reply, **fields))
+
+        task = self._in_background(publish())
+        self._lanes[job.id] = task
+
+        def forget(_: asyncio.Future[Any]) -> None:
+            if self._lanes.get(job.id) is task:
+                del self._lanes[job.id]
+
+        task.add_done_callback(forget)
+
+    async def _after_earlier_events(self, job_id: int) -> None:
+        await _after(self._lanes.get(job_id))
 
     def _final_event(self, job: JobRecord) -> JobEvent:
         if job.status is JobStatus.FAILED:
@@ -346,7 +461,7 @@ class Dispatcher:
 
     def failure_message(self, job: JobRecord) -> Message:
         stored = message_from_json(job.error) if job.error else Message(Key.FAILED_ERROR)
-        return Message(stored.key, {"detail": "", **stored.args, "job": job.id})
+        return Message(stored.key, {"detail": "", "reference": "", **stored.args, "job": job.id})
 
     def result_reply(self, job: JobRecord) -> Reply:
         """The grid (or single image) with its buttons and parameters."""
@@ -379,37 +494,31 @@ class Dispatcher:
     def _about(self, job: JobRecord) -> dict[str, str | int]:
         return {"job": job.id, "prompt": prompt_preview(job)}
 
-    def _event(self, job: JobRecord, kind: EventKind, reply: Reply, **fields: int) -> JobEvent:
+    def _event(self, job: JobRecord, kind: EventKind, reply: Reply, **fields: Any) -> JobEvent:
+        owner = self.user(job.user_id)
         return JobEvent(
             kind=kind,
             job_id=job.id,
             user_id=job.user_id,
             origin=Origin(job.origin_platform, job.origin_chat, job.origin_message),
-            locale=normalise_locale(self.user(job.user_id).locale),
+            locale=normalise_locale(owner.locale),
             reply=reply,
-            status_message=job.status_message,
+            owner=_user_ref(owner),
+            status_message=self._status_messages.get(job.id, job.status_message),
             **fields,
         )
 
-    async def _publish(
-        self, job: JobRecord, kind: EventKind, message: Message, **fields: int
-    ) -> None:
-        await self._publish_reply(job, kind, Reply(message), **fields)
 
-    async def _publish_reply(
-        self, job: JobRecord, kind: EventKind, reply: Reply, **fields: int
-    ) -> None:
-        await self.bus.publish(self._event(job, kind, reply, **fields))
+def _user_ref(user: UserRecord) -> UserRef:
+    return UserRef(user.platform, user.platform_user_id, user.display_name, user.locale)
 
 
-def _failure_message(outcome: TaskOutcome) -> Message:
-    assert outcome.failure is not None
-    key = {
-        FailureKind.OUT_OF_MEMORY: Key.FAILED_OUT_OF_MEMORY,
-        FailureKind.INVALID: Key.FAILED_INVALID,
-        FailureKind.ERROR: Key.FAILED_ERROR,
-    }[outcome.failure.kind]
-    return Message(key, {"detail": outcome.failure.detail})
+async def _after(earlier: asyncio.Future[Any] | None) -> None:
+    """Wait for an earlier event's handlers; their failure is theirs, not ours."""
+    if earlier is None or earlier.done():
+        return
+    with contextlib.suppress(Exception, TimeoutError):
+        await asyncio.wait_for(asyncio.shield(earlier), LANE_TIMEOUT)
 
 
 def _parameters_of(path: Path) -> str | None:

@@ -40,6 +40,7 @@ class Reply:
     parameters: str | None = None  # the A1111 parameters of the first image
     private: bool = False  # only the requester should see it (Discord: ephemeral)
     lines: tuple[Message, ...] = ()  # further lines under the message (a history page)
+    editable: str | None = None  # a line the user is asked to edit and send back (remix)
 
     def text(self, locale: str) -> str:
         return "\n".join(part.render(locale) for part in (self.message, *self.lines))
@@ -78,10 +79,13 @@ class JobEvent:
     origin: Origin
     locale: str
     reply: Reply
+    # The job's owner as their platform knows them: enough to mention them.
+    owner: UserRef | None = None
     status_message: str | None = None  # the bot's own message about this job, to edit
     step: int | None = None
     total: int | None = None
     position: int | None = None
+    preview: bytes | None = None  # PROGRESS: a small JPEG of the images being made
 
     @property
     def is_final(self) -> bool:

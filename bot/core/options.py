@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.presets import Presets
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
-from pipeline.request import GenerationRequest, HiresFix, LoraUse
+from pipeline.request import GenerationRequest, HiresFix, ImageRef, LoraUse
 from pipeline.samplers import resolve_sampler
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
 ASPECT_STEP = 64
 DEFAULT_HIRES_SCALE = 2.0
+DEFAULT_IMG2IMG_STRENGTH = 0.75
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
 _FLAG = re.compile(r"(?:^|(?<=\s))(--|—|–)(\w[\w-]*)")
@@ -63,6 +64,8 @@ class ImagineOptions:
     preset: str | None = None
     hires: float | None = None
     clip_skip: int = 1
+    init_image: ImageRef | None = None  # img2img: a chat attachment, a photo, a stored image
+    strength: float | None = None  # img2img denoising strength; None: the default
 
     def composed_prompt(self, vocabulary: Vocabulary) -> str:
         """The user's words first, then style, shot, lighting and quality fragments."""
@@ -105,6 +108,10 @@ class ImagineOptions:
             clip_skip=self.clip_skip,
             hires=HiresFix(scale=self.hires) if self.hires is not None else None,
             loras=loras,
+            init_image=self.init_image,
+            denoising_strength=(
+                self.strength if self.strength is not None else DEFAULT_IMG2IMG_STRENGTH
+            ),
         )
 
 
@@ -146,6 +153,9 @@ def options_from_fields(
     `defaults` (a user's saved settings, by flag name) fill the fields given neither way; one
     that no longer parses (an operator removed that style) is skipped, never an error."""
     context = _Context(vocabulary, limits or Limits())
+    init_image = typed.pop("init_image", None)
+    if init_image is not None and not isinstance(init_image, ImageRef):
+        raise TypeError("init_image is an ImageRef")
     text, flags = _split_flags(prompt)
     for key, value in typed.items():
         for item in value if isinstance(value, list | tuple) else [value]:
@@ -168,6 +178,8 @@ def options_from_fields(
             parsed = (*values.get(flag.field, ()), *parsed)  # type: ignore[misc]
         values[flag.field] = parsed
     _apply_defaults(values, defaults or {}, context)
+    if init_image is not None:
+        values["init_image"] = init_image
     return _finish(text, values, context)
 
 
@@ -235,6 +247,12 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
         )
     if "size" in values and "aspect_ratio" in values:
         raise OptionsError("Give --ar or --size, not both.", "--ar과 --size 중 하나만 쓰세요.")
+    if "strength" in values and "init_image" not in values:
+        raise OptionsError(
+            "--strength is for img2img: attach an image (or reply to one) with the prompt.",
+            "--strength는 img2img용입니다. "
+            "프롬프트와 함께 이미지를 첨부하거나 이미지에 답장하세요.",
+        )
     limits = context.limits
     values.setdefault("count", min(ImagineOptions.count, limits.max_images))
     values.setdefault("steps", min(ImagineOptions.steps, limits.max_steps))
@@ -377,6 +395,21 @@ def _loras(raw: str, _: _Context) -> tuple[LoraUse, ...]:
     return (LoraUse(match.group(1), weight, weight),)
 
 
+def _strength(raw: str, _: _Context) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise OptionsError(
+            f"--strength takes a number above 0 and at most 1 (how much of the image is "
+            f"redrawn), e.g. 0.6, not {raw!r}.",
+            f"--strength 값은 0보다 크고 1 이하인 수여야 합니다(이미지를 다시 그리는 정도). "
+            f"예: 0.6 ({raw!r}).",
+        )
+    return value
+
+
 def _hires(raw: str, _: _Context) -> float:
     if not raw:
         return DEFAULT_HIRES_SCALE
@@ -412,6 +445,7 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("loras", _loras, aliases=("lora",)),
     _Flag("hires", _hires, aliases=("hires",)),
     _Flag("preset", _text("preset"), aliases=("preset",)),
+    _Flag("strength", _strength, aliases=("strength",)),
     _Flag(
         "clip_skip",
         _limited_integer("clip-skip", 1, lambda limits: limits.max_clip_skip),

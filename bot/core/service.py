@@ -7,26 +7,29 @@ why in the user's language. Nothing is written when a request is refused.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, time
 from pathlib import Path
 
 from bot.core.buttons import Action, parse_action
 from bot.core.config import CoreConfig
-from bot.core.dispatcher import Dispatcher
+from bot.core.dispatcher import CancelOutcome, Dispatcher
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Localized, Message, normalise_locale
 from bot.core.options import ImagineOptions, OptionsError, options_from_fields
-from bot.core.work import child_work, prompt_preview, work_of
+from bot.core.work import child_work, prompt_preview, remix_line, work_of
 from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import format_infotext, read_infotext
 from pipeline.presets import Presets
 from pipeline.prompts.vocabulary import Vocabulary
-from pipeline.request import GenerationRequest
+from pipeline.request import GenerationRequest, ImageRef
 
 HISTORY_PAGE = 5
 # Refused where a chat does not allow NSFW (a chat setting); operators add more with banned words.
@@ -52,6 +55,8 @@ _SETTING_FLAGS = {
     "sampler": "sampler",
     "preset": "preset",
 }
+# Settings are shown by the names people type in `/settings name=value`.
+_SETTING_SHOWN = {"aspect_ratio": "ar"}
 _SETTING_ALIASES = {"light": "lighting", "ar": "aspect_ratio", "aspect": "aspect_ratio"}
 _CLEAR = {"", "-", "none", "default", "off"}
 _TRUE = {"on", "true", "yes", "1"}
@@ -62,7 +67,9 @@ _KIND_KEYS = {
     JobKind.VARY_SUBTLE: Key.KIND_VARY_SUBTLE,
     JobKind.VARY_STRONG: Key.KIND_VARY_STRONG,
     JobKind.REROLL: Key.KIND_REROLL,
+    JobKind.REMIX: Key.KIND_REMIX,
 }
+ETA_SECONDS_UNTIL = 90  # shorter waits are given in seconds, longer ones in minutes
 _STATUS_KEYS = {
     JobStatus.QUEUED: Key.STATUS_QUEUED,
     JobStatus.RUNNING: Key.STATUS_RUNNING,
@@ -97,10 +104,25 @@ class JobService:
     async def stop(self) -> None:
         await self.dispatcher.stop()
 
-    def subscribe(self, platform: str, handler: EventHandler) -> None:
+    def stop_now(self) -> int:
+        """During `stop`: stop the running batch now; its jobs run again at the next start.
+        How many jobs that was."""
+        return self.dispatcher.stop_now()
+
+    def subscribe(self, platform: str, handler: EventHandler, previews: bool = False) -> None:
         """Receive the events of jobs from `platform`; results it missed while no front end
-        was listening are delivered by `deliver_missed`."""
-        self.dispatcher.bus.subscribe(platform, handler)
+        was listening are delivered by `deliver_missed`. `previews`: PROGRESS events carry a
+        small JPEG of the images being made (computed only when someone shows them)."""
+        self.dispatcher.bus.subscribe(platform, handler, previews)
+
+    def bind_status_message(self, job_id: int, message_id: str) -> None:
+        """The front end's own message about a job (the one it edits with progress); every
+        later event of the job carries it, also after a restart."""
+        self.dispatcher.bind_status_message(job_id, message_id)
+
+    def grant_role(self, user: UserRef, role: Role) -> None:
+        """For the operator's own seat (the console's user is an admin)."""
+        self.store.set_role(self.user(user).id, role)
 
     async def deliver_missed(self, platform: str) -> int:
         return await self.dispatcher.redeliver(platform)
@@ -121,9 +143,17 @@ class JobService:
     # ------------------------------------------------------------------ imagine
 
     def options(
-        self, user: UserRef, text: str, origin: Origin | None = None, **fields: object
+        self,
+        user: UserRef,
+        text: str,
+        origin: Origin | None = None,
+        init_image: bytes | ImageRef | None = None,
+        **fields: object,
     ) -> ImagineOptions:
-        """Parse an /imagine line (and typed fields) with the user's saved defaults."""
+        """Parse an /imagine line (and typed fields) with the user's saved defaults.
+        `init_image` (an attachment's bytes, or an image Easel stored) makes it img2img."""
+        if init_image is not None:
+            fields["init_image"] = self._input_image(init_image)
         record = self.user(user)
         saved = self.store.settings(record.id)
         defaults = {
@@ -138,7 +168,14 @@ class JobService:
         except OptionsError as error:
             raise _options_refusal(error) from None
 
-    async def imagine(self, user: UserRef, options: ImagineOptions, origin: Origin) -> Ticket:
+    async def imagine(
+        self,
+        user: UserRef,
+        options: ImagineOptions,
+        origin: Origin,
+        kind: JobKind = JobKind.IMAGINE,
+        parent_id: int | None = None,
+    ) -> Ticket:
         record = self.user(user)
         try:
             request = options.to_request(self.vocabulary(), self.native_size, self.presets())
@@ -149,7 +186,56 @@ class JobService:
         self._check_words(request.prompt, origin)
         self._admit(record, request.image_count)
         prepared = await self._prepare(request)
-        return self._enqueue(record, JobKind.IMAGINE, prepared, origin)
+        if request.init_image is not None and request.init_image.data is not None:
+            stored = await asyncio.to_thread(self._store_input, request.init_image.data)
+            prepared = _with_init(prepared, stored)
+        return self._enqueue(record, kind, prepared, origin, parent_id)
+
+    def _input_image(self, image: bytes | ImageRef) -> ImageRef:
+        """An img2img input, checked from its header alone (no pixels decoded)."""
+        reference = image if isinstance(image, ImageRef) else ImageRef(data=image)
+        try:
+            width, height = reference.size()
+        except Exception:  # Pillow raises many kinds for what is not an image
+            raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
+        limit = self.config.limits.max_area * 16
+        if width * height > limit:
+            detail = f"the image is {width}x{height}; at most {limit} pixels"
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": detail}))
+        return reference
+
+    def _store_input(self, data: bytes) -> ImageRef:
+        """Keep an uploaded image beside the outputs, so the job row holds a path and a
+        restart still has it."""
+        digest = hashlib.sha256(data).hexdigest()
+        folder = self.config.outputs_dir / "inputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{digest[:32]}.img"
+        if not path.exists():
+            partial = path.with_suffix(".part")
+            partial.write_bytes(data)
+            partial.replace(path)
+        return ImageRef(path=str(path))
+
+    # ------------------------------------------------------------------ remix
+
+    def remix_line(self, user: UserRef, job_id: int, origin: Origin | None = None) -> str:
+        """The job's prompt and flags as one editable line."""
+        job = self._visible_job(job_id, self.user(user), origin)
+        work = work_of(job)
+        if not isinstance(work, GenerationRequest):
+            raise Refusal(Message(Key.JOB_NOT_READY, {"job": job.id}))
+        return remix_line(work)
+
+    async def remix(self, user: UserRef, job_id: int, text: str, origin: Origin) -> Ticket:
+        """Queue an edited line as a new job linked to the one it remixes; an img2img job
+        keeps its input image."""
+        job = self._visible_job(job_id, self.user(user), origin)
+        work = work_of(job)
+        if not isinstance(work, GenerationRequest):
+            raise Refusal(Message(Key.JOB_NOT_READY, {"job": job.id}))
+        options = self.options(user, text, origin, init_image=work.init_image)
+        return await self.imagine(user, options, origin, kind=JobKind.REMIX, parent_id=job.id)
 
     # ------------------------------------------------------------------ buttons
 
@@ -162,6 +248,7 @@ class JobService:
         chosen = parse_action(action) if isinstance(action, str) else action
         if chosen is None:
             raise Refusal(Message(Key.UNKNOWN_ACTION, {"action": str(action)}))
+        self._visible_job(job_id, record, origin)
         parent, chosen = self._acted_on(job_id, chosen)
         image = self._chosen_image(parent, chosen)
         work = work_of(parent)
@@ -273,45 +360,37 @@ class JobService:
         )
         position = self.dispatcher.enqueue(job, user)
         eta = self.dispatcher.eta_seconds(position, images)
-        if eta is None:
-            message = Message(Key.QUEUED, {"job": job.id, "position": position})
-        else:
-            minutes = max(1, math.ceil(eta / 60))
-            message = Message(
-                Key.QUEUED_ETA, {"job": job.id, "position": position, "minutes": minutes}
-            )
-        reply = Reply(message)
+        reply = Reply(_queued_message(job.id, position, eta))
         self.dispatcher.announce_queued(job, reply, position)
         return Ticket(job.id, position, eta, reply)
 
     # ------------------------------------------------------------------ the rest
 
-    async def cancel(self, user: UserRef, job_id: int) -> Reply:
+    async def cancel(self, user: UserRef, job_id: int, origin: Origin | None = None) -> Reply:
         """The owner or an admin may cancel a queued or running job."""
         record = self.user(user)
-        job = self.store.job(job_id)
-        if job is None:
-            raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
+        job = self._visible_job(job_id, record, origin)
         if job.user_id != record.id and record.role is not Role.ADMIN:
             raise Refusal(Message(Key.NOT_YOUR_JOB, {"job": job_id}))
-        if job.status is JobStatus.QUEUED and await self.dispatcher.unqueue(job_id):
-            self.store.mark_cancelled(job_id)
-            self.dispatcher.announce_cancelled(job)
+        outcome = await self.dispatcher.cancel(job)
+        if outcome is CancelOutcome.CANCELLED:
             return Reply(Message(Key.CANCELLED, {"job": job_id}))
-        if self.dispatcher.is_running(job_id):
-            self.dispatcher.cancel_running(job_id)
+        if outcome is CancelOutcome.STOPPING:
             return Reply(Message(Key.CANCEL_REQUESTED, {"job": job_id}))
+        job = self.store.job(job_id) or job
         status = Message(_STATUS_KEYS[job.status])
         raise Refusal(Message(Key.ALREADY_FINISHED, {"job": job_id, "status": status}))
 
-    def info(self, job_id: int, user: UserRef | None = None) -> Reply:
-        """A job's details; the images of a private result only for its owner or an admin
-        (or when no `user` is given: the operator's own tools)."""
-        job = self.store.job(job_id, with_images=True)
-        if job is None:
-            raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
+    def info(self, job_id: int, user: UserRef | None = None, origin: Origin | None = None) -> Reply:
+        """A job's details, for those who may see it (`_visible_job`); with no `user`, for
+        the operator's own tools."""
+        if user is None:
+            job = self.store.job(job_id, with_images=True)
+            if job is None:
+                raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
+        else:
+            job = self._visible_job(job_id, self.user(user), origin, with_images=True)
         owner = self.store.user_by_id(job.user_id)
-        asker = self.user(user) if user is not None else None
         kind, status = Message(_KIND_KEYS[job.kind]), Message(_STATUS_KEYS[job.status])
         if job.status is JobStatus.FAILED and job.error:
             error = self.dispatcher.failure_message(job)
@@ -328,16 +407,13 @@ class JobService:
                 "status": status,
                 "user": (owner.display_name or owner.platform_user_id) if owner else "?",
                 "created": f"{job.created_at:%Y-%m-%d %H:%M} UTC",
-                "count": job.image_count,
+                "images": _image_count(job),
                 "prompt": prompt_preview(job),
             },
         )
         if job.status is not JobStatus.DONE:
             return Reply(summary)
         result = self.dispatcher.result_reply(job)
-        allowed = asker is None or asker.id == job.user_id or asker.role is Role.ADMIN
-        if result.private and not allowed:
-            return Reply(summary, private=True)
         return Reply(
             summary, result.images, result.grid, result.buttons, result.parameters, result.private
         )
@@ -388,7 +464,7 @@ class JobService:
                 Message(Key.SETTINGS_BAD_VALUE, {"name": name, "value": raw, "detail": detail})
             )
         if name not in _SETTING_FLAGS:
-            allowed = ", ".join([*_SETTING_FLAGS, "private"])
+            allowed = ", ".join([*(_SETTING_SHOWN.get(n, n) for n in _SETTING_FLAGS), "private"])
             raise Refusal(Message(Key.SETTINGS_UNKNOWN, {"name": name, "allowed": allowed}))
         if raw.lower() in _CLEAR:
             return None
@@ -417,18 +493,112 @@ class JobService:
             shown: str | Message = Message(Key.SETTINGS_NOT_SET) if value is None else str(value)
             if name == "private":
                 shown = "on" if value else "off"
-            lines.append(Message(Key.SETTING_LINE, {"name": name, "value": shown}))
+            label = _SETTING_SHOWN.get(name, name)
+            lines.append(Message(Key.SETTING_LINE, {"name": label, "value": shown}))
         return tuple(lines)
+
+    def _visible_job(
+        self,
+        job_id: int,
+        asker: UserRecord,
+        origin: Origin | None,
+        with_images: bool = False,
+    ) -> JobRecord:
+        """A job the asker may see and act on: their own; any, for an admin; or one posted in
+        the shared chat they are asking from, where the chat shares results and the owner
+        did not make theirs private. Everyone else is told it does not exist, as for a
+        number nobody used: job ids are sequential, so anything else would leak."""
+        job = self.store.job(job_id, with_images=with_images)
+        if job is not None and (
+            job.user_id == asker.id or asker.role is Role.ADMIN or self._shared_with(job, origin)
+        ):
+            return job
+        raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
+
+    def _shared_with(self, job: JobRecord, origin: Origin | None) -> bool:
+        if origin is None or (origin.platform, origin.chat) != (
+            job.origin_platform,
+            job.origin_chat,
+        ):
+            return False
+        chat = self.store.chat(origin.platform, origin.chat)
+        return chat.shared_results and not self.store.settings(job.user_id).private
+
+    def last_grid(self, user: UserRef, origin: Origin) -> int:
+        """The job `/u 2` without a number acts on: the newest grid in this chat that the
+        user may act on."""
+        job = self.store.last_grid(origin.platform, origin.chat)
+        if job is None:
+            raise Refusal(Message(Key.NO_LAST_GRID))
+        return self._visible_job(job.id, self.user(user), origin).id
+
+    def queue_status(self, user: UserRef) -> Reply:
+        """How long the queue is, and where the user's own jobs are in it."""
+        record = self.user(user)
+        scheduler = self.dispatcher.scheduler
+        running = self.dispatcher.running_jobs()
+        header = Message(Key.QUEUE_STATUS, {"queued": len(scheduler), "running": len(running)})
+        lines = [
+            Message(
+                Key.QUEUE_MINE_RUNNING,
+                {"job": job.id, "status": Message(Key.STATUS_RUNNING)},
+            )
+            for job in running
+            if job.user_id == record.id
+        ]
+        lines += [
+            Message(
+                Key.QUEUE_MINE,
+                {
+                    "job": item.job_id,
+                    "status": Message(Key.STATUS_QUEUED),
+                    "position": scheduler.position(item.job_id) + 1,
+                },
+            )
+            for item in scheduler.jobs()
+            if item.user_id == record.id
+        ]
+        if not lines:
+            lines.append(Message(Key.QUEUE_MINE_NONE))
+        return Reply(header, lines=tuple(lines))
 
     def pnginfo(self, image: bytes) -> Reply:
         try:
             info = read_infotext(image)
         except InvalidRequestError as error:
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+        except Exception:  # not an image at all
+            raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
         if info is None:
             return Reply(Message(Key.PNGINFO_NONE))
         parameters = format_infotext(info)
         return Reply(Message(Key.PNGINFO, {"parameters": parameters}), parameters=parameters)
+
+
+def _queued_message(job_id: int, position: int, eta: float | None) -> Message:
+    if eta is None:
+        return Message(Key.QUEUED, {"job": job_id, "position": position})
+    if eta < ETA_SECONDS_UNTIL:
+        seconds = max(5, 5 * math.ceil(eta / 5))
+        return Message(
+            Key.QUEUED_ETA_SECONDS, {"job": job_id, "position": position, "seconds": seconds}
+        )
+    minutes = math.ceil(eta / 60)
+    return Message(Key.QUEUED_ETA, {"job": job_id, "position": position, "minutes": minutes})
+
+
+def _image_count(job: JobRecord) -> Message:
+    """What /info says of a job's images: made, asked for, or none (cancelled, failed)."""
+    if job.status is JobStatus.DONE:
+        return Message(Key.IMAGES_MADE, {"count": len(job.images) or job.image_count})
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return Message(Key.IMAGES_REQUESTED, {"count": job.image_count})
+    return Message(Key.IMAGES_NONE)
+
+
+def _with_init(prepared: PreparedWork, image: ImageRef) -> PreparedWork:
+    assert isinstance(prepared.work, GenerationRequest)
+    return replace(prepared, work=replace(prepared.work, init_image=image))
 
 
 def _options_refusal(error: OptionsError) -> Refusal:

@@ -49,6 +49,38 @@ def child_work(
     return strong_variation(parent, ImageRef(path=str(image_path)), count)
 
 
+def remix_line(request: GenerationRequest) -> str:
+    """A request as one /imagine line to edit: its prompt (style words and <lora:> tags
+    included) and the flags that reproduce its settings; seeds are left out, so the remix
+    draws new ones. The same parser reads it back."""
+    flags = []
+    if request.negative_prompt:
+        flags.append(f"--neg {_quoted(request.negative_prompt)}")
+    if request.width is not None and request.height is not None:
+        flags.append(f"--size {request.width}x{request.height}")
+    flags.append(f"--steps {request.steps}")
+    flags.append(f"--cfg {request.cfg_scale:g}")
+    sampler = request.sampler
+    if request.schedule_type and request.schedule_type.lower() not in sampler.lower():
+        sampler = f"{sampler} {request.schedule_type}"
+    flags.append(f"--sampler {_quoted(sampler)}")
+    flags.append(f"--n {request.image_count}")
+    if request.tiling:
+        flags.append("--tile")
+    if request.clip_skip != 1:
+        flags.append(f"--clip-skip {request.clip_skip}")
+    if request.hires is not None:
+        flags.append(f"--hires {request.hires.scale:g}")
+    flags.extend(f"--lora {lora.name}:{lora.unet_weight:g}" for lora in request.loras)
+    if request.init_image is not None:
+        flags.append(f"--strength {request.denoising_strength:g}")
+    return " ".join([request.prompt.strip(), *flags])
+
+
+def _quoted(text: str) -> str:
+    return f'"{text}"' if any(char.isspace() for char in text) or text.startswith("-") else text
+
+
 def prompt_preview(job: JobRecord, limit: int = 120) -> str:
     """The job's prompt, cut to `limit` characters for a chat line (for an upscale: which
     image of which job)."""

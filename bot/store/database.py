@@ -28,6 +28,7 @@ from bot.store.models import (
     Delivery,
     Image,
     Job,
+    JobKind,
     JobStatus,
     Role,
     User,
@@ -267,9 +268,12 @@ class Store:
         banned_words: Sequence[str] | _Unset = UNSET,
         nsfw_allowed: bool | _Unset = UNSET,
         default_preset: str | _Unset | None = UNSET,
+        shared_results: bool | _Unset = UNSET,
     ) -> ChatRecord:
         """Change the settings given; the others keep their value."""
         changes: dict[str, object] = {}
+        if not isinstance(shared_results, _Unset):
+            changes["shared_results"] = shared_results
         if not isinstance(banned_words, _Unset):
             changes["banned_words"] = list(banned_words)
         if not isinstance(nsfw_allowed, _Unset):
@@ -331,9 +335,12 @@ class Store:
             row.grid_path = grid_path
             session.add_all(Image(job_id=job_id, **asdict(image)) for image in images)
 
-    def mark_failed(self, job_id: int, error: str) -> None:
-        """Finish the job as failed; `error` is the caller's JSON document, kept as is."""
-        self._update_job(job_id, status=JobStatus.FAILED, finished_at=utcnow(), error=error)
+    def mark_failed(self, job_id: int, error: str, trace: str | None = None) -> None:
+        """Finish the job as failed; `error` is the caller's JSON document, kept as is, and
+        `trace` the operator's detail (a traceback)."""
+        self._update_job(
+            job_id, status=JobStatus.FAILED, finished_at=utcnow(), error=error, failure_trace=trace
+        )
 
     def mark_cancelled(self, job_id: int) -> bool:
         """Cancel a queued or running job; False when it had already finished."""
@@ -399,6 +406,29 @@ class Store:
 
     def mark_delivered(self, job_id: int) -> None:
         self._update_job(job_id, delivery=Delivery.DELIVERED)
+
+    def count_delivery_attempt(self, job_id: int) -> int:
+        """One more try at delivering the job's result; how many there have been."""
+        with self._sessions.begin() as session:
+            row = _get(session, Job, job_id)
+            row.delivery_attempts = (row.delivery_attempts or 0) + 1
+            return row.delivery_attempts
+
+    def last_grid(self, platform: str, chat_id: str) -> JobRecord | None:
+        """The newest finished grid posted in a chat (what `/u 2` without a job acts on)."""
+        query = (
+            sa.select(Job)
+            .where(
+                Job.origin_platform == platform,
+                Job.origin_chat == chat_id,
+                Job.status == JobStatus.DONE,
+                Job.kind != JobKind.UPSCALE,
+            )
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+        jobs = self._jobs(query)
+        return jobs[0] if jobs else None
 
     def set_status_message(self, job_id: int, message_id: str) -> None:
         self._update_job(job_id, status_message=message_id)

@@ -32,6 +32,7 @@ class JobKind(StrEnum):
     VARY_SUBTLE = "vary-subtle"
     VARY_STRONG = "vary-strong"
     REROLL = "reroll"
+    REMIX = "remix"
 
 
 class JobStatus(StrEnum):
@@ -165,6 +166,9 @@ class Job(Base):
     status_message: Mapped[str | None] = mapped_column(sa.String(64))
     delivery: Mapped[Delivery] = mapped_column(_enum(Delivery), default=Delivery.PENDING)
     grid_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    # The operator's side of a failure (a traceback); users see `error` only.
+    failure_trace: Mapped[str | None] = mapped_column(sa.Text())
+    delivery_attempts: Mapped[int] = mapped_column(sa.Integer(), default=0, server_default="0")
 
     # lazy="raise": records are built inside the session, so a lazy load would be a bug.
     images: Mapped[list[Image]] = relationship(
@@ -196,3 +200,7 @@ class Chat(Base):
     banned_words: Mapped[list[str]] = mapped_column(sa.JSON(), default=list)
     nsfw_allowed: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
     default_preset: Mapped[str | None] = mapped_column(sa.String(64))
+    # Members of a shared chat may see and act on each other's jobs posted there.
+    shared_results: Mapped[bool] = mapped_column(
+        sa.Boolean(), default=True, server_default=sa.true()
+    )

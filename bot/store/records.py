@@ -48,6 +48,7 @@ class ChatRecord:
     banned_words: tuple[str, ...] = ()
     nsfw_allowed: bool = False
     default_preset: str | None = None
+    shared_results: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class JobRecord:
     status_message: str | None
     delivery: Delivery
     grid_path: str | None
+    failure_trace: str | None = None
+    delivery_attempts: int = 0
     images: tuple[ImageRecord, ...] = ()
 
 

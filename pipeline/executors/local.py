@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -96,8 +97,7 @@ class LocalExecutor:
                 assert isinstance(task.work, GenerationRequest)
                 prepared[task.task_id] = self.engine.prepare(task.work)
             except Exception as error:  # this job fails alone
-                kind = _failure_kind(error)
-                outcomes[task.task_id] = _failed(task, kind, first_line(error))
+                outcomes[task.task_id] = _failed(task, error)
         runnable = [task for task in tasks if task.task_id in prepared]
         if runnable:
             for outcome in self._generate(runnable, prepared, progress):
@@ -121,7 +121,7 @@ class LocalExecutor:
                     for task in tasks
                     for outcome in self._generate([task], prepared, progress)
                 ]
-            return [_failed(tasks[0], _failure_kind(error), first_line(error))]
+            return [_failed(tasks[0], error)]
         seconds = time.perf_counter() - started
         return [
             TaskOutcome(
@@ -148,7 +148,7 @@ class LocalExecutor:
             model = load_upscaler(work.upscaler, self.models_dir, pipe.device, pipe.dtype)
             enlarged, used = upscale_image(image, work.scale, model)
         except Exception as error:  # a job's failure is reported, never raised
-            return _failed(task, _failure_kind(error), first_line(error))
+            return _failed(task, error)
         parameters = replace(
             infotext or Infotext(prompt=""),
             width=enlarged.width,
@@ -193,5 +193,8 @@ def _failure_kind(error: BaseException) -> FailureKind:
     return FailureKind.ERROR
 
 
-def _failed(task: Task, kind: FailureKind, detail: str) -> TaskOutcome:
-    return TaskOutcome(task.task_id, OutcomeStatus.FAILED, failure=Failure(kind, detail))
+def _failed(task: Task, error: BaseException) -> TaskOutcome:
+    kind = _failure_kind(error)
+    trace = "".join(traceback.format_exception(error)) if kind is FailureKind.ERROR else None
+    failure = Failure(kind, first_line(error), trace)
+    return TaskOutcome(task.task_id, OutcomeStatus.FAILED, failure=failure)

@@ -43,6 +43,7 @@ class FailureKind(StrEnum):
 class Failure:
     kind: FailureKind
     detail: str
+    trace: str | None = None  # ERROR: the traceback, for the operator's log and the job row
 
 
 class OutcomeStatus(StrEnum):

@@ -1,0 +1,36 @@
+"""Failure traces, delivery attempts, chats that share results, remix parents.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-02
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("failure_trace", sa.Text(), nullable=True))
+        batch.add_column(
+            sa.Column("delivery_attempts", sa.Integer(), nullable=False, server_default="0")
+        )
+    with op.batch_alter_table("chats") as batch:
+        batch.add_column(
+            sa.Column("shared_results", sa.Boolean(), nullable=False, server_default=sa.true())
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("chats") as batch:
+        batch.drop_column("shared_results")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("delivery_attempts")
+        batch.drop_column("failure_trace")
