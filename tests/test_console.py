@@ -252,7 +252,7 @@ def test_pnginfo_prints_the_parameters_of_a_generated_png(
     assert parameters.startswith("a lighthouse at dusk")
     assert "Seed: 4242" in parameters and "Steps: 2" in parameters
     assert f"{parameters}\n" in output
-    assert f"{missing}: no such file\n" in output
+    assert f"{missing}: no such file.\n" in output
 
 
 # --------------------------------------------------------------------------- restarts
@@ -558,5 +558,5 @@ def test_run_with_a_token_but_no_such_front_end_says_so_before_loading_a_model(
     monkeypatch.setenv("EASEL_MODEL", str(tmp_path / "no-such-model"))
     result = CliRunner().invoke(app, ["run"])
     assert result.exit_code != 0
-    assert "no bot.telegram front end" in str(result.exception)
+    assert "no Telegram front end yet" in str(result.exception)
     assert "secret-token" not in str(result.exception) + result.output
