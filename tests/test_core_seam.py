@@ -164,7 +164,7 @@ def test_remix_shows_the_line_then_queues_the_edit_as_a_linked_job(
 
     shown, queued, direct = run(scenario())
     assert shown.text("en").startswith("Remix of job #1: edit this line")
-    assert shown.editable == 'a red fox --steps 2 --cfg 5 --sampler "Euler a" --n 1'
+    assert shown.editable == 'a red fox --size 64x64 --steps 2 --cfg 5 --sampler "Euler a" --n 1'
     assert queued.text("en").startswith("Job #2 is queued")
     assert direct.text("en").startswith("Job #3 is queued")
     remixes = bot.store.children(1)
