@@ -402,10 +402,11 @@ def test_pnginfo_reads_parameters_and_refuses_non_images(make_bot: Callable[...,
     job_id = generate(bot, ALICE, "a quiet pond --n 1 --steps 2 --seed 42")
     job = bot.store.job(job_id, with_images=True)
     assert job is not None
-    reply = bot.service.pnginfo(Path(job.images[0].path).read_bytes())
+    reply = run(bot.service.pnginfo(Path(job.images[0].path).read_bytes()))
     assert "a quiet pond" in reply.text("en") and "Seed: 42" in reply.text("en")
-    with pytest.raises(Refusal):
-        bot.service.pnginfo(b"not an image")
+    with pytest.raises(Refusal) as refused:
+        run(bot.service.pnginfo(b"not an image"))
+    assert refused.value.reply.text("en") == "That is not an image Easel can read."
 
 
 def test_a_job_whose_recording_fails_fails_alone(

@@ -138,7 +138,7 @@ class TextRouter:
             case "pnginfo":
                 if request.attachment is None:
                     raise Refusal(Message(Key.NEED_IMAGE))
-                return Routed(service.pnginfo(request.attachment))
+                return Routed(await service.pnginfo(request.attachment))
             case "help":
                 return Routed(self.registry.help(self.platform, record.role))
         raise Refusal(Message(Key.UNKNOWN_COMMAND, {"command": f"/{command.name}"}))

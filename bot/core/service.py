@@ -562,13 +562,18 @@ class JobService:
             lines.append(Message(Key.QUEUE_MINE_NONE))
         return Reply(header, lines=tuple(lines))
 
-    def pnginfo(self, image: bytes) -> Reply:
+    async def pnginfo(self, image: bytes) -> Reply:
+        """The parameters stored in an image; read off the event loop (a hostile file must
+        not stall the chats)."""
+        return await asyncio.to_thread(self._pnginfo, image)
+
+    def _pnginfo(self, image: bytes) -> Reply:
         try:
             info = read_infotext(image)
         except InvalidRequestError as error:
+            if str(error).startswith("not an image"):
+                raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
-        except Exception:  # not an image at all
-            raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
         if info is None:
             return Reply(Message(Key.PNGINFO_NONE))
         parameters = format_infotext(info)
