@@ -95,7 +95,7 @@ def test_the_router_routes_commands_buttons_settings_and_refuses_bad_numbers(
             await say("/cancel abc"),
             await say("/cancel"),
             await say("/info 1"),
-            await say("/settings style=watercolor ar=3:2"),
+            await say("/settings style=watercolor ar=3:2 comp=portrait"),
             await say("/nonsense"),
             await say("clear/help"),
             await say("history"),
@@ -112,6 +112,7 @@ def test_the_router_routes_commands_buttons_settings_and_refuses_bad_numbers(
     assert replies[4] == "Give a job number, e.g. /cancel 15."
     assert replies[5].startswith("Job #1 (imagine, done) by Alice") and "2 image(s)" in replies[5]
     assert "  ar: 3:2" in replies[6] and "  style: watercolor" in replies[6]
+    assert "  composition: portrait" in replies[6]
     assert replies[7] == "Unknown command /nonsense. Type /help for the list."
     assert replies[8].startswith("clear/help looks like a command: did you mean /help?")
     assert replies[9].startswith("history looks like a command: did you mean /history?")

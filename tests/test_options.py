@@ -232,3 +232,17 @@ def test_typed_fields_merge_with_flags_in_the_prompt() -> None:
     assert options.avoid == ("fog", "rain") and (options.steps, options.cfg) == (12, 5.0)
     with pytest.raises(OptionsError, match="not both"):
         options_from_fields("a castle --ar 16:9", VOCABULARY, size="512x512")
+
+
+def test_every_vocabulary_category_has_a_flag_and_ids_in_the_wrong_one_are_pointed_to_it() -> None:
+    vocabulary = Vocabulary.load()
+    options = parse_options(
+        "a girl --face kawaii-cute-girl --composition portrait --style pixel-art", vocabulary
+    )
+    assert (options.face, options.composition) == ("kawaii-cute-girl", "portrait")
+    assert options.composed_prompt(vocabulary) == "a girl, kawaii cute girl, pixel art, portrait"
+    assert parse_options("a girl --comp portrait", vocabulary).composition == "portrait"
+    with pytest.raises(OptionsError) as error:
+        parse_options("a girl --light kawaii-cute-girl", vocabulary)
+    assert "'kawaii-cute-girl' is a --face value: use --face kawaii-cute-girl." in error.value.en
+    assert "--face 값입니다" in error.value.ko

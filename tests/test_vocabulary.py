@@ -183,7 +183,7 @@ def test_label_picks_the_locale() -> None:
 def test_compose_appends_style_shot_lighting_quality_after_the_subject(
     vocabulary: Vocabulary,
 ) -> None:
-    assert COMPOSE_ORDER == ("style", "shot", "lighting", "quality")
+    assert COMPOSE_ORDER == ("face", "style", "shot", "composition", "lighting", "quality")
     composed = vocabulary.compose(
         "a castle on a hill",
         quality="masterpiece",

@@ -58,6 +58,8 @@ class ImagineOptions:
     shot: str | None = None
     lighting: str | None = None
     quality: str | None = None
+    face: str | None = None
+    composition: str | None = None
     count: int = 4
     tile: bool = False
     loras: tuple[LoraUse, ...] = ()
@@ -75,6 +77,8 @@ class ImagineOptions:
             shot=self.shot,
             lighting=self.lighting,
             quality=self.quality,
+            face=self.face,
+            composition=self.composition,
         )
 
     def negative_prompt(self) -> str:
@@ -327,12 +331,34 @@ def _vocabulary(category: str, flag: str) -> Callable[[str, _Context], str]:
             allowed = ", ".join(context.vocabulary.ids(category))
             hint_en = f" Did you mean {error.suggestion!r}?" if error.suggestion else ""
             hint_ko = f" '{error.suggestion}'을(를) 찾으셨나요?" if error.suggestion else ""
+            elsewhere = _flag_with_id(raw, context.vocabulary)
+            if elsewhere is not None:
+                hint_en = f" {raw!r} is a --{elsewhere} value: use --{elsewhere} {raw}."
+                hint_ko = f" {raw!r}은(는) --{elsewhere} 값입니다: --{elsewhere} {raw}"
             raise OptionsError(
                 f"Unknown --{flag} {raw!r}.{hint_en} Allowed: {allowed}.",
                 f"알 수 없는 --{flag} 값입니다: {raw!r}.{hint_ko} 쓸 수 있는 값: {allowed}.",
             ) from None
 
     return parse
+
+
+_CATEGORY_FLAGS = {
+    "style": "style",
+    "shot": "shot",
+    "lighting": "light",
+    "quality": "quality",
+    "face": "face",
+    "composition": "composition",
+}
+
+
+def _flag_with_id(raw: str, vocabulary: Vocabulary) -> str | None:
+    """The flag whose category has this id (`kawaii-cute-girl` -> face), if any."""
+    for category, flag in _CATEGORY_FLAGS.items():
+        if vocabulary.find(category, raw) is not None:
+            return flag
+    return None
 
 
 def _avoid(raw: str, _: _Context) -> tuple[str, ...]:
@@ -440,6 +466,12 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("shot", _vocabulary("shot", "shot"), aliases=("shot",)),
     _Flag("lighting", _vocabulary("lighting", "light"), aliases=("light", "lighting")),
     _Flag("quality", _vocabulary("quality", "quality"), aliases=("quality",)),
+    _Flag("face", _vocabulary("face", "face"), aliases=("face",)),
+    _Flag(
+        "composition",
+        _vocabulary("composition", "composition"),
+        aliases=("composition", "comp"),
+    ),
     _Flag("count", _limited_integer("n", 1, lambda limits: limits.max_images), aliases=("n",)),
     _Flag("tile", _flag_on, takes_value=False, aliases=("tile",)),
     _Flag("loras", _loras, aliases=("lora",)),

@@ -50,6 +50,8 @@ _SETTING_FLAGS = {
     "shot": "shot",
     "lighting": "light",
     "quality": "quality",
+    "face": "face",
+    "composition": "composition",
     "aspect_ratio": "ar",
     "steps": "steps",
     "sampler": "sampler",
@@ -57,7 +59,12 @@ _SETTING_FLAGS = {
 }
 # Settings are shown by the names people type in `/settings name=value`.
 _SETTING_SHOWN = {"aspect_ratio": "ar"}
-_SETTING_ALIASES = {"light": "lighting", "ar": "aspect_ratio", "aspect": "aspect_ratio"}
+_SETTING_ALIASES = {
+    "light": "lighting",
+    "ar": "aspect_ratio",
+    "aspect": "aspect_ratio",
+    "comp": "composition",
+}
 _CLEAR = {"", "-", "none", "default", "off"}
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}

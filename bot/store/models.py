@@ -125,6 +125,8 @@ class UserSettings(Base):
     shot: Mapped[str | None] = mapped_column(sa.String(64))
     lighting: Mapped[str | None] = mapped_column(sa.String(64))
     quality: Mapped[str | None] = mapped_column(sa.String(64))
+    face: Mapped[str | None] = mapped_column(sa.String(64))
+    composition: Mapped[str | None] = mapped_column(sa.String(64))
     aspect_ratio: Mapped[str | None] = mapped_column(sa.String(16))
     steps: Mapped[int | None] = mapped_column(sa.Integer())
     sampler: Mapped[str | None] = mapped_column(sa.String(64))

@@ -33,6 +33,8 @@ class SettingsRecord:
     shot: str | None = None
     lighting: str | None = None
     quality: str | None = None
+    face: str | None = None
+    composition: str | None = None
     aspect_ratio: str | None = None
     steps: int | None = None
     sampler: str | None = None

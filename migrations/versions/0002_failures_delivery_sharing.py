@@ -1,4 +1,4 @@
-"""Failure traces, delivery attempts, chats that share results, remix parents.
+"""Failure traces, delivery attempts, chats that share results, face and composition settings.
 
 Revision ID: 0002
 Revises: 0001
@@ -28,7 +28,15 @@ def upgrade() -> None:
         )
 
 
+    with op.batch_alter_table("user_settings") as batch:
+        batch.add_column(sa.Column("face", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("composition", sa.String(length=64), nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("user_settings") as batch:
+        batch.drop_column("composition")
+        batch.drop_column("face")
     with op.batch_alter_table("chats") as batch:
         batch.drop_column("shared_results")
     with op.batch_alter_table("jobs") as batch:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 CATEGORIES: tuple[str, ...] = ("quality", "face", "style", "shot", "composition", "lighting")
 # The order `compose` appends fragments in, after the user's own words (the subject).
-COMPOSE_ORDER: tuple[str, ...] = ("style", "shot", "lighting", "quality")
+COMPOSE_ORDER: tuple[str, ...] = ("face", "style", "shot", "composition", "lighting", "quality")
 STYLE_GROUPS: tuple[str, ...] = ("movement", "studio", "technique")
 SHOT_GROUPS: tuple[str, ...] = ("distance", "angle")
 
@@ -179,11 +179,21 @@ class Vocabulary:
         shot: str | None = None,
         lighting: str | None = None,
         quality: str | None = None,
+        face: str | None = None,
+        composition: str | None = None,
     ) -> str:
-        """The user's words, then ", fragment" for each option given: style, shot, lighting,
-        quality. A fragment the prompt already holds (as a comma-separated part) is not repeated.
+        """The user's words, then ", fragment" for each option given, in COMPOSE_ORDER: face,
+        style, shot, composition, lighting, quality. A fragment the prompt already holds (as a
+        comma-separated part) is not repeated.
         """
-        chosen = {"style": style, "shot": shot, "lighting": lighting, "quality": quality}
+        chosen = {
+            "face": face,
+            "style": style,
+            "shot": shot,
+            "composition": composition,
+            "lighting": lighting,
+            "quality": quality,
+        }
         fragments = [
             self.get(category, chosen[category]).prompt
             for category in COMPOSE_ORDER
