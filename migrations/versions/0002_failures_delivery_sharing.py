@@ -27,7 +27,6 @@ def upgrade() -> None:
             sa.Column("shared_results", sa.Boolean(), nullable=False, server_default=sa.true())
         )
 
-
     with op.batch_alter_table("user_settings") as batch:
         batch.add_column(sa.Column("face", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("composition", sa.String(length=64), nullable=True))
