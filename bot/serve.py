@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ async def serve_console(
     context = BotContext(bot.service)
     user = UserRef(PLATFORM, settings.console_user, settings.console_user, locale)
     context.service.grant_role(user, Role.ADMIN)
-    interactive = stdin.isatty()
+    # Line editing and history need the process's own terminal (readline works on fd 0/1).
+    interactive = stdin is sys.stdin and stdin.isatty() and stdout.isatty()
     if hasattr(stdin, "reconfigure"):  # a bad byte is a bad line, not a dead chat
         stdin.reconfigure(errors="replace")
     terminal = Terminal(stdout, interactive, _line_buffer if interactive else None)
