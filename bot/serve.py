@@ -138,6 +138,8 @@ async def _running(bot: Bot, stop: Stop, out: TextIO | None, locale: str) -> Asy
 
 
 def _say(out: TextIO, text: str) -> None:
+    if out.isatty():  # over the prompt line, which is not being typed on any more
+        out.write("\r\x1b[K")
     out.write(text + "\n")
     out.flush()
 

@@ -15,7 +15,7 @@ import re
 import shlex
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -40,6 +40,8 @@ class Terminal:
     out: TextIO
     interactive: bool = False
     redraw: Callable[[], str] | None = None  # the line being typed, to draw again
+    # Set while the prompt is shown and a line is being typed (only then is it redrawn).
+    typing: threading.Event = field(default_factory=threading.Event)
 
 
 class ConsoleChat:
@@ -149,7 +151,8 @@ class ConsoleChat:
     def _write(self, text: str) -> None:
         """Print above the line being typed, then draw the prompt and that line again."""
         out = self.terminal.out
-        if self.terminal.interactive and self.terminal.redraw is not None:
+        typing = self.terminal.typing.is_set()
+        if self.terminal.interactive and self.terminal.redraw is not None and typing:
             out.write("\r\x1b[K" + text + "\n" + PROMPT + self.terminal.redraw())
         else:
             out.write(text + "\n")
@@ -212,10 +215,12 @@ def _read_one(stream: TextIO, terminal: Terminal, prefill: str | None) -> str:
     import readline
 
     readline.set_startup_hook((lambda: readline.insert_text(prefill)) if prefill else None)
+    terminal.typing.set()
     try:
         return input(PROMPT) + "\n"
     except EOFError:
         terminal.out.write("\n")
         return ""
     finally:
+        terminal.typing.clear()
         readline.set_startup_hook(None)
