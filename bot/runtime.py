@@ -35,10 +35,20 @@ def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
     )
 
 
-def open_store(settings: Settings) -> Store:
-    """The database, with every migration applied."""
+def open_store(settings: Settings, hold_bot_lock: bool = False) -> Store:
+    """The database, with every migration applied.
+
+    `hold_bot_lock`: claim the database for this bot process first (until `store.close()` or
+    the process ends), so that a second bot on it stops with `BotAlreadyRunningError` before it
+    migrates or touches a job."""
     store = Store(settings.database_url)
-    store.upgrade()
+    try:
+        if hold_bot_lock:
+            store.hold_bot_lock()
+        store.upgrade()
+    except BaseException:
+        store.close()
+        raise
     return store
 
 

@@ -325,3 +325,17 @@ def test_the_database_replaced_while_running_stops_the_store(
     os.replace(tmp_path / "copy.db", db_path)
     with pytest.raises(DatabaseReplacedError, match="deleted or replaced"):
         store.count_queued()
+
+
+def test_open_store_can_claim_the_database_before_migrating(db_path: Path) -> None:
+    from bot.runtime import open_store
+    from bot.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{db_path}")
+    first = open_store(settings, hold_bot_lock=True)
+    try:
+        with pytest.raises(BotAlreadyRunningError, match=f"pid {os.getpid()}"):
+            open_store(settings, hold_bot_lock=True)
+    finally:
+        first.close()
+    open_store(settings, hold_bot_lock=True).close()
