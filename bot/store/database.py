@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -46,6 +46,7 @@ from bot.store.records import (
     ChatRecord,
     HistoryPage,
     ImageRecord,
+    JobFiles,
     JobRecord,
     NewImage,
     NewJob,
@@ -77,6 +78,7 @@ M = TypeVar("M", bound=Base)
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL
+ID_CHUNK = 500  # ids per IN (...) query: well under every database's bound-parameter limit
 
 
 class NotFoundError(LookupError):
@@ -515,6 +517,29 @@ class Store:
             for started, finished, count in rows
             if started is not None and finished is not None
         ]
+
+    def job_files(self, job_ids: Collection[int]) -> dict[int, JobFiles]:
+        """The recorded files of each of these jobs that exists (jobs not found are left out)."""
+        wanted = sorted({job_id for job_id in job_ids if 0 < job_id <= MAX_ID})
+        found: dict[int, JobFiles] = {}
+        with self._sessions() as session:
+            for start in range(0, len(wanted), ID_CHUNK):
+                chunk = wanted[start : start + ID_CHUNK]
+                rows = session.execute(
+                    sa.select(Job.id, Job.status, Job.created_at, Job.grid_path).where(
+                        Job.id.in_(chunk)
+                    )
+                ).all()
+                images = session.execute(
+                    sa.select(Image.job_id, Image.path).where(Image.job_id.in_(chunk))
+                ).all()
+                paths: dict[int, set[str]] = {}
+                for job_id, path in images:
+                    paths.setdefault(job_id, set()).add(path)
+                for job_id, status, created_at, grid in rows:
+                    mine = paths.get(job_id, set()) | ({grid} if grid else set())
+                    found[job_id] = JobFiles(job_id, status, created_at, frozenset(mine))
+        return found
 
     def _jobs(self, query: sa.Select[Any], with_images: bool = False) -> list[JobRecord]:
         if with_images:
