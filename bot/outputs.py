@@ -30,18 +30,22 @@ TEMP_SUFFIX = ".tmp"
 JOB_FILE_RE = re.compile(r"^\d{5,}-j(\d+)-[^/]*\.png$")
 TEMP_FILE_RE = re.compile(r"^\.\d{5,}-[^/]*\.png\.tmp$")
 JOB_MARK_RE = re.compile(r"^j\d+(-|$)")
+# OutputsError.reason
+DISK_FULL, NOT_WRITABLE, WRITE_FAILED = "disk_full", "not_writable", "write_failed"
 # A file's mtime may lag the job row's clock by a little (coarse file-system timestamps).
 CLOCK_SLACK_S = 2.0
 
 
 class OutputsError(EaselError):
     """Saving images failed. `str()` is `user_message`, fit for a chat ("the server's disk is
-    full"); `detail` is for the operator's log (the path and the OS error)."""
+    full"); `reason` names the case for a translated message (DISK_FULL, NOT_WRITABLE,
+    WRITE_FAILED); `detail` is for the operator's log (the path and the OS error)."""
 
-    def __init__(self, user_message: str, detail: str) -> None:
+    def __init__(self, user_message: str, detail: str, reason: str = WRITE_FAILED) -> None:
         super().__init__(user_message)
         self.user_message = user_message
         self.detail = detail
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -161,10 +165,10 @@ def _outputs_error(error: OSError, outputs_dir: Path) -> OutputsError:
     where = error.filename or outputs_dir
     detail = f"saving images under {outputs_dir} failed at {where}: {error.strerror or error}"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputsError("the server's disk is full", detail)
+        return OutputsError("the server's disk is full", detail, DISK_FULL)
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return OutputsError("the server may not write its images folder", detail)
-    return OutputsError("the server could not save the images", detail)
+        return OutputsError("the server may not write its images folder", detail, NOT_WRITABLE)
+    return OutputsError("the server could not save the images", detail, WRITE_FAILED)
 
 
 # --------------------------------------------------------------------------- leftovers of a crash

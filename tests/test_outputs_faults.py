@@ -67,6 +67,7 @@ def test_a_full_disk_is_a_plain_error_and_leaves_no_file(
     with pytest.raises(OutputsError) as caught:
         save_images(images(4), tmp_path, "a-red-fox", job_id=7)
     assert str(caught.value) == "the server's disk is full"
+    assert caught.value.reason == outputs.DISK_FULL
     assert "No space left on device" in caught.value.detail
     assert "Errno" not in str(caught.value)
     assert files(tmp_path) == []  # no zero-byte PNG, no half-written temporary file
