@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 
 from pipeline.errors import EaselError
@@ -138,18 +139,26 @@ def translate_errors(engine: Engine, path: Path | None, watch: FileWatch | None)
             if watch is not None:
                 watch.check()  # an I/O error on a deleted file says "replaced", not "I/O"
             raise StoreError(_sqlite_message(original, place, path)) from original
-        if path is None and context.is_disconnect:
+        if context.is_disconnect:
             raise StoreError(f"lost the connection to the database {place}") from original
-
-    from sqlalchemy import event
+        wrapped = context.sqlalchemy_exception
+        if isinstance(wrapped, exc.OperationalError | exc.InternalError) or (
+            type(wrapped) is exc.DatabaseError
+        ):
+            raise StoreError(f"the database {place} failed: {_first_line(original)}") from original
 
     event.listen(engine, "handle_error", on_error)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _sqlite_message(error: sqlite3.DatabaseError, place: str, path: Path | None) -> str:
     code = getattr(error, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = _first_line(error)
     if primary == SQLITE_FULL or "database or disk is full" in text:
         return f"the database disk is full ({place}): free some space; queued jobs are kept"
     if primary == SQLITE_READONLY:
