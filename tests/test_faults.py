@@ -339,3 +339,19 @@ def test_open_store_can_claim_the_database_before_migrating(db_path: Path) -> No
     finally:
         first.close()
     open_store(settings, hold_bot_lock=True).close()
+
+
+def test_open_store_for_the_bot_removes_what_a_crash_left(db_path: Path, tmp_path: Path) -> None:
+    from bot.runtime import open_store
+    from bot.settings import Settings
+
+    outputs = tmp_path / "outputs"
+    leftover = outputs / "2026-12-02" / ".00001-j1-a-fox.png.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"\x89PNG half")
+    settings = Settings(database_url=f"sqlite:///{db_path}", outputs_dir=outputs)
+
+    open_store(settings).close()  # tools that only read the database leave files alone
+    assert leftover.exists()
+    open_store(settings, hold_bot_lock=True).close()
+    assert not leftover.exists()
