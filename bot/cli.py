@@ -597,7 +597,7 @@ def _open_bot(settings: Settings, model: str | None) -> Bot:
     from bot.runtime import build_bot, open_store
 
     _quiet_libraries()
-    store = open_store(settings)
+    store = open_store(settings, hold_bot_lock=True)
     engine = _load_engine(settings, model, quiet=False)
     return build_bot(settings, engine, store)
 

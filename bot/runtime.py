@@ -8,6 +8,7 @@ from bot.core.bus import EventBus
 from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
 from bot.core.dispatcher import Dispatcher
 from bot.core.service import JobService
+from bot.outputs import cleanup_orphans
 from bot.settings import Settings
 from bot.store import Store
 from pipeline.engine import Engine
@@ -37,10 +38,22 @@ def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
     )
 
 
-def open_store(settings: Settings) -> Store:
-    """The database, with every migration applied."""
+def open_store(settings: Settings, hold_bot_lock: bool = False) -> Store:
+    """The database, with every migration applied.
+
+    `hold_bot_lock`: claim the database for this bot process first (until `store.close()` or
+    the process ends), so that a second bot on it stops with `BotAlreadyRunningError` before it
+    migrates or touches a job; then remove the files a crash left under the outputs folder."""
     store = Store(settings.database_url)
-    store.upgrade()
+    try:
+        if hold_bot_lock:
+            store.hold_bot_lock()
+        store.upgrade()
+        if hold_bot_lock:
+            cleanup_orphans(store, settings.outputs_dir)
+    except BaseException:
+        store.close()
+        raise
     return store
 
 

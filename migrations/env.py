@@ -8,8 +8,8 @@ from typing import Any
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import create_engine
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
 
 from bot.store.models import Base, UTCDateTime
 
@@ -64,11 +64,28 @@ def run_migrations_online() -> None:
         run_on(connection)
         return
     engine = create_engine(database_url())
+    if engine.dialect.name == "sqlite":
+        transactional_sqlite_ddl(engine)
     try:
-        with engine.connect() as own_connection:
+        # One transaction for the whole upgrade: a migration stopped halfway leaves nothing.
+        with engine.connect() as own_connection, own_connection.begin():
             run_on(own_connection)
     finally:
         engine.dispose()
+
+
+def transactional_sqlite_ddl(engine: Engine) -> None:
+    """pysqlite commits before DDL on its own; take its transactions over so DDL is rolled
+    back with everything else (SQLAlchemy's recipe for SQLite's transactional DDL)."""
+
+    def no_driver_transactions(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+
+    def begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    event.listen(engine, "connect", no_driver_transactions)
+    event.listen(engine, "begin", begin)
 
 
 # Only the alembic command line configures logging; inside the bot the bot owns it.

@@ -424,7 +424,7 @@ class Dispatcher:
         stem = prompt_stem(outcome.images[0].infotext.prompt) if outcome.images else "image"
         if job.kind is JobKind.UPSCALE:
             stem = f"upscaled-{stem}"
-        return save_images(outcome.images, self.config.outputs_dir, stem)
+        return save_images(outcome.images, self.config.outputs_dir, stem, job_id=job.id)
 
     # ------------------------------------------------------------------ events
 

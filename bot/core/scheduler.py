@@ -1,13 +1,17 @@
 """The fair scheduler: which queued jobs run next, and as which batch.
 
 Written by hand because no queue library does this mix:
-- Strict priority tiers (admin, then vip, then user), round robin across users inside a tier:
-  each user with queued jobs leads one batch per round, so a user with 20 jobs queued delays
-  another user's first job by at most one batch.
-- A batch is the leader's oldest job plus the oldest compatible jobs (same batch key) of any
-  user, up to `max_batch_images` images, within each user's cap on running jobs.
+- Strict priority tiers (admin, then vip, then user), fair shares across users inside a tier.
+- Fair shares are counted in jobs started: each user has a count of jobs started while they had
+  work queued, and the lowest count goes next (oldest job first among equals). A user who
+  comes (back) to the queue starts at the lowest count of those waiting, so their first job
+  starts within one round: at most one job of each other waiting user runs before it.
+- A batch is a leader job plus compatible jobs (same batch key) up to `max_batch_images`
+  images, within each user's cap on running jobs. The spare slots go round robin too: one job
+  per user per pass, the users with the fewest jobs started first, so a user with many jobs
+  queued cannot fill every batch.
 - Among the users whose turn it is, one whose next job uses the LoRA set already loaded goes
-  first (fairness allows it: everyone in the round still leads once).
+  first (fairness allows it: everyone in the round still goes once).
 
 It holds the queue in memory, indexed for O(users) picks with 10,000 jobs queued; the
 database stays the truth and the service rebuilds this from it at start.
@@ -33,7 +37,15 @@ class QueuedJob:
 @dataclass
 class _Tier:
     users: OrderedDict[int, deque[QueuedJob]] = field(default_factory=OrderedDict)
-    served: set[int] = field(default_factory=set)  # users who led a batch this round
+    started: dict[int, int] = field(default_factory=dict)  # jobs started, per waiting user
+
+    def join(self, user_id: int) -> None:
+        """A user with nothing queued queues a job: they start level with the lowest count."""
+        self.started[user_id] = min(self.started.values(), default=0)
+
+    def leave(self, user_id: int) -> None:
+        del self.users[user_id]
+        del self.started[user_id]
 
 
 class FairScheduler:
@@ -41,7 +53,8 @@ class FairScheduler:
         self.max_batch_images = max_batch_images
         self._tiers: dict[int, _Tier] = {}
         self._jobs: dict[int, QueuedJob] = {}
-        self._by_key: dict[str, dict[int, QueuedJob]] = {}  # insertion (job id) order
+        # batch key -> tier -> jobs in insertion (job id) order
+        self._by_key: dict[str, dict[int, dict[int, QueuedJob]]] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -54,9 +67,13 @@ class FairScheduler:
             return
         self._jobs[job.job_id] = job
         tier = self._tiers.setdefault(job.tier, _Tier())
-        tier.users.setdefault(job.user_id, deque()).append(job)
+        if job.user_id not in tier.users:
+            tier.join(job.user_id)
+            tier.users[job.user_id] = deque()
+        tier.users[job.user_id].append(job)
         if job.batch_key is not None:
-            self._by_key.setdefault(job.batch_key, {})[job.job_id] = job
+            same = self._by_key.setdefault(job.batch_key, {})
+            same.setdefault(job.tier, {})[job.job_id] = job
 
     def remove(self, job_id: int) -> QueuedJob | None:
         job = self._jobs.pop(job_id, None)
@@ -66,11 +83,12 @@ class FairScheduler:
         queue = tier.users[job.user_id]
         queue.remove(job)
         if not queue:
-            del tier.users[job.user_id]
-            tier.served.discard(job.user_id)  # back later, they wait by their job's age
+            tier.leave(job.user_id)  # back later, they join level with those waiting then
         if job.batch_key is not None:
             same = self._by_key[job.batch_key]
-            del same[job_id]
+            del same[job.tier][job_id]
+            if not same[job.tier]:
+                del same[job.tier]
             if not same:
                 del self._by_key[job.batch_key]
         return job
@@ -96,56 +114,96 @@ class FairScheduler:
             return busy == 0 or busy < cap(user_id)  # caps are at least 1
 
         for level in sorted(self._tiers):
-            tier = self._tiers[level]
-            leader = self._pick_leader(tier, room, active_loras)
+            leader = self._pick_leader(self._tiers[level], running, cap, active_loras)
             if leader is None:
                 continue
-            tier.served.add(leader.user_id)
             batch = self._fill(leader, room)
+            for job in batch:
+                self._tiers[job.tier].started[job.user_id] += 1
             for job in batch:
                 self.remove(job.job_id)
             return batch
         return []
 
     def _pick_leader(
-        self, tier: _Tier, room: Callable[[int], bool], active_loras: str | None
+        self,
+        tier: _Tier,
+        running: Mapping[int, int],
+        cap: Callable[[int], int],
+        active_loras: str | None,
     ) -> QueuedJob | None:
-        """One pass over the tier's users (10,000 queued jobs stay cheap): the oldest head
-        job, a loaded LoRA set first, among users who have not led this round."""
-        waiting: tuple[tuple[bool, int], QueuedJob] | None = None
-        anyone: tuple[tuple[bool, int], QueuedJob] | None = None
+        """One pass over the tier's users (10,000 queued jobs stay cheap): the head job of
+        the user with the fewest jobs started, a loaded LoRA set first, then the oldest."""
+        best_key: tuple[int, bool, int] | None = None
+        best: QueuedJob | None = None
+        started = tier.started
         for user, queue in tier.users.items():
-            if not room(user):
+            busy = running.get(user, 0)
+            if busy and busy >= cap(user):
                 continue
             head = queue[0]
-            key = (head.lora_set != active_loras, head.job_id)
-            if anyone is None or key < anyone[0]:
-                anyone = (key, head)
-            if user not in tier.served and (waiting is None or key < waiting[0]):
-                waiting = (key, head)
-        if anyone is None:
-            return None
-        if waiting is None:  # everyone led once: a new round
-            tier.served.clear()
-            return anyone[1]
-        return waiting[1]
+            key = (started[user], head.lora_set != active_loras, head.job_id)
+            if best_key is None or key < best_key:
+                best_key, best = key, head
+        return best
 
     def _fill(self, leader: QueuedJob, room: Callable[[int, int], bool]) -> list[QueuedJob]:
+        """The leader plus compatible jobs: higher tiers first, then in passes of one job per
+        user, the users with the fewest jobs started (counting this batch) first."""
         batch, images = [leader], leader.images
         if leader.batch_key is None:
             return batch
         taken = {leader.user_id: 1}
-        for job in self._by_key[leader.batch_key].values():
+        by_tier = self._by_key[leader.batch_key]
+        for level in sorted(by_tier):
             if images >= self.max_batch_images:
                 break
-            if job is leader or images + job.images > self.max_batch_images:
-                continue
-            if not room(job.user_id, taken.get(job.user_id, 0)):
-                continue
-            batch.append(job)
-            images += job.images
-            taken[job.user_id] = taken.get(job.user_id, 0) + 1
-        return batch
+            started = self._tiers[level].started
+            images = self._fill_from(by_tier[level], started, batch, images, taken, room)
+        return [leader, *sorted(batch[1:], key=lambda job: job.job_id)]
+
+    def _fill_from(
+        self,
+        pool: Mapping[int, QueuedJob],
+        started: Mapping[int, int],
+        batch: list[QueuedJob],
+        images: int,
+        taken: dict[int, int],
+        room: Callable[[int, int], bool],
+    ) -> int:
+        """Passes over one tier's compatible jobs (oldest first); pass `level` takes one job of
+        each user whose started count, with what this batch took, is at most `level`."""
+        chosen = {job.job_id for job in batch}
+
+        def count(user: int) -> int:
+            return started[user] + taken.get(user, 0)
+
+        level = min(started.values(), default=0)  # nobody waiting has started fewer
+        while images < self.max_batch_images:
+            took, next_level = False, None
+            for job in pool.values():
+                if images >= self.max_batch_images:
+                    break
+                user = job.user_id
+                if job.job_id in chosen or images + job.images > self.max_batch_images:
+                    continue
+                if not room(user, taken.get(user, 0)):
+                    continue
+                mine = count(user)
+                if mine > level:
+                    next_level = mine if next_level is None else min(next_level, mine)
+                    continue
+                batch.append(job)
+                chosen.add(job.job_id)
+                images += job.images
+                taken[user] = taken.get(user, 0) + 1
+                took = True
+            if next_level is None and not took:
+                break
+            level = level + 1 if took else next_level  # type: ignore[assignment]
+            if took and next_level is not None:
+                level = min(level, next_level)
+        return images
 
     def position(self, job_id: int) -> int:
         """How many queued jobs run before this one (0: it is next), counting one job per
@@ -159,16 +217,15 @@ class FairScheduler:
         )
         tier = self._tiers[job.tier]
         mine = next(index for index, queued in enumerate(tier.users[job.user_id]) if queued is job)
-
-        # Users who have not led yet this round come first, each in order of their oldest job.
-        def turn(user: int) -> tuple[bool, int]:
-            return user in tier.served, tier.users[user][0].job_id
-
-        my_turn = turn(job.user_id)
+        # One-job batches run in order of (jobs started before it, job id).
+        turn = tier.started[job.user_id] + mine
         for user, queue in tier.users.items():
-            if user != job.user_id:
-                rounds = mine + 1 if turn(user) < my_turn else mine
-                ahead += min(len(queue), rounds)
+            if user == job.user_id:
+                continue
+            before = min(max(turn - tier.started[user], 0), len(queue))
+            if before < len(queue) and tier.started[user] + before == turn:
+                before += queue[before].job_id < job.job_id
+            ahead += before
         return ahead + mine
 
     def jobs(self) -> Iterator[QueuedJob]:

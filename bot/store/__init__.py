@@ -1,11 +1,13 @@
 """The bot's durable store: users, settings, chats and jobs in SQL, migrated with Alembic."""
 
 from bot.store.database import SETTING_NAMES, UNSET, NotFoundError, Store
+from bot.store.faults import BotAlreadyRunningError, BotLock, DatabaseReplacedError, StoreError
 from bot.store.models import Delivery, JobKind, JobStatus, Role
 from bot.store.records import (
     ChatRecord,
     HistoryPage,
     ImageRecord,
+    JobFiles,
     JobRecord,
     NewImage,
     NewJob,
@@ -17,10 +19,14 @@ from bot.store.records import (
 __all__ = [
     "SETTING_NAMES",
     "UNSET",
+    "BotAlreadyRunningError",
+    "BotLock",
     "ChatRecord",
+    "DatabaseReplacedError",
     "Delivery",
     "HistoryPage",
     "ImageRecord",
+    "JobFiles",
     "JobKind",
     "JobRecord",
     "JobStatus",
@@ -31,5 +37,6 @@ __all__ = [
     "Role",
     "SettingsRecord",
     "Store",
+    "StoreError",
     "UserRecord",
 ]

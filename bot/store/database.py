@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -22,6 +22,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from bot.store.faults import (
+    BotLock,
+    FileWatch,
+    StoreError,
+    check_sqlite_file,
+    sqlite_file,
+    translate_errors,
+)
 from bot.store.models import (
     Base,
     Chat,
@@ -39,6 +47,7 @@ from bot.store.records import (
     ChatRecord,
     HistoryPage,
     ImageRecord,
+    JobFiles,
     JobRecord,
     NewImage,
     NewJob,
@@ -70,6 +79,7 @@ M = TypeVar("M", bound=Base)
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL
+ID_CHUNK = 500  # ids per IN (...) query: well under every database's bound-parameter limit
 
 
 class NotFoundError(LookupError):
@@ -87,8 +97,16 @@ class Store:
     """Users, their settings, chats and jobs, in any database SQLAlchemy speaks (SQLite first)."""
 
     def __init__(self, url: str) -> None:
-        self._engine = _create_engine(make_url(url))
+        parsed = make_url(url)
+        self._path = sqlite_file(parsed)
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            check_sqlite_file(self._path)
+        self._watch = FileWatch(self._path) if self._path is not None else None
+        self._engine = _create_engine(parsed, self._watch)
+        translate_errors(self._engine, self._path, self._watch)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._lock = BotLock(self._engine, self._path)
 
     @property
     def url(self) -> str:
@@ -99,7 +117,13 @@ class Store:
         return f"Store({self.url!r})"
 
     def close(self) -> None:
+        self._lock.release()
         self._engine.dispose()
+
+    def hold_bot_lock(self) -> BotLock:
+        """Claim this database for this bot process until `close()` (or the end of a `with`
+        block on the result); `BotAlreadyRunningError` when another bot holds it."""
+        return self._lock.acquire()
 
     def __enter__(self) -> Store:
         return self
@@ -113,10 +137,24 @@ class Store:
         """Apply the Alembic migrations up to head, on this store's own engine."""
         with self._migration_connection() as connection:
             before = MigrationContext.configure(connection).get_current_revision()
+            if before is None:
+                self._refuse_unversioned_tables(connection)
             command.upgrade(_alembic_config(connection), "head")
         after = self.current()
         if before != after:
             log.info("Migrated %s from %s to %s", self.url, before or "empty", after)
+
+    def _refuse_unversioned_tables(self, connection: Connection) -> None:
+        """Tables without a migration version: an interrupted first start from before
+        migrations ran in one transaction, or another program's database."""
+        ours = set(Base.metadata.tables) & set(sa.inspect(connection).get_table_names())
+        if ours:
+            name = self._path.name if self._path is not None else self.url
+            raise StoreError(
+                f"{name} has Easel's tables ({', '.join(sorted(ours))}) but no migration "
+                "version: an earlier first start was interrupted. Move it away (or delete it) "
+                "and start again; if it holds data you need, run `alembic stamp head` on it"
+            )
 
     def current(self) -> str | None:
         with self._engine.connect() as connection:
@@ -510,6 +548,29 @@ class Store:
             if started is not None and finished is not None
         ]
 
+    def job_files(self, job_ids: Collection[int]) -> dict[int, JobFiles]:
+        """The recorded files of each of these jobs that exists (jobs not found are left out)."""
+        wanted = sorted({job_id for job_id in job_ids if 0 < job_id <= MAX_ID})
+        found: dict[int, JobFiles] = {}
+        with self._sessions() as session:
+            for start in range(0, len(wanted), ID_CHUNK):
+                chunk = wanted[start : start + ID_CHUNK]
+                rows = session.execute(
+                    sa.select(Job.id, Job.status, Job.created_at, Job.grid_path).where(
+                        Job.id.in_(chunk)
+                    )
+                ).all()
+                images = session.execute(
+                    sa.select(Image.job_id, Image.path).where(Image.job_id.in_(chunk))
+                ).all()
+                paths: dict[int, set[str]] = {}
+                for job_id, path in images:
+                    paths.setdefault(job_id, set()).add(path)
+                for job_id, status, created_at, grid in rows:
+                    mine = paths.get(job_id, set()) | ({grid} if grid else set())
+                    found[job_id] = JobFiles(job_id, status, created_at, frozenset(mine))
+        return found
+
     def _jobs(self, query: sa.Select[Any], with_images: bool = False) -> list[JobRecord]:
         if with_images:
             query = query.options(selectinload(Job.images))
@@ -517,7 +578,7 @@ class Store:
             return [_job_record(row, with_images) for row in session.scalars(query)]
 
 
-def _create_engine(url: URL) -> Engine:
+def _create_engine(url: URL, watch: FileWatch | None) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     if _in_memory(url):
@@ -526,11 +587,23 @@ def _create_engine(url: URL) -> Engine:
             url, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        if url.database and not url.query.get("uri"):
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url)
     sa.event.listen(engine, "connect", _set_sqlite_pragmas)
+    sa.event.listen(engine, "begin", _sqlite_begin(watch))
     return engine
+
+
+def _sqlite_begin(watch: FileWatch | None) -> Callable[[Connection], None]:
+    """Begin each transaction ourselves (the driver's own transaction handling is off), so DDL
+    is transactional too: a migration killed halfway leaves nothing behind. Each transaction
+    first checks that the database file is still the one opened."""
+
+    def begin(connection: Connection) -> None:
+        if watch is not None:
+            watch.check()
+        connection.exec_driver_sql("BEGIN")
+
+    return begin
 
 
 def _in_memory(url: URL) -> bool:
@@ -538,6 +611,8 @@ def _in_memory(url: URL) -> bool:
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _connection_record: object) -> None:
+    # pysqlite's legacy handling would commit before DDL; the engine's "begin" hook takes over.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
@@ -547,9 +622,9 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _connection_record: object) -> No
 
 
 def _pragma(connection: Connection, pragma: str) -> None:
-    # Outside any transaction: SQLite ignores foreign_keys changes inside one.
-    connection.exec_driver_sql(pragma)
-    connection.commit()
+    # Straight to the driver, outside any transaction: SQLite ignores foreign_keys changes
+    # inside one, and the engine's own BEGIN would open one.
+    connection.connection.driver_connection.execute(pragma)  # type: ignore[union-attr]
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:

@@ -130,3 +130,14 @@ class HistoryPage:
 class Recovery:
     requeued: tuple[int, ...]
     failed: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """What the database knows of a job's files: when the job was made, and the paths its
+    images and grid are recorded at."""
+
+    job_id: int
+    status: JobStatus
+    created_at: datetime
+    paths: frozenset[str]
