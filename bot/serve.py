@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -72,14 +72,7 @@ async def serve_console(
         ready = threading.Event()
         ready.set()
         lines = read_lines(stdin, terminal, ready, lambda: chat.editable)
-        talking = asyncio.create_task(chat.run(lines, ready))
-        stopping = asyncio.create_task(stop.graceful.wait())
-        done, _ = await asyncio.wait({talking, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping in done:
-            talking.cancel()
-        else:
-            stopping.cancel()
-            talking.result()
+        await _until_stopped(chat.run(lines, ready), context, stop)
 
 
 def load_front_ends(modules: list[str]) -> list[ModuleType]:
@@ -109,9 +102,26 @@ async def serve_front_ends(bot: Bot, settings: Settings, front_ends: list[Module
     context = BotContext(bot.service)
     stop = _stop_on_signals()
     async with _running(bot, stop, None, "en"):
-        await asyncio.gather(
+        serving = asyncio.gather(
             *(module.serve(context, settings, stop.graceful) for module in front_ends)
         )
+        await _until_stopped(serving, context, stop)
+
+
+async def _until_stopped(work: Awaitable[None], context: BotContext, stop: Stop) -> None:
+    """Run the front end's work until it ends, a stop signal, or a database failure that
+    the bot cannot go on with (then that error, for `easel` to print)."""
+    working = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.graceful.wait())
+    failing = asyncio.create_task(context.service.failed())
+    done, _ = await asyncio.wait({working, stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (working, stopping, failing):
+        if task not in done:
+            task.cancel()
+    if failing in done:
+        raise failing.result()
+    if working in done:
+        working.result()
 
 
 @contextlib.asynccontextmanager

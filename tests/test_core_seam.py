@@ -390,3 +390,66 @@ def test_a_failed_delivery_is_retried_while_the_bot_runs(make_bot: Callable[...,
     job = bot.store.job(1)
     assert job is not None and job.delivery is Delivery.DELIVERED
     assert job.delivery_attempts == 3
+
+
+# --------------------------------------------------------------------------- database faults
+
+
+def test_a_database_that_fails_for_a_while_keeps_the_job_and_finishes_it(
+    make_bot: Callable[..., Bot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.core import dispatcher as dispatcher_module
+    from bot.store import StoreError
+
+    bot = make_bot()
+    recorder = Recorder()
+    bot.service.subscribe(PLATFORM, recorder)
+    monkeypatch.setattr(dispatcher_module, "STORE_RETRY_DELAYS", (0.05,))
+    original = bot.store.mark_done
+    failures = [StoreError("the database disk is full (easel.db): free some space")] * 2
+
+    def full_then_fine(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(bot.store, "mark_done", full_then_fine)
+
+    async def scenario() -> None:
+        await bot.service.start()
+        options = bot.service.options(ALICE, "a patient fox --n 1 --steps 2", ORIGIN)
+        await bot.service.imagine(ALICE, options, ORIGIN)
+        await finish(bot)
+        await bot.service.stop()
+
+    run(scenario())
+    job = bot.store.job(1, with_images=True)
+    assert job is not None and job.status is JobStatus.DONE and len(job.images) == 1
+    assert len(recorder.of(EventKind.FINISHED, 1)) == 1
+    assert not recorder.of(EventKind.FAILED)
+
+
+def test_a_database_deleted_under_the_chat_stops_it_with_a_clear_error(
+    tmp_path: Path, models_dir: Path, engine: Engine
+) -> None:
+    from bot.serve import serve_console
+    from bot.store import DatabaseReplacedError
+    from tests.test_console import ScriptedInput, console_settings
+
+    settings = console_settings(tmp_path, models_dir)
+    database = tmp_path / "easel.db"
+
+    def delete_then_ask() -> str:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        return "/imagine a fox after the loss --n 1 --steps 2"
+
+    from bot.runtime import build_bot, open_store
+
+    bot = build_bot(settings, engine, open_store(settings))
+    out = io.StringIO()
+    lines = ScriptedInput(["/history", delete_then_ask, "/history", "/history"])
+    with pytest.raises(DatabaseReplacedError) as stopped:
+        run(asyncio.wait_for(serve_console(bot, settings, lines, out, "en"), 60))
+    bot.store.close()
+    assert "easel.db was deleted or replaced while the bot ran; stopping" in str(stopped.value)

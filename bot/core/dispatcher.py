@@ -32,8 +32,18 @@ from bot.core.events import (
 from bot.core.messages import Key, Message, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
 from bot.core.work import lora_signature, prompt_preview, work_of
-from bot.outputs import SavedImages, prompt_stem, save_images
-from bot.store import Delivery, JobKind, JobRecord, JobStatus, Store, UserRecord
+from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
+from bot.store import (
+    DatabaseCorruptError,
+    DatabaseReplacedError,
+    Delivery,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    Store,
+    StoreError,
+    UserRecord,
+)
 from pipeline.errors import first_line
 from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Task, TaskOutcome
 from pipeline.images import format_infotext, read_infotext
@@ -44,6 +54,7 @@ RECENT_JOBS = 20  # finished jobs the ETA is drawn from
 # How long a job's next event waits for the previous one's handlers (a hung front end must
 # not hold up the others).
 LANE_TIMEOUT = 10.0
+STORE_RETRY_DELAYS = (1.0, 5.0, 15.0, 30.0)  # seconds between batches while the database fails
 
 
 class CancelOutcome(StrEnum):
@@ -78,6 +89,10 @@ class Dispatcher:
         self._status_messages: dict[int, str] = {}
         self._previews: dict[int, bytes] = {}  # running job -> its newest preview
         self._retries: dict[int, asyncio.Task[None]] = {}  # job -> its next delivery try
+        self._store_failures = 0
+        self._fatal = asyncio.Event()
+        self.fatal_error: StoreError | None = None  # the database cannot go on
+        store.fatal.add(self._database_failed)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,6 +117,21 @@ class Dispatcher:
                 continue
             self._pending[job.id] = job.origin_platform
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
+
+    def _database_failed(self, error: StoreError) -> None:
+        """The database cannot go on: take no new batch, and let the bot stop saying why."""
+        if self.fatal_error is None:
+            log.error("Stopping: %s", error)
+            self.fatal_error = error
+        self._stopping = True
+        self._wake.set()
+        self._fatal.set()
+
+    async def failed(self) -> StoreError:
+        """Wait until the database fails for good (deleted, replaced, corrupted)."""
+        await self._fatal.wait()
+        assert self.fatal_error is not None
+        return self.fatal_error
 
     async def stop(self) -> None:
         """Take no new batch; let the running one finish within the timeout, else stop it
@@ -282,6 +312,17 @@ class Dispatcher:
                 continue
             try:
                 await self._run_batch(batch)
+                self._store_failures = 0
+            except (DatabaseReplacedError, DatabaseCorruptError):
+                return  # the store told `_database_failed`
+            except StoreError as error:
+                # The jobs went back to the queue; the database may recover (space freed).
+                self._store_failures += 1
+                delay = STORE_RETRY_DELAYS[min(self._store_failures, len(STORE_RETRY_DELAYS)) - 1]
+                log.error("The database failed: %s; trying again in %.0f s", error, delay)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
             except Exception:  # the loop must outlive any one batch
                 log.exception("A batch failed outside the executor")
 
@@ -299,7 +340,12 @@ class Dispatcher:
         """Run one batch. Every job ends recorded (done, failed, cancelled or queued again
         for a shutdown) and settled, whatever raises on the way."""
         ids = [item.job_id for item in batch]
-        self.store.mark_running(ids)
+        try:
+            self.store.mark_running(ids)
+        except StoreError:
+            for item in batch:
+                self.scheduler.add(item)
+            raise
         jobs = [job for job in (self.store.job(job_id) for job_id in ids) if job is not None]
         for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
@@ -307,6 +353,7 @@ class Dispatcher:
             await self._settled(gone)
         recorded: set[int] = set()
         delivering: set[int] = set()
+        store_failed = False
         try:
             outcomes = await self._execute(jobs)
             self._active_loras = batch[0].lora_set
@@ -318,14 +365,20 @@ class Dispatcher:
                     self._in_background(self._deliver_and_settle(job.id))
                     delivering.add(job.id)
                 recorded.add(job.id)
+        except StoreError:
+            store_failed = True
+            raise
         finally:
             for job in jobs:
-                if job.id not in recorded:  # the loop is being torn down mid-batch
+                again = job.id not in recorded
+                if again and store_failed:  # runs again once the database is back
+                    self.scheduler.add(self.queued_job(job))
+                elif again:  # the loop is being torn down mid-batch
                     self.store.requeue([job.id], refund_attempt=True)
                 self._running.pop(job.id, None)
                 self._previews.pop(job.id, None)
                 self._cancel_requested.discard(job.id)
-                if job.id not in delivering:
+                if job.id not in delivering and not (again and store_failed):
                     await self._settled(job.id)
 
     async def _deliver_and_settle(self, job_id: int) -> None:
@@ -358,13 +411,21 @@ class Dispatcher:
         return None
 
     async def _record_safely(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
-        """Record one job; an error here (a full disk) fails that job, not the batch."""
+        """Record one job; an error here (a full disk under the outputs) fails that job, not
+        the batch. A database that fails is the loop's to handle: nothing can be recorded."""
         try:
             return await self._record(job, outcome, seconds)
+        except StoreError:
+            raise
+        except OutputsError as error:
+            log.error("Saving job %s failed: %s", job.id, error.detail)
+            key = _OUTPUTS_REASONS.get(error.reason)
+            if key is None:
+                return await self._record(job, _failed_outcome(job, error), seconds)
+            self.store.mark_failed(job.id, message_to_json(Message(key)), error.detail)
+            return True
         except Exception as error:
-            failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
-            failed = TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure)
-            return await self._record(job, failed, seconds)
+            return await self._record(job, _failed_outcome(job, error), seconds)
 
     def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
@@ -507,6 +568,15 @@ class Dispatcher:
             status_message=self._status_messages.get(job.id, job.status_message),
             **fields,
         )
+
+
+# What a chat user is told when a job's images could not be saved; the log has the path.
+_OUTPUTS_REASONS = {DISK_FULL: Key.FAILED_DISK_FULL, NOT_WRITABLE: Key.FAILED_NOT_WRITABLE}
+
+
+def _failed_outcome(job: JobRecord, error: BaseException) -> TaskOutcome:
+    failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
+    return TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure)
 
 
 def _user_ref(user: UserRecord) -> UserRef:

@@ -31,6 +31,8 @@ class Key(StrEnum):
     FAILED_ERROR = "failed_error"
     FAILED_CRASHED = "failed_crashed"
     FAILED_INTERNAL = "failed_internal"
+    FAILED_DISK_FULL = "failed_disk_full"
+    FAILED_NOT_WRITABLE = "failed_not_writable"
     INTERNAL_ERROR = "internal_error"
     CANCELLED = "cancelled"
     CANCEL_REQUESTED = "cancel_requested"

@@ -111,6 +111,11 @@ class JobService:
     async def stop(self) -> None:
         await self.dispatcher.stop()
 
+    async def failed(self) -> Exception:
+        """Wait until the database fails for good (deleted, replaced, corrupted): the bot
+        must stop, and the error says why."""
+        return await self.dispatcher.failed()
+
     def stop_now(self) -> int:
         """During `stop`: stop the running batch now; its jobs run again at the next start.
         How many jobs that was."""

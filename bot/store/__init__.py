@@ -1,7 +1,13 @@
 """The bot's durable store: users, settings, chats and jobs in SQL, migrated with Alembic."""
 
 from bot.store.database import SETTING_NAMES, UNSET, NotFoundError, Store
-from bot.store.faults import BotAlreadyRunningError, BotLock, DatabaseReplacedError, StoreError
+from bot.store.faults import (
+    BotAlreadyRunningError,
+    BotLock,
+    DatabaseCorruptError,
+    DatabaseReplacedError,
+    StoreError,
+)
 from bot.store.models import Delivery, JobKind, JobStatus, Role
 from bot.store.records import (
     ChatRecord,
@@ -22,6 +28,7 @@ __all__ = [
     "BotAlreadyRunningError",
     "BotLock",
     "ChatRecord",
+    "DatabaseCorruptError",
     "DatabaseReplacedError",
     "Delivery",
     "HistoryPage",

@@ -24,6 +24,7 @@ from sqlalchemy.pool import StaticPool
 
 from bot.store.faults import (
     BotLock,
+    FatalListeners,
     FileWatch,
     StoreError,
     check_sqlite_file,
@@ -102,9 +103,11 @@ class Store:
         if self._path is not None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             check_sqlite_file(self._path)
-        self._watch = FileWatch(self._path) if self._path is not None else None
+        # Told when the database cannot go on (deleted, replaced, corrupted): the bot stops.
+        self.fatal = FatalListeners()
+        self._watch = FileWatch(self._path, self.fatal) if self._path is not None else None
         self._engine = _create_engine(parsed, self._watch)
-        translate_errors(self._engine, self._path, self._watch)
+        translate_errors(self._engine, self._path, self._watch, self.fatal)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._lock = BotLock(self._engine, self._path)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,10 @@ class StoreError(EaselError):
 
 class DatabaseReplacedError(StoreError):
     """The database file was deleted or replaced under the running bot: writes would be lost."""
+
+
+class DatabaseCorruptError(StoreError):
+    """The database file is not a database any more: only the operator can mend it."""
 
 
 class BotAlreadyRunningError(StoreError):
@@ -82,7 +87,7 @@ def check_sqlite_file(path: Path) -> None:
     with path.open("rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
     if header and header != SQLITE_HEADER:
-        raise StoreError(corrupted_message(path))
+        raise DatabaseCorruptError(corrupted_message(path))
 
 
 def _writable(path: Path) -> bool:
@@ -109,8 +114,9 @@ class FileWatch:
     would go on writing to the unlinked file, and everything after would be lost at exit).
     One stat per transaction: microseconds next to the transaction itself."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fatal: FatalListeners) -> None:
         self.path = path
+        self.fatal = fatal
         self._known: FileIdentity | None = None
 
     def check(self) -> None:
@@ -119,13 +125,32 @@ class FileWatch:
             self._known = now
             return
         if now != self._known:
-            raise DatabaseReplacedError(
+            error = DatabaseReplacedError(
                 f"{self.path.name} was deleted or replaced while the bot ran; stopping "
                 "(what the bot wrote since then was lost; restart it to use the new file)"
             )
+            self.fatal.tell(error)
+            raise error
 
 
-def translate_errors(engine: Engine, path: Path | None, watch: FileWatch | None) -> None:
+class FatalListeners:
+    """Who wants to hear that the database cannot go on (the bot stops), wherever the error
+    surfaces: in a queue batch or in a chat command."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[StoreError], None]] = []
+
+    def add(self, listener: Callable[[StoreError], None]) -> None:
+        self._listeners.append(listener)
+
+    def tell(self, error: StoreError) -> None:
+        for listener in self._listeners:
+            listener(error)
+
+
+def translate_errors(
+    engine: Engine, path: Path | None, watch: FileWatch | None, fatal: FatalListeners
+) -> None:
     """Turn the engine's database errors into `StoreError`s with a plain message."""
     place = path.name if path is not None else engine.url.render_as_string(hide_password=True)
 
@@ -138,7 +163,12 @@ def translate_errors(engine: Engine, path: Path | None, watch: FileWatch | None)
         ):
             if watch is not None:
                 watch.check()  # an I/O error on a deleted file says "replaced", not "I/O"
-            raise StoreError(_sqlite_message(original, place, path)) from original
+            message = _sqlite_message(original, place, path)
+            if _is_corrupt(original):
+                corrupt = DatabaseCorruptError(message)
+                fatal.tell(corrupt)
+                raise corrupt from original
+            raise StoreError(message) from original
         if context.is_disconnect:
             raise StoreError(f"lost the connection to the database {place}") from original
         wrapped = context.sqlalchemy_exception
@@ -153,6 +183,11 @@ def translate_errors(engine: Engine, path: Path | None, watch: FileWatch | None)
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_NOTADB, SQLITE_CORRUPT)
 
 
 def _sqlite_message(error: sqlite3.DatabaseError, place: str, path: Path | None) -> str:
