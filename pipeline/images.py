@@ -348,6 +348,28 @@ def read_infotext(source: Path | bytes | Image.Image) -> Infotext | None:
         return _infotext_of(image)
 
 
+def check_pixels(size: tuple[int, int], max_pixels: int, what: str = "The image") -> None:
+    """Refuse an image of more than `max_pixels` pixels (InvalidRequestError)."""
+    width, height = size
+    if width * height > max_pixels:
+        side = math.isqrt(max_pixels)
+        raise InvalidRequestError(
+            f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
+            f"{max_pixels:,} pixels (for example {side}x{side})."
+        )
+
+
+def open_rgb(source: Path | bytes, max_pixels: int, what: str = "The image") -> Image.Image:
+    """An RGB copy of the image at `source`, its size checked from the header before any pixel
+    is decoded. Raises InvalidRequestError for data that is not an image or is too large."""
+    with _open_image(source) as image:
+        check_pixels(image.size, max_pixels, what)
+        try:
+            return image.convert("RGB")
+        except Exception as error:  # truncated or corrupt image data
+            raise InvalidRequestError(f"{what} could not be decoded: {error}") from error
+
+
 @contextmanager
 def _open_image(source: Path | bytes) -> Iterator[Image.Image]:
     label = source.name if isinstance(source, Path) else f"{len(source)} bytes of data"

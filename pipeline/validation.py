@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from pipeline.errors import InvalidRequestError
+from pipeline.images import check_pixels
 from pipeline.prompts.extra_networks import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, lora_weight_in_range
 from pipeline.prompts.plan import PromptPlan
 from pipeline.request import RANDOM_SEED, GenerationRequest
@@ -117,13 +118,7 @@ def _check_lora_weights(request: GenerationRequest) -> None:
 
 def check_input_size(size: tuple[int, int], limits: Limits, what: str = "The image") -> None:
     """Refuse an input image larger than the operator's limit (from its header alone)."""
-    width, height = size
-    if width * height > limits.max_input_pixels:
-        raise InvalidRequestError(
-            f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
-            f"{limits.max_input_pixels:,} pixels (for example "
-            f"{_square_side(limits.max_input_pixels)}x{_square_side(limits.max_input_pixels)})."
-        )
+    check_pixels(size, limits.max_input_pixels, what)
 
 
 def check_output_size(size: tuple[int, int], limits: Limits, what: str = "The result") -> None:
