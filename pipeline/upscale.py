@@ -103,7 +103,7 @@ def resolve_upscaler(name: str | None, models_dir: Path) -> UpscalerInfo | None:
     if wanted == LANCZOS.lower():
         return None
     known = ", ".join(info.name for info in available) or "none"
-    folders = " or ".join(f"{models_dir}/{folder}" for folder in ("upscale", "ESRGAN"))
+    folders = " or ".join(f"{models_dir.name}/{folder}" for folder in ("upscale", "ESRGAN"))
     raise InvalidRequestError(
         f"No upscaler named {name!r}. Available: {known} (or {LANCZOS}, without a model). "
         f"Put .pth or .safetensors upscalers in {folders}."
@@ -336,7 +336,7 @@ def _mtime(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
     except OSError as error:
-        raise ModelLoadError(f"Upscaler {path} is unreadable: {first_line(error)}") from error
+        raise ModelLoadError(f"Upscaler {path.name} is unreadable: {first_line(error)}") from error
 
 
 def _supported_dtype(model: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
