@@ -26,7 +26,7 @@ from PIL import Image
 
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
-from pipeline.images import Infotext, open_rgb
+from pipeline.images import Infotext, check_pixels
 from pipeline.loading import LoadedModel
 from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
 from pipeline.noise import seeded_noise, slerp
@@ -595,11 +595,15 @@ def job_cost(request: GenerationRequest, parts: int, chunks: int) -> float:
 def open_init_image(reference: ImageRef, max_pixels: int) -> Image.Image:
     """The init image, its size checked from the header before its pixels are decoded."""
     where = Path(reference.path).name if reference.path is not None else "the uploaded file"
-    source = Path(reference.path) if reference.path is not None else reference.data or b""
     try:
-        return open_rgb(source, max_pixels, f"The init image ({where})")
-    except InvalidRequestError:
-        raise
+        size = reference.size()
+    except Exception as error:  # Pillow raises many types on data that is not an image
+        raise InvalidRequestError(
+            f"The init image ({where}) could not be read as an image."
+        ) from error
+    check_pixels(size, max_pixels, f"The init image ({where})")
+    try:
+        return reference.open()
     except (OSError, ValueError) as error:
         raise InvalidRequestError(
             f"The init image ({where}) could not be read as an image."
