@@ -186,6 +186,14 @@ def test_emphasis_within_bounds_and_in_the_negative() -> None:
 # --------------------------------------------------------------------------- hires steps
 
 
+def test_hires_with_one_step_is_an_option_error() -> None:
+    with pytest.raises(OptionsError) as error:
+        parse_options("a fox --steps 1 --hires", VOCABULARY)
+    assert "--hires needs at least 2 steps" in error.value.en
+    assert "--hires는 2단계 이상" in error.value.ko
+    assert parse_options("a fox --steps 2 --hires", VOCABULARY).hires == 2.0
+
+
 def test_a_hires_pass_without_a_step_is_refused() -> None:
     request = GenerationRequest(prompt="a", steps=1, hires=HiresFix(scale=2.0))
     with pytest.raises(InvalidRequestError, match="leaves no step to run; use at least 2 steps"):

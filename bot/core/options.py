@@ -263,8 +263,22 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
     values.setdefault("steps", min(ImagineOptions.steps, limits.max_steps))
     values.setdefault("cfg", min(max(ImagineOptions.cfg, limits.min_cfg), limits.max_cfg))
     options = ImagineOptions(prompt=prompt, **values)  # type: ignore[arg-type]
+    _check_hires_steps(options)
     _check_prompt(options, limits)
     return options
+
+
+def _check_hires_steps(options: ImagineOptions) -> None:
+    """A hires pass runs `steps x strength` steps; with none left the job could not run."""
+    strength = HiresFix().denoising_strength
+    if options.hires is not None and int(options.steps * strength) < 1:
+        least = math.ceil(1 / strength)
+        raise OptionsError(
+            f"--hires needs at least {least} steps (its second pass runs "
+            f"{strength:g} of them), not {options.steps}.",
+            f"--hires는 {least}단계 이상이 필요합니다(두 번째 단계가 그중 {strength:g}만큼 "
+            f"실행됩니다). 입력: {options.steps}",
+        )
 
 
 def _check_prompt(options: ImagineOptions, limits: Limits) -> None:
