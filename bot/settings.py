@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     max_images: int = Field(default=4, ge=1)
     min_cfg: float = Field(default=1.0, ge=0)
     max_cfg: float = Field(default=30.0, ge=1)
+    max_and_parts: int = Field(default=8, ge=1, description="Most AND parts in one prompt.")
+    max_input_pixels: int = Field(
+        default=4096 * 4096, ge=64 * 64, description="Most pixels of an image given in."
+    )
+    max_output_pixels: int = Field(
+        default=4096 * 4096, ge=64 * 64, description="Most pixels of an upscaled image."
+    )
 
     database_url: str = Field(
         default="sqlite:///easel.db",
@@ -91,4 +98,7 @@ class Settings(BaseSettings):
             max_images=self.max_images,
             min_cfg=self.min_cfg,
             max_cfg=self.max_cfg,
+            max_and_parts=self.max_and_parts,
+            max_input_pixels=self.max_input_pixels,
+            max_output_pixels=self.max_output_pixels,
         )

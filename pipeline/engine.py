@@ -26,7 +26,7 @@ from PIL import Image
 
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
-from pipeline.images import Infotext
+from pipeline.images import Infotext, check_pixels
 from pipeline.loading import LoadedModel
 from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
 from pipeline.noise import seeded_noise, slerp
@@ -47,7 +47,7 @@ from pipeline.request import (
 from pipeline.samplers import SamplerSpec, make_scheduler, resolve_sampler
 from pipeline.tiling import circular_padding
 from pipeline.upscale import LANCZOS, load_upscaler, resolve_upscaler
-from pipeline.validation import Limits, resolve_request
+from pipeline.validation import Limits, check_prompt_plan, resolve_request
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -67,6 +67,10 @@ class PreparedJob:
     init_image: Image.Image | None
     prompt: PromptPlan
     loras: tuple[LoraUse, ...]  # from <lora:…> tags and the request
+    # UNet rows per step relative to one plain image (one prompt, one negative, one chunk of
+    # 75 tokens): images x (AND parts + negative) x longest chunk count / 2. Size, steps and
+    # a hires pass are not part of it: it is what the prompt multiplies the UNet's work by.
+    cost: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,11 @@ class Engine:
     def prepare(self, request: GenerationRequest) -> PreparedJob:
         """Check a request and fix its size and seeds without running it; errors are clear."""
         spec = resolve_sampler(request.sampler, request.schedule_type)
-        init = open_init_image(request.init_image) if request.init_image is not None else None
+        init = (
+            open_init_image(request.init_image, self.limits.max_input_pixels)
+            if request.init_image is not None
+            else None
+        )
         layers = max_clip_skip(self._txt2img)
         if request.clip_skip > layers:
             raise InvalidRequestError(
@@ -215,7 +223,8 @@ class Engine:
         resolved = resolve_request(request, self.limits, self.model.native_size, init)
         steps = _visible_steps(resolved.request)
         plan = plan_prompt(request.prompt, request.negative_prompt, steps)
-        self._check_prompt_length(plan, request.clip_skip)
+        check_prompt_plan(plan, self.limits)
+        chunks = self._check_prompt_length(plan, request.clip_skip)
         hires = resolved.request.hires
         if hires is not None and hires.upscaler not in (LATENT_UPSCALER, LANCZOS):
             resolve_upscaler(hires.upscaler, self.models_dir or Path("models"))
@@ -230,11 +239,14 @@ class Engine:
             init_image=init,
             prompt=plan,
             loras=loras,
+            cost=job_cost(resolved.request, len(plan.parts), chunks),
         )
 
-    def _check_prompt_length(self, plan: PromptPlan, clip_skip: int) -> None:
+    def _check_prompt_length(self, plan: PromptPlan, clip_skip: int) -> int:
+        """The most 75-token chunks any text of the plan needs; refused above the limit."""
         encoder = self.model.family.prompt_encoder(self._txt2img, clip_skip)
         most = self.limits.max_prompt_chunks
+        longest = 1
         for text in plan.texts():
             chunks = len(encoder.chunks(text))
             if chunks > most:
@@ -242,6 +254,8 @@ class Engine:
                     f"The prompt needs {chunks} chunks of 75 tokens (BREAK starts one too); "
                     f"the limit is {most}. Shorten it."
                 )
+            longest = max(longest, chunks)
+        return longest
 
     def _scheduler_for(self, spec: SamplerSpec, steps: int) -> SchedulerMixin:
         scheduler = make_scheduler(spec, self._scheduler_config)
@@ -573,11 +587,24 @@ class Engine:
             torch.cuda.empty_cache()
 
 
-def open_init_image(reference: ImageRef) -> Image.Image:
+def job_cost(request: GenerationRequest, parts: int, chunks: int) -> float:
+    """UNet rows per step relative to one plain image; see PreparedJob.cost."""
+    return request.image_count * (parts + 1) * chunks / 2
+
+
+def open_init_image(reference: ImageRef, max_pixels: int) -> Image.Image:
+    """The init image, its size checked from the header before its pixels are decoded."""
+    where = Path(reference.path).name if reference.path is not None else "the uploaded file"
+    try:
+        size = reference.size()
+    except Exception as error:  # Pillow raises many types on data that is not an image
+        raise InvalidRequestError(
+            f"The init image ({where}) could not be read as an image."
+        ) from error
+    check_pixels(size, max_pixels, f"The init image ({where})")
     try:
         return reference.open()
     except (OSError, ValueError) as error:
-        where = reference.path or "the uploaded file"
         raise InvalidRequestError(
             f"The init image ({where}) could not be read as an image."
         ) from error

@@ -11,21 +11,21 @@ import json
 import math
 import os
 import re
+import struct
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import ExifTags, Image, PngImagePlugin
 
 from pipeline.errors import InvalidRequestError
+from pipeline.text import clean_text
 
-# A1111's own patterns: a key starts with a word character; a value is a JSON string or runs
-# up to the next comma.
-_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 _NEGATIVE_PREFIX = "Negative prompt:"
 _MIN_PARAMS = 3
@@ -172,7 +172,7 @@ def parse_infotext(text: str) -> Infotext | None:
     "Negative prompt:", its floats are finite and `clip_skip != 1`.
     """
     *lines, last_line = text.strip().split("\n")
-    pairs = _PARAM_RE.findall(last_line)
+    pairs = param_pairs(last_line)
     if len(pairs) < _MIN_PARAMS:
         return None
     prompt, negative_prompt = _split_prompts(lines)
@@ -210,16 +210,87 @@ def _build_infotext(prompt: str, negative: str, pairs: list[tuple[str, str]]) ->
 
 def _convert_pair(key: str, value: str) -> dict[str, Any] | None:
     """Field values for one known key, or None when the key is unknown or will not convert."""
-    if key == "Size":
-        match = _SIZE_RE.match(value)
-        return {"width": int(match[1]), "height": int(match[2])} if match else None
-    if key not in _KNOWN_KEYS:
-        return None
-    name, convert = _KNOWN_KEYS[key]
     try:
+        if key == "Size":
+            match = _SIZE_RE.match(value)
+            return {"width": int(match[1]), "height": int(match[2])} if match else None
+        if key not in _KNOWN_KEYS:
+            return None
+        name, convert = _KNOWN_KEYS[key]
         return {name: convert(value)}
-    except ValueError:
+    except ValueError:  # not that type, or an integer of more digits than Python converts
         return None
+
+
+def _is_key_char(char: str) -> bool:
+    return char.isalnum() or char in "_ -/"
+
+
+def _key_run_ends(line: str) -> list[int]:
+    """For each position, where the run of key characters (word, space, `-`, `/`) from it ends."""
+    ends = [len(line)] * (len(line) + 1)
+    for index in range(len(line) - 1, -1, -1):
+        ends[index] = ends[index + 1] if _is_key_char(line[index]) else index
+    return ends
+
+
+def _closing_quotes(line: str) -> list[int]:
+    """For each position, the first unescaped `"` a JSON-like string body from there reaches
+    (-1: none). A backslash escapes the next character."""
+    closing = [-1] * (len(line) + 2)
+    for index in range(len(line) - 1, -1, -1):
+        char = line[index]
+        if char == '"':
+            closing[index] = index
+        elif char == "\\":
+            closing[index] = closing[index + 2] if index + 1 < len(line) else -1
+        else:
+            closing[index] = closing[index + 1]
+    return closing
+
+
+def _skip_space(line: str, index: int) -> int:
+    while index < len(line) and line[index].isspace():
+        index += 1
+    return index
+
+
+def param_pairs(line: str) -> list[tuple[str, str]]:
+    """The `key: value` pairs of an A1111 parameter line, in one pass over the text.
+
+    The same pairs as A1111's regular expression finds, without the backtracking that makes
+    that pattern quadratic on a long line (20,000 characters took seconds): a key
+    starts with a word character, has at least two characters and ends at a colon; a value is
+    a quoted string followed by a comma or the end, or else runs up to the next comma.
+    """
+    key_ends = _key_run_ends(line)
+    quotes = _closing_quotes(line)
+    pairs: list[tuple[str, str]] = []
+    position = 0
+    while position < len(line):
+        start = _skip_space(line, position)
+        colon = key_ends[start] if start < len(line) else start
+        is_key = start < len(line) and (line[start].isalnum() or line[start] == "_")
+        if not (is_key and colon - start >= 2 and colon < len(line) and line[colon] == ":"):
+            position = start + 1  # every position up to `start` skips to it and fails alike
+            continue
+        value_start = _skip_space(line, colon + 1)
+        value, position = _value_at(line, value_start, quotes)
+        pairs.append((line[start:colon], value))
+    return pairs
+
+
+def _value_at(line: str, start: int, quotes: list[int]) -> tuple[str, int]:
+    """The value that starts at `start`, and the position after it and its comma."""
+    if start < len(line) and line[start] == '"':
+        close = quotes[start + 1]
+        after = close + 1
+        if close > start + 1 and (after == len(line) or line[after] == ","):
+            return line[start:after], after + 1
+    comma = line.find(",", start)
+    if comma == -1:
+        return line[start:], len(line)
+    return line[start:comma], comma + 1
 
 
 # --------------------------------------------------------------------------- PNG / EXIF
@@ -267,7 +338,9 @@ def read_infotext(source: Path | bytes | Image.Image) -> Infotext | None:
     """The generation data in a PNG `parameters` chunk or a JPEG/WebP EXIF UserComment.
 
     Returns None for an image that carries none; raises InvalidRequestError for data that is not
-    an image.
+    an image. No pixel is decoded (a PNG's chunks after its image data are read by walking the
+    chunks), and the text is cleaned of control characters (terminal escape sequences) and
+    lone surrogates, so it is safe to print.
     """
     if isinstance(source, Image.Image):
         return _infotext_of(source)
@@ -275,9 +348,31 @@ def read_infotext(source: Path | bytes | Image.Image) -> Infotext | None:
         return _infotext_of(image)
 
 
+def check_pixels(size: tuple[int, int], max_pixels: int, what: str = "The image") -> None:
+    """Refuse an image of more than `max_pixels` pixels (InvalidRequestError)."""
+    width, height = size
+    if width * height > max_pixels:
+        side = math.isqrt(max_pixels)
+        raise InvalidRequestError(
+            f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
+            f"{max_pixels:,} pixels (for example {side}x{side})."
+        )
+
+
+def open_rgb(source: Path | bytes, max_pixels: int, what: str = "The image") -> Image.Image:
+    """An RGB copy of the image at `source`, its size checked from the header before any pixel
+    is decoded. Raises InvalidRequestError for data that is not an image or is too large."""
+    with _open_image(source) as image:
+        check_pixels(image.size, max_pixels, what)
+        try:
+            return image.convert("RGB")
+        except Exception as error:  # truncated or corrupt image data
+            raise InvalidRequestError(f"{what} could not be decoded: {error}") from error
+
+
 @contextmanager
 def _open_image(source: Path | bytes) -> Iterator[Image.Image]:
-    label = str(source) if isinstance(source, Path) else f"{len(source)} bytes of data"
+    label = source.name if isinstance(source, Path) else f"{len(source)} bytes of data"
     opened = source if isinstance(source, Path) else io.BytesIO(source)
     try:
         image = Image.open(opened)
@@ -292,7 +387,7 @@ def _open_image(source: Path | bytes) -> Iterator[Image.Image]:
 
 def _infotext_of(image: Image.Image) -> Infotext | None:
     for text in _candidate_texts(image):
-        info = parse_infotext(text)
+        info = parse_infotext(clean_text(text))
         if info is not None:
             return info
     return None
@@ -302,33 +397,118 @@ def _candidate_texts(image: Image.Image) -> Iterator[str]:
     info_text = image.info.get("parameters")
     if isinstance(info_text, str):
         yield str(info_text)
-    late_text = _png_late_text(image)
+    trailing = _png_trailing_chunks(image)
+    late_text = trailing.parameters if trailing is not None else None
     if late_text is not None and late_text != info_text:
         yield late_text
-    comment = _user_comment(image)
+    comment = _user_comment(image, trailing)
     if comment is not None:
         yield comment
 
 
-def _png_late_text(image: Image.Image) -> str | None:
-    """A `parameters` chunk placed after the image data, which `image.info` does not show."""
+@dataclass(frozen=True)
+class _TrailingChunks:
+    """What a PNG holds after its image data: `image.info` shows only what comes before."""
+
+    parameters: str | None = None
+    exif: bytes | None = None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_TEXT_CHUNK = 1 << 20  # Pillow's own limit on a text chunk, also after decompression
+
+
+def _png_trailing_chunks(image: Image.Image) -> _TrailingChunks | None:
+    """The `parameters` text and EXIF found after a PNG's image data, without decoding it."""
     if not isinstance(image, PngImagePlugin.PngImageFile):
         return None
+    stream = image.fp
+    if stream is None:  # already decoded and closed: Pillow has read every chunk
+        text = image.text.get("parameters")
+        return _TrailingChunks(parameters=text if isinstance(text, str) else None)
+    position = stream.tell()
     try:
-        text = image.text.get("parameters")  # loads the pixels to reach the trailing chunks
-    except Exception:  # truncated or closed file: there is simply no late chunk to read
+        stream.seek(0)
+        return _walk_png_chunks(stream)
+    except (OSError, ValueError, struct.error, zlib.error):  # truncated: no trailing chunk
         return None
-    return str(text) if isinstance(text, str) else None
+    finally:
+        stream.seek(position)
 
 
-def _user_comment(image: Image.Image) -> str | None:
+def _walk_png_chunks(stream: IO[bytes]) -> _TrailingChunks | None:
+    if stream.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+        return None
+    after_data = False
+    parameters: str | None = None
+    exif: bytes | None = None
+    while True:
+        header = stream.read(8)
+        if len(header) < 8:
+            break
+        length, kind = struct.unpack(">I4s", header)
+        if kind == b"IEND":
+            break
+        wanted = after_data and kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf")
+        if not wanted or length > _MAX_TEXT_CHUNK:
+            after_data |= kind == b"IDAT"
+            stream.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+            continue
+        data = stream.read(length)
+        stream.seek(4, os.SEEK_CUR)
+        if kind == b"eXIf":
+            exif = data
+            continue
+        key, text = _text_chunk(kind, data)
+        if key == b"parameters" and text is not None:
+            parameters = text
+    return _TrailingChunks(parameters=parameters, exif=exif)
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, _MAX_TEXT_CHUNK)
+    if inflater.unconsumed_tail:
+        raise ValueError("text chunk too large")
+    return out
+
+
+def _text_chunk(kind: bytes, data: bytes) -> tuple[bytes, str | None]:
+    """(keyword, text) of a tEXt, zTXt or iTXt chunk; text None where it cannot be read."""
+    key, _, rest = data.partition(b"\0")
+    if kind == b"tEXt":
+        return key, rest.decode("latin-1")
+    if kind == b"zTXt":
+        return key, _inflate(rest[1:]).decode("latin-1")
+    compressed, method, rest = rest[:1], rest[1:2], rest[2:]
+    _language, _, rest = rest.partition(b"\0")
+    _translated, _, text = rest.partition(b"\0")
+    if compressed == b"\1" and method == b"\0":
+        text = _inflate(text)
+    elif compressed != b"\0":
+        return key, None
+    return key, text.decode("utf-8", errors="replace")
+
+
+def _user_comment(image: Image.Image, trailing: _TrailingChunks | None) -> str | None:
     try:
-        raw = image.getexif().get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
+        raw = _exif(image, trailing).get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment)
     except Exception:  # corrupt EXIF in a foreign image means "no generation data", not a crash
         return None
     if not isinstance(raw, bytes | str) or not raw:
         return None
     return _decode_user_comment(raw)
+
+
+def _exif(image: Image.Image, trailing: _TrailingChunks | None) -> Image.Exif:
+    if not isinstance(image, PngImagePlugin.PngImageFile):
+        return image.getexif()  # JPEG and WebP read their EXIF with the header
+    # A PNG's getexif() decodes the whole image to look for an eXIf chunk after the data.
+    exif = Image.Exif()
+    raw = image.info.get("exif") or (trailing.exif if trailing is not None else None)
+    if isinstance(raw, bytes) and raw:
+        exif.load(raw)
+    return exif
 
 
 # --------------------------------------------------------------------------- grids

@@ -138,7 +138,7 @@ def lookup_lora(files: Sequence[LoraFile], name: str) -> LoraFile:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        paths = ", ".join(str(file.path) for file in matches)
+        paths = ", ".join(f"{file.path.parent.name}/{file.path.name}" for file in matches)
         raise InvalidRequestError(f"Several LoRA files are called {name!r} ({paths}); rename one.")
     raise unknown_lora(files, name)
 
@@ -167,7 +167,9 @@ class FileStamp:
         try:
             stat = path.stat()
         except OSError as error:
-            raise ModelLoadError(f"LoRA file {path} cannot be read: {first_line(error)}") from error
+            raise ModelLoadError(
+                f"LoRA file {path.name} cannot be read: {first_line(error)}"
+            ) from error
         return cls(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
@@ -218,11 +220,13 @@ def read_lora_file(path: Path) -> LoraContents:
             return LoraContents(load_file(str(path)), metadata)
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, SafetensorError, RuntimeError, ValueError) as error:
-        raise ModelLoadError(f"LoRA file {path} cannot be read: {first_line(error)}") from error
+        raise ModelLoadError(
+            f"LoRA file {path.name} cannot be read: {first_line(error)}"
+        ) from error
     if not isinstance(loaded, dict) or not all(
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
-        raise ModelLoadError(f"LoRA file {path} does not hold a plain dictionary of tensors.")
+        raise ModelLoadError(f"LoRA file {path.name} does not hold a plain dictionary of tensors.")
     return LoraContents(loaded, None)
 
 
@@ -249,19 +253,19 @@ def to_peft_state(contents: LoraContents, pipe: StableDiffusionPipeline, path: P
 
 def _refuse_unsupported(raw: StateDict, path: Path) -> None:
     if not raw:
-        raise ModelLoadError(f"LoRA file {path} holds no tensors.")
+        raise ModelLoadError(f"LoRA file {path.name} holds no tensors.")
     if not any("lora" in key for key in raw):
         raise ModelLoadError(
-            f"{path} is not a LoRA: none of its {len(raw)} tensors is a LoRA layer "
+            f"{path.name} is not a LoRA: none of its {len(raw)} tensors is a LoRA layer "
             f"(e.g. {next(iter(raw))!r}). Put checkpoints in models/stable-diffusion."
         )
     if any(marker in key for key in raw for marker in _LYCORIS_MARKERS):
         raise ModelLoadError(
-            f"{path} is a LyCORIS network (LoHa, LoKr, ...), which Easel cannot apply; "
+            f"{path.name} is a LyCORIS network (LoHa, LoKr, ...), which Easel cannot apply; "
             "plain LoRA and LoCon files work."
         )
     if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in raw):
-        raise ModelLoadError(f"{path} is an SDXL LoRA; this model is SD 1.x/2.x.")
+        raise ModelLoadError(f"{path.name} is an SDXL LoRA; this model is SD 1.x/2.x.")
 
 
 def _bake_alphas(raw: StateDict) -> StateDict:
@@ -284,7 +288,7 @@ def _from_kohya(raw: StateDict, path: Path) -> StateDict:
         state, _no_alphas = StableDiffusionPipeline.lora_state_dict(_bake_alphas(raw))
     except (ValueError, KeyError) as error:
         raise ModelLoadError(
-            f"LoRA file {path} has layers Easel cannot map: {first_line(error)}"
+            f"LoRA file {path.name} has layers Easel cannot map: {first_line(error)}"
         ) from error
     return state
 
@@ -345,7 +349,9 @@ def check_fits(state: StateDict, pipe: StableDiffusionPipeline, path: Path) -> N
         component, _, rest = key.partition(".")
         match = _FACTOR.match(rest)
         if component not in COMPONENTS or match is None:
-            raise ModelLoadError(f"{path} is not a LoRA for this model: unexpected key {key!r}.")
+            raise ModelLoadError(
+                f"{path.name} is not a LoRA for this model: unexpected key {key!r}."
+            )
         parts = factors.setdefault(_Layer(component, match["module"]), {})
         if match["tail"] in (None, ".weight"):
             parts[match["part"]] = tensor
@@ -353,7 +359,7 @@ def check_fits(state: StateDict, pipe: StableDiffusionPipeline, path: Path) -> N
     if misfits:
         example = f"{misfits[0].component}.{misfits[0].module}"
         raise ModelLoadError(
-            f"{path} does not fit this model: {len(misfits)} of its {len(factors)} layers are "
+            f"{path.name} does not fit this model: {len(misfits)} of its {len(factors)} layers are "
             f"missing from it or differ in size (e.g. {example}). Is it a LoRA for another "
             "model family (SD 1.x, SD 2.x, SDXL)?"
         )
@@ -555,7 +561,7 @@ class LoraManager:
         except Exception as error:  # whatever diffusers or peft raise, the adapter goes
             self._delete(adapter)
             raise ModelLoadError(
-                f"LoRA {file.name} ({file.path}) could not be loaded: {first_line(error)}"
+                f"LoRA {file.name} ({file.path.name}) could not be loaded: {first_line(error)}"
             ) from error
         log.info("Loaded LoRA %s from %s as adapter %s.", file.name, file.path, adapter)
 

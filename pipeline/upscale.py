@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +43,13 @@ from pipeline.errors import (
     first_line,
 )
 from pipeline.folders import ModelFolders
+from pipeline.validation import Limits
 
 SCALES = (2, 4)
 LANCZOS = "Lanczos"
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
+DEFAULT_MAX_OUTPUT_PIXELS = Limits.max_output_pixels
 # Cached models, across every Upscaler; an ESRGAN is about 70 MB of weights.
 CACHE_SIZE = 3
 
@@ -102,7 +103,7 @@ def resolve_upscaler(name: str | None, models_dir: Path) -> UpscalerInfo | None:
     if wanted == LANCZOS.lower():
         return None
     known = ", ".join(info.name for info in available) or "none"
-    folders = " or ".join(f"{models_dir}/{folder}" for folder in ("upscale", "ESRGAN"))
+    folders = " or ".join(f"{models_dir.name}/{folder}" for folder in ("upscale", "ESRGAN"))
     raise InvalidRequestError(
         f"No upscaler named {name!r}. Available: {known} (or {LANCZOS}, without a model). "
         f"Put .pth or .safetensors upscalers in {folders}."
@@ -194,26 +195,67 @@ class Upscaler:
         pixels = _to_tensor(image, self._model.input_channels)
         if self._model.tiling is ModelTiling.INTERNAL:
             return _to_image(self._model(pixels.to(self.device, self.dtype)))
-        return _to_image(self._tiled(pixels, tile, overlap))
+        return _array_to_image(self._tiled(pixels, tile, overlap))
 
-    def _tiled(self, pixels: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-        """The model's output for `pixels` (1, C, H, W on the CPU), blended from tiles."""
+    def _tiled(self, pixels: torch.Tensor, tile: int, overlap: int) -> np.ndarray:
+        """The model's output for `pixels` (1, C, H, W on the CPU), blended from tiles, as an
+        (H, W, C) uint8 array.
+
+        Tiles are run a row at a time and only the rows of output that the current row of tiles
+        reaches are held as floats; rows no later tile touches are rounded into the result, so
+        the working memory is a strip of tiles, not four floats per output pixel.
+        """
         _, _, height, width = pixels.shape
         scale = self.native_scale
-        channels = self._model.output_channels
-        total = torch.zeros(1, channels, height * scale, width * scale)
-        weights = torch.zeros(1, 1, height * scale, width * scale)
-        for part in _tiles(height, width, tile, overlap):
-            rows = slice(part.top, part.top + part.height)
-            columns = slice(part.left, part.left + part.width)
-            piece = pixels[:, :, rows, columns].to(self.device, self.dtype)
-            output = self._model(piece).float().cpu()
-            weight = _tile_weight(part, height, width, overlap, scale)
-            out_rows = slice(rows.start * scale, rows.stop * scale)
-            out_columns = slice(columns.start * scale, columns.stop * scale)
-            total[:, :, out_rows, out_columns] += output * weight
-            weights[:, :, out_rows, out_columns] += weight
-        return total / weights
+        strip = _Strip(self._model.output_channels, width * scale)
+        out = np.empty((height * scale, width * scale, strip.channels), dtype=np.uint8)
+        for top in _starts(height, tile, overlap):
+            strip.flush_to(out, top * scale)
+            strip.extend_to((top + min(tile, height)) * scale)
+            for left in _starts(width, tile, overlap):
+                part = _Tile(top, left, min(tile, height), min(tile, width))
+                rows = slice(part.top, part.top + part.height)
+                columns = slice(part.left, part.left + part.width)
+                piece = pixels[:, :, rows, columns].to(self.device, self.dtype)
+                output = self._model(piece).float().cpu()
+                weight = _tile_weight(part, height, width, overlap, scale)
+                strip.add(output, weight, rows.start * scale, columns.start * scale)
+        strip.flush_to(out, height * scale)
+        return out
+
+
+class _Strip:
+    """Output rows still being blended: weighted sums and weights from `top` down."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        self.channels = channels
+        self.top = 0
+        self.total = torch.zeros(1, channels, 0, width)
+        self.weights = torch.zeros(1, 1, 0, width)
+
+    def extend_to(self, bottom: int) -> None:
+        more = bottom - self.top - self.total.shape[2]
+        if more > 0:
+            width = self.total.shape[3]
+            self.total = torch.cat([self.total, torch.zeros(1, self.channels, more, width)], 2)
+            self.weights = torch.cat([self.weights, torch.zeros(1, 1, more, width)], 2)
+
+    def add(self, output: torch.Tensor, weight: torch.Tensor, top: int, left: int) -> None:
+        rows = slice(top - self.top, top - self.top + output.shape[2])
+        columns = slice(left, left + output.shape[3])
+        self.total[:, :, rows, columns] += output * weight
+        self.weights[:, :, rows, columns] += weight
+
+    def flush_to(self, out: np.ndarray, row: int) -> None:
+        """Round the rows above `row` into `out` and drop them from the strip."""
+        done = min(row - self.top, self.total.shape[2])
+        if done <= 0:
+            return
+        blended = self.total[:, :, :done] / self.weights[:, :, :done]
+        out[self.top : self.top + done] = _to_array(blended)
+        self.total = self.total[:, :, done:].clone()
+        self.weights = self.weights[:, :, done:].clone()
+        self.top += done
 
 
 def load_upscaler(
@@ -227,10 +269,30 @@ def load_upscaler(
     return None if info is None else Upscaler(info.path, device, dtype)
 
 
+def check_upscale_size(
+    size: tuple[int, int], scale: int, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+) -> None:
+    """Refuse an upscale whose result would be larger than `max_output_pixels`."""
+    width, height = size[0] * scale, size[1] * scale
+    if width * height > max_output_pixels:
+        raise InvalidRequestError(
+            f"Upscaling {size[0]}x{size[1]} by {scale} would make {width}x{height} "
+            f"({width * height:,} pixels); the limit is {max_output_pixels:,} pixels."
+        )
+
+
 def upscale_image(
-    image: Image.Image, scale: int, upscaler: Upscaler | None
+    image: Image.Image,
+    scale: int,
+    upscaler: Upscaler | None,
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
 ) -> tuple[Image.Image, str]:
-    """The upscaled image and the name to record as the A1111 `Upscaler` parameter."""
+    """The upscaled image and the name to record as the A1111 `Upscaler` parameter.
+
+    Refused (InvalidRequestError) when the result would be larger than `max_output_pixels`.
+    """
+    validate_scale(scale)
+    check_upscale_size(image.size, scale, max_output_pixels)
     if upscaler is None:
         return lanczos_upscale(image, scale), LANCZOS
     return upscaler.upscale(image, scale), upscaler.name
@@ -274,7 +336,7 @@ def _mtime(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
     except OSError as error:
-        raise ModelLoadError(f"Upscaler {path} is unreadable: {first_line(error)}") from error
+        raise ModelLoadError(f"Upscaler {path.name} is unreadable: {first_line(error)}") from error
 
 
 def _supported_dtype(model: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
@@ -302,12 +364,6 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     has_alpha = "A" in image.getbands() or "transparency" in image.info
     mode = "RGBA" if has_alpha else "RGB"
     return image if image.mode == mode else image.convert(mode)
-
-
-def _tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[_Tile]:
-    for top in _starts(height, tile, overlap):
-        for left in _starts(width, tile, overlap):
-            yield _Tile(top, left, min(tile, height), min(tile, width))
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -351,8 +407,15 @@ def _to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+def _to_array(pixels: torch.Tensor) -> np.ndarray:
+    return pixels[0].float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
 def _to_image(pixels: torch.Tensor) -> Image.Image:
-    array = pixels[0].float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return _array_to_image(_to_array(pixels))
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
     if array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], "L").convert("RGB")
     return Image.fromarray(array[:, :, :3], "RGB")

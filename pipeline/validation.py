@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, replace
 
 from PIL import Image
 
 from pipeline.errors import InvalidRequestError
+from pipeline.images import check_pixels
+from pipeline.prompts.extra_networks import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, lora_weight_in_range
+from pipeline.prompts.plan import PromptPlan
 from pipeline.request import RANDOM_SEED, GenerationRequest
 
 MAX_SEED = 2**32 - 1
@@ -25,6 +29,12 @@ class Limits:
     max_cfg: float = 30.0
     max_clip_skip: int = 12
     max_prompt_chunks: int = 8  # of 75 tokens: each one costs a text-encoder pass and UNet time
+    # Composable `AND` parts of a prompt: each one is another UNet row per image and step.
+    max_and_parts: int = 8
+    # Pixels of an image given as input (init image, upscale source), read from its header
+    # before any pixel is decoded; and of an image made by enlarging one (an upscale).
+    max_input_pixels: int = 4096 * 4096
+    max_output_pixels: int = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
     for seed in request.seeds:
         if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
             raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
+    _check_lora_weights(request)
     _check_variation(request)
     _check_hires(request, limits)
     if request.is_img2img:
@@ -84,6 +95,40 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
                 f"{request.steps} steps at denoising strength {request.denoising_strength:g} "
                 "leave no step to run; raise the steps or the strength."
             )
+
+
+def check_prompt_plan(plan: PromptPlan, limits: Limits) -> None:
+    """The checks on a planned prompt: how many `AND` parts it has."""
+    if len(plan.parts) > limits.max_and_parts:
+        raise InvalidRequestError(
+            f"The prompt has {len(plan.parts)} parts joined by AND; the limit is "
+            f"{limits.max_and_parts}."
+        )
+
+
+def _check_lora_weights(request: GenerationRequest) -> None:
+    for use in request.loras:
+        for weight in (use.unet_weight, use.te_weight):
+            if not lora_weight_in_range(weight):  # NaN is out of range too
+                raise InvalidRequestError(
+                    f"LoRA {use.name}: a weight must be from {MIN_LORA_WEIGHT:g} to "
+                    f"{MAX_LORA_WEIGHT:g}, not {weight:g}."
+                )
+
+
+def check_input_size(size: tuple[int, int], limits: Limits, what: str = "The image") -> None:
+    """Refuse an input image larger than the operator's limit (from its header alone)."""
+    check_pixels(size, limits.max_input_pixels, what)
+
+
+def check_output_size(size: tuple[int, int], limits: Limits, what: str = "The result") -> None:
+    """Refuse to make an image larger than the operator's output limit."""
+    width, height = size
+    if width * height > limits.max_output_pixels:
+        raise InvalidRequestError(
+            f"{what} would be {width}x{height} ({width * height:,} pixels); the limit is "
+            f"{limits.max_output_pixels:,} pixels."
+        )
 
 
 def _check_hires(request: GenerationRequest, limits: Limits) -> None:
@@ -106,6 +151,13 @@ def _check_hires(request: GenerationRequest, limits: Limits) -> None:
         )
     if request.is_img2img:
         raise InvalidRequestError("Hires fix is for text-to-image; an init image cannot take it.")
+    hires_steps = hires.steps or request.steps
+    if int(hires_steps * hires.denoising_strength) < 1:
+        raise InvalidRequestError(
+            f"The hires fix runs {hires_steps} steps at denoising strength "
+            f"{hires.denoising_strength:g}, which leaves no step to run; use at least "
+            f"{math.ceil(1 / hires.denoising_strength)} steps."
+        )
 
 
 def _check_variation(request: GenerationRequest) -> None:

@@ -4,10 +4,14 @@ A Telegram message, a console line and `easel imagine` give one line of text wit
 Midjourney-style flags (`a castle --ar 16:9 --style watercolor --no fog, people`); Discord
 gives typed fields. Both end in the same validated `ImagineOptions`, and every mistake is one
 `OptionsError` that says what was wrong and what is allowed, in English and in Korean.
+
+Text is cleaned first (lone surrogates, control characters: `pipeline.text.clean_text`), every
+step is linear in the length of the text, and no parser raises anything but OptionsError.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -15,18 +19,24 @@ from dataclasses import dataclass
 
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.presets import Presets
+from pipeline.prompts.composable import split_and
+from pipeline.prompts.extra_networks import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, lora_weight_in_range
+from pipeline.prompts.plan import plan_prompt
+from pipeline.prompts.syntax import PromptSyntaxError, WeightOutOfRange, parse_number, shorten
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
 from pipeline.request import GenerationRequest, HiresFix, ImageRef, LoraUse
 from pipeline.samplers import resolve_sampler
+from pipeline.text import clean_text
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
 ASPECT_STEP = 64
 DEFAULT_HIRES_SCALE = 2.0
 DEFAULT_IMG2IMG_STRENGTH = 0.75
+_MAX_SIZE_DIGITS = 6  # int() of a long digit string is slow, and refused past 4,300 digits
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-_RATIO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+# Sides of at most six digits (and six decimals): 16:9, 2.35:1, 3840:2160.
+_RATIO = re.compile(r"^\s*(\d{1,6}(?:\.\d{1,6})?)\s*:\s*(\d{1,6}(?:\.\d{1,6})?)\s*$")
 _FLAG = re.compile(r"(?:^|(?<=\s))(--|—|–)(\w[\w-]*)")
-_LORA = re.compile(r"^\s*([^:\s]+)\s*(?::\s*([-+]?\d*\.?\d+))?\s*$")
 
 
 class OptionsError(InvalidRequestError):
@@ -160,28 +170,34 @@ def options_from_fields(
     init_image = typed.pop("init_image", None)
     if init_image is not None and not isinstance(init_image, ImageRef):
         raise TypeError("init_image is an ImageRef")
-    text, flags = _split_flags(prompt)
+    text, flags = _split_flags(clean_text(prompt))
     for key, value in typed.items():
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is not None and item is not False:
-                flags.append((key.replace("_", "-"), "" if item is True else str(item), True))
+                raw = "" if item is True else clean_text(str(item))
+                flags.append((clean_text(key).replace("_", "-"), raw, True))
     values: dict[str, object] = {}
+    repeated: dict[str, list[object]] = {}
     written: set[str] = set()
     for name, raw, is_typed in flags:
         flag = _lookup_flag(name)
         if not flag.takes_value and raw:
+            shown = shorten(raw)
             raise OptionsError(
-                f"--{name} takes no value, but got {raw!r}. Put the prompt before the flags.",
-                f"--{name} 뒤에는 값을 쓰지 않습니다({raw!r}). 프롬프트는 플래그 앞에 쓰세요.",
+                f"--{name} takes no value, but got {shown!r}. Put the prompt before the flags.",
+                f"--{name} 뒤에는 값을 쓰지 않습니다({shown!r}). 프롬프트는 플래그 앞에 쓰세요.",
             )
         if flag.field in written and flag.field not in _REPEATABLE and not is_typed:
             raise OptionsError(f"--{name} is given twice.", f"--{name} 옵션이 두 번 들어갔습니다.")
         written.add(flag.field)
         parsed = flag.parse(raw, context)
         if flag.field in _REPEATABLE:
-            parsed = (*values.get(flag.field, ()), *parsed)  # type: ignore[misc]
-        values[flag.field] = parsed
-    _apply_defaults(values, defaults or {}, context)
+            repeated.setdefault(flag.field, []).extend(parsed)  # type: ignore[call-overload]
+        else:
+            values[flag.field] = parsed
+    values.update({field: tuple(items) for field, items in repeated.items()})
+    cleaned = {clean_text(name): clean_text(raw) for name, raw in (defaults or {}).items()}
+    _apply_defaults(values, cleaned, context)
     if init_image is not None:
         values["init_image"] = init_image
     return _finish(text, values, context)
@@ -209,10 +225,11 @@ def _split_flags(text: str) -> tuple[str, list[tuple[str, str, bool]]]:
     A dash inside quotes belongs to the quoted value.
     """
     quoted = _quoted_spans(text)
+    starts = [start for start, _ in quoted]
     matches = [
         match
         for match in _FLAG.finditer(text)
-        if not any(start < match.start() < end for start, end in quoted)
+        if not _inside(match.start(), quoted, starts)
         and (match.group(1) == "--" or match.group(2).lower() in _BY_NAME)
     ]
     if not matches:
@@ -230,6 +247,12 @@ def _quoted_spans(text: str) -> list[tuple[int, int]]:
     for match in re.finditer(r'"[^"]*"|“[^”]*”', text):
         spans.append((match.start(), match.end()))
     return spans
+
+
+def _inside(position: int, spans: list[tuple[int, int]], starts: list[int]) -> bool:
+    """Whether `position` is strictly inside one of `spans` (sorted, not overlapping)."""
+    index = bisect.bisect_left(starts, position) - 1
+    return index >= 0 and spans[index][0] < position < spans[index][1]
 
 
 def _unquote(value: str) -> str:
@@ -261,7 +284,67 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
     values.setdefault("count", min(ImagineOptions.count, limits.max_images))
     values.setdefault("steps", min(ImagineOptions.steps, limits.max_steps))
     values.setdefault("cfg", min(max(ImagineOptions.cfg, limits.min_cfg), limits.max_cfg))
-    return ImagineOptions(prompt=prompt, **values)  # type: ignore[arg-type]
+    options = ImagineOptions(prompt=prompt, **values)  # type: ignore[arg-type]
+    _check_hires_steps(options)
+    _check_prompt(options, limits)
+    return options
+
+
+def _check_hires_steps(options: ImagineOptions) -> None:
+    """A hires pass runs `steps x strength` steps; with none left the job could not run."""
+    strength = HiresFix().denoising_strength
+    if options.hires is not None and int(options.steps * strength) < 1:
+        least = math.ceil(1 / strength)
+        raise OptionsError(
+            f"--hires needs at least {least} steps (its second pass runs "
+            f"{strength:g} of them), not {options.steps}.",
+            f"--hires는 {least}단계 이상이 필요합니다(두 번째 단계가 그중 {strength:g}만큼 "
+            f"실행됩니다). 입력: {options.steps}",
+        )
+
+
+def _check_prompt(options: ImagineOptions, limits: Limits) -> None:
+    """The prompt language's own rules: AND parts, LoRA tags, emphasis weights."""
+    _check_and_parts(len(split_and(options.prompt)), limits)
+    try:
+        plan = plan_prompt(options.prompt, options.negative_prompt(), options.steps)
+    except WeightOutOfRange as error:
+        raise _weight_error(error) from None
+    except PromptSyntaxError as error:
+        raise OptionsError(
+            str(error), f"프롬프트의 LoRA 태그를 읽을 수 없습니다: {error}"
+        ) from None
+    _check_and_parts(len(plan.parts), limits)
+
+
+def _check_and_parts(parts: int, limits: Limits) -> None:
+    if parts > limits.max_and_parts:
+        raise OptionsError(
+            f"The prompt has {parts} parts joined by AND; at most {limits.max_and_parts} "
+            "are allowed.",
+            f"프롬프트가 AND로 나뉜 부분이 {parts}개입니다. 최대 {limits.max_and_parts}개까지 "
+            "쓸 수 있습니다.",
+        )
+
+
+def _weight_error(error: WeightOutOfRange) -> OptionsError:
+    low, high, weight = f"{error.low:g}", f"{error.high:g}", f"{error.weight:g}"
+    if error.kind == "lora":
+        return _lora_weight_error(error.where, error.weight)
+    return OptionsError(
+        f"The emphasis on {error.where!r} comes to {weight}; emphasis weights (nested brackets "
+        f"multiply) must be from {low} to {high}.",
+        f"'{error.where}'의 강조 가중치가 {weight}입니다. 강조 가중치(겹친 괄호는 서로 "
+        f"곱해집니다)는 {low}에서 {high} 사이여야 합니다.",
+    )
+
+
+def _lora_weight_error(where: str, weight: float) -> OptionsError:
+    low, high = f"{MIN_LORA_WEIGHT:g}", f"{MAX_LORA_WEIGHT:g}"
+    return OptionsError(
+        f"LoRA weights must be from {low} to {high}: {where} has {weight:g}.",
+        f"LoRA 가중치는 {low}에서 {high} 사이여야 합니다: {where}의 가중치는 {weight:g}입니다.",
+    )
 
 
 # --------------------------------------------------------------------------- values
@@ -275,8 +358,8 @@ def _integer(name: str, low: int, high: int) -> Callable[[str, _Context], int]:
             value = None
         if value is None or not low <= value <= high:
             raise OptionsError(
-                f"--{name} must be a whole number from {low} to {high}, not {raw!r}.",
-                f"--{name} 값은 {low}에서 {high} 사이의 정수여야 합니다({raw!r}).",
+                f"--{name} must be a whole number from {low} to {high}, not {shorten(raw)!r}.",
+                f"--{name} 값은 {low}에서 {high} 사이의 정수여야 합니다({shorten(raw)!r}).",
             )
         return value
 
@@ -300,8 +383,8 @@ def _cfg(raw: str, context: _Context) -> float:
         value = math.nan
     if not (math.isfinite(value) and low <= value <= high):
         raise OptionsError(
-            f"--cfg must be a number from {low:g} to {high:g}, not {raw!r}.",
-            f"--cfg 값은 {low:g}에서 {high:g} 사이의 숫자여야 합니다({raw!r}).",
+            f"--cfg must be a number from {low:g} to {high:g}, not {shorten(raw)!r}.",
+            f"--cfg 값은 {low:g}에서 {high:g} 사이의 숫자여야 합니다({shorten(raw)!r}).",
         )
     return value
 
@@ -311,7 +394,7 @@ def _sampler(raw: str, _: _Context) -> str:
         return resolve_sampler(raw).name
     except UnknownSamplerError as error:
         raise OptionsError(
-            str(error), f"알 수 없는 샘플러입니다: {raw!r}. {_korean_hint(error)}"
+            str(error), f"알 수 없는 샘플러입니다: {shorten(raw)!r}. {_korean_hint(error)}"
         ) from None
 
 
@@ -331,13 +414,14 @@ def _vocabulary(category: str, flag: str) -> Callable[[str, _Context], str]:
             allowed = ", ".join(context.vocabulary.ids(category))
             hint_en = f" Did you mean {error.suggestion!r}?" if error.suggestion else ""
             hint_ko = f" '{error.suggestion}'을(를) 찾으셨나요?" if error.suggestion else ""
+            shown = shorten(raw)
             elsewhere = _flag_with_id(raw, context.vocabulary)
             if elsewhere is not None:
-                hint_en = f" {raw!r} is a --{elsewhere} value: use --{elsewhere} {raw}."
-                hint_ko = f" {raw!r}은(는) --{elsewhere} 값입니다: --{elsewhere} {raw}"
+                hint_en = f" {shown!r} is a --{elsewhere} value: use --{elsewhere} {shown}."
+                hint_ko = f" {shown!r}은(는) --{elsewhere} 값입니다: --{elsewhere} {shown}"
             raise OptionsError(
-                f"Unknown --{flag} {raw!r}.{hint_en} Allowed: {allowed}.",
-                f"알 수 없는 --{flag} 값입니다: {raw!r}.{hint_ko} 쓸 수 있는 값: {allowed}.",
+                f"Unknown --{flag} {shown!r}.{hint_en} Allowed: {allowed}.",
+                f"알 수 없는 --{flag} 값입니다: {shown!r}.{hint_ko} 쓸 수 있는 값: {allowed}.",
             ) from None
 
     return parse
@@ -389,8 +473,8 @@ def _ratio(raw: str, _: _Context) -> tuple[float, float]:
         return parse_ratio(raw)
     except InvalidRequestError:
         raise OptionsError(
-            f"--ar must be W:H between 1:8 and 8:1, e.g. 16:9, not {raw!r}.",
-            f"--ar 값은 1:8에서 8:1 사이의 W:H 형식이어야 합니다. 예: 16:9 ({raw!r}).",
+            f"--ar must be W:H between 1:8 and 8:1, e.g. 16:9, not {shorten(raw)!r}.",
+            f"--ar 값은 1:8에서 8:1 사이의 W:H 형식이어야 합니다. 예: 16:9 ({shorten(raw)!r}).",
         ) from None
 
 
@@ -403,22 +487,26 @@ def _size(raw: str, context: _Context) -> tuple[int, int]:
     if min(width, height) < 1 or width * height > context.limits.max_area:
         raise OptionsError(
             f"--size must be WIDTHxHEIGHT of at most {context.limits.max_area:,} pixels in all "
-            f"(e.g. {side}x{side}), not {raw!r}.",
+            f"(e.g. {side}x{side}), not {shorten(raw)!r}.",
             f"--size 값은 너비x높이 형식이며 전체 {context.limits.max_area:,} 픽셀 이하여야 "
-            f"합니다(예: {side}x{side}). 입력: {raw!r}",
+            f"합니다(예: {side}x{side}). 입력: {shorten(raw)!r}",
         )
     return width, height
 
 
 def _loras(raw: str, _: _Context) -> tuple[LoraUse, ...]:
-    match = _LORA.match(raw)
-    if match is None:
+    name, colon, weight_text = raw.partition(":")
+    name = name.strip()
+    weight = parse_number(weight_text) if colon else 1.0
+    if not name or any(char.isspace() for char in name) or weight is None:
+        shown = shorten(raw)
         raise OptionsError(
-            f"--lora must be NAME or NAME:WEIGHT, e.g. pixel-art:0.8, not {raw!r}.",
-            f"--lora 값은 이름 또는 이름:가중치 형식이어야 합니다. 예: pixel-art:0.8 ({raw!r}).",
+            f"--lora must be NAME or NAME:WEIGHT, e.g. pixel-art:0.8, not {shown!r}.",
+            f"--lora 값은 이름 또는 이름:가중치 형식이어야 합니다. 예: pixel-art:0.8 ({shown!r}).",
         )
-    weight = float(match.group(2)) if match.group(2) else 1.0
-    return (LoraUse(match.group(1), weight, weight),)
+    if not lora_weight_in_range(weight):
+        raise _lora_weight_error(f"--lora {shorten(name)}", weight)
+    return (LoraUse(name, weight, weight),)
 
 
 def _strength(raw: str, _: _Context) -> float:
@@ -445,8 +533,8 @@ def _hires(raw: str, _: _Context) -> float:
         value = math.nan
     if not (math.isfinite(value) and 1.0 < value <= 4.0):
         raise OptionsError(
-            f"--hires takes an upscale factor above 1 and at most 4, e.g. 2, not {raw!r}.",
-            f"--hires 값은 1보다 크고 4 이하인 배율이어야 합니다. 예: 2 ({raw!r}).",
+            f"--hires takes an upscale factor above 1 and at most 4, e.g. 2, not {shorten(raw)!r}.",
+            f"--hires 값은 1보다 크고 4 이하인 배율이어야 합니다. 예: 2 ({shorten(raw)!r}).",
         )
     return value
 
@@ -498,8 +586,8 @@ def _lookup_flag(name: str) -> _Flag:
         hint_ko = f" --{close[0]}을(를) 찾으셨나요?" if close else ""
         allowed = ", ".join(f"--{alias}" for alias in _BY_NAME)
         raise OptionsError(
-            f"Unknown flag --{name}.{hint_en} Flags: {allowed}.",
-            f"알 수 없는 플래그입니다: --{name}.{hint_ko} 쓸 수 있는 플래그: {allowed}.",
+            f"Unknown flag --{shorten(name)}.{hint_en} Flags: {allowed}.",
+            f"알 수 없는 플래그입니다: --{shorten(name)}.{hint_ko} 쓸 수 있는 플래그: {allowed}.",
         )
     return flag
 
@@ -509,8 +597,9 @@ def _lookup_flag(name: str) -> _Flag:
 
 def parse_size(text: str) -> tuple[int, int]:
     match = _SIZE.match(text)
-    if match is None:
-        raise InvalidRequestError(f"Size {text!r} is not WIDTHxHEIGHT, for example 768x512.")
+    if match is None or max(len(match.group(1)), len(match.group(2))) > _MAX_SIZE_DIGITS:
+        shown = shorten(text)
+        raise InvalidRequestError(f"Size {shown!r} is not WIDTHxHEIGHT, for example 768x512.")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -520,14 +609,16 @@ def parse_ratio(text: str) -> tuple[float, float]:
         raise InvalidRequestError(f"Aspect ratio {text!r} is not W:H, for example 16:9.")
     width, height = float(match.group(1)), float(match.group(2))
     if width <= 0 or height <= 0 or not 1 / 8 <= width / height <= 8:
-        raise InvalidRequestError(f"Aspect ratio {text} is out of range (1:8 to 8:1).")
+        raise InvalidRequestError(f"Aspect ratio {text.strip()} is out of range (1:8 to 8:1).")
     return width, height
 
 
 def size_for_ratio(ratio: tuple[float, float], native_size: int) -> tuple[int, int]:
     """A size of about the model's native area with this aspect ratio, in multiples of 64."""
     area = native_size * native_size
-    width = (area * ratio[0] / ratio[1]) ** 0.5
+    # Clamped to the range parse_ratio allows, so that no pair of sides can overflow.
+    proportion = min(max(ratio[0] / ratio[1], 1 / 8), 8.0)
+    width = (area * proportion) ** 0.5
     height = area / width
     return (
         max(ASPECT_STEP, round(width / ASPECT_STEP) * ASPECT_STEP),

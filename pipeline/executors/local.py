@@ -31,7 +31,7 @@ from pipeline.executors.work import (
     TaskOutcome,
     Work,
 )
-from pipeline.images import Infotext, read_infotext
+from pipeline.images import Infotext, open_rgb, read_infotext
 from pipeline.request import (
     GeneratedImage,
     GenerationRequest,
@@ -39,7 +39,8 @@ from pipeline.request import (
     ResultStatus,
     UpscaleRequest,
 )
-from pipeline.upscale import load_upscaler, upscale_image, validate_scale
+from pipeline.upscale import check_upscale_size, load_upscaler, upscale_image, validate_scale
+from pipeline.validation import check_input_size
 
 
 class LocalExecutor:
@@ -57,9 +58,14 @@ class LocalExecutor:
         if isinstance(work, UpscaleRequest):
             validate_scale(work.scale)
             _check_source(work)
-            return PreparedWork(work=work, batch_key=None)
+            size = _source_size(work)
+            check_input_size(size, self.engine.limits, "The image to upscale")
+            check_upscale_size(size, work.scale, self.engine.limits.max_output_pixels)
+            return PreparedWork(work=work, batch_key=None, cost=1.0)
         job = self.engine.prepare(work)
-        return PreparedWork(work=job.request, batch_key=key_digest(job), notes=job.notes)
+        return PreparedWork(
+            work=job.request, batch_key=key_digest(job), notes=job.notes, cost=job.cost
+        )
 
     async def run(self, tasks: Sequence[Task], on_progress: ProgressSink) -> list[TaskOutcome]:
         loop = asyncio.get_running_loop()
@@ -143,10 +149,12 @@ class LocalExecutor:
             return TaskOutcome(task.task_id, OutcomeStatus.CANCELLED)
         started = time.perf_counter()
         try:
-            image, infotext = _read_source(work)
+            limits = self.engine.limits
+            image, infotext = _read_source(work, limits.max_input_pixels)
+            check_upscale_size(image.size, work.scale, limits.max_output_pixels)
             pipe = self.engine.model.pipe
             model = load_upscaler(work.upscaler, self.models_dir, pipe.device, pipe.dtype)
-            enlarged, used = upscale_image(image, work.scale, model)
+            enlarged, used = upscale_image(image, work.scale, model, limits.max_output_pixels)
         except Exception as error:  # a job's failure is reported, never raised
             return _failed(task, error)
         parameters = replace(
@@ -173,11 +181,21 @@ def _check_source(work: UpscaleRequest) -> None:
         raise InvalidRequestError(f"The image to upscale ({Path(path).name}) is gone.")
 
 
-def _read_source(work: UpscaleRequest) -> tuple[Image.Image, Infotext | None]:
+def _source_size(work: UpscaleRequest) -> tuple[int, int]:
+    """The size of the image to upscale, from its header."""
+    try:
+        return work.image.size()
+    except Exception as error:  # Pillow raises many types on data that is not an image
+        raise InvalidRequestError("The image to upscale could not be read as an image.") from error
+
+
+def _read_source(work: UpscaleRequest, max_pixels: int) -> tuple[Image.Image, Infotext | None]:
     """The image and the parameters it carries (kept on the enlarged copy)."""
     _check_source(work)
     path = work.image.path
-    return work.image.open(), read_infotext(Path(path)) if path is not None else None
+    source = Path(path) if path is not None else work.image.data or b""
+    image = open_rgb(source, max_pixels, "The image to upscale")
+    return image, read_infotext(Path(path)) if path is not None else None
 
 
 def key_digest(job: PreparedJob) -> str:

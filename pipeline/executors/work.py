@@ -26,11 +26,14 @@ class Task:
 class PreparedWork:
     """Work checked before it is queued, with its size and seeds fixed, so that a restart
     runs exactly what was promised; tasks with equal `batch_key` may share one pipeline call
-    (None: always alone)."""
+    (None: always alone). `cost` is the UNet rows per step relative to one plain image
+    (images x (AND parts + negative) x 75-token chunks / 2; see PreparedJob.cost), 1.0 per
+    image for an upscale."""
 
     work: Work
     batch_key: str | None
     notes: tuple[str, ...] = ()
+    cost: float = 1.0
 
 
 class FailureKind(StrEnum):

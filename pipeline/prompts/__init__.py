@@ -8,11 +8,12 @@ from pipeline.prompts.composable import WeightedPrompt, split_and
 from pipeline.prompts.emphasis import parse_emphasis
 from pipeline.prompts.extra_networks import LoraTag, extract_loras
 from pipeline.prompts.schedule import prompt_schedule
-from pipeline.prompts.syntax import PromptSyntaxError
+from pipeline.prompts.syntax import PromptSyntaxError, WeightOutOfRange
 
 __all__ = [
     "LoraTag",
     "PromptSyntaxError",
+    "WeightOutOfRange",
     "WeightedPrompt",
     "extract_loras",
     "parse_emphasis",

@@ -18,7 +18,8 @@ Rules:
   dropped (A1111 strips it too), and the marker is never weighted or merged, even in brackets.
 - Neighbouring runs of equal weight merge, empty runs are dropped, and an empty result is
   `[("", 1.0)]`. Weights are always finite: products that overflow are clamped to the largest
-  float (a caller may want its own sanity limit on weights).
+  float. `weight_out_of_range` finds a run weighted outside MIN_EMPHASIS..MAX_EMPHASIS (0 to 4:
+  past that CLIP embeddings blow up and images turn black), which the prompt plan refuses.
 """
 
 import math
@@ -33,6 +34,8 @@ BREAK = "BREAK"
 BREAK_WEIGHT = -1.0
 
 _NUMBER_CHARS = frozenset("+-.0123456789")
+MIN_EMPHASIS = 0.0
+MAX_EMPHASIS = 4.0
 
 
 @dataclass
@@ -192,3 +195,14 @@ def _weighted_runs(
 def parse_emphasis(text: str) -> list[tuple[str, float]]:
     """`text` as (run, weight) pairs; `("BREAK", -1.0)` marks a BREAK. Never raises."""
     return _Scanner(text).scan()
+
+
+def weight_out_of_range(text: str) -> tuple[str, float] | None:
+    """The first run of `text` whose emphasis (all its brackets multiplied) is outside
+    MIN_EMPHASIS..MAX_EMPHASIS, with that weight; None when every weight is within."""
+    for run, weight in parse_emphasis(text):
+        if run == BREAK and weight == BREAK_WEIGHT:
+            continue
+        if not MIN_EMPHASIS <= weight <= MAX_EMPHASIS:
+            return run, weight
+    return None

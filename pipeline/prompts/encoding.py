@@ -19,6 +19,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from pipeline.prompts.emphasis import BREAK, BREAK_WEIGHT, parse_emphasis
+from pipeline.text import clean_text
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
@@ -65,7 +66,8 @@ class PromptEncoder:
         ]
 
     def chunks(self, text: str) -> list[Chunk]:
-        fragments = parse_emphasis(text)
+        # A lone surrogate makes the tokenizer raise TypeError; plans are cleaned already.
+        fragments = parse_emphasis(clean_text(text))
         tokenized = self.pipe.tokenizer(
             [fragment for fragment, _ in fragments], add_special_tokens=False
         ).input_ids

@@ -9,7 +9,9 @@ Rules:
   `<lora:name:te:unet>` sets them separately; `te=w` and `unet=w` may be written by name
   (`<lora:name:0.8:unet=0.5>`), and an unnamed UNet weight defaults to the text-encoder one.
   `<lyco:...>` is read the same way. Kinds are case-sensitive, as in A1111.
-- Weights are optionally signed decimals (`0.8`, `-1`, `.5`). A weight that is not one, a
+- Weights are optionally signed decimals (`0.8`, `-1`, `.5`) from MIN_LORA_WEIGHT to
+  MAX_LORA_WEIGHT (-4 to 4, the range A1111 users work in; beyond it images turn to noise or
+  black). A weight outside is a WeightOutOfRange. A weight that is not a number, a
   missing name, more than two weights, or an option other than te/unet (A1111's `dyn` included,
   which Easel cannot honour) is a PromptSyntaxError naming the tag.
 - LoRA tags are removed from the text and nothing else changes (the spaces around them stay).
@@ -19,9 +21,21 @@ Rules:
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.prompts.syntax import PromptSyntaxError, is_word_char, parse_number
+from pipeline.prompts.syntax import (
+    PromptSyntaxError,
+    WeightOutOfRange,
+    is_word_char,
+    parse_number,
+    shorten,
+)
 
 LORA_KINDS = frozenset({"lora", "lyco"})
+MIN_LORA_WEIGHT = -4.0
+MAX_LORA_WEIGHT = 4.0
+
+
+def lora_weight_in_range(weight: float) -> bool:
+    return MIN_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -69,22 +83,29 @@ def _tags(text: str) -> Iterator[_Tag]:
 def _weight(value: str, tag: str) -> float:
     weight = parse_number(value)
     if weight is None:
-        raise PromptSyntaxError(f"{tag}: the weight {value.strip()!r} is not a number")
+        shown = shorten(value.strip())
+        raise PromptSyntaxError(f"{shorten(tag)}: the weight {shown!r} is not a number")
+    if not lora_weight_in_range(weight):
+        raise WeightOutOfRange("lora", tag, weight, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT)
     return weight
 
 
 def _lora(tag: _Tag, source: str) -> LoraTag:
     name, *values = (item.strip() for item in tag.args.split(":"))
     if not name:
-        raise PromptSyntaxError(f"{source}: the tag has no name")
+        raise PromptSyntaxError(f"{shorten(source)}: the tag has no name")
     positional = [value for value in values if "=" not in value]
     pairs = (value.split("=", 1) for value in values if "=" in value)
     options = {key.strip(): value for key, value in pairs}
     if len(positional) > 2:
-        raise PromptSyntaxError(f"{source}: at most two weights (text encoder, UNet) are allowed")
+        raise PromptSyntaxError(
+            f"{shorten(source)}: at most two weights (text encoder, UNet) are allowed"
+        )
     unknown = sorted(set(options) - {"te", "unet"})
     if unknown:
-        raise PromptSyntaxError(f"{source}: unsupported option {unknown[0]!r} (use te= or unet=)")
+        raise PromptSyntaxError(
+            f"{shorten(source)}: unsupported option {shorten(unknown[0])!r} (use te= or unet=)"
+        )
     te = _weight(options.get("te", positional[0] if positional else "1"), source)
     unet_value = options.get("unet", positional[1] if len(positional) > 1 else None)
     unet = te if unet_value is None else _weight(unet_value, source)

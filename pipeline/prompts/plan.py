@@ -3,6 +3,9 @@
 The order follows A1111: extra-network tags are taken out of the whole prompt first, then the
 prompt splits into AND parts, and each part gets its own prompt-editing schedule. The negative
 prompt is scheduled too, but is never split by AND.
+
+Both texts are cleaned first (lone surrogates and control characters, see pipeline.text), and
+every text the plan will encode must keep its emphasis within MIN_EMPHASIS..MAX_EMPHASIS.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.prompts.composable import split_and
+from pipeline.prompts.emphasis import MAX_EMPHASIS, MIN_EMPHASIS, weight_out_of_range
 from pipeline.prompts.extra_networks import LoraTag, extract_loras
 from pipeline.prompts.schedule import prompt_schedule
+from pipeline.prompts.syntax import WeightOutOfRange
+from pipeline.text import clean_text
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,22 @@ def _scheduled(text: str, steps: int) -> Schedule:
 
 
 def plan_prompt(prompt: str, negative_prompt: str, steps: int) -> PromptPlan:
-    text, loras = extract_loras(prompt)
+    """The plan of a prompt; raises PromptSyntaxError (WeightOutOfRange among them) for a bad
+    LoRA tag or an emphasis weight out of bounds."""
+    text, loras = extract_loras(clean_text(prompt))
     parts = tuple(
         PromptPart(weight=part.weight, schedule=_scheduled(part.text, steps))
         for part in split_and(text)
     )
-    return PromptPlan(parts=parts, negative=_scheduled(negative_prompt, steps), loras=tuple(loras))
+    negative = _scheduled(clean_text(negative_prompt), steps)
+    plan = PromptPlan(parts=parts, negative=negative, loras=tuple(loras))
+    _check_emphasis(plan)
+    return plan
+
+
+def _check_emphasis(plan: PromptPlan) -> None:
+    for text in plan.texts():
+        found = weight_out_of_range(text)
+        if found is not None:
+            run, weight = found
+            raise WeightOutOfRange("emphasis", run, weight, MIN_EMPHASIS, MAX_EMPHASIS)

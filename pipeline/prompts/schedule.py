@@ -10,7 +10,9 @@ Rules:
 - `when` is an unsigned number, whitespace allowed around it. Written with a decimal point
   (`0.4`, `.4`, `2.`) it is a fraction of the steps, step = int(when * steps) in floating point
   as A1111 computes it (so 0.29 at 100 steps is step 28); otherwise it is a step number. Steps
-  past the last are the last. Anything else (`1e3`, `-1`, `x`) leaves the bracket as text.
+  past the last are the last. A negative `when` (`-1`, `-0.5`) is before the first step, as in
+  A1111: the second text applies from the start. Anything else (`1e3`, `x`) leaves the bracket
+  as text.
 - `[a|b|c]` uses a at step 1, b at step 2, c at step 3, a at step 4, ...; options may be empty.
 - The forms nest, inside each other and inside emphasis, e.g. `([cat:dog:5]:1.2)`.
 - Everything else is text and passes through unchanged for the later stages: emphasis `(x)`,
@@ -59,6 +61,8 @@ _Sequence = tuple[_Node, ...]
 def _when_to_step(when: str, steps: int) -> int | None:
     """The step a `when` stands for, clamped to `steps`; None if it is not a number."""
     value = when.strip()
+    if value.startswith("-") and is_unsigned_decimal(value[1:]):
+        return 0  # A1111: a negative switch point is never reached, so `to` applies throughout
     if not is_unsigned_decimal(value):
         return None
     if "." in value:

@@ -16,6 +16,38 @@ class PromptSyntaxError(InvalidRequestError):
     """A prompt uses the prompt language in a way that cannot be honoured (e.g. a bad LoRA tag)."""
 
 
+class WeightOutOfRange(PromptSyntaxError):
+    """A LoRA or emphasis weight outside its bounds; the fields let a front end translate it.
+
+    `kind` is "lora" or "emphasis"; `where` is the tag or the weighted text (shortened).
+    """
+
+    def __init__(self, kind: str, where: str, weight: float, low: float, high: float) -> None:
+        self.kind = kind
+        self.where = shorten(where)
+        self.weight = weight
+        self.low = low
+        self.high = high
+        if kind == "lora":
+            message = (
+                f"{self.where}: a LoRA weight must be from {low:g} to {high:g}, not {weight:g}."
+            )
+        else:
+            message = (
+                f"The emphasis on {self.where!r} comes to {weight:g}; emphasis weights (nested "
+                f"brackets multiply) must be from {low:g} to {high:g}."
+            )
+        super().__init__(message)
+
+
+_SHORTENED = 40
+
+
+def shorten(text: str, length: int = _SHORTENED) -> str:
+    """`text` cut to about `length` characters for a message, marked with an ellipsis."""
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
 def is_word_char(char: str) -> bool:
     """Whether `char` is part of a word, as a regex `\\w` would match it."""
     return char.isalnum() or char == "_"

@@ -40,9 +40,10 @@ _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _REQUIRED_FIELDS: tuple[str, ...] = ("id", "en", "ko", "prompt")
 _OPTIONAL_FIELDS: tuple[str, ...] = ("group", "remove")
 _MAX_ECHOED_CHARS = 60
-_EDGE_COMMAS = re.compile(r"^[\s,]+|[\s,]+$")
 # A1111 emphasis around a fragment, "(pixel art:1.2)" or "[pixel art]", ignored when de-duplicating.
-_EMPHASIS = re.compile(r"^[(\[{]+\s*(.*?)\s*(?::\s*[0-9.]+)?\s*[)\]}]+$")
+_OPENING = "([{"
+_CLOSING = ")]}"
+_WEIGHT_CHARS = frozenset("0123456789.")
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ def _known_category(category: str) -> str:
 
 
 def _append_fragments(prompt: str, fragments: list[str]) -> str:
-    head = _EDGE_COMMAS.sub("", prompt)
+    head = _strip_edge_commas(prompt)
     parts = [head] if head else []
     present = {key for part in parts for key in _fragment_keys(part)}
     for fragment in fragments:
@@ -235,17 +236,49 @@ def _append_fragments(prompt: str, fragments: list[str]) -> str:
     return ", ".join(parts)
 
 
+def _is_edge_char(char: str) -> bool:
+    return char == "," or char.isspace()
+
+
+def _strip_edge_commas(text: str) -> str:
+    """`text` without leading and trailing commas and whitespace, in one pass."""
+    start, end = 0, len(text)
+    while start < end and _is_edge_char(text[start]):
+        start += 1
+    while end > start and _is_edge_char(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
 def _fragment_keys(text: str) -> set[str]:
     """The comma-separated parts of a prompt, compared without case, spacing or emphasis."""
     keys: set[str] = set()
     for part in text.split(","):
         part = " ".join(part.split()).casefold()
-        emphasised = _EMPHASIS.match(part)
-        if emphasised:
-            part = emphasised.group(1)
+        part = _without_emphasis(part)
         if part:
             keys.add(part)
     return keys
+
+
+def _without_emphasis(part: str) -> str:
+    """`part` without surrounding brackets and a `:weight` inside them: `((red:1.2))` is `red`.
+
+    A single pass over the text (a regular expression for this backtracks quadratically on a
+    long run of brackets).
+    """
+    inner = part.lstrip(_OPENING)
+    if len(inner) == len(part):
+        return part
+    stripped = inner.rstrip(_CLOSING)
+    if len(stripped) == len(inner):
+        return part
+    inner = stripped.rstrip()
+    colon = inner.rfind(":")
+    weight = inner[colon + 1 :].strip() if colon != -1 else ""
+    if weight and all(char in _WEIGHT_CHARS for char in weight):
+        inner = inner[:colon]
+    return inner.strip()
 
 
 def _apply(
