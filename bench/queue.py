@@ -425,7 +425,7 @@ def part_c(args: argparse.Namespace, device: DeviceChoice, scratch: Path) -> Non
         started = time.perf_counter()
         job = store.add_job(new)  # then as JobService._enqueue: queue, position and ETA
         position = dispatcher.enqueue(job, owners[new.user_id])
-        dispatcher.eta_seconds(position, job.image_count)
+        dispatcher.eta_seconds(job.id, position)
         enqueue_s.append(time.perf_counter() - started)
 
     def running_cap(user_id: int) -> int:

@@ -453,3 +453,23 @@ def test_a_database_deleted_under_the_chat_stops_it_with_a_clear_error(
         run(asyncio.wait_for(serve_console(bot, settings, lines, out, "en"), 60))
     bot.store.close()
     assert "easel.db was deleted or replaced while the bot ran; stopping" in str(stopped.value)
+
+
+def test_a_job_of_many_and_parts_counts_as_more_work_in_batches_and_waits(
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot(max_batch_images=4)
+    service = bot.service
+    scheduler = service.dispatcher.scheduler
+
+    async def queue(text: str) -> int:
+        options = service.options(ALICE, text, ORIGIN)
+        return (await service.imagine(ALICE, options, ORIGIN)).job_id
+
+    plain = run(queue("a fox --n 1 --steps 2"))
+    heavy = run(queue("a fox AND a hat AND a moon AND a sea AND a sky --n 1 --steps 2"))
+    stored = bot.store.job(heavy)
+    assert stored is not None and stored.cost == 3.0  # (5 parts + the negative) / 2
+    assert scheduler.images_of(plain) == 1 and scheduler.images_of(heavy) == 3
+    refused = route(bot, ALICE, "/imagine " + " AND ".join(["a fox"] * 9))
+    assert "AND" in refused.text("en") and "8" in refused.text("en")

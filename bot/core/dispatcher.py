@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from enum import StrEnum
@@ -236,7 +237,7 @@ class Dispatcher:
             job_id=job.id,
             user_id=job.user_id,
             tier=TIERS[self.user(job.user_id).role],
-            images=job.image_count,
+            images=max(job.image_count, math.ceil(job.cost)),
             batch_key=job.batch_key,
             lora_set=lora_signature(work_of(job)),
         )
@@ -287,15 +288,19 @@ class Dispatcher:
         async with self._changed:
             await self._changed.wait_for(lambda: not self.pending_for(platform))
 
-    def eta_seconds(self, position: int, images: int) -> float | None:
-        """A rough wait: the images ahead and this job's own at recent seconds per image."""
+    def eta_seconds(self, job_id: int, position: int) -> float | None:
+        """A rough wait at recent seconds per image: the jobs ahead (each the queue's average
+        size, a job of many AND parts counting as more images) and this job's own."""
         if self._recent is None:
             self._recent = deque(self.store.recent_durations(RECENT_JOBS), maxlen=RECENT_JOBS)
         total_images = sum(count for _, count in self._recent)
-        if not total_images:
+        queued = len(self.scheduler)
+        if not total_images or not queued or job_id not in self.scheduler:
             return None
         per_image = sum(seconds for seconds, _ in self._recent) / total_images
-        return per_image * images * position
+        own = self.scheduler.images_of(job_id)
+        ahead = (position - 1) * self.scheduler.queued_images() / queued
+        return per_image * (ahead + own)
 
     # ------------------------------------------------------------------ the loop
 

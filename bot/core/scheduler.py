@@ -29,7 +29,7 @@ class QueuedJob:
     job_id: int
     user_id: int
     tier: int  # 0 runs first (admin), then 1 (vip), then 2 (user)
-    images: int
+    images: int  # the images it makes, or more when each costs more (AND parts, long prompts)
     batch_key: str | None  # None: always runs alone
     lora_set: str = ""  # which LoRAs the job needs loaded ("" for none)
 
@@ -53,6 +53,7 @@ class FairScheduler:
         self.max_batch_images = max_batch_images
         self._tiers: dict[int, _Tier] = {}
         self._jobs: dict[int, QueuedJob] = {}
+        self._images = 0  # of every queued job, for the wait estimate
         # batch key -> tier -> jobs in insertion (job id) order
         self._by_key: dict[str, dict[int, dict[int, QueuedJob]]] = {}
 
@@ -66,6 +67,7 @@ class FairScheduler:
         if job.job_id in self._jobs:
             return
         self._jobs[job.job_id] = job
+        self._images += job.images
         tier = self._tiers.setdefault(job.tier, _Tier())
         if job.user_id not in tier.users:
             tier.join(job.user_id)
@@ -79,6 +81,7 @@ class FairScheduler:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return None
+        self._images -= job.images
         tier = self._tiers[job.tier]
         queue = tier.users[job.user_id]
         queue.remove(job)
@@ -227,6 +230,12 @@ class FairScheduler:
                 before += queue[before].job_id < job.job_id
             ahead += before
         return ahead + mine
+
+    def queued_images(self) -> int:
+        return self._images
+
+    def images_of(self, job_id: int) -> int:
+        return self._jobs[job_id].images
 
     def jobs(self) -> Iterator[QueuedJob]:
         return iter(self._jobs.values())

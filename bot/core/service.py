@@ -30,6 +30,7 @@ from pipeline.images import format_infotext, read_infotext
 from pipeline.presets import Presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, ImageRef
+from pipeline.text import clean_text
 
 HISTORY_PAGE = 5
 # Refused where a chat does not allow NSFW (a chat setting); operators add more with banned words.
@@ -143,8 +144,11 @@ class JobService:
         await self.dispatcher.wait_until_idle(platform)
 
     def user(self, user: UserRef) -> UserRecord:
+        """The stored user; names from a platform are made valid text first (a lone
+        surrogate in a platform's JSON cannot be stored)."""
+        name = clean_text(user.display_name) if user.display_name is not None else None
         return self.store.user(
-            user.platform, user.platform_user_id, user.display_name, _locale_or_none(user)
+            user.platform, clean_text(user.platform_user_id), name, _locale_or_none(user)
         )
 
     def locale(self, user: UserRef) -> str:
@@ -363,6 +367,7 @@ class JobService:
                 request=work.to_json(),
                 batch_key=prepared.batch_key,
                 image_count=images,
+                cost=prepared.cost,
                 origin_platform=origin.platform,
                 origin_chat=origin.chat,
                 origin_message=origin.message,
@@ -371,7 +376,7 @@ class JobService:
             )
         )
         position = self.dispatcher.enqueue(job, user)
-        eta = self.dispatcher.eta_seconds(position, images)
+        eta = self.dispatcher.eta_seconds(job.id, position)
         reply = Reply(_queued_message(job.id, position, eta))
         self.dispatcher.announce_queued(job, reply, position)
         return Ticket(job.id, position, eta, reply)

@@ -156,6 +156,8 @@ class Job(Base):
     request: Mapped[str] = mapped_column(sa.Text())
     batch_key: Mapped[str | None] = mapped_column(sa.String(64))
     image_count: Mapped[int] = mapped_column(sa.Integer())
+    # UNet work in plain images: more than image_count for AND parts and long prompts.
+    cost: Mapped[float] = mapped_column(sa.Float(), default=1.0, server_default="1")
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(sa.Integer(), default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -91,6 +91,7 @@ class JobRecord:
     grid_path: str | None
     failure_trace: str | None = None
     delivery_attempts: int = 0
+    cost: float = 1.0
     images: tuple[ImageRecord, ...] = ()
 
 
@@ -106,6 +107,7 @@ class NewJob:
     origin_message: str | None = None
     parent_id: int | None = None
     image_index: int | None = None
+    cost: float = 1.0
 
 
 @dataclass(frozen=True)

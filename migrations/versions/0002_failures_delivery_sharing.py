@@ -1,4 +1,4 @@
-"""Failure traces, delivery attempts, chats that share results, face and composition settings.
+"""Failure traces, delivery attempts, job costs, shared chats, face and composition settings.
 
 Revision ID: 0002
 Revises: 0001
@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("delivery_attempts", sa.Integer(), nullable=False, server_default="0")
         )
+        batch.add_column(sa.Column("cost", sa.Float(), nullable=False, server_default="1"))
     with op.batch_alter_table("chats") as batch:
         batch.add_column(
             sa.Column("shared_results", sa.Boolean(), nullable=False, server_default=sa.true())
@@ -39,5 +40,6 @@ def downgrade() -> None:
     with op.batch_alter_table("chats") as batch:
         batch.drop_column("shared_results")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("cost")
         batch.drop_column("delivery_attempts")
         batch.drop_column("failure_trace")
