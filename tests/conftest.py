@@ -7,12 +7,18 @@ import os
 # Tests never reach the network: the hub library refuses instead of hanging.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# One intra-op thread, here and in the `easel` processes tests start: the test models are tiny,
+# and on a machine busy with other work torch's spinning worker threads make a step ten or more
+# times slower than one thread does.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from pipeline.device import DeviceChoice
 from pipeline.engine import Engine
@@ -20,7 +26,16 @@ from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, lo
 from tests.ldm_checkpoint import save_single_file
 from tests.tiny_models import build_random_pipeline
 
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
+
+# Property tests: enough examples to find the usual slips in every run of the suite, no
+# per-example time limit (a busy machine is not a failing test). EASEL_HYPOTHESIS=thorough
+# searches ten times as long.
+settings.register_profile("easel", max_examples=60, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("EASEL_HYPOTHESIS", "easel"))
 
 
 @pytest.fixture(scope="session")
