@@ -271,7 +271,7 @@ def test_results_finished_while_no_console_listened_are_delivered_once(
         origin = Origin("console", "local")
         options = service.options(user, "a quiet lake --steps 2 --n 1", origin)
         ticket = await service.imagine(user, options, origin)
-        await service.wait_until_idle("console")
+        await asyncio.wait_for(service.wait_until_idle("console"), 120)
         await service.stop()
         await bot.executor.close()
         bot.store.close()
@@ -323,7 +323,7 @@ def test_sigterm_stops_gracefully_and_keeps_the_queue(
         settings,
         engine,
         [
-            "/imagine a long night --steps 100 --size 256x256 --n 1",
+            "/imagine a long night --steps 100 --n 1",
             "/imagine a short day --steps 2 --n 1",
         ],
         out=out,
@@ -456,7 +456,7 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_once(
         # stdin stays open: the process would otherwise finish the jobs and exit.
         process.stdin.write(
             "/imagine a quick sketch --steps 2 --n 1\n"
-            "/imagine a slow painting --steps 60 --size 128x128 --n 1\n"
+            "/imagine a slow painting --steps 60 --n 1\n"
             "/imagine a small study --steps 3 --n 1\n"
         )
         process.stdin.flush()

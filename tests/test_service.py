@@ -87,6 +87,12 @@ async def run_queued(bot: Bot) -> None:
     await bot.service.stop()
 
 
+async def until(condition: Callable[[], object]) -> None:
+    """Return once `condition()` is true; callers bound the wait with `asyncio.wait_for`."""
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
 def generate(bot: Bot, user: UserRef, text: str) -> int:
     """One job through a running bot, start to finish."""
 
@@ -263,11 +269,10 @@ def test_cancelling_queued_and_running_jobs(make_bot: Callable[..., Bot]) -> Non
         with pytest.raises(Refusal) as foreign:
             await service.cancel(BOB, queued)
         first = (await service.cancel(ALICE, queued)).message.key
-        long_job = await imagine(bot, ALICE, "a long castle --n 1 --steps 60 --size 256x256")
-        other = await imagine(bot, BOB, "a lighthouse --n 1 --steps 2 --size 128x128")
+        long_job = await imagine(bot, ALICE, "a long castle --n 1 --steps 60")
+        other = await imagine(bot, BOB, "a lighthouse --n 1 --steps 2")
         await service.start()
-        while not recorder.of(EventKind.PROGRESS, long_job):
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(until(lambda: recorder.of(EventKind.PROGRESS, long_job)), 60)
         running = (await service.cancel(CAROL, long_job)).message.key  # an admin may
         await finish(bot)
         with pytest.raises(Refusal) as again:
@@ -343,14 +348,10 @@ def test_event_loop_stays_responsive_while_a_job_runs(
 
     monkeypatch.setattr(engine, "run_batch", run_batch)
 
-    async def inside_the_engine() -> None:
-        while not entered.is_set():
-            await asyncio.sleep(0.005)
-
     async def scenario() -> tuple[int, list[tuple[JobStatus, int]]]:
         await bot.service.start()
         job = await imagine(bot, ALICE, "a castle --n 1 --steps 2")
-        await asyncio.wait_for(inside_the_engine(), 60)
+        await asyncio.wait_for(until(entered.is_set), 60)
         served = []
         for _ in range(10):  # other work the loop does while the job runs
             await asyncio.sleep(0)
