@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from hypothesis import settings
 
 from pipeline.device import DeviceChoice
@@ -39,12 +40,28 @@ settings.load_profile(os.environ.get("EASEL_HYPOTHESIS", "easel"))
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def random_sd1() -> StableDiffusionPipeline:
+    """The tiny random SD 1.x pipeline (seed 0), built once, for tests that only read it (save
+    it, write LoRAs for its shapes, compare weights). A test that changes a pipeline (loads a
+    LoRA, swaps its scheduler) builds its own with `build_random_pipeline`."""
+    return build_random_pipeline("sd1")
+
+
+@pytest.fixture(scope="session")
+def random_sd2() -> StableDiffusionPipeline:
+    """The tiny random SD 2.x pipeline (seed 0), built once, read only as `random_sd1`."""
+    return build_random_pipeline("sd2")
+
+
+@pytest.fixture(scope="session")
+def models_dir(
+    tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusionPipeline
+) -> Path:
     """A models folder holding a tiny SD 1.x diffusers folder and the same model as one file."""
     root = tmp_path_factory.mktemp("models")
     checkpoints = root / "stable-diffusion"
     checkpoints.mkdir()
-    pipe = build_random_pipeline("sd1")
+    pipe = random_sd1
     pipe.save_pretrained(checkpoints / "tiny-sd1")
     save_single_file(pipe, checkpoints / "tiny-sd1-single.safetensors", "sd1")
     return root
