@@ -84,7 +84,8 @@ def chat(
     out = out if out is not None else io.StringIO()
     bot = build_bot(settings, engine, open_store(settings))
     try:
-        asyncio.run(serve_console(bot, settings, ScriptedInput(lines), out, locale))
+        session = serve_console(bot, settings, ScriptedInput(lines), out, locale)
+        asyncio.run(asyncio.wait_for(session, 300))
     finally:
         bot.store.close()
     return out.getvalue()
@@ -375,7 +376,7 @@ def test_sigterm_ends_the_chat_while_stdin_stays_open(
     out = io.StringIO()
     stdin = os.fdopen(read_end)
     try:
-        asyncio.run(serve_console(bot, settings, stdin, out, "en"))
+        asyncio.run(asyncio.wait_for(serve_console(bot, settings, stdin, out, "en"), 120))
         ended.set()
     finally:
         stopper.join(40)
