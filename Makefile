@@ -36,6 +36,7 @@ lint: install
 bench: install
 	$(PRELOAD) $(BIN)/python -m bench.engine
 	$(PRELOAD) $(BIN)/python -m bench.queue
+	$(BIN)/python -m bench.prompts
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

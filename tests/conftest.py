@@ -7,12 +7,19 @@ import os
 # Tests never reach the network: the hub library refuses instead of hanging.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# One intra-op thread, here and in the `easel` processes tests start: the test models are tiny,
+# and on a machine busy with other work torch's spinning worker threads make a step ten or more
+# times slower than one thread does.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
+from hypothesis import settings
 
 from pipeline.device import DeviceChoice
 from pipeline.engine import Engine
@@ -20,16 +27,41 @@ from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, lo
 from tests.ldm_checkpoint import save_single_file
 from tests.tiny_models import build_random_pipeline
 
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
+
+# Property tests: enough examples to find the usual slips in every run of the suite, no
+# per-example time limit (a busy machine is not a failing test). EASEL_HYPOTHESIS=thorough
+# searches ten times as long.
+settings.register_profile("easel", max_examples=60, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("EASEL_HYPOTHESIS", "easel"))
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def random_sd1() -> StableDiffusionPipeline:
+    """The tiny random SD 1.x pipeline (seed 0), built once, for tests that only read it (save
+    it, write LoRAs for its shapes, compare weights). A test that changes a pipeline (loads a
+    LoRA, swaps its scheduler) builds its own with `build_random_pipeline`."""
+    return build_random_pipeline("sd1")
+
+
+@pytest.fixture(scope="session")
+def random_sd2() -> StableDiffusionPipeline:
+    """The tiny random SD 2.x pipeline (seed 0), built once, read only as `random_sd1`."""
+    return build_random_pipeline("sd2")
+
+
+@pytest.fixture(scope="session")
+def models_dir(
+    tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusionPipeline
+) -> Path:
     """A models folder holding a tiny SD 1.x diffusers folder and the same model as one file."""
     root = tmp_path_factory.mktemp("models")
     checkpoints = root / "stable-diffusion"
     checkpoints.mkdir()
-    pipe = build_random_pipeline("sd1")
+    pipe = random_sd1
     pipe.save_pretrained(checkpoints / "tiny-sd1")
     save_single_file(pipe, checkpoints / "tiny-sd1-single.safetensors", "sd1")
     return root

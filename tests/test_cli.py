@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from PIL import Image
 from sd_parsers import ParserManager
 
@@ -382,13 +383,16 @@ def test_upscale_with_a_model_and_a_detail_pass(
 
 
 def test_lora_list_shows_files_presets_and_what_is_missing(
-    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    random_sd1: StableDiffusionPipeline,
 ) -> None:
     from tests.lora_files import write_lora
-    from tests.tiny_models import build_random_pipeline
 
     models = tmp_path / "lora-models"
-    write_lora(build_random_pipeline("sd1"), models / "Lora" / "pixel-art-v1.safetensors")
+    write_lora(random_sd1, models / "Lora" / "pixel-art-v1.safetensors")
     (models / "presets.toml").write_text(
         (Path(__file__).resolve().parents[1] / "models" / "presets.toml").read_text()
     )

@@ -314,7 +314,8 @@ def test_jobs_from_two_threads_give_the_same_images_as_one_by_one(engine: Engine
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
     for index, alone in enumerate(expected):
         assert np.array_equal(results[index], alone)
 

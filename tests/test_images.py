@@ -653,7 +653,7 @@ def test_output_path_numbers_are_unique_across_threads(tmp_path: Path) -> None:
     start = threading.Barrier(8)
 
     def worker(index: int) -> None:
-        start.wait()
+        start.wait(60)
         for call in range(10):
             path = output_path(tmp_path, f"thread {index} call {call}", WHEN)
             with lock:
@@ -663,7 +663,8 @@ def test_output_path_numbers_are_unique_across_threads(tmp_path: Path) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
     numbers = sorted(int(path.name[:5]) for path in results)
     assert numbers == list(range(1, 81))
     assert len(set(results)) == 80

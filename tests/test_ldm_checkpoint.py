@@ -18,7 +18,6 @@ from tests.ldm_checkpoint import (
     save_single_file,
     to_ldm_state_dict,
 )
-from tests.tiny_models import build_random_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 DIFFUSERS_ONLY_NAMES = ("down_blocks", "up_blocks", "mid_block", "resnets", "attentions")
@@ -37,7 +36,7 @@ class Original:
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def original(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Original:
     family: str = request.param
-    pipe = build_random_pipeline(family)
+    pipe: StableDiffusionPipeline = request.getfixturevalue(f"random_{family}")
     folder = tmp_path_factory.mktemp(family) / "folder"
     pipe.save_pretrained(folder)
     return Original(family, pipe, folder, _generate(pipe))
@@ -91,8 +90,8 @@ def test_round_trip_through_diffusers_single_file_loader(
     np.testing.assert_array_equal(_generate(loaded), original.image)
 
 
-def test_unet_and_vae_use_ldm_names_only() -> None:
-    state = to_ldm_state_dict(build_random_pipeline("sd1"), "sd1")
+def test_unet_and_vae_use_ldm_names_only(random_sd1: StableDiffusionPipeline) -> None:
+    state = to_ldm_state_dict(random_sd1, "sd1")
     model_keys = [key for key in state if key.startswith((UNET_PREFIX, VAE_PREFIX))]
     leaked = [key for key in model_keys if any(name in key for name in DIFFUSERS_ONLY_NAMES)]
     assert leaked == []
@@ -101,8 +100,8 @@ def test_unet_and_vae_use_ldm_names_only() -> None:
     assert not any(name in key for key in vae_keys for name in diffusers_vae_names)
 
 
-def test_sd1_layout_matches_real_checkpoints() -> None:
-    pipe = build_random_pipeline("sd1")
+def test_sd1_layout_matches_real_checkpoints(random_sd1: StableDiffusionPipeline) -> None:
+    pipe = random_sd1
     state = to_ldm_state_dict(pipe, "sd1")
 
     assert f"{CLIP_PREFIX}embeddings.token_embedding.weight" in state
@@ -121,8 +120,8 @@ def test_sd1_layout_matches_real_checkpoints() -> None:
     assert state["alphas_cumprod"].shape == (1000,)
 
 
-def test_vae_attention_is_stored_as_1x1_convs() -> None:
-    pipe = build_random_pipeline("sd1")
+def test_vae_attention_is_stored_as_1x1_convs(random_sd1: StableDiffusionPipeline) -> None:
+    pipe = random_sd1
     state = to_ldm_state_dict(pipe, "sd1")
     width = pipe.vae.config.block_out_channels[-1]
     for part in ("encoder", "decoder"):
@@ -136,8 +135,10 @@ def test_vae_attention_is_stored_as_1x1_convs() -> None:
     assert torch.equal(state[f"{VAE_PREFIX}decoder.up.{last}.block.0.conv1.weight"], decoder_first)
 
 
-def test_sd2_text_encoder_uses_open_clip_layout_with_extra_resblock() -> None:
-    pipe = build_random_pipeline("sd2")
+def test_sd2_text_encoder_uses_open_clip_layout_with_extra_resblock(
+    random_sd2: StableDiffusionPipeline,
+) -> None:
+    pipe = random_sd2
     config = pipe.text_encoder.config
     width, layers = config.hidden_size, config.num_hidden_layers
     state = to_ldm_state_dict(pipe, "sd2")
@@ -157,8 +158,10 @@ def test_sd2_text_encoder_uses_open_clip_layout_with_extra_resblock() -> None:
     assert torch.equal(again[f"{extra}attn.in_proj_weight"], state[f"{extra}attn.in_proj_weight"])
 
 
-def test_unknown_suffix_and_family_are_rejected(tmp_path: Path) -> None:
-    pipe = build_random_pipeline("sd1")
+def test_unknown_suffix_and_family_are_rejected(
+    tmp_path: Path, random_sd1: StableDiffusionPipeline
+) -> None:
+    pipe = random_sd1
     with pytest.raises(ValueError, match="suffix"):
         save_single_file(pipe, tmp_path / "model.bin", "sd1")
     with pytest.raises(ValueError, match="family"):

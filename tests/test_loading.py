@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from pipeline import loading
@@ -32,7 +33,6 @@ from pipeline.loading import (
 from pipeline.request import GenerationRequest
 from tests.conftest import CPU
 from tests.ldm_checkpoint import save_single_file
-from tests.tiny_models import build_random_pipeline
 
 
 @pytest.fixture
@@ -66,11 +66,16 @@ def test_single_file_loads_offline_and_matches_the_folder(
     assert (info.model, info.model_hash) == ("tiny-sd1-single", single.short_hash)
 
 
-def test_ckpt_and_sd2_checkpoints_load(tmp_path: Path, no_network: None) -> None:
-    save_single_file(build_random_pipeline("sd1"), tmp_path / "old-style.ckpt", "sd1")
+def test_ckpt_and_sd2_checkpoints_load(
+    tmp_path: Path,
+    no_network: None,
+    random_sd1: StableDiffusionPipeline,
+    random_sd2: StableDiffusionPipeline,
+) -> None:
+    save_single_file(random_sd1, tmp_path / "old-style.ckpt", "sd1")
     assert load(tmp_path / "old-style.ckpt", tmp_path / "cache").family is SD1
 
-    sd2 = build_random_pipeline("sd2")
+    sd2 = random_sd2
     save_single_file(sd2, tmp_path / "v2-1_768-ema.safetensors", "sd2")
     loaded = load(tmp_path / "v2-1_768-ema.safetensors", tmp_path / "cache")
     assert loaded.family is SD2
@@ -81,8 +86,10 @@ def test_ckpt_and_sd2_checkpoints_load(tmp_path: Path, no_network: None) -> None
     assert tiny_image(loaded).std() > 0
 
 
-def test_sd2_base_and_sidecar_yaml_choose_the_prediction(tmp_path: Path) -> None:
-    pipe = build_random_pipeline("sd2")
+def test_sd2_base_and_sidecar_yaml_choose_the_prediction(
+    tmp_path: Path, random_sd2: StableDiffusionPipeline
+) -> None:
+    pipe = random_sd2
     save_single_file(pipe, tmp_path / "v2-1_512-ema.safetensors", "sd2")
     base = load(tmp_path / "v2-1_512-ema.safetensors", tmp_path / "cache")
     assert base.pipe.scheduler.config.prediction_type == "epsilon"
@@ -213,9 +220,9 @@ def test_pickled_objects_in_a_ckpt_are_refused_with_the_reason(tmp_path: Path) -
         load(path, tmp_path / "cache")
 
 
-def test_fp16_only_folders_load(tmp_path: Path) -> None:
+def test_fp16_only_folders_load(tmp_path: Path, random_sd1: StableDiffusionPipeline) -> None:
     folder = tmp_path / "stable-diffusion" / "half"
-    build_random_pipeline("sd1").save_pretrained(folder, variant="fp16")
+    random_sd1.save_pretrained(folder, variant="fp16")
     model = load_model(resolve_model("half", tmp_path), CPU, tmp_path, HashCache(tmp_path / "h"))
     assert model.family is SD1
     assert tiny_image(model).shape == (64, 64, 3)

@@ -58,10 +58,10 @@ BAD = ("not-a-lora", "flux-lora", "wide-text-encoder")
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lora_dir(tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusionPipeline) -> Path:
     """lora/, Lora/ and LyCORIS/ (A1111's folders), with good and bad files."""
     root = tmp_path_factory.mktemp("lora-models")
-    pipe = build_random_pipeline("sd1")
+    pipe = random_sd1
     folders = {"c": "Lora", "te-only": "LyCORIS"}
     for name, (spec, kohya) in SPECS.items():
         write_lora(pipe, root / folders.get(name, "lora") / f"{name}.safetensors", spec, kohya)

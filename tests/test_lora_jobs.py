@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusers import StableDiffusionPipeline
 
 from bot.core.options import parse_options
 from pipeline.engine import Engine
@@ -17,14 +18,13 @@ from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, LoraUse
 from tests.conftest import CPU
 from tests.lora_files import LoraSpec, write_lora, write_not_a_lora
-from tests.tiny_models import build_random_pipeline
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models(tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusionPipeline) -> Path:
     root = tmp_path_factory.mktemp("lora-models")
     folder = root / "stable-diffusion" / "tiny"
-    pipe = build_random_pipeline("sd1")
+    pipe = random_sd1
     pipe.save_pretrained(folder)
     write_lora(pipe, root / "lora" / "inky.safetensors", LoraSpec(seed=1))
     write_lora(pipe, root / "Lora" / "kohya-style.safetensors", LoraSpec(seed=2), kohya=True)

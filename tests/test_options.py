@@ -154,7 +154,7 @@ PIECES = [*"ab :-,'\"0123456789x.", "--", "--ar ", "--n ", "--style ", "--no ", 
 PIECES += ["--seed ", "--lora ", "--hires", "—", "--size ", "--sampler ", "--cfg "]
 
 
-@settings(max_examples=300, deadline=500)
+@settings()  # examples and deadline: the profile in conftest.py
 @given(st.lists(st.sampled_from(PIECES), max_size=40).map("".join))
 def test_any_line_parses_or_is_one_options_error(text: str) -> None:
     try:

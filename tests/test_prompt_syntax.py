@@ -1,7 +1,6 @@
 """The A1111 prompt language: documented examples, edge cases, and fuzzing for robustness."""
 
 import math
-import time
 from itertools import pairwise
 
 import pytest
@@ -262,13 +261,15 @@ def test_split_whole_word() -> None:
         ":" * 20_000 + ")",
     ],
 )
-def test_pathological_inputs_finish_fast(text: str) -> None:
-    started = time.perf_counter()
-    parse_emphasis(text)
-    prompt_schedule(text, 150)
-    split_and(text)
-    extract_loras(text)
-    assert time.perf_counter() - started < 5
+def test_pathological_inputs_give_well_formed_results(text: str) -> None:
+    # How long these take is measured by `python -m bench.prompts`.
+    emphasis = parse_emphasis(text)
+    assert emphasis and all(math.isfinite(weight) for _, weight in emphasis)
+    schedule = prompt_schedule(text, 150)
+    assert schedule and schedule[-1][0] == 150
+    assert split_and(text)
+    remaining, _ = extract_loras(text)
+    assert len(remaining) <= len(text)
 
 
 # Fuzzing: arbitrary text, weighted towards the characters and words the syntax uses.
@@ -287,7 +288,7 @@ plain_texts = st.text(
     max_size=60,
 ).filter(lambda text: "BREAK" not in text)
 
-FUZZ = settings(deadline=500, max_examples=300)
+FUZZ = settings()  # examples and deadline: the profile in conftest.py
 
 
 @FUZZ

@@ -352,12 +352,15 @@ def test_counts_of_queued_and_running(store: Store, user_id: int) -> None:
 
 def test_recent_durations(store: Store, user_id: int) -> None:
     assert store.recent_durations() == []
-    finished(store, user_id, image_count=1)
-    finished(store, user_id, image_count=4)
+    one = finished(store, user_id, image_count=1)
+    four = finished(store, user_id, image_count=4)
     store.mark_failed(store.add_job(new_job(user_id)).id, "{}")
     durations = store.recent_durations()
     assert [count for _, count in durations] == [4, 1]
-    assert all(0 <= seconds < 60 for seconds, _ in durations)
+    for (seconds, _), job_id in zip(durations, (four, one), strict=True):
+        job = store.job(job_id)
+        assert job is not None and job.started_at is not None and job.finished_at is not None
+        assert seconds == (job.finished_at - job.started_at).total_seconds() >= 0
     assert len(store.recent_durations(limit=1)) == 1
 
 
