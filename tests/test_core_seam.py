@@ -473,3 +473,15 @@ def test_a_job_of_many_and_parts_counts_as_more_work_in_batches_and_waits(
     assert scheduler.images_of(plain) == 1 and scheduler.images_of(heavy) == 3
     refused = route(bot, ALICE, "/imagine " + " AND ".join(["a fox"] * 9))
     assert "AND" in refused.text("en") and "8" in refused.text("en")
+
+
+def test_settings_are_validated_like_flags_and_a_bad_one_changes_nothing(
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot()
+    for change in ("ar=1e308:1e308", "steps=99999999999", "style=nope", "size=1x1"):
+        reply = route(bot, ALICE, f"/settings style=anime {change}")
+        assert "cannot be" in reply.text("en") or "Unknown setting" in reply.text("en"), change
+    saved = bot.store.settings(bot.service.user(ALICE).id)
+    assert (saved.aspect_ratio, saved.steps, saved.style) == (None, None, None)
+    assert route(bot, ALICE, "/imagine a fox --n 1").text("en").startswith("Job #1 is queued")
