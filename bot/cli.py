@@ -20,7 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from bot.core.options import options_from_fields
-from bot.outputs import SavedResult, save_result
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError
 from pipeline.request import (
@@ -30,10 +29,11 @@ from pipeline.request import (
     ProgressEvent,
     ResultStatus,
 )
-from pipeline.samplers import resolve_sampler
+from pipeline.sampler_names import sampler_name
 from pipeline.validation import check_ranges
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
+    from bot.outputs import SavedResult
     from bot.runtime import Bot
     from pipeline.engine import Engine, PreparedJob
 
@@ -175,7 +175,7 @@ def imagine(
         hires=hires,
     )
     if schedule:
-        options = replace(options, sampler=resolve_sampler(options.sampler, schedule).name)
+        options = replace(options, sampler=sampler_name(options.sampler, schedule))
     presets = load_presets(settings.models_dir)
     options.to_request(vocabulary, 512, presets)  # an unknown preset fails before the load
     engine = _load_engine(settings, model, quiet=as_json)
@@ -195,6 +195,8 @@ def _generate_and_save(
     if result.status is ResultStatus.CANCELLED:
         err.print("Cancelled.")
         raise typer.Exit(130)
+    from bot.outputs import save_result
+
     saved = save_result(result, out_dir)
     if as_json:
         print(json.dumps(_json_report(result, saved, job.notes), ensure_ascii=False))
@@ -462,7 +464,7 @@ def lora_list(
     korean: Annotated[bool, typer.Option("--ko", help="Korean descriptions.")] = False,
 ) -> None:
     """The LoRA files in the models folder and the presets in models/presets.toml."""
-    from pipeline.lora import find_loras, lora_hash
+    from pipeline.lora_names import find_loras, lora_hash
     from pipeline.presets import load_presets
 
     settings = Settings()

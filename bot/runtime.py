@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.core.bus import EventBus
 from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
@@ -10,11 +11,12 @@ from bot.core.dispatcher import Dispatcher
 from bot.core.service import JobService
 from bot.settings import Settings
 from bot.store import Store
-from pipeline.engine import Engine
 from pipeline.executors import Executor
-from pipeline.executors.local import LocalExecutor
 from pipeline.presets import load_presets
 from pipeline.prompts.vocabulary import VocabularyStore
+
+if TYPE_CHECKING:  # the engine imports torch and diffusers; front ends load without them
+    from pipeline.engine import Engine
 
 
 def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
@@ -53,7 +55,10 @@ def build_bot(
     settings: Settings, engine: Engine, store: Store, executor: Executor | None = None
 ) -> Bot:
     config = core_config(settings, engine.model.pipe.device.type != "cpu")
-    executor = executor or LocalExecutor(engine, settings.models_dir)
+    if executor is None:
+        from pipeline.executors.local import LocalExecutor
+
+        executor = LocalExecutor(engine, settings.models_dir)
     dispatcher = Dispatcher(store, executor, config, EventBus(config.progress_interval))
     vocabulary = VocabularyStore(settings.models_dir)
     service = JobService(

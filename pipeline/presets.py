@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import EaselError, InvalidRequestError
-from pipeline.lora import LoraUse
 from pipeline.prompts.composable import split_and
 from pipeline.prompts.vocabulary import normalize_id
+from pipeline.request import LoraUse
 
 PRESETS_FILE_NAME = "presets.toml"
 _FIELDS = ("description_en", "description_ko", "loras", "trigger", "negative")

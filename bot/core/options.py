@@ -17,7 +17,7 @@ from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.presets import Presets
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
 from pipeline.request import GenerationRequest, HiresFix, LoraUse
-from pipeline.samplers import resolve_sampler
+from pipeline.sampler_names import resolve_sampler_name as resolve_sampler
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
 ASPECT_STEP = 64
