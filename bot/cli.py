@@ -193,8 +193,7 @@ def _generate_and_save(
         err.print(note, style="yellow")
     result = _generate_with_progress(engine, job, show=not as_json)
     if result.status is ResultStatus.CANCELLED:
-        err.print("Cancelled.")
-        raise typer.Exit(130)
+        _say_cancelled()
     from bot.outputs import save_result
 
     saved = save_result(result, out_dir)
@@ -294,7 +293,7 @@ def upscale(
         request = detail_pass(request_from_infotext(info), enlarged, detail)
         result = _generate_with_progress(engine, engine.prepare(request), show=True)
         if result.status is ResultStatus.CANCELLED:
-            raise typer.Exit(130)
+            _say_cancelled()
         enlarged, parameters = result.images[0].image, result.images[0].infotext
     else:
         if detail > 0:
@@ -318,9 +317,18 @@ def _local_model_named(name: str | None, settings: Settings) -> str | None:
     return None
 
 
+CANCEL_GRACE_S = 120.0  # how long a cancelled job may take to reach the end of its step
+
+
 def _generate_with_progress(engine: Engine, job: PreparedJob, show: bool) -> GenerationResult:
-    """Run the job on a worker thread so Ctrl-C cancels it cleanly within a step."""
+    """Run the job on a worker thread so Ctrl-C cancels it cleanly within a step.
+
+    The main thread waits on an Event, never on Thread.join: before Python 3.13 a join that
+    Ctrl-C interrupts marks a still running thread as finished, and the interpreter then exits
+    under the running job (`terminate called without an active exception`).
+    """
     cancel = threading.Event()
+    done = threading.Event()
     outcome: list[GenerationResult | BaseException] = []
     columns = (
         TextColumn("{task.description}"),
@@ -339,19 +347,44 @@ def _generate_with_progress(engine: Engine, job: PreparedJob, show: bool) -> Gen
                 outcome.append(engine.run(job, on_progress=on_progress, cancel=cancel))
             except BaseException as error:  # handed to the main thread
                 outcome.append(error)
+            finally:
+                done.set()
 
         worker = threading.Thread(target=work, name="easel-generate", daemon=True)
-        worker.start()
         try:
-            while worker.is_alive():
-                worker.join(0.1)
+            worker.start()  # Ctrl-C can come while start() waits for the thread to begin
+            while not done.wait(0.1):
+                pass
         except KeyboardInterrupt:
             cancel.set()
-            worker.join()
+            progress.stop()
+            err.print("Cancelling: the current step finishes first…")
+            _wait_after_cancel(done)
     result = outcome[0]
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def _wait_after_cancel(done: threading.Event) -> None:
+    """Wait for a cancelled job to stop; more Ctrl-C presses are not needed and are ignored."""
+    waited = 0.0
+    while waited < CANCEL_GRACE_S:
+        try:
+            if done.wait(0.1):
+                return
+        except KeyboardInterrupt:
+            pass
+        waited += 0.1
+    # Leaving the interpreter under a running torch call aborts it; leave without that.
+    err.print("Cancelled (the job did not stop in time).")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _say_cancelled() -> None:
+    err.print("Cancelled: nothing was saved.")
+    raise typer.Exit(130)
 
 
 def _print_report(result: GenerationResult, saved: SavedResult) -> None:
