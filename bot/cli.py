@@ -21,7 +21,7 @@ from rich.text import Text
 
 from bot.core.options import options_from_fields
 from bot.settings import Settings
-from pipeline.errors import EaselError, InvalidRequestError
+from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
     GenerationRequest,
     GenerationResult,
@@ -35,7 +35,9 @@ from pipeline.validation import check_ranges
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
     from bot.outputs import SavedResult
     from bot.runtime import Bot
+    from pipeline.device import DeviceChoice
     from pipeline.engine import Engine, PreparedJob
+    from pipeline.loading import HashCache, LoadedModel, ModelSource
 
 app = typer.Typer(
     help="Easel: Stable Diffusion on your own GPU and checkpoints.",
@@ -60,26 +62,19 @@ def _quiet_libraries() -> None:
 def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
     from pipeline.device import choose_device
     from pipeline.engine import Engine
-    from pipeline.loading import (
-        HashCache,
-        SourceKind,
-        find_local_models,
-        load_model,
-        resolve_model,
-    )
+    from pipeline.loading import HashCache, SourceKind
 
+    source = _model_source(settings, model)
     device = choose_device(settings.device, settings.dtype)
     err.print(device.describe())
-    wanted = model or settings.model
-    source = resolve_model(wanted, settings.models_dir)
-    if not wanted and source.kind is SourceKind.HUB:
-        _say_which_default(source.name, find_local_models(settings.models_dir))
     hashes = HashCache(settings.cache_dir / "hashes.json")
     # A hub download draws its own progress bars, which a spinner would garble.
     spinner = not quiet and source.kind is not SourceKind.HUB
     status = err.status(f"Loading {source.name}…") if spinner else nullcontext()
     with status:
-        loaded = load_model(source, device, settings.cache_dir, hashes)
+        loaded = _load_or_explain(
+            settings, source, device, hashes, chosen=bool(model or settings.model)
+        )
     err.print(f"Model: {source.name} ({loaded.family.label}, native {loaded.native_size}px)")
     return Engine(
         loaded,
@@ -89,13 +84,41 @@ def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
     )
 
 
-def _say_which_default(default: str, local: list) -> None:  # list[ModelSource]
-    if len(local) > 1:
-        names = ", ".join(source.name for source in local)
-        err.print(
-            f"{len(local)} local checkpoints and no EASEL_MODEL, so the default {default} is "
-            f"used. Pick one with --model or EASEL_MODEL: {names}."
-        )
+def _model_source(settings: Settings, model: str | None) -> ModelSource:
+    """The checkpoint to load; with none named and several here, a list to pick from."""
+    from pipeline.loading import SeveralLocalModelsError, resolve_model
+
+    try:
+        return resolve_model(model or settings.model, settings.models_dir)
+    except SeveralLocalModelsError as error:
+        raise ModelLoadError(
+            f"{len(error.names)} checkpoints in {error.models_dir} and no EASEL_MODEL: pick one "
+            f"with --model NAME or EASEL_MODEL=NAME. Checkpoints: {', '.join(error.names)}."
+        ) from error
+
+
+def _load_or_explain(
+    settings: Settings,
+    source: ModelSource,
+    device: DeviceChoice,
+    hashes: HashCache,
+    chosen: bool,
+) -> LoadedModel:
+    """Load the model; offline without a local one, say where a checkpoint goes."""
+    from pipeline.loading import HubUnavailableError, load_model
+
+    try:
+        return load_model(source, device, settings.cache_dir, hashes)
+    except HubUnavailableError as error:
+        if chosen:
+            raise
+        folder = settings.models_dir / "stable-diffusion"
+        raise ModelLoadError(
+            f"No checkpoint in {folder}, and the default model {error.repo_id} is not "
+            f"downloaded and cannot be: {error.reason}. Put a .safetensors checkpoint in "
+            f"{folder}, or set EASEL_MODEL (or --model) to a checkpoint file, folder or "
+            "Hugging Face repo id."
+        ) from error
 
 
 @app.command()
