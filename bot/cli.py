@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot.core.options import options_from_fields
+from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
@@ -39,9 +39,13 @@ if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --h
     from pipeline.engine import Engine, PreparedJob
     from pipeline.loading import HashCache, LoadedModel, ModelSource
 
+# Plain click help: flags show as `--tile`, options as `--n <int>`, not `--tile <bool>`.
+HELP_STYLE = None
+
 app = typer.Typer(
     help="Easel: Stable Diffusion on your own GPU and checkpoints.",
     no_args_is_help=True,
+    rich_markup_mode=HELP_STYLE,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -147,10 +151,16 @@ def imagine(
     ] = None,
     quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
     lora: Annotated[
-        list[str] | None, typer.Option("--lora", help="LoRA NAME[:WEIGHT]; repeatable.")
+        list[str] | None,
+        typer.Option("--lora", metavar="NAME[:WEIGHT]", help="A LoRA file by name; repeatable."),
     ] = None,
     preset: Annotated[str | None, typer.Option(help="A preset from models/presets.toml.")] = None,
-    hires: Annotated[float | None, typer.Option(help="Hires fix: upscale factor, e.g. 2.")] = None,
+    hires: Annotated[
+        float | None,
+        typer.Option(
+            metavar="[F]", help=f"Hires fix: upscale factor F (bare: {DEFAULT_HIRES_SCALE:g})."
+        ),
+    ] = None,
     tile: Annotated[bool, typer.Option("--tile", help="Seamless tiling texture.")] = False,
     clip_skip: Annotated[
         int | None, typer.Option("--clip-skip", help="CLIP layers to skip.")
@@ -261,11 +271,15 @@ def vary(
     original = request_from_infotext(info)
     with Image.open(image) as opened:
         picture = opened.convert("RGB")
+    # 0 is a strength like any other (a subtle variation at 0 is the image itself).
     if strong:
-        request = strong_variation(original, picture, n, strength or STRONG_DENOISING)
+        amount = STRONG_DENOISING if strength is None else strength
+        request = strong_variation(original, picture, n, amount)
     else:
-        request = subtle_variation(original, 0, n, strength or SUBTLE_STRENGTH)
+        amount = SUBTLE_STRENGTH if strength is None else strength
+        request = subtle_variation(original, 0, n, amount)
     check_ranges(request, settings.limits())
+    err.print(_variation_line(image, request, strong, amount))
     engine = _load_engine(settings, model or _local_model_named(info.model, settings), as_json)
     _generate_and_save(engine, request, out_dir or settings.outputs_dir, as_json)
 
@@ -329,6 +343,14 @@ def upscale(
     stem = f"upscaled-x{scale}-{image.stem}"
     path = save_png(enlarged, output_path(out_dir or settings.outputs_dir, stem), parameters)
     out.print(f"{path}  {width}x{height}  {used}")
+
+
+def _variation_line(image: Path, request: GenerationRequest, strong: bool, amount: float) -> str:
+    count = request.image_count
+    images = f"{count} image{'s' if count != 1 else ''}"
+    if strong:
+        return f"Strong variation of {image} (denoising {amount:g}): {images}."
+    return f"Subtle variation of {image} (seed {request.seeds[0]}, strength {amount:g}): {images}."
 
 
 def _local_model_named(name: str | None, settings: Settings) -> str | None:
@@ -411,15 +433,23 @@ def _say_cancelled() -> None:
 
 
 def _print_report(result: GenerationResult, saved: SavedResult) -> None:
-    for path, item in zip(saved.images, result.images, strict=True):
-        out.print(f"{path}  seed {item.seed}")
+    variation_seeds = result.request.variation_seeds
+    for index, (path, item) in enumerate(zip(saved.images, result.images, strict=True)):
+        if index < len(variation_seeds):
+            out.print(f"{path}  variation seed {variation_seeds[index]} (seed {item.seed})")
+        else:
+            out.print(f"{path}  seed {item.seed}")
     if saved.grid is not None:
         out.print(f"{saved.grid}  grid")
-    timings = result.timings
-    err.print(
-        f"{len(result.images)} image(s) at {result.request.width}x{result.request.height} "
-        f"in {timings.total_s:.1f}s"
-    )
+    width, height = _output_size(result)
+    err.print(f"{len(result.images)} image(s) at {width}x{height} in {result.timings.total_s:.1f}s")
+
+
+def _output_size(result: GenerationResult) -> tuple[int, int]:
+    """The saved images' size: after a hires fix, the upscaled size, not the base one."""
+    if result.images:
+        return result.images[0].image.size
+    return result.request.width, result.request.height
 
 
 def _json_report(
@@ -433,6 +463,7 @@ def _json_report(
         ],
         "grid": str(saved.grid) if saved.grid else None,
         "seeds": list(result.seeds),
+        "variation_seeds": list(result.request.variation_seeds),
         "parameters": request,
         "model": {"name": result.model_name, "hash": result.model_hash},
         "timings": asdict(result.timings),
@@ -504,14 +535,17 @@ def vocabulary(
     locale = "ko" if korean else "en"
     for name in [category] if category else CATEGORIES:
         table = Table(title=CATEGORY_LABELS[name].text(locale))
-        for column in ("Id", "Label", "Prompt"):
-            table.add_column(column)
+        table.add_column("Id", no_wrap=True, overflow="ignore")  # what people type: never cut
+        table.add_column("Label")
+        table.add_column("Prompt")
         for entry in words.entries(name):
             table.add_row(entry.id, entry.label(locale), entry.prompt)
         out.print(table)
 
 
-lora_app = typer.Typer(help="LoRA files and presets.", no_args_is_help=True)
+lora_app = typer.Typer(
+    help="LoRA files and presets.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+)
 app.add_typer(lora_app, name="lora")
 
 
@@ -578,7 +612,9 @@ def _human_size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
-db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database: migrations.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+)
 app.add_typer(db_app, name="db")
 
 
@@ -655,9 +691,34 @@ def _open_bot(settings: Settings, model: str | None) -> Bot:
     return build_bot(settings, engine, store)
 
 
+def with_bare_hires(argv: list[str]) -> list[str]:
+    """`--hires` without a number means the default factor (the README's `--hires [F]`);
+    click options cannot take an optional value, so the bare flag is spelled out here."""
+    result: list[str] = []
+    for index, token in enumerate(argv):
+        if token == "--":
+            return result + argv[index:]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token == "--hires" and not _is_number(following):
+            token = f"--hires={DEFAULT_HIRES_SCALE:g}"
+        result.append(token)
+    return result
+
+
+def _is_number(text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:
         app()  # usage errors print their help and exit 2 through typer's standalone mode
     except EaselError as error:

@@ -140,3 +140,32 @@ def _data_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----- LoRAs in the infotext
+
+
+def lora_tag(use: LoraUse) -> str:
+    """A1111's prompt tag for a LoRA use: `<lora:name:w>`, or `<lora:name:te:unet>`."""
+    if use.te_weight == use.unet_weight:
+        return f"<lora:{use.name}:{use.unet_weight:g}>"
+    return f"<lora:{use.name}:{use.te_weight:g}:{use.unet_weight:g}>"
+
+
+def prompt_with_lora_tags(prompt: str, loras: Sequence[LoraUse]) -> str:
+    """The prompt as A1111 would have it: LoRAs given outside the prompt (--lora, presets)
+    written as tags after it, so that the image's parameters bring them back."""
+    tags = " ".join(lora_tag(use) for use in loras)
+    if not tags:
+        return prompt
+    return f"{prompt.rstrip()} {tags}" if prompt.strip() else tags
+
+
+def parse_lora_hashes(value: str) -> dict[str, str]:
+    """A1111's `Lora hashes` value ("name: 0123456789ab, other: ...") as name -> hash."""
+    hashes: dict[str, str] = {}
+    for part in value.split(","):
+        name, colon, short = part.rpartition(":")
+        if colon and name.strip() and short.strip():
+            hashes[name.strip()] = short.strip()
+    return hashes
