@@ -23,6 +23,7 @@ from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
 from bot.settings import Settings
 from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
+    DETAIL_STRENGTH,
     GenerationRequest,
     GenerationResult,
     ImageRef,
@@ -289,26 +290,30 @@ def upscale(
     image: Annotated[Path, typer.Argument(help="The image to enlarge.")],
     scale: Annotated[int, typer.Option(help="2 or 4.")] = 2,
     upscaler: Annotated[
-        str | None, typer.Option("--model", help="Upscaler name in models/upscale; none: Lanczos.")
+        str | None,
+        typer.Option("--upscaler", help="Upscaler name in models/upscale; none: Lanczos."),
     ] = None,
     detail: Annotated[
         float,
         typer.Option(help="img2img detail pass strength after upscaling (0 to skip)."),
-    ] = 0.3,
-    checkpoint: Annotated[
-        str | None, typer.Option("--checkpoint", help="Checkpoint for the detail pass.")
+    ] = DETAIL_STRENGTH,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "--checkpoint", help="Checkpoint for the detail pass."),
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U).
+    """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U,
+    the same rule as the chat's U buttons).
 
     The detail pass needs the image's generation parameters and a result within the size
     limit; otherwise it is skipped and said so.
     """
     from pipeline.device import choose_device
-    from pipeline.images import Infotext, output_path, read_infotext, save_png
+    from pipeline.images import output_path, read_infotext, save_png
     from pipeline.upscale import load_upscaler, upscale_image, validate_scale
-    from pipeline.variations import detail_pass, request_from_infotext
+    from pipeline.upscale_detail import plan_detail, upscaled_parameters
 
     settings = Settings()
     _quiet_libraries()
@@ -319,30 +324,37 @@ def upscale(
     with Image.open(image) as opened:
         picture = opened.convert("RGB")
     device = choose_device(settings.device, settings.dtype)
-    model = load_upscaler(upscaler, settings.models_dir, device.device, device.dtype)
-    with err.status(f"Upscaling x{scale}…"):
-        enlarged, used = upscale_image(picture, scale, model)
-    width, height = enlarged.size
-    fits = width * height <= settings.max_area
-    if detail > 0 and info is not None and fits:
-        wanted = checkpoint or _local_model_named(info.model, settings)
-        engine = _load_engine(settings, wanted, quiet=False)
-        request = detail_pass(request_from_infotext(info), enlarged, detail)
-        result = _generate_with_progress(engine, engine.prepare(request), show=True)
+    loaded = load_upscaler(upscaler, settings.models_dir, device.device, device.dtype)
+    with err.status(f"Upscaling x{scale}…") if not as_json else nullcontext():
+        enlarged, used = upscale_image(picture, scale, loaded)
+    plan = plan_detail(info, enlarged, detail, settings.max_area)
+    if plan.skipped:
+        err.print(plan.skipped, style="yellow")
+    parameters = info
+    if plan.request is not None:
+        wanted = model or _local_model_named(info.model if info else None, settings)
+        engine = _load_engine(settings, wanted, quiet=as_json)
+        result = _generate_with_progress(engine, engine.prepare(plan.request), show=not as_json)
         if result.status is ResultStatus.CANCELLED:
             _say_cancelled()
         enlarged, parameters = result.images[0].image, result.images[0].infotext
-    else:
-        if detail > 0:
-            why = "it holds no generation data" if info is None else "it is over the size limit"
-            err.print(f"No detail pass: {why} ({width}x{height}).", style="yellow")
-        parameters = replace(info or Infotext(prompt=""), width=width, height=height)
-    parameters = replace(
-        parameters, extra=(*parameters.extra, ("Upscaler", used), ("Upscale by", str(scale)))
-    )
+    infotext = upscaled_parameters(parameters, enlarged.size, used, scale)
     stem = f"upscaled-x{scale}-{image.stem}"
-    path = save_png(enlarged, output_path(out_dir or settings.outputs_dir, stem), parameters)
-    out.print(f"{path}  {width}x{height}  {used}")
+    path = save_png(enlarged, output_path(out_dir or settings.outputs_dir, stem), infotext)
+    width, height = enlarged.size
+    if as_json:
+        report = {
+            "path": str(path),
+            "width": width,
+            "height": height,
+            "upscaler": used,
+            "scale": scale,
+            "detail": detail if plan.request is not None else None,
+            "notes": [plan.skipped] if plan.skipped else [],
+        }
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        out.print(f"{path}  {width}x{height}  {used}")
 
 
 def _variation_line(image: Path, request: GenerationRequest, strong: bool, amount: float) -> str:
