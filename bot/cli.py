@@ -56,12 +56,20 @@ out = Console(soft_wrap=True, markup=False, highlight=False)
 log = logging.getLogger("easel")
 
 
-def _quiet_libraries() -> None:
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+def _log_level() -> int:
+    """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
+    if os.environ.get("EASEL_DEBUG"):
+        return logging.DEBUG
+    name = os.environ.get("EASEL_LOG_LEVEL", "").strip().upper()
+    level = logging.getLevelName(name) if name else logging.WARNING
+    return level if isinstance(level, int) else logging.WARNING
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+
+def _quiet_libraries() -> None:
+    """The libraries' loading bars and warnings, unless a debug or info log level asks."""
+    from pipeline.quiet import quiet_libraries
+
+    quiet_libraries(verbose=_log_level() <= logging.INFO)
 
 
 def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
@@ -566,11 +574,13 @@ def lora_list(
     korean: Annotated[bool, typer.Option("--ko", help="Korean descriptions.")] = False,
 ) -> None:
     """The LoRA files in the models folder and the presets in models/presets.toml."""
+    from pipeline.folders import ModelFolders
     from pipeline.lora_names import find_loras, lora_hash
     from pipeline.presets import load_presets
 
     settings = Settings()
     files = find_loras(settings.models_dir)
+    lora_folder = (ModelFolders(settings.models_dir).loras or [settings.models_dir / "lora"])[0]
     table = Table(title=f"LoRA files in {settings.models_dir}")
     for column in ("Name", "Size", "Hash", "File"):
         table.add_column(column)
@@ -593,6 +603,13 @@ def lora_list(
             preset.id, preset.description("ko" if korean else "en"), loras, preset.trigger
         )
     out.print(table if presets.presets else "No presets (models/presets.toml).")
+    for preset in presets.presets:
+        for use in preset.missing_loras(settings.models_dir):
+            source = preset.source_of(use.name)
+            where = f"download it yourself from {source}" if source else "no source given"
+            out.print(
+                f"Missing for preset {preset.id}: {use.name}.safetensors in {lora_folder}; {where}."
+            )
 
 
 @app.command()
@@ -644,10 +661,29 @@ def db_current() -> None:
     """Show the database's revision and the newest one."""
     from bot.store import Store
 
-    store = Store(Settings().database_url)
+    url = Settings().database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        out.print(
+            f"No database yet ({missing} does not exist); `easel db upgrade` or starting the "
+            "bot creates it."
+        )
+        return
+    store = Store(url)
     current, head = store.current(), store.head()
     state = "up to date" if current == head else f"newest is {head}; run `easel db upgrade`"
     out.print(f"{store.url}: revision {current or 'none'} ({state})")
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file a URL names when it does not exist yet (opening it would create it)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
 
 
 @app.command()
@@ -729,7 +765,7 @@ def _is_number(text: str | None) -> bool:
 
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=_log_level(), format="%(levelname)s %(name)s: %(message)s")
     sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:
         app()  # usage errors print their help and exit 2 through typer's standalone mode
