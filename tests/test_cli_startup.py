@@ -99,7 +99,7 @@ def test_db_current_in_an_empty_folder_creates_nothing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EASEL_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setattr(sys, "argv", ["easel", "db", "current"])
     with pytest.raises(SystemExit) as exited:
         main()
