@@ -19,27 +19,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot.core.options import options_from_fields
-from bot.outputs import SavedResult, save_result
+from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
 from bot.settings import Settings
-from pipeline.errors import EaselError, InvalidRequestError
+from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
+    DETAIL_STRENGTH,
     GenerationRequest,
     GenerationResult,
     ImageRef,
     ProgressEvent,
     ResultStatus,
 )
-from pipeline.samplers import resolve_sampler
+from pipeline.sampler_names import sampler_name
 from pipeline.validation import check_ranges
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
+    from bot.outputs import SavedResult
     from bot.runtime import Bot
+    from pipeline.device import DeviceChoice
     from pipeline.engine import Engine, PreparedJob
+    from pipeline.loading import HashCache, LoadedModel, ModelSource
+
+# Plain click help: flags show as `--tile`, options as `--n <int>`, not `--tile <bool>`.
+HELP_STYLE = None
 
 app = typer.Typer(
     help="Easel: Stable Diffusion on your own GPU and checkpoints.",
     no_args_is_help=True,
+    rich_markup_mode=HELP_STYLE,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -49,37 +56,38 @@ out = Console(soft_wrap=True, markup=False, highlight=False)
 log = logging.getLogger("easel")
 
 
-def _quiet_libraries() -> None:
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+def _log_level() -> int:
+    """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
+    if os.environ.get("EASEL_DEBUG"):
+        return logging.DEBUG
+    name = os.environ.get("EASEL_LOG_LEVEL", "").strip().upper()
+    level = logging.getLevelName(name) if name else logging.WARNING
+    return level if isinstance(level, int) else logging.WARNING
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+
+def _quiet_libraries() -> None:
+    """The libraries' loading bars and warnings, unless a debug or info log level asks."""
+    from pipeline.quiet import quiet_libraries
+
+    quiet_libraries(verbose=_log_level() <= logging.INFO)
 
 
 def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
     from pipeline.device import choose_device
     from pipeline.engine import Engine
-    from pipeline.loading import (
-        HashCache,
-        SourceKind,
-        find_local_models,
-        load_model,
-        resolve_model,
-    )
+    from pipeline.loading import HashCache, SourceKind
 
+    source = _model_source(settings, model)
     device = choose_device(settings.device, settings.dtype)
     err.print(device.describe())
-    wanted = model or settings.model
-    source = resolve_model(wanted, settings.models_dir)
-    if not wanted and source.kind is SourceKind.HUB:
-        _say_which_default(source.name, find_local_models(settings.models_dir))
     hashes = HashCache(settings.cache_dir / "hashes.json")
     # A hub download draws its own progress bars, which a spinner would garble.
     spinner = not quiet and source.kind is not SourceKind.HUB
     status = err.status(f"Loading {source.name}…") if spinner else nullcontext()
     with status:
-        loaded = load_model(source, device, settings.cache_dir, hashes)
+        loaded = _load_or_explain(
+            settings, source, device, hashes, chosen=bool(model or settings.model)
+        )
     err.print(f"Model: {source.name} ({loaded.family.label}, native {loaded.native_size}px)")
     return Engine(
         loaded,
@@ -89,13 +97,41 @@ def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
     )
 
 
-def _say_which_default(default: str, local: list) -> None:  # list[ModelSource]
-    if len(local) > 1:
-        names = ", ".join(source.name for source in local)
-        err.print(
-            f"{len(local)} local checkpoints and no EASEL_MODEL, so the default {default} is "
-            f"used. Pick one with --model or EASEL_MODEL: {names}."
-        )
+def _model_source(settings: Settings, model: str | None) -> ModelSource:
+    """The checkpoint to load; with none named and several here, a list to pick from."""
+    from pipeline.loading import SeveralLocalModelsError, resolve_model
+
+    try:
+        return resolve_model(model or settings.model, settings.models_dir)
+    except SeveralLocalModelsError as error:
+        raise ModelLoadError(
+            f"{len(error.names)} checkpoints in {error.models_dir} and no EASEL_MODEL: pick one "
+            f"with --model NAME or EASEL_MODEL=NAME. Checkpoints: {', '.join(error.names)}."
+        ) from error
+
+
+def _load_or_explain(
+    settings: Settings,
+    source: ModelSource,
+    device: DeviceChoice,
+    hashes: HashCache,
+    chosen: bool,
+) -> LoadedModel:
+    """Load the model; offline without a local one, say where a checkpoint goes."""
+    from pipeline.loading import HubUnavailableError, load_model
+
+    try:
+        return load_model(source, device, settings.cache_dir, hashes)
+    except HubUnavailableError as error:
+        if chosen:
+            raise
+        folder = settings.models_dir / "stable-diffusion"
+        raise ModelLoadError(
+            f"No checkpoint in {folder}, and the default model {error.repo_id} is not "
+            f"downloaded and cannot be: {error.reason}. Put a .safetensors checkpoint in "
+            f"{folder}, or set EASEL_MODEL (or --model) to a checkpoint file, folder or "
+            "Hugging Face repo id."
+        ) from error
 
 
 @app.command()
@@ -124,10 +160,16 @@ def imagine(
     ] = None,
     quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
     lora: Annotated[
-        list[str] | None, typer.Option("--lora", help="LoRA NAME[:WEIGHT]; repeatable.")
+        list[str] | None,
+        typer.Option("--lora", metavar="NAME[:WEIGHT]", help="A LoRA file by name; repeatable."),
     ] = None,
     preset: Annotated[str | None, typer.Option(help="A preset from models/presets.toml.")] = None,
-    hires: Annotated[float | None, typer.Option(help="Hires fix: upscale factor, e.g. 2.")] = None,
+    hires: Annotated[
+        float | None,
+        typer.Option(
+            metavar="[F]", help=f"Hires fix: upscale factor F (bare: {DEFAULT_HIRES_SCALE:g})."
+        ),
+    ] = None,
     tile: Annotated[bool, typer.Option("--tile", help="Seamless tiling texture.")] = False,
     clip_skip: Annotated[
         int | None, typer.Option("--clip-skip", help="CLIP layers to skip.")
@@ -175,7 +217,7 @@ def imagine(
         hires=hires,
     )
     if schedule:
-        options = replace(options, sampler=resolve_sampler(options.sampler, schedule).name)
+        options = replace(options, sampler=sampler_name(options.sampler, schedule))
     presets = load_presets(settings.models_dir)
     options.to_request(vocabulary, 512, presets)  # an unknown preset fails before the load
     engine = _load_engine(settings, model, quiet=as_json)
@@ -193,8 +235,9 @@ def _generate_and_save(
         err.print(note, style="yellow")
     result = _generate_with_progress(engine, job, show=not as_json)
     if result.status is ResultStatus.CANCELLED:
-        err.print("Cancelled.")
-        raise typer.Exit(130)
+        _say_cancelled()
+    from bot.outputs import save_result
+
     saved = save_result(result, out_dir)
     if as_json:
         print(json.dumps(_json_report(result, saved, job.notes), ensure_ascii=False))
@@ -237,11 +280,15 @@ def vary(
     original = request_from_infotext(info)
     with Image.open(image) as opened:
         picture = opened.convert("RGB")
+    # 0 is a strength like any other (a subtle variation at 0 is the image itself).
     if strong:
-        request = strong_variation(original, picture, n, strength or STRONG_DENOISING)
+        amount = STRONG_DENOISING if strength is None else strength
+        request = strong_variation(original, picture, n, amount)
     else:
-        request = subtle_variation(original, 0, n, strength or SUBTLE_STRENGTH)
+        amount = SUBTLE_STRENGTH if strength is None else strength
+        request = subtle_variation(original, 0, n, amount)
     check_ranges(request, settings.limits())
+    err.print(_variation_line(image, request, strong, amount))
     engine = _load_engine(settings, model or _local_model_named(info.model, settings), as_json)
     _generate_and_save(engine, request, out_dir or settings.outputs_dir, as_json)
 
@@ -251,26 +298,30 @@ def upscale(
     image: Annotated[Path, typer.Argument(help="The image to enlarge.")],
     scale: Annotated[int, typer.Option(help="2 or 4.")] = 2,
     upscaler: Annotated[
-        str | None, typer.Option("--model", help="Upscaler name in models/upscale; none: Lanczos.")
+        str | None,
+        typer.Option("--upscaler", help="Upscaler name in models/upscale; none: Lanczos."),
     ] = None,
     detail: Annotated[
         float,
         typer.Option(help="img2img detail pass strength after upscaling (0 to skip)."),
-    ] = 0.3,
-    checkpoint: Annotated[
-        str | None, typer.Option("--checkpoint", help="Checkpoint for the detail pass.")
+    ] = DETAIL_STRENGTH,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "--checkpoint", help="Checkpoint for the detail pass."),
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U).
+    """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U,
+    the same rule as the chat's U buttons).
 
     The detail pass needs the image's generation parameters and a result within the size
     limit; otherwise it is skipped and said so.
     """
     from pipeline.device import choose_device
-    from pipeline.images import Infotext, output_path, read_infotext, save_png
+    from pipeline.images import output_path, read_infotext, save_png
     from pipeline.upscale import load_upscaler, upscale_image, validate_scale
-    from pipeline.variations import detail_pass, request_from_infotext
+    from pipeline.upscale_detail import plan_detail, upscaled_parameters
 
     settings = Settings()
     _quiet_libraries()
@@ -281,30 +332,45 @@ def upscale(
     with Image.open(image) as opened:
         picture = opened.convert("RGB")
     device = choose_device(settings.device, settings.dtype)
-    model = load_upscaler(upscaler, settings.models_dir, device.device, device.dtype)
-    with err.status(f"Upscaling x{scale}…"):
-        enlarged, used = upscale_image(picture, scale, model)
-    width, height = enlarged.size
-    fits = width * height <= settings.max_area
-    if detail > 0 and info is not None and fits:
-        wanted = checkpoint or _local_model_named(info.model, settings)
-        engine = _load_engine(settings, wanted, quiet=False)
-        request = detail_pass(request_from_infotext(info), enlarged, detail)
-        result = _generate_with_progress(engine, engine.prepare(request), show=True)
+    loaded = load_upscaler(upscaler, settings.models_dir, device.device, device.dtype)
+    with err.status(f"Upscaling x{scale}…") if not as_json else nullcontext():
+        enlarged, used = upscale_image(picture, scale, loaded)
+    plan = plan_detail(info, enlarged, detail, settings.max_area)
+    if plan.skipped:
+        err.print(plan.skipped, style="yellow")
+    parameters = info
+    if plan.request is not None:
+        wanted = model or _local_model_named(info.model if info else None, settings)
+        engine = _load_engine(settings, wanted, quiet=as_json)
+        result = _generate_with_progress(engine, engine.prepare(plan.request), show=not as_json)
         if result.status is ResultStatus.CANCELLED:
-            raise typer.Exit(130)
+            _say_cancelled()
         enlarged, parameters = result.images[0].image, result.images[0].infotext
-    else:
-        if detail > 0:
-            why = "it holds no generation data" if info is None else "it is over the size limit"
-            err.print(f"No detail pass: {why} ({width}x{height}).", style="yellow")
-        parameters = replace(info or Infotext(prompt=""), width=width, height=height)
-    parameters = replace(
-        parameters, extra=(*parameters.extra, ("Upscaler", used), ("Upscale by", str(scale)))
-    )
+    infotext = upscaled_parameters(parameters, enlarged.size, used, scale)
     stem = f"upscaled-x{scale}-{image.stem}"
-    path = save_png(enlarged, output_path(out_dir or settings.outputs_dir, stem), parameters)
-    out.print(f"{path}  {width}x{height}  {used}")
+    path = save_png(enlarged, output_path(out_dir or settings.outputs_dir, stem), infotext)
+    width, height = enlarged.size
+    if as_json:
+        report = {
+            "path": str(path),
+            "width": width,
+            "height": height,
+            "upscaler": used,
+            "scale": scale,
+            "detail": detail if plan.request is not None else None,
+            "notes": [plan.skipped] if plan.skipped else [],
+        }
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        out.print(f"{path}  {width}x{height}  {used}")
+
+
+def _variation_line(image: Path, request: GenerationRequest, strong: bool, amount: float) -> str:
+    count = request.image_count
+    images = f"{count} image{'s' if count != 1 else ''}"
+    if strong:
+        return f"Strong variation of {image} (denoising {amount:g}): {images}."
+    return f"Subtle variation of {image} (seed {request.seeds[0]}, strength {amount:g}): {images}."
 
 
 def _local_model_named(name: str | None, settings: Settings) -> str | None:
@@ -316,9 +382,18 @@ def _local_model_named(name: str | None, settings: Settings) -> str | None:
     return None
 
 
+CANCEL_GRACE_S = 120.0  # how long a cancelled job may take to reach the end of its step
+
+
 def _generate_with_progress(engine: Engine, job: PreparedJob, show: bool) -> GenerationResult:
-    """Run the job on a worker thread so Ctrl-C cancels it cleanly within a step."""
+    """Run the job on a worker thread so Ctrl-C cancels it cleanly within a step.
+
+    The main thread waits on an Event, never on Thread.join: before Python 3.13 a join that
+    Ctrl-C interrupts marks a still running thread as finished, and the interpreter then exits
+    under the running job (`terminate called without an active exception`).
+    """
     cancel = threading.Event()
+    done = threading.Event()
     outcome: list[GenerationResult | BaseException] = []
     columns = (
         TextColumn("{task.description}"),
@@ -337,31 +412,64 @@ def _generate_with_progress(engine: Engine, job: PreparedJob, show: bool) -> Gen
                 outcome.append(engine.run(job, on_progress=on_progress, cancel=cancel))
             except BaseException as error:  # handed to the main thread
                 outcome.append(error)
+            finally:
+                done.set()
 
         worker = threading.Thread(target=work, name="easel-generate", daemon=True)
-        worker.start()
         try:
-            while worker.is_alive():
-                worker.join(0.1)
+            worker.start()  # Ctrl-C can come while start() waits for the thread to begin
+            while not done.wait(0.1):
+                pass
         except KeyboardInterrupt:
             cancel.set()
-            worker.join()
+            progress.stop()
+            err.print("Cancelling: the current step finishes first…")
+            _wait_after_cancel(done)
     result = outcome[0]
     if isinstance(result, BaseException):
         raise result
     return result
 
 
+def _wait_after_cancel(done: threading.Event) -> None:
+    """Wait for a cancelled job to stop; more Ctrl-C presses are not needed and are ignored."""
+    waited = 0.0
+    while waited < CANCEL_GRACE_S:
+        try:
+            if done.wait(0.1):
+                return
+        except KeyboardInterrupt:
+            pass
+        waited += 0.1
+    # Leaving the interpreter under a running torch call aborts it; leave without that.
+    err.print("Cancelled (the job did not stop in time).")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _say_cancelled() -> None:
+    err.print("Cancelled: nothing was saved.")
+    raise typer.Exit(130)
+
+
 def _print_report(result: GenerationResult, saved: SavedResult) -> None:
-    for path, item in zip(saved.images, result.images, strict=True):
-        out.print(f"{path}  seed {item.seed}")
+    variation_seeds = result.request.variation_seeds
+    for index, (path, item) in enumerate(zip(saved.images, result.images, strict=True)):
+        if index < len(variation_seeds):
+            out.print(f"{path}  variation seed {variation_seeds[index]} (seed {item.seed})")
+        else:
+            out.print(f"{path}  seed {item.seed}")
     if saved.grid is not None:
         out.print(f"{saved.grid}  grid")
-    timings = result.timings
-    err.print(
-        f"{len(result.images)} image(s) at {result.request.width}x{result.request.height} "
-        f"in {timings.total_s:.1f}s"
-    )
+    width, height = _output_size(result)
+    err.print(f"{len(result.images)} image(s) at {width}x{height} in {result.timings.total_s:.1f}s")
+
+
+def _output_size(result: GenerationResult) -> tuple[int, int]:
+    """The saved images' size: after a hires fix, the upscaled size, not the base one."""
+    if result.images:
+        return result.images[0].image.size
+    return result.request.width, result.request.height
 
 
 def _json_report(
@@ -375,6 +483,7 @@ def _json_report(
         ],
         "grid": str(saved.grid) if saved.grid else None,
         "seeds": list(result.seeds),
+        "variation_seeds": list(result.request.variation_seeds),
         "parameters": request,
         "model": {"name": result.model_name, "hash": result.model_hash},
         "timings": asdict(result.timings),
@@ -446,14 +555,17 @@ def vocabulary(
     locale = "ko" if korean else "en"
     for name in [category] if category else CATEGORIES:
         table = Table(title=CATEGORY_LABELS[name].text(locale))
-        for column in ("Id", "Label", "Prompt"):
-            table.add_column(column)
+        table.add_column("Id", no_wrap=True, overflow="ignore")  # what people type: never cut
+        table.add_column("Label")
+        table.add_column("Prompt")
         for entry in words.entries(name):
             table.add_row(entry.id, entry.label(locale), entry.prompt)
         out.print(table)
 
 
-lora_app = typer.Typer(help="LoRA files and presets.", no_args_is_help=True)
+lora_app = typer.Typer(
+    help="LoRA files and presets.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+)
 app.add_typer(lora_app, name="lora")
 
 
@@ -462,11 +574,13 @@ def lora_list(
     korean: Annotated[bool, typer.Option("--ko", help="Korean descriptions.")] = False,
 ) -> None:
     """The LoRA files in the models folder and the presets in models/presets.toml."""
-    from pipeline.lora import find_loras, lora_hash
+    from pipeline.folders import ModelFolders
+    from pipeline.lora_names import find_loras, lora_hash
     from pipeline.presets import load_presets
 
     settings = Settings()
     files = find_loras(settings.models_dir)
+    lora_folder = (ModelFolders(settings.models_dir).loras or [settings.models_dir / "lora"])[0]
     table = Table(title=f"LoRA files in {settings.models_dir}")
     for column in ("Name", "Size", "Hash", "File"):
         table.add_column(column)
@@ -489,6 +603,13 @@ def lora_list(
             preset.id, preset.description("ko" if korean else "en"), loras, preset.trigger
         )
     out.print(table if presets.presets else "No presets (models/presets.toml).")
+    for preset in presets.presets:
+        for use in preset.missing_loras(settings.models_dir):
+            source = preset.source_of(use.name)
+            where = f"download it yourself from {source}" if source else "no source given"
+            out.print(
+                f"Missing for preset {preset.id}: {use.name}.safetensors in {lora_folder}; {where}."
+            )
 
 
 @app.command()
@@ -520,7 +641,9 @@ def _human_size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
-db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database: migrations.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+)
 app.add_typer(db_app, name="db")
 
 
@@ -538,10 +661,29 @@ def db_current() -> None:
     """Show the database's revision and the newest one."""
     from bot.store import Store
 
-    store = Store(Settings().database_url)
+    url = Settings().database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        out.print(
+            f"No database yet ({missing} does not exist); `easel db upgrade` or starting the "
+            "bot creates it."
+        )
+        return
+    store = Store(url)
     current, head = store.current(), store.head()
     state = "up to date" if current == head else f"newest is {head}; run `easel db upgrade`"
     out.print(f"{store.url}: revision {current or 'none'} ({state})")
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file a URL names when it does not exist yet (opening it would create it)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
 
 
 @app.command()
@@ -602,9 +744,34 @@ def _open_bot(settings: Settings, model: str | None) -> Bot:
     return build_bot(settings, engine, store)
 
 
+def with_bare_hires(argv: list[str]) -> list[str]:
+    """`--hires` without a number means the default factor (the README's `--hires [F]`);
+    click options cannot take an optional value, so the bare flag is spelled out here."""
+    result: list[str] = []
+    for index, token in enumerate(argv):
+        if token == "--":
+            return result + argv[index:]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token == "--hires" and not _is_number(following):
+            token = f"--hires={DEFAULT_HIRES_SCALE:g}"
+        result.append(token)
+    return result
+
+
+def _is_number(text: str | None) -> bool:
+    if text is None:
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=_log_level(), format="%(levelname)s %(name)s: %(message)s")
+    sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:
         app()  # usage errors print their help and exit 2 through typer's standalone mode
     except EaselError as error:

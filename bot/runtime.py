@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.core.bus import EventBus
 from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
@@ -11,11 +12,12 @@ from bot.core.service import JobService
 from bot.outputs import cleanup_orphans
 from bot.settings import Settings
 from bot.store import Store
-from pipeline.engine import Engine
 from pipeline.executors import Executor
-from pipeline.executors.local import LocalExecutor
 from pipeline.presets import load_presets
 from pipeline.prompts.vocabulary import VocabularyStore
+
+if TYPE_CHECKING:  # the engine imports torch and diffusers; front ends load without them
+    from pipeline.engine import Engine
 
 
 def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
@@ -68,7 +70,10 @@ def build_bot(
     settings: Settings, engine: Engine, store: Store, executor: Executor | None = None
 ) -> Bot:
     config = core_config(settings, engine.model.pipe.device.type != "cpu")
-    executor = executor or LocalExecutor(engine, settings.models_dir)
+    if executor is None:
+        from pipeline.executors.local import LocalExecutor
+
+        executor = LocalExecutor(engine, settings.models_dir)
     bus = EventBus(config.progress_interval, chat_interval=config.progress_chat_interval)
     dispatcher = Dispatcher(store, executor, config, bus)
     vocabulary = VocabularyStore(settings.models_dir)

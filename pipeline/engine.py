@@ -29,6 +29,7 @@ from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext, check_pixels
 from pipeline.loading import LoadedModel
 from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
+from pipeline.lora_names import prompt_with_lora_tags
 from pipeline.noise import seeded_noise, slerp
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
@@ -560,7 +561,7 @@ class Engine:
         loras: ActiveLoras,
     ) -> Infotext:
         return Infotext(
-            prompt=request.prompt,
+            prompt=prompt_with_lora_tags(request.prompt, request.loras),
             negative_prompt=request.negative_prompt,
             steps=request.steps,
             sampler=spec.base_name,

@@ -1,7 +1,8 @@
 """Finding and loading checkpoints: diffusers folders, A1111 single files, Hugging Face repos.
 
 Local models never touch the network. Hub models download into the hub cache with a progress
-bar, and `HF_HUB_OFFLINE=1` makes a missing one a clear error rather than a hang.
+bar; offline (`HF_HUB_OFFLINE=1`, or a hub that cannot be reached) a missing one is a
+HubUnavailableError at once, never minutes of retries.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +42,31 @@ log = logging.getLogger(__name__)
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+class HubUnavailableError(ModelLoadError):
+    """A hub model that is not in the cache, while the hub cannot be used (offline)."""
+
+    def __init__(self, repo_id: str, reason: str) -> None:
+        self.repo_id = repo_id
+        self.reason = reason
+        super().__init__(f"{repo_id} is not in the Hugging Face cache and {reason}.")
+
+
+class SeveralLocalModelsError(ModelLoadError):
+    """No model was named and the models folder holds more than one checkpoint."""
+
+    def __init__(self, models_dir: Path, names: list[str]) -> None:
+        self.models_dir = models_dir
+        self.names = names
+        super().__init__(
+            f"{len(names)} checkpoints in {models_dir} and none chosen; pick one by name: "
+            f"{', '.join(names)}."
+        )
 
 
 class SourceKind(StrEnum):
@@ -108,11 +135,14 @@ def _inside_diffusers_folder(path: Path, root: Path) -> bool:
 def resolve_model(name: str | None, models_dir: Path) -> ModelSource:
     """Turn a model name, path or repo id into a source; None picks the default.
 
-    The default is the only local checkpoint when there is exactly one, else the SD 1.5 repo.
+    The default is the only local checkpoint when there is exactly one, the SD 1.5 repo when
+    there is none, and a SeveralLocalModelsError listing them when there are several.
     """
     local = find_local_models(models_dir)
     if name is None or name == "":
-        return local[0] if len(local) == 1 else _hub(DEFAULT_HUB_MODEL)
+        if len(local) > 1:
+            raise SeveralLocalModelsError(models_dir, [source.name for source in local])
+        return local[0] if local else _hub(DEFAULT_HUB_MODEL)
     path = Path(name).expanduser()
     if path.exists():
         source = _source_for_path(path.resolve(), path.resolve().parent)
@@ -356,10 +386,10 @@ def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
         if cached is not None:
             return cached
     if constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(
-            f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set. Put a "
-            "checkpoint in models/stable-diffusion, or unset HF_HUB_OFFLINE to download it."
-        )
+        raise HubUnavailableError(repo_id, "HF_HUB_OFFLINE is set")
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        raise HubUnavailableError(repo_id, f"the hub cannot be reached ({unreachable})")
     _check_hub_family(repo_id)
     log.warning("Downloading %s from the Hugging Face hub into its cache.", repo_id)
     errors: list[str] = []
@@ -369,6 +399,26 @@ def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
         except (OSError, ValueError) as error:
             errors.append(first_line(error))
     raise ModelLoadError(f"Could not download {repo_id}: {errors[-1]}")
+
+
+def hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub's host cannot be reached, or None when it answers (or a proxy is set, which
+    a direct connection cannot judge). One connection attempt instead of the hub client's
+    retries, which take half a minute offline."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or ""
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as error:
+        return f"{host}: {first_line(error)}"
 
 
 def _check_hub_family(repo_id: str) -> ModelFamily:

@@ -24,8 +24,6 @@ What the installed diffusers 0.42 / peft 0.21 / transformers 5 do, and what is d
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import itertools
 import json
 import logging
@@ -34,7 +32,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,28 +49,40 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
-from pipeline.folders import ModelFolders
-from pipeline.prompts.extra_networks import extract_loras
-from pipeline.request import GenerationRequest, LoraUse  # what a job asks for
+from pipeline.lora_names import (  # names and hashes need no torch; kept importable from here
+    HASH_DIGITS,
+    ActiveLora,
+    ActiveLoras,
+    FileStamp,
+    LoraFile,
+    find_loras,
+    lookup_lora,
+    lora_hash,
+    lora_set,
+    requested_loras,
+    unknown_lora,
+)
+from pipeline.request import LoraUse  # what a job asks for
+
+__all__ = [
+    "HASH_DIGITS",
+    "ActiveLora",
+    "ActiveLoras",
+    "FileStamp",
+    "LoraFile",
+    "LoraManager",
+    "LoraUse",
+    "find_loras",
+    "lookup_lora",
+    "lora_hash",
+    "lora_set",
+    "requested_loras",
+    "unknown_lora",
+]
 
 log = logging.getLogger(__name__)
 
 
-def requested_loras(request: GenerationRequest) -> tuple[LoraUse, ...]:
-    """Every LoRA a request asks for: its `<lora:…>` tags, then its own list, in that order."""
-    _, tags = extract_loras(request.prompt)
-    tagged = (LoraUse(tag.name, tag.unet_weight, tag.te_weight) for tag in tags)
-    return (*tagged, *request.loras)
-
-
-def lora_set(uses: Iterable[LoraUse]) -> tuple[LoraUse, ...]:
-    """The LoRAs to load for these uses: weight-zero ones dropped, in a fixed order, so jobs
-    that ask for the same set in any order share a batch and the same pixels."""
-    active = (use for use in uses if not use.is_zero)
-    return tuple(sorted(active, key=lambda use: (use.name, use.unet_weight, use.te_weight)))
-
-
-HASH_DIGITS = 12  # A1111's "Lora hashes" use the first 12 hex digits
 DEFAULT_CACHE_BYTES = 2 << 30  # in-memory copies of LoRA files, for adapters evicted and reloaded
 COMPONENTS = ("unet", "text_encoder")
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
@@ -89,117 +99,6 @@ _NOISY_LOGGERS = (
 )
 
 StateDict = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LoraFile:
-    name: str  # the file stem, what prompts and presets call it
-    path: Path
-
-
-@dataclass(frozen=True)
-class ActiveLora:
-    name: str
-    unet_weight: float
-    te_weight: float
-    short_hash: str
-
-
-@dataclass(frozen=True)
-class ActiveLoras:
-    """The LoRAs a generation ran with, for its infotext."""
-
-    loras: tuple[ActiveLora, ...] = ()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(lora.name for lora in self.loras)
-
-    def hashes_infotext(self) -> str | None:
-        """A1111's `Lora hashes` value ("name: 0123456789ab, other: ..."), None without LoRAs."""
-        if not self.loras:
-            return None
-        return ", ".join(f"{lora.name}: {lora.short_hash}" for lora in self.loras)
-
-
-# ----- finding files
-
-
-def find_loras(models_dir: Path) -> list[LoraFile]:
-    """LoRA files in models/lora (and A1111's Lora and LyCORIS), sorted by name."""
-    return [LoraFile(path.stem, path) for path in ModelFolders(models_dir).lora_files()]
-
-
-def lookup_lora(files: Sequence[LoraFile], name: str) -> LoraFile:
-    """The file called `name`, matched exactly first, then ignoring case."""
-    matches = [file for file in files if file.name == name]
-    if not matches:
-        matches = [file for file in files if file.name.casefold() == name.casefold()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        paths = ", ".join(f"{file.path.parent.name}/{file.path.name}" for file in matches)
-        raise InvalidRequestError(f"Several LoRA files are called {name!r} ({paths}); rename one.")
-    raise unknown_lora(files, name)
-
-
-def unknown_lora(files: Sequence[LoraFile], name: str) -> InvalidRequestError:
-    names = [file.name for file in files]
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    known = ", ".join(names) if names else "none (put .safetensors files in models/lora)"
-    return InvalidRequestError(f"Unknown LoRA {name[:60]!r}.{hint} Available LoRAs: {known}.")
-
-
-# ----- hashes
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """A file as it is now: a changed size or mtime means changed contents."""
-
-    path: Path
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileStamp:
-        try:
-            stat = path.stat()
-        except OSError as error:
-            raise ModelLoadError(
-                f"LoRA file {path.name} cannot be read: {first_line(error)}"
-            ) from error
-        return cls(path.resolve(), stat.st_size, stat.st_mtime_ns)
-
-
-_hashes: dict[FileStamp, str] = {}
-_hashes_lock = threading.Lock()
-
-
-def lora_hash(path: Path) -> str:
-    """A1111's short LoRA hash: sha256 of a .safetensors file's tensor data (the bytes after its
-    header), or of the whole file for other formats; first 12 hex digits. Computed once."""
-    stamp = FileStamp.of(path)
-    with _hashes_lock:
-        cached = _hashes.get(stamp)
-    if cached is not None:
-        return cached
-    short = _data_sha256(path)[:HASH_DIGITS]
-    with _hashes_lock:
-        _hashes[stamp] = short
-    return short
-
-
-def _data_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        if path.suffix == ".safetensors":
-            header_length = int.from_bytes(handle.read(8), "little")
-            handle.seek(8 + header_length)
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----- reading and converting files

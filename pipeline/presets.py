@@ -4,13 +4,15 @@ models folder.
     [presets.pixel-art]
     description_en = "Pixel art"
     description_ko = "픽셀 아트"
-    loras = [{ name = "pixel-art-v1", unet = 0.8, te = 0.8 }]   # unet and te default to 1
+    loras = [{ name = "pixel-art-v1", unet = 0.8, te = 0.8,      # unet and te default to 1
+               source = "https://civitai.com/..." }]             # where to download it (optional)
     trigger = "pixel art, 8-bit"                                 # added after the user's words
     negative = "blurry"                                          # optional, added to the negative
 
 Ids are looked up ignoring case, spaces and underscores ("Pixel Art" is "pixel-art"). A missing
 file means no presets; a file that cannot be used is a PresetFileError naming the file and entry.
-The LoRA names are checked when a preset is used, against the files present then.
+The LoRA names are checked when a preset is used, against the files present then; a missing
+file is a PresetLoraMissingError naming the preset, the file, the folder and the entry's source.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import EaselError, InvalidRequestError
-from pipeline.lora import LoraUse
+from pipeline.folders import ModelFolders
+from pipeline.lora_names import find_loras
 from pipeline.prompts.composable import split_and
 from pipeline.prompts.vocabulary import normalize_id
+from pipeline.request import LoraUse
 
 PRESETS_FILE_NAME = "presets.toml"
 _FIELDS = ("description_en", "description_ko", "loras", "trigger", "negative")
-_LORA_FIELDS = ("name", "unet", "te")
+_LORA_FIELDS = ("name", "unet", "te", "source")
 
 
 class PresetFileError(EaselError):
@@ -43,6 +47,28 @@ class UnknownPresetError(InvalidRequestError):
         super().__init__(f"Unknown preset {given_id[:60]!r}.{hint} Presets: {listed}.")
 
 
+class PresetLoraMissingError(InvalidRequestError):
+    """A preset names a LoRA file that is not in the models folder."""
+
+    def __init__(self, preset: Preset, missing: list[LoraUse], models_dir: Path) -> None:
+        self.preset_id = preset.id
+        self.missing = [use.name for use in missing]
+        folders = ModelFolders(models_dir).loras or [models_dir / "lora"]
+        looked = ", ".join(str(folder) for folder in folders)
+        parts = []
+        for use in missing:
+            source = preset.source_of(use.name)
+            where = f"download it yourself from {source}" if source else "find it yourself"
+            parts.append(f"{use.name!r} ({where})")
+        target = folders[0] / f"{missing[0].name}.safetensors"
+        presets_file = models_dir / PRESETS_FILE_NAME
+        super().__init__(
+            f"Preset {preset.id!r} needs LoRA file(s) that are not in {looked}: "
+            f"{', '.join(parts)}. Save the file as {target}, or change the preset's `name` "
+            f"(and `source`) in {presets_file}."
+        )
+
+
 @dataclass(frozen=True)
 class Preset:
     id: str
@@ -51,9 +77,19 @@ class Preset:
     loras: tuple[LoraUse, ...] = ()
     trigger: str = ""
     negative: str = ""
+    sources: tuple[tuple[str, str], ...] = ()  # (LoRA name, where to download it)
 
     def description(self, locale: str) -> str:
         return self.description_ko if locale == "ko" else self.description_en
+
+    def source_of(self, lora_name: str) -> str:
+        """Where the preset's file says to get a LoRA; "" when it does not say."""
+        return dict(self.sources).get(lora_name, "")
+
+    def missing_loras(self, models_dir: Path) -> list[LoraUse]:
+        """The preset's LoRAs that have no file in the models folder (names ignore case)."""
+        present = {file.name.casefold() for file in find_loras(models_dir)}
+        return [use for use in self.loras if use.name.casefold() not in present]
 
     def apply(self, prompt: str, negative: str) -> tuple[str, str]:
         """The prompt with the trigger words after the user's own (in every `AND` part), and
@@ -83,9 +119,14 @@ class Presets:
         return next((p for p in self.presets if normalize_id(p.id) == key), None)
 
     def get(self, preset_id: str) -> Preset:
+        """The preset, with its LoRA files checked when the presets came from a models folder."""
         preset = self.find(preset_id)
         if preset is None:
             raise UnknownPresetError(preset_id, self.closest(preset_id), self.ids())
+        if self.source is not None:
+            missing = preset.missing_loras(self.source.parent)
+            if missing:
+                raise PresetLoraMissingError(preset, missing, self.source.parent)
         return preset
 
     def closest(self, preset_id: str) -> str | None:
@@ -133,24 +174,28 @@ def _parse_preset(where: str, preset_id: str, table: object) -> Preset:
     loras = table.get("loras", [])
     if not isinstance(loras, list):
         raise PresetFileError(f'{where}: loras must be a list, [{{ name = "...", unet = 1 }}].')
+    parsed = [_parse_lora(f"{where}, LoRA {n}", item) for n, item in enumerate(loras, 1)]
     return Preset(
         id=preset_id,
         description_en=_text(where, table, "description_en", required=True),
         description_ko=_text(where, table, "description_ko", required=True),
-        loras=tuple(_parse_lora(f"{where}, LoRA {n}", item) for n, item in enumerate(loras, 1)),
+        loras=tuple(use for use, _ in parsed),
         trigger=_text(where, table, "trigger"),
         negative=_text(where, table, "negative"),
+        sources=tuple((use.name, source) for use, source in parsed if source),
     )
 
 
-def _parse_lora(where: str, item: object) -> LoraUse:
+def _parse_lora(where: str, item: object) -> tuple[LoraUse, str]:
+    """The LoRA use and where to download its file ("" when not given)."""
     if not isinstance(item, dict):
         raise PresetFileError(f'{where}: must be a table, {{ name = "...", unet = 1, te = 1 }}.')
     unknown = sorted(set(item) - set(_LORA_FIELDS))
     if unknown:
-        raise PresetFileError(f"{where}: unknown field {unknown[0]!r} (name, unet, te).")
+        raise PresetFileError(f"{where}: unknown field {unknown[0]!r} (name, unet, te, source).")
     name = _text(where, item, "name", required=True)
-    return LoraUse(name, _weight(where, item, "unet"), _weight(where, item, "te"))
+    use = LoraUse(name, _weight(where, item, "unet"), _weight(where, item, "te"))
+    return use, _text(where, item, "source")
 
 
 def _text(where: str, table: dict[str, object], name: str, required: bool = False) -> str:

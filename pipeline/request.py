@@ -18,6 +18,8 @@ from PIL import Image
 
 from pipeline.images import Infotext
 
+DETAIL_STRENGTH = 0.3  # the U detail pass's denoising (A1111's SD upscale default)
+
 RANDOM_SEED = -1
 
 
@@ -136,26 +138,31 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class UpscaleRequest:
-    """Enlarge one image by `scale` (2 or 4) with an upscaler model (None: Lanczos)."""
+    """Enlarge one image by `scale` (2 or 4) with an upscaler model (None: Lanczos), then run
+    a detail pass at `detail` denoising (0: none); see pipeline/upscale_detail.py."""
 
     image: ImageRef
     scale: int = 2
     upscaler: str | None = None
+    detail: float = DETAIL_STRENGTH
 
     def to_json(self) -> str:
         payload = {"image": self.image.to_json_value(), "scale": self.scale}
-        return json.dumps({**payload, "upscaler": self.upscaler}, ensure_ascii=False)
+        payload |= {"upscaler": self.upscaler, "detail": self.detail}
+        return json.dumps(payload, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> UpscaleRequest:
         payload = json.loads(text)
-        unknown = sorted(set(payload) - {"image", "scale", "upscaler"})
+        unknown = sorted(set(payload) - {"image", "scale", "upscaler", "detail"})
         if unknown:
             raise ValueError(f"UpscaleRequest has no field(s) {', '.join(unknown)}")
         return cls(
             image=ImageRef.from_json_value(payload["image"]),
             scale=int(payload.get("scale", 2)),
             upscaler=payload.get("upscaler"),
+            # Rows written before the detail pass was part of U keep their plain upscale.
+            detail=float(payload.get("detail", 0.0)),
         )
 
 

@@ -6,7 +6,6 @@ Overview), checked against the scheduler classes of the installed diffusers.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,37 +27,18 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from pipeline.errors import UnknownSamplerError
-
-# The names A1111 lists. Since A1111 1.9 the schedule is a separate choice, so every sampler whose
-# scheduler class takes Karras sigmas also resolves as "<name> Karras" ("Euler Karras").
-SAMPLER_NAMES: tuple[str, ...] = (
-    "Euler a",
-    "Euler",
-    "LMS",
-    "LMS Karras",
-    "Heun",
-    "DPM2",
-    "DPM2 a",
-    "DPM2 Karras",
-    "DPM2 a Karras",
-    "DPM++ 2M",
-    "DPM++ 2M Karras",
-    "DPM++ 2M SDE",
-    "DPM++ 2M SDE Karras",
-    "DPM++ SDE",
-    "DPM++ SDE Karras",
-    "DDIM",
-    "PLMS",
-    "UniPC",
-    "LCM",
+from pipeline.sampler_names import (
+    ALL_NAMES,
+    KARRAS,
+    SAMPLER_NAMES,
+    SCHEDULE_TYPES,
+    normalize_sampler,
+    sampler_name,
+    split_schedule,
 )
 
-KARRAS = "Karras"
-SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", KARRAS)
-
-_KARRAS_SUFFIX = " " + KARRAS
-_MAX_ECHOED_CHARS = 60
+__all__ = ["KARRAS", "SAMPLER_NAMES", "SCHEDULE_TYPES", "SamplerSpec", "make_scheduler"]
+__all__ += ["resolve_sampler", "sampler_name"]
 
 Overrides = tuple[tuple[str, object], ...]
 
@@ -158,14 +138,8 @@ def _sigma_flags(scheduler_class: type[SchedulerMixin], karras: bool) -> Overrid
     )
 
 
-def _split_schedule(name: str) -> tuple[str, str | None]:
-    if name.endswith(_KARRAS_SUFFIX):
-        return name.removesuffix(_KARRAS_SUFFIX), KARRAS
-    return name, None
-
-
 def _build_spec(name: str) -> SamplerSpec:
-    base_name, schedule_type = _split_schedule(name)
+    base_name, schedule_type = split_schedule(name)
     sampler = _SAMPLERS[base_name]
     overrides = sampler.overrides + _sigma_flags(sampler.scheduler_class, schedule_type == KARRAS)
     return SamplerSpec(
@@ -177,79 +151,17 @@ def _build_spec(name: str) -> SamplerSpec:
     )
 
 
-def _normalize(text: str) -> str:
-    return " ".join(text.split()).casefold()
+def karras_bases_of_classes() -> tuple[str, ...]:
+    """The samplers whose scheduler class takes Karras sigmas (sampler_names.KARRAS_BASES)."""
+    return tuple(name for name, sampler in _SAMPLERS.items() if _takes_karras(sampler))
 
 
-_KARRAS_BASES: tuple[str, ...] = tuple(
-    name for name, sampler in _SAMPLERS.items() if _takes_karras(sampler)
-)
-# Every name that resolves: A1111's list first, then the Karras pairings it does not list.
-_ALL_NAMES: tuple[str, ...] = SAMPLER_NAMES + tuple(
-    name + _KARRAS_SUFFIX for name in _KARRAS_BASES if name + _KARRAS_SUFFIX not in SAMPLER_NAMES
-)
-_SPECS: dict[str, SamplerSpec] = {_normalize(name): _build_spec(name) for name in _ALL_NAMES}
-
-
-def _echo(text: str) -> str:
-    """Quote user input for a one-line message: escaped, and cut if it is long."""
-    if len(text) > _MAX_ECHOED_CHARS:
-        text = text[:_MAX_ECHOED_CHARS] + "..."
-    return repr(text)
-
-
-def _closest_name(name: str) -> str | None:
-    by_key = {_normalize(canonical): canonical for canonical in _ALL_NAMES}
-    matches = difflib.get_close_matches(_normalize(name), list(by_key), n=1, cutoff=0.6)
-    return by_key[matches[0]] if matches else None
-
-
-def _unknown_sampler(name: str) -> UnknownSamplerError:
-    closest = _closest_name(name)
-    hint = f" Did you mean {closest!r}?" if closest else ""
-    valid = ", ".join(SAMPLER_NAMES)
-    return UnknownSamplerError(f"Unknown sampler {_echo(name)}.{hint} Valid samplers: {valid}.")
-
-
-def _parse_schedule_type(schedule_type: str | None) -> str | None:
-    """Returns KARRAS, or None for the sampler's own schedule ("Automatic")."""
-    key = _normalize(schedule_type or "")
-    if key in ("", "automatic"):
-        return None
-    if key == KARRAS.casefold():
-        return KARRAS
-    valid = ", ".join(SCHEDULE_TYPES)
-    raise UnknownSamplerError(
-        f"Unknown schedule type {_echo(schedule_type or '')}. Valid schedule types: {valid}."
-    )
-
-
-def _with_karras(spec: SamplerSpec) -> SamplerSpec:
-    if spec.schedule_type == KARRAS:
-        return spec
-    karras = _SPECS.get(_normalize(spec.base_name + _KARRAS_SUFFIX))
-    if karras is None:
-        with_karras = ", ".join(_KARRAS_BASES)
-        raise UnknownSamplerError(
-            f"Sampler {spec.name!r} has no Karras schedule: use schedule type Automatic, "
-            f"or one of these samplers: {with_karras}."
-        )
-    return karras
+_SPECS: dict[str, SamplerSpec] = {normalize_sampler(name): _build_spec(name) for name in ALL_NAMES}
 
 
 def resolve_sampler(name: str, schedule_type: str | None = None) -> SamplerSpec:
-    """Resolves an A1111 sampler name, case- and spacing-insensitively.
-
-    `schedule_type` is A1111's newer separate field: "Karras" turns "DPM++ 2M" into
-    "DPM++ 2M Karras" and "Euler" into "Euler Karras" (any sampler whose scheduler takes Karras
-    sigmas); None, "" or "Automatic" keeps the sampler's default.
-    """
-    spec = _SPECS.get(_normalize(name))
-    if spec is None:
-        raise _unknown_sampler(name)
-    if _parse_schedule_type(schedule_type) == KARRAS:
-        return _with_karras(spec)
-    return spec
+    """The scheduler to build for an A1111 sampler name (see `sampler_name`)."""
+    return _SPECS[normalize_sampler(sampler_name(name, schedule_type))]
 
 
 def _spacing_override(spec: SamplerSpec, base_config: Mapping[str, Any]) -> Overrides:

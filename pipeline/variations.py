@@ -11,7 +11,9 @@ from dataclasses import replace
 from PIL import Image
 
 from pipeline.images import Infotext
-from pipeline.request import RANDOM_SEED, GenerationRequest, ImageRef
+from pipeline.lora_names import parse_lora_hashes
+from pipeline.prompts.extra_networks import extract_loras
+from pipeline.request import RANDOM_SEED, GenerationRequest, ImageRef, LoraUse
 from pipeline.validation import batch_seeds
 
 SUBTLE_STRENGTH = 0.25
@@ -64,7 +66,11 @@ def strong_variation(
 
 
 def request_from_infotext(info: Infotext) -> GenerationRequest:
-    """The request that made an image, read back from its A1111 parameters."""
+    """The request that made an image, read back from its A1111 parameters.
+
+    Its LoRAs come back through the `<lora:…>` tags of the prompt; a LoRA that `Lora hashes`
+    names without a tag (images from before tags were written) comes back at weight 1.
+    """
     sampler = info.sampler or "Euler a"
     if info.schedule_type and info.schedule_type.lower() != "automatic":
         sampler = f"{sampler} {info.schedule_type}"
@@ -79,7 +85,17 @@ def request_from_infotext(info: Infotext) -> GenerationRequest:
         seeds=(info.seed if info.seed is not None else RANDOM_SEED,),
         tiling=info.tiling,
         clip_skip=info.clip_skip or 1,
+        loras=_untagged_loras(info),
     )
+
+
+def _untagged_loras(info: Infotext) -> tuple[LoraUse, ...]:
+    hashes = dict(info.extra).get("Lora hashes")
+    if not hashes:
+        return ()
+    _, tags = extract_loras(info.prompt)
+    tagged = {tag.name for tag in tags}
+    return tuple(LoraUse(name) for name in parse_lora_hashes(hashes) if name not in tagged)
 
 
 def detail_pass(

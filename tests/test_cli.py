@@ -367,7 +367,7 @@ def test_upscale_with_a_model_and_a_detail_pass(
     torch.save(_tiny_esrgan(2), models_dir / "upscale" / "Tiny-2x.pth")
     source = _red_barn(monkeypatch, capsys)
 
-    assert run_cli(monkeypatch, "upscale", source, "--model", "tiny-2x") == 0
+    assert run_cli(monkeypatch, "upscale", source, "--upscaler", "tiny-2x") == 0
     detailed = Path(capsys.readouterr().out.split()[0])
     with Image.open(detailed) as image:
         assert image.size == (128, 128)

@@ -540,8 +540,8 @@ def test_db_upgrade_and_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     before = runner.invoke(app, ["db", "current"], env=env)
     assert before.exit_code == 0, before.output
-    assert "revision none" in before.output
-    assert f"newest is {head}; run `easel db upgrade`" in before.output
+    assert "No database yet" in before.output
+    assert not (tmp_path / "cli.db").exists()  # looking creates nothing
 
     upgraded = runner.invoke(app, ["db", "upgrade"], env=env)
     assert upgraded.exit_code == 0, upgraded.output

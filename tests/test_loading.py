@@ -23,6 +23,7 @@ from pipeline.loading import (
     DEFAULT_HUB_MODEL,
     HashCache,
     LoadedModel,
+    SeveralLocalModelsError,
     SourceKind,
     describe_local_models,
     download_from_hub,
@@ -151,7 +152,9 @@ def test_default_model_is_the_hub_unless_exactly_one_local(
 ) -> None:
     assert resolve_model(None, tmp_path).location == DEFAULT_HUB_MODEL
     assert len(find_local_models(models_dir)) == 2
-    assert resolve_model(None, models_dir).kind is SourceKind.HUB
+    with pytest.raises(SeveralLocalModelsError, match="tiny-sd1, tiny-sd1-single") as raised:
+        resolve_model(None, models_dir)
+    assert raised.value.names == ["tiny-sd1", "tiny-sd1-single"]
     assert resolve_model("someone/some-model", tmp_path).kind is SourceKind.HUB
 
 
@@ -311,6 +314,7 @@ def test_hub_models_are_checked_before_the_download(
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
     monkeypatch.setattr(DiffusionPipeline, "download", snapshot)
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)
     with pytest.raises(ModelLoadError, match="SDXL"):
         download_from_hub("stabilityai/stable-diffusion-xl-base-1.0", CPU)
     assert downloads and all(downloads), "only cache look-ups, no download"

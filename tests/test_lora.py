@@ -15,6 +15,7 @@ from diffusers import StableDiffusionPipeline
 from peft.tuners.lora import LoraLayer
 
 import pipeline.lora as lora_module
+import pipeline.lora_names as lora_names_module
 from pipeline.engine import Engine
 from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.loading import LoadedModel
@@ -143,15 +144,17 @@ def test_lora_hash_is_computed_once_per_file_version(
 
 
 def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> Counter[str]:
-    """Replaces pipeline.lora.<name>(path, ...) with a wrapper counting calls by file stem."""
+    """Replaces pipeline.lora.<name> (or pipeline.lora_names.<name>, where hashing lives)
+    with a wrapper counting calls by file stem."""
     calls: Counter[str] = Counter()
-    original: Callable[..., object] = getattr(lora_module, name)
+    module = lora_module if hasattr(lora_module, name) else lora_names_module
+    original: Callable[..., object] = getattr(module, name)
 
     def wrapper(path: Path, *args: object) -> object:
         calls[path.stem] += 1
         return original(path, *args)
 
-    monkeypatch.setattr(lora_module, name, wrapper)
+    monkeypatch.setattr(module, name, wrapper)
     return calls
 
 

@@ -25,7 +25,7 @@ from pipeline.prompts.plan import plan_prompt
 from pipeline.prompts.syntax import PromptSyntaxError, WeightOutOfRange, parse_number, shorten
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
 from pipeline.request import GenerationRequest, HiresFix, ImageRef, LoraUse
-from pipeline.samplers import resolve_sampler
+from pipeline.sampler_names import resolve_sampler_name as resolve_sampler
 from pipeline.text import clean_text
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 

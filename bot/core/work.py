@@ -8,7 +8,7 @@ from pathlib import Path
 from bot.core.buttons import Action
 from bot.store import JobKind, JobRecord
 from pipeline.executors import Work
-from pipeline.lora import lora_set, requested_loras
+from pipeline.lora_names import lora_set, requested_loras
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 from pipeline.variations import reroll, strong_variation, subtle_variation
 

@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -40,6 +39,7 @@ from pipeline.request import (
     UpscaleRequest,
 )
 from pipeline.upscale import check_upscale_size, load_upscaler, upscale_image, validate_scale
+from pipeline.upscale_detail import plan_detail, upscaled_parameters
 from pipeline.validation import check_input_size
 
 
@@ -95,7 +95,7 @@ class LocalExecutor:
 
     def _run(self, tasks: list[Task], progress: ProgressSink) -> list[TaskOutcome]:
         if len(tasks) == 1 and isinstance(tasks[0].work, UpscaleRequest):
-            return [self._upscale(tasks[0])]
+            return [self._upscale(tasks[0], progress)]
         prepared: dict[int, PreparedJob] = {}
         outcomes: dict[int, TaskOutcome] = {}
         for task in tasks:
@@ -141,7 +141,8 @@ class LocalExecutor:
             for task, result in zip(tasks, results, strict=True)
         ]
 
-    def _upscale(self, task: Task) -> TaskOutcome:
+    def _upscale(self, task: Task, progress: ProgressSink) -> TaskOutcome:
+        """Enlarge, then the detail pass by the rule `easel upscale` follows too."""
         work = task.work
         assert isinstance(work, UpscaleRequest)
         cancel = self._cancels.get(task.task_id)
@@ -155,17 +156,16 @@ class LocalExecutor:
             pipe = self.engine.model.pipe
             model = load_upscaler(work.upscaler, self.models_dir, pipe.device, pipe.dtype)
             enlarged, used = upscale_image(image, work.scale, model, limits.max_output_pixels)
+            plan = plan_detail(infotext, enlarged, work.detail, self.engine.limits.max_area)
+            if plan.request is not None:
+                job = self.engine.prepare(plan.request)
+                result = self.engine.run(job, on_progress=progress, cancel=cancel)
+                if result.status is ResultStatus.CANCELLED:
+                    return TaskOutcome(task.task_id, OutcomeStatus.CANCELLED)
+                enlarged, infotext = result.images[0].image, result.images[0].infotext
         except Exception as error:  # a job's failure is reported, never raised
             return _failed(task, error)
-        parameters = replace(
-            infotext or Infotext(prompt=""),
-            width=enlarged.width,
-            height=enlarged.height,
-        )
-        parameters = replace(
-            parameters,
-            extra=(*parameters.extra, ("Upscaler", used), ("Upscale by", str(work.scale))),
-        )
+        parameters = upscaled_parameters(infotext, enlarged.size, used, work.scale)
         seed = parameters.seed if parameters.seed is not None else 0
         return TaskOutcome(
             task_id=task.task_id,
