@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -72,23 +71,30 @@ def _quiet_libraries() -> None:
     quiet_libraries(verbose=_log_level() <= logging.INFO)
 
 
-def _load_engine(settings: Settings, model: str | None, quiet: bool) -> Engine:
+def _load_engine(
+    settings: Settings, model: str | None, quiet: bool, locale: str | None = None
+) -> Engine:
+    from bot.core.messages import Key, Message
+    from bot.serve import console_locale
     from pipeline.device import choose_device
     from pipeline.engine import Engine
     from pipeline.loading import HashCache, SourceKind
 
+    language = locale or console_locale(None)
     source = _model_source(settings, model)
     device = choose_device(settings.device, settings.dtype)
-    err.print(device.describe())
+    err.print(_device_line(device, language))
     hashes = HashCache(settings.cache_dir / "hashes.json")
     # A hub download draws its own progress bars, which a spinner would garble.
     spinner = not quiet and source.kind is not SourceKind.HUB
-    status = err.status(f"Loading {source.name}…") if spinner else nullcontext()
+    loading = Message(Key.STARTUP_LOADING, {"model": source.name}).render(language)
+    status = err.status(loading) if spinner else nullcontext()
     with status:
         loaded = _load_or_explain(
             settings, source, device, hashes, chosen=bool(model or settings.model)
         )
-    err.print(f"Model: {source.name} ({loaded.family.label}, native {loaded.native_size}px)")
+    about = {"model": source.name, "family": loaded.family.label, "size": loaded.native_size}
+    err.print(Message(Key.STARTUP_MODEL, about).render(language))
     return Engine(
         loaded,
         settings.limits(),
@@ -261,7 +267,7 @@ def vary(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Variations of an image, from the parameters stored in it (Midjourney's V buttons)."""
-    from pipeline.images import read_infotext
+    from pipeline.images import open_rgb, read_infotext
     from pipeline.variations import (
         STRONG_DENOISING,
         SUBTLE_STRENGTH,
@@ -278,10 +284,9 @@ def vary(
     if info is None:
         raise InvalidRequestError(f"{image} holds no generation data to vary.")
     original = request_from_infotext(info)
-    with Image.open(image) as opened:
-        picture = opened.convert("RGB")
     # 0 is a strength like any other (a subtle variation at 0 is the image itself).
-    if strong:
+    if strong:  # img2img from the pixels; a subtle variation needs only the parameters
+        picture = open_rgb(image, settings.max_input_pixels, image.name)
         amount = STRONG_DENOISING if strength is None else strength
         request = strong_variation(original, picture, n, amount)
     else:
@@ -319,7 +324,7 @@ def upscale(
     limit; otherwise it is skipped and said so.
     """
     from pipeline.device import choose_device
-    from pipeline.images import output_path, read_infotext, save_png
+    from pipeline.images import open_rgb, output_path, read_infotext, save_png
     from pipeline.upscale import load_upscaler, upscale_image, validate_scale
     from pipeline.upscale_detail import plan_detail, upscaled_parameters
 
@@ -329,12 +334,11 @@ def upscale(
     if not image.is_file():
         raise InvalidRequestError(f"{image} does not exist.")
     info = read_infotext(image)
-    with Image.open(image) as opened:
-        picture = opened.convert("RGB")
+    picture = open_rgb(image, settings.max_input_pixels, image.name)
     device = choose_device(settings.device, settings.dtype)
     loaded = load_upscaler(upscaler, settings.models_dir, device.device, device.dtype)
     with err.status(f"Upscaling x{scale}…") if not as_json else nullcontext():
-        enlarged, used = upscale_image(picture, scale, loaded)
+        enlarged, used = upscale_image(picture, scale, loaded, settings.max_output_pixels)
     plan = plan_detail(info, enlarged, detail, settings.max_area)
     if plan.skipped:
         err.print(plan.skipped, style="yellow")
@@ -702,8 +706,8 @@ def chat(
     from bot.serve import console_locale, serve_console
 
     settings = Settings()
-    bot = _open_bot(settings, model)
     locale = console_locale(lang)
+    bot = _open_bot(settings, model, locale)
     asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale, previews))
 
 
@@ -728,20 +732,36 @@ def run(
     locale = console_locale(None)
     if not front_ends:
         err.print(Message(Key.RUN_CONSOLE).render(locale))
-    bot = _open_bot(settings, model)
+    bot = _open_bot(settings, model, locale)
     if front_ends:
         asyncio.run(serve_front_ends(bot, settings, front_ends))
     else:
         asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale))
 
 
-def _open_bot(settings: Settings, model: str | None) -> Bot:
+def _open_bot(settings: Settings, model: str | None, locale: str | None = None) -> Bot:
     from bot.runtime import build_bot, open_store
 
     _quiet_libraries()
     store = open_store(settings, hold_bot_lock=True)
-    engine = _load_engine(settings, model, quiet=False)
+    engine = _load_engine(settings, model, quiet=False, locale=locale)
     return build_bot(settings, engine, store)
+
+
+def _device_line(device: DeviceChoice, locale: str) -> str:
+    """Where generation runs, in the user's language; the CPU is said to be slow."""
+    from bot.core.messages import Key, Message
+
+    dtype = str(device.dtype).removeprefix("torch.")
+    if device.is_cpu:
+        why = Key.STARTUP_CPU_CHOSEN if device.chosen_by_user else Key.STARTUP_NO_GPU
+        return Message(Key.STARTUP_CPU, {"dtype": dtype, "why": Message(why)}).render(locale)
+    name = str(device.device)
+    if device.device.type == "cuda":
+        import torch
+
+        name = f"{device.device} ({torch.cuda.get_device_name(device.device)})"
+    return Message(Key.STARTUP_DEVICE, {"device": name, "dtype": dtype}).render(locale)
 
 
 def with_bare_hires(argv: list[str]) -> list[str]:

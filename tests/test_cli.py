@@ -102,7 +102,7 @@ def test_imagine_prints_paths_and_says_when_it_rounds(
     captured = capsys.readouterr()
     assert code == 0
     assert "rounded to 72x64" in captured.err
-    assert "Running on cpu" in captured.err and "slow" in captured.err
+    assert "Running on the CPU, float32 (as configured)" in captured.err and "slow" in captured.err
     printed = Path(captured.out.split()[0])
     with Image.open(printed) as image:
         assert image.size == (72, 64)

@@ -124,3 +124,17 @@ def test_loading_prints_no_library_bars(
     quiet_libraries()
     DiffusionPipeline.from_pretrained(folder)
     assert capfd.readouterr().err == ""
+
+
+def test_start_up_lines_speak_the_chosen_language() -> None:
+    import torch
+
+    from bot.cli import _device_line
+    from pipeline.device import DeviceChoice
+
+    cpu = DeviceChoice(torch.device("cpu"), torch.float32, chosen_by_user=False)
+    assert (
+        _device_line(cpu, "en")
+        == "Running on the CPU, float32 (no GPU found), so generation is slow."
+    )
+    assert _device_line(cpu, "ko") == "CPU, float32로 실행합니다(GPU를 찾지 못함). 생성이 느립니다."
