@@ -64,6 +64,7 @@ def test_the_console_routes_through_the_core_and_reads_like_a_transcript(
         '  a blue fox --size 64x64 --steps 2 --cfg 7 --sampler "Euler a" --n 1 --strength 0.6'
         in (output)
     )
+    assert "Job #2 started: remix of #1: a green fox" in output
     remix = store.job(2, with_images=True)
     assert remix is not None and (remix.kind, remix.parent_id) == (JobKind.REMIX, 1)
     assert remix.status is JobStatus.DONE and "a green fox" in remix.request

@@ -77,6 +77,8 @@ def test_the_router_routes_commands_buttons_settings_and_refuses_bad_numbers(
     make_bot: Callable[..., Bot],
 ) -> None:
     bot = make_bot()
+    recorder = Recorder()
+    bot.service.subscribe(PLATFORM, recorder)
 
     async def scenario() -> list[str]:
         await bot.service.start()
@@ -123,6 +125,12 @@ def test_the_router_routes_commands_buttons_settings_and_refuses_bad_numbers(
     ]
     assert all(job.status is JobStatus.DONE for job in children)
     assert bot.store.history(bot.service.user(ALICE).id, 1).total == 3  # nothing else queued
+    # A variation says what it varies, and its variation seeds.
+    started = recorder.of(EventKind.STARTED, 3)[0].reply.text("en")
+    assert started == "Job #3 started: subtle variation of image 1 of #1: a red fox"
+    finished = recorder.of(EventKind.FINISHED, 3)[0].reply.text("en")
+    seed = bot.store.job(1, with_images=True).images[0].seed  # type: ignore[union-attr]
+    assert re.search(rf"\(seeds {seed} with variation seeds \d+, \d+, \d+, \d+\)$", finished)
 
 
 def test_plain_lines_are_ignored_where_they_are_not_prompts(make_bot: Callable[..., Bot]) -> None:

@@ -32,7 +32,7 @@ from bot.core.events import (
 )
 from bot.core.messages import Key, Message, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
-from bot.core.work import lora_signature, prompt_preview, work_of
+from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
 from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
 from bot.store import (
     DatabaseCorruptError,
@@ -548,7 +548,7 @@ class Dispatcher:
             buttons: tuple = ()
         else:
             seconds = _seconds(job)
-            seeds = ", ".join(str(image.seed) for image in job.images)
+            seeds = _seeds_text(job)
             message = Message(
                 Key.FINISHED, {**self._about(job), "seconds": seconds, "seeds": seeds}
             )
@@ -557,8 +557,16 @@ class Dispatcher:
         grid = Path(job.grid_path) if job.grid_path else None
         return Reply(message, images, grid, buttons, parameters, private)
 
-    def _about(self, job: JobRecord) -> dict[str, str | int]:
-        return {"job": job.id, "prompt": prompt_preview(job)}
+    def _about(self, job: JobRecord) -> dict[str, str | int | Message]:
+        """The job and what it is: its prompt, or which image of which job it varies."""
+        prompt = prompt_preview(job)
+        if job.parent_id is None or job.kind in (JobKind.IMAGINE, JobKind.UPSCALE):
+            return {"job": job.id, "prompt": prompt}
+        what = {"kind": Message(KIND_KEYS[job.kind]), "parent": job.parent_id, "prompt": prompt}
+        if job.image_index is None:
+            return {"job": job.id, "prompt": Message(Key.ABOUT_CHILD, what)}
+        about = Message(Key.ABOUT_IMAGE_CHILD, {**what, "index": job.image_index + 1})
+        return {"job": job.id, "prompt": about}
 
     def _event(self, job: JobRecord, kind: EventKind, reply: Reply, **fields: Any) -> JobEvent:
         owner = self.user(job.user_id)
@@ -582,6 +590,19 @@ _OUTPUTS_REASONS = {DISK_FULL: Key.FAILED_DISK_FULL, NOT_WRITABLE: Key.FAILED_NO
 def _failed_outcome(job: JobRecord, error: BaseException) -> TaskOutcome:
     failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
     return TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure)
+
+
+def _seeds_text(job: JobRecord) -> str | Message:
+    """The seeds that tell the images apart: a subtle variation's are its variation seeds."""
+    seeds = ", ".join(str(image.seed) for image in job.images)
+    if job.kind is not JobKind.VARY_SUBTLE:
+        return seeds
+    work = work_of(job)
+    variations = getattr(work, "variation_seeds", ())
+    if not variations or not job.images:
+        return seeds
+    shown = ", ".join(str(seed) for seed in variations)
+    return Message(Key.SEEDS_WITH_VARIATIONS, {"seed": job.images[0].seed, "seeds": shown})
 
 
 def _user_ref(user: UserRecord) -> UserRef:

@@ -22,7 +22,7 @@ from bot.core.dispatcher import CancelOutcome, Dispatcher
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Localized, Message, normalise_locale
 from bot.core.options import ImagineOptions, OptionsError, options_from_fields
-from bot.core.work import child_work, prompt_preview, remix_line, work_of
+from bot.core.work import KIND_KEYS, child_work, prompt_preview, remix_line, work_of
 from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
@@ -69,14 +69,6 @@ _SETTING_ALIASES = {
 _CLEAR = {"", "-", "none", "default", "off"}
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
-_KIND_KEYS = {
-    JobKind.IMAGINE: Key.KIND_IMAGINE,
-    JobKind.UPSCALE: Key.KIND_UPSCALE,
-    JobKind.VARY_SUBTLE: Key.KIND_VARY_SUBTLE,
-    JobKind.VARY_STRONG: Key.KIND_VARY_STRONG,
-    JobKind.REROLL: Key.KIND_REROLL,
-    JobKind.REMIX: Key.KIND_REMIX,
-}
 ETA_SECONDS_UNTIL = 90  # shorter waits are given in seconds, longer ones in minutes
 _STATUS_KEYS = {
     JobStatus.QUEUED: Key.STATUS_QUEUED,
@@ -408,7 +400,7 @@ class JobService:
         else:
             job = self._visible_job(job_id, self.user(user), origin, with_images=True)
         owner = self.store.user_by_id(job.user_id)
-        kind, status = Message(_KIND_KEYS[job.kind]), Message(_STATUS_KEYS[job.status])
+        kind, status = Message(KIND_KEYS[job.kind]), Message(_STATUS_KEYS[job.status])
         if job.status is JobStatus.FAILED and job.error:
             error = self.dispatcher.failure_message(job)
             return Reply(
@@ -449,7 +441,7 @@ class JobService:
                 {
                     "job": job.id,
                     "when": f"{job.created_at:%m-%d %H:%M}",
-                    "kind": Message(_KIND_KEYS[job.kind]),
+                    "kind": Message(KIND_KEYS[job.kind]),
                     "status": Message(_STATUS_KEYS[job.status]),
                     "prompt": prompt_preview(job, 60),
                 },

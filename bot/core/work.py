@@ -6,11 +6,22 @@ import hashlib
 from pathlib import Path
 
 from bot.core.buttons import Action
+from bot.core.messages import Key
 from bot.store import JobKind, JobRecord
 from pipeline.executors import Work
 from pipeline.lora_names import lora_set, requested_loras
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 from pipeline.variations import reroll, strong_variation, subtle_variation
+
+# How each kind of job is named in replies.
+KIND_KEYS = {
+    JobKind.IMAGINE: Key.KIND_IMAGINE,
+    JobKind.UPSCALE: Key.KIND_UPSCALE,
+    JobKind.VARY_SUBTLE: Key.KIND_VARY_SUBTLE,
+    JobKind.VARY_STRONG: Key.KIND_VARY_STRONG,
+    JobKind.REROLL: Key.KIND_REROLL,
+    JobKind.REMIX: Key.KIND_REMIX,
+}
 
 
 def work_of(job: JobRecord) -> Work:
