@@ -17,12 +17,11 @@ import threading
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TextIO
+from typing import TextIO, cast
 
 from bot.console.chat import PLATFORM, ConsoleChat, Terminal, read_lines
 from bot.core.events import UserRef
-from bot.core.frontend import BotContext
+from bot.core.frontend import BotContext, FrontEnd
 from bot.core.messages import Key, Message, normalise_locale
 from bot.runtime import Bot
 from bot.settings import Settings
@@ -75,13 +74,13 @@ async def serve_console(
         await _until_stopped(chat.run(lines, ready), context, stop)
 
 
-def load_front_ends(modules: list[str]) -> list[ModuleType]:
+def load_front_ends(modules: list[str]) -> list[FrontEnd]:
     """The front-end modules for the tokens that are set; a missing one is a clear error
     before anything slow (the model) is loaded."""
-    loaded = []
+    loaded: list[FrontEnd] = []
     for name in modules:
         try:
-            loaded.append(importlib.import_module(name))
+            loaded.append(cast(FrontEnd, importlib.import_module(name)))
         except ModuleNotFoundError as error:
             if error.name != name:  # the front end is there, a library it needs is not
                 raise EaselError(
@@ -97,7 +96,7 @@ def load_front_ends(modules: list[str]) -> list[ModuleType]:
     return loaded
 
 
-async def serve_front_ends(bot: Bot, settings: Settings, front_ends: list[ModuleType]) -> None:
+async def serve_front_ends(bot: Bot, settings: Settings, front_ends: list[FrontEnd]) -> None:
     """`easel run` with tokens: each platform's front end until SIGINT or SIGTERM."""
     context = BotContext(bot.service)
     stop = _stop_on_signals()
