@@ -47,6 +47,7 @@ LATENT_RGB_FACTORS = (
 
 class PreviewDecoder(Protocol):
     name: str
+    upscale: int  # output pixels per latent pixel, each way
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, 4, h, w) latents as the UNet sees them -> (N, 3, H, W) RGB in [0, 1]."""
@@ -57,6 +58,7 @@ class LinearDecoder:
     """Latent-sized RGB from one small matrix product; no weights to load."""
 
     name = "linear"
+    upscale = 1
 
     def __init__(self) -> None:
         self._factors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -78,6 +80,8 @@ class TaesdDecoder:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval().requires_grad_(False)
+        levels = len(getattr(model, "config", {}).get("decoder_block_out_channels", (0,) * 4))
+        self.upscale = 2 ** (levels - 1)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         parameter = next(self.model.parameters())
@@ -169,6 +173,18 @@ def grid_jpeg(images: torch.Tensor, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def pooling(latent_size: Sequence[int], cell: Sequence[int], upscale: int) -> int:
+    """The largest power of two to shrink latents by (height, width) so that the decoder still
+    makes at least a cell's pixels: the preview is small, decoding more is wasted work."""
+    factor = 1
+    while all(
+        side % (factor * 2) == 0 and side // (factor * 2) * upscale >= want
+        for side, want in zip(latent_size, cell, strict=True)
+    ):
+        factor *= 2
+    return factor
+
+
 @dataclass
 class PreviewMaker:
     """One JPEG per job from a batch's latents; each job owns `counts[i]` rows, in order."""
@@ -179,15 +195,22 @@ class PreviewMaker:
     def previews(
         self, latents: torch.Tensor, counts: Sequence[int], keys: Sequence[int]
     ) -> tuple[tuple[int, bytes], ...]:
-        with torch.inference_mode():
-            images = self.decoder.decode(latents)
         height, width = (side * self.scale_factor for side in latents.shape[-2:])
         made: list[tuple[int, bytes]] = []
         start = 0
         for key, count in zip(keys, counts, strict=True):
-            made.append((key, grid_jpeg(images[start : start + count], width, height)))
+            rows = latents[start : start + count]
             start += count
+            made.append((key, grid_jpeg(self._decode(rows, width, height), width, height)))
         return tuple(made)
+
+    def _decode(self, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        _, _, cell_w, cell_h = grid_size(latents.shape[0], width, height)
+        factor = pooling(latents.shape[-2:], (cell_h, cell_w), self.decoder.upscale)
+        if factor > 1:
+            latents = torch.nn.functional.avg_pool2d(latents, factor)
+        with torch.inference_mode():
+            return self.decoder.decode(latents)
 
 
 class PreviewSchedule:

@@ -25,6 +25,7 @@ from pipeline.previews import (
     choose_decoder,
     find_taesd,
     load_taesd,
+    pooling,
 )
 from pipeline.request import GenerationRequest, ProgressEvent
 
@@ -115,6 +116,15 @@ def test_each_job_gets_its_own_rows() -> None:
     assert open_jpeg(previews[9]).size == (128, 64)
     r, _, b = mean_rgb(open_jpeg(previews[9]))
     assert b > r + 60
+
+
+def test_latents_shrink_only_as_far_as_the_preview_needs() -> None:
+    # Four 512x512 images in 128 px cells: TAESD (8x) needs 16 latent pixels, linear all 64.
+    assert pooling((64, 64), (128, 128), upscale=8) == 4
+    assert pooling((64, 64), (128, 128), upscale=1) == 1
+    assert pooling((128, 96), (128, 96), upscale=1) == 1
+    assert pooling((64, 96), (42, 64), upscale=8) == 8
+    assert pooling((8, 8), (64, 64), upscale=8) == 1
 
 
 # ---------------------------------------------------------------------- when previews are due
