@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import math
 import threading
 import time
@@ -31,6 +32,7 @@ from pipeline.loading import LoadedModel
 from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
 from pipeline.lora_names import prompt_with_lora_tags
 from pipeline.noise import seeded_noise, slerp
+from pipeline.previews import PreviewMaker, PreviewSchedule, choose_decoder
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
 from pipeline.request import (
@@ -51,6 +53,8 @@ from pipeline.upscale import LANCZOS, load_upscaler, resolve_upscaler
 from pipeline.validation import Limits, check_prompt_plan, resolve_request
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+log = logging.getLogger(__name__)
 
 
 class _Cancelled(Exception):
@@ -203,6 +207,7 @@ class Engine:
         self._img2img.set_progress_bar_config(disable=True)
         self._scheduler_config = dict(model.pipe.scheduler.config)
         self._lock = threading.Lock()
+        self._preview_maker: PreviewMaker | None = None
 
     @property
     def pipelines(self) -> tuple[DiffusionPipeline, DiffusionPipeline]:
@@ -271,30 +276,39 @@ class Engine:
         request: GenerationRequest,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        preview_every: float | None = None,
     ) -> GenerationResult:
-        return self.run(self.prepare(request), on_progress, cancel)
+        return self.run(self.prepare(request), on_progress, cancel, preview_every)
 
     def run(
         self,
         job: PreparedJob,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        preview_every: float | None = None,
     ) -> GenerationResult:
         """Run a job from `prepare`; one at a time, whichever thread calls."""
-        return self.run_batch([job], on_progress, [cancel])[0]
+        return self.run_batch([job], on_progress, [cancel], preview_every)[0]
 
     def run_batch(
         self,
         jobs: Sequence[PreparedJob],
         on_progress: ProgressCallback | None = None,
         cancels: Sequence[threading.Event | None] | None = None,
+        preview_every: float | None = None,
     ) -> list[GenerationResult]:
         """Run jobs of one `batch_key` as one pipeline call; one result per job, in order.
 
         With `exact_batches` each job's images are bit-identical to running it alone. A job
         whose cancel event is set comes back CANCELLED; the call stops early only once every
         job is cancelled. One batch at a time, whichever thread calls.
+
+        `preview_every` (seconds; None: never): progress events carry a JPEG preview of each
+        job's images, keyed by the job's position in `jobs`, at the first step after each
+        interval (0: every step), never on the last step.
         """
+        if preview_every is not None and preview_every < 0:
+            raise ValueError(f"preview_every must be 0 or more seconds, not {preview_every}")
         events = tuple(cancels) if cancels is not None else (None,) * len(jobs)
         if len(events) != len(jobs):
             raise ValueError(f"{len(jobs)} jobs but {len(events)} cancel events")
@@ -308,7 +322,13 @@ class Engine:
             diffusion_s = 0.0
             if live:
                 batch = _Batch(tuple(jobs[index] for index in live), key)
-                done, diffusion_s = self._generate(batch, on_progress, [events[i] for i in live])
+                progress = _Progress(
+                    on_progress,
+                    [events[index] for index in live],
+                    total=_total_steps(batch.jobs[0].request),
+                    previews=self._preview_plan(batch, live, on_progress, preview_every),
+                )
+                done, diffusion_s = self._generate(batch, progress)
                 images = dict(zip(live, done, strict=True)) if done is not None else {}
             cancelled = [index for index, event in enumerate(events) if _is_set(event)]
             if cancelled:
@@ -318,6 +338,31 @@ class Engine:
             self._result(job, images.get(index) if index not in cancelled else None, timings)
             for index, job in enumerate(jobs)
         ]
+
+    def preview_maker(self) -> PreviewMaker:
+        """TAESD when the models folder has it, else the linear approximation; loaded once,
+        the first time a preview is wanted."""
+        if self._preview_maker is None:
+            pipe = self._txt2img
+            decoder = choose_decoder(self.models_dir or Path("models"), pipe.device, pipe.dtype)
+            self._preview_maker = PreviewMaker(decoder, pipe.vae_scale_factor)
+        return self._preview_maker
+
+    def _preview_plan(
+        self,
+        batch: _Batch,
+        positions: Sequence[int],
+        on_progress: ProgressCallback | None,
+        preview_every: float | None,
+    ) -> _PreviewPlan | None:
+        if preview_every is None or on_progress is None:
+            return None
+        return _PreviewPlan(
+            maker=self.preview_maker(),
+            schedule=PreviewSchedule(preview_every),
+            counts=batch.counts,
+            keys=tuple(positions),
+        )
 
     def _result(
         self, job: PreparedJob, images: tuple[GeneratedImage, ...] | None, timings: Timings
@@ -335,16 +380,13 @@ class Engine:
         )
 
     def _generate(
-        self,
-        batch: _Batch,
-        on_progress: ProgressCallback | None,
-        cancels: Sequence[threading.Event | None],
+        self, batch: _Batch, progress: _Progress
     ) -> tuple[list[tuple[GeneratedImage, ...]] | None, float]:
         """Each job's images and the diffusion time; None when every job was cancelled."""
         out_of_memory = False
         self.loras.activate(batch.key.loras)  # a bad file fails the whole batch
         try:
-            images, diffusion_s = self._run(batch, on_progress, cancels)
+            images, diffusion_s = self._run(batch, progress)
         except _Cancelled:
             return None, 0.0
         except torch.OutOfMemoryError:
@@ -387,19 +429,13 @@ class Engine:
             )
         )
 
-    def _run(
-        self,
-        batch: _Batch,
-        on_progress: ProgressCallback | None,
-        cancels: Sequence[threading.Event | None],
-    ) -> tuple[list[Image.Image], float]:
+    def _run(self, batch: _Batch, progress: _Progress) -> tuple[list[Image.Image], float]:
         key = batch.key
         generators = [
             torch.Generator("cpu").manual_seed(seed)
             for job in batch.jobs
             for seed in job.request.seeds
         ]
-        progress = _Progress(on_progress, cancels, total=_total_steps(batch.jobs[0].request))
         pipe = self._img2img if key.is_img2img else self._txt2img
         arguments: dict[str, Any] = {}
         if any(job.request.variation_seeds for job in batch.jobs):
@@ -654,6 +690,16 @@ def _total_steps(request: GenerationRequest) -> int:
     return total
 
 
+@dataclass
+class _PreviewPlan:
+    """Previews wanted for a batch: who makes them, when, and which rows are whose."""
+
+    maker: PreviewMaker
+    schedule: PreviewSchedule
+    counts: tuple[int, ...]  # each job's rows of the latent batch, in order
+    keys: tuple[int, ...]  # each job's position in run_batch's `jobs`
+
+
 class _Progress:
     """Progress over the whole batch in the user's steps, and cancellation, for each pass.
 
@@ -666,10 +712,12 @@ class _Progress:
         on_progress: ProgressCallback | None,
         cancels: Sequence[threading.Event | None],
         total: int,
+        previews: _PreviewPlan | None = None,
     ) -> None:
         self.on_progress = on_progress
         self.cancels = tuple(cancels)
         self.total = total
+        self.previews = previews
         self.done_before = 0  # steps of the passes already finished
         self.shown = 0
 
@@ -689,10 +737,22 @@ class _Progress:
             in_pass = math.ceil((index + 1) * counter.steps / pipe.num_timesteps)
             step = offset + min(counter.steps, in_pass)
             if self.on_progress is not None and step > self.shown:
-                self.on_progress(ProgressEvent(step=step, total=self.total))
+                previews = self._previews(step, tensors)
+                self.on_progress(ProgressEvent(step=step, total=self.total, previews=previews))
             self.shown = max(self.shown, step)
             if self.all_cancelled:
                 raise _Cancelled
             return tensors
 
         return step_end
+
+    def _previews(self, step: int, tensors: dict[str, Any]) -> tuple[tuple[int, bytes], ...]:
+        plan = self.previews
+        if plan is None or "latents" not in tensors or not plan.schedule.due(step, self.total):
+            return ()
+        try:
+            return plan.maker.previews(tensors["latents"], plan.counts, plan.keys)
+        except Exception:  # a preview is a nicety: the batch goes on without them
+            log.exception("Making a preview failed; this batch goes on without them")
+            self.previews = None
+            return ()

@@ -238,8 +238,16 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """Steps done of `total`; `previews`, when a front end asked for them and one was due:
+    `(key, jpeg)` pairs, one JPEG of at most 256 px a side per job, its images in a grid.
+    The engine keys them by the job's position in `run_batch`, an executor by task id."""
+
     step: int
     total: int
+    previews: tuple[tuple[int, bytes], ...] = ()
+
+    def preview(self, key: int) -> bytes | None:
+        return dict(self.previews).get(key)
 
 
 def _infotext_from_json(values: dict[str, Any]) -> Infotext:

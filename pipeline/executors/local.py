@@ -67,7 +67,12 @@ class LocalExecutor:
             work=job.request, batch_key=key_digest(job), notes=job.notes, cost=job.cost
         )
 
-    async def run(self, tasks: Sequence[Task], on_progress: ProgressSink) -> list[TaskOutcome]:
+    async def run(
+        self,
+        tasks: Sequence[Task],
+        on_progress: ProgressSink,
+        preview_every: float | None = None,
+    ) -> list[TaskOutcome]:
         loop = asyncio.get_running_loop()
 
         def progress(event: ProgressEvent) -> None:
@@ -76,7 +81,9 @@ class LocalExecutor:
         for task in tasks:
             self._cancels[task.task_id] = threading.Event()
         try:
-            return await loop.run_in_executor(self._thread, self._run, list(tasks), progress)
+            return await loop.run_in_executor(
+                self._thread, self._run, list(tasks), progress, preview_every
+            )
         finally:
             for task in tasks:
                 self._cancels.pop(task.task_id, None)
@@ -93,7 +100,9 @@ class LocalExecutor:
 
     # ------------------------------------------------------------------ on the GPU thread
 
-    def _run(self, tasks: list[Task], progress: ProgressSink) -> list[TaskOutcome]:
+    def _run(
+        self, tasks: list[Task], progress: ProgressSink, preview_every: float | None = None
+    ) -> list[TaskOutcome]:
         if len(tasks) == 1 and isinstance(tasks[0].work, UpscaleRequest):
             return [self._upscale(tasks[0], progress)]
         prepared: dict[int, PreparedJob] = {}
@@ -106,18 +115,25 @@ class LocalExecutor:
                 outcomes[task.task_id] = _failed(task, error)
         runnable = [task for task in tasks if task.task_id in prepared]
         if runnable:
-            for outcome in self._generate(runnable, prepared, progress):
+            for outcome in self._generate(runnable, prepared, progress, preview_every):
                 outcomes[outcome.task_id] = outcome
         return [outcomes[task.task_id] for task in tasks]
 
     def _generate(
-        self, tasks: list[Task], prepared: dict[int, PreparedJob], progress: ProgressSink
+        self,
+        tasks: list[Task],
+        prepared: dict[int, PreparedJob],
+        progress: ProgressSink,
+        preview_every: float | None = None,
     ) -> list[TaskOutcome]:
         started = time.perf_counter()
         cancels = [self._cancels.get(task.task_id) for task in tasks]
         try:
             results = self.engine.run_batch(
-                [prepared[task.task_id] for task in tasks], progress, cancels
+                [prepared[task.task_id] for task in tasks],
+                _keyed_by_task(tasks, progress),
+                cancels,
+                preview_every,
             )
         except Exception as error:  # a job's failure is reported, never raised
             if len(tasks) > 1:
@@ -125,7 +141,7 @@ class LocalExecutor:
                 return [
                     outcome
                     for task in tasks
-                    for outcome in self._generate([task], prepared, progress)
+                    for outcome in self._generate([task], prepared, progress, preview_every)
                 ]
             return [_failed(tasks[0], error)]
         seconds = time.perf_counter() - started
@@ -173,6 +189,18 @@ class LocalExecutor:
             images=(GeneratedImage(image=enlarged, seed=seed, infotext=parameters),),
             seconds=time.perf_counter() - started,
         )
+
+
+def _keyed_by_task(tasks: Sequence[Task], progress: ProgressSink) -> ProgressSink:
+    """The engine keys previews by a job's position in the batch; the caller knows task ids."""
+
+    def relay(event: ProgressEvent) -> None:
+        if event.previews:
+            previews = tuple((tasks[position].task_id, jpeg) for position, jpeg in event.previews)
+            event = replace(event, previews=previews)
+        progress(event)
+
+    return relay
 
 
 def _check_source(work: UpscaleRequest) -> None:

@@ -69,9 +69,15 @@ class Executor(Protocol):
         """Check work without running it; raises InvalidRequestError with a clear message."""
         ...
 
-    async def run(self, tasks: Sequence[Task], on_progress: ProgressSink) -> list[TaskOutcome]:
+    async def run(
+        self,
+        tasks: Sequence[Task],
+        on_progress: ProgressSink,
+        preview_every: float | None = None,
+    ) -> list[TaskOutcome]:
         """Run tasks that share a batch key as one batch; one outcome per task, in order.
-        Never raises for a task's own failure."""
+        Never raises for a task's own failure. `preview_every` (seconds; None: never): progress
+        events carry a JPEG preview per task, keyed by task id, about that often."""
         ...
 
     def cancel(self, task_id: int) -> None:
