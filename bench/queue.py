@@ -356,7 +356,9 @@ class NoExecutor:
     async def prepare(self, work: Work) -> PreparedWork:
         raise NotImplementedError
 
-    async def run(self, tasks: Sequence[Task], on_progress: object) -> list[TaskOutcome]:
+    async def run(
+        self, tasks: Sequence[Task], on_progress: object, preview_every: float | None = None
+    ) -> list[TaskOutcome]:
         raise NotImplementedError
 
     def cancel(self, task_id: int) -> None:

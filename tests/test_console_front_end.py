@@ -132,3 +132,24 @@ def test_a_second_ctrl_c_stops_at_once_and_queues_the_running_job_again(
     assert "Stopped at once; 1 running job(s) go back to the queue" in output
     job = Store(settings.database_url).job(1)
     assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+
+
+def test_the_console_saves_live_previews_when_asked(
+    tmp_path: Path, models_dir: Path, engine: Engine
+) -> None:
+    settings = console_settings(tmp_path, models_dir)
+    previews = tmp_path / "previews"
+    out = io.StringIO()
+    bot = build_bot(settings, engine, open_store(settings))
+    lines = ScriptedInput(["/imagine a glowing fox --n 2 --steps 4", "/wait"])
+    try:
+        asyncio.run(asyncio.wait_for(serve_console(bot, settings, lines, out, "en", previews), 120))
+    finally:
+        bot.store.close()
+    output = out.getvalue()
+    saved = previews / "job-1.jpg"
+    assert f"Job #1: preview of step 1/4: {saved}" in output
+    with Image.open(saved) as preview:
+        assert preview.format == "JPEG"
+        assert max(preview.size) <= 256 and preview.width == 2 * preview.height  # two images
+    assert "Job #1 is done in" in output

@@ -400,10 +400,7 @@ class Dispatcher:
             for job in jobs:
                 self._emit(job, EventKind.STARTED, Reply(Message(Key.STARTED, self._about(job))))
             previews = self._preview_interval(jobs)
-            sink = self._progress_sink(jobs)
-            if previews is None:
-                return await self.executor.run(tasks, sink)
-            return await self.executor.run(tasks, sink, preview_every=previews)
+            return await self.executor.run(tasks, self._progress_sink(jobs), previews)
         except Exception as error:
             failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
             return [TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure) for job in jobs]
@@ -412,7 +409,7 @@ class Dispatcher:
         """Previews cost a little GPU time: they are made only for a front end that shows
         them, at most one per progress interval."""
         if any(self.bus.wants_previews(job.origin_platform) for job in jobs):
-            return max(self.config.progress_interval, 0.5)
+            return self.config.progress_interval
         return None
 
     async def _record_safely(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
@@ -434,7 +431,7 @@ class Dispatcher:
 
     def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
-            self._previews.update(dict(getattr(event, "previews", None) or {}))
+            self._previews.update(dict(event.previews))
             for job in jobs:
                 message = Message(
                     Key.PROGRESS, {"job": job.id, "step": event.step, "total": event.total}
