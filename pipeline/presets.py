@@ -119,10 +119,16 @@ class Presets:
         return next((p for p in self.presets if normalize_id(p.id) == key), None)
 
     def get(self, preset_id: str) -> Preset:
-        """The preset, with its LoRA files checked when the presets came from a models folder."""
+        """The preset called `preset_id` (UnknownPresetError with a suggestion if none)."""
         preset = self.find(preset_id)
         if preset is None:
             raise UnknownPresetError(preset_id, self.closest(preset_id), self.ids())
+        return preset
+
+    def usable(self, preset_id: str) -> Preset:
+        """The preset, with its LoRA files checked when the presets came from a models folder:
+        what a job that uses it needs."""
+        preset = self.get(preset_id)
         if self.source is not None:
             missing = preset.missing_loras(self.source.parent)
             if missing:

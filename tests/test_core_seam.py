@@ -493,3 +493,18 @@ def test_settings_are_validated_like_flags_and_a_bad_one_changes_nothing(
     saved = bot.store.settings(bot.service.user(ALICE).id)
     assert (saved.aspect_ratio, saved.steps, saved.style) == (None, None, None)
     assert route(bot, ALICE, "/imagine a fox --n 1").text("en").startswith("Job #1 is queued")
+
+
+def test_a_preset_whose_lora_is_missing_is_refused_without_server_paths(
+    make_bot: Callable[..., Bot], tmp_path: Path
+) -> None:
+    from tests.test_presets_sources import SHIPPED
+
+    bot = make_bot()
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "presets.toml").write_text(SHIPPED.read_text())
+    for text in ("/imagine a castle --preset pixel-art", "/settings preset=pixel-art"):
+        reply = route(bot, ALICE, text).text("en")
+        assert reply.startswith("The preset pixel-art cannot be used here yet"), reply
+        assert "pixel-art-v1" in reply and str(tmp_path) not in reply
+    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0

@@ -37,7 +37,7 @@ def test_every_shipped_preset_says_where_to_get_its_loras() -> None:
 def test_a_missing_preset_lora_names_preset_file_folder_and_source(models: Path) -> None:
     presets = load_presets(models)
     with pytest.raises(PresetLoraMissingError) as raised:
-        presets.get("Pixel Art")
+        presets.usable("Pixel Art")
     message = str(raised.value)
     assert isinstance(raised.value, InvalidRequestError)
     assert "Preset 'pixel-art'" in message
@@ -48,7 +48,7 @@ def test_a_missing_preset_lora_names_preset_file_folder_and_source(models: Path)
     assert str(models / "presets.toml") in message
 
     write_lora(build_random_pipeline("sd1"), models / "lora" / "Pixel-Art-V1.safetensors")
-    assert presets.get("pixel-art").id == "pixel-art"  # names ignore case, as lookups do
+    assert presets.usable("pixel-art").id == "pixel-art"  # names ignore case, as lookups do
 
 
 def test_imagine_with_a_missing_preset_lora_stops_before_the_model_loads(

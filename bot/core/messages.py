@@ -68,6 +68,7 @@ class Key(StrEnum):
     UNKNOWN_COMMAND = "unknown_command"
     RUN_CONSOLE = "run_console"
     STARTUP_DEVICE = "startup_device"
+    PRESET_UNAVAILABLE = "preset_unavailable"
     ABOUT_CHILD = "about_child"
     ABOUT_IMAGE_CHILD = "about_image_child"
     SEEDS_WITH_VARIATIONS = "seeds_with_variations"

@@ -103,7 +103,7 @@ class ImagineOptions:
             self.loras,
         )
         if self.preset is not None:
-            preset = (presets or Presets()).get(self.preset)
+            preset = (presets or Presets()).usable(self.preset)
             prompt, negative = preset.apply(prompt, negative)
             loras = (*preset.loras, *loras)
         size = self.size

@@ -27,7 +27,7 @@ from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRe
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import format_infotext, read_infotext
-from pipeline.presets import Presets
+from pipeline.presets import PresetLoraMissingError, Presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, ImageRef
 from pipeline.text import clean_text
@@ -189,6 +189,8 @@ class JobService:
             request = options.to_request(self.vocabulary(), self.native_size, self.presets())
         except OptionsError as error:
             raise _options_refusal(error) from None
+        except PresetLoraMissingError as error:
+            raise _preset_refusal(error) from None
         except InvalidRequestError as error:
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
         self._check_words(request.prompt, origin)
@@ -481,7 +483,9 @@ class JobService:
         try:
             parsed = options_from_fields("x", self.vocabulary(), self.config.limits, **{flag: raw})
             if name == "preset":
-                self.presets().get(raw)
+                self.presets().usable(raw)
+        except PresetLoraMissingError as error:
+            raise _preset_refusal(error) from None
         except (OptionsError, InvalidRequestError) as error:
             detail = (
                 Localized(error.en, error.ko) if isinstance(error, OptionsError) else str(error)
@@ -613,6 +617,12 @@ def _image_count(job: JobRecord) -> Message:
 def _with_init(prepared: PreparedWork, image: ImageRef) -> PreparedWork:
     assert isinstance(prepared.work, GenerationRequest)
     return replace(prepared, work=replace(prepared.work, init_image=image))
+
+
+def _preset_refusal(error: PresetLoraMissingError) -> Refusal:
+    """The operator's message names folders on the server; a chat user gets the gist."""
+    files = ", ".join(error.missing)
+    return Refusal(Message(Key.PRESET_UNAVAILABLE, {"preset": error.preset_id, "files": files}))
 
 
 def _options_refusal(error: OptionsError) -> Refusal:
