@@ -427,7 +427,8 @@ def _vocabulary(category: str, flag: str) -> Callable[[str, _Context], str]:
     return parse
 
 
-_CATEGORY_FLAGS = {
+# Each vocabulary category and the flag that takes its ids.
+CATEGORY_FLAGS = {
     "style": "style",
     "shot": "shot",
     "lighting": "light",
@@ -439,7 +440,7 @@ _CATEGORY_FLAGS = {
 
 def _flag_with_id(raw: str, vocabulary: Vocabulary) -> str | None:
     """The flag whose category has this id (`kawaii-cute-girl` -> face), if any."""
-    for category, flag in _CATEGORY_FLAGS.items():
+    for category, flag in CATEGORY_FLAGS.items():
         if vocabulary.find(category, raw) is not None:
             return flag
     return None

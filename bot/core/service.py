@@ -21,7 +21,12 @@ from bot.core.config import CoreConfig
 from bot.core.dispatcher import CancelOutcome, Dispatcher
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Localized, Message, normalise_locale
-from bot.core.options import ImagineOptions, OptionsError, options_from_fields
+from bot.core.options import (
+    CATEGORY_FLAGS,
+    ImagineOptions,
+    OptionsError,
+    options_from_fields,
+)
 from bot.core.work import KIND_KEYS, child_work, prompt_preview, remix_line, work_of
 from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
@@ -47,12 +52,7 @@ NSFW_WORDS = (
     "야동",
 )
 _SETTING_FLAGS = {
-    "style": "style",
-    "shot": "shot",
-    "lighting": "light",
-    "quality": "quality",
-    "face": "face",
-    "composition": "composition",
+    **CATEGORY_FLAGS,
     "aspect_ratio": "ar",
     "steps": "steps",
     "sampler": "sampler",
