@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, cast
@@ -62,11 +62,11 @@ async def serve_console(
     interactive = stdin is sys.stdin and stdin.isatty() and stdout.isatty()
     if hasattr(stdin, "reconfigure"):  # a bad byte is a bad line, not a dead chat
         stdin.reconfigure(errors="replace")
-    terminal = Terminal(stdout, interactive, _line_buffer if interactive else None)
-    chat = ConsoleChat(context, user, terminal, locale, previews_dir)
+    terminal = Terminal(stdout, interactive, _redraw_line if interactive else None)
+    chat = ConsoleChat(context, user, terminal, locale, previews_dir, settings.shutdown_timeout)
     context.service.subscribe(PLATFORM, chat.on_event, previews=previews_dir is not None)
     stop = _stop_on_signals()
-    async with _running(bot, stop, stdout, locale):
+    async with _running(bot, stop, stdout, locale, chat.close):
         await context.service.deliver_missed(PLATFORM)
         ready = threading.Event()
         ready.set()
@@ -124,13 +124,20 @@ async def _until_stopped(work: Awaitable[None], context: BotContext, stop: Stop)
 
 
 @contextlib.asynccontextmanager
-async def _running(bot: Bot, stop: Stop, out: TextIO | None, locale: str) -> AsyncIterator[None]:
+async def _running(
+    bot: Bot,
+    stop: Stop,
+    out: TextIO | None,
+    locale: str,
+    closing: Callable[[], None] = lambda: None,
+) -> AsyncIterator[None]:
     """The job service started, then stopped however the body ends: gracefully, or at
     once when a second SIGINT arrives during the stop."""
     await bot.service.start()
     try:
         yield
     finally:
+        closing()
         if stop.graceful.is_set() and out is not None:
             _say(out, Message(Key.SHUTTING_DOWN).render(locale))
         stopping = asyncio.create_task(bot.service.stop())
@@ -166,10 +173,11 @@ def _stop_on_signals() -> Stop:
     return stop
 
 
-def _line_buffer() -> str:
+def _redraw_line() -> None:
+    """Readline draws its prompt and the line being typed again, cursor and all."""
     import readline
 
-    return readline.get_line_buffer()
+    readline.redisplay()
 
 
 def console_locale(requested: str | None) -> str:

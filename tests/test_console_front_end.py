@@ -153,3 +153,30 @@ def test_the_console_saves_live_previews_when_asked(
         assert preview.format == "JPEG"
         assert max(preview.size) <= 256 and preview.width == 2 * preview.height  # two images
     assert "Job #1 is done in" in output
+
+
+def test_the_console_says_what_it_changed_and_refuses_what_it_cannot_read(
+    tmp_path: Path, models_dir: Path, engine: Engine
+) -> None:
+    settings = console_settings(tmp_path, models_dir)
+    output = chat(
+        settings,
+        engine,
+        [
+            "/imagine a small fox --size 100x100 --steps 1 --n 1",
+            "easel:1:Z9",
+            "/history abc",
+            "/pnginfo",
+            "/imagine a fox --init",
+            f"/imagine a fox --init {tmp_path}",
+            "/wait",
+            "/quit",
+        ],
+    )
+    assert "Job #1 is queued, position 1.\nNote: Size 100x100 was rounded to 96x96" in output
+    assert "easel> easel:1:Z9\nUnknown button easel:1:Z9.\n" in output
+    assert "abc is not a page number." in output
+    assert "Give the image's file: /pnginfo FILE." in output
+    assert "--init needs an image file: --init FILE." in output
+    assert f"{tmp_path}: no such file." in output
+    assert Store(settings.database_url).history(1, 1).total == 1

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "console"
 CHAT = "local"
 PROMPT = "easel> "
-_INIT_FLAG = re.compile(r"""(?:^|\s)--init\s+("[^"]*"|'[^']*'|\S+)""")
+_INIT_FLAG = re.compile(r"""(?:^|\s)--init(?:\s+("[^"]*"|'[^']*'|(?!--)\S+))?""")
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,10 @@ class Terminal:
 
     out: TextIO
     interactive: bool = False
-    redraw: Callable[[], str] | None = None  # the line being typed, to draw again
+    redraw: Callable[[], None] | None = None  # draws the prompt and the line being typed
     # Set while the prompt is shown and a line is being typed (only then is it redrawn).
     typing: threading.Event = field(default_factory=threading.Event)
+    closed: threading.Event = field(default_factory=threading.Event)  # the chat is ending
 
 
 class ConsoleChat:
@@ -52,12 +53,14 @@ class ConsoleChat:
         terminal: Terminal,
         locale: str = "en",
         previews_dir: Path | None = None,
+        shutdown_seconds: float = 60.0,
     ) -> None:
         self.service = context.service
         self.user = user
         self.terminal = terminal
         self.locale = locale
         self.previews_dir = previews_dir
+        self.shutdown_seconds = shutdown_seconds
         self.origin = Origin(PLATFORM, CHAT)
         self.router = context.router(PLATFORM, {"wait": self._wait, "quit": self._quit})
         self.quit = asyncio.Event()
@@ -69,11 +72,15 @@ class ConsoleChat:
         async for line in lines:
             if line.strip():
                 await self.handle(line)
+            if self.quit.is_set():
+                return  # no prompt again: the chat is ending
             if ready is not None:
                 ready.set()
-            if self.quit.is_set():
-                return
         await self.service.wait_until_idle(PLATFORM)
+
+    def close(self) -> None:
+        """The chat is ending: no prompt is drawn again and progress is not shown."""
+        self.terminal.closed.set()
 
     async def handle(self, line: str) -> None:
         if not self.terminal.interactive:
@@ -98,10 +105,14 @@ class ConsoleChat:
         text = line.strip()
         if text.lower().startswith("/pnginfo"):
             name = text[len("/pnginfo") :].strip()
-            return "/pnginfo", _read_file(_unquote(name)) if name else None
+            if not name:
+                raise Refusal(Message(Key.NEED_FILE))
+            return "/pnginfo", _read_file(_unquote(name))
         match = _INIT_FLAG.search(text)
         if match is None:
             return text, None
+        if match.group(1) is None:
+            raise Refusal(Message(Key.INIT_NEEDS_FILE))
         data = _read_file(_unquote(match.group(1)))
         return (text[: match.start()] + text[match.end() :]).strip(), data
 
@@ -113,13 +124,18 @@ class ConsoleChat:
 
     async def _quit(self, _: TextRequest, __: str) -> Reply | None:
         self.quit.set()
-        return None
+        if not self.service.is_busy():
+            return None
+        seconds = round(self.shutdown_seconds)
+        return Reply(Message(Key.QUITTING, {"seconds": seconds}))
 
     # ------------------------------------------------------------------ output
 
     async def on_event(self, event: JobEvent) -> None:
         if event.kind is EventKind.QUEUED:
             return  # the ticket already said it
+        if event.kind is EventKind.PROGRESS and self.terminal.closed.is_set():
+            return
         if event.kind is EventKind.PROGRESS and event.preview is not None and self.previews_dir:
             path = await asyncio.to_thread(self._save_preview, event.job_id, event.preview)
             step, total = event.step or 0, event.total or 0
@@ -151,9 +167,12 @@ class ConsoleChat:
     def _write(self, text: str) -> None:
         """Print above the line being typed, then draw the prompt and that line again."""
         out = self.terminal.out
-        typing = self.terminal.typing.is_set()
-        if self.terminal.interactive and self.terminal.redraw is not None and typing:
-            out.write("\r\x1b[K" + text + "\n" + PROMPT + self.terminal.redraw())
+        terminal = self.terminal
+        typing = terminal.typing.is_set() and not terminal.closed.is_set()
+        if terminal.interactive and terminal.redraw is not None and typing:
+            out.write("\r\x1b[K" + text + "\n")
+            out.flush()
+            terminal.redraw()
         else:
             out.write(text + "\n")
         out.flush()
@@ -169,7 +188,7 @@ def _unquote(text: str) -> str:
 
 def _read_file(name: str) -> bytes:
     path = Path(name).expanduser()
-    if not path.is_file():
+    if not path.is_file():  # missing, or a folder
         raise Refusal(Message(Key.NO_SUCH_FILE, {"path": str(path)}))
     return path.read_bytes()
 

@@ -276,9 +276,10 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
         raise OptionsError("Give --ar or --size, not both.", "--ar과 --size 중 하나만 쓰세요.")
     if "strength" in values and "init_image" not in values:
         raise OptionsError(
-            "--strength is for img2img: attach an image (or reply to one) with the prompt.",
-            "--strength는 img2img용입니다. "
-            "프롬프트와 함께 이미지를 첨부하거나 이미지에 답장하세요.",
+            "--strength is for img2img: give an image with the prompt (attach or reply to "
+            "one; in the console, --init FILE).",
+            "--strength는 img2img용입니다. 프롬프트와 함께 이미지를 주세요"
+            "(첨부하거나 이미지에 답장; 콘솔에서는 --init 파일).",
         )
     limits = context.limits
     values.setdefault("count", min(ImagineOptions.count, limits.max_images))

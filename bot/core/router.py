@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from bot.core.buttons import PREFIX as BUTTON_PREFIX
 from bot.core.buttons import parse_button_id
 from bot.core.commands import Command, CommandRegistry
 from bot.core.errors import log_unexpected, unexpected_reply
@@ -84,6 +85,8 @@ class TextRouter:
                 return self._queued(
                     await self.service.act(request.user, job_id, action, request.origin)
                 )
+            if args.startswith(f"{BUTTON_PREFIX}:") and " " not in args:
+                raise Refusal(Message(Key.UNKNOWN_ACTION, {"action": args}))
             if remixing is not None:
                 return self._queued(
                     await self.service.remix(request.user, remixing, args, request.origin)
@@ -122,8 +125,9 @@ class TextRouter:
             case "remix":
                 return await self._remix(request, args)
             case "history":
-                page = int(words[0]) if words and _is_number(words[0]) else 1
-                return Routed(service.history(user, page))
+                if words and not _is_number(words[0]):
+                    raise Refusal(Message(Key.NOT_A_PAGE_NUMBER, {"text": words[0]}))
+                return Routed(service.history(user, int(words[0]) if words else 1))
             case "info":
                 return Routed(service.info(self._job(words, request), user, origin))
             case "cancel":

@@ -109,6 +109,10 @@ class JobService:
         must stop, and the error says why."""
         return await self.dispatcher.failed()
 
+    def is_busy(self) -> bool:
+        """Whether a batch is running now."""
+        return bool(self.dispatcher.running_jobs())
+
     def stop_now(self) -> int:
         """During `stop`: stop the running batch now; its jobs run again at the next start.
         How many jobs that was."""
@@ -371,7 +375,9 @@ class JobService:
         )
         position = self.dispatcher.enqueue(job, user)
         eta = self.dispatcher.eta_seconds(job.id, position)
-        reply = Reply(_queued_message(job.id, position, eta))
+        # What preparing changed (a size rounded to multiples of 8) is said, not hidden.
+        notes = tuple(Message(Key.NOTE, {"text": note}) for note in prepared.notes)
+        reply = Reply(_queued_message(job.id, position, eta), lines=notes)
         self.dispatcher.announce_queued(job, reply, position)
         return Ticket(job.id, position, eta, reply)
 
