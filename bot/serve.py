@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import os
 import signal
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, cast
 
-from bot.console.chat import PLATFORM, ConsoleChat, Terminal, read_lines
+from bot.console.chat import PLATFORM, PROMPT, ConsoleChat, Terminal, read_lines
 from bot.core.events import UserRef
 from bot.core.frontend import BotContext, FrontEnd
 from bot.core.messages import Key, Message, normalise_locale
@@ -174,10 +175,29 @@ def _stop_on_signals() -> Stop:
 
 
 def _redraw_line() -> None:
-    """Readline draws its prompt and the line being typed again, cursor and all."""
+    """Readline draws its prompt and the line being typed again, cursor and all, on the
+    line below what was just printed (GNU readline's rl_on_new_line; a plain redraw of the
+    text where the library has no such call)."""
     import readline
 
+    on_new_line = _rl_on_new_line()
+    if on_new_line is None:
+        sys.stdout.write(PROMPT + readline.get_line_buffer())
+        sys.stdout.flush()
+        return
+    on_new_line()
     readline.redisplay()
+
+
+@functools.cache
+def _rl_on_new_line() -> Callable[[], int] | None:
+    import ctypes
+    import readline
+
+    try:
+        return ctypes.CDLL(readline.__file__).rl_on_new_line  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
 
 
 def console_locale(requested: str | None) -> str:
