@@ -714,6 +714,9 @@ def chat(
 @app.command()
 def run(
     model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    lang: Annotated[
+        str | None, typer.Option(help="en or ko for the console and start-up lines.")
+    ] = None,
 ) -> None:
     """Run the bot: Discord and/or Telegram when their tokens are set, else the console chat."""
     import asyncio
@@ -729,7 +732,7 @@ def run(
 
     settings = Settings()
     front_ends = load_front_ends(wanted_front_ends(settings))
-    locale = console_locale(None)
+    locale = console_locale(lang)
     if not front_ends:
         err.print(Message(Key.RUN_CONSOLE).render(locale))
     bot = _open_bot(settings, model, locale)

@@ -246,3 +246,16 @@ def test_every_vocabulary_category_has_a_flag_and_ids_in_the_wrong_one_are_point
         parse_options("a girl --light kawaii-cute-girl", vocabulary)
     assert "'kawaii-cute-girl' is a --face value: use --face kawaii-cute-girl." in error.value.en
     assert "--face 값입니다" in error.value.ko
+
+
+def test_the_schedule_flag_works_inside_the_prompt_as_on_the_command_line() -> None:
+    vocabulary = Vocabulary.load()
+    options = parse_options('a fox --sampler "DPM++ 2M" --schedule Karras', vocabulary)
+    assert options.sampler == "DPM++ 2M Karras"
+    assert parse_options("a fox --sampler Euler --schedule automatic", vocabulary).sampler == (
+        "Euler"
+    )
+    with pytest.raises(OptionsError, match="Euler a' has no Karras schedule"):
+        parse_options("a fox --schedule Karras", vocabulary)
+    with pytest.raises(OptionsError, match="--schedule takes Karras or Automatic"):
+        parse_options("a fox --schedule fast", vocabulary)

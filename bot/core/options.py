@@ -281,6 +281,15 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
             "--strength는 img2img용입니다. 프롬프트와 함께 이미지를 주세요"
             "(첨부하거나 이미지에 답장; 콘솔에서는 --init 파일).",
         )
+    schedule = values.pop("schedule", None)
+    if schedule is not None:
+        sampler = str(values.get("sampler", ImagineOptions.sampler))
+        try:
+            values["sampler"] = resolve_sampler(sampler, str(schedule)).name
+        except (UnknownSamplerError, InvalidRequestError) as error:
+            raise OptionsError(
+                f"{error}", f"{sampler} 샘플러에는 {schedule} 스케줄을 쓸 수 없습니다: {error}"
+            ) from None
     limits = context.limits
     values.setdefault("count", min(ImagineOptions.count, limits.max_images))
     values.setdefault("steps", min(ImagineOptions.steps, limits.max_steps))
@@ -397,6 +406,18 @@ def _sampler(raw: str, _: _Context) -> str:
         raise OptionsError(
             str(error), f"알 수 없는 샘플러입니다: {shorten(raw)!r}. {_korean_hint(error)}"
         ) from None
+
+
+def _schedule(raw: str, _: _Context) -> str:
+    """A1111's separate schedule field: "Karras" (or "Automatic", the sampler's own)."""
+    try:
+        resolve_sampler("Euler", raw)
+    except (UnknownSamplerError, InvalidRequestError):
+        raise OptionsError(
+            f"--schedule takes Karras or Automatic, not {shorten(raw)!r}.",
+            f"--schedule 값은 Karras 또는 Automatic이어야 합니다({shorten(raw)!r}).",
+        ) from None
+    return raw
 
 
 def _korean_hint(error: UnknownSamplerError) -> str:
@@ -552,6 +573,7 @@ _FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag("cfg", _cfg, aliases=("cfg",)),
     _Flag("sampler", _sampler, aliases=("sampler",)),
+    _Flag("schedule", _schedule, aliases=("schedule",)),
     _Flag("style", _vocabulary("style", "style"), aliases=("style",)),
     _Flag("shot", _vocabulary("shot", "shot"), aliases=("shot",)),
     _Flag("lighting", _vocabulary("lighting", "light"), aliases=("light", "lighting")),
