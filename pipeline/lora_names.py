@@ -85,12 +85,24 @@ def lookup_lora(files: Sequence[LoraFile], name: str) -> LoraFile:
     raise unknown_lora(files, name)
 
 
-def unknown_lora(files: Sequence[LoraFile], name: str) -> InvalidRequestError:
+class UnknownLoraError(InvalidRequestError):
+    """A LoRA name with no file; `suggestion` is the closest name, `available` all of them."""
+
+    def __init__(self, name: str, suggestion: str | None, available: list[str]) -> None:
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        known = (
+            ", ".join(available) if available else "none (put .safetensors files in models/lora)"
+        )
+        super().__init__(f"Unknown LoRA {name[:60]!r}.{hint} Available LoRAs: {known}.")
+        self.name = name[:60]
+        self.suggestion = suggestion
+        self.available = available
+
+
+def unknown_lora(files: Sequence[LoraFile], name: str) -> UnknownLoraError:
     names = [file.name for file in files]
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    known = ", ".join(names) if names else "none (put .safetensors files in models/lora)"
-    return InvalidRequestError(f"Unknown LoRA {name[:60]!r}.{hint} Available LoRAs: {known}.")
+    return UnknownLoraError(name, close[0] if close else None, names)
 
 
 # ----- hashes

@@ -508,3 +508,12 @@ def test_a_preset_whose_lora_is_missing_is_refused_without_server_paths(
         assert reply.startswith("The preset pixel-art cannot be used here yet"), reply
         assert "pixel-art-v1" in reply and str(tmp_path) not in reply
     assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0
+
+
+def test_an_unknown_lora_is_refused_in_the_users_language(make_bot: Callable[..., Bot]) -> None:
+    bot = make_bot()
+    korean = UserRef("test", "min", "Min", "ko")
+    reply = route(bot, korean, "/imagine a fox --lora nope --n 1")
+    assert reply.text("ko") == "이 서버에는 nope(이)라는 LoRA가 없습니다. 쓸 수 있는 LoRA: -"
+    assert reply.text("en") == "There is no LoRA called nope on this server. LoRAs here: -."
+    assert bot.store.history(bot.service.user(korean).id, 1).total == 0

@@ -69,6 +69,7 @@ class Key(StrEnum):
     RUN_CONSOLE = "run_console"
     STARTUP_DEVICE = "startup_device"
     PRESET_UNAVAILABLE = "preset_unavailable"
+    UNKNOWN_LORA = "unknown_lora"
     ABOUT_CHILD = "about_child"
     ABOUT_IMAGE_CHILD = "about_image_child"
     SEEDS_WITH_VARIATIONS = "seeds_with_variations"

@@ -32,6 +32,7 @@ from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRe
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import format_infotext, read_infotext
+from pipeline.lora_names import UnknownLoraError
 from pipeline.presets import PresetLoraMissingError, Presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, ImageRef
@@ -341,6 +342,11 @@ class JobService:
             return await self.dispatcher.executor.prepare(work)
         except OptionsError as error:
             raise _options_refusal(error) from None
+        except UnknownLoraError as error:
+            available = ", ".join(error.available) or "-"
+            raise Refusal(
+                Message(Key.UNKNOWN_LORA, {"name": error.name, "available": available})
+            ) from None
         except InvalidRequestError as error:
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
 
