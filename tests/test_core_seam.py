@@ -517,3 +517,13 @@ def test_an_unknown_lora_is_refused_in_the_users_language(make_bot: Callable[...
     assert reply.text("ko") == "이 서버에는 nope(이)라는 LoRA가 없습니다. 쓸 수 있는 LoRA: -"
     assert reply.text("en") == "There is no LoRA called nope on this server. LoRAs here: -."
     assert bot.store.history(bot.service.user(korean).id, 1).total == 0
+
+
+def test_an_attached_image_over_the_pixel_limit_is_refused_from_its_header(
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot(max_input_pixels=100 * 100)
+    reply = route(bot, ALICE, "/imagine a fox --n 1", attachment=png_bytes((128, 128)))
+    assert reply.text("en").startswith("This request cannot run: The image")
+    assert "128x128" in reply.text("en")
+    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0

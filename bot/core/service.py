@@ -37,6 +37,7 @@ from pipeline.presets import PresetLoraMissingError, Presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, ImageRef
 from pipeline.text import clean_text
+from pipeline.validation import check_input_size
 
 HISTORY_PAGE = 5
 # Refused where a chat does not allow NSFW (a chat setting); operators add more with banned words.
@@ -213,10 +214,10 @@ class JobService:
             width, height = reference.size()
         except Exception:  # Pillow raises many kinds for what is not an image
             raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
-        limit = self.config.limits.max_area * 16
-        if width * height > limit:
-            detail = f"the image is {width}x{height}; at most {limit} pixels"
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": detail}))
+        try:
+            check_input_size((width, height), self.config.limits, "The image")
+        except InvalidRequestError as error:
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
         return reference
 
     def _store_input(self, data: bytes) -> ImageRef:
