@@ -18,15 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.utils import logging as diffusers_logging
 
+from bench.common import load_shape, quiet_diffusers
 from pipeline.device import choose_device
 from pipeline.engine import Engine
-from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.request import GenerationRequest
-from tests.tiny_models import MID, TINY, build_random_pipeline
-
-SHAPES = {"tiny": TINY, "mid": MID}
 
 
 @dataclass(frozen=True)
@@ -68,8 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    quiet_diffusers()
     device = choose_device(args.device)
     print(device.describe())
     print(
@@ -78,10 +73,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):
-            folder = Path(scratch) / name
-            build_random_pipeline("sd1", SHAPES[name]).save_pretrained(folder)
-            source = ModelSource(name, SourceKind.DIFFUSERS_FOLDER, str(folder))
-            model = load_model(source, device, Path(scratch), HashCache(Path(scratch) / "h.json"))
+            model = load_shape(name, device, Path(scratch))
             size = args.size or (64 if name == "tiny" else 256)
             for exact in (True, False):
                 engine = Engine(model, exact_batches=exact)

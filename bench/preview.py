@@ -21,16 +21,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderTiny
-from diffusers.utils import logging as diffusers_logging
 
+from bench.common import load_shape, quiet_diffusers, synchronize
 from pipeline.device import choose_device
 from pipeline.engine import Engine
-from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.previews import LinearDecoder, PreviewMaker, PreviewSchedule, TaesdDecoder
 from pipeline.request import GenerationRequest
-from tests.tiny_models import MID, TINY, build_random_pipeline
 
-SHAPES = {"tiny": TINY, "mid": MID}
 JOB_STEPS = 20
 INTERVAL_S = 2.0
 
@@ -39,11 +36,6 @@ INTERVAL_S = 2.0
 class JobShare:
     previews: int  # made in one job
     share: float  # of the job's time
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def seconds_per_step(engine: Engine, request: GenerationRequest, repeats: int) -> float:
@@ -91,8 +83,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    quiet_diffusers()
     device = choose_device(args.device)
     print(device.describe())
     print(
@@ -103,10 +94,7 @@ def main() -> None:
     taesd = TaesdDecoder(AutoencoderTiny().to(device.device, device.dtype))
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):
-            folder = Path(scratch) / name
-            build_random_pipeline("sd1", SHAPES[name]).save_pretrained(folder)
-            source = ModelSource(name, SourceKind.DIFFUSERS_FOLDER, str(folder))
-            model = load_model(source, device, Path(scratch), HashCache(Path(scratch) / "h.json"))
+            model = load_shape(name, device, Path(scratch))
             size = args.size or (64 if name == "tiny" else 256)
             engine = Engine(model)
             seeds = tuple(range(1, args.images + 1))

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from bench.common import load_shape, synchronize
 from bot.core.bus import EventBus
 from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
 from bot.core.dispatcher import Dispatcher
@@ -59,11 +59,9 @@ from bot.store import JobKind, JobStatus, NewJob, Store
 from pipeline.device import DeviceChoice, choose_device
 from pipeline.engine import Engine
 from pipeline.executors import PreparedWork, Task, TaskOutcome, Work
-from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
+from pipeline.loading import LoadedModel
 from pipeline.request import GenerationRequest
-from tests.tiny_models import MID, TINY, build_random_pipeline
 
-SHAPES = {"tiny": TINY, "mid": MID}
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # the presets a real bot reads
 PLATFORM = "bench"
 WARM_UP_STEPS = 2
@@ -81,18 +79,6 @@ PROMPTS = (
 
 
 # --------------------------------------------------------------------------- shared
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def load_shape(name: str, device: DeviceChoice, scratch: Path) -> LoadedModel:
-    folder = scratch / name
-    build_random_pipeline("sd1", SHAPES[name]).save_pretrained(folder)
-    source = ModelSource(name, SourceKind.DIFFUSERS_FOLDER, str(folder))
-    return load_model(source, device, scratch, HashCache(scratch / "hashes.json"))
 
 
 def bot_settings(folder: Path, max_batch_images: int | None, exact: bool) -> Settings:
