@@ -143,7 +143,7 @@ def test_console_chat_buttons_history_settings_and_errors(
     for number, image in enumerate(grid.images, start=1):
         assert Path(image.path).is_file()
         assert f"  {number}: {image.path}\n" in output
-    assert "  [U1] [U2]\n  [V1] [V2]\n  [S1] [S2] [Reroll]\n" in output
+    assert "  [U1] [U2]\n  [V1] [V2]\n  [S1] [S2]\n  [Reroll] [Remix]\n" in output
 
     # The buttons made children of job 1, each with its kind and image.
     children = store.children(1)

@@ -161,6 +161,8 @@ def test_remix_shows_the_line_then_queues_the_edit_as_a_linked_job(
         ask = router.route
         await ask(TextRequest(ALICE, ORIGIN, "/imagine a red fox --steps 2 --n 1 --cfg 5"))
         await finish(bot)
+        pressed = (await ask(TextRequest(ALICE, ORIGIN, "easel:1:remix"))).reply
+        assert pressed is not None and pressed.editable is not None  # the grid's button
         shown = (await ask(TextRequest(ALICE, ORIGIN, "/remix"))).reply
         assert shown is not None and shown.editable is not None
         edited = shown.editable.replace("a red fox", "a blue fox")

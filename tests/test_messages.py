@@ -140,24 +140,26 @@ def ids(rows: tuple[tuple[ButtonSpec, ...], ...]) -> list[list[str]]:
     return [[button.custom_id for button in row] for row in rows]
 
 
-def test_a_four_image_grid_has_u_v_s_rows_and_reroll() -> None:
+def test_a_four_image_grid_has_u_v_s_rows_then_reroll_and_remix() -> None:
     rows = grid_buttons(42, 4)
 
     assert [[button.text("en") for button in row] for row in rows] == [
         ["U1", "U2", "U3", "U4"],
         ["V1", "V2", "V3", "V4"],
-        ["S1", "S2", "S3", "S4", "Reroll"],
+        ["S1", "S2", "S3", "S4"],
+        ["Reroll", "Remix"],
     ]
     assert ids(rows)[0] == ["easel:42:U1", "easel:42:U2", "easel:42:U3", "easel:42:U4"]
-    assert ids(rows)[2][-1] == "easel:42:reroll"
-    assert rows[2][-1].text("ko") == "다시 생성"
+    assert ids(rows)[3] == ["easel:42:reroll", "easel:42:remix"]
+    assert [button.text("ko") for button in rows[3]] == ["다시 생성", "리믹스"]
 
 
 def test_a_one_image_grid_has_one_of_each() -> None:
     assert ids(grid_buttons(7, 1)) == [
         ["easel:7:U1"],
         ["easel:7:V1"],
-        ["easel:7:S1", "easel:7:reroll"],
+        ["easel:7:S1"],
+        ["easel:7:reroll", "easel:7:remix"],
     ]
 
 
@@ -191,6 +193,7 @@ def test_button_actions_mean_what_their_labels_say() -> None:
     assert parse_button_id("easel:9:V1") == (9, Action(JobKind.VARY_STRONG, 0))
     assert parse_button_id("easel:9:S4") == (9, Action(JobKind.VARY_SUBTLE, 3))
     assert parse_button_id("easel:9:reroll") == (9, Action(JobKind.REROLL))
+    assert parse_button_id("easel:9:remix") == (9, Action(JobKind.REMIX))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The buttons under a grid (U1-U4, V1-V4, S1-S4, reroll), the same for every platform.
+"""The buttons under a grid (U1-U4, V1-V4, S1-S4, reroll, remix), the same for every platform.
 
 A button's id is `easel:<job id>:<action>`: at most 64 bytes, so it fits Telegram's
 callback_data (64 bytes) and Discord's custom_id (100 characters), and everything a press
@@ -16,7 +16,8 @@ from bot.store import JobKind
 PREFIX = "easel"
 MAX_ID_BYTES = 64
 REROLL = "reroll"
-_ACTION = re.compile(r"^(?:(?P<letter>[UVS])(?P<index>[1-9]))$|^(?P<reroll>reroll)$", re.I)
+REMIX = "remix"
+_ACTION = re.compile(r"^(?:(?P<letter>[UVS])(?P<index>[1-9]))$|^(?P<whole>reroll|remix)$", re.I)
 _KINDS = {"U": JobKind.UPSCALE, "V": JobKind.VARY_STRONG, "S": JobKind.VARY_SUBTLE}
 _LETTERS = {kind: letter for letter, kind in _KINDS.items()}
 
@@ -31,7 +32,7 @@ class Action:
     @property
     def name(self) -> str:
         if self.index is None:
-            return REROLL
+            return REMIX if self.kind is JobKind.REMIX else REROLL
         return f"{_LETTERS[self.kind]}{self.index + 1}"
 
 
@@ -51,8 +52,9 @@ def parse_action(text: str) -> Action | None:
     match = _ACTION.match(text.strip())
     if match is None:
         return None
-    if match.group("reroll"):
-        return Action(JobKind.REROLL)
+    whole = match.group("whole")
+    if whole:
+        return Action(JobKind.REMIX if whole.lower() == REMIX else JobKind.REROLL)
     return Action(_KINDS[match.group("letter").upper()], int(match.group("index")) - 1)
 
 
@@ -74,7 +76,9 @@ def parse_button_id(custom_id: str) -> tuple[int, Action] | None:
 
 
 def grid_buttons(job_id: int, image_count: int) -> ButtonRows:
-    """U, V and S for each image (one row each, at most 4) and reroll: at most 5 per row."""
+    """U, V and S for each image (one row each, at most 4), then reroll and remix: at most
+    5 buttons a row and 5 rows, as Discord allows. Remix asks the presser for an edited line
+    (the front end's part), and queues nothing by itself."""
     shown = range(min(image_count, 4))
     rows = [
         tuple(
@@ -84,5 +88,6 @@ def grid_buttons(job_id: int, image_count: int) -> ButtonRows:
         for letter, kind in _KINDS.items()
     ]
     reroll = ButtonSpec(Message(Key.BUTTON_REROLL), button_id(job_id, Action(JobKind.REROLL)))
-    rows[-1] = (*rows[-1], reroll)
+    remix = ButtonSpec(Message(Key.BUTTON_REMIX), button_id(job_id, Action(JobKind.REMIX)))
+    rows.append((reroll, remix))
     return tuple(rows)

@@ -80,6 +80,7 @@ class Key(StrEnum):
     STARTUP_MODEL = "startup_model"
     SHUTTING_DOWN = "shutting_down"
     BUTTON_REROLL = "button_reroll"
+    BUTTON_REMIX = "button_remix"
     KIND_IMAGINE = "kind_imagine"
     KIND_UPSCALE = "kind_upscale"
     KIND_VARY_SUBTLE = "kind_vary_subtle"

@@ -20,7 +20,7 @@ from bot.core.errors import log_unexpected, unexpected_reply
 from bot.core.events import Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Message
 from bot.core.service import JobService
-from bot.store import UserRecord
+from bot.store import JobKind, UserRecord
 
 # Words that mean "a command" when typed without the slash; a plain line starting with one
 # gets a hint instead of a 20-step job.
@@ -82,6 +82,8 @@ class TextRouter:
             button = parse_button_id(args)
             if button is not None:
                 job_id, action = button
+                if action.kind is JobKind.REMIX:
+                    return self._remix_prompt(request, job_id)
                 return self._queued(
                     await self.service.act(request.user, job_id, action, request.origin)
                 )
@@ -157,6 +159,10 @@ class TextRouter:
             job, line = self.service.last_grid(request.user, request.origin), args.strip()
         if line:
             return self._queued(await self.service.remix(request.user, job, line, request.origin))
+        return self._remix_prompt(request, job)
+
+    def _remix_prompt(self, request: TextRequest, job: int) -> Routed:
+        """Show the job's line to edit; the user's next plain line is the remix."""
         editable = self.service.remix_line(request.user, job, request.origin)
         self._pending_remix[_who(request)] = job
         return Routed(Reply(Message(Key.REMIX_LINE, {"job": job}), editable=editable))

@@ -262,7 +262,7 @@ class JobService:
         the presser's limits. The child goes to `origin`, or to the grid's own chat."""
         record = self.user(user)
         chosen = parse_action(action) if isinstance(action, str) else action
-        if chosen is None:
+        if chosen is None or chosen.kind is JobKind.REMIX:  # remix: remix_line, then remix
             raise Refusal(Message(Key.UNKNOWN_ACTION, {"action": str(action)}))
         self._visible_job(job_id, record, origin)
         parent, chosen = self._acted_on(job_id, chosen)
