@@ -133,6 +133,16 @@ def test_the_router_routes_commands_buttons_settings_and_refuses_bad_numbers(
     assert re.search(rf"\(seeds {seed} with variation seeds \d+, \d+, \d+, \d+\)$", finished)
 
 
+def test_plain_lines_that_only_start_with_a_command_word_are_prompts(
+    make_bot: Callable[..., Bot],
+) -> None:
+    bot = make_bot()
+    for prompt in ("history museum", "help me draw a dragon", "queue"):
+        reply = route(bot, ALICE, prompt).text("en")
+        assert reply.startswith("Job #") == (prompt != "queue"), (prompt, reply)
+    assert route(bot, ALICE, "info 12").text("en").startswith("info 12 looks like a command")
+
+
 def test_plain_lines_are_ignored_where_they_are_not_prompts(make_bot: Callable[..., Bot]) -> None:
     bot = make_bot()
     router = BotContext(bot.service).router(PLATFORM)

@@ -183,6 +183,8 @@ class TextRouter:
         words = _WORDS.findall(text.lower())
         if not words or len(words) > 2:
             return None
+        if len(words) == 2 and not (words[1].isdigit() or self._is_command_word(words[1])):
+            return None  # "history museum" is a prompt; "info 12" and "clear/help" are not
         first = words[0]
         target = _COMMAND_WORDS.get(first, first)
         command = self.registry.find(target, self.platform) or self.registry.find(
@@ -192,6 +194,9 @@ class TextRouter:
             return None
         assert command is not None
         return Message(Key.DID_YOU_MEAN, {"text": text.strip(), "command": command.name})
+
+    def _is_command_word(self, word: str) -> bool:
+        return word in _COMMAND_WORDS or self.registry.find(word, self.platform) is not None
 
     @staticmethod
     def _queued(ticket: Ticket) -> Routed:
