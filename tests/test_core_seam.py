@@ -24,7 +24,7 @@ from bot.core.router import TextRequest, split_command
 from bot.runtime import Bot
 from bot.store import Delivery, JobKind, JobStatus, Role
 from pipeline.engine import Engine
-from tests.test_service import ALICE, BOB, ORIGIN, Recorder, finish, make_bot, run
+from tests.test_service import ALICE, BOB, ORIGIN, Recorder, finish, generate, make_bot, run
 
 __all__ = ["make_bot"]  # the fixture, shared with the service tests
 PLATFORM = ORIGIN.platform
@@ -328,14 +328,7 @@ def test_events_carry_the_bound_status_message_and_the_owner(
 
     bot.service.subscribe(PLATFORM, slow_front_end)
 
-    async def scenario() -> None:
-        await bot.service.start()
-        options = bot.service.options(ALICE, "a fox --n 1 --steps 2", ORIGIN)
-        await bot.service.imagine(ALICE, options, ORIGIN)
-        await finish(bot)
-        await bot.service.stop()
-
-    run(scenario())
+    generate(bot, ALICE, "a fox --n 1 --steps 2")
     kinds = [event.kind for event in seen]
     assert kinds[0] is EventKind.QUEUED and kinds[1] is EventKind.STARTED
     assert kinds[-1] is EventKind.FINISHED and EventKind.PROGRESS in kinds
@@ -435,14 +428,7 @@ def test_a_database_that_fails_for_a_while_keeps_the_job_and_finishes_it(
 
     monkeypatch.setattr(bot.store, "mark_done", full_then_fine)
 
-    async def scenario() -> None:
-        await bot.service.start()
-        options = bot.service.options(ALICE, "a patient fox --n 1 --steps 2", ORIGIN)
-        await bot.service.imagine(ALICE, options, ORIGIN)
-        await finish(bot)
-        await bot.service.stop()
-
-    run(scenario())
+    generate(bot, ALICE, "a patient fox --n 1 --steps 2")
     job = bot.store.job(1, with_images=True)
     assert job is not None and job.status is JobStatus.DONE and len(job.images) == 1
     assert len(recorder.of(EventKind.FINISHED, 1)) == 1
