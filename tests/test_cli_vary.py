@@ -5,14 +5,13 @@ variation seeds and the real output size are printed, and `--hires` works bare."
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bot.cli import main, with_bare_hires
+from bot.cli import with_bare_hires
 from bot.core.buttons import Action
 from bot.core.work import child_work
 from bot.store import JobKind
@@ -21,6 +20,7 @@ from pipeline.lora_names import lora_hash, parse_lora_hashes, prompt_with_lora_t
 from pipeline.request import GenerationRequest, LoraUse
 from pipeline.variations import request_from_infotext
 from tests.lora_files import LoraSpec, write_lora
+from tests.test_cli import run_cli
 from tests.tiny_models import build_random_pipeline
 
 
@@ -41,14 +41,6 @@ def env(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     monkeypatch.delenv("EASEL_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
     return models
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["easel", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-        raise SystemExit(0)
-    return int(exited.value.code or 0)
 
 
 def pixels(path: str | Path) -> np.ndarray:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,12 @@ from bot.store import (
     Store,
     StoreError,
 )
+from tests.test_store import db_path, store
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"users", "user_settings", "jobs", "images", "chats"}
 SUBPROCESS_TIMEOUT = 60
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "easel.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    with Store(f"sqlite:///{db_path}") as store:
-        store.upgrade()
-        yield store
+__all__ = ["db_path", "store"]  # the store tests' fixtures
 
 
 def new_job(user_id: int, request: str = '{"prompt": "a castle"}') -> NewJob:

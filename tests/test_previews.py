@@ -27,22 +27,10 @@ from pipeline.previews import (
     load_taesd,
     pooling,
 )
-from pipeline.request import GenerationRequest, ProgressEvent
+from pipeline.request import ProgressEvent
+from tests.test_batching import request
 
 CPU = torch.device("cpu")
-
-
-def request(prompt: str, **overrides: object) -> GenerationRequest:
-    values: dict[str, object] = {
-        "prompt": prompt,
-        "steps": 4,
-        "seeds": (7,),
-        "width": 64,
-        "height": 64,
-        "sampler": "Euler a",
-    }
-    values.update(overrides)
-    return GenerationRequest(**values)  # type: ignore[arg-type]
 
 
 def open_jpeg(data: bytes) -> Image.Image:
