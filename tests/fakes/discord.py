@@ -86,8 +86,10 @@ class DiscordError(Exception):
         message: str,
         errors: dict[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{status} {code} {message}")
+        self.extra = dict(extra or {})
         self.status = status
         self.code = code
         self.message = message
@@ -95,7 +97,7 @@ class DiscordError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"message": self.message, "code": self.code}
+        body: dict[str, Any] = {"message": self.message, "code": self.code, **self.extra}
         if self.errors:
             body["errors"] = self.errors
         return body
@@ -130,6 +132,14 @@ class FormErrors:
     def raise_if_any(self) -> None:
         if self.tree:
             raise DiscordError(400, 50035, "Invalid Form Body", self.tree)
+
+
+def json_response(body: Any, status: int) -> web.Response:
+    # discord.py parses a body as JSON only when Content-Type is exactly "application/json",
+    # without the "; charset=utf-8" aiohttp's json_response adds; else it hands on the text.
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
 
 
 def unknown_interaction() -> DiscordError:
@@ -713,7 +723,7 @@ class FakeDiscord:
     # -- lifecycle
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._record], client_max_size=64 * MIB)
+        app = web.Application(client_max_size=64 * MIB)
         self._add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -878,6 +888,11 @@ class FakeDiscord:
         for socket in list(self._sockets):
             await socket.close(code=code)
 
+    async def request_reconnect(self) -> None:
+        """Ask the clients to reconnect (op 7); discord.py resumes at `resume_gateway_url`."""
+        for socket in list(self._sockets):
+            await socket.send_json({"op": 7, "d": None})
+
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse(autoping=True)
         await socket.prepare(request)
@@ -966,6 +981,7 @@ class FakeDiscord:
 
     def _add_routes(self, app: web.Application) -> None:
         api = API_PREFIX
+        apps, hook = "/applications/{application_id}", "/webhooks/{application_id}/{token}"
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/users/@me", self._get_me),
             ("GET", "/users/{user_id}", self._get_user),
@@ -973,18 +989,18 @@ class FakeDiscord:
             ("GET", "/oauth2/applications/@me", self._application_info),
             ("GET", "/gateway", self._get_gateway),
             ("GET", "/gateway/bot", self._get_gateway_bot),
-            ("PUT", "/applications/{application_id}/commands", self._put_commands),
-            ("GET", "/applications/{application_id}/commands", self._get_commands),
-            ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", self._put_commands),
-            ("GET", "/applications/{application_id}/guilds/{guild_id}/commands", self._get_commands),
+            ("PUT", apps + "/commands", self._put_commands),
+            ("GET", apps + "/commands", self._get_commands),
+            ("PUT", apps + "/guilds/{guild_id}/commands", self._put_commands),
+            ("GET", apps + "/guilds/{guild_id}/commands", self._get_commands),
             ("POST", "/interactions/{interaction_id}/{token}/callback", self._callback),
-            ("GET", "/webhooks/{application_id}/{token}/messages/@original", self._get_original),
-            ("PATCH", "/webhooks/{application_id}/{token}/messages/@original", self._edit_original),
-            ("DELETE", "/webhooks/{application_id}/{token}/messages/@original", self._delete_original),
-            ("POST", "/webhooks/{application_id}/{token}", self._followup),
-            ("GET", "/webhooks/{application_id}/{token}/messages/{message_id}", self._get_followup),
-            ("PATCH", "/webhooks/{application_id}/{token}/messages/{message_id}", self._edit_followup),
-            ("DELETE", "/webhooks/{application_id}/{token}/messages/{message_id}", self._delete_followup),
+            ("GET", hook + "/messages/@original", self._get_original),
+            ("PATCH", hook + "/messages/@original", self._edit_original),
+            ("DELETE", hook + "/messages/@original", self._delete_original),
+            ("POST", hook, self._followup),
+            ("GET", hook + "/messages/{message_id}", self._get_followup),
+            ("PATCH", hook + "/messages/{message_id}", self._edit_followup),
+            ("DELETE", hook + "/messages/{message_id}", self._delete_followup),
             ("GET", "/channels/{channel_id}", self._get_channel),
             ("POST", "/channels/{channel_id}/messages", self._create_message),
             ("GET", "/channels/{channel_id}/messages/{message_id}", self._get_message),
@@ -1005,15 +1021,11 @@ class FakeDiscord:
                 if self._needs_bot_auth(call) and not self._authorized(request):
                     raise DiscordError(401, 0, "401: Unauthorized")
                 body = await handler(request, call)
-                response = (
-                    web.Response(status=204)
-                    if body is None
-                    else web.json_response(body, status=200)
-                )
+                response = web.Response(status=204) if body is None else json_response(body, 200)
                 call.response = body
             except DiscordError as error:
                 call.response = error.body()
-                response = web.json_response(error.body(), status=error.status)
+                response = json_response(error.body(), error.status)
                 response.headers.update(error.headers)
             call.status = response.status
             await self._notify()
@@ -1067,6 +1079,7 @@ class FakeDiscord:
                     0,
                     "You are being rate limited.",
                     headers=self._rate_limit_headers(rule),
+                    extra={"retry_after": rule.retry_after, "global": rule.is_global},
                 ) from None
 
     @staticmethod
@@ -1697,7 +1710,7 @@ class FakeDiscord:
         options: Mapping[str, Any] | None = None,
         *,
         user: FakeUser | None = None,
-        guild: FakeGuild | None | Any = ANY,
+        guild: FakeGuild | Any | None = ANY,
         channel_id: int | None = None,
         locale: str = "en-US",
         permissions: int | None = None,
@@ -1729,7 +1742,7 @@ class FakeDiscord:
         focused: str,
         *,
         user: FakeUser | None = None,
-        guild: FakeGuild | None | Any = ANY,
+        guild: FakeGuild | Any | None = ANY,
         locale: str = "en-US",
         user_install: bool = False,
     ) -> SentInteraction:
@@ -1756,7 +1769,7 @@ class FakeDiscord:
         message_id: int,
         *,
         user: FakeUser | None = None,
-        guild: FakeGuild | None | Any = ANY,
+        guild: FakeGuild | Any | None = ANY,
         locale: str = "en-US",
     ) -> SentInteraction:
         """Dispatch a message context menu command ("Apps" > `name`) on a stored message."""
@@ -1834,7 +1847,7 @@ class FakeDiscord:
         *,
         message_id: int | None = None,
         user: FakeUser | None = None,
-        guild: FakeGuild | None | Any = ANY,
+        guild: FakeGuild | Any | None = ANY,
         locale: str = "en-US",
     ) -> SentInteraction:
         """Dispatch a modal submission: text inputs by custom_id, each in its own row."""
