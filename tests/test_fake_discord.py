@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,7 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
                 assert harness.bot.user.id == fake.settings.bot_user.id
                 assert harness.bot.get_guild(fake.guild.id) is not None
                 assert fake.identify_payloads[0]["token"] == fake.settings.token
+                assert fake.heartbeats >= 1 and math.isfinite(harness.bot.latency)
 
                 put = await synced(fake, harness)
                 [command] = put.json
@@ -383,6 +385,7 @@ def test_webhook_429_is_retried_and_the_gateway_resumes() -> None:
                 harness.bot.add_listener(on_resumed)
                 await fake.request_reconnect()
                 await asyncio.wait_for(resumed, WAIT_S)
+                assert len(fake.identify_payloads) == 1  # resumed, not identified again
                 again = await fake.slash("imagine", {"prompt": "after resume"})
                 await again.next_call(timeout=WAIT_S)
                 assert (await harness.outcome())[0] == "done"
@@ -400,5 +403,56 @@ def test_a_bad_token_is_refused() -> None:
             await client.close()
             [call] = fake.calls
             assert call.route == "/users/@me" and call.status == 401
+
+    run(scenario)
+
+
+def test_followups_replies_and_dms_where_discord_allows_them() -> None:
+    async def scenario() -> None:
+        async with fake_discord() as fake:
+            bot = commands.Bot(
+                command_prefix="!", intents=discord.Intents.default(), guild_ready_timeout=0.05
+            )
+            outcomes: asyncio.Queue[Any] = asyncio.Queue()
+
+            @bot.tree.command(name="many", description="Six follow-ups")
+            async def many(interaction: discord.Interaction) -> None:
+                await interaction.response.defer()
+                sent = []
+                try:
+                    for i in range(6):
+                        sent.append(await interaction.followup.send(f"part {i}", wait=True))
+                except discord.HTTPException as error:
+                    await outcomes.put((sent, error))
+
+            async with running(bot, fake):
+                await bot.tree.sync()
+                user = fake.add_user(1_300_000_000_000_000_001, "painter")
+                await fake.slash("many", user=user, user_install=True)
+                sent, error = await asyncio.wait_for(outcomes.get(), WAIT_S)
+                assert [m.content for m in sent] == [f"part {i}" for i in range(5)]
+                assert error.status == 400 and error.code == 40094
+
+                channel = bot.get_channel(fake.guild.channel.id)
+                assert isinstance(channel, discord.TextChannel)
+                request = await channel.fetch_message(sent[0].id)
+                reply = await channel.send(f"<@{user.id}> here it is", reference=request)
+                stored = fake.messages[reply.id]
+                assert stored["message_reference"]["message_id"] == str(request.id)
+                assert [m["id"] for m in stored["mentions"]] == [str(user.id)]
+
+                fake.block_channel(channel.id)
+                with pytest.raises(discord.Forbidden) as blocked:
+                    await channel.send("no")
+                assert blocked.value.code == 50013
+
+                member = await bot.fetch_user(user.id)
+                dm = await member.send("in private")
+                assert fake.messages[dm.id]["channel_id"] == str(fake.dm_channels[user.id])
+                fake.close_dms(user.id)
+                with pytest.raises(discord.Forbidden) as closed:
+                    await member.send("again")
+                assert closed.value.code == 50007
+                assert [c.status for c in fake.refused_calls] == [400, 403, 403]
 
     run(scenario)

@@ -827,6 +827,11 @@ class FakeDiscord:
 
     # -- waiting for calls
 
+    @property
+    def refused_calls(self) -> list[RecordedCall]:
+        """Every call the fake answered with an error (4xx), 429s included."""
+        return [call for call in self.calls if call.status >= 400]
+
     def calls_to(self, key: str) -> list[RecordedCall]:
         return [call for call in self.calls if call.matches(key)]
 
