@@ -16,16 +16,24 @@ Pointing discord.py at it takes two patches, and `pointed_at` makes both:
   send the gateway to the real Discord. (After READY the client reconnects to the
   `resume_gateway_url` the fake hands out, which points back at the fake.)
 
-Usage, inside one event loop (`asyncio.run` in a plain test):
+Usage, inside one event loop (`asyncio.run` in a plain test; the fake's server and the client
+must share the loop, which is why these are async context managers and not pytest fixtures):
 
-    async with fake_discord() as fake:           # started and pointed at
+    async with fake_discord() as fake:           # started, and discord.py pointed at it
         bot = commands.Bot(command_prefix="!", intents=discord.Intents.default(),
                            guild_ready_timeout=0.05)
         ... add commands ...
-        async with running(bot, fake):           # logged in, READY received
-            await bot.tree.sync(guild=discord.Object(fake.guild.id))
-            sent = await fake.slash("imagine", {"prompt": "a cat"}, guild=fake.guild)
-            ack = await sent.next_call(timeout=5)  # the callback, recorded
+        async with running(bot, fake):           # logged in and READY; closed at the end
+            await bot.tree.sync()                # recorded; the fake keeps the commands
+            sent = await fake.slash("imagine", {"prompt": "a cat"})   # INTERACTION_CREATE
+            ack = await sent.next_call(timeout=5)                     # its callback
+            edit = await sent.next_call(lambda c: c.method == "PATCH", timeout=5)
+            await fake.press(int(edit.response["id"]), "easel:1:u1")  # a button on it
+
+Interactions are dispatched only for commands synced to the fake (globally, or to the guild
+they come from): the fake types the options from the synced command, as Discord does.
+`guild_ready_timeout` matters: discord.py dispatches READY only after that long without a
+further GUILD_CREATE (2 s by default).
 
 The rules about time (3 s to acknowledge, 15 minutes of webhook token) run on the fake's own
 clock, which a test moves with `advance_clock` or shortens through `FakeDiscordSettings`; no
