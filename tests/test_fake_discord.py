@@ -126,6 +126,15 @@ def make_harness() -> Harness:
     ) -> list[app_commands.Choice[str]]:
         return [app_commands.Choice(name=s, value=s) for s in STYLES if current in s]
 
+    @app_commands.context_menu(name="PNG info")
+    async def png_info(interaction: discord.Interaction, message: discord.Message) -> None:
+        [attachment] = message.attachments
+        data = await attachment.read()
+        await interaction.response.send_message(
+            f"{attachment.filename}: {len(data)} bytes", ephemeral=True
+        )
+
+    bot.tree.add_command(png_info)
     return harness
 
 
@@ -148,8 +157,9 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
                 assert fake.heartbeats >= 1 and math.isfinite(harness.bot.latency)
 
                 put = await synced(fake, harness)
-                [command] = put.json
-                assert command["name"] == "imagine"
+                command, menu = put.json
+                assert command["name"] == "imagine" and command["type"] == 1
+                assert (menu["name"], menu["type"]) == ("PNG info", 3)
                 assert [o["name"] for o in command["options"]] == [
                     "prompt",
                     "aspect",
@@ -173,6 +183,7 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
                 ack = await sent.next_call(timeout=WAIT_S)
                 assert ack.route == "/interactions/{interaction_id}/{token}/callback"
                 assert ack.json["type"] == 5 and ack.status == 200
+                assert ack.at >= sent.dispatched_at  # both on the fake's clock
 
                 edit = await sent.next_call(timeout=WAIT_S)
                 assert edit.method == "PATCH" and edit.status == 200
@@ -201,7 +212,7 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
     run(scenario)
 
 
-def test_autocomplete_modal_and_a_user_installed_dm() -> None:
+def test_autocomplete_context_menu_modal_and_a_user_installed_dm() -> None:
     async def scenario() -> None:
         async with fake_discord() as fake:
             harness = make_harness()

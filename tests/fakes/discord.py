@@ -405,6 +405,7 @@ class SentInteraction:
     token: str
     payload: dict[str, Any]
     cursor: int
+    dispatched_at: float  # the fake's clock, comparable with `RecordedCall.at`
 
     def concerns(self, call: RecordedCall) -> bool:
         return call.params.get("token") == self.token
@@ -1659,7 +1660,14 @@ class FakeDiscord:
             user_install_only=user_install,
         )
         self.interactions[token] = state
-        sent = SentInteraction(self, interaction_id, token, payload, cursor=len(self.calls))
+        sent = SentInteraction(
+            self,
+            interaction_id,
+            token,
+            payload,
+            cursor=len(self.calls),
+            dispatched_at=state.created_at,
+        )
         await self.dispatch("INTERACTION_CREATE", payload)
         return sent
 
