@@ -436,9 +436,29 @@ def test_followups_replies_and_dms_where_discord_allows_them() -> None:
                 except discord.HTTPException as error:
                     await outcomes.put((sent, error))
 
+            admin = app_commands.Group(
+                name="admin",
+                description="Admin tools",
+                default_permissions=discord.Permissions(manage_guild=True),
+            )
+
+            @admin.command(name="ban", description="Ban someone")
+            async def ban(interaction: discord.Interaction, user: discord.User) -> None:
+                allowed = interaction.permissions.manage_guild
+                await interaction.response.send_message(f"ban {user.name}: {allowed}")
+
+            bot.tree.add_command(admin)
+
             async with running(bot, fake):
                 await bot.tree.sync()
                 user = fake.add_user(1_300_000_000_000_000_001, "painter")
+                [group] = [c for c in fake.commands[None] if c["name"] == "admin"]
+                assert group["default_member_permissions"] == "32"
+                manager = discord.Permissions(manage_guild=True).value
+                banned = await fake.slash("admin ban", {"user": user}, permissions=manager)
+                answer = await banned.next_call(timeout=WAIT_S)
+                assert answer.json["data"]["content"] == "ban painter: True"
+
                 await fake.slash("many", user=user, user_install=True)
                 sent, error = await asyncio.wait_for(outcomes.get(), WAIT_S)
                 assert [m.content for m in sent] == [f"part {i}" for i in range(5)]

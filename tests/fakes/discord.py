@@ -1219,6 +1219,8 @@ class FakeDiscord:
             "nsfw": False,
             **command,
         }
+        if stored["default_member_permissions"] is not None:  # Discord answers with a string
+            stored["default_member_permissions"] = str(stored["default_member_permissions"])
         if guild_id is not None:
             stored["guild_id"] = str(guild_id)
         return stored
