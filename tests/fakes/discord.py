@@ -709,6 +709,7 @@ class FakeDiscord:
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
         self.interactions: dict[str, InteractionState] = {}  # by token
         self.identify_payloads: list[dict[str, Any]] = []
+        self.internal_errors: list[Exception] = []  # the fake's own faults (answered with 418)
         self.heartbeats = 0
         self.blocked_channels: set[int] = set()
         self.closed_dms: set[int] = set()
@@ -862,6 +863,7 @@ class FakeDiscord:
             except TimeoutError:
                 raise AssertionError(
                     f"no matching REST call within {timeout} s; recorded: {self.calls[start:]}"
+                    + (f"; the fake failed: {self.internal_errors}" if self.internal_errors else "")
                 ) from None
         call = found()
         assert call is not None
@@ -1041,6 +1043,12 @@ class FakeDiscord:
                 call.response = error.body()
                 response = json_response(error.body(), error.status)
                 response.headers.update(error.headers)
+            except Exception as error:
+                # A fault in the fake itself. 418 is no status Discord uses, so no test takes it
+                # for a refusal, and discord.py raises at once where it would retry a 5xx.
+                self.internal_errors.append(error)
+                call.response = {"message": f"fake Discord failed: {error!r}", "code": 0}
+                response = json_response(call.response, 418)
             call.status = response.status
             await self._notify()
             return response
@@ -1933,12 +1941,15 @@ def pointed_at(fake: FakeDiscord) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def fake_discord(settings: FakeDiscordSettings | None = None) -> AsyncIterator[FakeDiscord]:
-    """A started fake Discord with discord.py pointed at it, for the body of the block."""
+    """A started fake Discord with discord.py pointed at it, for the body of the block; fails
+    the block if the fake itself faulted on a request."""
     fake = FakeDiscord(settings)
     await fake.start()
     try:
         with pointed_at(fake):
             yield fake
+        if fake.internal_errors:
+            raise AssertionError(f"the fake Discord failed: {fake.internal_errors}")
     finally:
         await fake.close()
 
