@@ -80,6 +80,15 @@ class GridView(discord.ui.View):
         await interaction.response.send_message(f"upscaling for {interaction.user.name}")
         await self.harness.outcomes.put(("pressed", button.custom_id))
 
+    @discord.ui.button(label="V1", custom_id="easel:1:v1")
+    async def vary(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.edit_message(content="varying", view=None)
+
+    @discord.ui.button(label="S1", custom_id="easel:1:s1")
+    async def similar(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content="similar queued")
+
     @discord.ui.button(label="Remix", custom_id="easel:1:remix")
     async def remix(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         await interaction.response.send_modal(RemixModal(self.harness))
@@ -194,6 +203,8 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
                 [row] = edit.json["components"]
                 assert [b["custom_id"] for b in row["components"]] == [
                     "easel:1:u1",
+                    "easel:1:v1",
+                    "easel:1:s1",
                     "easel:1:remix",
                 ]
 
@@ -208,6 +219,22 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
                 assert answer.json["type"] == 4
                 assert answer.json["data"]["content"] == "upscaling for owner"
                 assert await harness.outcome() == ("pressed", "easel:1:u1")
+
+                deferred = await fake.press(message_id, "easel:1:s1")
+                assert (await deferred.next_call(timeout=WAIT_S)).json == {"type": 6}
+                await deferred.next_call(timeout=WAIT_S)
+                assert fake.messages[message_id]["content"] == "similar queued"
+
+                updated = await fake.press(message_id, "easel:1:v1")
+                update = await updated.next_call(timeout=WAIT_S)
+                assert update.json["type"] == 7
+                assert fake.messages[message_id]["content"] == "varying"
+                assert fake.messages[message_id]["components"] == []
+
+                synced_back = await harness.bot.tree.fetch_commands(
+                    guild=discord.Object(fake.guild.id)
+                )
+                assert sorted(c.name for c in synced_back) == ["PNG info", "imagine"]
 
     run(scenario)
 
@@ -435,6 +462,10 @@ def test_followups_replies_and_dms_where_discord_allows_them() -> None:
                         sent.append(await interaction.followup.send(f"part {i}", wait=True))
                 except discord.HTTPException as error:
                     await outcomes.put((sent, error))
+                await sent[1].edit(content="part 1, edited")
+                original = await interaction.original_response()
+                await interaction.delete_original_response()
+                await outcomes.put(original.id)
 
             admin = app_commands.Group(
                 name="admin",
@@ -463,6 +494,9 @@ def test_followups_replies_and_dms_where_discord_allows_them() -> None:
                 sent, error = await asyncio.wait_for(outcomes.get(), WAIT_S)
                 assert [m.content for m in sent] == [f"part {i}" for i in range(5)]
                 assert error.status == 400 and error.code == 40094
+                original_id = await asyncio.wait_for(outcomes.get(), WAIT_S)
+                assert original_id not in fake.messages  # deleted
+                assert fake.messages[sent[1].id]["content"] == "part 1, edited"
 
                 channel = bot.get_channel(fake.guild.channel.id)
                 assert isinstance(channel, discord.TextChannel)
@@ -471,6 +505,8 @@ def test_followups_replies_and_dms_where_discord_allows_them() -> None:
                 stored = fake.messages[reply.id]
                 assert stored["message_reference"]["message_id"] == str(request.id)
                 assert [m["id"] for m in stored["mentions"]] == [str(user.id)]
+                await reply.edit(content="edited reply")
+                assert fake.messages[reply.id]["content"] == "edited reply"
 
                 fake.block_channel(channel.id)
                 with pytest.raises(discord.Forbidden) as blocked:
