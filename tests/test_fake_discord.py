@@ -164,6 +164,8 @@ def test_login_ready_sync_and_a_slash_command_with_file_and_buttons() -> None:
                 assert harness.bot.get_guild(fake.guild.id) is not None
                 assert fake.identify_payloads[0]["token"] == fake.settings.token
                 assert fake.heartbeats >= 1 and math.isfinite(harness.bot.latency)
+                shards, url, _ = await harness.bot.http.get_bot_gateway()
+                assert (shards, url) == (1, fake.gateway_url.rstrip("/"))
 
                 put = await synced(fake, harness)
                 command, menu = put.json
