@@ -23,6 +23,7 @@ from tests.fakes.discord import (
     FakeDiscordSettings,
     RecordedCall,
     fake_discord,
+    no_identify_wait,
     running,
 )
 
@@ -523,5 +524,29 @@ def test_followups_replies_and_dms_where_discord_allows_them() -> None:
                     await member.send("again")
                 assert closed.value.code == 50007
                 assert [c.status for c in fake.refused_calls] == [400, 403, 403]
+
+    run(scenario)
+
+
+def test_a_refused_resume_makes_the_client_identify_again() -> None:
+    async def scenario() -> None:
+        async with fake_discord(FakeDiscordSettings(allow_resume=False)) as fake:
+            harness = make_harness()
+            async with running(harness.bot, fake):
+                await synced(fake, harness)
+                readied = asyncio.get_running_loop().create_future()
+
+                async def on_ready() -> None:
+                    if not readied.done():
+                        readied.set_result(True)
+
+                harness.bot.add_listener(on_ready)
+                harness.bot.before_identify_hook = no_identify_wait  # type: ignore[method-assign]
+                await fake.request_reconnect()
+                await fake.wait_until(lambda: len(fake.identify_payloads) == 2, WAIT_S)
+                await asyncio.wait_for(readied, WAIT_S)
+                sent = await fake.slash("imagine", {"prompt": "a new session"})
+                await sent.next_call(timeout=WAIT_S)
+                assert (await harness.outcome())[0] == "done"
 
     run(scenario)

@@ -33,7 +33,9 @@ must share the loop, which is why these are async context managers and not pytes
 Interactions are dispatched only for commands synced to the fake (globally, or to the guild
 they come from): the fake types the options from the synced command, as Discord does.
 `guild_ready_timeout` matters: discord.py dispatches READY only after that long without a
-further GUILD_CREATE (2 s by default).
+further GUILD_CREATE (2 s by default). A client that identifies again on the same connection
+loop (after a refused RESUME) first sleeps 5 s, unless given `no_identify_wait`; a new client
+(a restart) does not.
 
 The rules about time (3 s to acknowledge, 15 minutes of webhook token) run on the fake's own
 clock, which a test moves with `advance_clock` or shortens through `FakeDiscordSettings`; no
@@ -890,14 +892,17 @@ class FakeDiscord:
         if session.socket is not None and not session.socket.closed:
             await session.socket.send_str(json.dumps(frame))
 
-    async def wait_connected(self, timeout: float = 10.0) -> None:
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait up to `timeout` seconds for `condition` about the fake's state to hold; it is
+        checked again after every REST call, IDENTIFY and RESUME."""
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(
-                    lambda: any(s.socket is not None for s in self._sessions.values())
-                ),
-                timeout,
-            )
+            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+
+    async def wait_connected(self, timeout: float = 5.0) -> None:
+        """Wait for a client with an identified or resumed gateway session."""
+        await self.wait_until(
+            lambda: any(s.socket is not None for s in self._sessions.values()), timeout
+        )
 
     async def disconnect(self, code: int = 4000) -> None:
         """Close the gateway connections with `code` (4000: the client reconnects and resumes)."""
@@ -1925,6 +1930,13 @@ def find_component(components: list[dict[str, Any]], custom_id: str) -> dict[str
 # -- pointing discord.py at the fake ------------------------------------------------------------
 
 
+async def no_identify_wait(shard_id: int | None, *, initial: bool = False) -> None:
+    """A `Client.before_identify_hook` without discord.py's 5 s sleep before every IDENTIFY
+    but the first (the gateway's identify rate limit, which the fake does not have). Set it on
+    a client that a test makes identify again after a refused RESUME."""
+    return None
+
+
 @contextlib.contextmanager
 def pointed_at(fake: FakeDiscord) -> Iterator[None]:
     """Point discord.py's REST base and its gateway at `fake`, and restore both after."""
@@ -1989,6 +2001,7 @@ __all__ = [
     "RecordedFile",
     "SentInteraction",
     "fake_discord",
+    "no_identify_wait",
     "pointed_at",
     "running",
 ]
