@@ -525,3 +525,30 @@ def test_an_attached_image_over_the_pixel_limit_is_refused_from_its_header(
     assert reply.text("en").startswith("This request cannot run: The image")
     assert "128x128" in reply.text("en")
     assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0
+
+
+def test_run_guarded_gives_typed_commands_the_same_error_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bot.core.errors import run_guarded
+    from bot.core.events import Refusal
+
+    async def refused() -> Reply:
+        raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": 7}))
+
+    async def broken() -> Reply:
+        raise KeyError("/srv/easel/secret")
+
+    async def fine() -> int:
+        return 42
+
+    assert run(run_guarded(fine(), "Test")) == 42
+    refusal = run(run_guarded(refused(), "Test", ALICE))
+    assert isinstance(refusal, Reply) and refusal.text("en") == "There is no job #7."
+    with caplog.at_level(logging.ERROR, logger="easel.errors"):
+        error = run(run_guarded(broken(), "/imagine", ALICE, 3))
+    assert isinstance(error, Reply) and "/srv" not in error.text("en")
+    reference = re.search(r"E-[0-9A-F]{8}", error.text("en"))
+    assert reference is not None
+    logged = [record.getMessage() for record in caplog.records]
+    assert any(reference.group(0) in line and "job=3" in line for line in logged)
