@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     console_user: str = Field(default="local", description="The console chat's user name.")
 
     discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
+    discord_api_url: str | None = Field(
+        default=None,
+        description="Discord's REST base (a proxy such as nirn-proxy), e.g. http://proxy/api/v10.",
+    )
+    discord_gateway_url: str | None = Field(
+        default=None,
+        description="Discord's gateway websocket (discord.py does not take it from the REST base).",
+    )
     telegram_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_TOKEN")
 
     @field_validator("models_dir", "outputs_dir", "cache_dir", mode="after")
@@ -82,7 +90,14 @@ class Settings(BaseSettings):
         return path.expanduser()
 
     @field_validator(
-        "model", "discord_token", "telegram_token", "upscaler", "max_batch_images", mode="before"
+        "model",
+        "discord_token",
+        "discord_api_url",
+        "discord_gateway_url",
+        "telegram_token",
+        "upscaler",
+        "max_batch_images",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -97,6 +97,7 @@ class Key(StrEnum):
     IMAGES_NONE = "images_none"
     KIND_REMIX = "kind_remix"
     REMIX_LINE = "remix_line"
+    REMIX_COPY_LINE = "remix_copy_line"
     NOT_A_JOB_NUMBER = "not_a_job_number"
     NEED_JOB_NUMBER = "need_job_number"
     NEED_IMAGE = "need_image"

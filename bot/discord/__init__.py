@@ -1,0 +1,85 @@
+"""The Discord front end (discord.py): `/imagine`, live progress, the grid with its buttons.
+
+`serve` logs in with `DISCORD_TOKEN`, syncs the commands, and runs until `stop` is set. The
+REST base and the gateway can be pointed elsewhere (a proxy, or a test's fake Discord) with
+`EASEL_DISCORD_API_URL` and `EASEL_DISCORD_GATEWAY_URL`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import discord
+import discord.gateway
+import discord.http
+import yarl
+
+from bot.core.frontend import BotContext
+from bot.discord.client import PLATFORM, EaselClient
+from bot.settings import Settings
+
+__all__ = ["PLATFORM", "serve"]
+READY_TIMEOUT = 60.0
+
+
+@contextlib.contextmanager
+def endpoints(settings: Settings) -> Iterator[None]:
+    """discord.py's REST base and gateway URL as the settings say, for the block. The gateway
+    has to be set on its own: a plain Client never asks Discord for it."""
+    old_base = discord.http.Route.BASE
+    old_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    if settings.discord_api_url:
+        discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+    try:
+        yield
+    finally:
+        discord.http.Route.BASE = old_base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+
+
+async def serve(
+    context: BotContext,
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    guild_ready_timeout: float = 2.0,
+) -> None:
+    """Run the Discord bot until `stop` is set. `guild_ready_timeout`: how long discord.py
+    waits for more guilds before READY (its default; tests shorten it)."""
+    assert settings.discord_token is not None
+    with endpoints(settings):
+        client = EaselClient(context, guild_ready_timeout=guild_ready_timeout)
+        async with client:
+            await client.login(settings.discord_token.get_secret_value())
+            context.service.subscribe(PLATFORM, client.front_end.on_event, previews=True)
+            connection = asyncio.create_task(client.connect())
+            try:
+                await _until_ready(client, connection)
+                await client.tree.sync()
+                await context.service.deliver_missed(PLATFORM)
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if connection.done():
+                    connection.result()  # the connection ended by itself: say why
+            finally:
+                await client.close()
+                connection.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connection
+
+
+async def _until_ready(client: discord.Client, connection: asyncio.Task[None]) -> None:
+    ready = asyncio.create_task(client.wait_until_ready())
+    done, _ = await asyncio.wait(
+        {ready, connection}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+    )
+    if ready not in done:
+        ready.cancel()
+        if connection in done:
+            connection.result()
+        raise TimeoutError(f"Discord did not get ready within {READY_TIMEOUT:.0f} s")

@@ -1,0 +1,209 @@
+"""The Discord client: `/imagine`, button presses, and job events as message edits.
+
+Thin: options go to the core's parser, presses to `service.act`, and the core's replies and
+events come back as Discord messages (bot/discord/render.py). A job's message is the
+interaction's own (the deferred `/imagine` answer, or a follow-up to a press), edited through
+the interaction's webhook; where that is, is bound to the job in the core, so a restart within
+the token's 15 minutes still edits it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.core.buttons import REMIX, parse_action
+from bot.core.errors import run_guarded
+from bot.core.events import EventKind, JobEvent, Origin, Reply, Ticket, UserRef
+from bot.core.frontend import BotContext
+from bot.core.messages import Key, Message, normalise_locale
+from bot.discord.buttons import GridButton, grid_view
+from bot.discord.render import Rendered, StatusMessage, content, render_event
+from pipeline.validation import MAX_SEED
+
+log = logging.getLogger(__name__)
+PLATFORM = "discord"
+ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
+MAX_COUNT = 4
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """An interaction whose job was just queued: its QUEUED event posts the job's message
+    there (`edit_original`: the deferred answer itself; else a new follow-up)."""
+
+    interaction: discord.Interaction[Any]
+    edit_original: bool
+
+
+def user_ref(interaction: discord.Interaction[Any]) -> UserRef:
+    user = interaction.user
+    return UserRef(PLATFORM, str(user.id), user.display_name, str(interaction.locale))
+
+
+def origin_of(interaction: discord.Interaction[Any]) -> Origin:
+    return Origin(PLATFORM, str(interaction.channel_id), str(interaction.id))
+
+
+def locale_of(interaction: discord.Interaction[Any]) -> str:
+    return normalise_locale(str(interaction.locale))
+
+
+class DiscordFrontEnd:
+    """What Easel does with Discord's interactions and the core's job events."""
+
+    def __init__(self, context: BotContext, client: EaselClient) -> None:
+        self.service = context.service
+        self.client = client
+        self._waiting: dict[str, Waiting] = {}  # interaction id -> where its job's message goes
+
+    # ------------------------------------------------------------------ interactions
+
+    async def imagine(
+        self, interaction: discord.Interaction[Any], prompt: str, **fields: object
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        user, origin = user_ref(interaction), origin_of(interaction)
+        typed = {name: value for name, value in fields.items() if value is not None}
+
+        async def queue() -> Ticket:
+            options = self.service.options(user, prompt, origin, **typed)
+            return await self.service.imagine(user, options, origin)
+
+        await self._queue(interaction, queue(), "discord /imagine", user, edit_original=True)
+
+    async def press(self, interaction: discord.Interaction[Any], job_id: int, action: str) -> None:
+        user, origin = user_ref(interaction), origin_of(interaction)
+        chosen = parse_action(action)
+        if chosen is not None and chosen.name == REMIX:
+            await self._remix_line(interaction, user, job_id, origin)
+            return
+        await interaction.response.defer()
+        call = self.service.act(user, job_id, action, origin)
+        await self._queue(
+            interaction, call, "discord button", user, edit_original=False, job=job_id
+        )
+
+    async def _remix_line(
+        self, interaction: discord.Interaction[Any], user: UserRef, job_id: int, origin: Origin
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+
+        async def line() -> Reply:
+            editable = self.service.remix_line(user, job_id, origin)
+            return Reply(Message(Key.REMIX_COPY_LINE, {"job": job_id}), editable=editable)
+
+        reply = await run_guarded(line(), "discord remix", user, job_id)
+        await interaction.followup.send(content(reply, locale_of(interaction)), ephemeral=True)
+
+    async def _queue(
+        self,
+        interaction: discord.Interaction[Any],
+        call: Any,
+        what: str,
+        user: UserRef,
+        *,
+        edit_original: bool,
+        job: int | None = None,
+    ) -> None:
+        """Queue through the core; the job's message is posted by its QUEUED event, and a
+        refusal or error is told to the user alone."""
+        key = str(interaction.id)
+        self._waiting[key] = Waiting(interaction, edit_original)
+        result = await run_guarded(call, what, user, job)
+        if isinstance(result, Reply):
+            self._waiting.pop(key, None)
+            await self._tell_privately(interaction, result, edit_original)
+
+    async def _tell_privately(
+        self, interaction: discord.Interaction[Any], reply: Reply, deferred_public: bool
+    ) -> None:
+        """An ephemeral answer. A deferred public answer stays public whatever is sent into
+        it, so it is removed and the answer goes out as an ephemeral follow-up."""
+        if deferred_public:
+            await interaction.delete_original_response()
+        await interaction.followup.send(content(reply, locale_of(interaction)), ephemeral=True)
+
+    # ------------------------------------------------------------------ job events
+
+    async def on_event(self, event: JobEvent) -> None:
+        if event.kind is EventKind.QUEUED:
+            await self._post_queued(event)
+            return
+        target = StatusMessage.parse(event.status_message)
+        rendered = render_event(event)
+        if target is None:
+            if event.is_final:  # the QUEUED message was never posted: answer in the channel
+                await self._send_to_channel(event, rendered)
+            return
+        await self._edit(target, rendered, event.locale)
+
+    async def _post_queued(self, event: JobEvent) -> None:
+        waiting = self._waiting.pop(event.origin.message or "", None)
+        if waiting is None:
+            return
+        interaction = waiting.interaction
+        text = content(event.reply, event.locale)
+        if waiting.edit_original:
+            message: discord.Message = await interaction.edit_original_response(content=text)
+        else:
+            message = await interaction.followup.send(text, wait=True)
+        status = StatusMessage(interaction.application_id, interaction.token, message.id)
+        self.service.bind_status_message(event.job_id, status.encode())
+
+    async def _edit(self, target: StatusMessage, rendered: Rendered, locale: str) -> None:
+        webhook = discord.Webhook.partial(target.application_id, target.token, client=self.client)
+        view = grid_view(rendered.buttons, locale)
+        await webhook.edit_message(
+            target.message_id,
+            content=rendered.content,
+            attachments=list(rendered.files),
+            **({"view": view} if view is not None else {}),
+        )
+
+    async def _send_to_channel(self, event: JobEvent, rendered: Rendered) -> None:
+        channel = self.client.get_partial_messageable(int(event.origin.chat))
+        view = grid_view(rendered.buttons, event.locale)
+        await channel.send(
+            rendered.content,
+            files=list(rendered.files),
+            **({"view": view} if view is not None else {}),
+        )
+
+
+class EaselClient(discord.Client):
+    """discord.Client with Easel's command tree and persistent buttons; no privileged intents."""
+
+    def __init__(self, context: BotContext, guild_ready_timeout: float = 2.0) -> None:
+        super().__init__(intents=discord.Intents.default(), guild_ready_timeout=guild_ready_timeout)
+        self.tree = app_commands.CommandTree(self)
+        self.front_end = DiscordFrontEnd(context, self)
+        add_commands(self.tree, self.front_end)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(GridButton)
+
+
+def add_commands(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:
+    @tree.command(name="imagine", description="Draw pictures from a prompt (flags work too)")
+    @app_commands.describe(
+        prompt="What to draw; flags such as --ar 16:9 --style watercolor work here too",
+        negative="What to leave out",
+        aspect="The shape of the images",
+        count="How many images (1-4)",
+        seed="The seed, for the same pictures again",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    async def imagine(
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        negative: str | None = None,
+        aspect: str | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
+    ) -> None:
+        await front_end.imagine(interaction, prompt, neg=negative, ar=aspect, n=count, seed=seed)
