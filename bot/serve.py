@@ -91,8 +91,8 @@ def load_front_ends(modules: list[str]) -> list[FrontEnd]:
             platform = name.split(".")[-1].capitalize()
             token = f"{platform.upper()}_TOKEN"
             raise EaselError(
-                f"{token} is set, but this version of Easel has no {platform} front end yet "
-                f"(it runs the console chat only). Unset {token} to use the console."
+                f"{token} is set, but this version of Easel has no {platform} front end yet. "
+                f"Unset {token} to run without it."
             ) from None
     return loaded
 

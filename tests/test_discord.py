@@ -170,6 +170,16 @@ def test_buttons_on_an_old_message_work_after_a_restart(tmp_path: Path, engine: 
                 child = bot.store.job(2)
                 assert child is not None and child.kind is JobKind.VARY_STRONG
                 assert (child.parent_id, child.status) == (1, JobStatus.DONE)
+
+                remix = await fake.press(grid_message, "easel:1:remix")
+                ack = await remix.next_call(timeout=WAIT_S)
+                assert ack.json["type"] == DEFERRED_CHANNEL_MESSAGE
+                assert ack.json["data"]["flags"] & MESSAGE_FLAG_EPHEMERAL
+                line = await remix.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
+                assert line.json["flags"] & MESSAGE_FLAG_EPHEMERAL
+                assert line.json["content"].startswith("Remix of job #1")
+                assert "\na lighthouse --size 64x64 --steps 2 " in line.json["content"]
+                assert bot.store.job(3) is None  # remix queues nothing by itself
             assert not fake.refused_calls
 
     run(scenario)
