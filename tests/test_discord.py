@@ -15,6 +15,7 @@ from bot.runtime import Bot, build_bot, open_store
 from bot.settings import Settings
 from bot.store import JobKind, JobStatus
 from pipeline.engine import Engine
+from pipeline.request import GenerationRequest
 from tests.fakes.discord import (
     DEFERRED_CHANNEL_MESSAGE,
     DEFERRED_UPDATE,
@@ -201,5 +202,36 @@ def test_a_refused_imagine_is_answered_privately_and_writes_no_job(
             assert len(deleted) == 1  # the public "thinking" answer is gone
             assert bot.store.job(1) is None
             assert not fake.refused_calls
+
+    run(scenario)
+
+
+def test_typed_fields_and_flags_in_the_prompt_make_one_request(
+    tmp_path: Path, engine: Engine
+) -> None:
+    async def scenario() -> None:
+        async with fake_discord() as fake, serving(tmp_path, fake, engine) as bot:
+            fields = {
+                "prompt": "a harbour at dawn --steps 2 --no boats",
+                "negative": "fog",
+                "count": 1,
+                "seed": 77,
+            }
+            sent = await fake.slash("imagine", fields)
+            await sent.next_call(is_result, timeout=JOB_WAIT_S)
+            job = bot.store.job(1)
+            assert job is not None
+            request = GenerationRequest.from_json(job.request)
+            assert (request.seeds, request.steps) == ((77,), 2)
+            assert "fog" in request.negative_prompt and "boats" in request.negative_prompt
+
+            # The aspect field reaches the same parser as the flags (the tiny model makes every
+            # ratio 64x64, so a conflict shows it): typed and written, it is refused.
+            both = await fake.slash("imagine", {"prompt": "a cat --size 64x64", "aspect": "16:9"})
+            answer = await both.next_call(
+                lambda c: c.route.startswith("/webhooks/") and c.method == "POST", timeout=WAIT_S
+            )
+            assert answer.json["content"] == "Give --ar or --size, not both."
+            assert bot.store.job(2) is None
 
     run(scenario)

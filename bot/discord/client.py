@@ -131,6 +131,10 @@ class DiscordFrontEnd:
     # ------------------------------------------------------------------ job events
 
     async def on_event(self, event: JobEvent) -> None:
+        if self.client.is_closed():  # stopping: a result waits for the next start
+            if event.is_final:
+                raise ConnectionError(f"Discord is disconnected; job {event.job_id} waits")
+            return
         if event.kind is EventKind.QUEUED:
             await self._post_queued(event)
             return
