@@ -9,7 +9,7 @@ the token's 15 minutes still edits it.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,6 @@ from bot.discord.buttons import GridButton, grid_view
 from bot.discord.render import Rendered, StatusMessage, content, render_event
 from pipeline.validation import MAX_SEED
 
-log = logging.getLogger(__name__)
 PLATFORM = "discord"
 ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
 MAX_COUNT = 4
@@ -103,7 +102,7 @@ class DiscordFrontEnd:
     async def _queue(
         self,
         interaction: discord.Interaction[Any],
-        call: Any,
+        call: Awaitable[Ticket],
         what: str,
         user: UserRef,
         *,
