@@ -34,7 +34,7 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), TEST_TIMEOUT_S))
 
 
-def bot_settings(tmp_path: Path, fake: FakeDiscord) -> Settings:
+def bot_settings(tmp_path: Path, fake: FakeDiscord, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "outputs_dir": tmp_path / "out",
         "models_dir": tmp_path / "models",
@@ -46,15 +46,18 @@ def bot_settings(tmp_path: Path, fake: FakeDiscord) -> Settings:
         "DISCORD_TOKEN": fake.settings.token,
         "discord_api_url": fake.api_base,
         "discord_gateway_url": fake.gateway_url,
+        **overrides,
     }
     return Settings(_env_file=None, **values)
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, fake: FakeDiscord, engine: Engine) -> AsyncIterator[Bot]:
+async def serving(
+    tmp_path: Path, fake: FakeDiscord, engine: Engine, **overrides: Any
+) -> AsyncIterator[Bot]:
     """A bot with the Discord front end, logged in to the fake and its commands synced; stopped
     and closed after the block, the way `easel run` stops it."""
-    settings = bot_settings(tmp_path, fake)
+    settings = bot_settings(tmp_path, fake, **overrides)
     bot = build_bot(settings, engine, open_store(settings))
     stop = asyncio.Event()
     await bot.service.start()
@@ -233,5 +236,22 @@ def test_typed_fields_and_flags_in_the_prompt_make_one_request(
             )
             assert answer.json["content"] == "Give --ar or --size, not both."
             assert bot.store.job(2) is None
+
+    run(scenario)
+
+
+def test_a_refused_press_is_answered_to_the_presser_alone(tmp_path: Path, engine: Engine) -> None:
+    async def scenario() -> None:
+        async with fake_discord() as fake, serving(tmp_path, fake, engine, daily_images=2) as bot:
+            grid_message, _ = await imagine_grid(fake, bot, "a windmill --steps 2")
+            pressed = await fake.press(grid_message, "easel:1:U1")  # a third image today
+            ack = await pressed.next_call(timeout=WAIT_S)
+            assert ack.json["type"] == DEFERRED_UPDATE
+            answer = await pressed.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
+            assert answer.json["flags"] & MESSAGE_FLAG_EPHEMERAL
+            assert "2" in answer.json["content"] and "today" in answer.json["content"]
+            assert bot.store.job(2) is None
+            assert fake.messages[grid_message]["components"]  # the grid keeps its buttons
+            assert not fake.refused_calls
 
     run(scenario)
