@@ -255,3 +255,36 @@ def test_a_refused_press_is_answered_to_the_presser_alone(tmp_path: Path, engine
             assert not fake.refused_calls
 
     run(scenario)
+
+
+def test_the_token_stays_in_memory_and_an_expired_one_edits_through_the_channel(
+    tmp_path: Path, engine: Engine, monkeypatch: Any
+) -> None:
+    from bot.discord import client as discord_client
+
+    monkeypatch.setattr(discord_client, "TOKEN_SECONDS", 0)  # every token already too old
+
+    async def scenario() -> None:
+        async with fake_discord() as fake, serving(tmp_path, fake, engine) as bot:
+            sent = await fake.slash("imagine", {"prompt": "a quiet harbour --steps 2"})
+            final = await fake.wait_for_call(
+                lambda c: (
+                    c.method == "PATCH"
+                    and c.route == "/channels/{channel_id}/messages/{message_id}"
+                    and any(f.data.startswith(b"\x89PNG") for f in c.files)
+                ),
+                timeout=JOB_WAIT_S,
+            )
+            assert final.status == 200, final.response
+            job = bot.store.job(1)
+            assert job is not None and job.status is JobStatus.DONE
+            assert (
+                job.status_message == f"discord:{final.path.split('/')[2]}:{final.response['id']}"
+            )
+            database = (tmp_path / "easel.db").read_bytes() + (
+                tmp_path / "easel.db-wal"
+            ).read_bytes()
+            assert sent.token.encode() not in database
+            assert not fake.refused_calls
+
+    run(scenario)

@@ -2,13 +2,15 @@
 
 Thin: options go to the core's parser, presses to `service.act`, and the core's replies and
 events come back as Discord messages (bot/discord/render.py). A job's message is the
-interaction's own (the deferred `/imagine` answer, or a follow-up to a press), edited through
-the interaction's webhook; where that is, is bound to the job in the core, so a restart within
-the token's 15 minutes still edits it.
+interaction's own (the deferred `/imagine` answer, or a follow-up to a press). It is edited
+through the interaction's webhook while its token lasts; the token is kept in memory only (it
+is a credential), and the core keeps the message's channel and id, so after a restart the bot
+edits its message in the channel instead.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,17 @@ from pipeline.validation import MAX_SEED
 PLATFORM = "discord"
 ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
 MAX_COUNT = 4
+# Interaction tokens last 15 minutes; edits through the webhook stop a little before.
+TOKEN_SECONDS = 14 * 60
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """An interaction's webhook, to edit its messages while the token lasts."""
+
+    application_id: int
+    token: str
+    expires: float  # time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,7 @@ class DiscordFrontEnd:
         self.service = context.service
         self.client = client
         self._waiting: dict[str, Waiting] = {}  # interaction id -> where its job's message goes
+        self._webhooks: dict[int, Webhook] = {}  # message id -> its interaction's webhook
 
     # ------------------------------------------------------------------ interactions
 
@@ -144,6 +158,8 @@ class DiscordFrontEnd:
                 await self._send_to_channel(event, rendered)
             return
         await self._edit(target, rendered, event.locale)
+        if event.is_final:
+            self._webhooks.pop(target.message_id, None)
 
     async def _post_queued(self, event: JobEvent) -> None:
         waiting = self._waiting.pop(event.origin.message or "", None)
@@ -155,18 +171,24 @@ class DiscordFrontEnd:
             message: discord.Message = await interaction.edit_original_response(content=text)
         else:
             message = await interaction.followup.send(text, wait=True)
-        status = StatusMessage(interaction.application_id, interaction.token, message.id)
-        self.service.bind_status_message(event.job_id, status.encode())
+        expires = time.monotonic() + TOKEN_SECONDS
+        self._webhooks[message.id] = Webhook(interaction.application_id, interaction.token, expires)
+        channel = interaction.channel_id or int(event.origin.chat)
+        self.service.bind_status_message(event.job_id, StatusMessage(channel, message.id).encode())
 
     async def _edit(self, target: StatusMessage, rendered: Rendered, locale: str) -> None:
-        webhook = discord.Webhook.partial(target.application_id, target.token, client=self.client)
         view = grid_view(rendered.buttons, locale)
-        await webhook.edit_message(
-            target.message_id,
-            content=rendered.content,
-            attachments=list(rendered.files),
-            **({"view": view} if view is not None else {}),
-        )
+        parts: dict[str, Any] = {"content": rendered.content, "attachments": list(rendered.files)}
+        if view is not None:
+            parts["view"] = view
+        hook = self._webhooks.get(target.message_id)
+        if hook is not None and hook.expires > time.monotonic():
+            webhook = discord.Webhook.partial(hook.application_id, hook.token, client=self.client)
+            await webhook.edit_message(target.message_id, **parts)
+            return
+        self._webhooks.pop(target.message_id, None)
+        channel = self.client.get_partial_messageable(target.channel_id)
+        await channel.get_partial_message(target.message_id).edit(**parts)
 
     async def _send_to_channel(self, event: JobEvent, rendered: Rendered) -> None:
         channel = self.client.get_partial_messageable(int(event.origin.chat))

@@ -1,5 +1,6 @@
 """Core replies and job events as Discord message parts: text, files, buttons, and where the
-job's message is (a string the core keeps with the job, so a restart can still edit it)."""
+job's message is (a string the core keeps with the job: its channel and id, never the
+interaction's token, which is a credential)."""
 
 from __future__ import annotations
 
@@ -13,33 +14,29 @@ from bot.core.buttons import ButtonRows
 from bot.core.events import EventKind, JobEvent, Reply
 
 MAX_CONTENT = 2000  # Discord's limit on a message's text
-_STATUS_PREFIX = "webhook"
+_STATUS_PREFIX = "discord"
 
 
 @dataclass(frozen=True)
 class StatusMessage:
-    """A job's message, reached through the interaction's webhook: valid for as long as the
-    interaction token is (15 minutes)."""
+    """A job's message: its channel and id."""
 
-    application_id: int
-    token: str
+    channel_id: int
     message_id: int
 
     def encode(self) -> str:
-        return f"{_STATUS_PREFIX}:{self.application_id}:{self.token}:{self.message_id}"
+        return f"{_STATUS_PREFIX}:{self.channel_id}:{self.message_id}"
 
     @classmethod
     def parse(cls, text: str | None) -> StatusMessage | None:
         """The message a stored string names, or None for none or one that is not ours."""
         parts = (text or "").split(":")
-        if len(parts) != 4 or parts[0] != _STATUS_PREFIX:
+        if len(parts) != 3 or parts[0] != _STATUS_PREFIX:
             return None
-        _, application, token, message = parts
-        if not (application.isascii() and application.isdigit()):
+        _, channel, message = parts
+        if not all(part.isascii() and part.isdigit() for part in (channel, message)):
             return None
-        if not (message.isascii() and message.isdigit()) or not token:
-            return None
-        return cls(int(application), token, int(message))
+        return cls(int(channel), int(message))
 
 
 @dataclass(frozen=True)
