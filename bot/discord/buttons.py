@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.core.buttons import ButtonRows
+from bot.core.buttons import ButtonRows, parse_button_id
 
 if TYPE_CHECKING:
     from bot.discord.client import EaselClient
@@ -50,8 +50,10 @@ def grid_view(rows: ButtonRows, locale: str) -> discord.ui.View | None:
     view = discord.ui.View(timeout=None)
     for index, row in enumerate(rows):
         for spec in row:
-            job, action = spec.custom_id.split(":")[1:]
-            button = GridButton(int(job), action, spec.text(locale))
+            parsed = parse_button_id(spec.custom_id)
+            assert parsed is not None, spec.custom_id  # the core made it
+            job, action = parsed
+            button = GridButton(job, action.name, spec.text(locale))
             button.row = index
             view.add_item(button)
     return view
