@@ -558,6 +558,18 @@ class JobService:
             raise Refusal(Message(Key.NO_LAST_GRID))
         return self._visible_job(job.id, self.user(user), origin).id
 
+    def active_jobs(self, user: UserRef) -> list[JobRecord]:
+        """The user's own jobs that can still be cancelled: running ones first, then the
+        queued ones in the queue's order."""
+        record = self.user(user)
+        running = [job for job in self.dispatcher.running_jobs() if job.user_id == record.id]
+        queued = (
+            self.store.job(item.job_id)
+            for item in self.dispatcher.scheduler.jobs()
+            if item.user_id == record.id
+        )
+        return running + [job for job in queued if job is not None]
+
     def queue_status(self, user: UserRef) -> Reply:
         """How long the queue is, and where the user's own jobs are in it."""
         record = self.user(user)
