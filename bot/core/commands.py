@@ -46,12 +46,15 @@ class Command:
     arguments: tuple[Argument, ...] = ()
     access: Access = Access.EVERYONE
     platforms: frozenset[str] | None = None  # None: every front end
+    not_on: frozenset[str] = frozenset()  # front ends that do it another way
     aliases: tuple[str, ...] = ()
 
     def usage(self) -> str:
         return " ".join([f"/{self.name}", *(argument.usage() for argument in self.arguments)])
 
     def offered_on(self, platform: str) -> bool:
+        if platform in self.not_on:
+            return False
         return self.platforms is None or platform in self.platforms
 
     def allowed_for(self, role: Role) -> bool:
@@ -62,6 +65,8 @@ _INDEX = Argument("n", ArgumentKind.INTEGER, Key.ARG_INDEX, required=True)
 _JOB = Argument("job", ArgumentKind.JOB, Key.ARG_JOB)
 _NEEDED_JOB = Argument("job", ArgumentKind.JOB, Key.ARG_JOB, required=True)
 _CONSOLE = frozenset({"console"})
+# Acting on a grid is typed elsewhere; on Discord it is the grid's buttons alone.
+_BUTTONS_ON = frozenset({"discord"})
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -69,11 +74,16 @@ COMMANDS: tuple[Command, ...] = (
         Key.CMD_IMAGINE,
         (Argument("prompt", ArgumentKind.TEXT, Key.ARG_PROMPT, required=True),),
     ),
-    Command("u", Key.CMD_U, (_INDEX, _JOB)),
-    Command("v", Key.CMD_V, (_INDEX, _JOB)),
-    Command("s", Key.CMD_S, (_INDEX, _JOB)),
-    Command("reroll", Key.CMD_REROLL, (_JOB,)),
-    Command("remix", Key.CMD_REMIX, (_JOB, Argument("line", ArgumentKind.TEXT, Key.ARG_LINE))),
+    Command("u", Key.CMD_U, (_INDEX, _JOB), not_on=_BUTTONS_ON),
+    Command("v", Key.CMD_V, (_INDEX, _JOB), not_on=_BUTTONS_ON),
+    Command("s", Key.CMD_S, (_INDEX, _JOB), not_on=_BUTTONS_ON),
+    Command("reroll", Key.CMD_REROLL, (_JOB,), not_on=_BUTTONS_ON),
+    Command(
+        "remix",
+        Key.CMD_REMIX,
+        (_JOB, Argument("line", ArgumentKind.TEXT, Key.ARG_LINE)),
+        not_on=_BUTTONS_ON,
+    ),
     Command("history", Key.CMD_HISTORY, (Argument("page", ArgumentKind.INTEGER, Key.ARG_PAGE),)),
     Command("info", Key.CMD_INFO, (_NEEDED_JOB,)),
     Command("cancel", Key.CMD_CANCEL, (_NEEDED_JOB,)),

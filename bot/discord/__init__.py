@@ -17,7 +17,8 @@ import discord.http
 import yarl
 
 from bot.core.frontend import BotContext
-from bot.discord.client import PLATFORM, EaselClient
+from bot.discord.client import EaselClient
+from bot.discord.interactions import PLATFORM
 from bot.settings import Settings
 
 __all__ = ["PLATFORM", "serve"]

@@ -22,12 +22,13 @@ from bot.core.buttons import REMIX, parse_action
 from bot.core.errors import run_guarded
 from bot.core.events import EventKind, JobEvent, Origin, Reply, Ticket, UserRef
 from bot.core.frontend import BotContext
-from bot.core.messages import Key, Message, normalise_locale
+from bot.core.messages import Key, Message
 from bot.discord.buttons import GridButton, grid_view
+from bot.discord.commands import add_core_commands
+from bot.discord.interactions import locale_of, origin_of, user_ref
 from bot.discord.render import Rendered, StatusMessage, content, render_event
 from pipeline.validation import MAX_SEED
 
-PLATFORM = "discord"
 ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
 MAX_COUNT = 4
 # Interaction tokens last 15 minutes; edits through the webhook stop a little before.
@@ -50,19 +51,6 @@ class Waiting:
 
     interaction: discord.Interaction[Any]
     edit_original: bool
-
-
-def user_ref(interaction: discord.Interaction[Any]) -> UserRef:
-    user = interaction.user
-    return UserRef(PLATFORM, str(user.id), user.display_name, str(interaction.locale))
-
-
-def origin_of(interaction: discord.Interaction[Any]) -> Origin:
-    return Origin(PLATFORM, str(interaction.channel_id), str(interaction.id))
-
-
-def locale_of(interaction: discord.Interaction[Any]) -> str:
-    return normalise_locale(str(interaction.locale))
 
 
 class DiscordFrontEnd:
@@ -208,6 +196,7 @@ class EaselClient(discord.Client):
         self.tree = app_commands.CommandTree(self)
         self.front_end = DiscordFrontEnd(context, self)
         add_commands(self.tree, self.front_end)
+        add_core_commands(self.tree, context)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(GridButton)

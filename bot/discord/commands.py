@@ -1,0 +1,167 @@
+"""Easel's slash commands besides `/imagine`: /history, /info, /cancel, /queue, /help, /settings
+and /pnginfo. Each maps its options to one core call and answers the asker alone (ephemeral),
+in the interaction's language, with the core's reply; refusals and errors read the same way.
+Names and descriptions come from the core's command registry (in English: Discord takes one
+description per command unless it is given localisations)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.core.commands import Command, CommandRegistry
+from bot.core.errors import run_guarded
+from bot.core.events import Reply, UserRef
+from bot.core.frontend import BotContext
+from bot.core.messages import Key, Message
+from bot.core.router import parse_settings
+from bot.core.work import prompt_preview
+from bot.discord.interactions import PLATFORM, locale_of, origin_of, user_ref
+from bot.discord.render import content
+
+MAX_DESCRIPTION = 100  # Discord's limit on command and option descriptions
+MAX_CHOICES = 25  # and on autocomplete choices, and their names' length
+MAX_CHOICE_NAME = 100
+
+Interaction = discord.Interaction[Any]
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def english(key: Key) -> str:
+    return cut(Message(key).render("en"), MAX_DESCRIPTION)
+
+
+class CoreCommands:
+    """The commands' handlers: one core call each, answered privately."""
+
+    def __init__(self, context: BotContext) -> None:
+        self.service = context.service
+        self.registry = context.commands
+
+    async def answer(
+        self, interaction: Interaction, name: str, call: Callable[[UserRef], Awaitable[Reply]]
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        user = user_ref(interaction)
+        reply = await run_guarded(call(user), f"discord /{name}", user)
+        await interaction.followup.send(content(reply, locale_of(interaction)), ephemeral=True)
+
+    async def job_choices(
+        self, interaction: Interaction, typed: str
+    ) -> list[app_commands.Choice[int]]:
+        """The asker's own queued and running jobs whose label holds what they typed."""
+        labels = (
+            (job.id, cut(f"#{job.id} {prompt_preview(job)}", MAX_CHOICE_NAME))
+            for job in self.service.active_jobs(user_ref(interaction))
+        )
+        wanted = typed.strip().lstrip("#").lower()
+        return [
+            app_commands.Choice(name=label, value=job_id)
+            for job_id, label in labels
+            if wanted in label.lower()
+        ][:MAX_CHOICES]
+
+
+def _command(registry: CommandRegistry, name: str) -> Command:
+    command = registry.find(name, PLATFORM)
+    if command is None:
+        raise LookupError(f"/{name} is not offered on Discord")
+    return command
+
+
+def _arguments(command: Command) -> dict[str, str]:
+    return {argument.name: english(argument.description) for argument in command.arguments}
+
+
+def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) -> None:
+    """Add the registry's commands that Discord offers, besides /imagine, to `tree`."""
+    handlers = CoreCommands(context)
+    service, registry = handlers.service, handlers.registry
+
+    def about(name: str) -> tuple[str, dict[str, str]]:
+        command = _command(registry, name)
+        return english(command.description), _arguments(command)
+
+    description, options = about("history")
+
+    @tree.command(name="history", description=description)
+    @app_commands.describe(**options)
+    async def history(
+        interaction: Interaction, page: app_commands.Range[int, 1] | None = None
+    ) -> None:
+        async def call(user: UserRef) -> Reply:
+            return service.history(user, page or 1)
+
+        await handlers.answer(interaction, "history", call)
+
+    description, options = about("info")
+
+    @tree.command(name="info", description=description)
+    @app_commands.describe(**options)
+    async def info(interaction: Interaction, job: app_commands.Range[int, 1]) -> None:
+        async def call(user: UserRef) -> Reply:
+            return service.info(job, user, origin_of(interaction))
+
+        await handlers.answer(interaction, "info", call)
+
+    description, options = about("cancel")
+
+    @tree.command(name="cancel", description=description)
+    @app_commands.describe(**options)
+    async def cancel(interaction: Interaction, job: app_commands.Range[int, 1]) -> None:
+        async def call(user: UserRef) -> Reply:
+            return await service.cancel(user, job, origin_of(interaction))
+
+        await handlers.answer(interaction, "cancel", call)
+
+    @cancel.autocomplete("job")
+    async def cancel_choices(
+        interaction: Interaction, typed: str
+    ) -> list[app_commands.Choice[int]]:
+        return await handlers.job_choices(interaction, typed)
+
+    description, _ = about("queue")
+
+    @tree.command(name="queue", description=description)
+    async def queue(interaction: Interaction) -> None:
+        async def call(user: UserRef) -> Reply:
+            return service.queue_status(user)
+
+        await handlers.answer(interaction, "queue", call)
+
+    description, _ = about("help")
+
+    @tree.command(name="help", description=description)
+    async def help_(interaction: Interaction) -> None:
+        async def call(user: UserRef) -> Reply:
+            return registry.help(PLATFORM, service.user(user).role)
+
+        await handlers.answer(interaction, "help", call)
+
+    description, options = about("settings")
+
+    @tree.command(name="settings", description=description)
+    @app_commands.describe(**options)
+    async def settings(interaction: Interaction, changes: str | None = None) -> None:
+        async def call(user: UserRef) -> Reply:
+            if changes is None or not changes.strip():
+                return service.settings(user)
+            return service.update_settings(user, parse_settings(changes))
+
+        await handlers.answer(interaction, "settings", call)
+
+    description, options = about("pnginfo")
+
+    @tree.command(name="pnginfo", description=description)
+    @app_commands.describe(**options)
+    async def pnginfo(interaction: Interaction, image: discord.Attachment) -> None:
+        async def call(user: UserRef) -> Reply:
+            return await service.pnginfo(await image.read())
+
+        await handlers.answer(interaction, "pnginfo", call)
