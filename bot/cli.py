@@ -645,6 +645,40 @@ def _human_size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+discord_app = typer.Typer(
+    help="Discord: the slash commands.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+)
+app.add_typer(discord_app, name="discord")
+
+
+@discord_app.command("commands")
+def discord_commands() -> None:
+    """Print the slash commands that a sync sends, as JSON (no login)."""
+    import asyncio
+
+    from bot.discord.sync import command_payload
+
+    print(json.dumps(asyncio.run(command_payload()), ensure_ascii=False, indent=2))
+
+
+@discord_app.command("sync")
+def discord_sync(
+    guild: Annotated[
+        int | None,
+        typer.Option("--guild", help="A guild id: sync there only, shown at once."),
+    ] = None,
+) -> None:
+    """Log in with DISCORD_TOKEN and sync the slash commands, globally or to one guild."""
+    import asyncio
+
+    from bot.discord.sync import sync_commands, sync_note
+
+    settings = Settings()
+    if settings.discord_token is None:
+        raise InvalidRequestError("DISCORD_TOKEN is not set: put the bot's token in it.")
+    out.print(sync_note(asyncio.run(sync_commands(settings, guild)), guild))
+
+
 db_app = typer.Typer(
     help="The database: migrations.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
 )

@@ -140,6 +140,10 @@ class Key(StrEnum):
     ARG_CHANGES = "arg_changes"
     ARG_IMAGE = "arg_image"
     ARG_LINE = "arg_line"
+    ARG_NEGATIVE = "arg_negative"
+    ARG_ASPECT = "arg_aspect"
+    ARG_COUNT = "arg_count"
+    ARG_SEED = "arg_seed"
 
 
 @dataclass(frozen=True)

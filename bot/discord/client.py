@@ -27,6 +27,7 @@ from bot.discord.buttons import GridButton, grid_view
 from bot.discord.commands import add_core_commands
 from bot.discord.interactions import locale_of, origin_of, user_ref
 from bot.discord.render import Rendered, StatusMessage, content, render_event
+from bot.discord.translator import CatalogTranslator, described
 from pipeline.validation import MAX_SEED
 
 ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
@@ -200,16 +201,17 @@ class EaselClient(discord.Client):
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(GridButton)
+        await self.tree.set_translator(CatalogTranslator())
 
 
 def add_commands(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:
-    @tree.command(name="imagine", description="Draw pictures from a prompt (flags work too)")
+    @tree.command(name="imagine", description=described(Key.CMD_IMAGINE))
     @app_commands.describe(
-        prompt="What to draw; flags such as --ar 16:9 --style watercolor work here too",
-        negative="What to leave out",
-        aspect="The shape of the images",
-        count="How many images (1-4)",
-        seed="The seed, for the same pictures again",
+        prompt=described(Key.ARG_PROMPT),
+        negative=described(Key.ARG_NEGATIVE),
+        aspect=described(Key.ARG_ASPECT),
+        count=described(Key.ARG_COUNT),
+        seed=described(Key.ARG_SEED),
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(

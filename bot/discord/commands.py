@@ -1,8 +1,8 @@
 """Easel's slash commands besides `/imagine`: /history, /info, /cancel, /queue, /help, /settings
 and /pnginfo. Each maps its options to one core call and answers the asker alone (ephemeral),
 in the interaction's language, with the core's reply; refusals and errors read the same way.
-Names and descriptions come from the core's command registry (in English: Discord takes one
-description per command unless it is given localisations)."""
+Names and descriptions come from the core's command registry; descriptions carry their catalog
+key, which the client's translator (bot/discord/translator.py) renders in Korean."""
 
 from __future__ import annotations
 
@@ -16,25 +16,16 @@ from bot.core.commands import Command, CommandRegistry
 from bot.core.errors import run_guarded
 from bot.core.events import Reply, UserRef
 from bot.core.frontend import BotContext
-from bot.core.messages import Key, Message
 from bot.core.router import parse_settings
 from bot.core.work import prompt_preview
 from bot.discord.interactions import PLATFORM, locale_of, origin_of, user_ref
 from bot.discord.render import content
+from bot.discord.translator import cut, described
 
-MAX_DESCRIPTION = 100  # Discord's limit on command and option descriptions
 MAX_CHOICES = 25  # and on autocomplete choices, and their names' length
 MAX_CHOICE_NAME = 100
 
 Interaction = discord.Interaction[Any]
-
-
-def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def english(key: Key) -> str:
-    return cut(Message(key).render("en"), MAX_DESCRIPTION)
 
 
 class CoreCommands:
@@ -75,8 +66,8 @@ def _command(registry: CommandRegistry, name: str) -> Command:
     return command
 
 
-def _arguments(command: Command) -> dict[str, str]:
-    return {argument.name: english(argument.description) for argument in command.arguments}
+def _arguments(command: Command) -> dict[str, app_commands.locale_str]:
+    return {argument.name: described(argument.description) for argument in command.arguments}
 
 
 def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) -> None:
@@ -84,9 +75,9 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
     handlers = CoreCommands(context)
     service, registry = handlers.service, handlers.registry
 
-    def about(name: str) -> tuple[str, dict[str, str]]:
+    def about(name: str) -> tuple[app_commands.locale_str, dict[str, app_commands.locale_str]]:
         command = _command(registry, name)
-        return english(command.description), _arguments(command)
+        return described(command.description), _arguments(command)
 
     description, options = about("history")
 
