@@ -26,20 +26,25 @@ READY_TIMEOUT = 60.0
 
 
 @contextlib.contextmanager
-def endpoints(settings: Settings) -> Iterator[None]:
-    """discord.py's REST base and gateway URL as the settings say, for the block. The gateway
-    has to be set on its own: a plain Client never asks Discord for it."""
+def pointed_at(api_url: str | None, gateway_url: str | None) -> Iterator[None]:
+    """discord.py's REST base and gateway URL for the block (None: Discord's own), restored
+    after. The gateway has to be set on its own: a plain Client never asks Discord for it."""
     old_base = discord.http.Route.BASE
     old_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    if settings.discord_api_url:
-        discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
-    if settings.discord_gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+    if api_url:
+        discord.http.Route.BASE = api_url.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
     try:
         yield
     finally:
         discord.http.Route.BASE = old_base
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+
+
+def endpoints(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """discord.py pointed where EASEL_DISCORD_API_URL / EASEL_DISCORD_GATEWAY_URL say."""
+    return pointed_at(settings.discord_api_url, settings.discord_gateway_url)
 
 
 async def serve(

@@ -52,7 +52,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,8 +60,9 @@ from typing import Any
 import discord
 import discord.gateway
 import discord.http
-import yarl
 from aiohttp import WSMsgType, web
+
+from bot.discord import pointed_at as discord_pointed_at
 
 API_PREFIX = "/api/v10"
 GATEWAY_PATH = "/gateway-ws/"
@@ -1937,18 +1938,9 @@ async def no_identify_wait(shard_id: int | None, *, initial: bool = False) -> No
     return None
 
 
-@contextlib.contextmanager
-def pointed_at(fake: FakeDiscord) -> Iterator[None]:
+def pointed_at(fake: FakeDiscord) -> contextlib.AbstractContextManager[None]:
     """Point discord.py's REST base and its gateway at `fake`, and restore both after."""
-    old_base = discord.http.Route.BASE
-    old_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    discord.http.Route.BASE = fake.api_base
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)
-    try:
-        yield
-    finally:
-        discord.http.Route.BASE = old_base
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+    return discord_pointed_at(fake.api_base, fake.gateway_url)
 
 
 @contextlib.asynccontextmanager
