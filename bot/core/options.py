@@ -158,11 +158,15 @@ def options_from_fields(
     vocabulary: Vocabulary,
     limits: Limits | None = None,
     defaults: Mapping[str, str] | None = None,
+    turned_off: tuple[str, ...] = (),
     **typed: object,
 ) -> ImagineOptions:
     """Typed fields (a Discord slash command) keyed by flag name (`ar`, `style`, `steps`;
     dashes as underscores), on top of any flags written in the prompt. A field given both
     ways takes the typed value, except `no`, which adds up.
+
+    `turned_off` names switches and optional values (`tile`, `hires`, `style`) that a typed
+    field turned off: they are off even when the prompt writes them, as a typed value wins.
 
     `defaults` (a user's saved settings, by flag name) fill the fields given neither way; one
     that no longer parses (an operator removed that style) is skipped, never an error."""
@@ -196,11 +200,22 @@ def options_from_fields(
         else:
             values[flag.field] = parsed
     values.update({field: tuple(items) for field, items in repeated.items()})
+    for name in turned_off:
+        _turn_off(values, _lookup_flag(clean_text(name).replace("_", "-")))
     cleaned = {clean_text(name): clean_text(raw) for name, raw in (defaults or {}).items()}
     _apply_defaults(values, cleaned, context)
     if init_image is not None:
         values["init_image"] = init_image
     return _finish(text, values, context)
+
+
+def _turn_off(values: dict[str, object], flag: _Flag) -> None:
+    """Off is the field's default, and that default is None or False: a field such as the
+    step count has no off."""
+    default = ImagineOptions.__dataclass_fields__[flag.field].default
+    if default is not None and default is not False:
+        raise TypeError(f"{flag.field} cannot be turned off")
+    values[flag.field] = default
 
 
 def _apply_defaults(
@@ -272,9 +287,9 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
             "프롬프트가 비어 있습니다. 플래그 앞에 그릴 내용을 쓰세요. "
             "예: `a castle on a hill --ar 16:9`",
         )
-    if "size" in values and "aspect_ratio" in values:
+    if values.get("size") is not None and values.get("aspect_ratio") is not None:
         raise OptionsError("Give --ar or --size, not both.", "--ar과 --size 중 하나만 쓰세요.")
-    if "strength" in values and "init_image" not in values:
+    if values.get("strength") is not None and "init_image" not in values:
         raise OptionsError(
             "--strength is for img2img: give an image with the prompt (attach or reply to "
             "one; in the console, --init FILE).",

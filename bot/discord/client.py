@@ -25,13 +25,11 @@ from bot.core.frontend import BotContext
 from bot.core.messages import Key, Message
 from bot.discord.buttons import GridButton, grid_view
 from bot.discord.commands import add_core_commands
+from bot.discord.imagine import add_imagine
 from bot.discord.interactions import locale_of, origin_of, user_ref
 from bot.discord.render import Rendered, StatusMessage, content, render_event
-from bot.discord.translator import CatalogTranslator, described
-from pipeline.validation import MAX_SEED
+from bot.discord.translator import CatalogTranslator
 
-ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
-MAX_COUNT = 4
 # Interaction tokens last 15 minutes; edits through the webhook stop a little before.
 TOKEN_SECONDS = 14 * 60
 
@@ -205,21 +203,4 @@ class EaselClient(discord.Client):
 
 
 def add_commands(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:
-    @tree.command(name="imagine", description=described(Key.CMD_IMAGINE))
-    @app_commands.describe(
-        prompt=described(Key.ARG_PROMPT),
-        negative=described(Key.ARG_NEGATIVE),
-        aspect=described(Key.ARG_ASPECT),
-        count=described(Key.ARG_COUNT),
-        seed=described(Key.ARG_SEED),
-    )
-    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
-    async def imagine(
-        interaction: discord.Interaction[Any],
-        prompt: str,
-        negative: str | None = None,
-        aspect: str | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
-        seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
-    ) -> None:
-        await front_end.imagine(interaction, prompt, neg=negative, ar=aspect, n=count, seed=seed)
+    add_imagine(tree, front_end)

@@ -1,0 +1,205 @@
+"""`/imagine` and its options: the prompt, then one typed option per flag of the core's parser.
+
+Every option reaches the same parser as the flags written in the prompt (`DiscordFrontEnd.imagine`
+-> `JobService.options`), so both may be used at once; an option and a flag for the same thing
+take the option's value (`tile: False` turns off a `--tile` in the prompt, `hires: off` a
+`--hires`). Style, shot, lighting, quality, preset and sampler are autocompleted from the core's
+choice lists (bot/core/choices.py), labelled in the asker's language. An attached image makes
+the job img2img; one that is not an image or is too large is refused privately before it is
+downloaded. Names, descriptions and choice names carry catalog keys: Korean clients see them
+in Korean (bot/discord/translator.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from bot.core.choices import (
+    VOCABULARY_OPTIONS,
+    Choice,
+    preset_choices,
+    sampler_choices,
+    vocabulary_choices,
+)
+from bot.core.events import Refusal, Reply
+from bot.core.messages import Key, Message
+from bot.core.uploads import check_input_upload
+from bot.discord.interactions import locale_of
+from bot.discord.render import content
+from bot.discord.translator import described, named
+from pipeline.validation import MAX_SEED
+
+if TYPE_CHECKING:
+    from bot.discord.client import DiscordFrontEnd
+
+Interaction = discord.Interaction[Any]
+Autocomplete = Callable[[Interaction, str], Awaitable[list[app_commands.Choice[str]]]]
+
+ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
+MAX_COUNT = 4
+HIRES_OFF = "off"
+# The factors offered; any other (`--hires 2.5`) is written in the prompt.
+HIRES_FACTORS = ("1.5", "3", "4")
+# An attachment is read before the interaction is acknowledged (the acknowledgement belongs to
+# DiscordFrontEnd.imagine), and Discord allows 3 s for that.
+READ_SECONDS = 2.0
+
+OPTION_NAMES = {
+    "prompt": Key.NAME_PROMPT,
+    "negative": Key.NAME_NEGATIVE,
+    "style": Key.NAME_STYLE,
+    "shot": Key.NAME_SHOT,
+    "lighting": Key.NAME_LIGHTING,
+    "quality": Key.NAME_QUALITY,
+    "aspect": Key.NAME_ASPECT,
+    "preset": Key.NAME_PRESET,
+    "seed": Key.NAME_SEED,
+    "steps": Key.NAME_STEPS,
+    "cfg": Key.NAME_CFG,
+    "sampler": Key.NAME_SAMPLER,
+    "count": Key.NAME_COUNT,
+    "tile": Key.NAME_TILE,
+    "hires": Key.NAME_HIRES,
+    "image": Key.NAME_IMAGE,
+    "strength": Key.NAME_STRENGTH,
+}
+OPTION_DESCRIPTIONS = {
+    "prompt": Key.ARG_PROMPT,
+    "negative": Key.ARG_NEGATIVE,
+    "style": Key.ARG_STYLE,
+    "shot": Key.ARG_SHOT,
+    "lighting": Key.ARG_LIGHTING,
+    "quality": Key.ARG_QUALITY,
+    "aspect": Key.ARG_ASPECT,
+    "preset": Key.ARG_PRESET,
+    "seed": Key.ARG_SEED,
+    "steps": Key.ARG_STEPS,
+    "cfg": Key.ARG_CFG,
+    "sampler": Key.ARG_SAMPLER,
+    "count": Key.ARG_COUNT,
+    "tile": Key.ARG_TILE,
+    "hires": Key.ARG_HIRES,
+    "image": Key.ARG_INIT_IMAGE,
+    "strength": Key.ARG_STRENGTH,
+}
+
+
+def hires_choices() -> list[app_commands.Choice[str]]:
+    return [
+        app_commands.Choice(name=named(Key.CHOICE_HIRES_OFF), value=HIRES_OFF),
+        app_commands.Choice(name=named(Key.CHOICE_HIRES_ON), value="2"),
+        *(app_commands.Choice(name=f"{factor}×", value=factor) for factor in HIRES_FACTORS),
+    ]
+
+
+def discord_choices(choices: list[Choice]) -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=choice.label, value=choice.value) for choice in choices]
+
+
+def switches(tile: bool | None, hires: str | None) -> dict[str, object]:
+    """The parser's fields for the two options that can also turn a prompt's flag off."""
+    fields: dict[str, object] = {}
+    turned_off = []
+    if tile is not None:
+        fields["tile"] = True if tile else None
+        if not tile:
+            turned_off.append("tile")
+    if hires == HIRES_OFF:
+        turned_off.append("hires")
+    elif hires is not None:
+        fields["hires"] = hires
+    if turned_off:
+        fields["turned_off"] = tuple(turned_off)
+    return fields
+
+
+async def read_image(interaction: Interaction, image: discord.Attachment) -> bytes | None:
+    """The attachment's bytes; None when it was refused (the asker alone is told why)."""
+    try:
+        check_input_upload(image.size, image.content_type)
+        return await asyncio.wait_for(image.read(), READ_SECONDS)
+    except Refusal as refusal:
+        reply = refusal.reply
+    except (discord.HTTPException, TimeoutError):
+        reply = Reply(Message(Key.ATTACHMENT_UNREADABLE))
+    await interaction.response.send_message(content(reply, locale_of(interaction)), ephemeral=True)
+    return None
+
+
+def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:
+    """Add `/imagine` to `tree`; `front_end.imagine` handles it."""
+    service = front_end.service
+
+    @tree.command(name=named(Key.NAME_IMAGINE), description=described(Key.CMD_IMAGINE))
+    @app_commands.rename(**{name: named(key) for name, key in OPTION_NAMES.items()})
+    @app_commands.describe(**{name: described(key) for name, key in OPTION_DESCRIPTIONS.items()})
+    @app_commands.choices(
+        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS], hires=hires_choices()
+    )
+    async def imagine(
+        interaction: Interaction,
+        prompt: str,
+        negative: str | None = None,
+        style: str | None = None,
+        shot: str | None = None,
+        lighting: str | None = None,
+        quality: str | None = None,
+        aspect: str | None = None,
+        preset: str | None = None,
+        seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1] | None = None,
+        cfg: app_commands.Range[float, 0.0] | None = None,
+        sampler: str | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        tile: bool | None = None,
+        hires: str | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+    ) -> None:
+        init_image = None
+        if image is not None:
+            init_image = await read_image(interaction, image)
+            if init_image is None:
+                return
+        await front_end.imagine(
+            interaction,
+            prompt,
+            neg=negative,
+            style=style,
+            shot=shot,
+            light=lighting,
+            quality=quality,
+            ar=aspect,
+            preset=preset,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            n=count,
+            strength=strength,
+            init_image=init_image,
+            **switches(tile, hires),
+        )
+
+    def vocabulary_picker(category: str) -> Autocomplete:
+        async def pick(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:
+            vocabulary, locale = service.vocabulary(), locale_of(interaction)
+            return discord_choices(vocabulary_choices(vocabulary, category, typed, locale))
+
+        return pick
+
+    for option, category in VOCABULARY_OPTIONS.items():
+        imagine.autocomplete(option)(vocabulary_picker(category))
+
+    @imagine.autocomplete("preset")
+    async def pick_preset(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:
+        return discord_choices(preset_choices(service.presets(), typed, locale_of(interaction)))
+
+    @imagine.autocomplete("sampler")
+    async def pick_sampler(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:
+        return discord_choices(sampler_choices(typed))
