@@ -52,6 +52,7 @@ import math
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,7 +81,11 @@ PING, APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 1, 2,
 CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE = 4, 5, 6, 7
 AUTOCOMPLETE_RESULT, MODAL = 8, 9
 
-CHAT_INPUT_NAME = re.compile(r"^[-_'\w]{1,32}$")
+# Discord's rule for slash command, group and option names (and their localizations):
+# ^[-_'\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$, in lower case where a letter has a case.
+NAME_PUNCTUATION = frozenset("-_'")
+DEVANAGARI = range(0x0900, 0x0980)
+THAI = range(0x0E00, 0x0E80)
 VALID_LOCALES = frozenset(locale.value for locale in discord.Locale)
 
 
@@ -584,7 +589,7 @@ def check_commands(commands: list[dict[str, Any]], errors: FormErrors) -> None:
 def check_name(value: Any, path: list[str | int], errors: FormErrors, *, chat_input: bool) -> None:
     if not isinstance(value, str):
         errors.add(path, "BASE_TYPE_REQUIRED", "This field is required")
-    elif chat_input and (not CHAT_INPUT_NAME.match(value) or value != value.lower()):
+    elif chat_input and not is_chat_input_name(value):
         errors.add(
             path,
             "APPLICATION_COMMAND_INVALID_NAME",
@@ -592,6 +597,16 @@ def check_name(value: Any, path: list[str | int], errors: FormErrors, *, chat_in
         )
     else:
         errors.length_between(path, value, 1, 32)
+
+
+def is_chat_input_name(value: str) -> bool:
+    return 1 <= len(value) <= 32 and value == value.lower() and all(map(_name_character, value))
+
+
+def _name_character(char: str) -> bool:
+    if char in NAME_PUNCTUATION or unicodedata.category(char)[0] in "LN":
+        return True
+    return ord(char) in DEVANAGARI or ord(char) in THAI
 
 
 def check_localizations(
