@@ -18,9 +18,10 @@ from bot.core.choices import (
     sampler_choices,
     vocabulary_choices,
 )
+from bot.core.events import Refusal
 from bot.core.options import CATEGORY_FLAGS, options_from_fields
 from bot.core.service import JobService
-from bot.core.uploads import MAX_INPUT_BYTES, MIB
+from bot.core.uploads import MAX_INPUT_BYTES, MIB, check_input_upload
 from bot.discord.sync import command_payload
 from bot.runtime import Bot
 from bot.store import JobStatus
@@ -406,3 +407,27 @@ def test_img2img_from_an_attachment_and_bad_attachments_refused_privately(
             assert not fake.refused_calls
 
     run(scenario)
+
+
+def test_turned_off_fields_win_over_the_prompts_flags_and_others_cannot_be() -> None:
+    vocabulary = Vocabulary.load()
+    line = "a barn --tile --hires 3 --style pixel-art --steps 4"
+    written = options_from_fields(line, vocabulary)
+    assert written.tile and written.hires == 3.0 and written.style == "pixel-art"
+    off = options_from_fields(line, vocabulary, turned_off=("tile", "hires", "style"))
+    assert (off.tile, off.hires, off.style, off.steps) == (False, None, None, 4)
+    with pytest.raises(TypeError):
+        options_from_fields(line, vocabulary, turned_off=("steps",))
+
+
+def test_an_upload_is_checked_by_its_declared_type_and_size() -> None:
+    check_input_upload(MAX_INPUT_BYTES, "image/webp")
+    check_input_upload(1024, None)  # an unknown type: its bytes are checked when read
+    with pytest.raises(Refusal) as not_image:
+        check_input_upload(10, "application/pdf")
+    assert not_image.value.reply.text("en") == "That is not an image Easel can read."
+    with pytest.raises(Refusal) as too_large:
+        check_input_upload(MAX_INPUT_BYTES + MIB // 2, "image/png")
+    assert too_large.value.reply.text("en") == (
+        "The image is 20.5 MB; images up to 20 MB can be used."
+    )
