@@ -51,6 +51,8 @@ def check_korean(commands: list[dict[str, Any]]) -> None:
     assert [choice["name"] for choice in options["aspect"]["choices"]][:2] == ["1:1", "2:3"]
     assert imagine["name_localizations"] == {"ko": "그리기"}
     assert options["prompt"]["name_localizations"] == {"ko": "프롬프트"}
+    assert history["name_localizations"] == {"ko": "기록"}
+    assert by_name["pnginfo"]["options"][0]["name_localizations"] == {"ko": "이미지"}
     for command in commands:
         assert command["name"].isascii() and command["name"].islower()  # sent back in English
         names = [command["name"], *(command.get("name_localizations") or {}).values()]
@@ -60,6 +62,8 @@ def check_korean(commands: list[dict[str, Any]]) -> None:
             for name in (option["name"], *(option.get("name_localizations") or {}).values())
         ]
         assert all(is_chat_input_name(name) for name in names), names
+        assert command["name_localizations"]["ko"] != command["name"]
+        assert all(option["name_localizations"]["ko"] for option in command["options"])
         texts = [command["description"], *command["description_localizations"].values()]
         for option in command["options"]:
             texts += [option["description"], *option["description_localizations"].values()]

@@ -179,6 +179,16 @@ class Key(StrEnum):
     NAME_STRENGTH = "name_strength"
     CHOICE_HIRES_OFF = "choice_hires_off"
     CHOICE_HIRES_ON = "choice_hires_on"
+    NAME_HISTORY = "name_history"
+    NAME_INFO = "name_info"
+    NAME_CANCEL = "name_cancel"
+    NAME_QUEUE = "name_queue"
+    NAME_HELP = "name_help"
+    NAME_SETTINGS = "name_settings"
+    NAME_PNGINFO = "name_pnginfo"
+    NAME_PAGE = "name_page"
+    NAME_JOB = "name_job"
+    NAME_CHANGES = "name_changes"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Easel's slash commands besides `/imagine`: /history, /info, /cancel, /queue, /help, /settings
 and /pnginfo. Each maps its options to one core call and answers the asker alone (ephemeral),
 in the interaction's language, with the core's reply; refusals and errors read the same way.
-Names and descriptions come from the core's command registry; descriptions carry their catalog
-key, which the client's translator (bot/discord/translator.py) renders in Korean."""
+Names and descriptions come from the core's command registry; both carry their catalog key,
+which the client's translator (bot/discord/translator.py) renders in Korean (`/기록`, `/취소`)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,34 @@ from bot.core.commands import Command, CommandRegistry
 from bot.core.errors import run_guarded
 from bot.core.events import Reply, UserRef
 from bot.core.frontend import BotContext
+from bot.core.messages import Key
 from bot.core.router import parse_settings
 from bot.core.work import prompt_preview
 from bot.discord.interactions import PLATFORM, locale_of, origin_of, user_ref
 from bot.discord.render import content
-from bot.discord.translator import cut, described
+from bot.discord.translator import cut, described, named
 
 MAX_CHOICES = 25  # and on autocomplete choices, and their names' length
 MAX_CHOICE_NAME = 100
 
 Interaction = discord.Interaction[Any]
+# The commands' and their options' names as catalog keys: the English catalog holds the
+# registry's name, the Korean one what Korean clients see.
+COMMAND_NAMES = {
+    "history": Key.NAME_HISTORY,
+    "info": Key.NAME_INFO,
+    "cancel": Key.NAME_CANCEL,
+    "queue": Key.NAME_QUEUE,
+    "help": Key.NAME_HELP,
+    "settings": Key.NAME_SETTINGS,
+    "pnginfo": Key.NAME_PNGINFO,
+}
+ARGUMENT_NAMES = {
+    "page": Key.NAME_PAGE,
+    "job": Key.NAME_JOB,
+    "changes": Key.NAME_CHANGES,
+    "image": Key.NAME_IMAGE,
+}
 
 
 class CoreCommands:
@@ -70,6 +88,15 @@ def _arguments(command: Command) -> dict[str, app_commands.locale_str]:
     return {argument.name: described(argument.description) for argument in command.arguments}
 
 
+def command_name(name: str) -> app_commands.locale_str:
+    return named(COMMAND_NAMES[name])
+
+
+def argument_names(command: Command) -> dict[str, app_commands.locale_str]:
+    """`app_commands.rename`'s argument: each option's name, translatable."""
+    return {argument.name: named(ARGUMENT_NAMES[argument.name]) for argument in command.arguments}
+
+
 def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) -> None:
     """Add the registry's commands that Discord offers, besides /imagine, to `tree`."""
     handlers = CoreCommands(context)
@@ -79,9 +106,13 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
         command = _command(registry, name)
         return described(command.description), _arguments(command)
 
+    def renamed(name: str) -> dict[str, app_commands.locale_str]:
+        return argument_names(_command(registry, name))
+
     description, options = about("history")
 
-    @tree.command(name="history", description=description)
+    @tree.command(name=command_name("history"), description=description)
+    @app_commands.rename(**renamed("history"))
     @app_commands.describe(**options)
     async def history(
         interaction: Interaction, page: app_commands.Range[int, 1] | None = None
@@ -93,7 +124,8 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
 
     description, options = about("info")
 
-    @tree.command(name="info", description=description)
+    @tree.command(name=command_name("info"), description=description)
+    @app_commands.rename(**renamed("info"))
     @app_commands.describe(**options)
     async def info(interaction: Interaction, job: app_commands.Range[int, 1]) -> None:
         async def call(user: UserRef) -> Reply:
@@ -103,7 +135,8 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
 
     description, options = about("cancel")
 
-    @tree.command(name="cancel", description=description)
+    @tree.command(name=command_name("cancel"), description=description)
+    @app_commands.rename(**renamed("cancel"))
     @app_commands.describe(**options)
     async def cancel(interaction: Interaction, job: app_commands.Range[int, 1]) -> None:
         async def call(user: UserRef) -> Reply:
@@ -119,7 +152,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
 
     description, _ = about("queue")
 
-    @tree.command(name="queue", description=description)
+    @tree.command(name=command_name("queue"), description=description)
     async def queue(interaction: Interaction) -> None:
         async def call(user: UserRef) -> Reply:
             return service.queue_status(user)
@@ -128,7 +161,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
 
     description, _ = about("help")
 
-    @tree.command(name="help", description=description)
+    @tree.command(name=command_name("help"), description=description)
     async def help_(interaction: Interaction) -> None:
         async def call(user: UserRef) -> Reply:
             return registry.help(PLATFORM, service.user(user).role)
@@ -137,7 +170,8 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
 
     description, options = about("settings")
 
-    @tree.command(name="settings", description=description)
+    @tree.command(name=command_name("settings"), description=description)
+    @app_commands.rename(**renamed("settings"))
     @app_commands.describe(**options)
     async def settings(interaction: Interaction, changes: str | None = None) -> None:
         async def call(user: UserRef) -> Reply:
@@ -149,7 +183,8 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
 
     description, options = about("pnginfo")
 
-    @tree.command(name="pnginfo", description=description)
+    @tree.command(name=command_name("pnginfo"), description=description)
+    @app_commands.rename(**renamed("pnginfo"))
     @app_commands.describe(**options)
     async def pnginfo(interaction: Interaction, image: discord.Attachment) -> None:
         async def call(user: UserRef) -> Reply:
