@@ -398,6 +398,12 @@ def test_img2img_from_an_attachment_and_bad_attachments_refused_privately(
             )
             assert answer == "이미지가 25MB입니다. 20MB 이하의 이미지만 쓸 수 있습니다."
 
+            gone = {**fake.add_attachment("gone.png", picture), "url": fake.url + "/gone.png"}
+            answer = await refused_at_once(
+                await fake.slash("imagine", {"prompt": "a cat", "image": gone})
+            )
+            assert answer.startswith("The attachment could not be downloaded")
+
             garbage = fake.add_attachment("broken.png", b"\x89PNG not really")
             answer = await refused_after_defer(
                 await fake.slash("imagine", {"prompt": "a cat", "image": garbage})

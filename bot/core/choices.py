@@ -40,6 +40,7 @@ class Choice:
 class _Candidate:
     choice: Choice
     texts: tuple[str, ...]  # what the typed text is matched against
+    id: str = ""  # a vocabulary or preset id, also matched as an id ("pixel art": pixel-art)
 
 
 def vocabulary_choices(
@@ -53,7 +54,7 @@ def vocabulary_choices(
     `locale`; entries that start with it come first, then file order."""
     language = normalise_locale(locale)
     candidates = (
-        _Candidate(Choice(_cut(entry.label(language)), entry.id), (entry.id, entry.en, entry.ko))
+        _Candidate(Choice(_cut(entry.label(language)), entry.id), (entry.en, entry.ko), entry.id)
         for entry in vocabulary.entries(category)
     )
     return _matching(candidates, typed, limit)
@@ -67,7 +68,8 @@ def preset_choices(
     candidates = (
         _Candidate(
             Choice(_cut(f"{preset.id}: {preset.description(language)}"), preset.id),
-            (preset.id, preset.description_en, preset.description_ko),
+            (preset.description_en, preset.description_ko),
+            normalize_id(preset.id),
         )
         for preset in presets.presets
         if len(preset.id) <= MAX_VALUE
@@ -82,11 +84,11 @@ def sampler_choices(typed: str, limit: int = MAX_CHOICES) -> list[Choice]:
 
 
 def _matching(candidates: Iterable[_Candidate], typed: str, limit: int) -> list[Choice]:
-    wanted = normalize_sampler(typed)
+    wanted = normalize_sampler(typed)  # case and runs of spaces ignored
     starting: list[Choice] = []
     containing: list[Choice] = []
     for candidate in candidates:
-        rank = _rank(wanted, candidate.texts)
+        rank = _rank(wanted, candidate)
         if rank == 0:
             starting.append(candidate.choice)
         elif rank == 1:
@@ -94,16 +96,16 @@ def _matching(candidates: Iterable[_Candidate], typed: str, limit: int) -> list[
     return (starting + containing)[: max(0, limit)]
 
 
-def _rank(wanted: str, texts: tuple[str, ...]) -> int | None:
-    """0: a text starts with what was typed; 1: a text holds it; None: no match. Ids match
-    "pixel art" and "pixel_art" alike."""
+def _rank(wanted: str, candidate: _Candidate) -> int | None:
+    """0: a text or the id starts with what was typed; 1: one holds it; None: no match.
+    Texts match ignoring case and spacing; ids match "pixel art" and "Pixel_Art" alike."""
     if not wanted:
         return 0
-    as_id = normalize_id(wanted)
-    keys = [normalize_sampler(text) for text in texts]
-    if any(key.startswith(wanted) for key in keys) or (as_id and texts[0].startswith(as_id)):
+    keys = [normalize_sampler(text) for text in candidate.texts]
+    as_id = normalize_id(wanted) if candidate.id else ""
+    if any(key.startswith(wanted) for key in keys) or (as_id and candidate.id.startswith(as_id)):
         return 0
-    if any(wanted in key for key in keys) or (as_id and as_id in texts[0]):
+    if any(wanted in key for key in keys) or (as_id and as_id in candidate.id):
         return 1
     return None
 

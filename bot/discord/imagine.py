@@ -105,10 +105,10 @@ def switches(tile: bool | None, hires: str | None) -> dict[str, object]:
     """The parser's fields for the two options that can also turn a prompt's flag off."""
     fields: dict[str, object] = {}
     turned_off = []
-    if tile is not None:
-        fields["tile"] = True if tile else None
-        if not tile:
-            turned_off.append("tile")
+    if tile:
+        fields["tile"] = True
+    elif tile is not None:
+        turned_off.append("tile")
     if hires == HIRES_OFF:
         turned_off.append("hires")
     elif hires is not None:

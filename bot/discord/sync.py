@@ -30,7 +30,7 @@ def listing_client() -> EaselClient:
 
 
 async def command_payload() -> list[dict[str, Any]]:
-    """The JSON that a sync sends: every command, with its Korean descriptions."""
+    """The JSON that a sync sends: every command, with its Korean names and descriptions."""
     client = listing_client()
     translator = CatalogTranslator()
     await client.tree.set_translator(translator)
