@@ -11,7 +11,6 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from bot.core.events import UserRef
-from bot.runtime import Bot
 from bot.store import JobKind, JobStatus
 from pipeline.engine import Engine
 from pipeline.request import GenerationRequest, UpscaleRequest
@@ -215,7 +214,7 @@ def test_remix_opens_a_modal_with_the_line_and_queues_the_edited_line(
             assert (work.prompt, work.image_count) == ("a blue heron", 1)
             result = await sent.next_call(is_result, timeout=JOB_WAIT_S)
             assert result.status == 200, result.response
-            assert result.route.endswith(f"/messages/{queued.response['id']}")
+            assert result.params["message_id"] == queued.response["id"]
             assert not fake.refused_calls
 
     run(scenario)
@@ -304,6 +303,7 @@ def test_an_old_remix_button_and_settings_menu_work_after_a_restart(
             async with serving(tmp_path, fake, engine) as bot:
                 grid_message, _ = await imagine_grid(fake, bot, "a lighthouse --steps 2")
                 sent = await fake.slash("settings")
+                await sent.next_call(timeout=WAIT_S)  # the private "thinking" answer
                 shown = await sent.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
                 settings_message = int(shown.response["id"])
             async with serving(tmp_path, fake, engine) as bot:  # a new client, the same database
@@ -318,6 +318,8 @@ def test_an_old_remix_button_and_settings_menu_work_after_a_restart(
                 modal = await open_remix(fake, grid_message, 1)
                 line = {"line": "a lighthouse at night --steps 2 --n 1"}
                 sent = await fake.submit_modal("easel:remix:1", line, shown=modal)
+                ack = await sent.next_call(timeout=WAIT_S)
+                assert ack.json["type"] == DEFERRED_UPDATE and ack.status < 300
                 queued = await sent.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
                 assert queued.json["content"].startswith("Job #2 is queued")
                 result = await sent.next_call(is_result, timeout=JOB_WAIT_S)
