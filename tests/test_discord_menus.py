@@ -11,8 +11,12 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from bot.core.events import UserRef
+from bot.core.service import SUBTLE_IMAGE_DENOISING
+from bot.core.setting_choices import setting_menu
+from bot.discord.remix import remix_modal
 from bot.store import JobKind, JobStatus
 from pipeline.engine import Engine
+from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, UpscaleRequest
 from tests.fakes.discord import (
     CHANNEL_MESSAGE,
@@ -21,8 +25,10 @@ from tests.fakes.discord import (
     MESSAGE_FLAG_EPHEMERAL,
     UPDATE_MESSAGE,
     FakeDiscord,
+    FormErrors,
     RecordedCall,
     SentInteraction,
+    check_modal,
     fake_discord,
 )
 from tests.test_discord import JOB_WAIT_S, WAIT_S, imagine_grid, is_result, run, serving
@@ -162,6 +168,20 @@ def test_upscale_and_vary_queue_jobs_on_the_image_and_post_their_results(
             ]
             done = bot.store.job(2, with_images=True)
             assert done is not None and done.status is JobStatus.DONE and len(done.images) == 4
+
+            # With parameters: their prompt, negative prompt, CFG and size.
+            sent = await fake.message_command("Vary", post_image(fake, a1111))
+            await queued_job_message(sent)
+            job = bot.store.job(3)
+            assert job is not None and job.kind is JobKind.VARY_SUBTLE
+            work = GenerationRequest.from_json(job.request)
+            assert (work.prompt, work.negative_prompt) == ("a lighthouse at dusk", "fog")
+            assert (work.width, work.height, work.cfg_scale) == (64, 64, 7.0)
+            assert work.steps == 3  # 2, raised so that img2img at 0.4 runs one step
+            assert work.denoising_strength == SUBTLE_IMAGE_DENOISING
+            assert 1234 not in work.seeds  # new seeds: variations, not the same picture
+            result = await sent.next_call(is_result, timeout=JOB_WAIT_S)
+            assert result.status == 200, result.response
 
     run(scenario)
 
@@ -330,3 +350,40 @@ def test_an_old_remix_button_and_settings_menu_work_after_a_restart(
                 assert "soft" in GenerationRequest.from_json(job.request).prompt
 
     run(scenario)
+
+
+def test_a_long_list_is_cut_into_pages_that_open_at_the_saved_value() -> None:
+    vocabulary = Vocabulary.load()
+    styles = vocabulary.ids("style")
+    assert len(styles) > 25  # why the menus have pages
+    first = setting_menu("style", vocabulary, None, 22)
+    assert (first.page, first.pages) == (0, -(-len(styles) // 22))
+    assert [c.value for c in first.choices] == styles[:22]
+    last = setting_menu("style", vocabulary, styles[-1], 22)
+    assert last.page == last.pages - 1 and last.choices[-1].value == styles[-1]
+    assert last.current_label is not None and last.current_label.ko
+    aspects = setting_menu("aspect_ratio", vocabulary, "16:9", 22)
+    assert aspects.pages == 1 and "16:9" in [c.value for c in aspects.choices]
+
+
+def modal_errors(modal: dict[str, Any]) -> dict[str, Any]:
+    errors = FormErrors()
+    check_modal(modal, errors)
+    return errors.tree
+
+
+def test_the_remix_modal_is_within_discords_limits_and_the_fake_refuses_what_is_not() -> None:
+    modal = remix_modal(123456789012, "a castle " * 400, "ko").to_dict()
+    assert modal_errors(modal) == {}
+    assert modal["title"] == "작업 #123456789012 리믹스"
+    field = modal["components"][0]["component"]
+    assert len(field["value"]) == 3600 and field["max_length"] == 4000
+
+    titled = {**modal, "title": "x" * 46}
+    assert modal_errors(titled)["data"]["title"]["_errors"][0]["code"] == "BASE_TYPE_BAD_LENGTH"
+    rows = {**modal, "components": modal["components"] * 6}
+    assert "components" in modal_errors(rows)["data"]
+    short = {**field, "max_length": 10, "value": "a castle at night"}
+    over = {**modal, "components": [{**modal["components"][0], "component": short}]}
+    errors = modal_errors(over)["data"]["components"]["0"]["components"]["0"]["value"]
+    assert errors["_errors"][0]["code"] == "BASE_TYPE_MAX_LENGTH"

@@ -23,6 +23,7 @@ from bot.core.errors import run_guarded
 from bot.core.events import EventKind, JobEvent, Origin, Reply, Ticket, UserRef
 from bot.core.frontend import BotContext
 from bot.core.messages import Key, Message
+from bot.core.setting_choices import ASPECTS
 from bot.discord.buttons import GridButton, grid_view
 from bot.discord.commands import add_core_commands
 from bot.discord.interactions import locale_of, origin_of, user_ref
@@ -33,7 +34,6 @@ from bot.discord.setting_menus import SettingSelect
 from bot.discord.translator import CatalogTranslator, described
 from pipeline.validation import MAX_SEED
 
-ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
 MAX_COUNT = 4
 # Interaction tokens last 15 minutes; edits through the webhook stop a little before.
 TOKEN_SECONDS = 14 * 60

@@ -65,8 +65,16 @@ async def show_settings(interaction: Interaction, service: JobService) -> None:
     """The saved defaults, with a select menu for each of those that have one."""
     await interaction.response.defer(ephemeral=True, thinking=True)
     user, locale = user_ref(interaction), locale_of(interaction)
-    text = settings_text(service.settings(user), locale)
-    view = settings_view(service.setting_menus(user, PER_PAGE), locale)
+
+    async def shown() -> tuple[str, discord.ui.View]:
+        text = settings_text(service.settings(user), locale)
+        return text, settings_view(service.setting_menus(user, PER_PAGE), locale)
+
+    result = await run_guarded(shown(), "discord /settings", user)
+    if isinstance(result, Reply):  # unexpected: the reference to quote
+        await interaction.followup.send(content(result, locale), ephemeral=True)
+        return
+    text, view = result
     await interaction.followup.send(text, view=view, ephemeral=True)
 
 
