@@ -326,6 +326,7 @@ def test_an_old_remix_button_and_settings_menu_work_after_a_restart(
                 await sent.next_call(timeout=WAIT_S)  # the private "thinking" answer
                 shown = await sent.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
                 settings_message = int(shown.response["id"])
+                opened = await open_remix(fake, grid_message, 1)  # submitted after the restart
             async with serving(tmp_path, fake, engine) as bot:  # a new client, the same database
                 chosen = await fake.press(
                     settings_message, "easel:set:lighting:0", values=["soft-lighting"]
@@ -336,8 +337,9 @@ def test_an_old_remix_button_and_settings_menu_work_after_a_restart(
                 assert saved.lighting == "soft-lighting"
 
                 modal = await open_remix(fake, grid_message, 1)
+                assert modal == opened
                 line = {"line": "a lighthouse at night --steps 2 --n 1"}
-                sent = await fake.submit_modal("easel:remix:1", line, shown=modal)
+                sent = await fake.submit_modal("easel:remix:1", line, shown=opened)
                 ack = await sent.next_call(timeout=WAIT_S)
                 assert ack.json["type"] == DEFERRED_UPDATE and ack.status < 300
                 queued = await sent.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
