@@ -532,16 +532,14 @@ class Dispatcher:
         parameters = _parameters_of(images[0]) if images else None
         if job.kind is JobKind.UPSCALE:
             first = job.images[0]
-            message = Message(
-                Key.FINISHED_UPSCALE,
-                {
-                    "job": job.id,
-                    "parent": job.parent_id or 0,
-                    "index": (job.image_index or 0) + 1,
-                    "width": first.width,
-                    "height": first.height,
-                },
-            )
+            size = {"job": job.id, "width": first.width, "height": first.height}
+            if job.parent_id is None:  # an image from a chat message
+                message = Message(Key.FINISHED_UPSCALE_IMAGE, size)
+            else:
+                message = Message(
+                    Key.FINISHED_UPSCALE,
+                    {**size, "parent": job.parent_id, "index": (job.image_index or 0) + 1},
+                )
             buttons: tuple = ()
         else:
             seconds = _seconds(job)

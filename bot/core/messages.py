@@ -189,6 +189,22 @@ class Key(StrEnum):
     NAME_PAGE = "name_page"
     NAME_JOB = "name_job"
     NAME_CHANGES = "name_changes"
+    # Discord's message context menus, the remix modal and the settings menus.
+    MENU_PNGINFO = "menu_pnginfo"
+    MENU_UPSCALE = "menu_upscale"
+    MENU_VARY = "menu_vary"
+    MENU_NO_IMAGE = "menu_no_image"
+    MENU_IMAGE_UNREADABLE = "menu_image_unreadable"
+    MENU_IMAGE_TOO_LARGE = "menu_image_too_large"
+    FINISHED_UPSCALE_IMAGE = "finished_upscale_image"
+    REMIX_MODAL_TITLE = "remix_modal_title"
+    REMIX_MODAL_LABEL = "remix_modal_label"
+    SETTINGS_MENU_HINT = "settings_menu_hint"
+    SETTINGS_MENU_PLACEHOLDER = "settings_menu_placeholder"
+    SETTINGS_MENU_CLEAR = "settings_menu_clear"
+    SETTINGS_MENU_NEXT = "settings_menu_next"
+    SETTINGS_MENU_PREVIOUS = "settings_menu_previous"
+    SETTING_ASPECT = "setting_aspect"
 
 
 @dataclass(frozen=True)

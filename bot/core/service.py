@@ -27,17 +27,19 @@ from bot.core.options import (
     OptionsError,
     options_from_fields,
 )
+from bot.core.setting_choices import MENU_SETTINGS, SettingMenu, setting_menu
 from bot.core.work import KIND_KEYS, child_work, prompt_preview, remix_line, work_of
 from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
-from pipeline.images import format_infotext, read_infotext
+from pipeline.images import Infotext, format_infotext, read_infotext
 from pipeline.lora_names import UnknownLoraError
 from pipeline.presets import PresetLoraMissingError, Presets
 from pipeline.prompts.vocabulary import Vocabulary
-from pipeline.request import GenerationRequest, ImageRef
+from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 from pipeline.text import clean_text
 from pipeline.validation import check_input_size
+from pipeline.variations import STRONG_DENOISING, request_from_infotext, strong_variation
 
 HISTORY_PAGE = 5
 # Refused where a chat does not allow NSFW (a chat setting); operators add more with banned words.
@@ -71,6 +73,9 @@ _SETTING_ALIASES = {
 _CLEAR = {"", "-", "none", "default", "off"}
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
+# Vary of any image is img2img from its pixels (the image may come from another model, so its
+# seed alone would not give it back); subtle keeps more of it than strong (the V buttons').
+SUBTLE_IMAGE_DENOISING = 0.4
 ETA_SECONDS_UNTIL = 90  # shorter waits are given in seconds, longer ones in minutes
 _STATUS_KEYS = {
     JobStatus.QUEUED: Key.STATUS_QUEUED,
@@ -310,6 +315,74 @@ class JobService:
         found = find_upscalers(self.config.models_dir)
         return found[0].name if found else None
 
+    # ------------------------------------------------------------------ any image
+
+    async def upscale_image(self, user: UserRef, image: bytes, origin: Origin) -> Ticket:
+        """U on an image from anywhere (a chat message): enlarged 2x, then the detail pass
+        with the A1111 parameters the image carries (none: a plain enlargement)."""
+        record = self.user(user)
+        self._input_image(image)
+        info = await self._image_parameters(image)
+        if info is not None:
+            self._check_words(info.prompt, origin)
+        self._admit(record, 1)
+        stored = await asyncio.to_thread(self._store_input, image)
+        work = UpscaleRequest(image=stored, scale=2, upscaler=self._upscaler())
+        prepared = await self._prepare(work)
+        return self._enqueue(record, JobKind.UPSCALE, prepared, origin)
+
+    async def vary_image(
+        self, user: UserRef, image: bytes, origin: Origin, strong: bool = False
+    ) -> Ticket:
+        """Variations of an image from anywhere: img2img from its pixels with the prompt,
+        negative prompt, steps, CFG, sampler and size of its A1111 parameters. An image
+        without them is varied with an empty prompt, the user's saved steps, at
+        its own size (fitted within the size limit): the picture alone guides it."""
+        record = self.user(user)
+        reference = self._input_image(image)
+        info = await self._image_parameters(image)
+        base = self._vary_base(record, info, reference.size())
+        self._check_words(base.prompt, origin)
+        count = min(4, self.config.limits.max_images)
+        self._admit(record, count)
+        stored = await asyncio.to_thread(self._store_input, image)
+        strength = STRONG_DENOISING if strong else SUBTLE_IMAGE_DENOISING
+        request = strong_variation(base, stored, count, strength)
+        # img2img runs steps x strength steps: at least one.
+        request = replace(request, steps=max(request.steps, math.ceil(1 / strength)))
+        prepared = await self._prepare(request)
+        kind = JobKind.VARY_STRONG if strong else JobKind.VARY_SUBTLE
+        return self._enqueue(record, kind, prepared, origin)
+
+    async def _image_parameters(self, image: bytes) -> Infotext | None:
+        try:
+            return await asyncio.to_thread(read_infotext, image)
+        except InvalidRequestError:
+            return None
+
+    def _vary_base(
+        self, user: UserRecord, info: Infotext | None, size: tuple[int, int]
+    ) -> GenerationRequest:
+        limits = self.config.limits
+        if info is not None:
+            base = request_from_infotext(info)
+        else:
+            saved = self.store.settings(user.id)
+            base = GenerationRequest(prompt="")
+            if saved.steps is not None:
+                base = replace(base, steps=int(saved.steps))
+        width, height = _fitted(
+            (base.width, base.height) if base.width and base.height else size, limits.max_area
+        )
+        return replace(
+            base,
+            width=width,
+            height=height,
+            steps=min(max(base.steps, limits.min_steps), limits.max_steps),
+            cfg_scale=min(max(base.cfg_scale, limits.min_cfg), limits.max_cfg),
+            clip_skip=min(base.clip_skip, limits.max_clip_skip),
+        )
+
     # ------------------------------------------------------------------ queueing
 
     def _check_words(self, prompt: str, origin: Origin) -> None:
@@ -479,6 +552,23 @@ class JobService:
         self.store.update_settings(record.id, **values)
         return Reply(Message(Key.SETTINGS_UPDATED), lines=self._setting_lines(record.id))
 
+    def setting_menus(
+        self, user: UserRef, per_page: int, pages: Mapping[str, int] | None = None
+    ) -> tuple[SettingMenu, ...]:
+        """The settings with a menu (style, shot, lighting, quality, aspect), each at page
+        `pages[name]`, else at the page holding the saved value; `per_page` choices a page."""
+        saved = self.store.settings(self.user(user).id)
+        return tuple(
+            setting_menu(
+                name,
+                self.vocabulary(),
+                _setting_text(getattr(saved, name)) or None,
+                per_page,
+                (pages or {}).get(name),
+            )
+            for name in MENU_SETTINGS
+        )
+
     def _setting_value(self, name: str, raw: str) -> str | int | bool | None:
         if name == "private":
             if raw.lower() in _TRUE | _FALSE:
@@ -642,6 +732,13 @@ def _image_count(job: JobRecord) -> Message:
 def _with_init(prepared: PreparedWork, image: ImageRef) -> PreparedWork:
     assert isinstance(prepared.work, GenerationRequest)
     return replace(prepared, work=replace(prepared.work, init_image=image))
+
+
+def _fitted(size: tuple[int, int], max_area: int) -> tuple[int, int]:
+    """A size scaled down to `max_area` pixels where it is larger, in multiples of 8."""
+    width, height = size
+    scale = min(1.0, math.sqrt(max_area / (width * height)))
+    return max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8)
 
 
 def _preset_refusal(error: PresetLoraMissingError) -> Refusal:

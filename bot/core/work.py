@@ -96,6 +96,8 @@ def prompt_preview(job: JobRecord, limit: int = 120) -> str:
     """The job's prompt, cut to `limit` characters for a chat line (for an upscale: which
     image of which job)."""
     if job.kind is JobKind.UPSCALE:
+        if job.parent_id is None:  # an image from a chat message, not one of a grid's
+            return "U"
         return f"U{(job.image_index or 0) + 1} #{job.parent_id}"
     prompt = getattr(work_of(job), "prompt", "") or ""
     return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"

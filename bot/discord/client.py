@@ -27,7 +27,10 @@ from bot.discord.buttons import GridButton, grid_view
 from bot.discord.commands import add_core_commands
 from bot.discord.imagine import add_imagine
 from bot.discord.interactions import locale_of, origin_of, user_ref
+from bot.discord.menus import add_context_menus
+from bot.discord.remix import fits, remix_modal, submitted
 from bot.discord.render import Rendered, StatusMessage, content, render_event
+from bot.discord.setting_menus import SettingSelect
 from bot.discord.translator import CatalogTranslator
 
 # Interaction tokens last 15 minutes; edits through the webhook stop a little before.
@@ -91,14 +94,44 @@ class DiscordFrontEnd:
     async def _remix_line(
         self, interaction: discord.Interaction[Any], user: UserRef, job_id: int, origin: Origin
     ) -> None:
+        """The job's line in a modal to edit; a line too long for one is given to copy."""
+        locale = locale_of(interaction)
+
+        async def line() -> str:
+            return self.service.remix_line(user, job_id, origin)
+
+        editable = await run_guarded(line(), "discord remix", user, job_id)
+        if isinstance(editable, str) and fits(editable):
+            await interaction.response.send_modal(remix_modal(job_id, editable, locale))
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
+        reply = (
+            Reply(Message(Key.REMIX_COPY_LINE, {"job": job_id}), editable=editable)
+            if isinstance(editable, str)
+            else editable
+        )
+        await interaction.followup.send(content(reply, locale), ephemeral=True)
 
-        async def line() -> Reply:
-            editable = self.service.remix_line(user, job_id, origin)
-            return Reply(Message(Key.REMIX_COPY_LINE, {"job": job_id}), editable=editable)
+    async def remix_submitted(
+        self, interaction: discord.Interaction[Any], job_id: int, line: str
+    ) -> None:
+        """The remix modal's edited line, queued as a new job under a new message; a bad
+        line is told to the presser alone and queues nothing."""
+        await interaction.response.defer()
+        user, origin = user_ref(interaction), origin_of(interaction)
+        call = self.service.remix(user, job_id, line, origin)
+        await self._queue(interaction, call, "discord remix", user, edit_original=False, job=job_id)
 
-        reply = await run_guarded(line(), "discord remix", user, job_id)
-        await interaction.followup.send(content(reply, locale_of(interaction)), ephemeral=True)
+    async def queue(
+        self,
+        interaction: discord.Interaction[Any],
+        call: Awaitable[Ticket],
+        what: str,
+        user: UserRef,
+        *,
+        edit_original: bool,
+    ) -> None:
+        await self._queue(interaction, call, what, user, edit_original=edit_original)
 
     async def _queue(
         self,
@@ -196,10 +229,16 @@ class EaselClient(discord.Client):
         self.front_end = DiscordFrontEnd(context, self)
         add_commands(self.tree, self.front_end)
         add_core_commands(self.tree, context)
+        add_context_menus(self.tree, self.front_end)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(GridButton)
+        self.add_dynamic_items(GridButton, SettingSelect)
         await self.tree.set_translator(CatalogTranslator())
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        remix = submitted(interaction)
+        if remix is not None:
+            await self.front_end.remix_submitted(interaction, *remix)
 
 
 def add_commands(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:

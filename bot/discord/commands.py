@@ -18,9 +18,11 @@ from bot.core.events import Reply, UserRef
 from bot.core.frontend import BotContext
 from bot.core.messages import Key
 from bot.core.router import parse_settings
+from bot.core.service import JobService
 from bot.core.work import prompt_preview
 from bot.discord.interactions import PLATFORM, locale_of, origin_of, user_ref
 from bot.discord.render import content
+from bot.discord.setting_menus import PER_PAGE, settings_text, settings_view
 from bot.discord.translator import cut, described, named
 
 MAX_CHOICES = 25  # and on autocomplete choices, and their names' length
@@ -75,6 +77,23 @@ class CoreCommands:
             for job_id, label in labels
             if wanted in label.lower()
         ][:MAX_CHOICES]
+
+
+async def show_settings(interaction: Interaction, service: JobService) -> None:
+    """The saved defaults, with a select menu for each of those that have one."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    user, locale = user_ref(interaction), locale_of(interaction)
+
+    async def shown() -> tuple[str, discord.ui.View]:
+        text = settings_text(service.settings(user), locale)
+        return text, settings_view(service.setting_menus(user, PER_PAGE), locale)
+
+    result = await run_guarded(shown(), "discord /settings", user)
+    if isinstance(result, Reply):  # unexpected: the reference to quote
+        await interaction.followup.send(content(result, locale), ephemeral=True)
+        return
+    text, view = result
+    await interaction.followup.send(text, view=view, ephemeral=True)
 
 
 def _command(registry: CommandRegistry, name: str) -> Command:
@@ -174,9 +193,11 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
     @app_commands.rename(**renamed("settings"))
     @app_commands.describe(**options)
     async def settings(interaction: Interaction, changes: str | None = None) -> None:
+        if changes is None or not changes.strip():
+            await show_settings(interaction, service)
+            return
+
         async def call(user: UserRef) -> Reply:
-            if changes is None or not changes.strip():
-                return service.settings(user)
             return service.update_settings(user, parse_settings(changes))
 
         await handlers.answer(interaction, "settings", call)

@@ -28,6 +28,7 @@ from bot.core.choices import (
 )
 from bot.core.events import Refusal, Reply
 from bot.core.messages import Key, Message
+from bot.core.setting_choices import ASPECTS
 from bot.core.uploads import check_input_upload
 from bot.discord.interactions import locale_of
 from bot.discord.render import content
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 Interaction = discord.Interaction[Any]
 Autocomplete = Callable[[Interaction, str], Awaitable[list[app_commands.Choice[str]]]]
 
-ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
 MAX_COUNT = 4
 HIRES_OFF = "off"
 # The factors offered; any other (`--hires 2.5`) is written in the prompt.

@@ -558,6 +558,13 @@ def check_modal(data: Mapping[str, Any], errors: FormErrors) -> None:
             errors.length_between([*path, "custom_id"], item.get("custom_id"), 1, 100)
             if item.get("type") == 4:
                 errors.max_length([*path, "value"], item.get("value") or "", 4000)
+                low, high = item.get("min_length"), item.get("max_length")
+                for key, value, least in (("min_length", low, 0), ("max_length", high, 1)):
+                    if value is not None and not least <= value <= 4000:
+                        message = f"int value should be <= 4000 and >= {least}."
+                        errors.add([*path, key], "NUMBER_TYPE_MAX", message)
+                if high is not None:
+                    errors.max_length([*path, "value"], item.get("value") or "", high)
                 errors.max_length([*path, "placeholder"], item.get("placeholder") or "", 100)
                 errors.max_length([*path, "label"], item.get("label") or "", 45)
         if row.get("type") == 18:
@@ -847,11 +854,12 @@ class FakeDiscord:
         author: FakeUser,
         content: str = "",
         attachments: Sequence[Mapping[str, Any]] = (),
+        embeds: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
-        """A message a person posted (no REST call): for context menus and replies."""
-        return self._store_message(
-            channel_id, author, {"content": content}, [dict(a) for a in attachments]
-        )
+        """A message a person posted (no REST call): for context menus and replies. An embed
+        image is `{"image": {"url": add_attachment(...)["url"]}}`."""
+        payload = {"content": content, "embeds": [dict(e) for e in embeds]}
+        return self._store_message(channel_id, author, payload, [dict(a) for a in attachments])
 
     # -- waiting for calls
 
@@ -1877,6 +1885,7 @@ class FakeDiscord:
             raise LookupError(f"message {message_id} has no component {custom_id!r}")
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
         if values is not None:
+            check_picked(component, values)
             data["values"] = list(values)
         guild_id = message.get("guild_id")
         guild = next((g for g in self.settings.guilds if str(g.id) == guild_id), None)
@@ -1897,17 +1906,28 @@ class FakeDiscord:
         custom_id: str,
         values: Mapping[str, str],
         *,
+        shown: Mapping[str, Any] | None = None,
         message_id: int | None = None,
         user: FakeUser | None = None,
         guild: FakeGuild | Any | None = ANY,
         locale: str = "en-US",
     ) -> SentInteraction:
-        """Dispatch a modal submission: text inputs by custom_id, each in its own row."""
+        """Dispatch a modal submission: text inputs by custom_id, each in its own row. With
+        `shown` (the modal as `modal_shown` gives it), the submission has its layout, and a
+        value the Discord client would not let through (over the input's max_length, under
+        its min_length, an input it does not have) raises ValueError."""
         guild = self.guild if guild is ANY else guild
-        rows = [
-            {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
-            for key, value in values.items()
-        ]
+        if shown is not None:
+            if custom_id != shown.get("custom_id"):
+                raise ValueError(
+                    f"the modal shown is {shown.get('custom_id')!r}, not {custom_id!r}"
+                )
+            rows = submitted_rows(shown, values)
+        else:
+            rows = [
+                {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
+                for key, value in values.items()
+            ]
         message = self.messages[message_id] if message_id is not None else None
         return await self._send_interaction(
             MODAL_SUBMIT,
@@ -1927,6 +1947,50 @@ class FakeDiscord:
             if sent.concerns(call) and call.status < 300 and (call.json or {}).get("type") == MODAL:
                 return call.json["data"]
         raise LookupError("no modal was shown for this interaction")
+
+
+def check_picked(select: Mapping[str, Any], values: Sequence[str]) -> None:
+    """What Discord's client lets a user pick in a select menu: listed options, as many as
+    min_values..max_values (1..1 by default)."""
+    if select.get("type") != 3:
+        return
+    offered = [option["value"] for option in select.get("options") or []]
+    unknown = [value for value in values if value not in offered]
+    if unknown:
+        raise ValueError(f"{unknown} are not options of {select.get('custom_id')}: {offered}")
+    low, high = select.get("min_values", 1), select.get("max_values", 1)
+    if not low <= len(values) <= high:
+        raise ValueError(f"pick {low}-{high} options, not {len(values)}")
+
+
+def submitted_rows(shown: Mapping[str, Any], values: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A modal's submitted components in its own layout (action rows or labels), each text
+    input with its value, checked as the Discord client checks it before sending."""
+    inputs: dict[str, Mapping[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for row in shown.get("components") or []:
+        inner = row.get("components") or ([row["component"]] if "component" in row else [])
+        answered = []
+        for item in inner:
+            if item.get("type") != 4:
+                continue
+            inputs[item["custom_id"]] = item
+            value = values.get(item["custom_id"], item.get("value") or "")
+            answered.append({"type": 4, "custom_id": item["custom_id"], "value": value})
+        if row.get("type") == 18 and answered:
+            rows.append({"type": 18, "component": answered[0]})
+        elif answered:
+            rows.append({"type": 1, "components": answered})
+    for key, value in values.items():
+        item = inputs.get(key)
+        if item is None:
+            raise ValueError(f"the modal has no text input {key!r}")
+        high, low = item.get("max_length", 4000), item.get("min_length", 0)
+        if not low <= len(value) <= high:
+            raise ValueError(f"{key!r} takes {low}-{high} characters, not {len(value)}")
+        if item.get("required", True) and not value:
+            raise ValueError(f"{key!r} is required")
+    return rows
 
 
 def find_component(components: list[dict[str, Any]], custom_id: str) -> dict[str, Any] | None:
