@@ -55,7 +55,8 @@ def admin_group(admin: AdminService) -> app_commands.Group:
         name="admin",
         description=described(Key.CMD_ADMIN),
         default_permissions=discord.Permissions(manage_guild=True),
-        guild_only=True,
+        guild_only=True,  # dm_permission: false, for clients that read only that
+        allowed_contexts=app_commands.AppCommandContext(guild=True),
     )
 
     @group.command(name="ban", description=described(Key.CMD_ADMIN_BAN))
