@@ -14,7 +14,7 @@ from __future__ import annotations
 from bot.core.events import Origin, Refusal, Reply, UserRef
 from bot.core.messages import Argument, Key, Message
 from bot.core.service import JobService
-from bot.store import UNSET, Role, UserRecord
+from bot.store import UNSET, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
 from pipeline.presets import PresetLoraMissingError
 from pipeline.text import clean_text
@@ -29,7 +29,10 @@ OFF_WORDS = frozenset({"off", "false", "no", "0", "refuse", "refused"})
 class AdminService:
     def __init__(self, service: JobService) -> None:
         self.service = service
-        self.store = service.store
+
+    @property
+    def store(self) -> Store:
+        return self.service.store
 
     # ------------------------------------------------------------------ users
 
