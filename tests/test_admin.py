@@ -367,3 +367,23 @@ def test_reload_picks_up_a_new_presets_file_and_keeps_the_last_good_one(
         return await queue(bot, ALICE, "a cat --preset chalk --steps 2 --n 1")
 
     assert run(still_usable()) == 1
+
+
+def test_reload_reads_the_vocabulary_and_says_what_is_wrong_with_it(
+    make_bot: Callable[..., Bot], tmp_path: Path
+) -> None:
+    bot = make_bot()
+    admin = AdminService(bot.service)
+    override = tmp_path / "models" / "vocabulary.toml"
+    override.write_text(
+        '[[style]]\nid = "Claymation"\nen = "Claymation"\nko = "클레이"\nprompt = "claymation"\n',
+        encoding="utf-8",
+    )
+    assert len(text(admin.reload(ROOT)).splitlines()) == 1  # no problem
+    assert bot.service.options(ALICE, "a cat --style claymation", ORIGIN).style == "claymation"
+
+    override.write_text("[[colour]]\nid = 'x'\n", encoding="utf-8")
+    lines = text(admin.reload(ROOT)).splitlines()
+    assert lines[1].startswith("Reloaded with a problem; the previous vocabulary entries stay")
+    assert "colour" in lines[1]
+    assert bot.service.options(ALICE, "a cat --style claymation", ORIGIN).style == "claymation"
