@@ -120,6 +120,8 @@ class Dispatcher:
                 self.store.mark_failed(job.id, message_to_json(detail))
                 continue
             self._pending[job.id] = job.origin_platform
+        if self.paused():
+            log.warning("The queue is paused: no job starts until an admin resumes it")
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
 
     def _database_failed(self, error: StoreError) -> None:
