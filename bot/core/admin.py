@@ -19,7 +19,6 @@ from pipeline.errors import InvalidRequestError
 from pipeline.presets import PresetLoraMissingError
 from pipeline.text import clean_text
 
-ACTIONS = ("ban", "unban", "role", "pause", "resume", "reload", "rules")
 # Words that clear a chat's default preset.
 NO_PRESET = frozenset({"none", "-", "off", "default", "clear"})
 ON_WORDS = frozenset({"on", "true", "yes", "1", "allow", "allowed"})
