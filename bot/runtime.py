@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 from bot.core.bus import EventBus
 from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
 from bot.core.dispatcher import Dispatcher
+from bot.core.events import UserRef
 from bot.core.service import JobService
+from bot.core.sources import Sources
 from bot.outputs import cleanup_orphans
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import Role, Store
 from pipeline.executors import Executor
-from pipeline.presets import load_presets
-from pipeline.prompts.vocabulary import VocabularyStore
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers; front ends load without them
     from pipeline.engine import Engine
@@ -76,13 +76,23 @@ def build_bot(
         executor = LocalExecutor(engine, settings.models_dir)
     bus = EventBus(config.progress_interval, chat_interval=config.progress_chat_interval)
     dispatcher = Dispatcher(store, executor, config, bus)
-    vocabulary = VocabularyStore(settings.models_dir)
+    sources = Sources(settings.models_dir)
     service = JobService(
         store,
         dispatcher,
         config,
-        vocabulary=vocabulary.current,
-        presets=lambda: load_presets(settings.models_dir),
+        vocabulary=sources.vocabulary,
+        presets=sources.presets,
         native_size=engine.model.native_size,
+        reload=sources.reload,
     )
+    grant_admins(service, settings)
     return Bot(service, store, executor)
+
+
+def grant_admins(service: JobService, settings: Settings) -> None:
+    """EASEL_ADMINS: the users who are admins from the start (more are made with
+    `/admin role`). Listing is only ever a grant: removing someone from the setting leaves
+    their stored role as it is."""
+    for platform, user_id in settings.admin_list():
+        service.grant_role(UserRef(platform, user_id), Role.ADMIN)

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="Seconds a running batch may take to finish on shutdown."
     )
     console_user: str = Field(default="local", description="The console chat's user name.")
+    admins: str = Field(
+        default="",
+        description="Admins from the start, PLATFORM:USER_ID comma-separated "
+        "(e.g. discord:1234,telegram:5678).",
+    )
 
     discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
     discord_api_url: str | None = Field(
@@ -103,6 +108,16 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("admins", mode="after")
+    @classmethod
+    def _check_admins(cls, value: str) -> str:
+        parse_admins(value)
+        return value
+
+    def admin_list(self) -> tuple[tuple[str, str], ...]:
+        """EASEL_ADMINS as (platform, platform user id) pairs."""
+        return parse_admins(self.admins)
+
     def banned_word_list(self) -> tuple[str, ...]:
         return tuple(word.strip() for word in self.banned_words.split(",") if word.strip())
 
@@ -117,3 +132,19 @@ class Settings(BaseSettings):
             max_input_pixels=self.max_input_pixels,
             max_output_pixels=self.max_output_pixels,
         )
+
+
+def parse_admins(text: str) -> tuple[tuple[str, str], ...]:
+    """`discord:1234, telegram:5678` -> (("discord", "1234"), ("telegram", "5678"))."""
+    admins = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        platform, _, user_id = item.strip().partition(":")
+        platform, user_id = platform.strip().lower(), user_id.strip()
+        if not platform or not user_id:
+            raise ValueError(
+                f"{item.strip()!r} is not PLATFORM:USER_ID (e.g. discord:1234,telegram:5678)"
+            )
+        admins.append((platform, user_id))
+    return tuple(admins)

@@ -18,6 +18,8 @@ file is a PresetLoraMissingError naming the preset, the file, the folder and the
 from __future__ import annotations
 
 import difflib
+import logging
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from pipeline.prompts.composable import split_and
 from pipeline.prompts.vocabulary import normalize_id
 from pipeline.request import LoraUse
 
+log = logging.getLogger(__name__)
 PRESETS_FILE_NAME = "presets.toml"
 _FIELDS = ("description_en", "description_ko", "loras", "trigger", "negative")
 _LORA_FIELDS = ("name", "unet", "te", "source")
@@ -147,6 +150,50 @@ def load_presets(models_dir: Path) -> Presets:
     if not path.is_file():
         return Presets()
     return read_presets_file(path)
+
+
+class PresetStore:
+    """The current presets of a models folder, re-read when `presets.toml` changes.
+
+    A broken file keeps the last good presets (none at first), logs a warning and leaves the
+    error text in `last_error` until the file is fixed or removed; `reload` reads it now."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.path = models_dir / PRESETS_FILE_NAME
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._state: tuple[int, int] | None = None
+        self._presets = Presets()
+
+    def current(self) -> Presets:
+        with self._lock:
+            if self._file_state() != self._state:
+                self._read()
+            return self._presets
+
+    def reload(self) -> str | None:
+        """Read the file now, changed or not; the error text when it is broken (the last
+        good presets stay), else None."""
+        with self._lock:
+            self._read()
+            return self.last_error
+
+    def _file_state(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _read(self) -> None:
+        self._state = self._file_state()
+        try:
+            self._presets = load_presets(self.path.parent)
+        except PresetFileError as error:
+            self.last_error = str(error)
+            log.warning("Keeping the last good presets: %s", error)
+            return
+        self.last_error = None
 
 
 def read_presets_file(path: Path) -> Presets:

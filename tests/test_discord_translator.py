@@ -95,8 +95,8 @@ def test_the_bots_global_sync_and_a_guild_sync_carry_the_korean_descriptions(
             (synced,) = fake.calls_to(GLOBAL_SYNC)
             assert synced.status == 200, synced.response
             check_korean(list(synced.json))
-            assert count == len(synced.json) == 11  # 8 slash commands, 3 context menus
-            assert await sync_commands(settings, guild=1) == 11
+            assert count == len(synced.json) == 12  # 9 slash commands with /admin, 3 menus
+            assert await sync_commands(settings, guild=1) == 12
             (guild,) = fake.calls_to(GUILD_SYNC)
             assert guild.status == 200, guild.response
             assert guild.params["guild_id"] == "1"

@@ -28,7 +28,7 @@ from bot.store import (
 )
 from bot.store.models import Base
 
-TABLES = {"users", "user_settings", "jobs", "images", "chats"}
+TABLES = {"users", "user_settings", "jobs", "images", "chats", "queue_state"}
 MAX_SEED = 2**32 - 1
 
 
@@ -86,7 +86,7 @@ def test_upgrade_creates_every_table_and_is_idempotent(db_path: Path) -> None:
     with Store(f"sqlite:///{db_path}") as store:
         assert store.current() is None
         store.upgrade()
-        assert store.current() == store.head() == "0002"
+        assert store.current() == store.head() == "0003"
         user = store.user("telegram", "7")
         store.upgrade()
         assert store.current() == store.head()

@@ -96,6 +96,12 @@ COMMANDS: tuple[Command, ...] = (
         Key.CMD_PNGINFO,
         (Argument("image", ArgumentKind.IMAGE, Key.ARG_IMAGE, required=True),),
     ),
+    Command(
+        "admin",
+        Key.CMD_ADMIN,
+        (Argument("action", ArgumentKind.TEXT, Key.ARG_ADMIN_ACTION, required=True),),
+        access=Access.ADMIN,
+    ),
     Command("wait", Key.CMD_WAIT, platforms=_CONSOLE),
     Command("help", Key.CMD_HELP, aliases=("start",)),
     Command("quit", Key.CMD_QUIT, platforms=_CONSOLE, aliases=("exit",)),

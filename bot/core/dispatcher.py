@@ -56,6 +56,9 @@ RECENT_JOBS = 20  # finished jobs the ETA is drawn from
 # not hold up the others).
 LANE_TIMEOUT = 10.0
 STORE_RETRY_DELAYS = (1.0, 5.0, 15.0, 30.0)  # seconds between batches while the database fails
+# While paused the loop re-reads the database's flag this often: another process (the admin
+# command line) may resume it.
+PAUSE_POLL_SECONDS = 0.5
 
 
 class CancelOutcome(StrEnum):
@@ -117,6 +120,8 @@ class Dispatcher:
                 self.store.mark_failed(job.id, message_to_json(detail))
                 continue
             self._pending[job.id] = job.origin_platform
+        if self.paused():
+            log.warning("The queue is paused: no job starts until an admin resumes it")
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
 
     def _database_failed(self, error: StoreError) -> None:
@@ -232,6 +237,10 @@ class Dispatcher:
             self._users[user_id] = user
         return user
 
+    def forget_user(self, user_id: int) -> None:
+        """A user's role changed: read them again for their next job's tier."""
+        self._users.pop(user_id, None)
+
     def queued_job(self, job: JobRecord) -> QueuedJob:
         return QueuedJob(
             job_id=job.id,
@@ -304,8 +313,27 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the loop
 
+    def paused(self) -> bool:
+        """Whether the queue is paused (the database's flag, shared with other processes).
+        A database that cannot be read counts as not paused: the batch then says why."""
+        try:
+            return self.store.queue_paused()
+        except StoreError as error:
+            log.warning("Cannot read the queue's pause flag: %s", error)
+            return False
+
+    def set_paused(self, paused: bool, changed_by: str | None = None) -> None:
+        """Pause (no new batch starts; a running one finishes) or resume the queue."""
+        self.store.set_queue_paused(paused, changed_by)
+        self._wake.set()
+
     async def _loop(self) -> None:
         while not self._stopping:
+            if self.paused():
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), PAUSE_POLL_SECONDS)
+                continue
             batch = self.scheduler.next_batch(
                 Counter(job.user_id for job in self._running.values()),
                 self._running_cap,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from bot.core.admin import AdminService
 from bot.core.commands import CommandRegistry
 from bot.core.router import LocalCommand, TextRouter
 from bot.core.service import JobService
@@ -28,6 +29,11 @@ class BotContext:
 
     service: JobService
     commands: CommandRegistry = field(default_factory=CommandRegistry)
+
+    @property
+    def admin(self) -> AdminService:
+        """The admins' operations (each checks its actor's role)."""
+        return AdminService(self.service)
 
     def router(self, platform: str, local: Mapping[str, LocalCommand] | None = None) -> TextRouter:
         """A text-command router for one platform; `local` adds its own commands."""

@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from bot.core.admin import AdminService, parse_switch
 from bot.core.buttons import PREFIX as BUTTON_PREFIX
 from bot.core.buttons import parse_button_id
 from bot.core.commands import Command, CommandRegistry
@@ -101,8 +102,10 @@ class TextRouter:
             name = "imagine"
         command = self.registry.find(name, self.platform)
         record = self.service.user(request.user)
-        if command is None or not command.allowed_for(record.role):
+        if command is None:
             raise Refusal(Message(Key.UNKNOWN_COMMAND, {"command": f"/{name}"}))
+        if not command.allowed_for(record.role):
+            raise Refusal(Message(Key.ADMIN_ONLY))
         if command.name in self.local:
             return Routed(await self.local[command.name](request, args), command=command.name)
         return await self._core_command(command, request, args, record)
@@ -147,7 +150,41 @@ class TextRouter:
                 return Routed(await service.pnginfo(request.attachment))
             case "help":
                 return Routed(self.registry.help(self.platform, record.role))
+            case "admin":
+                return Routed(self._admin(request, args))
         raise Refusal(Message(Key.UNKNOWN_COMMAND, {"command": f"/{command.name}"}))
+
+    def _admin(self, request: TextRequest, args: str) -> Reply:
+        """`/admin ban USER [REASON]`, `unban USER`, `role USER user|vip|admin`, `pause`,
+        `resume`, `reload`, `rules [nsfw on|off] [preset NAME|none]`; USER is the platform's
+        user id."""
+        admin, actor = AdminService(self.service), request.user
+        action, _, rest = args.strip().partition(" ")
+        words = rest.split()
+        match action.lower():
+            case "ban":
+                user, _, reason = rest.strip().partition(" ")
+                return admin.ban(actor, self._target(user, "ban"), reason.strip() or None)
+            case "unban":
+                return admin.unban(actor, self._target(words[0] if words else "", "unban"))
+            case "role" if len(words) == 2:
+                return admin.set_role(actor, self._target(words[0], "role"), words[1])
+            case "pause" if not words:
+                return admin.pause(actor)
+            case "resume" if not words:
+                return admin.resume(actor)
+            case "reload" if not words:
+                return admin.reload(actor)
+            case "rules":
+                nsfw, preset = parse_rules(rest)
+                return admin.rules(actor, request.origin, nsfw, preset)
+        raise Refusal(Message(Key.ADMIN_USAGE))
+
+    def _target(self, user_id: str, action: str) -> UserRef:
+        if not user_id.strip():
+            args = {"platform": self.platform, "action": action}
+            raise Refusal(Message(Key.ADMIN_NEED_USER, args))
+        return UserRef(self.platform, user_id.strip())
 
     async def _remix(self, request: TextRequest, args: str) -> Routed:
         """`/remix [JOB]` shows the job's line to edit (the next plain line is the remix);
@@ -225,6 +262,26 @@ def parse_settings(text: str) -> dict[str, str]:
         name, _, value = pair.partition("=")
         changes[name] = value
     return changes
+
+
+def parse_rules(text: str) -> tuple[bool | None, str | None]:
+    """`nsfw on preset anime` -> (True, "anime"); what is not given is None (unchanged)."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unclosed quote
+        words = text.split()
+    nsfw: bool | None = None
+    preset: str | None = None
+    while words:
+        name = words.pop(0).lower()
+        if name not in ("nsfw", "preset") or not words:
+            raise Refusal(Message(Key.ADMIN_USAGE))
+        value = words.pop(0)
+        if name == "nsfw":
+            nsfw = parse_switch(value)
+        else:
+            preset = value
+    return nsfw, preset
 
 
 def _is_number(text: str) -> bool:

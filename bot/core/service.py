@@ -28,6 +28,7 @@ from bot.core.options import (
     options_from_fields,
 )
 from bot.core.setting_choices import MENU_SETTINGS, SettingMenu, setting_menu
+from bot.core.sources import ReloadReport
 from bot.core.work import KIND_KEYS, child_work, prompt_preview, remix_line, work_of
 from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
@@ -95,13 +96,24 @@ class JobService:
         vocabulary: Callable[[], Vocabulary],
         presets: Callable[[], Presets],
         native_size: int,
+        reload: Callable[[], ReloadReport] | None = None,
     ) -> None:
+        """`reload`: read presets.toml and the vocabulary again now (`Sources.reload`); without
+        it, `reload_sources` reports what `presets` gives."""
         self.store = store
         self.dispatcher = dispatcher
         self.config = config
         self.vocabulary = vocabulary
         self.presets = presets
         self.native_size = native_size
+        self._reload = reload
+
+    def reload_sources(self) -> ReloadReport:
+        """Re-read presets.toml and the vocabulary; the next job uses them. A broken file
+        leaves the previous version in use, and the report says what is wrong."""
+        if self._reload is not None:
+            return self._reload()
+        return ReloadReport(tuple(self.presets().ids()))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,7 +182,12 @@ class JobService:
         **fields: object,
     ) -> ImagineOptions:
         """Parse an /imagine line (and typed fields) with the user's saved defaults.
-        `init_image` (an attachment's bytes, or an image Easel stored) makes it img2img."""
+        `init_image` (an attachment's bytes, or an image Easel stored) makes it img2img.
+
+        The preset is, first to last: `--preset` in the line (or a typed field), the user's
+        saved preset (`/settings preset=...`), then the default preset of the chat `origin`
+        names (`/admin rules preset NAME`): what a person chose for themselves wins over the
+        room's default."""
         if init_image is not None:
             fields["init_image"] = self._input_image(init_image)
         record = self.user(user)
@@ -457,6 +474,8 @@ class JobService:
         eta = self.dispatcher.eta_seconds(job.id, position)
         # What preparing changed (a size rounded to multiples of 8) is said, not hidden.
         notes = tuple(Message(Key.NOTE, {"text": note}) for note in prepared.notes)
+        if self.dispatcher.paused():
+            notes = (*notes, Message(Key.QUEUE_PAUSED))
         reply = Reply(_queued_message(job.id, position, eta), lines=notes)
         self.dispatcher.announce_queued(job, reply, position)
         return Ticket(job.id, position, eta, reply)
@@ -688,6 +707,8 @@ class JobService:
         ]
         if not lines:
             lines.append(Message(Key.QUEUE_MINE_NONE))
+        if self.dispatcher.paused():
+            lines.insert(0, Message(Key.QUEUE_PAUSED))
         return Reply(header, lines=tuple(lines))
 
     async def pnginfo(self, image: bytes) -> Reply:

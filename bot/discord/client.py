@@ -23,6 +23,7 @@ from bot.core.errors import run_guarded
 from bot.core.events import EventKind, JobEvent, Origin, Reply, Ticket, UserRef
 from bot.core.frontend import BotContext
 from bot.core.messages import Key, Message
+from bot.discord.admin import add_admin_commands
 from bot.discord.buttons import GridButton, grid_view
 from bot.discord.commands import add_core_commands
 from bot.discord.imagine import add_imagine
@@ -230,6 +231,7 @@ class EaselClient(discord.Client):
         add_commands(self.tree, self.front_end)
         add_core_commands(self.tree, context)
         add_context_menus(self.tree, self.front_end)
+        add_admin_commands(self.tree, context)
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(GridButton, SettingSelect)

@@ -39,6 +39,7 @@ from bot.store.models import (
     Job,
     JobKind,
     JobStatus,
+    QueueState,
     Role,
     User,
     UserSettings,
@@ -79,6 +80,7 @@ R = TypeVar("R", bound="DataclassInstance")
 M = TypeVar("M", bound=Base)
 
 
+QUEUE_STATE_ID = 1  # the one row of queue_state
 MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL
 ID_CHUNK = 500  # ids per IN (...) query: well under every database's bound-parameter limit
 
@@ -336,6 +338,30 @@ class Store:
                 setattr(row, name, value)
             session.flush()
             return _chat_record(row)
+
+    # The queue's pause flag
+
+    def queue_paused(self) -> bool:
+        """Whether an admin paused the queue (from this process or another one)."""
+        with self._sessions() as session:
+            row = session.get(QueueState, QUEUE_STATE_ID)
+            return row is not None and row.paused
+
+    def set_queue_paused(self, paused: bool, changed_by: str | None = None) -> None:
+        try:
+            self._write_queue_state(paused, changed_by)
+        except IntegrityError:  # another process inserted the row first
+            self._write_queue_state(paused, changed_by)
+
+    def _write_queue_state(self, paused: bool, changed_by: str | None) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(QueueState, QUEUE_STATE_ID)
+            if row is None:
+                row = QueueState(id=QUEUE_STATE_ID)
+                session.add(row)
+            row.paused = paused
+            row.changed_by = changed_by
+            row.changed_at = utcnow()
 
     # Jobs
 

@@ -208,3 +208,15 @@ class Chat(Base):
     shared_results: Mapped[bool] = mapped_column(
         sa.Boolean(), default=True, server_default=sa.true()
     )
+
+
+class QueueState(Base):
+    """One row (id 1) that every process shares: whether the queue is paused. The running bot
+    re-reads it, so a command line in another process can pause and resume it."""
+
+    __tablename__ = "queue_state"
+
+    id: Mapped[int] = mapped_column(sa.Integer(), primary_key=True, autoincrement=False)
+    paused: Mapped[bool] = mapped_column(sa.Boolean(), default=False, server_default=sa.false())
+    changed_by: Mapped[str | None] = mapped_column(sa.String(128))
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

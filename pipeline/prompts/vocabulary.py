@@ -420,6 +420,14 @@ class VocabularyStore:
                 self._reload(present=state.mtime_ns is not None)
             return self._vocabulary
 
+    def reload(self) -> str | None:
+        """Read the override file now, changed or not; the error text when it is broken (the
+        last good vocabulary stays), else None."""
+        with self._lock:
+            self._state = _file_state(self.override_path)
+            self._reload(present=self._state.mtime_ns is not None)
+            return self.last_error
+
     def _reload(self, *, present: bool) -> None:
         try:
             self._vocabulary = Vocabulary.load(self.override_path if present else None)

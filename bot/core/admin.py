@@ -1,0 +1,198 @@
+"""What Easel's admins do: ban and unban users, set roles, pause and resume the queue, reload
+presets and the vocabulary, and set a chat's rules.
+
+Every operation names its actor (a `UserRef`) and is checked here against Easel's own roles (the
+`Role` stored for the actor), whatever the platform also checks: anyone else is refused with a
+`Refusal` (its reply localized) and nothing changes. Each returns the `Reply` the admin reads.
+A target user is named by the platform's user id on the actor's platform, and gets a row on
+first mention. Front ends (Discord's `/admin` group, the text router's `/admin ...`) only map
+their input onto these calls.
+"""
+
+from __future__ import annotations
+
+from bot.core.events import Origin, Refusal, Reply, UserRef
+from bot.core.messages import Argument, Key, Message
+from bot.core.service import JobService
+from bot.store import UNSET, Role, Store, UserRecord
+from pipeline.errors import InvalidRequestError
+from pipeline.presets import PresetLoraMissingError
+from pipeline.text import clean_text
+
+# Words that clear a chat's default preset.
+NO_PRESET = frozenset({"none", "-", "off", "default", "clear"})
+ON_WORDS = frozenset({"on", "true", "yes", "1", "allow", "allowed"})
+OFF_WORDS = frozenset({"off", "false", "no", "0", "refuse", "refused"})
+
+
+class AdminService:
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    @property
+    def store(self) -> Store:
+        return self.service.store
+
+    # ------------------------------------------------------------------ users
+
+    def ban(self, actor: UserRef, target: UserRef, reason: str | None = None) -> Reply:
+        """Ban `target` from queueing anything; `reason` is what they are told."""
+        admin = self._admin(actor)
+        user = self._target(actor, target, "ban")
+        if user.id == admin.id:
+            raise Refusal(Message(Key.ADMIN_NOT_YOURSELF))
+        reason = clean_text(reason).strip() if reason else None
+        banned = self.store.ban(user.id, reason or None)
+        if banned.ban_reason:
+            return Reply(
+                Message(Key.ADMIN_BANNED, {"user": _shown(banned), "reason": banned.ban_reason})
+            )
+        return Reply(Message(Key.ADMIN_BANNED_NO_REASON, {"user": _shown(banned)}))
+
+    def unban(self, actor: UserRef, target: UserRef) -> Reply:
+        self._admin(actor)
+        user = self._target(actor, target, "unban")
+        if not user.banned:
+            return Reply(Message(Key.ADMIN_WAS_NOT_BANNED, {"user": _shown(user)}))
+        return Reply(Message(Key.ADMIN_UNBANNED, {"user": _shown(self.store.unban(user.id))}))
+
+    def set_role(self, actor: UserRef, target: UserRef, role: Role | str) -> Reply:
+        """user, vip or admin. An admin may also step down themselves."""
+        self._admin(actor)
+        chosen = parse_role(role)
+        user = self._target(actor, target, "role")
+        changed = self.store.set_role(user.id, chosen)
+        # The dispatcher keeps owners it has read; their next job takes the new tier.
+        self.service.dispatcher.forget_user(user.id)
+        args: dict[str, Argument] = {
+            "user": _shown(changed),
+            "role": changed.role.value,
+            "old": user.role.value,
+        }
+        return Reply(Message(Key.ADMIN_ROLE_SET, args))
+
+    # ------------------------------------------------------------------ the queue
+
+    def pause(self, actor: UserRef) -> Reply:
+        """No new batch starts until `resume` (a running one finishes); jobs still queue. The
+        flag is in the database, so a bot in another process pauses too."""
+        self._admin(actor)
+        self.service.dispatcher.set_paused(True, _who(actor))
+        return Reply(Message(Key.ADMIN_PAUSED))
+
+    def resume(self, actor: UserRef) -> Reply:
+        self._admin(actor)
+        self.service.dispatcher.set_paused(False, _who(actor))
+        queued = len(self.service.dispatcher.scheduler)
+        return Reply(Message(Key.ADMIN_RESUMED, {"queued": queued}))
+
+    # ------------------------------------------------------------------ files
+
+    def reload(self, actor: UserRef) -> Reply:
+        """Re-read presets.toml and the vocabulary; the next job uses them. A broken file
+        leaves the previous version in use and the reply says what is wrong."""
+        self._admin(actor)
+        report = self.service.reload_sources()
+        presets: Argument = ", ".join(report.presets) or Message(Key.ADMIN_NONE)
+        lines = []
+        if report.presets_error:
+            lines.append(_problem(Key.ADMIN_WHAT_PRESETS, report.presets_error))
+        if report.vocabulary_error:
+            lines.append(_problem(Key.ADMIN_WHAT_VOCABULARY, report.vocabulary_error))
+        return Reply(Message(Key.ADMIN_RELOADED, {"presets": presets}), lines=tuple(lines))
+
+    # ------------------------------------------------------------------ chats
+
+    def rules(
+        self,
+        actor: UserRef,
+        origin: Origin,
+        nsfw_allowed: bool | None = None,
+        default_preset: str | None = None,
+    ) -> Reply:
+        """The rules of the chat `origin` names: whether NSFW prompts are allowed, and its
+        default preset (used when neither `--preset` nor the user's saved preset names one).
+        None leaves a rule as it is; a preset of "none" clears the default. With no change,
+        the rules are shown. The preset is checked first: a bad one changes nothing."""
+        self._admin(actor)
+        if nsfw_allowed is None and default_preset is None:
+            return Reply(self._rules_message(Key.ADMIN_RULES, origin))
+        preset = UNSET if default_preset is None else self._chat_preset(default_preset)
+        nsfw = UNSET if nsfw_allowed is None else nsfw_allowed
+        self.store.update_chat(
+            origin.platform, origin.chat, nsfw_allowed=nsfw, default_preset=preset
+        )
+        return Reply(self._rules_message(Key.ADMIN_RULES_UPDATED, origin))
+
+    def _chat_preset(self, name: str) -> str | None:
+        if name.strip().lower() in NO_PRESET or not name.strip():
+            return None
+        try:
+            return self.service.presets().usable(name.strip()).id
+        except PresetLoraMissingError as error:
+            files = ", ".join(error.missing)
+            raise Refusal(
+                Message(Key.PRESET_UNAVAILABLE, {"preset": error.preset_id, "files": files})
+            ) from None
+        except InvalidRequestError as error:  # no such preset; the error suggests one
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+
+    def _rules_message(self, key: Key, origin: Origin) -> Message:
+        chat = self.store.chat(origin.platform, origin.chat)
+        nsfw = Message(Key.ADMIN_NSFW_ALLOWED if chat.nsfw_allowed else Key.ADMIN_NSFW_REFUSED)
+        preset: Argument = chat.default_preset or Message(Key.ADMIN_NONE)
+        return Message(key, {"nsfw": nsfw, "preset": preset})
+
+    # ------------------------------------------------------------------ checks
+
+    def is_admin(self, user: UserRef) -> bool:
+        return self.service.user(user).role is Role.ADMIN
+
+    def _admin(self, actor: UserRef) -> UserRecord:
+        record = self.service.user(actor)
+        if record.role is not Role.ADMIN:
+            raise Refusal(Message(Key.ADMIN_ONLY))
+        return record
+
+    def _target(self, actor: UserRef, target: UserRef, action: str) -> UserRecord:
+        if target.platform != actor.platform:
+            raise Refusal(Message(Key.ADMIN_OTHER_PLATFORM, {"platform": actor.platform}))
+        user_id = clean_text(target.platform_user_id).strip().removeprefix("@")
+        if not user_id:
+            args = {"platform": actor.platform, "action": action}
+            raise Refusal(Message(Key.ADMIN_NEED_USER, args))
+        # No locale: the target's own language is theirs to give.
+        return self.service.user(UserRef(target.platform, user_id, target.display_name))
+
+
+def parse_role(role: Role | str) -> Role:
+    if isinstance(role, Role):
+        return role
+    try:
+        return Role(role.strip().lower())
+    except ValueError:
+        raise Refusal(Message(Key.ADMIN_UNKNOWN_ROLE, {"role": role})) from None
+
+
+def parse_switch(text: str) -> bool:
+    """on/off (yes/no, true/false, allow/refuse)."""
+    word = text.strip().lower()
+    if word in ON_WORDS:
+        return True
+    if word in OFF_WORDS:
+        return False
+    raise Refusal(Message(Key.ADMIN_BAD_SWITCH, {"value": text}))
+
+
+def _shown(user: UserRecord) -> str:
+    if user.display_name and user.display_name != user.platform_user_id:
+        return f"{user.display_name} ({user.platform_user_id})"
+    return user.platform_user_id
+
+
+def _who(actor: UserRef) -> str:
+    return f"{actor.platform}:{actor.platform_user_id}"
+
+
+def _problem(what: Key, error: str) -> Message:
+    return Message(Key.ADMIN_RELOAD_PROBLEM, {"what": Message(what), "error": error})
