@@ -32,6 +32,7 @@ from bot.core.events import (
 )
 from bot.core.messages import Key, Message, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
+from bot.core.words import nsfw_word
 from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
 from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
 from bot.store import (
@@ -552,7 +553,18 @@ class Dispatcher:
             buttons = grid_buttons(job.id, len(job.images))
         private = self.store.settings(job.user_id).private
         grid = Path(job.grid_path) if job.grid_path else None
-        return Reply(message, images, grid, buttons, parameters, private)
+        return Reply(
+            message, images, grid, buttons, parameters, private, flagged=self._flagged(job)
+        )
+
+    def _flagged(self, job: JobRecord) -> bool:
+        """The job's prompt has NSFW words; an upscale has its parent's prompt."""
+        current: JobRecord | None = job
+        while current is not None and current.kind is JobKind.UPSCALE:
+            current = self.store.job(current.parent_id) if current.parent_id else None
+        if current is None:
+            return False
+        return nsfw_word(getattr(work_of(current), "prompt", "") or "") is not None
 
     def _about(self, job: JobRecord) -> dict[str, str | int | Message]:
         """The job and what it is: its prompt, or which image of which job it varies."""
