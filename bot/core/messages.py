@@ -144,6 +144,9 @@ class Key(StrEnum):
     ARG_ASPECT = "arg_aspect"
     ARG_COUNT = "arg_count"
     ARG_SEED = "arg_seed"
+    # Delivery of results (Discord's size limit, a result that goes by DM)
+    RESULT_REENCODED = "result_reencoded"
+    RESULT_BY_DM = "result_by_dm"
 
 
 @dataclass(frozen=True)
