@@ -1779,6 +1779,30 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", payload)
         return sent
 
+    def _check_available(
+        self,
+        command: dict[str, Any],
+        guild: FakeGuild | None,
+        channel_id: int | None,
+        user_install: bool,
+    ) -> None:
+        """Discord offers a command only in the contexts (0 server, 1 the bot's DM, 2 a group
+        or other private channel) and for the installations (0 server, 1 user) its synced
+        `contexts` and `integration_types` list, where it lists them."""
+        if guild is not None:
+            context = 0
+        elif channel_id is None:
+            context = 1
+        else:
+            known = self.channels.get(channel_id)
+            context = 1 if known is not None and known[0].type == 1 else 2
+        install = 1 if user_install else 0
+        contexts, installs = command.get("contexts"), command.get("integration_types")
+        if contexts is not None and context not in contexts:
+            raise LookupError(f"/{command['name']} is not offered in context {context}")
+        if installs is not None and install not in installs:
+            raise LookupError(f"/{command['name']} is not offered to installation type {install}")
+
     def _command_options(
         self,
         command: dict[str, Any],
@@ -1852,6 +1876,7 @@ class FakeDiscord:
         guild = self.guild if guild is ANY else guild
         top, *path = name.split()
         command = self._command(top, guild, 1)
+        self._check_available(command, guild, channel_id, user_install)
         opts, resolved = self._command_options(command, path, options or {}, None)
         return await self._send_interaction(
             APPLICATION_COMMAND,
