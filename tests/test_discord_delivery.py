@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,11 @@ def test_past_the_token_the_result_replies_in_the_channel_and_mentions_the_user_
             assert posted.status == 200, posted.response
             assert posted.params["channel_id"] == str(GENERAL)
             assert posted.json["content"].startswith(f"<@{OWNER}> Job #1 is done")
-            assert posted.json["allowed_mentions"] == {
-                "parse": [],
-                "users": [str(OWNER)],
-                "replied_user": False,
-            }
-            assert posted.json["message_reference"]["message_id"] == str(status)
+            allowed = posted.json["allowed_mentions"]
+            assert allowed["parse"] == []  # no @everyone, no roles, no one else
+            assert [int(user) for user in allowed["users"]] == [OWNER]
+            assert not allowed.get("replied_user")
+            assert posted.json["message_reference"]["message_id"] in (status, str(status))
             stored = fake.messages[int(posted.response["id"])]
             assert stored["mention_everyone"] is False
             assert [int(user["id"]) for user in stored["mentions"]] == [OWNER]
@@ -102,7 +102,7 @@ def test_past_the_token_the_result_replies_in_the_channel_and_mentions_the_user_
             assert job is not None and job.grid_path is not None
             assert posted.files[0].data == Path(job.grid_path).read_bytes()
             assert stored["components"]  # the grid keeps its buttons
-            await fake.wait_until(lambda: _delivered(bot, 1), WAIT_S)
+            await until(lambda: _delivered(bot, 1))
             job = bot.store.job(1)
             assert job is not None
             assert job.status_message == f"discord:{GENERAL}:{posted.response['id']}"
@@ -131,8 +131,8 @@ def test_a_deleted_status_message_gets_the_result_as_a_follow_up(
             assert followup.status == 200, followup.response
             assert followup.route == "/webhooks/{application_id}/{token}"
             assert followup.json["content"].startswith(f"<@{OWNER}> Job #1 is done")
-            assert followup.json["allowed_mentions"]["users"] == [str(OWNER)]
-            await fake.wait_until(lambda: _delivered(bot, 1), WAIT_S)
+            assert [int(u) for u in followup.json["allowed_mentions"]["users"]] == [OWNER]
+            await until(lambda: _delivered(bot, 1))
             assert not [c for c in fake.calls if is_posted_result(c)]
 
     run(scenario)
@@ -154,7 +154,7 @@ def test_a_channel_that_refuses_the_bot_sends_the_result_by_dm(
             assert "Job #1 is done" in posted.json["content"]
             refused = [c for c in fake.calls if is_posted_result(c) and c.status >= 400]
             assert [(c.status, c.response["code"]) for c in refused] == [(403, 50013)]
-            await fake.wait_until(lambda: _delivered(bot, 1), WAIT_S)
+            await until(lambda: _delivered(bot, 1))
 
     run(scenario)
 
@@ -181,7 +181,7 @@ def test_refused_everywhere_the_result_is_retried_and_delivered_once_when_it_can
             assert not [c for c in fake.calls if is_posted_result(c) and c.status < 300]
 
             fake.open_dms(OWNER)
-            await fake.wait_until(lambda: _delivered(bot, 1), WAIT_S)
+            await until(lambda: _delivered(bot, 1))
             delivered = [c for c in fake.calls if is_posted_result(c) and c.status < 300]
             assert len(delivered) == 1
             assert int(delivered[0].params["channel_id"]) == fake.dm_channels[OWNER]
@@ -211,11 +211,11 @@ def test_a_result_the_channel_never_took_is_delivered_at_the_next_start(
                 )
             fake.unblock_channel(GENERAL)
             async with serving(tmp_path, fake, engine) as bot:
-                await fake.wait_until(lambda: _delivered(bot, 1), WAIT_S)
+                await until(lambda: _delivered(bot, 1))
             delivered = [c for c in fake.calls if is_posted_result(c) and c.status < 300]
             assert len(delivered) == 1
             assert delivered[0].params["channel_id"] == str(GENERAL)
-            assert delivered[0].json["message_reference"]["message_id"] == str(status)
+            assert delivered[0].json["message_reference"]["message_id"] in (status, str(status))
             assert delivered[0].json["content"].startswith(f"<@{OWNER}> ")
 
     run(scenario)
@@ -304,9 +304,11 @@ def test_a_user_installed_imagine_in_a_dm_delivers_its_grid(tmp_path: Path, engi
             )
             assert sent.payload["context"] == 1
             assert sent.payload["authorizing_integration_owners"] == {"1": str(OWNER)}
+            status = await status_message_of(fake, sent.token)  # the deferred answer
             final = await sent.next_call(is_result, timeout=JOB_WAIT_S)
             assert final.status == 200, final.response
-            assert final.route.endswith("/messages/@original")
+            assert int(final.response["id"]) == status  # edited in place, in the DM
+            assert final.response["channel_id"] == str(fake.dm_channels[OWNER])
             job = bot.store.job(1, with_images=True)
             assert job is not None and job.grid_path is not None
             assert final.files[0].data == Path(job.grid_path).read_bytes()
@@ -334,7 +336,7 @@ def test_a_user_installed_imagine_in_a_group_dm_past_its_token_goes_by_dm(
                 lambda c: is_posted_result(c) and c.status == 200, timeout=JOB_WAIT_S
             )
             assert int(posted.params["channel_id"]) == fake.dm_channels[OWNER]
-            await fake.wait_until(lambda: _delivered(bot, 1), WAIT_S)
+            await until(lambda: _delivered(bot, 1))
 
     run(scenario)
 
@@ -367,7 +369,7 @@ def test_no_more_than_five_follow_ups_go_out_per_interaction() -> None:
             async with running(client, fake):
                 await tree.sync()
                 sent = await fake.slash("many", user_install=True)
-                await fake.wait_until(lambda: "done" in outcome, WAIT_S)
+                await until(lambda: "done" in outcome)
             posted = [c for c in fake.calls if sent.concerns(c) and c.method == "POST"]
             followups_ok = [
                 c for c in posted if c.route.startswith("/webhooks/") and c.status < 300
@@ -377,6 +379,16 @@ def test_no_more_than_five_follow_ups_go_out_per_interaction() -> None:
             assert outcome["refused"] == (400, 40094)
 
     run(scenario)
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    """Wait up to `timeout` seconds for `condition` about the bot's database to hold."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 def _delivered(bot: Bot, job_id: int) -> bool:
