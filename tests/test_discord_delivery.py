@@ -51,8 +51,10 @@ def has_png(call: RecordedCall) -> bool:
 
 
 def is_posted_result(call: RecordedCall) -> bool:
-    """A new message with a result, posted through a channel (a reply, or a DM)."""
-    return call.matches(CREATE_MESSAGE) and has_png(call)
+    """A new message with a result (a PNG, or a JPEG that fits), posted through a channel (a
+    reply, or a DM)."""
+    images = (b"\x89PNG", b"\xff\xd8")
+    return call.matches(CREATE_MESSAGE) and any(f.data.startswith(images) for f in call.files)
 
 
 def expire_after_first_edit(fake: FakeDiscord) -> None:
@@ -194,8 +196,11 @@ def test_refused_everywhere_the_result_is_retried_and_delivered_once_when_it_can
 def test_a_result_the_channel_never_took_is_delivered_at_the_next_start(
     tmp_path: Path, engine: Engine
 ) -> None:
+    """After the restart the bot knows only the guild's boost level (10 MiB), not its 16 KiB
+    limit: the PNG is refused with 40005 and goes again, re-encoded under half its size."""
+
     async def scenario() -> None:
-        async with fake_discord(settings()) as fake:
+        async with fake_discord(settings(filesize_limit=SMALL_LIMIT)) as fake:
             async with serving(tmp_path, fake, engine) as bot:
                 bot.service.dispatcher.config = replace(
                     bot.service.dispatcher.config, delivery_retry_delays=(600.0,)
@@ -217,6 +222,11 @@ def test_a_result_the_channel_never_took_is_delivered_at_the_next_start(
             assert delivered[0].params["channel_id"] == str(GENERAL)
             assert delivered[0].json["message_reference"]["message_id"] in (status, str(status))
             assert delivered[0].json["content"].startswith(f"<@{OWNER}> ")
+            assert "full PNG with its parameters is kept" in delivered[0].json["content"]
+            upload = delivered[0].files[0]
+            assert upload.data.startswith(b"\xff\xd8") and len(upload.data) <= SMALL_LIMIT
+            too_large = [c for c in fake.refused_calls if c.response["code"] == 40005]
+            assert len(too_large) == 1 and too_large[0].files[0].data.startswith(b"\x89PNG")
 
     run(scenario)
 

@@ -431,6 +431,8 @@ class Dispatcher:
             return await self._record(job, _failed_outcome(job, error), seconds)
 
     def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
+        flagged = {job.id: self._flagged(job) for job in jobs}  # previews go behind spoilers too
+
         def on_progress(event: ProgressEvent) -> None:
             self._previews.update(dict(event.previews))
             for job in jobs:
@@ -440,7 +442,7 @@ class Dispatcher:
                 self._emit(
                     job,
                     EventKind.PROGRESS,
-                    Reply(message),
+                    Reply(message, flagged=flagged[job.id]),
                     step=event.step,
                     total=event.total,
                     preview=self._previews.get(job.id),

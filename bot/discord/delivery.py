@@ -15,10 +15,13 @@ The result takes the first way that works:
    Channel, e.g. a user-installed app in a server it is not in): a DM to the user;
 5. the user takes no DMs either (50007): `Undelivered` is raised, the core records the job as
    not delivered and tries again later (and at the next start).
-Nothing is sent twice: each way either posts the result or fails without posting.
+Nothing is sent twice: each way either posts the result or fails without posting. After a
+new message, the old status message (where the bot may still edit it) drops its preview and
+says how the job ended.
 
 Files fit the upload limit of where they go (bot/discord/render.py): the interaction's
-`attachment_size_limit`, else the guild's `filesize_limit`, else 10 MiB.
+`attachment_size_limit`, else the guild's `filesize_limit`, else 10 MiB (a DM's); a place that
+still answers 40005 gets the file again at half the size.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 
@@ -45,6 +48,7 @@ from bot.discord.render import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Interaction tokens last 15 minutes; edits through the webhook stop a little before.
 TOKEN_SECONDS = 14 * 60
@@ -60,6 +64,8 @@ UNKNOWN_CHANNEL = 10003
 MISSING_ACCESS = 50001
 MISSING_PERMISSIONS = 50013
 CANNOT_DM_USER = 50007
+ENTITY_TOO_LARGE = 40005
+UPLOAD_RETRIES = 3
 TOKEN_GONE = frozenset({INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK, UNKNOWN_INTERACTION})
 CHANNEL_REFUSES = frozenset({MISSING_ACCESS, MISSING_PERMISSIONS, UNKNOWN_CHANNEL})
 
@@ -120,6 +126,26 @@ class FollowUps:
         now = time.monotonic()
         for token in [t for t, (_, expires) in self._sent.items() if expires < now]:
             del self._sent[token]
+
+
+Fit = Callable[[int], Awaitable[Rendered]]  # the final event rendered for an upload limit
+
+
+async def _fitting(fit: Fit, limit: int, send: Callable[[Rendered], Awaitable[T]]) -> T:
+    """`send` the event rendered under `limit`. Should the place refuse the file as too large
+    (40005: its limit is lower than the bot knew, e.g. after a restart, when only the guild's
+    boost level is known), it is sent again under half the size, a few times at most."""
+    for _ in range(UPLOAD_RETRIES):
+        rendered = await fit(limit)
+        try:
+            return await send(rendered)
+        except discord.HTTPException as error:
+            size = sum(len(upload.data) for upload in rendered.uploads)
+            if code_of(error) != ENTITY_TOO_LARGE or size == 0:
+                raise
+            log.info("A %d-byte upload was too large; sending it under %d", size, size // 2)
+            limit = size // 2
+    return await send(await fit(limit))
 
 
 def code_of(error: discord.HTTPException) -> int:
@@ -225,6 +251,8 @@ class JobMessages:
             log.debug("Progress of job %s not shown: %s", event.job_id, error)
 
     async def _deliver_result(self, event: JobEvent) -> None:
+        """A finished job's result, rendered (read, and re-encoded when too large) off the
+        event loop, once per upload limit it is sent under."""
         fitted: dict[int, Rendered] = {}
 
         async def fit(limit: int) -> Rendered:
@@ -234,17 +262,19 @@ class JobMessages:
 
         await self._deliver(event, fit)
 
-    async def _deliver(self, event: JobEvent, fit: Callable[[int], Awaitable[Rendered]]) -> None:
+    async def _deliver(self, event: JobEvent, fit: Fit) -> None:
         """The final event by the first way that works (see the module's docstring); `fit`
         renders it for an upload limit."""
         target = StatusMessage.parse(event.status_message)
         channel_id = target.channel_id if target is not None else int(event.origin.chat)
-        first = await fit(self.upload_limit(channel_id))
+        limit = self.upload_limit(channel_id)
         message_gone = False
-        hook = self._live_webhook(target) if target is not None else None
+        hook = self._live_webhook(target)
         if target is not None and hook is not None:
             try:
-                await self._edit_by_webhook(hook, target, first, event.locale)
+                await _fitting(
+                    fit, limit, lambda r: self._edit_by_webhook(hook, target, r, event.locale)
+                )
                 self._webhooks.pop(target.message_id, None)
                 return
             except discord.HTTPException as error:
@@ -255,14 +285,17 @@ class JobMessages:
                     message_gone = True
                 else:
                     raise
-        gone_but_live = target is not None and hook is not None and message_gone
-        if gone_but_live and await self._followup_result(hook, target, first, event):
-            return
+        if target is not None and hook is not None and message_gone:
+            sent = await _fitting(
+                fit, limit, lambda r: self._followup_result(hook, target, r, event)
+            )
+            if sent:
+                return
         reply_to = target if target is not None and not message_gone else None
         owner = _discord_user(event.owner)
         try:
-            rendered = first
-            await self._post(event, channel_id, rendered, owner, reply_to)
+            await _fitting(fit, limit, lambda r: self._post(event, channel_id, r, owner, reply_to))
+            await self._settle_status(reply_to, event)
             return
         except discord.HTTPException as error:
             if code_of(error) not in CHANNEL_REFUSES:
@@ -270,17 +303,32 @@ class JobMessages:
             log.info("Job %s: channel %s refused the result (%s)", event.job_id, channel_id, error)
         if owner is None:
             raise Undelivered(f"job {event.job_id}: the channel refused and no user to DM")
+        by_dm = Message(Key.RESULT_BY_DM, {"job": event.job_id})
         try:
             dm = await self.client.create_dm(discord.Object(owner))
-            rendered = await fit(DEFAULT_UPLOAD_LIMIT)
-            by_dm = Message(Key.RESULT_BY_DM, {"job": event.job_id})
-            await self._post(event, dm.id, rendered, None, None, note=by_dm)
+            await _fitting(
+                fit,
+                DEFAULT_UPLOAD_LIMIT,
+                lambda r: self._post(event, dm.id, r, None, None, note=by_dm),
+            )
         except discord.HTTPException as error:
             if code_of(error) == CANNOT_DM_USER:
                 raise Undelivered(
                     f"job {event.job_id}: channel {channel_id} and the user's DMs refuse the bot"
                 ) from error
             raise
+        await self._settle_status(reply_to, event)
+
+    async def _settle_status(self, status: StatusMessage | None, event: JobEvent) -> None:
+        """The old status message (last showing progress) says how the job ended, without its
+        preview; the result itself went out as a new message. Best effort: where the bot may
+        not edit, it stays as it was."""
+        if status is None:
+            return
+        try:
+            await self._edit_in_channel(status, Rendered(content(event.reply, event.locale)), "")
+        except discord.HTTPException as error:
+            log.debug("Job %s: its status message stays as it was (%s)", event.job_id, error)
 
     async def _followup_result(
         self, hook: Webhook, target: StatusMessage, rendered: Rendered, event: JobEvent

@@ -91,7 +91,7 @@ def render_event(event: JobEvent, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> R
     (a flagged job's behind a spoiler). Reads and may re-encode the image: call it off the
     event loop for a finished job."""
     if event.kind is EventKind.PROGRESS and event.preview is not None:
-        preview = Upload(event.preview, f"job-{event.job_id}.jpg")
+        preview = Upload(event.preview, f"job-{event.job_id}.jpg", spoiler=event.reply.flagged)
         return Rendered(content(event.reply, event.locale), (preview,))
     if event.kind is EventKind.FINISHED:
         picture = result_file(event.reply)
