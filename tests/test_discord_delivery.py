@@ -17,6 +17,7 @@ from discord import app_commands
 from PIL import Image
 
 from bot.discord.delivery import MAX_FOLLOWUPS, FollowUpLimit, FollowUps
+from bot.discord.render import fit_upload, size_text
 from bot.runtime import Bot
 from bot.store import Delivery, JobStatus
 from pipeline.engine import Engine
@@ -417,3 +418,28 @@ async def _raw_upload(fake: FakeDiscord, channel_id: int, data: bytes) -> tuple[
         session.post(url, data=form, headers=headers) as r,
     ):
         return r.status, await r.json(content_type=None)
+
+
+def test_fitting_keeps_a_png_that_fits_and_lowers_quality_then_size_until_one_does() -> None:
+    noise = Image.effect_noise((384, 384), 90).convert("RGB")
+    out = io.BytesIO()
+    noise.save(out, "PNG")
+    png = out.getvalue()
+
+    kept = fit_upload(png, "grid.png", len(png))
+    assert (kept.data, kept.filename, kept.reencoded) == (png, "grid.png", False)
+
+    mild = fit_upload(png, "grid.png", len(png) // 2)
+    assert mild.reencoded and mild.filename == "grid.jpg" and len(mild.data) <= len(png) // 2
+    with Image.open(io.BytesIO(mild.data)) as picture:
+        assert picture.size == (384, 384)  # a lower quality was enough
+
+    tight = fit_upload(png, "grid.png", 12 * 1024)
+    assert len(tight.data) <= 12 * 1024
+    with Image.open(io.BytesIO(tight.data)) as picture:
+        assert picture.format == "JPEG" and picture.size[0] < 384  # scaled down as well
+    assert (size_text(10 * 1024 * 1024), size_text(64 * 1024), size_text(1536)) == (
+        "10 MiB",
+        "64 KiB",
+        "1.5 KiB",
+    )
