@@ -40,6 +40,16 @@ loop (after a refused RESUME) first sleeps 5 s, unless given `no_identify_wait`;
 The rules about time (3 s to acknowledge, 15 minutes of webhook token) run on the fake's own
 clock, which a test moves with `advance_clock` or shortens through `FakeDiscordSettings`; no
 test needs to wait for them.
+
+Switches for the hard cases, each answered with Discord's own code: `expire_token` (401,
+50027 for one interaction's webhook), `delete_message` (10008 for edits), `block_channel`
+(403, 50013) and `leave_channel` (403, 50001: a user-installed app in a server without the
+bot), `close_dms` (403, 50007), a guild's `filesize_limit` (its interactions'
+`attachment_size_limit`; larger uploads there get 413, 40005), and user-installed
+interactions stop at 5 follow-ups (400, 40094). `after_call` throws a switch right after a
+given call is answered (a token that dies after the first edit). Mentions are recorded as
+the message's `allowed_mentions` let them ping, and `slash` offers a command only in the
+contexts and installation types it was synced with.
 """
 
 from __future__ import annotations
