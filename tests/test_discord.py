@@ -255,30 +255,43 @@ def test_a_refused_press_is_answered_to_the_presser_alone(tmp_path: Path, engine
     run(scenario)
 
 
-def test_the_token_stays_in_memory_and_an_expired_one_edits_through_the_channel(
+def test_the_token_stays_in_memory_and_past_it_the_result_is_a_reply_in_the_channel(
     tmp_path: Path, engine: Engine, monkeypatch: Any
 ) -> None:
-    from bot.discord import client as discord_client
+    from bot.discord import delivery
 
-    monkeypatch.setattr(discord_client, "TOKEN_SECONDS", 0)  # every token already too old
+    monkeypatch.setattr(delivery, "TOKEN_SECONDS", 0)  # every token already too old
 
     async def scenario() -> None:
         async with fake_discord() as fake, serving(tmp_path, fake, engine) as bot:
             sent = await fake.slash("imagine", {"prompt": "a quiet harbour --steps 2"})
+            queued = await sent.next_call(lambda c: c.method == "PATCH", timeout=WAIT_S)
+            status = int(queued.response["id"])
             final = await fake.wait_for_call(
                 lambda c: (
-                    c.method == "PATCH"
-                    and c.route == "/channels/{channel_id}/messages/{message_id}"
+                    c.method == "POST"
+                    and c.route == "/channels/{channel_id}/messages"
                     and any(f.data.startswith(b"\x89PNG") for f in c.files)
                 ),
                 timeout=JOB_WAIT_S,
             )
             assert final.status == 200, final.response
-            job = bot.store.job(1)
+            assert int(final.json["message_reference"]["message_id"]) == status
+            progress = [
+                c for c in fake.calls if c.route == "/channels/{channel_id}/messages/{message_id}"
+            ]
+            assert all(c.path.endswith(f"/{status}") for c in progress)  # edited in the channel
+            channel = final.path.split("/")[2]
+            for _ in range(200):  # the row is written once the message is posted
+                job = bot.store.job(1)
+                if (
+                    job is not None
+                    and job.status_message == f"discord:{channel}:{final.response['id']}"
+                ):
+                    break
+                await asyncio.sleep(0.05)
             assert job is not None and job.status is JobStatus.DONE
-            assert (
-                job.status_message == f"discord:{final.path.split('/')[2]}:{final.response['id']}"
-            )
+            assert job.status_message == f"discord:{channel}:{final.response['id']}"
             database = (tmp_path / "easel.db").read_bytes() + (
                 tmp_path / "easel.db-wal"
             ).read_bytes()

@@ -128,6 +128,7 @@ def test_an_admin_bans_sets_roles_and_chat_rules_and_reloads_presets(
             assert "NSFW" in await imagine_refusal(fake, bob, nude)
             allowed = await ask(fake, "admin rules", {"nsfw": True})
             assert allowed.startswith("Saved. This chat's rules: NSFW prompts allowed")
+            assert "not age-restricted" in allowed
 
             (tmp_path / "models").mkdir(exist_ok=True)
             (tmp_path / "models" / "presets.toml").write_text(PRESETS, encoding="utf-8")
@@ -141,7 +142,8 @@ def test_an_admin_bans_sets_roles_and_chat_rules_and_reloads_presets(
             channel = str(fake.guild.channel.id)
             assert bot.store.chat("discord", channel).default_preset == "ink"
 
-            sent = await fake.slash("imagine", {"prompt": nude}, user=bob)
+            assert "NSFW" in await imagine_refusal(fake, bob, nude)  # not age-restricted
+            sent = await fake.slash("imagine", {"prompt": "a castle --steps 2"}, user=bob)
             await sent.next_call(is_result, timeout=JOB_WAIT_S)
             job = bot.store.job(1)
             assert job is not None and "ink drawing" in job.request

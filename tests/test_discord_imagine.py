@@ -32,7 +32,6 @@ from pipeline.request import GenerationRequest
 from pipeline.sampler_names import ALL_NAMES
 from tests.fakes.discord import (
     AUTOCOMPLETE_RESULT,
-    CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
     MESSAGE_FLAG_EPHEMERAL,
     FakeDiscord,
@@ -106,18 +105,10 @@ async def choices(sent: SentInteraction) -> list[dict[str, Any]]:
     return found
 
 
-async def refused_at_once(sent: SentInteraction) -> str:
-    """The private answer to an interaction refused before it was deferred."""
-    answer = await sent.next_call(timeout=WAIT_S)
-    assert answer.status < 300, answer.response
-    assert answer.json["type"] == CHANNEL_MESSAGE
-    assert answer.json["data"]["flags"] & MESSAGE_FLAG_EPHEMERAL
-    return str(answer.json["data"]["content"])
-
-
 async def refused_after_defer(sent: SentInteraction) -> str:
-    """The private answer to /imagine refused by the core: the public "thinking" answer is
-    deleted and the refusal goes to the asker alone."""
+    """The private answer to a refused /imagine: it is acknowledged first (Discord allows
+    3 s), then the public "thinking" answer is deleted and the refusal goes to the asker
+    alone."""
     ack = await sent.next_call(timeout=WAIT_S)
     assert ack.json["type"] == DEFERRED_CHANNEL_MESSAGE
     answer = await sent.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
@@ -387,19 +378,19 @@ def test_img2img_from_an_attachment_and_bad_attachments_refused_privately(
                 assert made.size == (64, 64)
 
             text = fake.add_attachment("notes.txt", b"hello", content_type="text/plain")
-            answer = await refused_at_once(
+            answer = await refused_after_defer(
                 await fake.slash("imagine", {"prompt": "a cat", "image": text})
             )
             assert answer == "That is not an image Easel can read."
 
             huge = {**fake.add_attachment("huge.png", picture), "size": MAX_INPUT_BYTES + 5 * MIB}
-            answer = await refused_at_once(
+            answer = await refused_after_defer(
                 await fake.slash("imagine", {"prompt": "a cat", "image": huge}, locale="ko")
             )
             assert answer == "이미지가 25MB입니다. 20MB 이하의 이미지만 쓸 수 있습니다."
 
             gone = {**fake.add_attachment("gone.png", picture), "url": fake.url + "/gone.png"}
-            answer = await refused_at_once(
+            answer = await refused_after_defer(
                 await fake.slash("imagine", {"prompt": "a cat", "image": gone})
             )
             assert answer.startswith("The attachment could not be downloaded")

@@ -139,7 +139,12 @@ class AdminService:
 
     def _rules_message(self, key: Key, origin: Origin) -> Message:
         chat = self.store.chat(origin.platform, origin.chat)
-        nsfw = Message(Key.ADMIN_NSFW_ALLOWED if chat.nsfw_allowed else Key.ADMIN_NSFW_REFUSED)
+        if not chat.nsfw_allowed:
+            nsfw = Message(Key.ADMIN_NSFW_REFUSED)
+        elif origin.adult_ok is False:  # the platform still refuses them in this channel
+            nsfw = Message(Key.ADMIN_NSFW_ALLOWED_NOT_HERE)
+        else:
+            nsfw = Message(Key.ADMIN_NSFW_ALLOWED)
         preset: Argument = chat.default_preset or Message(Key.ADMIN_NONE)
         return Message(key, {"nsfw": nsfw, "preset": preset})
 

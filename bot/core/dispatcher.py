@@ -32,6 +32,7 @@ from bot.core.events import (
 )
 from bot.core.messages import Key, Message, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
+from bot.core.words import nsfw_word
 from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
 from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
 from bot.store import (
@@ -458,6 +459,8 @@ class Dispatcher:
             return await self._record(job, _failed_outcome(job, error), seconds)
 
     def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
+        flagged = {job.id: self._flagged(job) for job in jobs}  # previews go behind spoilers too
+
         def on_progress(event: ProgressEvent) -> None:
             self._previews.update(dict(event.previews))
             for job in jobs:
@@ -467,7 +470,7 @@ class Dispatcher:
                 self._emit(
                     job,
                     EventKind.PROGRESS,
-                    Reply(message),
+                    Reply(message, flagged=flagged[job.id]),
                     step=event.step,
                     total=event.total,
                     preview=self._previews.get(job.id),
@@ -578,7 +581,18 @@ class Dispatcher:
             buttons = grid_buttons(job.id, len(job.images))
         private = self.store.settings(job.user_id).private
         grid = Path(job.grid_path) if job.grid_path else None
-        return Reply(message, images, grid, buttons, parameters, private)
+        return Reply(
+            message, images, grid, buttons, parameters, private, flagged=self._flagged(job)
+        )
+
+    def _flagged(self, job: JobRecord) -> bool:
+        """The job's prompt has NSFW words; an upscale has its parent's prompt."""
+        current: JobRecord | None = job
+        while current is not None and current.kind is JobKind.UPSCALE:
+            current = self.store.job(current.parent_id) if current.parent_id else None
+        if current is None:
+            return False
+        return nsfw_word(getattr(work_of(current), "prompt", "") or "") is not None
 
     def _about(self, job: JobRecord) -> dict[str, str | int | Message]:
         """The job and what it is: its prompt, or which image of which job it varies."""

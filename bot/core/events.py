@@ -29,6 +29,10 @@ class Origin:
     platform: str
     chat: str
     message: str | None = None  # the user's message or interaction
+    # The platform's word on adult content where the request was made: True for an
+    # age-restricted channel, False for one that is not, None where the platform has no say
+    # (the chat's NSFW setting decides; see bot/core/words.py). Not stored with the job.
+    adult_ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Reply:
     private: bool = False  # only the requester should see it (Discord: ephemeral)
     lines: tuple[Message, ...] = ()  # further lines under the message (a history page)
     editable: str | None = None  # a line the user is asked to edit and send back (remix)
+    # The prompt has NSFW words (allowed where it was made): images go behind a spoiler.
+    flagged: bool = False
 
     def text(self, locale: str) -> str:
         return "\n".join(part.render(locale) for part in (self.message, *self.lines))

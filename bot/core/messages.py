@@ -51,6 +51,7 @@ class Key(StrEnum):
     NOT_YOUR_JOB = "not_your_job"
     ALREADY_FINISHED = "already_finished"
     UNKNOWN_ACTION = "unknown_action"
+    UNKNOWN_BUTTON = "unknown_button"
     INFO = "info"
     INFO_ERROR = "info_error"
     HISTORY_HEADER = "history_header"
@@ -240,6 +241,7 @@ class Key(StrEnum):
     ADMIN_NONE = "admin_none"
     ADMIN_RULES = "admin_rules"
     ADMIN_NSFW_ALLOWED = "admin_nsfw_allowed"
+    ADMIN_NSFW_ALLOWED_NOT_HERE = "admin_nsfw_allowed_not_here"
     ADMIN_NSFW_REFUSED = "admin_nsfw_refused"
     ADMIN_RULES_UPDATED = "admin_rules_updated"
     ADMIN_BAD_SWITCH = "admin_bad_switch"
@@ -258,6 +260,9 @@ class Key(StrEnum):
     ARG_ROLE = "arg_role"
     ARG_NSFW = "arg_nsfw"
     ARG_CHAT_PRESET = "arg_chat_preset"
+    # Delivery of results (Discord's size limit, a result that goes by DM)
+    RESULT_REENCODED = "result_reencoded"
+    RESULT_BY_DM = "result_by_dm"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, time
@@ -29,6 +28,7 @@ from bot.core.options import (
 )
 from bot.core.setting_choices import MENU_SETTINGS, SettingMenu, setting_menu
 from bot.core.sources import ReloadReport
+from bot.core.words import first_match, nsfw_allowed, nsfw_word
 from bot.core.work import KIND_KEYS, child_work, prompt_preview, remix_line, work_of
 from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
@@ -43,19 +43,6 @@ from pipeline.validation import check_input_size
 from pipeline.variations import STRONG_DENOISING, request_from_infotext, strong_variation
 
 HISTORY_PAGE = 5
-# Refused where a chat does not allow NSFW (a chat setting); operators add more with banned words.
-NSFW_WORDS = (
-    "nsfw",
-    "nude",
-    "nudity",
-    "naked",
-    "porn",
-    "hentai",
-    "sex",
-    "explicit",
-    "누드",
-    "야동",
-)
 _SETTING_FLAGS = {
     **CATEGORY_FLAGS,
     "aspect_ratio": "ar",
@@ -404,11 +391,11 @@ class JobService:
 
     def _check_words(self, prompt: str, origin: Origin) -> None:
         chat = self.store.chat(origin.platform, origin.chat)
-        word = _first_match(prompt, (*self.config.banned_words, *chat.banned_words))
+        word = first_match(prompt, (*self.config.banned_words, *chat.banned_words))
         if word is not None:
             raise Refusal(Message(Key.BANNED_WORD, {"word": word}))
-        if not chat.nsfw_allowed:
-            word = _first_match(prompt, NSFW_WORDS)
+        if not nsfw_allowed(origin.adult_ok, chat.nsfw_allowed):
+            word = nsfw_word(prompt)
             if word is not None:
                 raise Refusal(Message(Key.NSFW_WORD, {"word": word}))
 
@@ -778,18 +765,3 @@ def _locale_or_none(user: UserRef) -> str | None:
 
 def _setting_text(value: object) -> str:
     return "" if value is None else str(value)
-
-
-def _first_match(prompt: str, words: tuple[str, ...]) -> str | None:
-    """The first listed word in the prompt: whole words for Latin text, anywhere for Hangul."""
-    lowered = prompt.lower()
-    for word in words:
-        needle = word.strip().lower()
-        if not needle:
-            continue
-        if needle.isascii():
-            if re.search(rf"(?<![\w]){re.escape(needle)}(?![\w])", lowered):
-                return word
-        elif needle in lowered:
-            return word
-    return None

@@ -61,7 +61,11 @@ def admin_group(admin: AdminService) -> app_commands.Group:
         description=described(Key.CMD_ADMIN),
         default_permissions=discord.Permissions(manage_guild=True),
         guild_only=True,  # dm_permission: false, for clients that read only that
-        allowed_contexts=app_commands.AppCommandContext(guild=True),
+        # explicit falses: the tree's defaults (DMs, group DMs, user installs) fill any unset
+        allowed_contexts=app_commands.AppCommandContext(
+            guild=True, dm_channel=False, private_channel=False
+        ),
+        allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
     )
 
     @group.command(name=named(Key.NAME_BAN), description=described(Key.CMD_ADMIN_BAN))

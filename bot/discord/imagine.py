@@ -31,7 +31,6 @@ from bot.core.messages import Key, Message
 from bot.core.setting_choices import ASPECTS
 from bot.core.uploads import check_input_upload
 from bot.discord.interactions import locale_of
-from bot.discord.render import content
 from bot.discord.translator import described, named
 from pipeline.validation import MAX_SEED
 
@@ -45,9 +44,8 @@ MAX_COUNT = 4
 HIRES_OFF = "off"
 # The factors offered; any other (`--hires 2.5`) is written in the prompt.
 HIRES_FACTORS = ("1.5", "3", "4")
-# An attachment is read before the interaction is acknowledged (the acknowledgement belongs to
-# DiscordFrontEnd.imagine), and Discord allows 3 s for that.
-READ_SECONDS = 2.0
+# An attachment is read after the interaction is acknowledged; a download that hangs gives up.
+READ_SECONDS = 30.0
 
 OPTION_NAMES = {
     "prompt": Key.NAME_PROMPT,
@@ -118,17 +116,15 @@ def switches(tile: bool | None, hires: str | None) -> dict[str, object]:
     return fields
 
 
-async def read_image(interaction: Interaction, image: discord.Attachment) -> bytes | None:
-    """The attachment's bytes; None when it was refused (the asker alone is told why)."""
+async def read_image(image: discord.Attachment) -> bytes | Reply:
+    """The attachment's bytes, or why it cannot be used (checked before it is downloaded)."""
     try:
         check_input_upload(image.size, image.content_type)
         return await asyncio.wait_for(image.read(), READ_SECONDS)
     except Refusal as refusal:
-        reply = refusal.reply
+        return refusal.reply
     except (discord.HTTPException, TimeoutError):
-        reply = Reply(Message(Key.ATTACHMENT_UNREADABLE))
-    await interaction.response.send_message(content(reply, locale_of(interaction)), ephemeral=True)
-    return None
+        return Reply(Message(Key.ATTACHMENT_UNREADABLE))
 
 
 def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:
@@ -161,14 +157,10 @@ def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd)
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
-        init_image = None
-        if image is not None:
-            init_image = await read_image(interaction, image)
-            if init_image is None:
-                return
         await front_end.imagine(
             interaction,
             prompt,
+            image,
             neg=negative,
             style=style,
             shot=shot,
@@ -182,7 +174,6 @@ def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd)
             sampler=sampler,
             n=count,
             strength=strength,
-            init_image=init_image,
             **switches(tile, hires),
         )
 

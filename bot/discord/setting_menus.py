@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from bot.core.service import JobService
     from bot.discord.client import EaselClient
 
-TEMPLATE = r"easel:set:(?P<name>[a-z_]+):(?P<page>[0-9]{1,3})"
+# Only the settings that have a menu: any other id is left to the unclaimed-press answer.
+TEMPLATE = rf"easel:set:(?P<name>{'|'.join(MENU_SETTINGS)}):(?P<page>[0-9]{{1,3}})"
 PER_PAGE = 22  # 25 options a select: "not set", back and more take three
 MAX_LABEL = 100
 MAX_PLACEHOLDER = 150

@@ -40,6 +40,16 @@ loop (after a refused RESUME) first sleeps 5 s, unless given `no_identify_wait`;
 The rules about time (3 s to acknowledge, 15 minutes of webhook token) run on the fake's own
 clock, which a test moves with `advance_clock` or shortens through `FakeDiscordSettings`; no
 test needs to wait for them.
+
+Switches for the hard cases, each answered with Discord's own code: `expire_token` (401,
+50027 for one interaction's webhook), `delete_message` (10008 for edits), `block_channel`
+(403, 50013) and `leave_channel` (403, 50001: a user-installed app in a server without the
+bot), `close_dms` (403, 50007), a guild's `filesize_limit` (its interactions'
+`attachment_size_limit`; larger uploads there get 413, 40005), and user-installed
+interactions stop at 5 follow-ups (400, 40094). `after_call` throws a switch right after a
+given call is answered (a token that dies after the first edit). Mentions are recorded as
+the message's `allowed_mentions` let them ping, and `slash` offers a command only in the
+contexts and installation types it was synced with.
 """
 
 from __future__ import annotations
@@ -230,6 +240,10 @@ class FakeGuild:
     owner_id: int
     channels: list[FakeChannel]
     preferred_locale: str = "en-US"
+    # The guild's upload limit in bytes (boosts raise it); None: the fake's `max_upload_bytes`.
+    # Its interactions carry it as `attachment_size_limit`, and larger uploads to its channels
+    # are refused with 40005.
+    filesize_limit: int | None = None
 
     @property
     def channel(self) -> FakeChannel:
@@ -386,6 +400,14 @@ class InteractionState:
     acknowledged_with: int | None = None
     original_message_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class AfterCall:
+    """A test's action run once, right after the first answered call that matches."""
+
+    predicate: Callable[[RecordedCall], bool]
+    action: Callable[[RecordedCall], None]
 
 
 @dataclass
@@ -737,7 +759,10 @@ class FakeDiscord:
         self.internal_errors: list[Exception] = []  # the fake's own faults (answered with 418)
         self.heartbeats = 0
         self.blocked_channels: set[int] = set()
+        self.left_channels: set[int] = set()
         self.closed_dms: set[int] = set()
+        self.expired_tokens: set[str] = set()
+        self._after_calls: list[AfterCall] = []
         self.users: dict[int, FakeUser] = {
             u.id: u for u in (self.settings.bot_user, self.settings.owner)
         }
@@ -823,9 +848,46 @@ class FakeDiscord:
         """Refuse the bot's messages in this channel (403, 50013 Missing Permissions)."""
         self.blocked_channels.add(channel_id)
 
+    def unblock_channel(self, channel_id: int) -> None:
+        self.blocked_channels.discard(channel_id)
+
+    def leave_channel(self, channel_id: int) -> None:
+        """The bot is not in this channel (a user-installed app in a server without the bot):
+        its messages there are refused with 403, 50001 Missing Access."""
+        self.left_channels.add(channel_id)
+
     def close_dms(self, user_id: int) -> None:
         """This user does not take DMs (403, 50007 Cannot send messages to this user)."""
         self.closed_dms.add(user_id)
+
+    def open_dms(self, user_id: int) -> None:
+        self.closed_dms.discard(user_id)
+
+    def expire_token(self, token: str) -> None:
+        """The interaction's token is past its 15 minutes from now on: its webhook calls are
+        refused with 401, 50027 Invalid Webhook Token (as `advance_clock` would, for one)."""
+        self.expired_tokens.add(token)
+
+    def delete_message(self, message_id: int) -> None:
+        """Someone deleted the message: edits and replies to it find 10008 Unknown Message."""
+        self.messages.pop(message_id, None)
+
+    def after_call(
+        self, predicate: Callable[[RecordedCall], bool], action: Callable[[RecordedCall], None]
+    ) -> None:
+        """Run `action` once, right after the first call from now on that satisfies
+        `predicate` is answered and before the client gets the answer: a switch thrown at an
+        exact point of a conversation (e.g. a token that expires after the first edit)."""
+        self._after_calls.append(AfterCall(predicate, action))
+
+    def upload_limit(self, channel_id: int | None) -> int:
+        """The most bytes the files of one message may have in a channel."""
+        found = self.channels.get(channel_id) if channel_id is not None else None
+        guild_id = found[1] if found is not None else None
+        guild = next((g for g in self.settings.guilds if g.id == guild_id), None)
+        if guild is not None and guild.filesize_limit is not None:
+            return guild.filesize_limit
+        return self.settings.max_upload_bytes
 
     def add_user(self, user_id: int, username: str) -> FakeUser:
         user = FakeUser(user_id, username)
@@ -1079,10 +1141,17 @@ class FakeDiscord:
                 call.response = {"message": f"fake Discord failed: {error!r}", "code": 0}
                 response = json_response(call.response, 418)
             call.status = response.status
+            self._run_after_calls(call)
             await self._notify()
             return response
 
         return handle
+
+    def _run_after_calls(self, call: RecordedCall) -> None:
+        for hook in list(self._after_calls):
+            if hook.predicate(call):
+                self._after_calls.remove(hook)
+                hook.action(call)
 
     async def _read_call(self, request: web.Request, template: str | None) -> RecordedCall:
         payload: Any = None
@@ -1380,6 +1449,8 @@ class FakeDiscord:
             raise invalid_webhook_token()
         if self.clock() - state.created_at > self.settings.token_window_s:
             raise invalid_webhook_token()
+        if state.token in self.expired_tokens:
+            raise invalid_webhook_token()
         if state.acknowledged_with is None:
             raise DiscordError(404, 10015, "Unknown Webhook")
         return state
@@ -1452,6 +1523,8 @@ class FakeDiscord:
         found = self.channels.get(int(call.params["channel_id"]))
         if found is None:
             raise unknown_channel()
+        if found[0].id in self.left_channels:
+            raise DiscordError(403, 50001, "Missing Access")
         return found
 
     async def _get_channel(self, request: web.Request, call: RecordedCall) -> Any:
@@ -1519,8 +1592,15 @@ class FakeDiscord:
         self._check_upload_size(call)
 
     def _check_upload_size(self, call: RecordedCall) -> None:
-        if sum(len(f.data) for f in call.files) > self.settings.max_upload_bytes:
+        if sum(len(f.data) for f in call.files) > self.upload_limit(self._call_channel(call)):
             raise DiscordError(413, 40005, "Request entity too large")
+
+    def _call_channel(self, call: RecordedCall) -> int | None:
+        """The channel a message call posts in: its route's, or its interaction's."""
+        if "channel_id" in call.params:
+            return int(call.params["channel_id"])
+        state = self.interactions.get(call.params.get("token", ""))
+        return state.channel_id if state is not None else None
 
     def _uploads(self, payload: Mapping[str, Any], files: list[RecordedFile]) -> list[dict]:
         """Attachment payloads for uploaded files, matched to `payload["attachments"]` by the
@@ -1555,8 +1635,12 @@ class FakeDiscord:
             "timestamp": now_iso(),
             "edited_timestamp": None,
             "tts": bool(payload.get("tts")),
-            "mention_everyone": False,
-            "mentions": self._mentions(payload.get("content") or ""),
+            "mention_everyone": self._pings_everyone(
+                payload.get("content") or "", payload.get("allowed_mentions")
+            ),
+            "mentions": self._mentions(
+                payload.get("content") or "", payload.get("allowed_mentions")
+            ),
             "mention_roles": [],
             "attachments": [self._public_attachment(a) for a in attachments],
             "embeds": payload.get("embeds") or [],
@@ -1588,9 +1672,21 @@ class FakeDiscord:
     def _public_attachment(attachment: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in attachment.items() if k != "upload_index"}
 
-    def _mentions(self, content: str) -> list[dict[str, Any]]:
+    def _mentions(
+        self, content: str, allowed: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """The users a message pings: those named in its text, as far as its
+        `allowed_mentions` lets them be (none given: all of them, Discord's default)."""
         ids = {int(m) for m in re.findall(r"<@!?(\d+)>", content)}
+        if allowed is not None and "users" not in (allowed.get("parse") or []):
+            ids &= {int(i) for i in allowed.get("users") or []}
         return [self.users[i].payload() for i in sorted(ids) if i in self.users]
+
+    @staticmethod
+    def _pings_everyone(content: str, allowed: Mapping[str, Any] | None) -> bool:
+        if "@everyone" not in content and "@here" not in content:
+            return False
+        return allowed is None or "everyone" in (allowed.get("parse") or [])
 
     def _edit_stored(
         self, message_id: int, payload: Mapping[str, Any], files: list[RecordedFile]
@@ -1600,7 +1696,9 @@ class FakeDiscord:
             if key in payload:
                 message[key] = payload[key] or ([] if key != "content" else "")
         if "content" in payload:
-            message["mentions"] = self._mentions(message["content"])
+            allowed = payload.get("allowed_mentions")
+            message["mentions"] = self._mentions(message["content"], allowed)
+            message["mention_everyone"] = self._pings_everyone(message["content"], allowed)
         if "flags" in payload:
             message["flags"] = payload["flags"] or 0
         else:
@@ -1652,7 +1750,11 @@ class FakeDiscord:
             "locale": locale,
             "app_permissions": str(PERMISSION_ALL),
             "entitlements": [],
-            "attachment_size_limit": self.settings.max_upload_bytes,
+            "attachment_size_limit": (
+                guild.filesize_limit
+                if guild is not None and guild.filesize_limit is not None
+                else self.settings.max_upload_bytes
+            ),
         }
         if guild is not None:
             channel_id = channel_id or guild.channel.id
@@ -1709,6 +1811,30 @@ class FakeDiscord:
         )
         await self.dispatch("INTERACTION_CREATE", payload)
         return sent
+
+    def _check_available(
+        self,
+        command: dict[str, Any],
+        guild: FakeGuild | None,
+        channel_id: int | None,
+        user_install: bool,
+    ) -> None:
+        """Discord offers a command only in the contexts (0 server, 1 the bot's DM, 2 a group
+        or other private channel) and for the installations (0 server, 1 user) its synced
+        `contexts` and `integration_types` list, where it lists them."""
+        if guild is not None:
+            context = 0
+        elif channel_id is None:
+            context = 1
+        else:
+            known = self.channels.get(channel_id)
+            context = 1 if known is not None and known[0].type == 1 else 2
+        install = 1 if user_install else 0
+        contexts, installs = command.get("contexts"), command.get("integration_types")
+        if contexts is not None and context not in contexts:
+            raise LookupError(f"/{command['name']} is not offered in context {context}")
+        if installs is not None and install not in installs:
+            raise LookupError(f"/{command['name']} is not offered to installation type {install}")
 
     def _command_options(
         self,
@@ -1783,6 +1909,7 @@ class FakeDiscord:
         guild = self.guild if guild is ANY else guild
         top, *path = name.split()
         command = self._command(top, guild, 1)
+        self._check_available(command, guild, channel_id, user_install)
         opts, resolved = self._command_options(command, path, options or {}, None)
         return await self._send_interaction(
             APPLICATION_COMMAND,
