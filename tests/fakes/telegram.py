@@ -1152,13 +1152,7 @@ class FakeTelegram:
     ) -> None:
         """Answer the next `times` calls to method `match` (or that satisfy it; any call if None)
         with 429 and `parameters.retry_after`."""
-        if match is None:
-            predicate: Callable[[RecordedCall], bool] = lambda call: True  # noqa: E731
-        elif isinstance(match, str):
-            predicate = lambda call, name=match.lower(): call.method.lower() == name  # noqa: E731
-        else:
-            predicate = match
-        self._flood_rules.append(FloodRule(predicate, retry_after, times))
+        self._flood_rules.append(FloodRule(flood_predicate(match), retry_after, times))
 
     # -- waiting
 
@@ -1223,7 +1217,7 @@ class FakeTelegram:
     # -- webhooks
 
     async def post_webhook(
-        self, update: Mapping[str, Any], *, secret_token: str | None | Any = ...
+        self, update: Mapping[str, Any], *, secret_token: str | Any | None = ...
     ) -> int:
         """POST `update` to the webhook set with setWebhook, with its secret token in
         X-Telegram-Bot-Api-Secret-Token (or `secret_token` instead, None for no header);
@@ -1264,6 +1258,7 @@ class FakeTelegram:
         method = request.match_info["method"]
         call = RecordedCall(len(self.calls), method, token, {}, {}, self.clock())
         self.calls.append(call)
+        await self._notify()
         try:
             raw, files = await self._read_parameters(request)
             call.files = files
@@ -1542,8 +1537,11 @@ class FakeTelegram:
         return self.add_document(source.data, source.filename, source.content_type)
 
     def _bot_message(self, chat: FakeChat, params: Mapping[str, Any]) -> FakeMessage:
-        message = self._new_message(chat, self.bot, reply_to=self._reply_target(chat, params))
-        message.reply_markup = check_reply_markup(params.get("reply_markup"))
+        """A new message from the bot, once its keyboard and reply target pass."""
+        markup = check_reply_markup(params.get("reply_markup"))
+        reply_to = self._reply_target(chat, params)
+        message = self._new_message(chat, self.bot, reply_to=reply_to)
+        message.reply_markup = markup
         return message
 
     def _message_to_edit(self, call: RecordedCall) -> FakeMessage:
@@ -1871,6 +1869,16 @@ class FakeTelegram:
         if call.params.get("action") not in CHAT_ACTIONS:
             raise bad_request("wrong parameter action in request")
         return True
+
+
+def flood_predicate(
+    match: str | Callable[[RecordedCall], bool] | None,
+) -> Callable[[RecordedCall], bool]:
+    """Which calls a `flood` rule answers: all, those to one method, or those a test picks."""
+    if callable(match):
+        return match
+    name = match.lower() if match is not None else None
+    return lambda call: name is None or call.method.lower() == name
 
 
 def scope_key(scope: Mapping[str, Any] | None) -> str:
