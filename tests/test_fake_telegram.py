@@ -26,6 +26,7 @@ from telegram import (
 )
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, RetryAfter
 from telegram.ext import (
+    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -62,14 +63,16 @@ def bot_for(fake: FakeTelegram, token: str | None = None) -> Bot:
     return Bot(token or fake.token, base_url=fake.base_url, base_file_url=fake.base_file_url)
 
 
-def application_for(fake: FakeTelegram) -> Application:
-    return (
+def application_for(fake: FakeTelegram, *, max_retries: int | None = None) -> Application:
+    builder = (
         Application.builder()
         .token(fake.token)
         .base_url(fake.base_url)
         .base_file_url(fake.base_file_url)
-        .build()
     )
+    if max_retries is not None:
+        builder = builder.rate_limiter(AIORateLimiter(max_retries=max_retries))
+    return builder.build()
 
 
 @contextlib.asynccontextmanager
@@ -260,6 +263,74 @@ def test_get_file_downloads_every_size_of_a_photo_a_person_sent() -> None:
             assert fake.refused_calls[-1].description == (
                 "Bad Request: wrong file identifier/HTTP URL specified"
             )
+
+    run(scenario)
+
+
+def test_a_reply_with_a_photo_to_the_bots_message_carries_both() -> None:
+    async def scenario() -> None:
+        async with fake_telegram() as fake:
+            app = application_for(fake)
+            seen: asyncio.Queue[tuple[str | None, int, bytes]] = asyncio.Queue()
+
+            async def photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                message = update.effective_message
+                assert message is not None and message.reply_to_message is not None
+                source = await (await message.photo[-1].get_file()).download_as_bytearray()
+                await seen.put(
+                    (message.caption, message.reply_to_message.message_id, bytes(source))
+                )
+
+            app.add_handler(MessageHandler(filters.PHOTO & filters.REPLY, photo))
+            chat = fake.group_chat()
+            picture = png_bytes((32, 32), (1, 2, 3))
+            async with polling(app):
+                grid = await app.bot.send_photo(chat.id, png_bytes(), caption="a cat")
+                fake.reply_to(fake.message(chat, grid.message_id), photo=picture, caption="remix")
+                caption, replied_to, data = await asyncio.wait_for(seen.get(), WAIT_S)
+            assert (caption, replied_to, data) == ("remix", grid.message_id, picture)
+
+    run(scenario)
+
+
+def test_a_press_made_while_the_bot_is_down_reaches_it_after_a_restart() -> None:
+    async def scenario() -> None:
+        async with fake_telegram() as fake:
+            chat = fake.private_chat(fake.user)
+            first = application_for(fake)
+            async with polling(first):
+                sent = await first.bot.send_message(
+                    chat.id, "grid", reply_markup=keyboard([("U1", "easel:7:u1")])
+                )
+            fake.press(fake.message(chat, sent.message_id), "easel:7:u1")
+
+            pressed: asyncio.Queue[str] = asyncio.Queue()
+
+            async def on_press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+                assert update.callback_query is not None
+                await update.callback_query.answer()
+                await pressed.put(update.callback_query.data or "")
+
+            second = application_for(fake)
+            second.add_handler(CallbackQueryHandler(on_press))
+            async with polling(second):
+                assert await asyncio.wait_for(pressed.get(), WAIT_S) == "easel:7:u1"
+            assert all(q.answered for q in fake.callback_queries.values())
+
+    run(scenario)
+
+
+def test_a_rate_limiter_retries_after_the_429() -> None:
+    async def scenario() -> None:
+        async with fake_telegram() as fake:
+            chat = fake.private_chat(fake.user)
+            fake.flood("sendMessage", retry_after=1)
+            async with application_for(fake, max_retries=1) as app:
+                await app.bot.send_message(chat.id, "after the flood")
+            refused, sent = fake.calls_to("sendMessage")
+            assert refused.status == 429 and sent.ok
+            assert sent.at - refused.at >= 1.0  # it waited as long as it was told
+            assert [m.text for m in fake.messages_in(chat)] == ["after the flood"]
 
     run(scenario)
 

@@ -131,6 +131,7 @@ MAX_COMMANDS = 100
 DELETE_WINDOW_S = 48 * 3600
 PHOTO_SIZE_LIMITS = (90, 320, 800, 1280)  # the longest side of the smaller sizes Telegram makes
 SECRET_TOKEN_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+CLIENT_CLOSED_REQUEST = 499  # recorded for a call whose client left before it was read
 
 CHAT_ACTIONS = frozenset(
     {
@@ -1261,6 +1262,12 @@ class FakeTelegram:
         await self._notify()
         try:
             raw, files = await self._read_parameters(request)
+        except ConnectionError:
+            # The client went away mid-request (PTB cancelling a poll when it stops).
+            call.status, call.abandoned = CLIENT_CLOSED_REQUEST, True
+            await self._notify()
+            raise
+        try:
             call.files = files
             call.params = raw
             if token != self.settings.token:
