@@ -143,6 +143,33 @@ def test_a_command_in_a_private_chat_and_a_group_reaches_its_handler() -> None:
     run(scenario)
 
 
+def test_group_privacy_hides_chatter_but_not_commands_mentions_or_replies() -> None:
+    async def scenario() -> None:
+        async with fake_telegram() as fake, bot_for(fake) as bot:
+            group = fake.group_chat()
+            fake.send_message(group, text="just chatting")
+            fake.send_message(group, text="/imagine a fox")
+            fake.send_message(group, text="/imagine@other_bot a fox")
+            fake.send_message(group, text="hey @Easel_Test_Bot draw")
+            grid = await bot.send_photo(group.id, png_bytes(), caption="grid")
+            fake.reply_to(fake.message(group, grid.message_id), text="more like this")
+            fake.send_photo(group, data=png_bytes(), caption="/imagine@easel_test_bot oil")
+            first = await bot.get_updates()
+            seen = [u.message.text or u.message.caption for u in first if u.message]
+            assert seen == [
+                "/imagine a fox",
+                "hey @Easel_Test_Bot draw",
+                "more like this",
+                "/imagine@easel_test_bot oil",
+            ]
+            admin_group = fake.group_chat(bot_is_admin=True)
+            fake.send_message(admin_group, text="just chatting")
+            later = await bot.get_updates(offset=first[-1].update_id + 1)
+            assert [u.message.text for u in later if u.message] == ["just chatting"]
+
+    run(scenario)
+
+
 def test_get_updates_honours_offset_timeout_and_allowed_updates() -> None:
     async def scenario() -> None:
         async with fake_telegram() as fake, bot_for(fake) as bot:
@@ -351,6 +378,9 @@ def test_set_my_commands_is_kept_per_language_code() -> None:
                 await bot.set_my_commands([BotCommand("Imagine", "Draw")])
             assert fake.refused_calls[-1].description == "Bad Request: BOT_COMMAND_INVALID"
             assert fake.commands_for(language_code="ko")[0]["command"] == "imagine"
+            await bot.set_my_description("Easel은 그림을 그립니다", language_code="ko")
+            assert (await bot.get_my_description("ko")).description == "Easel은 그림을 그립니다"
+            assert (await bot.get_my_description()).description == ""
 
     run(scenario)
 

@@ -81,6 +81,11 @@ descriptions as the Bot API server words them, "Bad Request: " + the reason):
   than one message a second to one chat, or more than 20 a minute to one group. (Telegram
   allows short bursts over the first; the fake does not, so a test that turns it on sees it.)
 
+Group privacy (core.telegram.org/bots/features#privacy-mode): on by default, as for a new bot;
+in a group where the bot is no admin, a person's message becomes an update only when it starts
+with a command (for this bot or for none in particular), mentions the bot, or replies to one of
+the bot's messages (`FakeTelegramSettings.group_privacy`, `FakeTelegram.sees`).
+
 Webhooks: setWebhook takes http URLs on any port, as a self-hosted Bot API server in --local
 mode does (api.telegram.org wants HTTPS on 443, 80, 88 or 8443).
 
@@ -749,6 +754,7 @@ class FakeTelegramSettings:
     max_photo_bytes: int = MAX_PHOTO_BYTES
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_download_bytes: int = MAX_DOWNLOAD_BYTES
+    group_privacy: bool = True  # Telegram's default for bots; see FakeTelegram.sees
 
 
 # -- request parsing ----------------------------------------------------------------------------
@@ -869,6 +875,8 @@ class FakeTelegram:
         self.updates: list[dict[str, Any]] = []  # not yet confirmed
         self.callback_queries: dict[str, CallbackQueryState] = {}
         self.commands: dict[tuple[str, str], list[dict[str, str]]] = {}
+        # (field, language_code) -> text, for setMyDescription and setMyShortDescription
+        self.descriptions: dict[tuple[str, str], str] = {}
         self.webhook: WebhookState | None = None
         self.webhook_deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status)
         self.allowed_updates: list[str] | None = None
@@ -1044,7 +1052,7 @@ class FakeTelegram:
         message = self._new_message(chat, user, reply_to=reply_to)
         message.text = text
         message.entities = command_entities(text)
-        self.enqueue_update("message", message.payload())
+        self._deliver_message(message)
         return message
 
     def send_photo(
@@ -1063,7 +1071,7 @@ class FakeTelegram:
         if caption is not None:
             message.caption = caption
             message.caption_entities = command_entities(caption)
-        self.enqueue_update("message", message.payload())
+        self._deliver_message(message)
         return message
 
     def send_document(
@@ -1084,8 +1092,33 @@ class FakeTelegram:
         if caption is not None:
             message.caption = caption
             message.caption_entities = command_entities(caption)
-        self.enqueue_update("message", message.payload())
+        self._deliver_message(message)
         return message
+
+    def sees(self, message: FakeMessage) -> bool:
+        """Whether the bot gets an update for a person's message. In groups, with privacy mode
+        on (the default for bots, core.telegram.org/bots/features#privacy-mode) and the bot no
+        admin, it gets only commands (for it, or general ones: it is the only bot here),
+        messages that mention it, and replies to its own messages."""
+        if (
+            not message.chat.is_group
+            or not self.settings.group_privacy
+            or message.chat.bot_is_admin
+        ):
+            return True
+        if message.reply_to is not None and message.reply_to.sender.id == self.bot.id:
+            return True
+        body = message.text if message.text is not None else message.caption or ""
+        for entity in message.entities if message.text is not None else message.caption_entities:
+            if entity["type"] == "bot_command" and entity["offset"] == 0:
+                command = body[: entity["length"]]
+                mention = command.partition("@")[2]
+                return not mention or mention.lower() == (self.bot.username or "").lower()
+        return f"@{self.bot.username}".lower() in body.lower()
+
+    def _deliver_message(self, message: FakeMessage) -> None:
+        if self.sees(message):
+            self.enqueue_update("message", message.payload())
 
     def reply_to(
         self,
@@ -1345,6 +1378,10 @@ class FakeTelegram:
             "getfile": self._get_file,
             "sendchataction": self._send_chat_action,
             "getchat": self._get_chat,
+            "setmydescription": self._set_my_description,
+            "getmydescription": self._get_my_description,
+            "setmyshortdescription": self._set_my_short_description,
+            "getmyshortdescription": self._get_my_short_description,
         }
 
     async def _download(self, request: web.Request) -> web.Response:
@@ -1726,6 +1763,35 @@ class FakeTelegram:
     async def _delete_my_commands(self, call: RecordedCall) -> Any:
         self.commands.pop(self._commands_key(call.params), None)
         return True
+
+    def _language(self, params: Mapping[str, Any]) -> str:
+        return self._commands_key(params)[1]
+
+    def _set_text_setting(self, call: RecordedCall, name: str, limit: int) -> Any:
+        text = str(call.params.get(name) or "")
+        if len(text) > limit:
+            raise bad_request(f"{name.upper()}_INVALID")  # the wording is unconfirmed
+        language = self._language(call.params)
+        if text:
+            self.descriptions[(name, language)] = text
+        else:
+            self.descriptions.pop((name, language), None)
+        return True
+
+    async def _set_my_description(self, call: RecordedCall) -> Any:
+        return self._set_text_setting(call, "description", 512)  # Bot API: 0-512 characters
+
+    async def _get_my_description(self, call: RecordedCall) -> Any:
+        return {
+            "description": self.descriptions.get(("description", self._language(call.params)), "")
+        }
+
+    async def _set_my_short_description(self, call: RecordedCall) -> Any:
+        return self._set_text_setting(call, "short_description", 120)  # Bot API: 0-120
+
+    async def _get_my_short_description(self, call: RecordedCall) -> Any:
+        key = ("short_description", self._language(call.params))
+        return {"short_description": self.descriptions.get(key, "")}
 
     async def _send_message(self, call: RecordedCall) -> Any:
         chat = self._chat(call.params, sending=True)
