@@ -459,7 +459,8 @@ def test_an_unknown_token_is_refused_as_unauthorized() -> None:
     async def scenario() -> None:
         async with fake_telegram() as fake:
             with pytest.raises(InvalidToken):
-                await bot_for(fake, token="42:not-the-token").initialize()
+                async with bot_for(fake, token="42:not-the-token"):
+                    pass
             assert fake.refused_calls[-1].status == 401
             assert fake.refused_calls[-1].response == {
                 "ok": False,

@@ -1299,7 +1299,7 @@ class FakeTelegram:
             # The client went away mid-request (PTB cancelling a poll when it stops).
             call.status, call.abandoned = CLIENT_CLOSED_REQUEST, True
             await self._notify()
-            raise
+            return web.Response(status=CLIENT_CLOSED_REQUEST)  # nobody reads it
         try:
             call.files = files
             call.params = raw
