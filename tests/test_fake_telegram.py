@@ -246,7 +246,11 @@ def test_a_press_on_an_inline_button_is_answered_and_edits_the_message() -> None
                 )
                 grid = fake.message(chat, sent.message_id)
                 query = fake.press(grid, "easel:1:u1", user=bob)
+                answered = await fake.wait_for_call(
+                    lambda c: c.method == "answerCallbackQuery", timeout=WAIT_S
+                )
                 await fake.wait_until(lambda: grid.text != "grid", WAIT_S)
+            assert answered.params["callback_query_id"] == query.id
             assert query.answered and query.answer is not None
             assert query.answer["text"] == "queued easel:1:u1"
             assert grid.text == "upscaling for Bob"
@@ -400,6 +404,9 @@ def test_edit_media_and_a_media_group_carry_their_uploads() -> None:
             shown = fake.message(chat, sent.message_id)
             assert shown.photo_bytes == blue and shown.caption == "done"
             assert shown.button("U1")["callback_data"] == "easel:1:u1"
+            document = await bot.send_document(chat.id, red, filename="grid.png")
+            stored = fake.message(chat, document.message_id).document
+            assert stored is not None and stored.file_name == "grid.png" and stored.data == red
             album = await bot.send_media_group(
                 chat.id, [InputMediaPhoto(red), InputMediaPhoto(blue)]
             )
@@ -521,6 +528,7 @@ def test_long_captions_and_texts_are_refused_after_entities_parsing() -> None:
         ("<span>x</span>", 'Tag "span" must have class "tg-spoiler" at byte offset 0'),
         ("그림 <p>", 'Unsupported start tag "p" at byte offset 7'),
         ("<b", "Unclosed start tag at byte offset 0"),
+        ('<tg-emoji emoji-id="x">👍</tg-emoji>', "Invalid custom emoji identifier specified"),
     ],
 )
 def test_unparseable_html_is_refused(html: str, reason: str) -> None:

@@ -377,6 +377,8 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
                     f'expected "</{top.name}>", found "</{name}>"'
                 )
             stack.pop()
+            if top.name == "tg-emoji" and not top.attributes.get("emoji-id", "").isdigit():
+                raise fail("Invalid custom emoji identifier specified")
             if offset > top.start:
                 entities.append(tag_entity(top, offset))
             i = j + 1
