@@ -29,14 +29,16 @@ descriptions as the Bot API server words them, "Bad Request: " + the reason):
   InvalidToken for both).
 - Text: 1-4096 characters after entities parsing (Bot API, sendMessage.text): "message text is
   empty", "message is too long". Captions: 0-1024 characters after entities parsing (Bot API,
-  sendPhoto.caption): "message caption is too long". Counted in code points.
+  sendPhoto.caption): "message caption is too long". Counted in code points, as tdlib's
+  utf8_length does for its "Message is too long".
 - parse_mode HTML (Bot API, "HTML style"): only the tags b, strong, i, em, u, ins, s, strike,
   del, span class="tg-spoiler", tg-spoiler, a href, code, pre, blockquote [expandable],
   tg-emoji emoji-id; `<` that starts no tag is a tag with an empty name. Errors as tdlib's
   parse_html words them after "can't parse entities: ": `Unsupported start tag "x" at byte
   offset N`, `Unclosed start tag at byte offset N`, `Unexpected end tag at byte offset N`,
   `Unmatched end tag at byte offset N, expected "</b>", found "</i>"`, `Can't find end tag
-  corresponding to start tag "b"`, `Tag "span" must have class "tg-spoiler" at byte offset N`.
+  corresponding to start tag "b"`, `Tag "span" must have class "tg-spoiler" at byte offset N`,
+  `Invalid custom emoji identifier specified`.
   Only &lt; &gt; &amp; &quot; and numeric entities are decoded (Bot API); a bare `&` or `>`
   is kept as it is, as tdlib does (Telegram accepts it), so the fake accepts it too.
   MarkdownV2 and Markdown texts are stored as sent, unchecked.
@@ -55,9 +57,10 @@ descriptions as the Bot API server words them, "Bad Request: " + the reason):
   caption in the message to edit"; the same text, entities and keyboard again "message is not
   modified: specified new message content and reply markup are exactly the same as a current
   content and reply markup of the message". An edit without reply_markup removes the keyboard,
-  as Telegram does. deleteMessage (Bot API): "message to delete not found"; older than 48 hours
-  "message can't be deleted for everyone"; someone else's message in a group where the bot is
-  no admin "message can't be deleted".
+  as Telegram does. editMessageMedia on a text message: "there is no media in the message to
+  edit" (unconfirmed wording). deleteMessage (Bot API): "message to delete not found"; older
+  than 48 hours "message can't be deleted for everyone"; someone else's message in a group
+  where the bot is no admin "message can't be deleted" (both unconfirmed wordings).
 - answerCallbackQuery (Bot API): a query answered already, one the fake never sent, or one
   older than the answer window: "query is too old and response timeout expired or query ID is
   invalid". Telegram documents no figure for the window; the fake's is
@@ -95,12 +98,12 @@ Usage, inside one event loop:
         app = Application.builder().token(fake.token).base_url(fake.base_url)
               .base_file_url(fake.base_file_url).build()
         ...
-        alice = fake.add_user(1001, "Alice")
-        message = fake.send_message(fake.private_chat(alice), alice, "/imagine a cat")
+        bora = fake.add_user(2001, "Bo-ra", language_code="ko")
+        message = fake.send_message(fake.private_chat(bora), bora, "/imagine 고양이")
         call = await fake.wait_for_call(lambda c: c.method == "sendPhoto")
         shown = fake.message(call.chat_id, call.result["message_id"])
         await fake.wait_until(lambda: shown.caption == "done")
-        query = fake.press(shown, "easel:1:u1", user=alice)
+        query = fake.press(shown, "easel:1:u1", user=bora)
 """
 
 from __future__ import annotations
