@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pipeline.executors import Task, TaskOutcome
 from pipeline.executors.local import LocalExecutor
 from pipeline.executors.work import ProgressSink
 from tests.fakes.discord import FakeDiscord, FakeUser, RecordedCall, SentInteraction
+from tests.fakes.threaded import FakeThread
 
 T = TypeVar("T")
 CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
@@ -72,33 +72,6 @@ class HeldExecutor(LocalExecutor):
     ) -> list[TaskOutcome]:
         await self._open.wait()
         return await super().run(tasks, on_progress, preview_every)
-
-
-class FakeThread:
-    """The fake Discord on its own thread and event loop; `call` runs one of its coroutines
-    there and awaits it from the bot's loop."""
-
-    def __init__(self) -> None:
-        self.fake = FakeDiscord()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-discord")
-
-    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return await asyncio.wrap_future(future)
-
-    async def __aenter__(self) -> FakeThread:
-        self._thread.start()
-        await self.call(self.fake.start())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.call(self.fake.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(WAIT_S)
-            self._loop.close()
 
 
 @dataclass(frozen=True)
