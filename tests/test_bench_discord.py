@@ -36,3 +36,4 @@ def test_the_discord_bench_prints_acknowledgement_figures() -> None:
         assert 0 < p50 <= p90 <= p99 <= largest
     assert counts == {"/imagine": 5, "button press": 2, "all": 7, "first message (all)": 7}
     assert "refused callbacks: 0" in output
+    assert re.search(r"CPU time: \d+\.\d ms per interaction", output), output
