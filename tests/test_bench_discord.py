@@ -35,5 +35,5 @@ def test_the_discord_bench_prints_acknowledgement_figures() -> None:
         p50, p90, p99, largest = (float(found[i]) for i in range(2, 6))
         assert 0 < p50 <= p90 <= p99 <= largest
     assert counts == {"/imagine": 5, "button press": 2, "all": 7, "first message (all)": 7}
-    assert "refused callbacks: 0" in output
+    assert "refused REST calls: 0" in output
     assert re.search(r"CPU time: \d+\.\d ms per interaction", output), output
