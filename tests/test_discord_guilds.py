@@ -3,14 +3,23 @@ where Discord shows them at once; a guild command answers like the global one.""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from bot.settings import Settings
 from pipeline.engine import Engine
-from tests.fakes.discord import DEFERRED_CHANNEL_MESSAGE, fake_discord
+from tests.fakes.discord import (
+    DEFERRED_CHANNEL_MESSAGE,
+    DiscordError,
+    FakeDiscord,
+    RecordedCall,
+    fake_discord,
+    pointed_at,
+)
 from tests.test_discord import WAIT_S, run, serving
 
 GLOBAL = "PUT /applications/{application_id}/commands"
@@ -43,6 +52,41 @@ def test_the_commands_are_synced_to_each_listed_guild(tmp_path: Path, engine: En
             assert not fake.refused_calls
 
     run(scenario)
+
+
+class NotInOtherGuild(FakeDiscord):
+    """Discord refuses guild commands where the application was not added (403, 50001)."""
+
+    async def _put_commands(self, request: Any, call: RecordedCall) -> Any:
+        if call.params.get("guild_id") == str(OTHER_GUILD):
+            raise DiscordError(403, 50001, "Missing Access")
+        return await super()._put_commands(request, call)
+
+
+def test_a_guild_that_refuses_is_logged_and_the_others_still_synced(
+    tmp_path: Path, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        fake = NotInOtherGuild()
+        await fake.start()
+        try:
+            with pointed_at(fake):
+                guilds = f"{OTHER_GUILD},{fake.guild.id}"
+                async with serving(tmp_path, fake, engine, discord_guilds=guilds):
+                    await fake.wait_until(lambda: len(fake.calls_to(GUILD)) == 2, WAIT_S)
+                    await fake.wait_until(lambda: fake.guild.id in fake.commands, WAIT_S)
+                    refused, synced = fake.calls_to(GUILD)
+                    assert (refused.status, synced.status) == (403, 200)
+                    sent = await fake.slash("imagine", {"prompt": "a kite --steps 2"})
+                    ack = await sent.next_call(timeout=WAIT_S)
+                    assert ack.status < 300  # the bot runs on
+        finally:
+            await fake.close()
+
+    with caplog.at_level(logging.WARNING, logger="bot.discord"):
+        run(scenario)
+    assert f"not synced to guild {OTHER_GUILD}" in caplog.text
+    assert "easel discord invite" in caplog.text
 
 
 def test_no_guilds_syncs_globally_only(tmp_path: Path, engine: Engine) -> None:
