@@ -37,6 +37,7 @@ bench: install
 	$(PRELOAD) $(BIN)/python -m bench.engine
 	$(PRELOAD) $(BIN)/python -m bench.queue
 	$(BIN)/python -m bench.prompts
+	$(BIN)/python -m bench.discord
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

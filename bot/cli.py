@@ -679,6 +679,31 @@ def discord_sync(
     out.print(sync_note(asyncio.run(sync_commands(settings, guild)), guild))
 
 
+@discord_app.command("invite")
+def discord_invite(
+    client_id: Annotated[
+        int | None,
+        typer.Option(
+            "--client-id", min=1, help="The application's id; default: from DISCORD_TOKEN."
+        ),
+    ] = None,
+) -> None:
+    """Print the links that add the bot to a server and to a user's account."""
+    import asyncio
+
+    from bot.discord.invite import client_id_from_token, fetch_client_id, invite_links, invite_text
+
+    if client_id is None:
+        settings = Settings()
+        if settings.discord_token is None:
+            raise InvalidRequestError(
+                "DISCORD_TOKEN is not set: put the bot's token in it, or give --client-id."
+            )
+        token = settings.discord_token.get_secret_value()
+        client_id = client_id_from_token(token) or asyncio.run(fetch_client_id(settings))
+    print(invite_text(invite_links(client_id)))  # plain print: a wrapped URL would not work
+
+
 db_app = typer.Typer(
     help="The database: migrations.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
 )

@@ -87,12 +87,25 @@ class Settings(BaseSettings):
         default=None,
         description="Discord's gateway websocket (discord.py does not take it from the REST base).",
     )
+    discord_guilds: str = Field(
+        default="",
+        description="Comma-separated guild ids: the commands are synced there too at start, "
+        "where they show at once (a global sync can take up to an hour).",
+    )
     telegram_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_TOKEN")
 
     @field_validator("models_dir", "outputs_dir", "cache_dir", mode="after")
     @classmethod
     def _expand_home(cls, path: Path) -> Path:
         return path.expanduser()
+
+    @field_validator("discord_guilds", mode="after")
+    @classmethod
+    def _guild_ids(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip() and not part.strip().isdigit():
+                raise ValueError(f"EASEL_DISCORD_GUILDS: {part.strip()!r} is not a guild id")
+        return value
 
     @field_validator(
         "model",
@@ -120,6 +133,9 @@ class Settings(BaseSettings):
 
     def banned_word_list(self) -> tuple[str, ...]:
         return tuple(word.strip() for word in self.banned_words.split(",") if word.strip())
+
+    def discord_guild_ids(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.discord_guilds.split(",") if part.strip())
 
     def limits(self) -> Limits:
         return Limits(

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, time
 from pathlib import Path
 
 from bot.core.buttons import Action, parse_action
-from bot.core.config import CoreConfig
+from bot.core.config import NO_CAP, CoreConfig
 from bot.core.dispatcher import CancelOutcome, Dispatcher
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Localized, Message, normalise_locale
@@ -407,7 +407,8 @@ class JobService:
             raise Refusal(Message(Key.BANNED_NO_REASON))
         daily = self.config.daily_cap(user.role, user.daily_images)
         midnight = datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
-        if self.store.images_since(user.id, midnight) + images > daily:
+        # No cap, no count: this runs twice per request, on the event loop.
+        if daily != NO_CAP and self.store.images_since(user.id, midnight) + images > daily:
             raise Refusal(Message(Key.DAILY_QUOTA, {"limit": daily}))
         queued = self.config.queued_cap(user.role, user.max_queued)
         if self.dispatcher.scheduler.queued_for(user.id) >= queued:

@@ -1,6 +1,7 @@
 """The Discord front end (discord.py): `/imagine`, live progress, the grid with its buttons.
 
-`serve` logs in with `DISCORD_TOKEN`, syncs the commands, and runs until `stop` is set. The
+`serve` logs in with `DISCORD_TOKEN`, syncs the commands (globally, and to each guild of
+`EASEL_DISCORD_GUILDS`, where they show at once), and runs until `stop` is set. The
 REST base and the gateway can be pointed elsewhere (a proxy, or a test's fake Discord) with
 `EASEL_DISCORD_API_URL` and `EASEL_DISCORD_GATEWAY_URL`.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import discord
@@ -23,6 +25,7 @@ from bot.settings import Settings
 
 __all__ = ["PLATFORM", "serve"]
 READY_TIMEOUT = 60.0
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -66,6 +69,7 @@ async def serve(
             try:
                 await _until_ready(client, connection)
                 await client.tree.sync()
+                await _sync_to_guilds(client, settings.discord_guild_ids())
                 await context.service.deliver_missed(PLATFORM)
                 stopping = asyncio.create_task(stop.wait())
                 await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -77,6 +81,23 @@ async def serve(
                 connection.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await connection
+
+
+async def _sync_to_guilds(client: EaselClient, guild_ids: tuple[int, ...]) -> None:
+    """The global commands copied to each guild and synced there, where they show at once.
+    A guild that refuses (the bot is not in it) is logged and skipped."""
+    for guild_id in guild_ids:
+        guild = discord.Object(id=guild_id)
+        client.tree.copy_global_to(guild=guild)
+        try:
+            await client.tree.sync(guild=guild)
+        except discord.Forbidden as error:
+            log.warning(
+                "The commands were not synced to guild %s (%s): is the bot in it? "
+                "easel discord invite prints the link that adds it",
+                guild_id,
+                error.text,
+            )
 
 
 async def _until_ready(client: discord.Client, connection: asyncio.Task[None]) -> None:
