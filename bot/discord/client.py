@@ -72,7 +72,7 @@ class DiscordFrontEnd:
             options = self.service.options(user, prompt, origin, **typed)
             return await self.service.imagine(user, options, origin)
 
-        await self._queue(interaction, queue(), "discord /imagine", user, edit_original=True)
+        await self.queue(interaction, queue(), "discord /imagine", user, edit_original=True)
 
     async def press(self, interaction: discord.Interaction[Any], job_id: int, action: str) -> None:
         user, origin = user_ref(interaction), origin_of(interaction)
@@ -82,9 +82,7 @@ class DiscordFrontEnd:
             return
         await interaction.response.defer()
         call = self.service.act(user, job_id, action, origin)
-        await self._queue(
-            interaction, call, "discord button", user, edit_original=False, job=job_id
-        )
+        await self.queue(interaction, call, "discord button", user, edit_original=False, job=job_id)
 
     async def _remix_line(
         self, interaction: discord.Interaction[Any], user: UserRef, job_id: int, origin: Origin
@@ -115,20 +113,9 @@ class DiscordFrontEnd:
         await interaction.response.defer()
         user, origin = user_ref(interaction), origin_of(interaction)
         call = self.service.remix(user, job_id, line, origin)
-        await self._queue(interaction, call, "discord remix", user, edit_original=False, job=job_id)
+        await self.queue(interaction, call, "discord remix", user, edit_original=False, job=job_id)
 
     async def queue(
-        self,
-        interaction: discord.Interaction[Any],
-        call: Awaitable[Ticket],
-        what: str,
-        user: UserRef,
-        *,
-        edit_original: bool,
-    ) -> None:
-        await self._queue(interaction, call, what, user, edit_original=edit_original)
-
-    async def _queue(
         self,
         interaction: discord.Interaction[Any],
         call: Awaitable[Ticket],
