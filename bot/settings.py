@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.validation import Limits
 
+# A webhook's secret token (Bot API, setWebhook): 1-256 characters of A-Z, a-z, 0-9, _ and -.
+_SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
 
 def _default_cache() -> Path:
     return Path.home() / ".cache" / "easel"
@@ -154,7 +157,9 @@ class Settings(BaseSettings):
     @field_validator("telegram_webhook_secret", mode="after")
     @classmethod
     def _secret_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
+        ):
             raise ValueError(
                 "EASEL_TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z, a-z, 0-9, _ and -"
             )
