@@ -92,16 +92,16 @@ def sent_to(chat: FakeChat, method: str) -> Callable[[RecordedCall], bool]:
 
 
 async def result_of(fake: FakeTelegram, chat: FakeChat, start: int = 0) -> FakeMessage:
-    """The next photo or document the bot sends to `chat` with a keyboard or a PNG: a job's
-    result, as the chat shows it now."""
+    """The next photo or document with a PNG that Telegram took from the bot in `chat`: a
+    job's result, as the chat shows it now."""
 
     def is_result(call: RecordedCall) -> bool:
         return (
-            call.method.lower() in ("sendphoto", "senddocument")
+            call.ok
+            and call.method.lower() in ("sendphoto", "senddocument")
             and call.chat_id == chat.id
             and any(f.data.startswith(b"\x89PNG") for f in call.files.values())
         )
 
     call = await fake.wait_for_call(is_result, timeout=JOB_WAIT_S, start=start)
-    assert call.ok, call.response
     return fake.message(chat, call.result["message_id"])

@@ -70,7 +70,9 @@ def test_imagine_in_a_private_chat_status_progress_grid_and_a_press(
             assert upscale.document is not None and upscale.reply_to is grid
             assert upscale.document.data == Path(child.images[0].path).read_bytes()
             sent = fake.calls_to("sendDocument")[-1]
-            assert sent.file(sent.params["thumbnail"]).data.startswith(b"\xff\xd8")  # the small preview
+            assert sent.file(sent.params["thumbnail"]).data.startswith(
+                b"\xff\xd8"
+            )  # the small preview
             # The menus, in English and in Korean.
             assert [c["command"] for c in fake.commands_for()][:2] == ["imagine", "u"]
             korean = fake.commands_for(language_code="ko")

@@ -31,6 +31,7 @@ from bot.telegram.logs import token_kept_out
 
 __all__ = ["PLATFORM", "serve"]
 log = logging.getLogger(__name__)
+SEND_GRACE_S = 30.0  # how long a stop waits for job messages being sent
 
 
 def front_end(context: BotContext, settings: Settings) -> TelegramFrontEnd:
@@ -67,7 +68,7 @@ async def run(front: TelegramFrontEnd, settings: Settings, stop: asyncio.Event) 
             await context.service.deliver_missed(PLATFORM)
             await stop.wait()
         finally:
-            front.messages.open = False
+            await front.messages.close(SEND_GRACE_S)
             assert application.updater is not None
             if application.updater.running:
                 await application.updater.stop()

@@ -64,12 +64,35 @@ class JobMessages:
         self.group_interval = group_interval
         self.open = False  # set while the application runs
         self._last_group_edit: dict[int, float] = {}  # group chat -> when its status last changed
+        self._sending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def close(self, timeout: float) -> None:
+        """No new events are taken; those being sent get up to `timeout` seconds to finish,
+        so that the application is not shut down under a result half sent (it would be sent
+        again at the next start)."""
+        self.open = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("Telegram: stopping with %d job message(s) still being sent", self._sending)
 
     async def on_event(self, event: JobEvent) -> None:
         if not self.open:  # stopping: a result waits for the next start
             if event.is_final:
                 raise ConnectionError(f"Telegram is not connected; job {event.job_id} waits")
             return
+        self._sending += 1
+        self._idle.clear()
+        try:
+            await self._show(event)
+        finally:
+            self._sending -= 1
+            if self._sending == 0:
+                self._idle.set()
+
+    async def _show(self, event: JobEvent) -> None:
         if event.kind is EventKind.QUEUED:
             await self._post_queued(event)
         elif event.kind is EventKind.FINISHED:
