@@ -1,5 +1,5 @@
 """Serving a real bot with the Telegram front end against the fake Bot API server
-(tests/fakes/telegram.py), on the tiny model: the helpers the tests/test_telegram*.py files share."""
+(tests/fakes/telegram.py), on the tiny model: what the tests/test_telegram*.py files share."""
 
 from __future__ import annotations
 
