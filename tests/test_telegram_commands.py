@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.serve import load_front_ends, wanted_front_ends
+from bot.settings import Settings
 from bot.store import Role
 from pipeline.engine import Engine
+from pipeline.errors import EaselError
 from tests.fakes.telegram import FakeChat, FakeTelegram, fake_telegram
 from tests.telegram_serving import (
     PROMPT_FLAGS,
@@ -138,3 +141,18 @@ def test_a_webhook_takes_updates_with_its_secret_and_no_token_is_logged(
         assert fake.token.split(":", 1)[1] not in logged
 
     run(scenario)
+
+
+def test_a_token_for_a_front_end_this_version_lacks_is_a_clear_error() -> None:
+    with pytest.raises(EaselError, match="NOSUCH_TOKEN is set, but this version of Easel has no"):
+        load_front_ends(["bot.nosuch"])
+
+
+def test_the_telegram_token_starts_the_telegram_front_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TELEGRAM_TOKEN", "123:secret-token")
+    settings = Settings(_env_file=None)
+    (front_end,) = load_front_ends(wanted_front_ends(settings))
+    assert front_end.PLATFORM == "telegram"
