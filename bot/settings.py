@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         description="A self-hosted Bot API server (larger files, faster uploads), e.g. "
         "http://localhost:8081; empty: api.telegram.org.",
     )
+    telegram_local_mode: bool = Field(
+        default=False,
+        description="The Bot API server at EASEL_TELEGRAM_API_URL runs with --local on this "
+        "machine: files are read from and handed over on its disk (uploads up to 2000 MB).",
+    )
     telegram_webhook_url: str | None = Field(
         default=None,
         description="The public URL Telegram posts updates to; empty: long polling.",

@@ -60,6 +60,7 @@ def build_application(settings: Settings) -> Application:  # type: ignore[type-a
     if settings.telegram_api_url:
         base = settings.telegram_api_url.rstrip("/")
         builder = builder.base_url(f"{base}/bot").base_file_url(f"{base}/file/bot")
+        builder = builder.local_mode(settings.telegram_local_mode)
     return builder.build()
 
 
