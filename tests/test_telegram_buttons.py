@@ -60,12 +60,22 @@ def test_buttons_work_after_a_restart_and_unknown_ones_are_answered(
                 fake.send_message(chat, fake.user, "/settings private=on")
                 fake.send_message(chat, fake.user, f"/imagine a pier {PROMPT_FLAGS}")
                 grid = await result_of(fake, chat)
+                start = len(fake.calls)
+                fake.press(grid, "easel:1:remix")
+                asked = await fake.wait_for_call(sent_to(chat, "sendMessage"), start=start)
+                question = fake.message(chat, asked.result["message_id"])
             async with serving(tmp_path, fake, engine) as bot:
+                # A question asked before the restart: its answer is still the remix.
+                start = len(fake.calls)
+                fake.reply_to(question, fake.user, f"a pier at dusk {PROMPT_FLAGS}")
+                await result_of(fake, chat, start)
+                remix = bot.store.job(2)
+                assert remix is not None and remix.kind is JobKind.REMIX and remix.parent_id == 1
                 start = len(fake.calls)
                 press = fake.press(grid, "easel:1:V1")
                 await result_of(fake, chat, start)
                 assert press.answered
-                child = bot.store.job(2)
+                child = bot.store.job(3)
                 assert child is not None and child.kind is JobKind.VARY_STRONG
                 # Someone else's grid in their own chat: answered, and nothing queued.
                 mallory = fake.add_user(3003, "Mallory")
@@ -86,7 +96,7 @@ def test_buttons_work_after_a_restart_and_unknown_ones_are_answered(
                 await fake.wait_until(lambda: unknown.answered, WAIT_S)
                 assert unknown.answer is not None
                 assert "not one Easel knows" in unknown.answer["text"]
-                assert bot.store.job(3) is None
+                assert bot.store.job(4) is None
 
     run(scenario)
 

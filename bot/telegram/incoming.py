@@ -19,7 +19,7 @@ from telegram.ext import ContextTypes
 
 from bot.core.events import Origin, Refusal, Reply, UserRef
 from bot.core.frontend import BotContext
-from bot.core.messages import Key, normalise_locale
+from bot.core.messages import LOCALES, Key, catalog, normalise_locale
 from bot.core.messages import Message as CoreMessage
 from bot.core.router import Routed, TextRequest, split_command
 from bot.core.uploads import check_input_upload
@@ -88,6 +88,8 @@ class Incoming:
             return
         replied = message.reply_to_message
         ask = self._asks.pop((message.chat_id, replied.message_id), None) if replied else None
+        if ask is None and replied is not None:
+            ask = asked_in(replied)
         if ask is not None:
             await self._answer_ask(message, user, ask)
             return
@@ -186,6 +188,22 @@ async def send(
         ),
         reply_markup=ForceReply(selective=True) if force_reply else None,
     )
+
+
+def asked_in(question: Message) -> Ask | None:
+    """The ask a message of the bot's is, read from its text (in any language): after a
+    restart, an answer to a question asked before it still counts."""
+    if question.from_user is None or not question.from_user.is_bot or question.text is None:
+        return None
+    for locale in LOCALES:
+        if question.text == CoreMessage(Key.TELEGRAM_ASK_PROMPT).render(locale):
+            return Ask("imagine")
+        before, _, after = catalog(locale)[Key.TELEGRAM_REMIX_LINE].partition("{job}")
+        if question.text.startswith(before):
+            number = question.text[len(before) :].split(after[:1] or None, 1)[0]
+            if number.isascii() and number.isdigit():
+                return Ask("remix", int(number))
+    return None
 
 
 def _image_of(message: Message) -> str | None:
