@@ -96,6 +96,24 @@ def test_plain_lines_pnginfo_and_korean_in_a_private_chat(tmp_path: Path, engine
     run(scenario)
 
 
+def test_a_file_that_is_no_image_is_refused_before_it_is_downloaded(
+    tmp_path: Path, engine: Engine
+) -> None:
+    async def scenario() -> None:
+        async with fake_telegram() as fake, serving(tmp_path, fake, engine) as bot:
+            chat = fake.private_chat(fake.user)
+            notes = fake.send_document(
+                chat, fake.user, b"%PDF-1.4", filename="notes.pdf", mime_type="application/pdf"
+            )
+            start = len(fake.calls)
+            fake.reply_to(notes, fake.user, "/imagine a fox --steps 2")
+            assert await answer_to(fake, chat, start) == "That is not an image Easel can read."
+            assert fake.calls_to("getFile") == []
+            assert bot.store.job(1) is None
+
+    run(scenario)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
