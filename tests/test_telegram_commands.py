@@ -4,12 +4,17 @@ with a photo, Korean replies, the webhook with its secret, and no token in the l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import traceback
 from pathlib import Path
 
 import pytest
 
+from bot import telegram as telegram_front_end
+from bot.core.frontend import BotContext
+from bot.runtime import build_bot, open_store
 from bot.serve import load_front_ends, wanted_front_ends
 from bot.settings import Settings
 from bot.store import Role
@@ -19,6 +24,7 @@ from tests.fakes.telegram import FakeChat, FakeTelegram, fake_telegram
 from tests.telegram_serving import (
     PROMPT_FLAGS,
     WAIT_S,
+    bot_settings,
     result_of,
     run,
     sent_to,
@@ -157,6 +163,31 @@ def test_a_webhook_takes_updates_with_its_secret_and_no_token_is_logged(
         assert any(record.name.startswith("telegram") for record in caplog.records)
         assert fake.token not in logged
         assert fake.token.split(":", 1)[1] not in logged
+
+    run(scenario)
+
+
+def test_a_refused_token_is_a_clear_error_that_does_not_show_it(
+    tmp_path: Path, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "987654321:AAWrongTokenThatTelegramRefuses0000000"
+
+    async def scenario() -> None:
+        async with fake_telegram() as fake:
+            settings = bot_settings(tmp_path, fake, TELEGRAM_TOKEN=wrong)
+            bot = build_bot(settings, engine, open_store(settings))
+            try:
+                with pytest.raises(EaselError, match="Telegram refused TELEGRAM_TOKEN") as raised:
+                    await telegram_front_end.serve(
+                        BotContext(bot.service), settings, asyncio.Event()
+                    )
+            finally:
+                await bot.executor.close()
+                bot.store.close()
+            shown = str(raised.value) + "".join(traceback.format_exception(raised.value))
+            assert "WrongToken" not in shown
+            assert "WrongToken" not in caplog.text
 
     run(scenario)
 

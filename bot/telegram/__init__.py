@@ -15,6 +15,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from telegram import Update
+from telegram.error import InvalidToken
 from telegram.ext import Application
 
 from bot.core.frontend import BotContext
@@ -28,6 +29,7 @@ from bot.telegram.app import (
 )
 from bot.telegram.incoming import PLATFORM
 from bot.telegram.logs import token_kept_out
+from pipeline.errors import EaselError
 
 __all__ = ["PLATFORM", "serve"]
 log = logging.getLogger(__name__)
@@ -50,7 +52,13 @@ async def serve(context: BotContext, settings: Settings, stop: asyncio.Event) ->
     assert settings.telegram_token is not None
     with token_kept_out(settings.telegram_token.get_secret_value()):
         front = front_end(context, settings)
-        await run(front, settings, stop)
+        try:
+            await run(front, settings, stop)
+        except InvalidToken:
+            # PTB's own message quotes the token.
+            raise EaselError(
+                "Telegram refused TELEGRAM_TOKEN: check it with @BotFather (/mybots, API Token)."
+            ) from None
 
 
 async def run(front: TelegramFrontEnd, settings: Settings, stop: asyncio.Event) -> None:
