@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.validation import Limits
+
+# A webhook's secret token (Bot API, setWebhook): 1-256 characters of A-Z, a-z, 0-9, _ and -.
+_SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def _default_cache() -> Path:
@@ -93,6 +97,37 @@ class Settings(BaseSettings):
         "where they show at once (a global sync can take up to an hour).",
     )
     telegram_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_TOKEN")
+    telegram_api_url: str | None = Field(
+        default=None,
+        description="A self-hosted Bot API server (larger files, faster uploads), e.g. "
+        "http://localhost:8081; empty: api.telegram.org.",
+    )
+    telegram_local_mode: bool = Field(
+        default=False,
+        description="The Bot API server at EASEL_TELEGRAM_API_URL runs with --local on this "
+        "machine: files are read from and handed over on its disk (uploads up to 2000 MB).",
+    )
+    telegram_webhook_url: str | None = Field(
+        default=None,
+        description="The public URL Telegram posts updates to; empty: long polling.",
+    )
+    telegram_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The webhook's secret token (1-256 of A-Z a-z 0-9 _ -); empty: a new one "
+        "at each start.",
+    )
+    telegram_webhook_listen: str = Field(
+        default="0.0.0.0", description="The address the webhook server listens on."
+    )
+    telegram_webhook_port: int = Field(
+        default=8443, ge=1, le=65535, description="The port the webhook server listens on."
+    )
+    telegram_group_interval: float = Field(
+        default=3.0,
+        ge=0,
+        description="Seconds between progress updates in one Telegram group (20 messages a "
+        "minute at most there).",
+    )
 
     @field_validator("models_dir", "outputs_dir", "cache_dir", mode="after")
     @classmethod
@@ -113,6 +148,9 @@ class Settings(BaseSettings):
         "discord_api_url",
         "discord_gateway_url",
         "telegram_token",
+        "telegram_api_url",
+        "telegram_webhook_url",
+        "telegram_webhook_secret",
         "upscaler",
         "max_batch_images",
         mode="before",
@@ -120,6 +158,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("telegram_webhook_secret", mode="after")
+    @classmethod
+    def _secret_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
+        ):
+            raise ValueError(
+                "EASEL_TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z, a-z, 0-9, _ and -"
+            )
+        return value
 
     @field_validator("admins", mode="after")
     @classmethod

@@ -553,15 +553,3 @@ def test_db_upgrade_and_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     again = runner.invoke(app, ["db", "upgrade"], env=env)
     assert again.exit_code == 0 and f"at revision {head}" in again.output
-
-
-def test_run_with_a_token_but_no_such_front_end_says_so_before_loading_a_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TELEGRAM_TOKEN", "123:secret-token")
-    monkeypatch.setenv("EASEL_MODEL", str(tmp_path / "no-such-model"))
-    result = CliRunner().invoke(app, ["run"])
-    assert result.exit_code != 0
-    assert "no Telegram front end yet" in str(result.exception)
-    assert "secret-token" not in str(result.exception) + result.output

@@ -263,6 +263,11 @@ class Key(StrEnum):
     # Delivery of results (Discord's size limit, a result that goes by DM)
     RESULT_REENCODED = "result_reencoded"
     RESULT_BY_DM = "result_by_dm"
+    # Telegram: asking for a prompt, the remix reply, photos and their parameters
+    TELEGRAM_ASK_PROMPT = "telegram_ask_prompt"
+    TELEGRAM_REMIX_LINE = "telegram_remix_line"
+    TELEGRAM_PHOTO_NO_PNGINFO = "telegram_photo_no_pnginfo"
+    TELEGRAM_AS_DOCUMENT = "telegram_as_document"
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ _SETTING_ALIASES = {
     "comp": "composition",
 }
 _CLEAR = {"", "-", "none", "default", "off"}
+# Settings that are on or off: `private` (results shared with no chat), `plain_text` (in a
+# private chat, a line without a command is an /imagine; on by default).
+_SWITCHES = ("private", "plain_text")
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
 # Vary of any image is img2img from its pixels (the image may come from another model, so its
@@ -548,6 +551,11 @@ class JobService:
     def settings(self, user: UserRef) -> Reply:
         return Reply(Message(Key.SETTINGS), lines=self._setting_lines(self.user(user).id))
 
+    def plain_text_prompts(self, user: UserRef) -> bool:
+        """Whether a line without a command, in a private chat, is an /imagine for this user
+        (`/settings plain_text=off` turns it off)."""
+        return self.store.settings(self.user(user).id).plain_text
+
     def update_settings(self, user: UserRef, changes: Mapping[str, str]) -> Reply:
         """Save defaults for new jobs (`style=watercolor`, `ar=3:2`, `private=on`); an empty
         value, `none` or `default` clears one. All are checked before any is saved."""
@@ -577,7 +585,7 @@ class JobService:
         )
 
     def _setting_value(self, name: str, raw: str) -> str | int | bool | None:
-        if name == "private":
+        if name in _SWITCHES:
             if raw.lower() in _TRUE | _FALSE:
                 return raw.lower() in _TRUE
             detail = Localized("use on or off", "on 또는 off를 쓰세요")
@@ -585,7 +593,7 @@ class JobService:
                 Message(Key.SETTINGS_BAD_VALUE, {"name": name, "value": raw, "detail": detail})
             )
         if name not in _SETTING_FLAGS:
-            allowed = ", ".join([*(_SETTING_SHOWN.get(n, n) for n in _SETTING_FLAGS), "private"])
+            allowed = ", ".join([*(_SETTING_SHOWN.get(n, n) for n in _SETTING_FLAGS), *_SWITCHES])
             raise Refusal(Message(Key.SETTINGS_UNKNOWN, {"name": name, "allowed": allowed}))
         if raw.lower() in _CLEAR:
             return None
@@ -611,10 +619,10 @@ class JobService:
     def _setting_lines(self, user_id: int) -> tuple[Message, ...]:
         saved = self.store.settings(user_id)
         lines = []
-        for name in (*_SETTING_FLAGS, "private"):
+        for name in (*_SETTING_FLAGS, *_SWITCHES):
             value = getattr(saved, name)
             shown: str | Message = Message(Key.SETTINGS_NOT_SET) if value is None else str(value)
-            if name == "private":
+            if name in _SWITCHES:
                 shown = "on" if value else "off"
             label = _SETTING_SHOWN.get(name, name)
             lines.append(Message(Key.SETTING_LINE, {"name": label, "value": shown}))

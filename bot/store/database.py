@@ -268,12 +268,15 @@ class Store:
             return SettingsRecord(user_id) if row is None else _record(SettingsRecord, row)
 
     def update_settings(self, user_id: int, **changes: str | int | bool | None) -> SettingsRecord:
-        """Set the named settings; None clears one (`private` goes back to False)."""
+        """Set the named settings; None clears one (`private` goes back to False, `plain_text`
+        to True)."""
         unknown = sorted(set(changes) - SETTING_NAMES)
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(unknown)}")
         if "private" in changes and changes["private"] is None:
             changes["private"] = False
+        if "plain_text" in changes and changes["plain_text"] is None:
+            changes["plain_text"] = True
         try:
             return self._write_settings(user_id, changes)
         except IntegrityError:

@@ -132,6 +132,10 @@ class UserSettings(Base):
     sampler: Mapped[str | None] = mapped_column(sa.String(64))
     preset: Mapped[str | None] = mapped_column(sa.String(64))
     private: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
+    # In a private chat, a line without a command is an /imagine (Telegram).
+    plain_text: Mapped[bool] = mapped_column(
+        sa.Boolean(), default=True, server_default=sa.true(), nullable=False
+    )
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -40,6 +40,7 @@ class SettingsRecord:
     sampler: str | None = None
     preset: str | None = None
     private: bool = False
+    plain_text: bool = True  # a plain line in a private chat is an /imagine
     updated_at: datetime | None = None
 
 
