@@ -263,6 +263,14 @@ class Key(StrEnum):
     # Delivery of results (Discord's size limit, a result that goes by DM)
     RESULT_REENCODED = "result_reencoded"
     RESULT_BY_DM = "result_by_dm"
+    # Telegram's /style picker (bot/telegram/picker.py)
+    CMD_STYLE = "cmd_style"
+    PICKER_HINT = "picker_hint"
+    PICKER_CHOOSE = "picker_choose"
+    PICKER_BACK = "picker_back"
+    PICKER_SAVED = "picker_saved"
+    PICKER_NOT_YOURS = "picker_not_yours"
+    PICKER_STALE = "picker_stale"
 
 
 @dataclass(frozen=True)
