@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot.core.events import UserRef
 from bot.core.work import work_of
 from bot.store import JobKind, JobStatus
 from pipeline.engine import Engine
@@ -124,5 +125,33 @@ def test_imagine_in_a_group_and_img2img_from_a_reply_and_from_a_caption(
             shown = fake.message(group, answer.result["message_id"]).text or ""
             assert shown.startswith("0 job(s) waiting")
             assert bot.store.job(4) is None
+
+    run(scenario)
+
+
+def test_style_reaches_the_picker_through_the_whole_front_end_and_is_in_the_menu(
+    tmp_path: Path, engine: Engine
+) -> None:
+    async def scenario() -> None:
+        async with fake_telegram() as fake, serving(tmp_path, fake, engine) as bot:
+            alice = fake.user
+            chat = fake.private_chat(alice)
+            fake.send_message(chat, alice, "/style")
+            sent = await fake.wait_for_call(sent_to(chat, "sendMessage"), timeout=WAIT_S)
+            picker = fake.message(chat, sent.result["message_id"])
+            assert picker.text is not None and picker.text.startswith("Your defaults")
+            style = picker.button("Style: (not set)")
+            query = fake.press(picker, style["callback_data"])
+            await fake.wait_until(lambda: query.answered and len(picker.history) > 0, WAIT_S)
+            first = picker.keyboard[0][0]  # the first style on the first page
+            query = fake.press(picker, first["callback_data"])
+            await fake.wait_until(lambda: query.answered, WAIT_S)
+            user = bot.service.user(UserRef("telegram", str(alice.id)))
+            await fake.wait_until(lambda: bot.store.settings(user.id).style is not None, WAIT_S)
+            saved = bot.store.settings(user.id).style
+            assert saved == bot.service.vocabulary().entries("style")[0].id
+            await fake.wait_until(lambda: first["text"] in (picker.text or ""), WAIT_S)
+            assert "style" in [c["command"] for c in fake.commands_for()]
+            assert fake.internal_errors == []
 
     run(scenario)

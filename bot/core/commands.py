@@ -65,6 +65,7 @@ _INDEX = Argument("n", ArgumentKind.INTEGER, Key.ARG_INDEX, required=True)
 _JOB = Argument("job", ArgumentKind.JOB, Key.ARG_JOB)
 _NEEDED_JOB = Argument("job", ArgumentKind.JOB, Key.ARG_JOB, required=True)
 _CONSOLE = frozenset({"console"})
+_TELEGRAM = frozenset({"telegram"})
 # Acting on a grid is typed elsewhere; on Discord it is the grid's buttons alone.
 _BUTTONS_ON = frozenset({"discord"})
 
@@ -91,6 +92,9 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "settings", Key.CMD_SETTINGS, (Argument("changes", ArgumentKind.TEXT, Key.ARG_CHANGES),)
     ),
+    # Telegram's inline-keyboard picker for the settings with a menu (Discord has /settings'
+    # select menus).
+    Command("style", Key.CMD_STYLE, platforms=_TELEGRAM),
     Command(
         "pnginfo",
         Key.CMD_PNGINFO,

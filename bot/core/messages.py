@@ -268,6 +268,14 @@ class Key(StrEnum):
     TELEGRAM_REMIX_LINE = "telegram_remix_line"
     TELEGRAM_PHOTO_NO_PNGINFO = "telegram_photo_no_pnginfo"
     TELEGRAM_AS_DOCUMENT = "telegram_as_document"
+    # Telegram's /style picker (bot/telegram/picker.py)
+    CMD_STYLE = "cmd_style"
+    PICKER_HINT = "picker_hint"
+    PICKER_CHOOSE = "picker_choose"
+    PICKER_BACK = "picker_back"
+    PICKER_SAVED = "picker_saved"
+    PICKER_NOT_YOURS = "picker_not_yours"
+    PICKER_STALE = "picker_stale"
 
 
 @dataclass(frozen=True)

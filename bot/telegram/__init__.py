@@ -27,8 +27,9 @@ from bot.telegram.app import (
     build_application,
     log_error,
 )
-from bot.telegram.incoming import PLATFORM
 from bot.telegram.logs import token_kept_out
+from bot.telegram.people import PLATFORM
+from bot.telegram.picker import add_picker
 from pipeline.errors import EaselError
 
 __all__ = ["PLATFORM", "serve"]
@@ -41,8 +42,9 @@ def front_end(context: BotContext, settings: Settings) -> TelegramFrontEnd:
     application = build_application(settings)
     application.bot_data["commands"] = context.commands
     front = TelegramFrontEnd(context, application, settings)
+    add_picker(application, context)  # first: /style is also in the registry's names
     add_handlers(application, front)
-    add_fallbacks(application, front)
+    add_fallbacks(application, front)  # last: what no other handler took
     application.add_error_handler(log_error)
     return front
 

@@ -27,7 +27,8 @@ from bot.settings import Settings
 from bot.store import Role
 from bot.telegram.callbacks import GRID_BUTTONS, Presses
 from bot.telegram.delivery import JobMessages
-from bot.telegram.incoming import PLATFORM, Incoming, user_ref
+from bot.telegram.incoming import Incoming
+from bot.telegram.people import PLATFORM, user_ref
 
 # 429 answers are waited out (retry_after) and the request sent again, this many times.
 FLOOD_RETRIES = 3

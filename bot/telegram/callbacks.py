@@ -15,7 +15,8 @@ from telegram.ext import ContextTypes
 from bot.core.events import Origin
 from bot.core.messages import Key, Message, normalise_locale
 from bot.core.router import TextRequest
-from bot.telegram.incoming import PLATFORM, Incoming, user_ref
+from bot.telegram.incoming import Incoming
+from bot.telegram.people import PLATFORM, user_ref
 
 log = logging.getLogger(__name__)
 GRID_BUTTONS = r"^easel:[0-9]+:"

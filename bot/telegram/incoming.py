@@ -17,16 +17,16 @@ from telegram import ForceReply, Message, ReplyParameters, Update, User
 from telegram.constants import ChatType, ParseMode
 from telegram.ext import ContextTypes
 
-from bot.core.events import Origin, Refusal, Reply, UserRef
+from bot.core.events import Refusal, Reply
 from bot.core.frontend import BotContext
 from bot.core.messages import LOCALES, Key, catalog, normalise_locale
 from bot.core.messages import Message as CoreMessage
 from bot.core.router import Routed, TextRequest, split_command
 from bot.core.uploads import check_input_upload
+from bot.telegram.people import PLATFORM, origin_of, user_ref
 from bot.telegram.render import reply_html
 
 log = logging.getLogger(__name__)
-PLATFORM = "telegram"
 _IMAGE_COMMANDS = ("imagine", "pnginfo")
 # `/admin ACTION USER ...`: the user may be given by replying to one of their messages.
 _TARGETED_ACTIONS = ("ban", "unban", "role")
@@ -40,14 +40,6 @@ class Ask:
     command: str  # "imagine" or "remix"
     job: int | None = None
     image_file_id: str | None = None
-
-
-def user_ref(user: User) -> UserRef:
-    return UserRef(PLATFORM, str(user.id), user.full_name, user.language_code)
-
-
-def origin_of(message: Message) -> Origin:
-    return Origin(PLATFORM, str(message.chat_id), str(message.message_id))
 
 
 class Incoming:
