@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
 from telegram.constants import ParseMode
@@ -215,28 +216,21 @@ class JobMessages:
                 Reply(reply.message, lines=(*reply.lines, note)), event.locale, MAX_CAPTION
             )
         markup = keyboard(reply.buttons, event.locale)
+        common: dict[str, Any] = {
+            "filename": picture.filename,
+            "caption": caption,
+            "parse_mode": ParseMode.HTML,
+            "reply_markup": markup,
+            "reply_parameters": _replying_to(event),
+        }
         sent: Message
         if picture.as_document:
             sent = await self.bot.send_document(
-                chat,
-                picture.data,
-                filename=picture.filename,
-                caption=caption,
-                parse_mode=ParseMode.HTML,
-                thumbnail=picture.thumbnail,
-                reply_markup=markup,
-                reply_parameters=_replying_to(event),
+                chat, picture.data, thumbnail=picture.thumbnail, **common
             )
         else:
             sent = await self.bot.send_photo(
-                chat,
-                picture.data,
-                filename=picture.filename,
-                caption=caption,
-                parse_mode=ParseMode.HTML,
-                has_spoiler=reply.flagged,
-                reply_markup=markup,
-                reply_parameters=_replying_to(event),
+                chat, picture.data, has_spoiler=reply.flagged, **common
             )
         status = StatusMessage.parse(event.status_message)
         if status is not None and status.message_id != sent.message_id:
