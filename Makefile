@@ -38,6 +38,7 @@ bench: install
 	$(PRELOAD) $(BIN)/python -m bench.queue
 	$(BIN)/python -m bench.prompts
 	$(BIN)/python -m bench.discord
+	$(BIN)/python -m bench.telegram
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -22,28 +22,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging as transformers_logging
 
+from bench.busy import HeldExecutor, keep_one_running, latency_header, latency_line, queue_jobs
 from bench.common import load_shape, quiet_diffusers
 from bot import discord as discord_front_end
-from bot.core.events import Origin, UserRef
 from bot.core.frontend import BotContext
 from bot.runtime import Bot, build_bot, open_store
 from bot.settings import Settings
 from pipeline.device import choose_device
 from pipeline.engine import Engine
-from pipeline.executors import Task, TaskOutcome
-from pipeline.executors.local import LocalExecutor
-from pipeline.executors.work import ProgressSink
 from tests.fakes.discord import FakeDiscord, FakeUser, RecordedCall, SentInteraction
 from tests.fakes.threaded import FakeThread
 
@@ -51,30 +47,7 @@ CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
 WAIT_S = 30.0  # for the fake, the bot's start and each callback
 JOB_WAIT_S = 120.0  # the first grid on the tiny model, on a busy CPU
 GRID_BUTTONS = ("U1", "U2", "V1", "V2", "S1", "S2", "reroll", "remix")
-BENCH_PLATFORM = "bench"
 FIRST_USER_ID = 1_300_000_000_000_000_000
-
-
-class HeldExecutor(LocalExecutor):
-    """The local executor, whose batches wait while it is held: a held batch is running as far
-    as the dispatcher knows (marked running in the store, STARTED sent), and runs on release."""
-
-    def __init__(self, engine: Engine, models_dir: Path) -> None:
-        super().__init__(engine, models_dir)
-        self._open = asyncio.Event()
-        self._open.set()
-
-    def hold(self) -> None:
-        self._open.clear()
-
-    def release(self) -> None:
-        self._open.set()
-
-    async def run(
-        self, tasks: Sequence[Task], on_progress: ProgressSink, preview_every: float | None = None
-    ) -> list[TaskOutcome]:
-        await self._open.wait()
-        return await super().run(tasks, on_progress, preview_every)
 
 
 @dataclass(frozen=True)
@@ -151,29 +124,6 @@ async def make_grid(fakes: FakeThread, fake: FakeDiscord) -> int:
     return int(grid.response["id"])
 
 
-async def keep_one_running(bot: Bot, executor: HeldExecutor) -> None:
-    """A job that stays running (its batch waits on the executor) until the bench ends."""
-    executor.hold()
-    user = UserRef(BENCH_PLATFORM, "runner", "Runner")
-    origin = Origin(BENCH_PLATFORM, "bench-chat")
-    options = bot.service.options(user, "a long job --steps 2", origin)
-    await bot.service.imagine(user, options, origin)
-    deadline = time.monotonic() + WAIT_S
-    while not bot.service.dispatcher.running_jobs():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the held job did not start")
-        await asyncio.sleep(0.01)
-
-
-async def queue_jobs(bot: Bot, count: int) -> None:
-    """`count` jobs queued behind the running one, each from its own user."""
-    origin = Origin(BENCH_PLATFORM, "bench-chat")
-    for index in range(count):
-        user = UserRef(BENCH_PLATFORM, f"queued-{index}", f"Queued {index}")
-        options = bot.service.options(user, f"a queued job {index} --steps 2", origin)
-        await bot.service.imagine(user, options, origin)
-
-
 async def send_interactions(
     fakes: FakeThread, fake: FakeDiscord, grid: int, imagines: int, presses: int, rate: float
 ) -> list[tuple[str, SentInteraction]]:
@@ -211,20 +161,6 @@ async def acknowledgements(
     return acknowledged
 
 
-def percentile(sorted_values: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    index = max(0, min(len(sorted_values) - 1, math.ceil(share * len(sorted_values)) - 1))
-    return sorted_values[index]
-
-
-def latency_line(label: str, seconds: Sequence[float]) -> str:
-    values = sorted(1000 * s for s in seconds)
-    if not values:
-        return f"{label:24} {0:>6}"
-    figures = [percentile(values, share) for share in (0.5, 0.9, 0.99)] + [values[-1]]
-    return f"{label:24} {len(values):>6} " + " ".join(f"{f:>8.1f}" for f in figures)
-
-
 async def bench(args: argparse.Namespace, scratch: Path) -> None:
     engine = Engine(load_shape("tiny", choose_device("cpu"), scratch))
     async with FakeThread() as fakes:
@@ -245,8 +181,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> None:
         f"{args.jobs} jobs queued, {running} running; {len(sent)} interactions at "
         f"{args.rate:g}/s ({args.interactions} /imagine, {args.presses} button presses)"
     )
-    header = ("count", "p50 ms", "p90 ms", "p99 ms", "max ms")
-    print(f"{'acknowledgement':24} {header[0]:>6} " + " ".join(f"{h:>8}" for h in header[1:]))
+    print(latency_header("acknowledgement"))
     print(latency_line("/imagine", [a.seconds for a in acked if a.kind == "imagine"]))
     print(latency_line("button press", [a.seconds for a in acked if a.kind == "press"]))
     print(latency_line("all", [a.seconds for a in acked]))

@@ -18,8 +18,9 @@ commands per scope and language, the webhook. A test scripts what people do
 (`send_message`, `send_photo`, `send_document`, `reply_to`, `press`) and those become updates
 that `getUpdates` hands out (long polling, `offset`, `limit`, `timeout`, `allowed_updates`)
 or that are POSTed to the bot's webhook with `X-Telegram-Bot-Api-Secret-Token`. Every API call
-is recorded (method, parsed parameters, uploaded files with their bytes, the fake's clock) for
-`calls_to`, `wait_for_call` and `wait_until`.
+is recorded (method, parsed parameters, uploaded files with their bytes, the fake's clock when
+it came in and when its answer was ready) for `calls_to`, `wait_for_call` and `wait_until`;
+`handed_out` says which getUpdates answer carried an update.
 
 What it refuses, and where the rule comes from (core.telegram.org/bots/api, "Bot API" below;
 the Bots FAQ at core.telegram.org/bots/faq; tdlib's HTML parser, which the Bot API server runs;
@@ -594,6 +595,7 @@ class FakeMessage:
     edit_date: int | None = None
     deleted: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier states, oldest first
+    update_id: int | None = None  # the update that brought a person's message to the bot
 
     @property
     def has_media(self) -> bool:
@@ -699,9 +701,10 @@ class RecordedCall:
     token: str
     params: dict[str, Any]  # JSON parameters decoded, the rest as sent (strings)
     files: dict[str, RecordedFile]  # by multipart field name
-    at: float  # the fake's clock
+    at: float  # the fake's clock, when the request came in
     status: int = 0
     response: Any = None
+    answered_at: float | None = None  # the fake's clock, when the answer was ready
     abandoned: bool = False  # the client had gone before the answer (a cancelled long poll)
 
     @property
@@ -1123,7 +1126,7 @@ class FakeTelegram:
 
     def _deliver_message(self, message: FakeMessage) -> None:
         if self.sees(message):
-            self.enqueue_update("message", message.payload())
+            message.update_id = self.enqueue_update("message", message.payload())
 
     def reply_to(
         self,
@@ -1199,6 +1202,18 @@ class FakeTelegram:
     def refused_calls(self) -> list[RecordedCall]:
         """Calls answered with an error, but for long polls whose client had gone."""
         return [c for c in self.calls if c.status >= 400 and not c.abandoned]
+
+    def handed_out(self, update_id: int) -> RecordedCall | None:
+        """The first getUpdates answer that carried update `update_id` (its `answered_at` is
+        when the bot got it), or None while none has."""
+        return next(
+            (
+                call
+                for call in self.calls_to("getUpdates")
+                if call.ok and any(u["update_id"] == update_id for u in call.result)
+            ),
+            None,
+        )
 
     def calls_to(self, method: str) -> list[RecordedCall]:
         """The answered calls to `method` (case-insensitive, as Telegram takes it)."""
@@ -1326,7 +1341,7 @@ class FakeTelegram:
             self.internal_errors.append(error)
             body = {"ok": False, "error_code": 418, "description": f"fake failed: {error!r}"}
             status = 418
-        call.response, call.status = body, status
+        call.response, call.status, call.answered_at = body, status, self.clock()
         transport = request.transport
         call.abandoned = transport is None or transport.is_closing()
         await self._notify()

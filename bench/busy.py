@@ -1,0 +1,87 @@
+"""What the front-end benchmarks share: a bot kept busy (one job held running, many queued
+behind it) and latency figures as nearest-rank percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.core.events import Origin, UserRef
+from bot.runtime import Bot
+from pipeline.engine import Engine
+from pipeline.executors import Task, TaskOutcome
+from pipeline.executors.local import LocalExecutor
+from pipeline.executors.work import ProgressSink
+
+BENCH_PLATFORM = "bench"  # the busy jobs' platform: no front end posts their messages
+START_WAIT_S = 30.0
+
+
+class HeldExecutor(LocalExecutor):
+    """The local executor, whose batches wait while it is held: a held batch is running as far
+    as the dispatcher knows (marked running in the store, STARTED sent), and runs on release."""
+
+    def __init__(self, engine: Engine, models_dir: Path) -> None:
+        super().__init__(engine, models_dir)
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def run(
+        self, tasks: Sequence[Task], on_progress: ProgressSink, preview_every: float | None = None
+    ) -> list[TaskOutcome]:
+        await self._open.wait()
+        return await super().run(tasks, on_progress, preview_every)
+
+
+async def keep_one_running(bot: Bot, executor: HeldExecutor) -> None:
+    """A job that stays running (its batch waits on the executor) until the bench ends."""
+    executor.hold()
+    user = UserRef(BENCH_PLATFORM, "runner", "Runner")
+    origin = Origin(BENCH_PLATFORM, "bench-chat")
+    options = bot.service.options(user, "a long job --steps 2", origin)
+    await bot.service.imagine(user, options, origin)
+    deadline = time.monotonic() + START_WAIT_S
+    while not bot.service.dispatcher.running_jobs():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the held job did not start")
+        await asyncio.sleep(0.01)
+
+
+async def queue_jobs(bot: Bot, count: int) -> None:
+    """`count` jobs queued behind the running one, each from its own user."""
+    origin = Origin(BENCH_PLATFORM, "bench-chat")
+    for index in range(count):
+        user = UserRef(BENCH_PLATFORM, f"queued-{index}", f"Queued {index}")
+        options = bot.service.options(user, f"a queued job {index} --steps 2", origin)
+        await bot.service.imagine(user, options, origin)
+
+
+def percentile(sorted_values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    index = max(0, min(len(sorted_values) - 1, math.ceil(share * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+LATENCY_HEADER = ("count", "p50 ms", "p90 ms", "p99 ms", "max ms")
+
+
+def latency_header(title: str) -> str:
+    first, *rest = LATENCY_HEADER
+    return f"{title:24} {first:>6} " + " ".join(f"{h:>8}" for h in rest)
+
+
+def latency_line(label: str, seconds: Sequence[float]) -> str:
+    values = sorted(1000 * s for s in seconds)
+    if not values:
+        return f"{label:24} {0:>6}"
+    figures = [percentile(values, share) for share in (0.5, 0.9, 0.99)] + [values[-1]]
+    return f"{label:24} {len(values):>6} " + " ".join(f"{f:>8.1f}" for f in figures)
