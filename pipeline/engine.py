@@ -224,7 +224,9 @@ class Engine:
         layers = max_clip_skip(self._txt2img)
         if request.clip_skip > layers:
             raise InvalidRequestError(
-                f"Clip skip must be between 1 and {layers} for this model, not {request.clip_skip}."
+                f"Clip skip must be between 1 and {layers} for this model, not {request.clip_skip}.",
+                ko=f"이 모델의 Clip skip은 1에서 {layers} 사이여야 합니다. "
+                f"입력: {request.clip_skip}",
             )
         resolved = resolve_request(request, self.limits, self.model.native_size, init)
         steps = _visible_steps(resolved.request)
@@ -258,7 +260,9 @@ class Engine:
             if chunks > most:
                 raise InvalidRequestError(
                     f"The prompt needs {chunks} chunks of 75 tokens (BREAK starts one too); "
-                    f"the limit is {most}. Shorten it."
+                    f"the limit is {most}. Shorten it.",
+                    ko=f"프롬프트가 75토큰 단위 {chunks}개를 차지합니다(BREAK도 새 단위를 "
+                    f"시작합니다). 최대 {most}개까지 가능하니 줄여 주세요.",
                 )
             longest = max(longest, chunks)
         return longest
@@ -268,7 +272,10 @@ class Engine:
         try:
             scheduler.set_timesteps(steps)
         except ValueError as error:  # e.g. LCM runs at most its original 50 steps
-            raise InvalidRequestError(f"{spec.name} cannot run {steps} steps: {error}") from None
+            raise InvalidRequestError(
+                f"{spec.name} cannot run {steps} steps: {error}",
+                ko=f"{spec.name} 샘플러로는 {steps}단계를 실행할 수 없습니다. 단계 수를 바꿔 주세요.",
+            ) from None
         return scheduler
 
     def generate(
@@ -632,18 +639,21 @@ def job_cost(request: GenerationRequest, parts: int, chunks: int) -> float:
 def open_init_image(reference: ImageRef, max_pixels: int) -> Image.Image:
     """The init image, its size checked from the header before its pixels are decoded."""
     where = Path(reference.path).name if reference.path is not None else "the uploaded file"
+    where_ko = Path(reference.path).name if reference.path is not None else "업로드한 파일"
     try:
         size = reference.size()
     except Exception as error:  # Pillow raises many types on data that is not an image
         raise InvalidRequestError(
-            f"The init image ({where}) could not be read as an image."
+            f"The init image ({where}) could not be read as an image.",
+            ko=f"초기 이미지({where_ko})를 이미지로 읽을 수 없습니다.",
         ) from error
-    check_pixels(size, max_pixels, f"The init image ({where})")
+    check_pixels(size, max_pixels, f"The init image ({where})", f"초기 이미지({where_ko})")
     try:
         return reference.open()
     except (OSError, ValueError) as error:
         raise InvalidRequestError(
-            f"The init image ({where}) could not be read as an image."
+            f"The init image ({where}) could not be read as an image.",
+            ko=f"초기 이미지({where_ko})를 이미지로 읽을 수 없습니다.",
         ) from error
 
 

@@ -6,7 +6,21 @@ class EaselError(Exception):
 
 
 class InvalidRequestError(EaselError, ValueError):
-    """A request asks for something outside what the engine accepts (size, steps, sampler...)."""
+    """A request asks for something outside what the engine accepts (size, steps, sampler...).
+
+    `en` is the message (also `str(error)`); `ko` is the same message in Korean for a chat user,
+    None only where no chat user can see it (a programming mistake, a CLI-only check). The
+    generation side has no catalogs, so the Korean text travels on the error itself.
+    """
+
+    def __init__(self, en: str, ko: str | None = None) -> None:
+        super().__init__(en)
+        self.en = en
+        self.ko = ko
+
+    def message(self, locale: str) -> str:
+        """The message in `locale` ("ko", "ko-KR"...); English where no Korean was given."""
+        return self.ko if self.ko is not None and locale.startswith("ko") else self.en
 
 
 class UnknownSamplerError(InvalidRequestError):

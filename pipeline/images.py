@@ -348,31 +348,42 @@ def read_infotext(source: Path | bytes | Image.Image) -> Infotext | None:
         return _infotext_of(image)
 
 
-def check_pixels(size: tuple[int, int], max_pixels: int, what: str = "The image") -> None:
-    """Refuse an image of more than `max_pixels` pixels (InvalidRequestError)."""
+def check_pixels(
+    size: tuple[int, int], max_pixels: int, what: str = "The image", what_ko: str = "이미지"
+) -> None:
+    """Refuse an image of more than `max_pixels` pixels (InvalidRequestError); `what` and
+    `what_ko` name the image in each language."""
     width, height = size
     if width * height > max_pixels:
         side = math.isqrt(max_pixels)
         raise InvalidRequestError(
             f"{what} is {width}x{height} ({width * height:,} pixels); the limit is "
-            f"{max_pixels:,} pixels (for example {side}x{side})."
+            f"{max_pixels:,} pixels (for example {side}x{side}).",
+            ko=f"{what_ko} 크기가 {width}x{height}({width * height:,}픽셀)입니다. 최대 "
+            f"{max_pixels:,}픽셀까지 가능합니다(예: {side}x{side}).",
         )
 
 
-def open_rgb(source: Path | bytes, max_pixels: int, what: str = "The image") -> Image.Image:
+def open_rgb(
+    source: Path | bytes, max_pixels: int, what: str = "The image", what_ko: str = "이미지"
+) -> Image.Image:
     """An RGB copy of the image at `source`, its size checked from the header before any pixel
     is decoded. Raises InvalidRequestError for data that is not an image or is too large."""
     with _open_image(source) as image:
-        check_pixels(image.size, max_pixels, what)
+        check_pixels(image.size, max_pixels, what, what_ko)
         try:
             return image.convert("RGB")
         except Exception as error:  # truncated or corrupt image data
-            raise InvalidRequestError(f"{what} could not be decoded: {error}") from error
+            raise InvalidRequestError(
+                f"{what} could not be decoded: {error}",
+                ko=f"{what_ko}: 이미지 데이터가 손상되었거나 잘려 있어 읽을 수 없습니다.",
+            ) from error
 
 
 @contextmanager
 def _open_image(source: Path | bytes) -> Iterator[Image.Image]:
     label = source.name if isinstance(source, Path) else f"{len(source)} bytes of data"
+    label_ko = source.name if isinstance(source, Path) else f"{len(source)}바이트 데이터"
     opened = source if isinstance(source, Path) else io.BytesIO(source)
     try:
         image = Image.open(opened)
@@ -380,7 +391,9 @@ def _open_image(source: Path | bytes) -> Iterator[Image.Image]:
         raise
     # Pillow's format plugins raise many unrelated types (SyntaxError, struct.error, ...) on junk.
     except Exception as error:
-        raise InvalidRequestError(f"not an image: {label} ({error})") from error
+        raise InvalidRequestError(
+            f"not an image: {label} ({error})", ko=f"이미지가 아닙니다: {label_ko}."
+        ) from error
     with image:
         yield image
 

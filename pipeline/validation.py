@@ -63,24 +63,34 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
     """The checks that need no model: steps, count, CFG, clip skip, seeds, strength."""
     if not limits.min_steps <= request.steps <= limits.max_steps:
         raise InvalidRequestError(
-            f"Steps must be between {limits.min_steps} and {limits.max_steps}, not {request.steps}."
+            f"Steps must be between {limits.min_steps} and {limits.max_steps}, not {request.steps}.",
+            ko=f"단계 수는 {limits.min_steps}에서 {limits.max_steps} 사이여야 합니다. "
+            f"입력: {request.steps}",
         )
     if not 1 <= request.image_count <= limits.max_images:
         raise InvalidRequestError(
-            f"A request makes 1 to {limits.max_images} images, not {request.image_count}."
+            f"A request makes 1 to {limits.max_images} images, not {request.image_count}.",
+            ko=f"한 번에 1~{limits.max_images}장만 만들 수 있습니다. 입력: {request.image_count}",
         )
     if not limits.min_cfg <= request.cfg_scale <= limits.max_cfg:
         raise InvalidRequestError(
             f"CFG scale must be between {limits.min_cfg:g} and {limits.max_cfg:g}, "
-            f"not {request.cfg_scale:g}."
+            f"not {request.cfg_scale:g}.",
+            ko=f"CFG 스케일은 {limits.min_cfg:g}에서 {limits.max_cfg:g} 사이여야 합니다. "
+            f"입력: {request.cfg_scale:g}",
         )
     if not 1 <= request.clip_skip <= limits.max_clip_skip:
         raise InvalidRequestError(
-            f"Clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}."
+            f"Clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}.",
+            ko=f"Clip skip은 1에서 {limits.max_clip_skip} 사이여야 합니다. "
+            f"입력: {request.clip_skip}",
         )
     for seed in request.seeds:
         if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
-            raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
+            raise InvalidRequestError(
+                f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.",
+                ko=f"시드는 -1(무작위) 또는 0에서 {MAX_SEED} 사이여야 합니다. 입력: {seed}",
+            )
     _check_lora_weights(request)
     _check_variation(request)
     _check_hires(request, limits)
@@ -88,12 +98,16 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
         if not 0.0 < request.denoising_strength <= 1.0:
             raise InvalidRequestError(
                 "Denoising strength must be above 0 and at most 1, "
-                f"not {request.denoising_strength:g}."
+                f"not {request.denoising_strength:g}.",
+                ko="디노이징 강도는 0보다 크고 1 이하여야 합니다. "
+                f"입력: {request.denoising_strength:g}",
             )
         if int(request.steps * request.denoising_strength) < 1:
             raise InvalidRequestError(
                 f"{request.steps} steps at denoising strength {request.denoising_strength:g} "
-                "leave no step to run; raise the steps or the strength."
+                "leave no step to run; raise the steps or the strength.",
+                ko=f"{request.steps}단계를 디노이징 강도 {request.denoising_strength:g}로 "
+                "실행하면 남는 단계가 없습니다. 단계 수나 강도를 높이세요.",
             )
 
 
@@ -102,7 +116,9 @@ def check_prompt_plan(plan: PromptPlan, limits: Limits) -> None:
     if len(plan.parts) > limits.max_and_parts:
         raise InvalidRequestError(
             f"The prompt has {len(plan.parts)} parts joined by AND; the limit is "
-            f"{limits.max_and_parts}."
+            f"{limits.max_and_parts}.",
+            ko=f"프롬프트가 AND로 나뉜 부분이 {len(plan.parts)}개입니다. 최대 "
+            f"{limits.max_and_parts}개까지 가능합니다.",
         )
 
 
@@ -112,22 +128,30 @@ def _check_lora_weights(request: GenerationRequest) -> None:
             if not lora_weight_in_range(weight):  # NaN is out of range too
                 raise InvalidRequestError(
                     f"LoRA {use.name}: a weight must be from {MIN_LORA_WEIGHT:g} to "
-                    f"{MAX_LORA_WEIGHT:g}, not {weight:g}."
+                    f"{MAX_LORA_WEIGHT:g}, not {weight:g}.",
+                    ko=f"LoRA {use.name}: 가중치는 {MIN_LORA_WEIGHT:g}에서 "
+                    f"{MAX_LORA_WEIGHT:g} 사이여야 합니다. 입력: {weight:g}",
                 )
 
 
-def check_input_size(size: tuple[int, int], limits: Limits, what: str = "The image") -> None:
+def check_input_size(
+    size: tuple[int, int], limits: Limits, what: str = "The image", what_ko: str = "이미지"
+) -> None:
     """Refuse an input image larger than the operator's limit (from its header alone)."""
-    check_pixels(size, limits.max_input_pixels, what)
+    check_pixels(size, limits.max_input_pixels, what, what_ko)
 
 
-def check_output_size(size: tuple[int, int], limits: Limits, what: str = "The result") -> None:
+def check_output_size(
+    size: tuple[int, int], limits: Limits, what: str = "The result", what_ko: str = "결과 이미지"
+) -> None:
     """Refuse to make an image larger than the operator's output limit."""
     width, height = size
     if width * height > limits.max_output_pixels:
         raise InvalidRequestError(
             f"{what} would be {width}x{height} ({width * height:,} pixels); the limit is "
-            f"{limits.max_output_pixels:,} pixels."
+            f"{limits.max_output_pixels:,} pixels.",
+            ko=f"{what_ko} 크기가 {width}x{height}({width * height:,}픽셀)이 됩니다. 최대 "
+            f"{limits.max_output_pixels:,}픽셀까지 가능합니다.",
         )
 
 
@@ -137,26 +161,38 @@ def _check_hires(request: GenerationRequest, limits: Limits) -> None:
         return
     if not 1.0 < hires.scale <= 4.0:
         raise InvalidRequestError(
-            f"Hires scale must be above 1 and at most 4, not {hires.scale:g}."
+            f"Hires scale must be above 1 and at most 4, not {hires.scale:g}.",
+            ko=f"Hires 배율은 1보다 크고 4 이하여야 합니다. 입력: {hires.scale:g}",
         )
     if hires.steps is not None and not limits.min_steps <= hires.steps <= limits.max_steps:
         raise InvalidRequestError(
             f"Hires steps must be between {limits.min_steps} and {limits.max_steps}, "
-            f"not {hires.steps}."
+            f"not {hires.steps}.",
+            ko=f"Hires 단계 수는 {limits.min_steps}에서 {limits.max_steps} 사이여야 합니다. "
+            f"입력: {hires.steps}",
         )
     if not 0.0 < hires.denoising_strength <= 1.0:
         raise InvalidRequestError(
             f"Hires denoising strength must be above 0 and at most 1, "
-            f"not {hires.denoising_strength:g}."
+            f"not {hires.denoising_strength:g}.",
+            ko="Hires 디노이징 강도는 0보다 크고 1 이하여야 합니다. "
+            f"입력: {hires.denoising_strength:g}",
         )
     if request.is_img2img:
-        raise InvalidRequestError("Hires fix is for text-to-image; an init image cannot take it.")
+        raise InvalidRequestError(
+            "Hires fix is for text-to-image; an init image cannot take it.",
+            ko="Hires fix는 텍스트로 이미지를 만들 때만 쓸 수 있습니다. 초기 이미지와 함께 "
+            "쓸 수 없습니다.",
+        )
     hires_steps = hires.steps or request.steps
     if int(hires_steps * hires.denoising_strength) < 1:
         raise InvalidRequestError(
             f"The hires fix runs {hires_steps} steps at denoising strength "
             f"{hires.denoising_strength:g}, which leaves no step to run; use at least "
-            f"{math.ceil(1 / hires.denoising_strength)} steps."
+            f"{math.ceil(1 / hires.denoising_strength)} steps.",
+            ko=f"Hires fix가 {hires_steps}단계를 디노이징 강도 "
+            f"{hires.denoising_strength:g}로 실행하면 남는 단계가 없습니다. 최소 "
+            f"{math.ceil(1 / hires.denoising_strength)}단계를 쓰세요.",
         )
 
 
@@ -166,18 +202,26 @@ def _check_variation(request: GenerationRequest) -> None:
     if len(request.variation_seeds) != request.image_count:
         raise InvalidRequestError(
             f"Give one variation seed per image: {request.image_count}, "
-            f"not {len(request.variation_seeds)}."
+            f"not {len(request.variation_seeds)}.",
+            ko=f"이미지마다 변형 시드를 하나씩 주세요: {request.image_count}개가 필요한데 "
+            f"{len(request.variation_seeds)}개입니다.",
         )
     for seed in request.variation_seeds:
         if not _is_random(seed) and not 0 <= seed <= MAX_SEED:
-            raise InvalidRequestError(f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.")
+            raise InvalidRequestError(
+                f"Seeds are -1 (random) or 0 to {MAX_SEED}, not {seed}.",
+                ko=f"시드는 -1(무작위) 또는 0에서 {MAX_SEED} 사이여야 합니다. 입력: {seed}",
+            )
     if not 0.0 <= request.variation_strength <= 1.0:
         raise InvalidRequestError(
-            f"Variation strength must be between 0 and 1, not {request.variation_strength:g}."
+            f"Variation strength must be between 0 and 1, not {request.variation_strength:g}.",
+            ko=f"변형 강도는 0에서 1 사이여야 합니다. 입력: {request.variation_strength:g}",
         )
     if request.is_img2img:
         raise InvalidRequestError(
-            "Variation seeds blend text-to-image noise; an init image cannot take them."
+            "Variation seeds blend text-to-image noise; an init image cannot take them.",
+            ko="변형 시드는 텍스트로 이미지를 만들 때의 노이즈를 섞습니다. 초기 이미지와 함께 "
+            "쓸 수 없습니다.",
         )
 
 
@@ -194,20 +238,29 @@ def _resolve_size(
     else:
         asked = (request.width or native_size, request.height or native_size)
     if min(asked) < 1:
-        raise InvalidRequestError(f"Width and height must be positive, not {asked[0]}x{asked[1]}.")
+        raise InvalidRequestError(
+            f"Width and height must be positive, not {asked[0]}x{asked[1]}.",
+            ko=f"너비와 높이는 양수여야 합니다. 입력: {asked[0]}x{asked[1]}",
+        )
     width, height = (max(MIN_SIDE, _round_to_step(side)) for side in asked)
     if width * height > limits.max_area:
         raise InvalidRequestError(
             f"{width}x{height} is {width * height:,} pixels; the limit is "
             f"{limits.max_area:,} pixels per image (for example "
-            f"{_square_side(limits.max_area)}x{_square_side(limits.max_area)})."
+            f"{_square_side(limits.max_area)}x{_square_side(limits.max_area)}).",
+            ko=f"{width}x{height}는 {width * height:,}픽셀입니다. 이미지 한 장은 최대 "
+            f"{limits.max_area:,}픽셀까지 가능합니다(예: "
+            f"{_square_side(limits.max_area)}x{_square_side(limits.max_area)}).",
         )
     if request.hires is not None:
         target = replace(request, width=width, height=height).hires_size()
         if target[0] * target[1] > limits.max_area:
             raise InvalidRequestError(
                 f"Hires fix to {target[0]}x{target[1]} is {target[0] * target[1]:,} pixels; "
-                f"the limit is {limits.max_area:,} pixels per image."
+                f"the limit is {limits.max_area:,} pixels per image.",
+                ko=f"Hires fix로 {target[0]}x{target[1]}로 키우면 "
+                f"{target[0] * target[1]:,}픽셀입니다. 이미지 한 장은 최대 "
+                f"{limits.max_area:,}픽셀까지 가능합니다.",
             )
     notes: tuple[str, ...] = ()
     if (width, height) != asked and request.width is not None:

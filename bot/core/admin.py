@@ -12,7 +12,7 @@ their input onto these calls.
 from __future__ import annotations
 
 from bot.core.events import Origin, Refusal, Reply, UserRef
-from bot.core.messages import Argument, Key, Message
+from bot.core.messages import Argument, Key, Message, error_text
 from bot.core.service import JobService
 from bot.store import UNSET, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
@@ -135,7 +135,7 @@ class AdminService:
                 Message(Key.PRESET_UNAVAILABLE, {"preset": error.preset_id, "files": files})
             ) from None
         except InvalidRequestError as error:  # no such preset; the error suggests one
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
 
     def _rules_message(self, key: Key, origin: Origin) -> Message:
         chat = self.store.chat(origin.platform, origin.chat)

@@ -30,7 +30,7 @@ from bot.core.events import (
     message_from_json,
     message_to_json,
 )
-from bot.core.messages import Key, Message, normalise_locale
+from bot.core.messages import Key, Localized, Message, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
 from bot.core.words import nsfw_word
 from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
@@ -512,7 +512,10 @@ class Dispatcher:
             FailureKind.OUT_OF_MEMORY: Key.FAILED_OUT_OF_MEMORY,
             FailureKind.INVALID: Key.FAILED_INVALID,
         }[failure.kind]
-        return Message(key, {"detail": failure.detail})
+        detail: Localized | str = failure.detail
+        if failure.detail_ko is not None:
+            detail = Localized(failure.detail, failure.detail_ko)
+        return Message(key, {"detail": detail})
 
     def _save(self, job: JobRecord, outcome: TaskOutcome) -> SavedImages:
         stem = prompt_stem(outcome.images[0].infotext.prompt) if outcome.images else "image"

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bot.core.buttons import ButtonRows
-from bot.core.messages import Key, Message
+from bot.core.messages import Argument, Key, Localized, Message
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,25 @@ EventHandler = Callable[[JobEvent], Awaitable[None]]
 
 
 def message_to_json(message: Message) -> str:
-    """For the job's error column; arguments of a stored message are plain values."""
-    return json.dumps({"key": message.key.value, "args": message.args}, ensure_ascii=False)
+    """For the job's error column; arguments of a stored message are plain values, or both
+    languages of a Localized one ({"en": ..., "ko": ...})."""
+    args = {name: _stored_argument(value) for name, value in message.args.items()}
+    return json.dumps({"key": message.key.value, "args": args}, ensure_ascii=False)
 
 
 def message_from_json(text: str) -> Message:
     payload = json.loads(text)
-    return Message(Key(payload["key"]), dict(payload.get("args", {})))
+    args = {name: _read_argument(value) for name, value in payload.get("args", {}).items()}
+    return Message(Key(payload["key"]), args)
+
+
+def _stored_argument(value: Argument) -> object:
+    if isinstance(value, Localized):
+        return {"en": value.en, "ko": value.ko}
+    return value
+
+
+def _read_argument(value: object) -> Argument:
+    if isinstance(value, dict) and set(value) == {"en", "ko"}:
+        return Localized(str(value["en"]), str(value["ko"]))
+    return value  # type: ignore[return-value]

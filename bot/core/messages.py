@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import TypeAlias
 
+from pipeline.errors import InvalidRequestError
+
 LOCALES = ("en", "ko")
 DEFAULT_LOCALE = "en"
 _CATALOGS = Path(__file__).parent / "locales"
@@ -287,6 +289,12 @@ class Localized:
 
     def in_locale(self, locale: str) -> str:
         return self.ko if locale == "ko" else self.en
+
+
+def error_text(error: InvalidRequestError) -> Localized:
+    """A refused request's message as a catalog argument, shown in the reader's language
+    (English where the error carries no Korean)."""
+    return Localized(error.en, error.ko if error.ko is not None else error.en)
 
 
 Argument: TypeAlias = "str | int | float | Localized | Message"

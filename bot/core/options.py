@@ -42,13 +42,10 @@ _FLAG = re.compile(r"(?:^|(?<=\s))(--|—|–)(\w[\w-]*)")
 class OptionsError(InvalidRequestError):
     """A bad /imagine option; `en` and `ko` are the same message in each language."""
 
-    def __init__(self, en: str, ko: str) -> None:
-        super().__init__(en)
-        self.en = en
-        self.ko = ko
+    ko: str
 
-    def message(self, locale: str) -> str:
-        return self.ko if locale.startswith("ko") else self.en
+    def __init__(self, en: str, ko: str) -> None:
+        super().__init__(en, ko)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from bot.core.buttons import Action, parse_action
 from bot.core.config import NO_CAP, CoreConfig
 from bot.core.dispatcher import CancelOutcome, Dispatcher
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
-from bot.core.messages import Key, Localized, Message, normalise_locale
+from bot.core.messages import Key, Localized, Message, error_text, normalise_locale
 from bot.core.options import (
     CATEGORY_FLAGS,
     ImagineOptions,
@@ -210,7 +210,7 @@ class JobService:
         except PresetLoraMissingError as error:
             raise _preset_refusal(error) from None
         except InvalidRequestError as error:
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
         self._check_words(request.prompt, origin)
         self._admit(record, request.image_count)
         prepared = await self._prepare(request)
@@ -227,9 +227,9 @@ class JobService:
         except Exception:  # Pillow raises many kinds for what is not an image
             raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
         try:
-            check_input_size((width, height), self.config.limits, "The image")
+            check_input_size((width, height), self.config.limits, "The image", "이미지")
         except InvalidRequestError as error:
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
         return reference
 
     def _store_input(self, data: bytes) -> ImageRef:
@@ -430,7 +430,7 @@ class JobService:
                 Message(Key.UNKNOWN_LORA, {"name": error.name, "available": available})
             ) from None
         except InvalidRequestError as error:
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
 
     def _enqueue(
         self,
@@ -605,9 +605,7 @@ class JobService:
         except PresetLoraMissingError as error:
             raise _preset_refusal(error) from None
         except (OptionsError, InvalidRequestError) as error:
-            detail = (
-                Localized(error.en, error.ko) if isinstance(error, OptionsError) else str(error)
-            )
+            detail = error_text(error)
             raise Refusal(
                 Message(Key.SETTINGS_BAD_VALUE, {"name": name, "value": raw, "detail": detail})
             ) from None
@@ -718,7 +716,7 @@ class JobService:
         except InvalidRequestError as error:
             if str(error).startswith("not an image"):
                 raise Refusal(Message(Key.NOT_AN_IMAGE)) from None
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": str(error)})) from None
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
         if info is None:
             return Reply(Message(Key.PNGINFO_NONE))
         parameters = format_infotext(info)

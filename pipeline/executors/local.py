@@ -60,7 +60,7 @@ class LocalExecutor:
             validate_scale(work.scale)
             _check_source(work)
             size = _source_size(work)
-            check_input_size(size, self.engine.limits, "The image to upscale")
+            check_input_size(size, self.engine.limits, "The image to upscale", "업스케일할 이미지")
             check_upscale_size(size, work.scale, self.engine.limits.max_output_pixels)
             return PreparedWork(work=work, batch_key=None, cost=1.0)
         job = self.engine.prepare(work)
@@ -207,7 +207,10 @@ def _keyed_by_task(tasks: Sequence[Task], progress: ProgressSink) -> ProgressSin
 def _check_source(work: UpscaleRequest) -> None:
     path = work.image.path
     if path is not None and not Path(path).is_file():
-        raise InvalidRequestError(f"The image to upscale ({Path(path).name}) is gone.")
+        raise InvalidRequestError(
+            f"The image to upscale ({Path(path).name}) is gone.",
+            ko=f"업스케일할 이미지({Path(path).name})가 더 이상 없습니다.",
+        )
 
 
 def _source_size(work: UpscaleRequest) -> tuple[int, int]:
@@ -215,7 +218,10 @@ def _source_size(work: UpscaleRequest) -> tuple[int, int]:
     try:
         return work.image.size()
     except Exception as error:  # Pillow raises many types on data that is not an image
-        raise InvalidRequestError("The image to upscale could not be read as an image.") from error
+        raise InvalidRequestError(
+            "The image to upscale could not be read as an image.",
+            ko="업스케일할 이미지를 이미지로 읽을 수 없습니다.",
+        ) from error
 
 
 def _read_source(work: UpscaleRequest, max_pixels: int) -> tuple[Image.Image, Infotext | None]:
@@ -223,7 +229,7 @@ def _read_source(work: UpscaleRequest, max_pixels: int) -> tuple[Image.Image, In
     _check_source(work)
     path = work.image.path
     source = Path(path) if path is not None else work.image.data or b""
-    image = open_rgb(source, max_pixels, "The image to upscale")
+    image = open_rgb(source, max_pixels, "The image to upscale", "업스케일할 이미지")
     return image, read_infotext(Path(path)) if path is not None else None
 
 
@@ -243,5 +249,6 @@ def _failure_kind(error: BaseException) -> FailureKind:
 def _failed(task: Task, error: BaseException) -> TaskOutcome:
     kind = _failure_kind(error)
     trace = "".join(traceback.format_exception(error)) if kind is FailureKind.ERROR else None
-    failure = Failure(kind, first_line(error), trace)
+    korean = error.ko if isinstance(error, InvalidRequestError) else None
+    failure = Failure(kind, first_line(error), trace, korean)
     return TaskOutcome(task.task_id, OutcomeStatus.FAILED, failure=failure)

@@ -47,6 +47,7 @@ class Failure:
     kind: FailureKind
     detail: str
     trace: str | None = None  # ERROR: the traceback, for the operator's log and the job row
+    detail_ko: str | None = None  # INVALID: the detail in Korean, where the error carries it
 
 
 class OutcomeStatus(StrEnum):
