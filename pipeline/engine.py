@@ -224,7 +224,8 @@ class Engine:
         layers = max_clip_skip(self._txt2img)
         if request.clip_skip > layers:
             raise InvalidRequestError(
-                f"Clip skip must be between 1 and {layers} for this model, not {request.clip_skip}.",
+                f"Clip skip must be between 1 and {layers} for this model, "
+                f"not {request.clip_skip}.",
                 ko=f"이 모델의 Clip skip은 1에서 {layers} 사이여야 합니다. "
                 f"입력: {request.clip_skip}",
             )
@@ -274,7 +275,8 @@ class Engine:
         except ValueError as error:  # e.g. LCM runs at most its original 50 steps
             raise InvalidRequestError(
                 f"{spec.name} cannot run {steps} steps: {error}",
-                ko=f"{spec.name} 샘플러로는 {steps}단계를 실행할 수 없습니다. 단계 수를 바꿔 주세요.",
+                ko=f"{spec.name} 샘플러로는 {steps}단계를 실행할 수 없습니다. "
+                "단계 수를 바꿔 주세요.",
             ) from None
         return scheduler
 

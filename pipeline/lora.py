@@ -412,12 +412,17 @@ class LoraManager:
         seen: set[Path] = set()
         for file in files:
             if file.path in seen:
-                raise InvalidRequestError(f"LoRA {file.name!r} is asked for twice; give it once.")
+                raise InvalidRequestError(
+                    f"LoRA {file.name!r} is asked for twice; give it once.",
+                    ko=f"LoRA {file.name!r}이(가) 두 번 지정되었습니다. 한 번만 지정하세요.",
+                )
             seen.add(file.path)
         count = sum(1 for use in uses if not use.is_zero)
         if count > self.max_resident:
             raise InvalidRequestError(
-                f"{count} LoRAs asked for; at most {self.max_resident} can be used at once."
+                f"{count} LoRAs asked for; at most {self.max_resident} can be used at once.",
+                ko=f"LoRA {count}개가 지정되었습니다. 한 번에 최대 {self.max_resident}개까지 "
+                "쓸 수 있습니다.",
             )
 
     def _record(self, file: LoraFile, use: LoraUse) -> ActiveLora:

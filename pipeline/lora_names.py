@@ -81,7 +81,10 @@ def lookup_lora(files: Sequence[LoraFile], name: str) -> LoraFile:
         return matches[0]
     if matches:
         paths = ", ".join(f"{file.path.parent.name}/{file.path.name}" for file in matches)
-        raise InvalidRequestError(f"Several LoRA files are called {name!r} ({paths}); rename one.")
+        raise InvalidRequestError(
+            f"Several LoRA files are called {name!r} ({paths}); rename one.",
+            ko=f"이름이 {name!r}인 LoRA 파일이 여러 개입니다({paths}). 하나의 이름을 바꾸세요.",
+        )
     raise unknown_lora(files, name)
 
 
@@ -93,7 +96,16 @@ class UnknownLoraError(InvalidRequestError):
         known = (
             ", ".join(available) if available else "none (put .safetensors files in models/lora)"
         )
-        super().__init__(f"Unknown LoRA {name[:60]!r}.{hint} Available LoRAs: {known}.")
+        hint_ko = f" {suggestion!r}을(를) 찾으셨나요?" if suggestion else ""
+        known_ko = (
+            ", ".join(available)
+            if available
+            else "없음(models/lora에 .safetensors 파일을 넣으세요)"
+        )
+        super().__init__(
+            f"Unknown LoRA {name[:60]!r}.{hint} Available LoRAs: {known}.",
+            ko=f"알 수 없는 LoRA입니다: {name[:60]!r}.{hint_ko} 쓸 수 있는 LoRA: {known_ko}.",
+        )
         self.name = name[:60]
         self.suggestion = suggestion
         self.available = available

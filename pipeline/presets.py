@@ -46,8 +46,13 @@ class UnknownPresetError(InvalidRequestError):
         self.given_id = given_id
         self.suggestion = suggestion
         hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        hint_ko = f" {suggestion!r}을(를) 찾으셨나요?" if suggestion else ""
         listed = ", ".join(known) if known else f"none ({PRESETS_FILE_NAME} defines none)"
-        super().__init__(f"Unknown preset {given_id[:60]!r}.{hint} Presets: {listed}.")
+        listed_ko = ", ".join(known) if known else f"없음({PRESETS_FILE_NAME}에 정의된 것이 없음)"
+        super().__init__(
+            f"Unknown preset {given_id[:60]!r}.{hint} Presets: {listed}.",
+            ko=f"알 수 없는 프리셋입니다: {given_id[:60]!r}.{hint_ko} 프리셋: {listed_ko}.",
+        )
 
 
 class PresetLoraMissingError(InvalidRequestError):
@@ -59,16 +64,22 @@ class PresetLoraMissingError(InvalidRequestError):
         folders = ModelFolders(models_dir).loras or [models_dir / "lora"]
         looked = ", ".join(str(folder) for folder in folders)
         parts = []
+        parts_ko = []
         for use in missing:
             source = preset.source_of(use.name)
             where = f"download it yourself from {source}" if source else "find it yourself"
+            where_ko = f"{source}에서 직접 내려받으세요" if source else "직접 구하세요"
             parts.append(f"{use.name!r} ({where})")
+            parts_ko.append(f"{use.name!r}({where_ko})")
         target = folders[0] / f"{missing[0].name}.safetensors"
         presets_file = models_dir / PRESETS_FILE_NAME
         super().__init__(
             f"Preset {preset.id!r} needs LoRA file(s) that are not in {looked}: "
             f"{', '.join(parts)}. Save the file as {target}, or change the preset's `name` "
-            f"(and `source`) in {presets_file}."
+            f"(and `source`) in {presets_file}.",
+            ko=f"프리셋 {preset.id!r}에 필요한 LoRA 파일이 {looked}에 없습니다: "
+            f"{', '.join(parts_ko)}. 파일을 {target}(으)로 저장하거나 {presets_file}에서 "
+            "프리셋의 `name`(과 `source`)을 바꾸세요.",
         )
 
 

@@ -121,7 +121,11 @@ def _unknown_sampler(name: str) -> UnknownSamplerError:
     closest = _closest_name(name)
     hint = f" Did you mean {closest!r}?" if closest else ""
     valid = ", ".join(SAMPLER_NAMES)
-    return UnknownSamplerError(f"Unknown sampler {_echo(name)}.{hint} Valid samplers: {valid}.")
+    hint_ko = f" {closest!r}을(를) 찾으셨나요?" if closest else ""
+    return UnknownSamplerError(
+        f"Unknown sampler {_echo(name)}.{hint} Valid samplers: {valid}.",
+        ko=f"알 수 없는 샘플러입니다: {_echo(name)}.{hint_ko} 쓸 수 있는 샘플러: {valid}.",
+    )
 
 
 def _parse_schedule_type(schedule_type: str | None) -> str | None:
@@ -133,7 +137,9 @@ def _parse_schedule_type(schedule_type: str | None) -> str | None:
         return KARRAS
     valid = ", ".join(SCHEDULE_TYPES)
     raise UnknownSamplerError(
-        f"Unknown schedule type {_echo(schedule_type or '')}. Valid schedule types: {valid}."
+        f"Unknown schedule type {_echo(schedule_type or '')}. Valid schedule types: {valid}.",
+        ko=f"알 수 없는 스케줄 종류입니다: {_echo(schedule_type or '')}. "
+        f"쓸 수 있는 스케줄 종류: {valid}.",
     )
 
 
@@ -145,6 +151,8 @@ def _with_karras(canonical: str) -> str:
         with_karras = ", ".join(KARRAS_BASES)
         raise UnknownSamplerError(
             f"Sampler {canonical!r} has no Karras schedule: use schedule type Automatic, "
-            f"or one of these samplers: {with_karras}."
+            f"or one of these samplers: {with_karras}.",
+            ko=f"{canonical!r} 샘플러에는 Karras 스케줄이 없습니다. 스케줄 종류를 Automatic으로 "
+            f"하거나 다음 샘플러 중 하나를 쓰세요: {with_karras}.",
         )
     return base_name + KARRAS_SUFFIX

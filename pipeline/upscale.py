@@ -106,14 +106,20 @@ def resolve_upscaler(name: str | None, models_dir: Path) -> UpscalerInfo | None:
     folders = " or ".join(f"{models_dir.name}/{folder}" for folder in ("upscale", "ESRGAN"))
     raise InvalidRequestError(
         f"No upscaler named {name!r}. Available: {known} (or {LANCZOS}, without a model). "
-        f"Put .pth or .safetensors upscalers in {folders}."
+        f"Put .pth or .safetensors upscalers in {folders}.",
+        ko=f"{name!r}(이)라는 업스케일러가 없습니다. 쓸 수 있는 것: "
+        f"{known if available else '없음'}(모델 없이 {LANCZOS}도 가능). .pth 또는 "
+        f".safetensors 업스케일러를 {folders}에 넣으세요.",
     )
 
 
 def validate_scale(scale: int) -> None:
     if isinstance(scale, bool) or scale not in SCALES:
         allowed = " or ".join(str(factor) for factor in SCALES)
-        raise InvalidRequestError(f"Upscale factor must be {allowed}, not {scale}.")
+        raise InvalidRequestError(
+            f"Upscale factor must be {allowed}, not {scale}.",
+            ko=f"업스케일 배율은 {allowed.replace(' or ', ' 또는 ')}이어야 합니다. 입력: {scale}",
+        )
 
 
 def lanczos_upscale(image: Image.Image, scale: int) -> Image.Image:
@@ -277,7 +283,9 @@ def check_upscale_size(
     if width * height > max_output_pixels:
         raise InvalidRequestError(
             f"Upscaling {size[0]}x{size[1]} by {scale} would make {width}x{height} "
-            f"({width * height:,} pixels); the limit is {max_output_pixels:,} pixels."
+            f"({width * height:,} pixels); the limit is {max_output_pixels:,} pixels.",
+            ko=f"{size[0]}x{size[1]}을(를) {scale}배로 업스케일하면 {width}x{height}"
+            f"({width * height:,}픽셀)이 됩니다. 최대 {max_output_pixels:,}픽셀까지 가능합니다.",
         )
 
 

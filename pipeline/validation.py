@@ -63,7 +63,8 @@ def check_ranges(request: GenerationRequest, limits: Limits) -> None:
     """The checks that need no model: steps, count, CFG, clip skip, seeds, strength."""
     if not limits.min_steps <= request.steps <= limits.max_steps:
         raise InvalidRequestError(
-            f"Steps must be between {limits.min_steps} and {limits.max_steps}, not {request.steps}.",
+            f"Steps must be between {limits.min_steps} and {limits.max_steps}, "
+            f"not {request.steps}.",
             ko=f"단계 수는 {limits.min_steps}에서 {limits.max_steps} 사이여야 합니다. "
             f"입력: {request.steps}",
         )

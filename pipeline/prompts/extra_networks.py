@@ -84,7 +84,10 @@ def _weight(value: str, tag: str) -> float:
     weight = parse_number(value)
     if weight is None:
         shown = shorten(value.strip())
-        raise PromptSyntaxError(f"{shorten(tag)}: the weight {shown!r} is not a number")
+        raise PromptSyntaxError(
+            f"{shorten(tag)}: the weight {shown!r} is not a number",
+            ko=f"{shorten(tag)}: 가중치 {shown!r}은(는) 숫자가 아닙니다.",
+        )
     if not lora_weight_in_range(weight):
         raise WeightOutOfRange("lora", tag, weight, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT)
     return weight
@@ -93,18 +96,24 @@ def _weight(value: str, tag: str) -> float:
 def _lora(tag: _Tag, source: str) -> LoraTag:
     name, *values = (item.strip() for item in tag.args.split(":"))
     if not name:
-        raise PromptSyntaxError(f"{shorten(source)}: the tag has no name")
+        raise PromptSyntaxError(
+            f"{shorten(source)}: the tag has no name",
+            ko=f"{shorten(source)}: 태그에 이름이 없습니다.",
+        )
     positional = [value for value in values if "=" not in value]
     pairs = (value.split("=", 1) for value in values if "=" in value)
     options = {key.strip(): value for key, value in pairs}
     if len(positional) > 2:
         raise PromptSyntaxError(
-            f"{shorten(source)}: at most two weights (text encoder, UNet) are allowed"
+            f"{shorten(source)}: at most two weights (text encoder, UNet) are allowed",
+            ko=f"{shorten(source)}: 가중치는 최대 두 개(텍스트 인코더, UNet)까지 쓸 수 있습니다.",
         )
     unknown = sorted(set(options) - {"te", "unet"})
     if unknown:
         raise PromptSyntaxError(
-            f"{shorten(source)}: unsupported option {shorten(unknown[0])!r} (use te= or unet=)"
+            f"{shorten(source)}: unsupported option {shorten(unknown[0])!r} (use te= or unet=)",
+            ko=f"{shorten(source)}: 지원하지 않는 옵션입니다: {shorten(unknown[0])!r}"
+            "(te= 또는 unet=을 쓰세요).",
         )
     te = _weight(options.get("te", positional[0] if positional else "1"), source)
     unet_value = options.get("unet", positional[1] if len(positional) > 1 else None)

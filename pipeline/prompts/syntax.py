@@ -32,12 +32,20 @@ class WeightOutOfRange(PromptSyntaxError):
             message = (
                 f"{self.where}: a LoRA weight must be from {low:g} to {high:g}, not {weight:g}."
             )
+            korean = (
+                f"{self.where}: LoRA 가중치는 {low:g}에서 {high:g} 사이여야 합니다. "
+                f"입력: {weight:g}"
+            )
         else:
             message = (
                 f"The emphasis on {self.where!r} comes to {weight:g}; emphasis weights (nested "
                 f"brackets multiply) must be from {low:g} to {high:g}."
             )
-        super().__init__(message)
+            korean = (
+                f"{self.where!r}의 강조 가중치가 {weight:g}입니다. 강조 가중치(괄호를 겹치면 "
+                f"곱해집니다)는 {low:g}에서 {high:g} 사이여야 합니다."
+            )
+        super().__init__(message, ko=korean)
 
 
 _SHORTENED = 40

@@ -110,7 +110,11 @@ class UnknownVocabularyId(InvalidRequestError):
         self.given_id = given_id
         self.suggestion = suggestion
         hint = f" Did you mean {suggestion!r}?" if suggestion else ""
-        super().__init__(f"Unknown {category} {_echo(given_id)}.{hint}")
+        hint_ko = f" {suggestion!r}을(를) 찾으셨나요?" if suggestion else ""
+        super().__init__(
+            f"Unknown {category} {_echo(given_id)}.{hint}",
+            ko=f"알 수 없는 {category} 값입니다: {_echo(given_id)}.{hint_ko}",
+        )
 
 
 def normalize_id(text: str) -> str:
