@@ -300,7 +300,8 @@ def _finish(prompt: str, values: dict[str, object], context: _Context) -> Imagin
             values["sampler"] = resolve_sampler(sampler, str(schedule)).name
         except (UnknownSamplerError, InvalidRequestError) as error:
             raise OptionsError(
-                f"{error}", f"{sampler} 샘플러에는 {schedule} 스케줄을 쓸 수 없습니다: {error}"
+                f"{error}",
+                f"{sampler} 샘플러에는 {schedule} 스케줄을 쓸 수 없습니다: {error.message('ko')}",
             ) from None
     limits = context.limits
     values.setdefault("count", min(ImagineOptions.count, limits.max_images))
@@ -334,7 +335,7 @@ def _check_prompt(options: ImagineOptions, limits: Limits) -> None:
         raise _weight_error(error) from None
     except PromptSyntaxError as error:
         raise OptionsError(
-            str(error), f"프롬프트의 LoRA 태그를 읽을 수 없습니다: {error}"
+            str(error), f"프롬프트의 LoRA 태그를 읽을 수 없습니다: {error.message('ko')}"
         ) from None
     _check_and_parts(len(plan.parts), limits)
 
@@ -635,17 +636,26 @@ def parse_size(text: str) -> tuple[int, int]:
     match = _SIZE.match(text)
     if match is None or max(len(match.group(1)), len(match.group(2))) > _MAX_SIZE_DIGITS:
         shown = shorten(text)
-        raise InvalidRequestError(f"Size {shown!r} is not WIDTHxHEIGHT, for example 768x512.")
+        raise InvalidRequestError(
+            f"Size {shown!r} is not WIDTHxHEIGHT, for example 768x512.",
+            ko=f"크기 {shown!r}이(가) 너비x높이 형식이 아닙니다. 예: 768x512",
+        )
     return int(match.group(1)), int(match.group(2))
 
 
 def parse_ratio(text: str) -> tuple[float, float]:
     match = _RATIO.match(text)
     if match is None:
-        raise InvalidRequestError(f"Aspect ratio {text!r} is not W:H, for example 16:9.")
+        raise InvalidRequestError(
+            f"Aspect ratio {text!r} is not W:H, for example 16:9.",
+            ko=f"화면비 {text!r}이(가) W:H 형식이 아닙니다. 예: 16:9",
+        )
     width, height = float(match.group(1)), float(match.group(2))
     if width <= 0 or height <= 0 or not 1 / 8 <= width / height <= 8:
-        raise InvalidRequestError(f"Aspect ratio {text.strip()} is out of range (1:8 to 8:1).")
+        raise InvalidRequestError(
+            f"Aspect ratio {text.strip()} is out of range (1:8 to 8:1).",
+            ko=f"화면비 {text.strip()}이(가) 허용 범위(1:8~8:1)를 벗어났습니다.",
+        )
     return width, height
 
 
