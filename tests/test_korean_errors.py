@@ -6,11 +6,13 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from bot.core.events import message_from_json, message_to_json
-from bot.core.messages import Key, Localized, Message, error_text
+from bot.core.dispatcher import Dispatcher
+from bot.core.events import message_to_json
+from bot.core.messages import error_text
 from bot.settings import Settings
 from pipeline.engine import Engine
 from pipeline.errors import InvalidRequestError
@@ -158,15 +160,17 @@ def test_an_error_without_korean_shows_its_english_text() -> None:
 
 
 def test_a_failed_job_keeps_both_languages_in_the_stored_message() -> None:
+    """A job refused when it runs (its LoRA went missing) is told to a Korean user in Korean,
+    from the message the dispatcher stores in the job's error column."""
     outcome = _failed(Task(7, None), UnknownLoraError("nope", None, []))  # type: ignore[arg-type]
     assert outcome.failure is not None
     assert outcome.failure.detail.startswith("Unknown LoRA 'nope'.")
-    assert outcome.failure.detail_ko is not None
-    detail = Localized(outcome.failure.detail, outcome.failure.detail_ko)
-    stored = message_to_json(Message(Key.FAILED_INVALID, {"job": 7, "detail": detail}))
-    message = message_from_json(stored)
-    assert "알 수 없는 LoRA입니다: 'nope'." in message.render("ko")
-    assert "Unknown LoRA 'nope'." in message.render("en")
+    # The INVALID branch uses neither the dispatcher nor the job.
+    made = Dispatcher._failure_message(None, None, outcome.failure)  # type: ignore[arg-type]
+    job = SimpleNamespace(id=7, error=message_to_json(made))
+    told = Dispatcher.failure_message(None, job)  # type: ignore[arg-type]
+    assert told.render("ko").startswith("작업 #7 실패: 알 수 없는 LoRA입니다: 'nope'.")
+    assert told.render("en").startswith("Job #7 failed: Unknown LoRA 'nope'.")
 
 
 # --------------------------------------------------------------------------- through the console

@@ -30,7 +30,7 @@ from bot.core.events import (
     message_from_json,
     message_to_json,
 )
-from bot.core.messages import Key, Localized, Message, normalise_locale
+from bot.core.messages import Key, Localized, Message, error_text, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
 from bot.core.words import nsfw_word
 from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
@@ -46,7 +46,7 @@ from bot.store import (
     StoreError,
     UserRecord,
 )
-from pipeline.errors import first_line
+from pipeline.errors import InvalidRequestError, first_line
 from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Task, TaskOutcome
 from pipeline.images import format_infotext, read_infotext
 from pipeline.request import ProgressEvent
@@ -117,7 +117,8 @@ class Dispatcher:
                 self.scheduler.add(self.queued_job(job))
             except ValueError as error:  # a request this version cannot read
                 log.warning("Job %s cannot be read and fails: %s", job.id, error)
-                detail = Message(Key.FAILED_INVALID, {"detail": first_line(error)})
+                text = error_text(error) if isinstance(error, InvalidRequestError) else None
+                detail = Message(Key.FAILED_INVALID, {"detail": text or first_line(error)})
                 self.store.mark_failed(job.id, message_to_json(detail))
                 continue
             self._pending[job.id] = job.origin_platform
