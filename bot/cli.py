@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
-from bot.settings import Settings
+from bot.settings import EarlySettings, Settings, settings_problems
 from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
     DETAIL_STRENGTH,
@@ -55,13 +56,25 @@ out = Console(soft_wrap=True, markup=False, highlight=False)
 log = logging.getLogger("easel")
 
 
+def early_settings() -> EarlySettings:
+    """EASEL_LOG_LEVEL, EASEL_DEBUG and HF_HUB_OFFLINE from the environment and `.env`; a bad
+    value leaves the defaults here and is refused when the full settings are read."""
+    try:
+        return EarlySettings()
+    except ValidationError:
+        return EarlySettings.model_construct()
+
+
 def _log_level() -> int:
     """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
-    if os.environ.get("EASEL_DEBUG"):
-        return logging.DEBUG
-    name = os.environ.get("EASEL_LOG_LEVEL", "").strip().upper()
-    level = logging.getLevelName(name) if name else logging.WARNING
-    return level if isinstance(level, int) else logging.WARNING
+    return early_settings().logging_level()
+
+
+def export_hub_offline(settings: EarlySettings) -> None:
+    """HF_HUB_OFFLINE from `.env` into the process environment, where huggingface_hub reads it
+    (once, when it is imported: this runs before that)."""
+    if settings.hf_hub_offline and "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _quiet_libraries() -> None:
@@ -689,18 +702,23 @@ def discord_invite(
     ] = None,
 ) -> None:
     """Print the links that add the bot to a server and to a user's account."""
-    import asyncio
 
-    from bot.discord.invite import client_id_from_token, fetch_client_id, invite_links, invite_text
+    from bot.discord.invite import NOT_A_BOT_TOKEN, client_id_from_token, invite_links, invite_text
 
     if client_id is None:
-        settings = Settings()
+        try:
+            settings = Settings()
+        except ValidationError as error:
+            if any(problem["loc"] == ("DISCORD_TOKEN",) for problem in error.errors()):
+                raise InvalidRequestError(NOT_A_BOT_TOKEN) from None
+            raise
         if settings.discord_token is None:
             raise InvalidRequestError(
                 "DISCORD_TOKEN is not set: put the bot's token in it, or give --client-id."
             )
-        token = settings.discord_token.get_secret_value()
-        client_id = client_id_from_token(token) or asyncio.run(fetch_client_id(settings))
+        client_id = client_id_from_token(settings.discord_token.get_secret_value())
+        if client_id is None:
+            raise InvalidRequestError(NOT_A_BOT_TOKEN)
     print(invite_text(invite_links(client_id)))  # plain print: a wrapped URL would not work
 
 
@@ -852,18 +870,25 @@ def _is_number(text: str | None) -> bool:
 
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
-    logging.basicConfig(level=_log_level(), format="%(levelname)s %(name)s: %(message)s")
+    early = early_settings()
+    logging.basicConfig(level=early.logging_level(), format="%(levelname)s %(name)s: %(message)s")
+    export_hub_offline(early)
     sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:
         app()  # usage errors print their help and exit 2 through typer's standalone mode
     except EaselError as error:
         _print_error(str(error))
         sys.exit(1)
+    except ValidationError as error:
+        lines = settings_problems(error) if error.title == Settings.__name__ else [str(error)]
+        for line in lines:  # one line per bad setting, by its variable
+            _print_error(line)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("Interrupted.")
         sys.exit(130)
     except Exception as error:  # the last line of defence: no traceback for users
-        if os.environ.get("EASEL_DEBUG"):
+        if early.debug:
             raise
         _print_error(f"{type(error).__name__}: {error}")
         sys.exit(1)
