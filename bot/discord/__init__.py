@@ -26,6 +26,31 @@ from bot.settings import Settings
 __all__ = ["PLATFORM", "serve"]
 READY_TIMEOUT = 60.0
 log = logging.getLogger(__name__)
+# What discord.py warns at every client it makes when its voice libraries are missing; Easel
+# has no voice, so they say nothing worth a line on every start.
+VOICE_WARNINGS = frozenset(
+    {
+        "PyNaCl is not installed, voice will NOT be supported",
+        "davey is not installed, voice will NOT be supported",
+    }
+)
+
+
+class NoVoiceWarnings(logging.Filter):
+    """Drops discord.client's warnings about voice libraries; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in VOICE_WARNINGS
+
+
+def quiet_voice_warnings() -> None:
+    """Installed once on discord.client, before any client is made (this package's import)."""
+    client_log = logging.getLogger("discord.client")
+    if not any(isinstance(item, NoVoiceWarnings) for item in client_log.filters):
+        client_log.addFilter(NoVoiceWarnings())
+
+
+quiet_voice_warnings()
 
 
 @contextlib.contextmanager
