@@ -666,12 +666,14 @@ app.add_typer(discord_app, name="discord")
 
 @discord_app.command("commands")
 def discord_commands() -> None:
-    """Print the slash commands that a sync sends, as JSON (no login)."""
+    """Print the slash commands that a sync sends, as JSON (no login); /imagine's bounds are
+    the settings' limits."""
     import asyncio
 
     from bot.discord.sync import command_payload
 
-    print(json.dumps(asyncio.run(command_payload()), ensure_ascii=False, indent=2))
+    payload = asyncio.run(command_payload(Settings().limits()))
+    print(json.dumps(payload, ensure_ascii=False, indent=2))
 
 
 @discord_app.command("sync")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.discord.sync import listing_client
+from pipeline.validation import Limits
 
 
 def test_a_client_made_without_voice_libraries_warns_nothing_about_voice(
@@ -19,7 +20,7 @@ def test_a_client_made_without_voice_libraries_warns_nothing_about_voice(
     monkeypatch.setattr(VoiceClient, "warn_nacl", True)  # as in a fresh process
     monkeypatch.setattr(VoiceClient, "warn_dave", True)
     with caplog.at_level(logging.WARNING):
-        listing_client()
+        listing_client(Limits())
         logging.getLogger("discord.client").warning("Some other discord.py warning")
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["Some other discord.py warning"]
