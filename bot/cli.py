@@ -811,6 +811,8 @@ def run(
 
     settings = Settings()
     front_ends = load_front_ends(wanted_front_ends(settings))
+    for front_end in front_ends:  # a refused token stops here, before the model loads
+        asyncio.run(front_end.check_token(settings))
     locale = console_locale(lang)
     if not front_ends:
         err.print(Message(Key.RUN_CONSOLE).render(locale))
