@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
+from bot.core.options import CATEGORY_FLAGS, DEFAULT_HIRES_SCALE, options_from_fields
 from bot.settings import EarlySettings, Settings, settings_problems
 from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
@@ -171,13 +171,21 @@ def imagine(
         str | None, typer.Option("--schedule", help='Schedule type, e.g. "Karras".')
     ] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, e.g. 768x512.")] = None,
-    ar: Annotated[str | None, typer.Option("--ar", help="Aspect ratio W:H, e.g. 16:9.")] = None,
+    ar: Annotated[
+        str | None, typer.Option("--ar", "--aspect", help="Aspect ratio W:H, e.g. 16:9.")
+    ] = None,
     style: Annotated[str | None, typer.Option(help="Style id, e.g. watercolor.")] = None,
     shot: Annotated[str | None, typer.Option(help="Shot id, e.g. close-up-shot.")] = None,
     light: Annotated[
-        str | None, typer.Option(help="Lighting id, e.g. golden-hour-lighting.")
+        str | None,
+        typer.Option("--light", "--lighting", help="Lighting id, e.g. golden-hour-lighting."),
     ] = None,
     quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
+    face: Annotated[str | None, typer.Option(help="Face id, e.g. cute-eyes.")] = None,
+    composition: Annotated[
+        str | None,
+        typer.Option("--composition", "--comp", help="Composition id, e.g. portrait."),
+    ] = None,
     lora: Annotated[
         list[str] | None,
         typer.Option("--lora", metavar="NAME[:WEIGHT]", help="A LoRA file by name; repeatable."),
@@ -229,6 +237,8 @@ def imagine(
         shot=shot,
         light=light,
         quality=quality,
+        face=face,
+        composition=composition,
         tile=tile,
         clip_skip=clip_skip,
         lora=lora,
@@ -553,13 +563,20 @@ def _folder_line(kind: str, folders: list[Path], count: int) -> str:
 @app.command()
 def vocabulary(
     category: Annotated[
-        str | None, typer.Argument(help="quality, face, style, shot, composition or lighting.")
+        str | None,
+        typer.Argument(
+            help="One of the six categories: quality, face, style, shot, composition, lighting; "
+            "or the flag's name (light, comp). Default: all six."
+        ),
     ] = None,
     korean: Annotated[bool, typer.Option("--ko", help="Korean labels.")] = False,
 ) -> None:
-    """The ids --style, --shot, --light and --quality take, with their labels and prompts."""
+    """The ids --quality, --face, --style, --shot, --composition (--comp) and --light
+    (--lighting) take, with their labels and prompts."""
     from pipeline.prompts.vocabulary import CATEGORIES, CATEGORY_LABELS, VocabularyStore
 
+    if category is not None:
+        category = VOCABULARY_ALIASES.get(category.strip().lower(), category.strip().lower())
     settings = Settings()
     store = VocabularyStore(settings.models_dir)
     words = store.current()
@@ -567,7 +584,7 @@ def vocabulary(
         err.print(f"{store.override_path} was not applied: {store.last_error}", style="yellow")
     if category is not None and category not in CATEGORIES:
         raise InvalidRequestError(
-            f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)}."
+            f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)} (or light, comp)."
         )
     locale = "ko" if korean else "en"
     for name in [category] if category else CATEGORIES:
@@ -578,6 +595,13 @@ def vocabulary(
         for entry in words.entries(name):
             table.add_row(entry.id, entry.label(locale), entry.prompt)
         out.print(table)
+
+
+# `easel vocabulary light`: the prompt flags' names for their categories.
+VOCABULARY_ALIASES = {
+    **{flag: category for category, flag in CATEGORY_FLAGS.items()},
+    "comp": "composition",
+}
 
 
 lora_app = typer.Typer(
