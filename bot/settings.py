@@ -52,6 +52,11 @@ class EarlySettings(BaseSettings):
         description="Never ask the Hugging Face hub (local models only).",
     )
 
+    @field_validator("debug", "hf_hub_offline", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return False if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _known_level(cls, value: object) -> object:

@@ -147,3 +147,10 @@ def test_hf_hub_offline_in_dotenv_reaches_huggingface_hub(clean: Path) -> None:
         timeout=120,
     )
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_empty_switches_are_off(clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.setenv("EASEL_DEBUG", "")
+    settings = Settings(_env_file=None)
+    assert not settings.hf_hub_offline and not settings.debug
