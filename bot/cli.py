@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
-from bot.settings import Settings
+from bot.core.options import CATEGORY_FLAGS, DEFAULT_HIRES_SCALE, options_from_fields
+from bot.settings import EarlySettings, Settings, settings_problems
 from pipeline.errors import EaselError, InvalidRequestError, ModelLoadError
 from pipeline.request import (
     DETAIL_STRENGTH,
@@ -55,13 +56,25 @@ out = Console(soft_wrap=True, markup=False, highlight=False)
 log = logging.getLogger("easel")
 
 
+def early_settings() -> EarlySettings:
+    """EASEL_LOG_LEVEL, EASEL_DEBUG and HF_HUB_OFFLINE from the environment and `.env`; a bad
+    value leaves the defaults here and is refused when the full settings are read."""
+    try:
+        return EarlySettings()
+    except ValidationError:
+        return EarlySettings.model_construct()
+
+
 def _log_level() -> int:
     """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
-    if os.environ.get("EASEL_DEBUG"):
-        return logging.DEBUG
-    name = os.environ.get("EASEL_LOG_LEVEL", "").strip().upper()
-    level = logging.getLevelName(name) if name else logging.WARNING
-    return level if isinstance(level, int) else logging.WARNING
+    return early_settings().logging_level()
+
+
+def export_hub_offline(settings: EarlySettings) -> None:
+    """HF_HUB_OFFLINE from `.env` into the process environment, where huggingface_hub reads it
+    (once, when it is imported: this runs before that)."""
+    if settings.hf_hub_offline and "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _quiet_libraries() -> None:
@@ -158,13 +171,21 @@ def imagine(
         str | None, typer.Option("--schedule", help='Schedule type, e.g. "Karras".')
     ] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, e.g. 768x512.")] = None,
-    ar: Annotated[str | None, typer.Option("--ar", help="Aspect ratio W:H, e.g. 16:9.")] = None,
+    ar: Annotated[
+        str | None, typer.Option("--ar", "--aspect", help="Aspect ratio W:H, e.g. 16:9.")
+    ] = None,
     style: Annotated[str | None, typer.Option(help="Style id, e.g. watercolor.")] = None,
     shot: Annotated[str | None, typer.Option(help="Shot id, e.g. close-up-shot.")] = None,
     light: Annotated[
-        str | None, typer.Option(help="Lighting id, e.g. golden-hour-lighting.")
+        str | None,
+        typer.Option("--light", "--lighting", help="Lighting id, e.g. golden-hour-lighting."),
     ] = None,
     quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
+    face: Annotated[str | None, typer.Option(help="Face id, e.g. cute-eyes.")] = None,
+    composition: Annotated[
+        str | None,
+        typer.Option("--composition", "--comp", help="Composition id, e.g. portrait."),
+    ] = None,
     lora: Annotated[
         list[str] | None,
         typer.Option("--lora", metavar="NAME[:WEIGHT]", help="A LoRA file by name; repeatable."),
@@ -216,6 +237,8 @@ def imagine(
         shot=shot,
         light=light,
         quality=quality,
+        face=face,
+        composition=composition,
         tile=tile,
         clip_skip=clip_skip,
         lora=lora,
@@ -540,13 +563,20 @@ def _folder_line(kind: str, folders: list[Path], count: int) -> str:
 @app.command()
 def vocabulary(
     category: Annotated[
-        str | None, typer.Argument(help="quality, face, style, shot, composition or lighting.")
+        str | None,
+        typer.Argument(
+            help="One of the six categories: quality, face, style, shot, composition, lighting; "
+            "or the flag's name (light, comp). Default: all six."
+        ),
     ] = None,
     korean: Annotated[bool, typer.Option("--ko", help="Korean labels.")] = False,
 ) -> None:
-    """The ids --style, --shot, --light and --quality take, with their labels and prompts."""
+    """The ids --quality, --face, --style, --shot, --composition (--comp) and --light
+    (--lighting) take, with their labels and prompts."""
     from pipeline.prompts.vocabulary import CATEGORIES, CATEGORY_LABELS, VocabularyStore
 
+    if category is not None:
+        category = VOCABULARY_ALIASES.get(category.strip().lower(), category.strip().lower())
     settings = Settings()
     store = VocabularyStore(settings.models_dir)
     words = store.current()
@@ -554,7 +584,7 @@ def vocabulary(
         err.print(f"{store.override_path} was not applied: {store.last_error}", style="yellow")
     if category is not None and category not in CATEGORIES:
         raise InvalidRequestError(
-            f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)}."
+            f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)} (or light, comp)."
         )
     locale = "ko" if korean else "en"
     for name in [category] if category else CATEGORIES:
@@ -565,6 +595,13 @@ def vocabulary(
         for entry in words.entries(name):
             table.add_row(entry.id, entry.label(locale), entry.prompt)
         out.print(table)
+
+
+# `easel vocabulary light`: the prompt flags' names for their categories.
+VOCABULARY_ALIASES = {
+    **{flag: category for category, flag in CATEGORY_FLAGS.items()},
+    "comp": "composition",
+}
 
 
 lora_app = typer.Typer(
@@ -653,12 +690,14 @@ app.add_typer(discord_app, name="discord")
 
 @discord_app.command("commands")
 def discord_commands() -> None:
-    """Print the slash commands that a sync sends, as JSON (no login)."""
+    """Print the slash commands that a sync sends, as JSON (no login); /imagine's bounds are
+    the settings' limits."""
     import asyncio
 
     from bot.discord.sync import command_payload
 
-    print(json.dumps(asyncio.run(command_payload()), ensure_ascii=False, indent=2))
+    payload = asyncio.run(command_payload(Settings().limits()))
+    print(json.dumps(payload, ensure_ascii=False, indent=2))
 
 
 @discord_app.command("sync")
@@ -689,18 +728,23 @@ def discord_invite(
     ] = None,
 ) -> None:
     """Print the links that add the bot to a server and to a user's account."""
-    import asyncio
 
-    from bot.discord.invite import client_id_from_token, fetch_client_id, invite_links, invite_text
+    from bot.discord.invite import NOT_A_BOT_TOKEN, client_id_from_token, invite_links, invite_text
 
     if client_id is None:
-        settings = Settings()
+        try:
+            settings = Settings()
+        except ValidationError as error:
+            if any(problem["loc"] == ("DISCORD_TOKEN",) for problem in error.errors()):
+                raise InvalidRequestError(NOT_A_BOT_TOKEN) from None
+            raise
         if settings.discord_token is None:
             raise InvalidRequestError(
                 "DISCORD_TOKEN is not set: put the bot's token in it, or give --client-id."
             )
-        token = settings.discord_token.get_secret_value()
-        client_id = client_id_from_token(token) or asyncio.run(fetch_client_id(settings))
+        client_id = client_id_from_token(settings.discord_token.get_secret_value())
+        if client_id is None:
+            raise InvalidRequestError(NOT_A_BOT_TOKEN)
     print(invite_text(invite_links(client_id)))  # plain print: a wrapped URL would not work
 
 
@@ -791,6 +835,8 @@ def run(
 
     settings = Settings()
     front_ends = load_front_ends(wanted_front_ends(settings))
+    for front_end in front_ends:  # a refused token stops here, before the model loads
+        asyncio.run(front_end.check_token(settings))
     locale = console_locale(lang)
     if not front_ends:
         err.print(Message(Key.RUN_CONSOLE).render(locale))
@@ -852,18 +898,25 @@ def _is_number(text: str | None) -> bool:
 
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
-    logging.basicConfig(level=_log_level(), format="%(levelname)s %(name)s: %(message)s")
+    early = early_settings()
+    logging.basicConfig(level=early.logging_level(), format="%(levelname)s %(name)s: %(message)s")
+    export_hub_offline(early)
     sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:
         app()  # usage errors print their help and exit 2 through typer's standalone mode
     except EaselError as error:
         _print_error(str(error))
         sys.exit(1)
+    except ValidationError as error:
+        lines = settings_problems(error) if error.title == Settings.__name__ else [str(error)]
+        for line in lines:  # one line per bad setting, by its variable
+            _print_error(line)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("Interrupted.")
         sys.exit(130)
     except Exception as error:  # the last line of defence: no traceback for users
-        if os.environ.get("EASEL_DEBUG"):
+        if early.debug:
             raise
         _print_error(f"{type(error).__name__}: {error}")
         sys.exit(1)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -33,6 +34,7 @@ from pipeline.errors import EaselError
 # `async def serve(context, settings, stop)` (bot.core.frontend.FrontEnd). They are separate
 # packages so that a missing one is a clear error, not a crash.
 FRONT_ENDS = {"discord_token": "bot.discord", "telegram_token": "bot.telegram"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,7 +153,23 @@ async def _running(
             await stopping
         else:
             hurry.cancel()
+            stopped = 0 if stopping.exception() else stopping.result()
+            if stopped:  # the graceful stop's timeout ran out
+                _tell(out, locale, _timed_out(stopped, bot))
         await bot.executor.close()
+
+
+def _timed_out(count: int, bot: Bot) -> Message:
+    seconds = f"{bot.service.config.shutdown_timeout:g}"
+    return Message(Key.STOPPED_AT_TIMEOUT, {"count": count, "seconds": seconds})
+
+
+def _tell(out: TextIO | None, locale: str, message: Message) -> None:
+    """On the console when there is one, else in the log (the chat front ends' terminal)."""
+    if out is not None:
+        _say(out, message.render(locale))
+    else:
+        log.warning("%s", message.render("en"))
 
 
 def _say(out: TextIO, text: str) -> None:

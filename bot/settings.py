@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.validation import Limits
 
 # A webhook's secret token (Bot API, setWebhook): 1-256 characters of A-Z, a-z, 0-9, _ and -.
 _SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# A Discord bot token: three base64url parts separated by dots (the first is the bot's id).
+DISCORD_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# A Telegram bot token as BotFather gives it: the bot's numeric id, a colon, about 35 characters.
+TELEGRAM_TOKEN_SHAPE = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,50}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The platforms EASEL_ADMINS may name; the console's users have names, the others numeric ids.
+ADMIN_PLATFORMS = ("discord", "telegram", "console")
+_NUMERIC_ID_PLATFORMS = ("discord", "telegram")
+# Settings whose values are never printed, not even in an error about them.
+SECRET_VARIABLES = frozenset(
+    {"DISCORD_TOKEN", "TELEGRAM_TOKEN", "DATABASE_URL", "EASEL_TELEGRAM_WEBHOOK_SECRET"}
+)
 
 
 def _default_cache() -> Path:
     return Path.home() / ".cache" / "easel"
 
 
-class Settings(BaseSettings):
+class EarlySettings(BaseSettings):
+    """What is needed before anything else runs (logging, the Hugging Face hub's offline
+    switch): read from the environment and `.env` like every other setting."""
+
     model_config = SettingsConfigDict(
         env_prefix="EASEL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
+    log_level: str = Field(
+        default="WARNING", description="DEBUG, INFO, WARNING or ERROR: what is logged."
+    )
+    debug: bool = Field(
+        default=False, description="Log at DEBUG and show the traceback of an unexpected error."
+    )
+    hf_hub_offline: bool = Field(
+        default=False,
+        validation_alias="HF_HUB_OFFLINE",
+        description="Never ask the Hugging Face hub (local models only).",
+    )
+
+    @field_validator("debug", "hf_hub_offline", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return False if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper() or "WARNING"
+            if value not in LOG_LEVELS:
+                raise ValueError(f"one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        return value
+
+    def logging_level(self) -> int:
+        return logging.DEBUG if self.debug else int(logging.getLevelName(self.log_level))
+
+
+class Settings(EarlySettings):
     model: str | None = Field(
         default=None,
         description="Checkpoint name, path or Hugging Face repo id; empty picks the default.",
@@ -139,7 +187,7 @@ class Settings(BaseSettings):
     def _guild_ids(cls, value: str) -> str:
         for part in value.split(","):
             if part.strip() and not part.strip().isdigit():
-                raise ValueError(f"EASEL_DISCORD_GUILDS: {part.strip()!r} is not a guild id")
+                raise ValueError(f"{part.strip()!r} is not a guild id")
         return value
 
     @field_validator(
@@ -162,18 +210,44 @@ class Settings(BaseSettings):
     @field_validator("telegram_webhook_secret", mode="after")
     @classmethod
     def _secret_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not re.fullmatch(
-            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
-        ):
+        if value is not None and not _SECRET_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("discord_token", mode="after")
+    @classmethod
+    def _discord_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not DISCORD_TOKEN_SHAPE.fullmatch(value.get_secret_value()):
             raise ValueError(
-                "EASEL_TELEGRAM_WEBHOOK_SECRET: 1-256 characters of A-Z, a-z, 0-9, _ and -"
+                "does not look like a Discord bot token (three parts of A-Z a-z 0-9 _ - "
+                "separated by dots); copy it again from the Developer Portal's Bot tab"
             )
+        return value
+
+    @field_validator("telegram_token", mode="after")
+    @classmethod
+    def _telegram_token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not TELEGRAM_TOKEN_SHAPE.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "does not look like a Telegram bot token (the bot's numeric id, a colon and "
+                "about 35 characters of A-Z a-z 0-9 _ -, as BotFather gives it)"
+            )
+        return value
+
+    @field_validator("telegram_webhook_url", mode="after")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parsed = urlsplit(value.strip())
+            if parsed.scheme not in ("https", "http") or not parsed.hostname or " " in value:
+                raise ValueError(f"{value!r} is not an https:// (or http://) URL with a host")
         return value
 
     @field_validator("admins", mode="after")
     @classmethod
     def _check_admins(cls, value: str) -> str:
-        parse_admins(value)
+        for platform, user_id in parse_admins(value):
+            check_admin(platform, user_id)
         return value
 
     def admin_list(self) -> tuple[tuple[str, str], ...]:
@@ -213,3 +287,42 @@ def parse_admins(text: str) -> tuple[tuple[str, str], ...]:
             )
         admins.append((platform, user_id))
     return tuple(admins)
+
+
+def check_admin(platform: str, user_id: str) -> None:
+    """A platform Easel has, and a user id of its kind (Discord's and Telegram's are numbers,
+    the console's is a name)."""
+    if platform not in ADMIN_PLATFORMS:
+        raise ValueError(
+            f"'{platform}:{user_id}': unknown platform {platform!r} "
+            f"(one of {', '.join(ADMIN_PLATFORMS)})"
+        )
+    if platform in _NUMERIC_ID_PLATFORMS and not user_id.isdigit():
+        raise ValueError(
+            f"'{platform}:{user_id}': a {platform.capitalize()} user id is a number "
+            "(Discord: Developer Mode, right-click, Copy User ID)"
+        )
+
+
+def variable_name(field: str) -> str:
+    """The environment variable a setting is read from (`max_steps` -> EASEL_MAX_STEPS)."""
+    for model in (Settings, EarlySettings):
+        info = model.model_fields.get(field)
+        if info is not None and isinstance(info.validation_alias, str):
+            return info.validation_alias
+    return field if field.isupper() else f"EASEL_{field.upper()}"
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One line per bad setting, naming its variable: `EASEL_MAX_STEPS: Input should be a
+    valid integer, ... (got 'abc')`. A secret's value is never repeated."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        name = variable_name(str(problem["loc"][0])) if problem["loc"] else "settings"
+        text = str(problem["msg"]).removeprefix("Value error, ")
+        given = problem.get("input")
+        shown = isinstance(given, str | int | float) and name not in SECRET_VARIABLES
+        if problem["type"] != "value_error" and shown:
+            text += f" (got {given!r})"
+        lines.append(f"{name}: {text}")
+    return lines

@@ -30,6 +30,7 @@ from pipeline.presets import read_presets_file
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest
 from pipeline.sampler_names import ALL_NAMES
+from pipeline.validation import Limits
 from tests.fakes.discord import (
     AUTOCOMPLETE_RESULT,
     DEFERRED_CHANNEL_MESSAGE,
@@ -126,7 +127,7 @@ def test_the_imagine_payload_has_every_option_in_order_with_korean_names() -> No
     commands: list[dict[str, Any]] = []
 
     async def scenario() -> None:
-        commands.extend(await command_payload())
+        commands.extend(await command_payload(Limits()))
 
     run(scenario)
     imagine = next(command for command in commands if command["name"] == "imagine")
@@ -143,7 +144,8 @@ def test_the_imagine_payload_has_every_option_in_order_with_korean_names() -> No
     autocompleted = [name for name, o in options.items() if o.get("autocomplete")]
     assert autocompleted == ["style", "shot", "lighting", "quality", "preset", "sampler"]
     assert (options["seed"]["min_value"], options["seed"]["max_value"]) == (-1, 2**32 - 1)
-    assert options["steps"]["min_value"] == 1 and options["cfg"]["min_value"] == 0
+    assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 100)
+    assert (options["cfg"]["min_value"], options["cfg"]["max_value"]) == (1, 30)
     assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
     assert (options["strength"]["min_value"], options["strength"]["max_value"]) == (0, 1)
     types = {name: option["type"] for name, option in options.items()}

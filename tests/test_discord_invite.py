@@ -1,15 +1,16 @@
-"""`easel discord invite`: the server and user-install links, from the token alone or by asking
-Discord (the fake) when the token does not hold the application's id; never the token."""
+"""`easel discord invite`: the server and user-install links, from the token alone (a token
+that holds no application id is refused, pointing at --client-id); never the token."""
 
 from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.discord.invite import client_id_from_token
-from tests.fakes.threaded import FakeThread
+from pipeline.errors import InvalidRequestError
 
 # A made-up token of a real token's shape: base64 of the application id, then two more parts.
 APPLICATION_ID = 1_234_567_890_123_456_789
@@ -59,15 +60,14 @@ def test_client_id_option_needs_no_token() -> None:
     assert server["client_id"] == user["client_id"] == ["42"]
 
 
-def test_a_token_without_the_id_asks_discord_for_the_application() -> None:
-    with FakeThread() as fakes:
-        fake = fakes.fake
-        env = {"DISCORD_TOKEN": fake.settings.token, "EASEL_DISCORD_API_URL": fake.api_base}
-        output = invite(env)
-        assert fake.calls_to("GET /oauth2/applications/@me")
-    server, user = links(output)
-    assert server["client_id"] == user["client_id"] == [str(fake.settings.application_id)]
-    assert fake.settings.token not in output
+@pytest.mark.parametrize("token", ["not-a-token", "aGVsbG8.GmAdeU.p-secret-part"])
+def test_a_token_without_an_id_is_one_line_pointing_at_client_id(token: str) -> None:
+    env = {"DISCORD_TOKEN": token, "EASEL_DISCORD_API_URL": "http://127.0.0.1:9/api/v10"}
+    result = CliRunner().invoke(app, ["discord", "invite"], env=env)
+    assert isinstance(result.exception, InvalidRequestError), result.exception
+    message = str(result.exception)
+    assert "does not look like a Discord bot token" in message and "--client-id" in message
+    assert "\n" not in message and token not in message and "secret" not in message
 
 
 def test_no_token_and_no_client_id_is_a_clear_error() -> None:

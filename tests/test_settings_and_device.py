@@ -15,7 +15,7 @@ from pipeline.errors import EaselError
 def test_settings_come_from_env_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text(
-        "EASEL_MODELS_DIR=/srv/a1111/models\nEASEL_MAX_STEPS=50\nTELEGRAM_TOKEN=123:abc\n"
+        "EASEL_MODELS_DIR=/srv/a1111/models\nEASEL_MAX_STEPS=50\nTELEGRAM_TOKEN=123:AAFakeTelegramTokenForEaselTests000\n"
         "DISCORD_TOKEN=\nEASEL_MODEL=\n"
     )
     monkeypatch.setenv("EASEL_MAX_IMAGES", "2")
@@ -28,8 +28,9 @@ def test_settings_come_from_env_and_dotenv(tmp_path: Path, monkeypatch: pytest.M
     assert settings.model is None
     assert settings.discord_token is None
     assert settings.telegram_token is not None
-    assert settings.telegram_token.get_secret_value() == "123:abc"
-    assert "123:abc" not in repr(settings) and "123:abc" not in str(settings.model_dump())
+    token = "123:AAFakeTelegramTokenForEaselTests000"
+    assert settings.telegram_token.get_secret_value() == token
+    assert token not in repr(settings) and token not in str(settings.model_dump())
 
 
 def test_env_example_lists_every_setting() -> None:

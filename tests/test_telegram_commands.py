@@ -201,7 +201,7 @@ def test_the_telegram_token_starts_the_telegram_front_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TELEGRAM_TOKEN", "123:secret-token")
+    monkeypatch.setenv("TELEGRAM_TOKEN", "123:AAFakeTelegramTokenForEaselTests000")
     settings = Settings(_env_file=None)
     (front_end,) = load_front_ends(wanted_front_ends(settings))
     assert front_end.PLATFORM == "telegram"

@@ -141,17 +141,20 @@ class Dispatcher:
         assert self.fatal_error is not None
         return self.fatal_error
 
-    async def stop(self) -> None:
+    async def stop(self) -> int:
         """Take no new batch; let the running one finish within the timeout, else stop it
-        (its jobs go back to the queue). Queued jobs stay queued in the database."""
+        (its jobs go back to the queue). Queued jobs stay queued in the database. How many
+        running jobs the timeout stopped (0: the batch finished in time, or there was none)."""
         self._stopping = True
         self._wake.set()
+        stopped = 0
         if self._loop_task is None:
-            return
+            return stopped
         try:
             await asyncio.wait_for(asyncio.shield(self._loop_task), self.config.shutdown_timeout)
         except TimeoutError:
             self._shutting_down = True
+            stopped = len(self._running)
             for job_id in list(self._running):
                 self.executor.cancel(job_id)
             try:
@@ -166,6 +169,7 @@ class Dispatcher:
             await asyncio.wait(
                 set(self._background), timeout=max(10.0, self.config.shutdown_timeout)
             )
+        return stopped
 
     def stop_now(self) -> int:
         """Stop the running batch at once (during `stop`); its jobs go back to the queue

@@ -48,3 +48,8 @@ class FrontEnd(Protocol):
     async def serve(self, context: BotContext, settings: Settings, stop: asyncio.Event) -> None:
         """Run until `stop` is set; subscribe to the platform's job events first."""
         ...
+
+    async def check_token(self, settings: Settings) -> None:
+        """Ask the platform whether the token is good (one request, nothing started), so that
+        a refused one stops `easel run` before the model loads; EaselError if it is not."""
+        ...

@@ -278,6 +278,8 @@ class Key(StrEnum):
     PICKER_SAVED = "picker_saved"
     PICKER_NOT_YOURS = "picker_not_yours"
     PICKER_STALE = "picker_stale"
+    # Shutdown: the graceful stop's timeout ran out
+    STOPPED_AT_TIMEOUT = "stopped_at_timeout"
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,10 @@ class JobService:
     async def start(self) -> None:
         await self.dispatcher.start()
 
-    async def stop(self) -> None:
-        await self.dispatcher.stop()
+    async def stop(self) -> int:
+        """Stop gracefully (see Dispatcher.stop); how many running jobs the shutdown
+        timeout stopped."""
+        return await self.dispatcher.stop()
 
     async def failed(self) -> Exception:
         """Wait until the database fails for good (deleted, replaced, corrupted): the bot

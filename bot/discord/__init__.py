@@ -22,10 +22,36 @@ from bot.core.frontend import BotContext
 from bot.discord.client import EaselClient
 from bot.discord.interactions import PLATFORM
 from bot.settings import Settings
+from pipeline.errors import EaselError
 
-__all__ = ["PLATFORM", "serve"]
+__all__ = ["PLATFORM", "check_token", "serve"]
 READY_TIMEOUT = 60.0
 log = logging.getLogger(__name__)
+# What discord.py warns at every client it makes when its voice libraries are missing; Easel
+# has no voice, so they say nothing worth a line on every start.
+VOICE_WARNINGS = frozenset(
+    {
+        "PyNaCl is not installed, voice will NOT be supported",
+        "davey is not installed, voice will NOT be supported",
+    }
+)
+
+
+class NoVoiceWarnings(logging.Filter):
+    """Drops discord.client's warnings about voice libraries; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in VOICE_WARNINGS
+
+
+def quiet_voice_warnings() -> None:
+    """Installed once on discord.client, before any client is made (this package's import)."""
+    client_log = logging.getLogger("discord.client")
+    if not any(isinstance(item, NoVoiceWarnings) for item in client_log.filters):
+        client_log.addFilter(NoVoiceWarnings())
+
+
+quiet_voice_warnings()
 
 
 @contextlib.contextmanager
@@ -48,6 +74,22 @@ def pointed_at(api_url: str | None, gateway_url: str | None) -> Iterator[None]:
 def endpoints(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """discord.py pointed where EASEL_DISCORD_API_URL / EASEL_DISCORD_GATEWAY_URL say."""
     return pointed_at(settings.discord_api_url, settings.discord_gateway_url)
+
+
+async def check_token(settings: Settings) -> None:
+    """Log in over REST (GET /users/@me; no gateway): a refused DISCORD_TOKEN is said before
+    anything slow is loaded."""
+    assert settings.discord_token is not None
+    with endpoints(settings):
+        client = discord.Client(intents=discord.Intents.default())
+        async with client:
+            try:
+                await client.login(settings.discord_token.get_secret_value())
+            except discord.LoginFailure:
+                raise EaselError(
+                    "Discord refused DISCORD_TOKEN: copy it again from the Developer Portal "
+                    "(your application, Bot, Reset Token)."
+                ) from None
 
 
 async def serve(

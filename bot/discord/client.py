@@ -34,6 +34,7 @@ from bot.discord.remix import fits, remix_modal, submitted
 from bot.discord.render import content
 from bot.discord.setting_menus import SettingSelect
 from bot.discord.translator import CatalogTranslator
+from pipeline.validation import Limits
 
 # The persistent components whose presses this client answers (by custom_id template).
 DYNAMIC_ITEMS = (GridButton, SettingSelect)
@@ -154,7 +155,10 @@ class EaselClient(discord.Client):
     """discord.Client with Easel's command tree and persistent components; no privileged
     intents."""
 
-    def __init__(self, context: BotContext, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(
+        self, context: BotContext, guild_ready_timeout: float = 2.0, limits: Limits | None = None
+    ) -> None:
+        """`limits`: the bounds /imagine's options show; default: the job service's."""
         super().__init__(
             intents=discord.Intents.default(),
             guild_ready_timeout=guild_ready_timeout,
@@ -170,7 +174,7 @@ class EaselClient(discord.Client):
         )
         self.tree.error(report_command_error)
         self.front_end = DiscordFrontEnd(context, self)
-        add_imagine(self.tree, self.front_end)
+        add_imagine(self.tree, self.front_end, limits or context.service.config.limits)
         add_core_commands(self.tree, context)
         add_context_menus(self.tree, self.front_end)
         add_admin_commands(self.tree, context)

@@ -32,7 +32,7 @@ from bot.core.setting_choices import ASPECTS
 from bot.core.uploads import check_input_upload
 from bot.discord.interactions import locale_of
 from bot.discord.translator import described, named
-from pipeline.validation import MAX_SEED
+from pipeline.validation import MAX_SEED, Limits
 
 if TYPE_CHECKING:
     from bot.discord.client import DiscordFrontEnd
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 Interaction = discord.Interaction[Any]
 Autocomplete = Callable[[Interaction, str], Awaitable[list[app_commands.Choice[str]]]]
 
-MAX_COUNT = 4
 HIRES_OFF = "off"
 # The factors offered; any other (`--hires 2.5`) is written in the prompt.
 HIRES_FACTORS = ("1.5", "3", "4")
@@ -127,17 +126,24 @@ async def read_image(image: discord.Attachment) -> bytes | Reply:
         return Reply(Message(Key.ATTACHMENT_UNREADABLE))
 
 
-def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd) -> None:
-    """Add `/imagine` to `tree`; `front_end.imagine` handles it."""
+def ranged_options(limits: Limits) -> dict[str, object]:
+    """The typed options whose bounds are the server's limits (EASEL_MAX_STEPS, EASEL_MIN_CFG,
+    EASEL_MAX_CFG, EASEL_MAX_IMAGES): Discord's client then offers only what will be accepted."""
+    return {
+        "steps": app_commands.Range[int, limits.min_steps, limits.max_steps] | None,
+        "cfg": app_commands.Range[float, limits.min_cfg, limits.max_cfg] | None,
+        "count": app_commands.Range[int, 1, limits.max_images] | None,
+    }
+
+
+def add_imagine(
+    tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd, limits: Limits
+) -> None:
+    """Add `/imagine` to `tree`, its steps, cfg and count bounded by `limits`;
+    `front_end.imagine` handles it."""
     service = front_end.service
 
-    @tree.command(name=named(Key.NAME_IMAGINE), description=described(Key.CMD_IMAGINE))
-    @app_commands.rename(**{name: named(key) for name, key in OPTION_NAMES.items()})
-    @app_commands.describe(**{name: described(key) for name, key in OPTION_DESCRIPTIONS.items()})
-    @app_commands.choices(
-        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS], hires=hires_choices()
-    )
-    async def imagine(
+    async def run_imagine(
         interaction: Interaction,
         prompt: str,
         negative: str | None = None,
@@ -148,10 +154,10 @@ def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd)
         aspect: str | None = None,
         preset: str | None = None,
         seed: app_commands.Range[int, -1, MAX_SEED] | None = None,
-        steps: app_commands.Range[int, 1] | None = None,
-        cfg: app_commands.Range[float, 0.0] | None = None,
+        steps: int | None = None,  # bounded by ranged_options
+        cfg: float | None = None,
         sampler: str | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
+        count: int | None = None,
         tile: bool | None = None,
         hires: str | None = None,
         image: discord.Attachment | None = None,
@@ -176,6 +182,20 @@ def add_imagine(tree: app_commands.CommandTree[Any], front_end: DiscordFrontEnd)
             strength=strength,
             **switches(tile, hires),
         )
+
+    # The bounds come from the settings, so the annotations are set before discord.py reads them.
+    run_imagine.__annotations__.update(ranged_options(limits))
+    aspects = [app_commands.Choice(name=a, value=a) for a in ASPECTS]
+    callback = app_commands.choices(aspect=aspects, hires=hires_choices())(run_imagine)
+    callback = app_commands.describe(
+        **{name: described(key) for name, key in OPTION_DESCRIPTIONS.items()}
+    )(callback)
+    callback = app_commands.rename(**{name: named(key) for name, key in OPTION_NAMES.items()})(
+        callback
+    )
+    imagine = tree.command(name=named(Key.NAME_IMAGINE), description=described(Key.CMD_IMAGINE))(
+        callback
+    )
 
     def vocabulary_picker(category: str) -> Autocomplete:
         async def pick(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:

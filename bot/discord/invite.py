@@ -1,8 +1,8 @@
 """`easel discord invite`: the OAuth2 links that add the bot to a server, or to a user's account.
 
 The application's id (the OAuth2 client id) is the first segment of a bot token, base64 of the
-id in decimal, so no network is needed for the usual token; otherwise the bot logs in and asks
-Discord (GET /oauth2/applications/@me). The token itself is never printed.
+id in decimal, so no network is needed; a token that holds none is refused with a pointer to
+`--client-id`. The token itself is never printed.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from urllib.parse import urlencode
 
 import discord
 
-from bot.discord import endpoints
-from bot.settings import Settings
-
 AUTHORIZE_URL = "https://discord.com/oauth2/authorize"
 GUILD_INSTALL = 0
 USER_INSTALL = 1
+NOT_A_BOT_TOKEN = (
+    "DISCORD_TOKEN does not look like a Discord bot token (three dot-separated parts, the "
+    "first the application id in base64): copy it again from the Developer Portal's Bot tab, "
+    "or give the application id with --client-id."
+)
 # What the bot does in a server: answer in channels it can see, post and edit messages with the
 # images as attachments, and read back the messages it edits after a restart.
 SERVER_PERMISSIONS = discord.Permissions(
@@ -46,18 +48,6 @@ def client_id_from_token(token: str) -> int | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
     return int(decoded) if decoded.isdigit() and 0 < len(decoded) <= 20 else None
-
-
-async def fetch_client_id(settings: Settings) -> int:
-    """Log in with DISCORD_TOKEN (no gateway) and ask Discord for the application's id."""
-    if settings.discord_token is None:
-        raise ValueError("DISCORD_TOKEN is not set")
-    with endpoints(settings):
-        client = discord.Client(intents=discord.Intents.none())
-        async with client:
-            await client.login(settings.discord_token.get_secret_value())
-            application = await client.application_info()
-    return application.id
 
 
 def invite_links(client_id: int) -> InviteLinks:

@@ -16,6 +16,7 @@ from bot.discord import endpoints
 from bot.discord.client import EaselClient
 from bot.discord.translator import CatalogTranslator
 from bot.settings import Settings
+from pipeline.validation import Limits
 
 
 class NotServing:
@@ -25,13 +26,14 @@ class NotServing:
         raise RuntimeError(f"commands are only listed or synced here (service.{name}); easel run")
 
 
-def listing_client() -> EaselClient:
-    return EaselClient(BotContext(cast(JobService, NotServing())))
+def listing_client(limits: Limits) -> EaselClient:
+    """The bot's command tree, with /imagine's bounds from `limits` (the settings')."""
+    return EaselClient(BotContext(cast(JobService, NotServing())), limits=limits)
 
 
-async def command_payload() -> list[dict[str, Any]]:
+async def command_payload(limits: Limits) -> list[dict[str, Any]]:
     """The JSON that a sync sends: every command, with its Korean names and descriptions."""
-    client = listing_client()
+    client = listing_client(limits)
     translator = CatalogTranslator()
     await client.tree.set_translator(translator)
     return [
@@ -46,7 +48,7 @@ async def sync_commands(settings: Settings, guild: int | None = None) -> int:
     if settings.discord_token is None:
         raise ValueError("DISCORD_TOKEN is not set")
     with endpoints(settings):
-        client = listing_client()
+        client = listing_client(settings.limits())
         async with client:
             await client.login(settings.discord_token.get_secret_value())
             target = discord.Object(id=guild) if guild is not None else None

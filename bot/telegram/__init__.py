@@ -15,7 +15,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from telegram import Update
-from telegram.error import InvalidToken
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application
 
 from bot.core.frontend import BotContext
@@ -32,8 +32,9 @@ from bot.telegram.people import PLATFORM
 from bot.telegram.picker import add_picker
 from pipeline.errors import EaselError
 
-__all__ = ["PLATFORM", "serve"]
+__all__ = ["PLATFORM", "check_token", "serve"]
 log = logging.getLogger(__name__)
+REFUSED = "Telegram refused TELEGRAM_TOKEN: check it with @BotFather (/mybots, API Token)."
 SEND_GRACE_S = 30.0  # how long a stop waits for job messages being sent
 
 
@@ -49,6 +50,25 @@ def front_end(context: BotContext, settings: Settings) -> TelegramFrontEnd:
     return front
 
 
+async def check_token(settings: Settings) -> None:
+    """getMe with TELEGRAM_TOKEN (what the bot's start does first): a refused token is said
+    before anything slow is loaded."""
+    assert settings.telegram_token is not None
+    token = settings.telegram_token.get_secret_value()
+    with token_kept_out(token):
+        bot = build_application(settings).bot
+        try:
+            async with bot:  # initialize() calls getMe
+                pass
+        except InvalidToken:
+            raise EaselError(REFUSED) from None
+        except TelegramError as error:  # its text may hold the URL, token and all
+            reason = str(error).replace(token, "<TELEGRAM_TOKEN>")
+            raise EaselError(
+                f"Telegram could not be asked about TELEGRAM_TOKEN: {reason}"
+            ) from None
+
+
 async def serve(context: BotContext, settings: Settings, stop: asyncio.Event) -> None:
     """Run the Telegram bot until `stop` is set."""
     assert settings.telegram_token is not None
@@ -58,9 +78,7 @@ async def serve(context: BotContext, settings: Settings, stop: asyncio.Event) ->
             await run(front, settings, stop)
         except InvalidToken:
             # PTB's own message quotes the token.
-            raise EaselError(
-                "Telegram refused TELEGRAM_TOKEN: check it with @BotFather (/mybots, API Token)."
-            ) from None
+            raise EaselError(REFUSED) from None
 
 
 async def run(front: TelegramFrontEnd, settings: Settings, stop: asyncio.Event) -> None:

@@ -326,7 +326,8 @@ def member_payload(user: FakeUser, permissions: int | None) -> dict[str, Any]:
 
 @dataclass
 class FakeDiscordSettings:
-    token: str = "fake-bot-token"
+    # The shape of a real bot token (the settings refuse any other), not a real one.
+    token: str = "ZmFrZS1ib3Q.fake-bot.token-for-easel-tests"
     application_id: int = 1_100_000_000_000_000_001
     bot_user: FakeUser = field(
         default_factory=lambda: FakeUser(1_100_000_000_000_000_001, "easel", bot=True)
