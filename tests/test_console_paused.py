@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
-from bot.console.chat import previews_folder
 from bot.runtime import build_bot, open_store
 from bot.serve import serve_console
 from bot.settings import Settings
@@ -78,6 +77,8 @@ def test_cancelling_a_queued_job_is_said_once(
 
 
 def test_previews_must_name_a_folder(tmp_path: Path) -> None:
+    from bot.console.chat import previews_folder
+
     file = tmp_path / "previews.txt"
     file.write_text("not a folder")
     with pytest.raises(EaselError, match=r"that is a file, not a folder"):
