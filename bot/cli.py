@@ -806,9 +806,12 @@ def chat(
     from stdin when it is not a terminal, and exits when input ends and its jobs are done."""
     import asyncio
 
+    from bot.console.chat import previews_folder
     from bot.serve import console_locale, serve_console
 
     settings = Settings()
+    if previews is not None:
+        previews = previews_folder(previews)
     locale = console_locale(lang)
     bot = _open_bot(settings, model, locale)
     asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale, previews))

@@ -512,8 +512,12 @@ def test_an_unknown_lora_is_refused_in_the_users_language(make_bot: Callable[...
     bot = make_bot()
     korean = UserRef("test", "min", "Min", "ko")
     reply = route(bot, korean, "/imagine a fox --lora nope --n 1")
-    assert reply.text("ko") == "이 서버에는 nope(이)라는 LoRA가 없습니다. 쓸 수 있는 LoRA: -"
-    assert reply.text("en") == "There is no LoRA called nope on this server. LoRAs here: -."
+    assert reply.text("ko") == (
+        "이 서버에는 nope(이)라는 LoRA가 없습니다. 설치된 LoRA가 하나도 없습니다."
+    )
+    assert reply.text("en") == (
+        "There is no LoRA called nope on this server. No LoRAs are installed on this server."
+    )
     assert bot.store.history(bot.service.user(korean).id, 1).total == 0
 
 

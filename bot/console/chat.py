@@ -21,8 +21,9 @@ from typing import TextIO
 
 from bot.core.events import EventKind, JobEvent, Origin, Refusal, Reply, UserRef
 from bot.core.frontend import BotContext
-from bot.core.messages import Key, Message
+from bot.core.messages import Key, Message, job_count
 from bot.core.router import TextRequest
+from pipeline.errors import EaselError
 
 log = logging.getLogger(__name__)
 PLATFORM = "console"
@@ -65,6 +66,10 @@ class ConsoleChat:
         self.router = context.router(PLATFORM, {"wait": self._wait, "quit": self._quit})
         self.quit = asyncio.Event()
         self.editable: str | None = None  # a remix line to offer at the next prompt
+        # Jobs this console cancelled, and those whose CANCELLED event it showed: one
+        # cancellation is said once, whichever of the reply and the event comes first.
+        self._cancel_replied: set[int] = set()
+        self._cancel_shown: set[int] = set()
 
     async def run(self, lines: AsyncIterator[str], ready: threading.Event | None = None) -> None:
         """Handle lines until input ends or /quit, then wait for this console's jobs (when
@@ -76,7 +81,9 @@ class ConsoleChat:
                 return  # no prompt again: the chat is ending
             if ready is not None:
                 ready.set()
-        await self.service.wait_until_idle(PLATFORM)
+        queued = await self.service.wait_until_idle_or_paused(PLATFORM)
+        if queued:
+            self._print_reply(Reply(Message(Key.PAUSED_JOBS_STAY, {"jobs": job_count(queued)})))
 
     def close(self) -> None:
         """The chat is ending: no prompt is drawn again and progress is not shown."""
@@ -97,7 +104,8 @@ class ConsoleChat:
             TextRequest(self.user, self.origin, text, attachment=attachment)
         )
         if routed.reply is not None:
-            self._print_reply(routed.reply)
+            if not self._said_already(routed.reply):
+                self._print_reply(routed.reply)
             self.editable = routed.reply.editable
 
     def _attachment(self, line: str) -> tuple[str, bytes | None]:
@@ -119,7 +127,9 @@ class ConsoleChat:
     # ------------------------------------------------------------------ local commands
 
     async def _wait(self, _: TextRequest, __: str) -> Reply | None:
-        await self.service.wait_until_idle(PLATFORM)
+        queued = await self.service.wait_until_idle_or_paused(PLATFORM)
+        if queued:
+            return Reply(Message(Key.PAUSED_WAIT, {"jobs": job_count(queued)}))
         return None
 
     async def _quit(self, _: TextRequest, __: str) -> Reply | None:
@@ -134,6 +144,11 @@ class ConsoleChat:
     async def on_event(self, event: JobEvent) -> None:
         if event.kind is EventKind.QUEUED:
             return  # the ticket already said it
+        if event.kind is EventKind.CANCELLED:
+            if event.job_id in self._cancel_replied:
+                self._cancel_replied.discard(event.job_id)
+                return
+            self._cancel_shown.add(event.job_id)
         if event.kind is EventKind.PROGRESS and self.terminal.closed.is_set():
             return
         if event.kind is EventKind.PROGRESS and event.preview is not None and self.previews_dir:
@@ -143,6 +158,20 @@ class ConsoleChat:
             self._print_reply(Reply(Message(Key.PREVIEW_SAVED, args)))
             return
         self._print_reply(event.reply)
+
+    def _said_already(self, reply: Reply) -> bool:
+        """Whether a /cancel's reply repeats the CANCELLED event already shown (a queued
+        job's cancellation is both); the other way round, the event is not shown."""
+        if reply.message.key is not Key.CANCELLED:
+            return False
+        job = reply.message.args.get("job")
+        if not isinstance(job, int):
+            return False
+        if job in self._cancel_shown:
+            self._cancel_shown.discard(job)
+            return True
+        self._cancel_replied.add(job)
+        return False
 
     def _save_preview(self, job_id: int, preview: bytes) -> Path:
         assert self.previews_dir is not None
@@ -176,6 +205,21 @@ class ConsoleChat:
         else:
             out.write(text + "\n")
         out.flush()
+
+
+def previews_folder(path: Path) -> Path:
+    """The folder `--previews` names, created now: a file there, or a folder that cannot be
+    made, is one clear error at the start rather than a traceback at every preview."""
+    folder = path.expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise EaselError(f"--previews {path}: that is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EaselError(
+            f"--previews {path}: cannot create the folder ({error.strerror or error})."
+        ) from None
+    return folder
 
 
 def _unquote(text: str) -> str:

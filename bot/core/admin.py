@@ -4,8 +4,9 @@ presets and the vocabulary, and set a chat's rules.
 Every operation names its actor (a `UserRef`) and is checked here against Easel's own roles (the
 `Role` stored for the actor), whatever the platform also checks: anyone else is refused with a
 `Refusal` (its reply localized) and nothing changes. Each returns the `Reply` the admin reads.
-A target user is named by the platform's user id on the actor's platform, and gets a row on
-first mention. Front ends (Discord's `/admin` group, the text router's `/admin ...`) only map
+A target user is named by a platform's user id (the actor's platform, or another known one:
+an operator at the console manages Discord and Telegram users), and gets a row on first
+mention. Front ends (Discord's `/admin` group, the text router's `/admin ...`) only map
 their input onto these calls.
 """
 
@@ -23,6 +24,8 @@ from pipeline.text import clean_text
 NO_PRESET = frozenset({"none", "-", "off", "default", "clear"})
 ON_WORDS = frozenset({"on", "true", "yes", "1", "allow", "allowed"})
 OFF_WORDS = frozenset({"off", "false", "no", "0", "refuse", "refused"})
+# The platforms a target user may be on (the front ends Easel has).
+KNOWN_PLATFORMS = frozenset({"console", "discord", "telegram"})
 
 
 class AdminService:
@@ -57,10 +60,13 @@ class AdminService:
         return Reply(Message(Key.ADMIN_UNBANNED, {"user": _shown(self.store.unban(user.id))}))
 
     def set_role(self, actor: UserRef, target: UserRef, role: Role | str) -> Reply:
-        """user, vip or admin. An admin may also step down themselves."""
-        self._admin(actor)
+        """user, vip or admin. Not one's own: an admin who stepped down could not undo it
+        (the console's user would lose /admin until a restart)."""
+        admin = self._admin(actor)
         chosen = parse_role(role)
         user = self._target(actor, target, "role")
+        if user.id == admin.id:
+            raise Refusal(Message(Key.ADMIN_NOT_YOUR_ROLE))
         changed = self.store.set_role(user.id, chosen)
         # The dispatcher keeps owners it has read; their next job takes the new tier.
         self.service.dispatcher.forget_user(user.id)
@@ -160,7 +166,7 @@ class AdminService:
         return record
 
     def _target(self, actor: UserRef, target: UserRef, action: str) -> UserRecord:
-        if target.platform != actor.platform:
+        if target.platform != actor.platform and target.platform not in KNOWN_PLATFORMS:
             raise Refusal(Message(Key.ADMIN_OTHER_PLATFORM, {"platform": actor.platform}))
         user_id = clean_text(target.platform_user_id).strip().removeprefix("@")
         if not user_id:

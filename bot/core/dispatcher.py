@@ -303,9 +303,25 @@ class Dispatcher:
         async with self._changed:
             await self._changed.wait_for(lambda: not self.pending_for(platform))
 
+    async def wait_until_idle_or_paused(self, platform: str) -> int:
+        """Wait until no job of `platform` is queued or running, or until the queue is paused
+        and none of them runs (a paused queue would wait for ever): how many stay queued."""
+        while True:
+            running = any(job.origin_platform == platform for job in self._running.values())
+            queued = sum(1 for pending in self._pending.values() if pending == platform)
+            if not queued or (not running and self.paused()):
+                return queued
+            # A pause (maybe by another process) does not wake the condition: look again.
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), PAUSE_POLL_SECONDS)
+
     def eta_seconds(self, job_id: int, position: int) -> float | None:
         """A rough wait at recent seconds per image: the jobs ahead (each the queue's average
-        size, a job of many AND parts counting as more images) and this job's own."""
+        size, a job of many AND parts counting as more images) and this job's own. None
+        while the queue is paused: nothing starts until an admin resumes it."""
+        if self.paused():
+            return None
         if self._recent is None:
             self._recent = deque(self.store.recent_durations(RECENT_JOBS), maxlen=RECENT_JOBS)
         total_images = sum(count for _, count in self._recent)

@@ -280,6 +280,17 @@ class Key(StrEnum):
     PICKER_STALE = "picker_stale"
     # Shutdown: the graceful stop's timeout ran out
     STOPPED_AT_TIMEOUT = "stopped_at_timeout"
+    # Console and admin wording: counts, usages, a paused queue at the console's end
+    JOB_COUNT_ONE = "job_count_one"
+    JOB_COUNT = "job_count"
+    PAUSED_JOBS_STAY = "paused_jobs_stay"
+    PAUSED_WAIT = "paused_wait"
+    ADMIN_NOT_YOUR_ROLE = "admin_not_your_role"
+    ADMIN_ROLE_USAGE = "admin_role_usage"
+    IMAGE_ACTION_USAGE = "image_action_usage"
+    SETTINGS_USAGE = "settings_usage"
+    LORAS_HERE = "loras_here"
+    LORAS_NONE = "loras_none"
 
 
 @dataclass(frozen=True)
@@ -342,3 +353,8 @@ def _argument(value: Argument, locale: str) -> str | int | float:
     if isinstance(value, Message):
         return render(value, locale)
     return value
+
+
+def job_count(count: int) -> Message:
+    """`1 job`, `3 jobs` (an argument for a sentence that counts jobs)."""
+    return Message(Key.JOB_COUNT_ONE if count == 1 else Key.JOB_COUNT, {"count": count})

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from bot.core.admin import AdminService, parse_switch
+from bot.core.admin import KNOWN_PLATFORMS, AdminService, parse_switch
 from bot.core.buttons import PREFIX as BUTTON_PREFIX
 from bot.core.buttons import parse_button_id
 from bot.core.commands import Command, CommandRegistry
@@ -27,6 +27,7 @@ from bot.store import JobKind, UserRecord
 # gets a hint instead of a 20-step job.
 _COMMAND_WORDS = {"clear": "help", "cls": "help", "bye": "quit", "exit": "quit"}
 _WORDS = re.compile(r"[^\s/]+")
+MAX_GRID_IMAGES = 4  # `/u N`: the grid's buttons go up to U4
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,7 @@ class TextRouter:
             if args.startswith(f"{BUTTON_PREFIX}:") and " " not in args:
                 raise Refusal(Message(Key.UNKNOWN_ACTION, {"action": args}))
             if remixing is not None:
-                return self._queued(
-                    await self.service.remix(request.user, remixing, args, request.origin)
-                )
+                return await self._remix_line(request, remixing, args)
             if not request.plain_text_is_prompt:
                 return Routed(None)
             hint = self._command_word(args)
@@ -120,7 +119,7 @@ class TextRouter:
                 options = service.options(user, args, origin, init_image=request.attachment)
                 return self._queued(await service.imagine(user, options, origin))
             case "u" | "v" | "s":
-                index = words[0] if words else ""
+                index = _image_index(command.name, words)
                 job = self._job(words[1:], request)
                 action = f"{command.name.upper()}{index}"
                 return self._queued(await service.act(user, job, action, origin))
@@ -167,7 +166,9 @@ class TextRouter:
                 return admin.ban(actor, self._target(user, "ban"), reason.strip() or None)
             case "unban":
                 return admin.unban(actor, self._target(words[0] if words else "", "unban"))
-            case "role" if len(words) == 2:
+            case "role":
+                if len(words) != 2:
+                    raise Refusal(Message(Key.ADMIN_ROLE_USAGE))
                 return admin.set_role(actor, self._target(words[0], "role"), words[1])
             case "pause" if not words:
                 return admin.pause(actor)
@@ -181,10 +182,16 @@ class TextRouter:
         raise Refusal(Message(Key.ADMIN_USAGE))
 
     def _target(self, user_id: str, action: str) -> UserRef:
+        """`USER` on the asker's platform, or `PLATFORM:USER` (as in EASEL_ADMINS) on a
+        known platform: an operator at the console manages Discord and Telegram users."""
         if not user_id.strip():
             args = {"platform": self.platform, "action": action}
             raise Refusal(Message(Key.ADMIN_NEED_USER, args))
-        return UserRef(self.platform, user_id.strip())
+        platform, user = split_target(user_id.strip(), self.platform)
+        if not user:
+            args = {"platform": platform, "action": action}
+            raise Refusal(Message(Key.ADMIN_NEED_USER, args))
+        return UserRef(platform, user)
 
     async def _remix(self, request: TextRequest, args: str) -> Routed:
         """`/remix [JOB]` shows the job's line to edit (the next plain line is the remix);
@@ -197,6 +204,16 @@ class TextRouter:
         if line:
             return self._queued(await self.service.remix(request.user, job, line, request.origin))
         return self._remix_prompt(request, job)
+
+    async def _remix_line(self, request: TextRequest, job: int, line: str) -> Routed:
+        """The edited line after `/remix`: a refused one keeps the remix pending, so the
+        corrected line is still the remix."""
+        try:
+            ticket = await self.service.remix(request.user, job, line, request.origin)
+        except Refusal:
+            self._pending_remix[_who(request)] = job
+            raise
+        return self._queued(ticket)
 
     def _remix_prompt(self, request: TextRequest, job: int) -> Routed:
         """Show the job's line to edit; the user's next plain line is the remix."""
@@ -259,9 +276,28 @@ def parse_settings(text: str) -> dict[str, str]:
         pairs = text.split()
     changes = {}
     for pair in pairs:
-        name, _, value = pair.partition("=")
+        name, equals, value = pair.partition("=")
+        if not equals or not name:  # `style` alone would silently clear the style
+            raise Refusal(Message(Key.SETTINGS_USAGE))
         changes[name] = value
     return changes
+
+
+def split_target(text: str, platform: str) -> tuple[str, str]:
+    """`discord:123` -> ("discord", "123") for a known platform; anything else is a user id
+    on `platform`."""
+    prefix, colon, user = text.partition(":")
+    if colon and prefix.lower() in KNOWN_PLATFORMS:
+        return prefix.lower(), user.strip()
+    return platform, text
+
+
+def _image_index(command: str, words: list[str]) -> str:
+    """The N of `/u N [JOB]`: an image of the grid, 1-4."""
+    index = words[0] if words else ""
+    if not (_is_number(index) and 1 <= int(index) <= MAX_GRID_IMAGES):
+        raise Refusal(Message(Key.IMAGE_ACTION_USAGE, {"command": command}))
+    return index
 
 
 def parse_rules(text: str) -> tuple[bool | None, str | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, time
 from pathlib import Path
@@ -19,7 +19,7 @@ from bot.core.buttons import Action, parse_action
 from bot.core.config import NO_CAP, CoreConfig
 from bot.core.dispatcher import CancelOutcome, Dispatcher
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
-from bot.core.messages import Key, Localized, Message, error_text, normalise_locale
+from bot.core.messages import Key, Localized, Message, error_text, job_count, normalise_locale
 from bot.core.options import (
     CATEGORY_FLAGS,
     ImagineOptions,
@@ -149,6 +149,11 @@ class JobService:
 
     async def wait_until_idle(self, platform: str) -> None:
         await self.dispatcher.wait_until_idle(platform)
+
+    async def wait_until_idle_or_paused(self, platform: str) -> int:
+        """Wait until the platform's jobs are done, or until the queue is paused and none of
+        them runs: how many stay queued (0: all are done)."""
+        return await self.dispatcher.wait_until_idle_or_paused(platform)
 
     def user(self, user: UserRef) -> UserRecord:
         """The stored user; names from a platform are made valid text first (a lone
@@ -417,9 +422,10 @@ class JobService:
             raise Refusal(Message(Key.DAILY_QUOTA, {"limit": daily}))
         queued = self.config.queued_cap(user.role, user.max_queued)
         if self.dispatcher.scheduler.queued_for(user.id) >= queued:
-            raise Refusal(Message(Key.QUEUE_FULL_USER, {"limit": queued}))
+            raise Refusal(Message(Key.QUEUE_FULL_USER, {"jobs": job_count(queued)}))
         if len(self.dispatcher.scheduler) >= self.config.max_queue:
-            raise Refusal(Message(Key.QUEUE_FULL_GLOBAL, {"limit": self.config.max_queue}))
+            limit = job_count(self.config.max_queue)
+            raise Refusal(Message(Key.QUEUE_FULL_GLOBAL, {"jobs": limit}))
 
     async def _prepare(self, work: Work) -> PreparedWork:
         try:
@@ -427,7 +433,7 @@ class JobService:
         except OptionsError as error:
             raise _options_refusal(error) from None
         except UnknownLoraError as error:
-            available = ", ".join(error.available) or "-"
+            available = _available_loras(error.available)
             raise Refusal(
                 Message(Key.UNKNOWN_LORA, {"name": error.name, "available": available})
             ) from None
@@ -565,7 +571,10 @@ class JobService:
         values: dict[str, str | int | bool | None] = {}
         for raw_name, raw in changes.items():
             name = _SETTING_ALIASES.get(raw_name.lower(), raw_name.lower())
-            values[name] = self._setting_value(name, raw.strip())
+            try:
+                values[name] = self._setting_value(name, raw.strip())
+            except Refusal as refusal:
+                raise _as_typed(refusal, raw_name) from None
         self.store.update_settings(record.id, **values)
         return Reply(Message(Key.SETTINGS_UPDATED), lines=self._setting_lines(record.id))
 
@@ -774,3 +783,18 @@ def _locale_or_none(user: UserRef) -> str | None:
 
 def _setting_text(value: object) -> str:
     return "" if value is None else str(value)
+
+
+def _available_loras(names: Sequence[str]) -> Message:
+    if not names:
+        return Message(Key.LORAS_NONE)
+    return Message(Key.LORAS_HERE, {"names": ", ".join(names)})
+
+
+def _as_typed(refusal: Refusal, typed: str) -> Refusal:
+    """A refused setting named as the user typed it (`ar`, not `aspect_ratio`)."""
+    message = refusal.reply.message
+    if message.key is not Key.SETTINGS_BAD_VALUE:
+        return refusal
+    named = Message(message.key, {**message.args, "name": typed})
+    return Refusal(named)
