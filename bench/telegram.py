@@ -117,7 +117,7 @@ async def serving(
         telegram_front_end.serve(BotContext(bot.service), settings, stop)
     )
     try:
-        polling = fakes.call(fake.wait_until(lambda: bool(fake.calls_to("getUpdates")), WAIT_S))
+        polling = fakes.call(fake.wait_until(lambda: polled(fake), WAIT_S))
         await first_of(polling, front_end)
         yield bot, executor
     finally:
@@ -127,6 +127,12 @@ async def serving(
         await bot.service.stop()
         await bot.executor.close()
         bot.store.close()
+
+
+def polled(fake: FakeTelegram) -> bool:
+    """The bot has asked for updates (a long poll is answered only when it times out, so it
+    is the asking that says the bot is ready, not the answer)."""
+    return any(call.method.lower() == "getupdates" for call in fake.calls)
 
 
 async def first_of(waiting: Coroutine[Any, Any, None], front_end: asyncio.Task[None]) -> None:
