@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from enum import StrEnum
@@ -78,6 +79,7 @@ class Dispatcher:
         self._users: dict[int, UserRecord] = {}
         self._running: dict[int, JobRecord] = {}
         self._wake = asyncio.Event()
+        self._paused_read: tuple[float, bool] | None = None  # (when, the flag)
         self._changed = asyncio.Condition()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -335,23 +337,33 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the loop
 
-    def paused(self) -> bool:
+    def paused(self, fresh: bool = False) -> bool:
         """Whether the queue is paused (the database's flag, shared with other processes).
-        A database that cannot be read counts as not paused: the batch then says why."""
+        Replies (the queued message, the ETA) take a reading up to PAUSE_POLL_SECONDS old:
+        every queued reply asks, and a busy bot would otherwise spend a query on each;
+        starting a batch reads it `fresh`. A database that cannot be read counts as not
+        paused: the batch then says why."""
+        now = time.monotonic()
+        read = self._paused_read
+        if not fresh and read is not None and now - read[0] < PAUSE_POLL_SECONDS:
+            return read[1]
         try:
-            return self.store.queue_paused()
+            paused = self.store.queue_paused()
         except StoreError as error:
             log.warning("Cannot read the queue's pause flag: %s", error)
             return False
+        self._paused_read = (now, paused)
+        return paused
 
     def set_paused(self, paused: bool, changed_by: str | None = None) -> None:
         """Pause (no new batch starts; a running one finishes) or resume the queue."""
         self.store.set_queue_paused(paused, changed_by)
+        self._paused_read = (time.monotonic(), paused)
         self._wake.set()
 
     async def _loop(self) -> None:
         while not self._stopping:
-            if self.paused():
+            if self.paused(fresh=True):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), PAUSE_POLL_SECONDS)
