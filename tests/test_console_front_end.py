@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bot.core.messages import Key, Message
 from bot.runtime import build_bot, open_store
 from bot.serve import serve_console
-from bot.store import JobKind, JobStatus, Store
+from bot.store import JobKind, JobRecord, JobStatus, Store
 from pipeline.engine import Engine
 from tests.test_console import ScriptedInput, chat, console_settings
 
@@ -89,10 +90,18 @@ def test_a_line_that_is_not_valid_text_is_refused_and_the_chat_goes_on(
     assert "Job #1 is done in" in output and "Job #2" not in output
 
 
-def test_a_second_ctrl_c_stops_at_once_and_queues_the_running_job_again(
-    tmp_path: Path, models_dir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = console_settings(tmp_path, models_dir, shutdown_timeout=120)
+def interrupted_job(
+    tmp_path: Path,
+    models_dir: Path,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    interrupts: int,
+    shutdown_timeout: float,
+) -> tuple[str, JobRecord | None]:
+    """A slow job in the console, Ctrl-C `interrupts` times once it runs: what the console
+    said, and the job as the database has it after."""
+    settings = console_settings(tmp_path, models_dir, shutdown_timeout=shutdown_timeout)
     original = engine.run_batch
 
     def slow_batch(jobs: Any, progress: Any, cancels: Any, *args: Any, **kwargs: Any) -> Any:
@@ -106,13 +115,13 @@ def test_a_second_ctrl_c_stops_at_once_and_queues_the_running_job_again(
     out = io.StringIO()
     waiting = threading.Event()
 
-    def interrupt_twice() -> None:
+    def interrupt() -> None:
         deadline = time.monotonic() + 60
         while "Job #1: step 2/" not in out.getvalue() and time.monotonic() < deadline:
             time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(interrupts):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
 
     def never() -> str | None:
         waiting.wait(0.05)
@@ -120,18 +129,42 @@ def test_a_second_ctrl_c_stops_at_once_and_queues_the_running_job_again(
 
     stdin = ScriptedInput(["/imagine a patient fox --n 1 --steps 60", never])
     bot = build_bot(settings, engine, open_store(settings))
-    sender = threading.Thread(target=interrupt_twice, daemon=True)
+    sender = threading.Thread(target=interrupt, daemon=True)
     sender.start()
     try:
         asyncio.run(asyncio.wait_for(serve_console(bot, settings, stdin, out, "en"), 120))
     finally:
         waiting.set()
         bot.store.close()
-    output = out.getvalue()
+    return out.getvalue(), Store(settings.database_url).job(1)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_queues_the_running_job_again(
+    tmp_path: Path, models_dir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output, job = interrupted_job(
+        tmp_path, models_dir, engine, monkeypatch, interrupts=2, shutdown_timeout=120
+    )
     assert "Shutting down: the running job may finish" in output
     assert "Stopped at once; 1 running job(s) go back to the queue" in output
-    job = Store(settings.database_url).job(1)
     assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0
+
+
+def test_the_shutdown_timeout_running_out_is_said_and_the_job_is_queued_again(
+    tmp_path: Path, models_dir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Ctrl-C, and the running job outlasts EASEL_SHUTDOWN_TIMEOUT: the console says it
+    was stopped and goes back to the queue, as a second Ctrl-C does."""
+    output, job = interrupted_job(
+        tmp_path, models_dir, engine, monkeypatch, interrupts=1, shutdown_timeout=0.5
+    )
+    assert "Shutting down: the running job may finish" in output
+    assert (
+        "did not finish within EASEL_SHUTDOWN_TIMEOUT (0.5 s): stopped; 1 running job(s) go "
+        "back to the queue for the next start." in output
+    )
+    assert "Stopped at once" not in output
+    assert job is not None and job.status is JobStatus.QUEUED
 
 
 def test_the_console_saves_live_previews_when_asked(
@@ -180,3 +213,8 @@ def test_the_console_says_what_it_changed_and_refuses_what_it_cannot_read(
     assert "--init needs an image file: --init FILE." in output
     assert f"{tmp_path}: no such file." in output
     assert Store(settings.database_url).history(1, 1).total == 1
+
+
+def test_the_timeout_line_is_in_korean_too() -> None:
+    text = Message(Key.STOPPED_AT_TIMEOUT, {"count": 2, "seconds": "60"}).render("ko")
+    assert "EASEL_SHUTDOWN_TIMEOUT(60초)" in text and "2개" in text
