@@ -3,12 +3,19 @@ behind it) and latency figures as nearest-rank percentiles."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
+import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
+from transformers.utils import logging as transformers_logging
+
+from bench.common import quiet_diffusers
 from bot.core.events import Origin, UserRef
 from bot.runtime import Bot
 from pipeline.engine import Engine
@@ -85,3 +92,25 @@ def latency_line(label: str, seconds: Sequence[float]) -> str:
         return f"{label:24} {0:>6}"
     figures = [percentile(values, share) for share in (0.5, 0.9, 0.99)] + [values[-1]]
     return f"{label:24} {len(values):>6} " + " ".join(f"{f:>8.1f}" for f in figures)
+
+
+def cpu_line(cpu_s: float, count: int, unit: str, fake: str) -> str:
+    """The CPU time per item and the machine's load: on a machine busy with other work the
+    bot gets less than its share of a core, and the figures measure the neighbours."""
+    per_item = 1000 * cpu_s / max(1, count)
+    return (
+        f"CPU time: {per_item:.1f} ms per {unit} (the bot and the {fake} together); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+
+
+def run_quietly(
+    bench: Callable[[argparse.Namespace, Path], Coroutine[Any, Any, None]],
+    args: argparse.Namespace,
+) -> None:
+    """Run a front-end bench in a scratch folder, without the model libraries' chatter."""
+    quiet_diffusers()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as scratch:
+        asyncio.run(bench(args, Path(scratch)))

@@ -22,18 +22,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers.utils import logging as transformers_logging
-
-from bench.busy import HeldExecutor, keep_one_running, latency_header, latency_line, queue_jobs
-from bench.common import load_shape, quiet_diffusers
+from bench.busy import (
+    HeldExecutor,
+    cpu_line,
+    keep_one_running,
+    latency_header,
+    latency_line,
+    queue_jobs,
+    run_quietly,
+)
+from bench.common import load_shape
 from bot import discord as discord_front_end
 from bot.core.frontend import BotContext
 from bot.runtime import Bot, build_bot, open_store
@@ -186,12 +190,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> None:
     print(latency_line("button press", [a.seconds for a in acked if a.kind == "press"]))
     print(latency_line("all", [a.seconds for a in acked]))
     print(latency_line("first message (all)", [a.answered_s for a in acked]))
-    # On a machine busy with other work the bot gets less than its share of a core, and the
-    # figures measure the neighbours: the CPU time and the load say how much there was.
-    print(
-        f"CPU time: {1000 * cpu_s / max(1, len(sent)):.1f} ms per interaction (the bot and the "
-        f"fake Discord together); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
+    print(cpu_line(cpu_s, len(sent), "interaction", "fake Discord"))
     refused = len(fakes.fake.refused_calls)  # a late callback, a bad edit: none expected
     print(f"refused REST calls: {refused}; target: acknowledgement p99 under 50 ms", flush=True)
 
@@ -202,12 +201,7 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=200, help="/imagine commands sent")
     parser.add_argument("--presses", type=int, default=20, help="button presses sent")
     parser.add_argument("--rate", type=float, default=50.0, help="interactions a second")
-    args = parser.parse_args()
-    quiet_diffusers()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as scratch:
-        asyncio.run(bench(args, Path(scratch)))
+    run_quietly(bench, parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -27,18 +27,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers.utils import logging as transformers_logging
-
-from bench.busy import HeldExecutor, keep_one_running, latency_header, latency_line, queue_jobs
-from bench.common import load_shape, quiet_diffusers
+from bench.busy import (
+    HeldExecutor,
+    cpu_line,
+    keep_one_running,
+    latency_header,
+    latency_line,
+    queue_jobs,
+    run_quietly,
+)
+from bench.common import load_shape
 from bot import telegram as telegram_front_end
 from bot.core.frontend import BotContext
 from bot.runtime import Bot, build_bot, open_store
@@ -254,12 +258,7 @@ async def bench(args: argparse.Namespace, scratch: Path) -> None:
     print(latency_line("/imagine", [a.seconds for a in answered if a.kind == "imagine"]))
     print(latency_line("button press", [a.seconds for a in answered if a.kind == "press"]))
     print(latency_line("all", [a.seconds for a in answered]))
-    # On a machine busy with other work the bot gets less than its share of a core, and the
-    # figures measure the neighbours: the CPU time and the load say how much there was.
-    print(
-        f"CPU time: {1000 * cpu_s / max(1, len(sent)):.1f} ms per update (the bot and the fake "
-        f"Telegram together); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
+    print(cpu_line(cpu_s, len(sent), "update", "fake Telegram"))
     print(f"refused calls: {len(refused)} (a flood limit, a bad reply: none expected)", flush=True)
 
 
@@ -269,12 +268,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200, help="/imagine messages sent")
     parser.add_argument("--presses", type=int, default=20, help="button presses sent")
     parser.add_argument("--rate", type=float, default=20.0, help="updates a second")
-    args = parser.parse_args()
-    quiet_diffusers()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as scratch:
-        asyncio.run(bench(args, Path(scratch)))
+    run_quietly(bench, parser.parse_args())
 
 
 if __name__ == "__main__":
