@@ -4,15 +4,20 @@ tiny model: what a Discord user sees, and what the bot queues and saves."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import web
 from PIL import Image, PngImagePlugin
 
-from bot.core.events import UserRef
+from bot.core.events import Refusal, UserRef
+from bot.core.messages import Key
 from bot.core.service import SUBTLE_IMAGE_DENOISING
 from bot.core.setting_choices import setting_menu
+from bot.discord import menus
 from bot.discord.remix import remix_modal
 from bot.store import JobKind, JobStatus
 from pipeline.engine import Engine
@@ -33,6 +38,7 @@ from tests.fakes.discord import (
 )
 from tests.test_discord import JOB_WAIT_S, WAIT_S, imagine_grid, is_result, run, serving
 from tests.test_discord_commands import private_answer, synced_commands
+from tests.test_discord_imagine import refused_after_defer
 
 PARAMETERS = (
     "a lighthouse at dusk\n"
@@ -121,6 +127,25 @@ def test_png_info_answers_an_a1111_pngs_parameters_privately_and_refuses_a_messa
                 assert refusal.json["type"] == CHANNEL_MESSAGE and refusal.status < 300
                 assert refusal.json["data"]["flags"] & MESSAGE_FLAG_EPHEMERAL
                 assert refusal.json["data"]["content"].startswith(start)
+            assert bot.store.job(1) is None
+            assert not fake.refused_calls
+
+    run(scenario)
+
+
+def test_an_embedded_image_is_read_no_further_than_the_limit(
+    tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(menus, "MAX_IMAGE_BYTES", 1024)
+
+    async def scenario() -> None:
+        async with fake_discord() as fake, serving(tmp_path, fake, engine) as bot:
+            big = png(PARAMETERS) + bytes(4096)  # an embed gives no size: found by reading
+            message = post_image(fake, big, embedded=True)
+            answer = await private_answer(await fake.message_command("PNG info", message))
+            assert answer.startswith("The image is")
+            sent = await fake.message_command("Vary", post_image(fake, big, embedded=True))
+            assert (await refused_after_defer(sent)).startswith("The image is")
             assert bot.store.job(1) is None
             assert not fake.refused_calls
 
@@ -389,3 +414,35 @@ def test_the_remix_modal_is_within_discords_limits_and_the_fake_refuses_what_is_
     over = {**modal, "components": [{**modal["components"][0], "component": short}]}
     errors = modal_errors(over)["data"]["components"]["0"]["components"]["0"]["value"]
     assert errors["_errors"][0]["code"] == "BASE_TYPE_MAX_LENGTH"
+
+
+def test_an_endless_embedded_image_is_cut_off_at_the_limit() -> None:
+    """A URL that streams for ever, with no length given, is refused once the limit is read."""
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(100_000):  # about 100 MB, far past the limit
+            await response.write(bytes(1024))
+        return response
+
+    async def scenario() -> Key:
+        app = web.Application()
+        app.router.add_get("/picture.png", endless)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            with pytest.raises(Refusal) as refused:
+                await asyncio.wait_for(
+                    menus.read_image(menus.ImageSource(url=f"http://127.0.0.1:{port}/picture.png")),
+                    WAIT_S,
+                )
+            return refused.value.reply.message.key
+        finally:
+            await runner.cleanup()
+
+    key = asyncio.run(scenario())
+    assert key is Key.MENU_IMAGE_TOO_LARGE

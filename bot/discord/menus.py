@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from bot.discord.client import DiscordFrontEnd
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # a 4096x4096 PNG (the input limit) fits
+FETCH_SECONDS = 30.0
+CHUNK_BYTES = 64 * 1024
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
 
@@ -47,7 +50,7 @@ def first_image(message: discord.Message) -> ImageSource | None:
     return None
 
 
-async def read_image(client: discord.Client, source: ImageSource) -> bytes:
+async def read_image(source: ImageSource) -> bytes:
     """The image's bytes; a refusal when it is too large or Discord does not give it."""
     if source.size is not None and source.size > MAX_IMAGE_BYTES:
         raise _too_large(source.size)
@@ -56,13 +59,35 @@ async def read_image(client: discord.Client, source: ImageSource) -> bytes:
             data = await source.attachment.read()
         else:
             assert source.url is not None
-            data = await client.http.get_from_cdn(source.url)
+            data = await _fetch_bounded(source.url, MAX_IMAGE_BYTES)
     except discord.HTTPException as error:
-        detail = f"HTTP {error.status}"
-        raise Refusal(Message(Key.MENU_IMAGE_UNREADABLE, {"detail": detail})) from None
+        raise _unreadable(f"HTTP {error.status}") from None
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise _unreadable(type(error).__name__) from None
     if len(data) > MAX_IMAGE_BYTES:
         raise _too_large(len(data))
     return data
+
+
+async def _fetch_bounded(url: str, limit: int) -> bytes:
+    """An embedded image, read no further than `limit` bytes: an embed says nothing of its
+    size, and it may point anywhere."""
+    timeout = aiohttp.ClientTimeout(total=FETCH_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+        if response.status != 200:
+            raise _unreadable(f"HTTP {response.status}")
+        if response.content_length is not None and response.content_length > limit:
+            raise _too_large(response.content_length)
+        data = bytearray()
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            data += chunk
+            if len(data) > limit:
+                raise _too_large(len(data))
+    return bytes(data)
+
+
+def _unreadable(detail: str) -> Refusal:
+    return Refusal(Message(Key.MENU_IMAGE_UNREADABLE, {"detail": detail}))
 
 
 def _too_large(size: int) -> Refusal:
@@ -106,12 +131,12 @@ async def image_menu(
         await interaction.response.send_message(text, ephemeral=True)
         return
     user, origin = user_ref(interaction), origin_of(interaction)
-    service, client = front_end.service, front_end.client
+    service = front_end.service
     if what == "pnginfo":
         await interaction.response.defer(ephemeral=True, thinking=True)
 
         async def parameters() -> Reply:
-            return await service.pnginfo(await read_image(client, source))
+            return await service.pnginfo(await read_image(source))
 
         reply = await run_guarded(parameters(), "discord PNG info", user)
         await interaction.followup.send(content(reply, locale), ephemeral=True)
@@ -119,7 +144,7 @@ async def image_menu(
     await interaction.response.defer(thinking=True)
 
     async def queue() -> Ticket:
-        image = await read_image(client, source)
+        image = await read_image(source)
         if what == "upscale":
             return await service.upscale_image(user, image, origin)
         return await service.vary_image(user, image, origin)
