@@ -332,6 +332,9 @@ def test_a_chats_default_preset_applies_after_the_users_own_choices(
     assert service.options(ALICE, "a cat --preset chalk", ORIGIN).preset == "chalk"
     service.update_settings(ALICE, {"preset": "chalk"})
     assert service.options(ALICE, "a cat", ORIGIN).preset == "chalk"
+    for nothing in ("none", "off", "NONE"):  # no preset at all, whatever the defaults say
+        assert service.options(ALICE, f"a cat --preset {nothing}", ORIGIN).preset is None
+        assert service.options(BOB, f"a cat --preset {nothing}", ORIGIN).preset is None
 
     async def queued_prompt() -> str:
         job = await queue(bot, BOB, "a cat --steps 2 --n 1")

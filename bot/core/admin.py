@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from bot.core.events import Origin, Refusal, Reply, UserRef
 from bot.core.messages import Argument, Key, Message, error_text
+from bot.core.options import NO_PRESET_WORDS
 from bot.core.service import JobService
 from bot.store import UNSET, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
@@ -21,7 +22,7 @@ from pipeline.presets import PresetLoraMissingError
 from pipeline.text import clean_text
 
 # Words that clear a chat's default preset.
-NO_PRESET = frozenset({"none", "-", "off", "default", "clear"})
+NO_PRESET = NO_PRESET_WORDS
 ON_WORDS = frozenset({"on", "true", "yes", "1", "allow", "allowed"})
 OFF_WORDS = frozenset({"off", "false", "no", "0", "refuse", "refused"})
 # The platforms a target user may be on (the front ends Easel has).

@@ -31,6 +31,8 @@ from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
 ASPECT_STEP = 64
 DEFAULT_HIRES_SCALE = 2.0
+# `--preset none`: no preset, whatever the user's or the chat's default is.
+NO_PRESET_WORDS = frozenset({"none", "-", "off", "default", "clear"})
 DEFAULT_IMG2IMG_STRENGTH = 0.75
 _MAX_SIZE_DIGITS = 6  # int() of a long digit string is slow, and refused past 4,300 digits
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
@@ -500,6 +502,13 @@ def _text(name: str) -> Callable[[str, _Context], str]:
     return parse
 
 
+def _preset(raw: str, context: _Context) -> str | None:
+    """A preset's name; `none` (or `off`, `-`) is no preset, also where the user or the chat
+    has a default one."""
+    name = _text("preset")(raw, context)
+    return None if name.strip().lower() in NO_PRESET_WORDS else name
+
+
 def _flag_on(raw: str, _: _Context) -> bool:
     return True
 
@@ -601,7 +610,7 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("tile", _flag_on, takes_value=False, aliases=("tile",)),
     _Flag("loras", _loras, aliases=("lora",)),
     _Flag("hires", _hires, aliases=("hires",)),
-    _Flag("preset", _text("preset"), aliases=("preset",)),
+    _Flag("preset", _preset, aliases=("preset",)),
     _Flag("strength", _strength, aliases=("strength",)),
     _Flag(
         "clip_skip",
