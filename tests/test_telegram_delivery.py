@@ -8,11 +8,13 @@ import asyncio
 import io
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from bot.core.events import Reply
 from bot.core.messages import Key, Message
 from bot.settings import Settings
+from bot.telegram import incoming
 from bot.telegram.delivery import JobMessages, _picture
 from bot.telegram.render import StatusMessage, fits_as_photo, reply_html
 from pipeline.engine import Engine
@@ -97,3 +99,14 @@ def test_progress_in_a_group_is_slower_than_in_a_private_chat(tmp_path: Path) ->
     assert messages._may_edit(-100456)  # another group
     assert messages._may_edit(5) and messages._may_edit(5)  # a private chat: the core's pace
     asyncio.run(messages.close(0.1))
+
+
+def test_unanswered_questions_are_forgotten_oldest_first_past_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(incoming, "MAX_OPEN_QUESTIONS", 3)
+    asking = incoming.Incoming.__new__(incoming.Incoming)
+    asking._asks = {}
+    for number in range(5):
+        asking._remember((1, number), incoming.Ask("remix", number))
+    assert list(asking._asks) == [(1, 2), (1, 3), (1, 4)]

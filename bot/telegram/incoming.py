@@ -28,6 +28,7 @@ from bot.telegram.render import reply_html
 
 log = logging.getLogger(__name__)
 _IMAGE_COMMANDS = ("imagine", "pnginfo")
+MAX_OPEN_QUESTIONS = 10_000
 # `/admin ACTION USER ...`: the user may be given by replying to one of their messages.
 _TARGETED_ACTIONS = ("ban", "unban", "role")
 
@@ -49,6 +50,14 @@ class Incoming:
         self.service = context.service
         self.router = context.router(PLATFORM)
         self._asks: dict[tuple[int, int], Ask] = {}  # (chat, question message) -> the ask
+
+    def _remember(self, question: tuple[int, int], ask: Ask) -> None:
+        """Keep a question until it is answered; the oldest go first past MAX_OPEN_QUESTIONS
+        (unanswered ones would otherwise pile up; an answer to a forgotten one is still read
+        from the question's text, only an image that came with a bare /imagine is lost)."""
+        self._asks[question] = ask
+        while len(self._asks) > MAX_OPEN_QUESTIONS:
+            del self._asks[next(iter(self._asks))]
 
     # ------------------------------------------------------------------ handlers
 
@@ -139,7 +148,7 @@ class Incoming:
                 CoreMessage(Key.TELEGRAM_REMIX_LINE, {"job": job}), editable=reply.editable
             )
             sent = await send(bot, chat_id, reply_to, remix, locale, force_reply=True)
-            self._asks[(chat_id, sent.message_id)] = Ask("remix", job)
+            self._remember((chat_id, sent.message_id), Ask("remix", job))
             return
         await send(bot, chat_id, reply_to, reply, locale)
 
@@ -147,7 +156,9 @@ class Incoming:
         reply = Reply(CoreMessage(Key.TELEGRAM_ASK_PROMPT))
         bot = message.get_bot()
         sent = await send(bot, message.chat_id, message.message_id, reply, locale, force_reply=True)
-        self._asks[(message.chat_id, sent.message_id)] = Ask("imagine", image_file_id=image_file_id)
+        self._remember(
+            (message.chat_id, sent.message_id), Ask("imagine", image_file_id=image_file_id)
+        )
 
     async def _answer_ask(self, message: Message, user: User, ask: Ask) -> None:
         line = message.text or ""
