@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import bot.cli as cli
+import bot.cli.generate as cli
 from pipeline.request import ResultStatus
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from bot import cli
 from bot.cli import app
+from bot.cli import generate as cli
 from bot.core.options import ImagineOptions
 
 

@@ -65,7 +65,7 @@ def test_imagine_with_a_missing_preset_lora_stops_before_the_model_loads(
     def no_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model must not load for a request that cannot run")
 
-    monkeypatch.setattr("bot.cli._load_engine", no_load)
+    monkeypatch.setattr("bot.cli.generate._load_engine", no_load)
     monkeypatch.setattr(sys, "argv", ["easel", "imagine", "a fox", "--preset", "voxel-art"])
     with pytest.raises(SystemExit) as exited:
         main()

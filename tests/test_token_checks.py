@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from bot import cli
 from bot.cli import app
+from bot.cli import running as cli
 from tests.fakes.telegram import FakeTelegram
 from tests.fakes.threaded import FakeThread
 

@@ -1,0 +1,176 @@
+"""`easel models`, `vocabulary`, `lora list` and `pnginfo`: what is here, what an image holds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bot.cli.common import HELP_STYLE, err, out
+from bot.core.options import CATEGORY_FLAGS
+from bot.settings import Settings
+from pipeline.errors import InvalidRequestError
+
+
+def models() -> None:
+    """List the checkpoints in the models folder: name, family, size and A1111 short hash."""
+    from pipeline.folders import ModelFolders
+    from pipeline.loading import HashCache, describe_local_models
+
+    settings = Settings()
+    folders = ModelFolders(settings.models_dir)
+    if not folders.checkpoints:
+        err.print(
+            f"No checkpoint folder in {settings.models_dir} (expected stable-diffusion/ or "
+            "an AUTOMATIC1111 models/ folder with Stable-diffusion/)."
+        )
+        raise typer.Exit(1)
+    hashes = HashCache(settings.cache_dir / "hashes.json")
+    infos = describe_local_models(settings.models_dir, hashes)
+    if infos:
+        table = Table(title=f"Models in {settings.models_dir}")
+        for column in ("Name", "Family", "Size", "Hash", "Kind"):
+            table.add_column(column)
+        for info in infos:
+            table.add_row(
+                info.source.name,
+                info.family,
+                _human_size(info.size_bytes),
+                info.short_hash or "-",
+                info.source.kind.value,
+            )
+        out.print(table)
+    else:
+        names = ", ".join(str(folder) for folder in folders.checkpoints)
+        err.print(f"No checkpoints in {names}.")
+    out.print(_folder_line("LoRAs", folders.loras, len(folders.lora_files())))
+    out.print(_folder_line("Upscalers", folders.upscalers, len(folders.upscaler_files())))
+
+
+def _folder_line(kind: str, folders: list[Path], count: int) -> str:
+    if not folders:
+        return f"{kind}: no folder"
+    return f"{kind}: {count} in {', '.join(str(folder) for folder in folders)}"
+
+
+def vocabulary(
+    category: Annotated[
+        str | None,
+        typer.Argument(
+            help="One of the six categories: quality, face, style, shot, composition, lighting; "
+            "or the flag's name (light, comp). Default: all six."
+        ),
+    ] = None,
+    korean: Annotated[bool, typer.Option("--ko", help="Korean labels.")] = False,
+) -> None:
+    """The ids --quality, --face, --style, --shot, --composition (--comp) and --light
+    (--lighting) take, with their labels and prompts."""
+    from pipeline.prompts.vocabulary import CATEGORIES, CATEGORY_LABELS, VocabularyStore
+
+    if category is not None:
+        category = VOCABULARY_ALIASES.get(category.strip().lower(), category.strip().lower())
+    settings = Settings()
+    store = VocabularyStore(settings.models_dir)
+    words = store.current()
+    if store.last_error:
+        err.print(f"{store.override_path} was not applied: {store.last_error}", style="yellow")
+    if category is not None and category not in CATEGORIES:
+        raise InvalidRequestError(
+            f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)} (or light, comp)."
+        )
+    locale = "ko" if korean else "en"
+    for name in [category] if category else CATEGORIES:
+        table = Table(title=CATEGORY_LABELS[name].text(locale))
+        table.add_column("Id", no_wrap=True, overflow="ignore")  # what people type: never cut
+        table.add_column("Label")
+        table.add_column("Prompt")
+        for entry in words.entries(name):
+            table.add_row(entry.id, entry.label(locale), entry.prompt)
+        out.print(table)
+
+
+# `easel vocabulary light`: the prompt flags' names for their categories.
+VOCABULARY_ALIASES = {
+    **{flag: category for category, flag in CATEGORY_FLAGS.items()},
+    "comp": "composition",
+}
+
+
+lora_app = typer.Typer(
+    help="LoRA files and presets.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+)
+
+
+@lora_app.command("list")
+def lora_list(
+    korean: Annotated[bool, typer.Option("--ko", help="Korean descriptions.")] = False,
+) -> None:
+    """The LoRA files in the models folder and the presets in models/presets.toml."""
+    from pipeline.folders import ModelFolders
+    from pipeline.lora_names import find_loras, lora_hash
+    from pipeline.presets import load_presets
+
+    settings = Settings()
+    files = find_loras(settings.models_dir)
+    lora_folder = (ModelFolders(settings.models_dir).loras or [settings.models_dir / "lora"])[0]
+    table = Table(title=f"LoRA files in {settings.models_dir}")
+    for column in ("Name", "Size", "Hash", "File"):
+        table.add_column(column)
+    for file in files:
+        table.add_row(
+            file.name, _human_size(file.path.stat().st_size), lora_hash(file.path), str(file.path)
+        )
+    out.print(table if files else "No LoRA files (put .safetensors files in models/lora).")
+    presets = load_presets(settings.models_dir)
+    known = {file.name.lower() for file in files}
+    table = Table(title="Presets")
+    for column in ("Id", "Description", "LoRAs", "Trigger words"):
+        table.add_column(column)
+    for preset in presets.presets:
+        loras = ", ".join(
+            f"{use.name}:{use.unet_weight:g}" + ("" if use.name.lower() in known else " (missing)")
+            for use in preset.loras
+        )
+        table.add_row(
+            preset.id, preset.description("ko" if korean else "en"), loras, preset.trigger
+        )
+    out.print(table if presets.presets else "No presets (models/presets.toml).")
+    for preset in presets.presets:
+        for use in preset.missing_loras(settings.models_dir):
+            source = preset.source_of(use.name)
+            where = f"download it yourself from {source}" if source else "no source given"
+            out.print(
+                f"Missing for preset {preset.id}: {use.name}.safetensors in {lora_folder}; {where}."
+            )
+
+
+def pnginfo(
+    image: Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show the generation parameters stored in an image (A1111's PNG Info)."""
+    from pipeline.images import format_infotext, read_infotext
+
+    if not image.is_file():
+        raise InvalidRequestError(f"{image} does not exist.")
+    info = read_infotext(image)
+    if info is None:
+        err.print(f"{image}: no generation data.")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(asdict(info), ensure_ascii=False))
+    else:
+        out.print(format_infotext(info))
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{value:.1f} GiB"

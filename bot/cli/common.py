@@ -1,0 +1,140 @@
+"""What several command groups share: the consoles, early settings, the model load."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from bot.settings import EarlySettings, Settings
+from pipeline.errors import ModelLoadError
+
+if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
+    from pipeline.device import DeviceChoice
+    from pipeline.engine import Engine
+    from pipeline.loading import HashCache, LoadedModel, ModelSource
+
+
+# Plain click help: flags show as `--tile`, options as `--n <int>`, not `--tile <bool>`.
+HELP_STYLE = None
+
+# Markup is off: prompts, paths and model names are printed as they are, brackets included.
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+out = Console(soft_wrap=True, markup=False, highlight=False)
+
+
+def early_settings() -> EarlySettings:
+    """EASEL_LOG_LEVEL, EASEL_DEBUG and HF_HUB_OFFLINE from the environment and `.env`; a bad
+    value leaves the defaults here and is refused when the full settings are read."""
+    try:
+        return EarlySettings()
+    except ValidationError:
+        return EarlySettings.model_construct()
+
+
+def _log_level() -> int:
+    """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
+    return early_settings().logging_level()
+
+
+def export_hub_offline(settings: EarlySettings) -> None:
+    """HF_HUB_OFFLINE from `.env` into the process environment, where huggingface_hub reads it
+    (once, when it is imported: this runs before that)."""
+    if settings.hf_hub_offline and "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def _quiet_libraries() -> None:
+    """The libraries' loading bars and warnings, unless a debug or info log level asks."""
+    from pipeline.quiet import quiet_libraries
+
+    quiet_libraries(verbose=_log_level() <= logging.INFO)
+
+
+def _load_engine(
+    settings: Settings, model: str | None, quiet: bool, locale: str | None = None
+) -> Engine:
+    from bot.core.messages import Key, Message
+    from bot.serve import console_locale
+    from pipeline.device import choose_device
+    from pipeline.engine import Engine
+    from pipeline.loading import HashCache, SourceKind
+
+    language = locale or console_locale(None)
+    source = _model_source(settings, model)
+    device = choose_device(settings.device, settings.dtype)
+    err.print(_device_line(device, language))
+    hashes = HashCache(settings.cache_dir / "hashes.json")
+    # A hub download draws its own progress bars, which a spinner would garble.
+    spinner = not quiet and source.kind is not SourceKind.HUB
+    loading = Message(Key.STARTUP_LOADING, {"model": source.name}).render(language)
+    status = err.status(loading) if spinner else nullcontext()
+    with status:
+        loaded = _load_or_explain(
+            settings, source, device, hashes, chosen=bool(model or settings.model)
+        )
+    about = {"model": source.name, "family": loaded.family.label, "size": loaded.native_size}
+    err.print(Message(Key.STARTUP_MODEL, about).render(language))
+    return Engine(
+        loaded,
+        settings.limits(),
+        exact_batches=settings.exact_batches,
+        models_dir=settings.models_dir,
+    )
+
+
+def _model_source(settings: Settings, model: str | None) -> ModelSource:
+    """The checkpoint to load; with none named and several here, a list to pick from."""
+    from pipeline.loading import SeveralLocalModelsError, resolve_model
+
+    try:
+        return resolve_model(model or settings.model, settings.models_dir)
+    except SeveralLocalModelsError as error:
+        raise ModelLoadError(
+            f"{len(error.names)} checkpoints in {error.models_dir} and no EASEL_MODEL: pick one "
+            f"with --model NAME or EASEL_MODEL=NAME. Checkpoints: {', '.join(error.names)}."
+        ) from error
+
+
+def _load_or_explain(
+    settings: Settings,
+    source: ModelSource,
+    device: DeviceChoice,
+    hashes: HashCache,
+    chosen: bool,
+) -> LoadedModel:
+    """Load the model; offline without a local one, say where a checkpoint goes."""
+    from pipeline.loading import HubUnavailableError, load_model
+
+    try:
+        return load_model(source, device, settings.cache_dir, hashes)
+    except HubUnavailableError as error:
+        if chosen:
+            raise
+        folder = settings.models_dir / "stable-diffusion"
+        raise ModelLoadError(
+            f"No checkpoint in {folder}, and the default model {error.repo_id} is not "
+            f"downloaded and cannot be: {error.reason}. Put a .safetensors checkpoint in "
+            f"{folder}, or set EASEL_MODEL (or --model) to a checkpoint file, folder or "
+            "Hugging Face repo id."
+        ) from error
+
+
+def _device_line(device: DeviceChoice, locale: str) -> str:
+    """Where generation runs, in the user's language; the CPU is said to be slow."""
+    from bot.core.messages import Key, Message
+
+    dtype = str(device.dtype).removeprefix("torch.")
+    if device.is_cpu:
+        why = Key.STARTUP_CPU_CHOSEN if device.chosen_by_user else Key.STARTUP_NO_GPU
+        return Message(Key.STARTUP_CPU, {"dtype": dtype, "why": Message(why)}).render(locale)
+    name = str(device.device)
+    if device.device.type == "cuda":
+        import torch
+
+        name = f"{device.device} ({torch.cuda.get_device_name(device.device)})"
+    return Message(Key.STARTUP_DEVICE, {"device": name, "dtype": dtype}).render(locale)

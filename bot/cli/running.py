@@ -1,0 +1,79 @@
+"""`easel chat` and `easel run`: the bot, in this terminal or on its chat platforms."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from bot.cli.common import _load_engine, _quiet_libraries, err
+from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.runtime import Bot
+
+
+def chat(
+    lang: Annotated[str | None, typer.Option(help="en or ko; default: from LANG.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    previews: Annotated[
+        Path | None,
+        typer.Option(help="Save each job's live preview in this folder (job-N.jpg)."),
+    ] = None,
+) -> None:
+    """Chat with the bot here: /imagine, /u 2, /v 3, /remix, /history, /help. Reads commands
+    from stdin when it is not a terminal, and exits when input ends and its jobs are done."""
+    import asyncio
+
+    from bot.console.chat import previews_folder
+    from bot.serve import console_locale, serve_console
+
+    settings = Settings()
+    if previews is not None:
+        previews = previews_folder(previews)
+    locale = console_locale(lang)
+    bot = _open_bot(settings, model, locale)
+    asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale, previews))
+
+
+def run(
+    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    lang: Annotated[
+        str | None, typer.Option(help="en or ko for the console and start-up lines.")
+    ] = None,
+) -> None:
+    """Run the bot: Discord and/or Telegram when their tokens are set, else the console chat."""
+    import asyncio
+
+    from bot.core.messages import Key, Message
+    from bot.serve import (
+        console_locale,
+        load_front_ends,
+        serve_console,
+        serve_front_ends,
+        wanted_front_ends,
+    )
+
+    settings = Settings()
+    front_ends = load_front_ends(wanted_front_ends(settings))
+    for front_end in front_ends:  # a refused token stops here, before the model loads
+        asyncio.run(front_end.check_token(settings))
+    locale = console_locale(lang)
+    if not front_ends:
+        err.print(Message(Key.RUN_CONSOLE).render(locale))
+    bot = _open_bot(settings, model, locale)
+    if front_ends:
+        asyncio.run(serve_front_ends(bot, settings, front_ends))
+    else:
+        asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale))
+
+
+def _open_bot(settings: Settings, model: str | None, locale: str | None = None) -> Bot:
+    from bot.runtime import build_bot, open_store
+
+    _quiet_libraries()
+    store = open_store(settings, hold_bot_lock=True)
+    engine = _load_engine(settings, model, quiet=False, locale=locale)
+    return build_bot(settings, engine, store)
