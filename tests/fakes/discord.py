@@ -74,6 +74,7 @@ import discord.http
 from aiohttp import WSMsgType, web
 
 from bot.discord import pointed_at as discord_pointed_at
+from tests.fakes.recorded import RecordedFile
 
 API_PREFIX = "/api/v10"
 GATEWAY_PATH = "/gateway-ws/"
@@ -352,14 +353,6 @@ class FakeDiscordSettings:
 
 
 # -- what the fake records ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordedFile:
-    field: str
-    filename: str
-    content_type: str
-    data: bytes
 
 
 @dataclass

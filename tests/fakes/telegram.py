@@ -126,6 +126,8 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.recorded import RecordedFile
+
 MB = 1024 * 1024
 MAX_TEXT_LENGTH = 4096
 MAX_CAPTION_LENGTH = 1024
@@ -684,14 +686,6 @@ class WebhookState:
     secret_token: str | None
     allowed_updates: list[str] | None
     max_connections: int
-
-
-@dataclass(frozen=True)
-class RecordedFile:
-    field: str
-    filename: str
-    content_type: str
-    data: bytes
 
 
 @dataclass
