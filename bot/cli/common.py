@@ -14,6 +14,7 @@ from bot.settings import EarlySettings, Settings
 from pipeline.errors import ModelLoadError
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
+    from bot.store import Store
     from pipeline.device import DeviceChoice
     from pipeline.engine import Engine
     from pipeline.loading import HashCache, LoadedModel, ModelSource
@@ -138,3 +139,28 @@ def _device_line(device: DeviceChoice, locale: str) -> str:
 
         name = f"{device.device} ({torch.cuda.get_device_name(device.device)})"
     return Message(Key.STARTUP_DEVICE, {"device": name, "dtype": dtype}).render(locale)
+
+
+def operator_store(settings: Settings | None = None) -> Store:
+    """The bot's database for an operator's command, which may run beside the bot: never
+    migrated here (an older bot may be running on it), and refused with what to do when it
+    does not exist yet or is not at this version's revision."""
+    from bot.cli.database import missing_sqlite_file
+    from bot.store import Store, StoreError
+
+    url = (settings or Settings()).database_url
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise StoreError(
+            f"No database yet ({missing} does not exist): start the bot or run "
+            "`easel db upgrade` first."
+        )
+    store = Store(url)
+    current, head = store.current(), store.head()
+    if current != head:
+        store.close()
+        raise StoreError(
+            f"The database {store.url} is at revision {current or 'none'} and this Easel "
+            f"needs {head}: run `easel db upgrade`."
+        )
+    return store

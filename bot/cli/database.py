@@ -29,7 +29,7 @@ def db_current() -> None:
     from bot.store import Store
 
     url = Settings().database_url
-    missing = _missing_sqlite_file(url)
+    missing = missing_sqlite_file(url)
     if missing is not None:
         out.print(
             f"No database yet ({missing} does not exist); `easel db upgrade` or starting the "
@@ -42,7 +42,7 @@ def db_current() -> None:
     out.print(f"{store.url}: revision {current or 'none'} ({state})")
 
 
-def _missing_sqlite_file(url: str) -> Path | None:
+def missing_sqlite_file(url: str) -> Path | None:
     """The SQLite file a URL names when it does not exist yet (opening it would create it)."""
     from sqlalchemy.engine import make_url
 

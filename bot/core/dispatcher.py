@@ -37,6 +37,7 @@ from bot.core.words import nsfw_word
 from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
 from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
 from bot.store import (
+    ControlState,
     DatabaseCorruptError,
     DatabaseReplacedError,
     Delivery,
@@ -61,6 +62,10 @@ STORE_RETRY_DELAYS = (1.0, 5.0, 15.0, 30.0)  # seconds between batches while the
 # While paused the loop re-reads the database's flag this often: another process (the admin
 # command line) may resume it.
 PAUSE_POLL_SECONDS = 0.5
+# The shared control row is read this often: a change made by another process (the admin
+# command line cancels a job, bans a user, clears the queue) takes effect within it.
+CONTROL_POLL_SECONDS = 0.5
+ControlListener = Callable[[ControlState, ControlState], None]
 
 
 class CancelOutcome(StrEnum):
@@ -97,6 +102,9 @@ class Dispatcher:
         self._previews: dict[int, bytes] = {}  # running job -> its newest preview
         self._retries: dict[int, asyncio.Task[None]] = {}  # job -> its next delivery try
         self._store_failures = 0
+        self._control: ControlState | None = None  # the shared row as last read
+        self._control_listeners: list[ControlListener] = []
+        self._watch_task: asyncio.Task[None] | None = None
         self._fatal = asyncio.Event()
         self.fatal_error: StoreError | None = None  # the database cannot go on
         store.fatal.add(self._database_failed)
@@ -124,9 +132,11 @@ class Dispatcher:
                 self.store.mark_failed(job.id, message_to_json(detail))
                 continue
             self._pending[job.id] = job.origin_platform
+        self._control = self._read_control()
         if self.paused():
             log.warning("The queue is paused: no job starts until an admin resumes it")
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
+        self._watch_task = asyncio.create_task(self._watch_control(), name="easel-control")
 
     def _database_failed(self, error: StoreError) -> None:
         """The database cannot go on: take no new batch, and let the bot stop saying why."""
@@ -149,6 +159,11 @@ class Dispatcher:
         running jobs the timeout stopped (0: the batch finished in time, or there was none)."""
         self._stopping = True
         self._wake.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         stopped = 0
         if self._loop_task is None:
             return stopped
@@ -335,6 +350,69 @@ class Dispatcher:
         ahead = (position - 1) * self.scheduler.queued_images() / queued
         return per_image * (ahead + own)
 
+    # ------------------------------------------------------------------ other processes
+
+    def on_control_change(self, listener: ControlListener) -> None:
+        """Call `listener(before, after)` whenever the shared control row changes (another
+        process chose a checkpoint, asked for a reload, ...), on the event loop."""
+        self._control_listeners.append(listener)
+
+    def _read_control(self) -> ControlState:
+        state = self.store.control_state()
+        self._paused_read = (time.monotonic(), state.paused)
+        return state
+
+    async def _watch_control(self) -> None:
+        """Poll the shared control row; when its revision moved, bring the queue in line
+        with the database, the truth that another process may have changed."""
+        while not self._stopping:
+            await asyncio.sleep(CONTROL_POLL_SECONDS)
+            try:
+                state = self._read_control()
+                before = self._control
+                if before is not None and state.revision == before.revision:
+                    continue
+                self._control = state
+                await self.sync_with_store()
+                for listener in self._control_listeners:
+                    if before is not None:
+                        listener(before, state)
+            except StoreError as error:  # the loop says so too, and stops when it is fatal
+                log.warning("Cannot read what other processes changed: %s", error)
+            except Exception:
+                log.exception("Acting on a change from another process failed")
+
+    async def sync_with_store(self) -> None:
+        """Another process changed jobs or users: owners are read again (roles, quotas);
+        running jobs someone asked to stop stop within a step; queued jobs cancelled or
+        deleted leave the queue (the chat is told of a cancel); jobs queued by another
+        process (a retry) join it."""
+        self._users.clear()
+        for job_id in self.store.cancel_requested(list(self._running)):
+            if job_id not in self._cancel_requested:
+                log.info("Job %s: stopping, as asked from another process", job_id)
+                self._cancel_requested.add(job_id)
+                self.executor.cancel(job_id)
+        queued = [item.job_id for item in self.scheduler.jobs()]
+        statuses = self.store.job_statuses(queued)
+        for job_id in queued:
+            status = statuses.get(job_id)
+            if status is JobStatus.QUEUED:
+                continue
+            self.scheduler.remove(job_id)
+            await self._left_queue_elsewhere(job_id)
+        for job in self.store.queued_jobs():
+            if job.id in self.scheduler or job.id in self._running:
+                continue
+            try:
+                position = self.enqueue(job)
+            except ValueError as error:
+                log.warning("Job %s cannot be read and is left alone: %s", job.id, error)
+                continue
+            log.info("Job %s joined the queue from another process", job.id)
+            reply = Reply(Message(Key.QUEUED, {"job": job.id, "position": position}))
+            self.announce_queued(job, reply, position)
+
     # ------------------------------------------------------------------ the loop
 
     def paused(self, fresh: bool = False) -> bool:
@@ -408,16 +486,17 @@ class Dispatcher:
         for a shutdown) and settled, whatever raises on the way."""
         ids = [item.job_id for item in batch]
         try:
-            self.store.mark_running(ids)
+            started = self.store.mark_running(ids)
         except StoreError:
             for item in batch:
                 self.scheduler.add(item)
             raise
-        jobs = [job for job in (self.store.job(job_id) for job_id in ids) if job is not None]
+        jobs = [job for job in (self.store.job(job_id) for job_id in started) if job is not None]
         for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
-        for gone in set(ids) - {job.id for job in jobs}:  # a row deleted behind our back
-            await self._settled(gone)
+        for gone in set(ids) - {job.id for job in jobs}:
+            # Cancelled from another process, or deleted, just before it started.
+            await self._left_queue_elsewhere(gone)
         recorded: set[int] = set()
         delivering: set[int] = set()
         store_failed = False
@@ -447,6 +526,12 @@ class Dispatcher:
                 self._cancel_requested.discard(job.id)
                 if job.id not in delivering and not (again and store_failed):
                     await self._settled(job.id)
+
+    async def _left_queue_elsewhere(self, job_id: int) -> None:
+        job = self.store.job(job_id)
+        if job is not None and job.status is JobStatus.CANCELLED:
+            self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job_id})))
+        await self._settled(job_id)
 
     async def _deliver_and_settle(self, job_id: int) -> None:
         try:
@@ -518,7 +603,7 @@ class Dispatcher:
             if self._recent is not None:
                 self._recent.append((seconds, max(1, len(outcome.images))))
             saved = await asyncio.to_thread(self._save, job, outcome)
-            self.store.mark_done(job.id, saved.records, _text(saved.grid))
+            self.store.mark_done(job.id, saved.records, _text(saved.grid), seconds)
         elif outcome.status is OutcomeStatus.FAILED:
             assert outcome.failure is not None
             message = self._failure_message(job, outcome.failure)

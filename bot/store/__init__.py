@@ -10,7 +10,9 @@ from bot.store.faults import (
 )
 from bot.store.models import Delivery, JobKind, JobStatus, Role
 from bot.store.records import (
+    CancelResult,
     ChatRecord,
+    ControlState,
     HistoryPage,
     ImageRecord,
     JobFiles,
@@ -27,7 +29,9 @@ __all__ = [
     "UNSET",
     "BotAlreadyRunningError",
     "BotLock",
+    "CancelResult",
     "ChatRecord",
+    "ControlState",
     "DatabaseCorruptError",
     "DatabaseReplacedError",
     "Delivery",

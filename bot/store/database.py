@@ -46,7 +46,9 @@ from bot.store.models import (
     utcnow,
 )
 from bot.store.records import (
+    CancelResult,
     ChatRecord,
+    ControlState,
     HistoryPage,
     ImageRecord,
     JobFiles,
@@ -129,6 +131,18 @@ class Store:
         """Claim this database for this bot process until `close()` (or the end of a `with`
         block on the result); `BotAlreadyRunningError` when another bot holds it."""
         return self._lock.acquire()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for queries that only read (the store's query modules use it)."""
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A session whose changes commit together when the block ends, or not at all."""
+        with self._sessions.begin() as session:
+            yield session
 
     def __enter__(self) -> Store:
         return self
@@ -342,29 +356,43 @@ class Store:
             session.flush()
             return _chat_record(row)
 
-    # The queue's pause flag
+    # The state every process shares: the pause flag, the chosen checkpoint, the revision
+
+    def control_state(self) -> ControlState:
+        with self._sessions() as session:
+            row = session.get(QueueState, QUEUE_STATE_ID)
+            if row is None:
+                return ControlState()
+            return _record(ControlState, row)
 
     def queue_paused(self) -> bool:
         """Whether an admin paused the queue (from this process or another one)."""
-        with self._sessions() as session:
-            row = session.get(QueueState, QUEUE_STATE_ID)
-            return row is not None and row.paused
+        return self.control_state().paused
 
     def set_queue_paused(self, paused: bool, changed_by: str | None = None) -> None:
-        try:
-            self._write_queue_state(paused, changed_by)
-        except IntegrityError:  # another process inserted the row first
-            self._write_queue_state(paused, changed_by)
+        self._change_control(changed_by, paused=paused)
 
-    def _write_queue_state(self, paused: bool, changed_by: str | None) -> None:
+    def set_model(self, model: str | None, changed_by: str | None = None) -> None:
+        """The checkpoint new jobs use (None: the configured one)."""
+        self._change_control(changed_by, model=model)
+
+    def request_sources_reload(self, changed_by: str | None = None) -> None:
+        """Ask the running bot to read presets.toml and the vocabulary again."""
+        self._change_control(changed_by, sources_revision=QueueState.sources_revision + 1)
+
+    def bump_revision(self, changed_by: str | None = None) -> None:
+        """Tell a running bot that jobs or users changed under it: it reads them again."""
+        self._change_control(changed_by)
+
+    def _change_control(self, changed_by: str | None, **values: object) -> None:
+        try:
+            self._write_control(changed_by, values)
+        except IntegrityError:  # another process inserted the row first
+            self._write_control(changed_by, values)
+
+    def _write_control(self, changed_by: str | None, values: dict[str, object]) -> None:
         with self._sessions.begin() as session:
-            row = session.get(QueueState, QUEUE_STATE_ID)
-            if row is None:
-                row = QueueState(id=QUEUE_STATE_ID)
-                session.add(row)
-            row.paused = paused
-            row.changed_by = changed_by
-            row.changed_at = utcnow()
+            _touch_control(session, changed_by, **values)
 
     # Jobs
 
@@ -385,24 +413,37 @@ class Store:
         """Every queued job, oldest first: what the scheduler rebuilds its queue from."""
         return self._jobs(sa.select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id))
 
-    def mark_running(self, job_ids: Sequence[int]) -> None:
-        """Queued jobs start: one more attempt each. Jobs no longer queued are left alone."""
+    def mark_running(self, job_ids: Sequence[int]) -> set[int]:
+        """Queued jobs start: one more attempt each. Jobs no longer queued (cancelled from
+        another process meanwhile) are left alone: the ids that did start."""
         if not job_ids:
-            return
+            return set()
         with self._sessions.begin() as session:
+            started = session.scalars(
+                sa.select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+            ).all()
             session.execute(
                 sa.update(Job)
-                .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+                .where(Job.id.in_(started))
                 .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
             )
+            return set(started)
 
-    def mark_done(self, job_id: int, images: Sequence[NewImage], grid_path: str | None) -> None:
-        """Record the job's images and finish it, both or neither."""
+    def mark_done(
+        self,
+        job_id: int,
+        images: Sequence[NewImage],
+        grid_path: str | None,
+        gpu_seconds: float | None = None,
+    ) -> None:
+        """Record the job's images and finish it, both or neither. `gpu_seconds`: the job's
+        share of its batch's time."""
         with self._sessions.begin() as session:
             row = _get(session, Job, job_id)
             row.status = JobStatus.DONE
             row.finished_at = utcnow()
             row.grid_path = grid_path
+            row.gpu_seconds = gpu_seconds
             session.add_all(Image(job_id=job_id, **asdict(image)) for image in images)
 
     def mark_failed(self, job_id: int, error: str, trace: str | None = None) -> None:
@@ -422,6 +463,46 @@ class Store:
             row.finished_at = utcnow()
             return True
 
+    def request_cancel(self, job_id: int, changed_by: str | None = None) -> CancelResult:
+        """Cancel a job from any process: a queued one is cancelled here and now; a running
+        one is marked, and the bot running it stops it within a sampling step. The running
+        bot hears of either through the revision."""
+        with self._sessions.begin() as session:
+            row = _get(session, Job, job_id)
+            if row.status is JobStatus.QUEUED:
+                row.status = JobStatus.CANCELLED
+                row.finished_at = utcnow()
+                result = CancelResult.CANCELLED
+            elif row.status is JobStatus.RUNNING:
+                row.cancel_requested = True
+                result = CancelResult.STOPPING
+            else:
+                return CancelResult.NOT_ACTIVE
+            _touch_control(session, changed_by)
+            return result
+
+    def cancel_requested(self, job_ids: Collection[int]) -> set[int]:
+        """Which of these jobs someone asked to stop."""
+        if not job_ids:
+            return set()
+        with self._sessions() as session:
+            return set(
+                session.scalars(
+                    sa.select(Job.id).where(Job.id.in_(job_ids), Job.cancel_requested.is_(True))
+                )
+            )
+
+    def job_statuses(self, job_ids: Collection[int]) -> dict[int, JobStatus]:
+        """The status of each of these jobs that exists."""
+        wanted = sorted(set(job_ids))
+        found: dict[int, JobStatus] = {}
+        with self._sessions() as session:
+            for start in range(0, len(wanted), ID_CHUNK):
+                chunk = wanted[start : start + ID_CHUNK]
+                rows = session.execute(sa.select(Job.id, Job.status).where(Job.id.in_(chunk)))
+                found.update((job_id, status) for job_id, status in rows)
+        return found
+
     def requeue(self, job_ids: Sequence[int], refund_attempt: bool = False) -> None:
         """Running jobs go back to the queue, keeping their attempt count unless
         `refund_attempt` (a graceful stop is not a failed attempt)."""
@@ -436,8 +517,14 @@ class Store:
             )
 
     def recover(self, max_attempts: int, error_for_exhausted: str) -> Recovery:
-        """After a crash: jobs left running are queued again, or failed once out of attempts."""
+        """After a crash: jobs left running are queued again, or failed once out of attempts;
+        one that someone asked to stop is cancelled."""
         with self._sessions.begin() as session:
+            session.execute(
+                sa.update(Job)
+                .where(Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(True))
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+            )
             running = session.execute(
                 sa.select(Job.id, Job.attempts)
                 .where(Job.status == JobStatus.RUNNING)
@@ -673,6 +760,20 @@ def _get(session: Session, model: type[M], key: int) -> M:
     if row is None:
         raise NotFoundError(f"no {model.__tablename__} row with id {key}")
     return row
+
+
+def _touch_control(session: Session, changed_by: str | None, **values: object) -> None:
+    """Change the shared control row (created on first use) and bump its revision."""
+    row = session.get(QueueState, QUEUE_STATE_ID)
+    if row is None:
+        row = QueueState(id=QUEUE_STATE_ID, revision=0, sources_revision=0)
+        session.add(row)
+        session.flush()
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.revision = QueueState.revision + 1
+    row.changed_by = changed_by
+    row.changed_at = utcnow()
 
 
 def _find_chat(session: Session, platform: str, chat_id: str) -> Chat | None:

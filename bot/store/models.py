@@ -109,6 +109,7 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role), default=Role.USER)
     banned: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
     ban_reason: Mapped[str | None] = mapped_column(sa.Text())
+    banned_until: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: no end
     max_queued: Mapped[int | None] = mapped_column(sa.Integer())
     max_running: Mapped[int | None] = mapped_column(sa.Integer())
     daily_images: Mapped[int | None] = mapped_column(sa.Integer())
@@ -147,6 +148,7 @@ class Job(Base):
         sa.Index("ix_jobs_status_delivery", "status", "delivery"),
         sa.Index("ix_jobs_parent_id", "parent_id"),
         sa.Index("ix_jobs_origin_platform_delivery", "origin_platform", "delivery"),
+        sa.Index("ix_jobs_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -177,6 +179,11 @@ class Job(Base):
     # The operator's side of a failure (a traceback); users see `error` only.
     failure_trace: Mapped[str | None] = mapped_column(sa.Text())
     delivery_attempts: Mapped[int] = mapped_column(sa.Integer(), default=0, server_default="0")
+    # A running job someone asked to stop (maybe from another process); the bot stops it.
+    cancel_requested: Mapped[bool] = mapped_column(
+        sa.Boolean(), default=False, server_default=sa.false()
+    )
+    gpu_seconds: Mapped[float | None] = mapped_column(sa.Float())  # its share of its batch
 
     # lazy="raise": records are built inside the session, so a lazy load would be a bug.
     images: Mapped[list[Image]] = relationship(
@@ -215,8 +222,9 @@ class Chat(Base):
 
 
 class QueueState(Base):
-    """One row (id 1) that every process shares: whether the queue is paused. The running bot
-    re-reads it, so a command line in another process can pause and resume it."""
+    """One row (id 1) that every process shares: whether the queue is paused, which checkpoint
+    new jobs use, and a revision that every change a running bot must act on bumps. The
+    running bot re-reads it, so a command line in another process acts on it."""
 
     __tablename__ = "queue_state"
 
@@ -224,3 +232,6 @@ class QueueState(Base):
     paused: Mapped[bool] = mapped_column(sa.Boolean(), default=False, server_default=sa.false())
     changed_by: Mapped[str | None] = mapped_column(sa.String(128))
     changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revision: Mapped[int] = mapped_column(sa.Integer(), default=0, server_default="0")
+    model: Mapped[str | None] = mapped_column(sa.String(255))  # None: the configured one
+    sources_revision: Mapped[int] = mapped_column(sa.Integer(), default=0, server_default="0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from bot.store.models import Delivery, JobKind, JobStatus, Role
 
@@ -22,6 +23,7 @@ class UserRecord:
     max_running: int | None
     daily_images: int | None
     created_at: datetime
+    banned_until: datetime | None = None  # None: banned until unbanned (when banned)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class JobRecord:
     failure_trace: str | None = None
     delivery_attempts: int = 0
     cost: float = 1.0
+    cancel_requested: bool = False
+    gpu_seconds: float | None = None
     images: tuple[ImageRecord, ...] = ()
 
 
@@ -144,3 +148,22 @@ class JobFiles:
     status: JobStatus
     created_at: datetime
     paths: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ControlState:
+    """The row every process shares (queue_state): a running bot polls it and acts when
+    `revision` moves."""
+
+    paused: bool = False
+    revision: int = 0
+    model: str | None = None  # the checkpoint `easel models use` chose; None: the configured
+    sources_revision: int = 0
+    changed_by: str | None = None
+    changed_at: datetime | None = None
+
+
+class CancelResult(StrEnum):
+    CANCELLED = "cancelled"  # it was queued; it is cancelled now
+    STOPPING = "stopping"  # it is running; the bot that runs it stops it within a step
+    NOT_ACTIVE = "not_active"  # it had already ended

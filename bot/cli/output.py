@@ -1,0 +1,46 @@
+"""How the operator's commands print: Rich tables for people (colour only on a terminal),
+`--json` for scripts (one document on stdout, nothing else there)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bot.cli.texts import bilingual
+
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help=bilingual("Print JSON for scripts instead of a table.", "표 대신 JSON으로 출력합니다."),
+    ),
+]
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, enums, times and paths as JSON's own types (times in ISO 8601, UTC)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {name: to_plain(item) for name, item in asdict(value).items()}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(key): to_plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_plain(item) for item in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(to_plain(value), ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
