@@ -19,7 +19,9 @@ JsonOption = Annotated[
     bool,
     typer.Option(
         "--json",
-        help=bilingual("Print JSON for scripts instead of a table.", "표 대신 JSON으로 출력합니다."),
+        help=bilingual(
+            "Print JSON for scripts instead of a table.", "표 대신 JSON으로 출력합니다."
+        ),
     ),
 ]
 
