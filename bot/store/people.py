@@ -150,6 +150,18 @@ def recent_jobs(store: Store, user_id: int, limit: int = 10) -> tuple[JobRecord,
     return store.history(user_id, page=1, per_page=limit).jobs
 
 
+def running_jobs(store: Store, user_id: int) -> tuple[int, ...]:
+    """The ids of the user's jobs running now."""
+    with store.reading() as session:
+        return tuple(
+            session.scalars(
+                sa.select(Job.id)
+                .where(Job.user_id == user_id, Job.status == JobStatus.RUNNING)
+                .order_by(Job.id)
+            )
+        )
+
+
 def export_user(store: Store, user_id: int) -> UserExport:
     with store.reading() as session:
         user = _record(UserRecord, _get(session, User, user_id))
@@ -426,6 +438,7 @@ __all__ = [
     "plan_forget",
     "recent_jobs",
     "request_document",
+    "running_jobs",
     "set_user_quota",
     "set_user_role",
     "unban_user",
