@@ -222,6 +222,8 @@ def test_ban_in_advance_and_bad_lengths(setup: Setup) -> None:
     for length in ("0d", "3y", "soon", "99999w"):
         result = users("ban", "discord:1", "--for", length)
         assert result.exit_code == 2 and "--for" in result.output, length
+    unknown = users("ban", "matrix:1")
+    assert unknown.exit_code == 2 and "console, discord, telegram" in unknown.output
     assert store.count_users() == 1  # a refused ban creates nobody
 
 

@@ -610,7 +610,8 @@ def _opened(settings: Settings | None = None) -> Iterator[Store]:
 
 def _resolve(store: Store, text: str, create: bool = False) -> UserRecord:
     """The user a command line names: a store id, or PLATFORM:ID. `create`: a PLATFORM:ID
-    never seen gets its row (an admin may ban or promote someone before they write)."""
+    never seen, on a platform Easel has, gets its row (an admin may ban or promote someone
+    before they write), as `/admin ban` does."""
     from bot.store.people import find_user
     from pipeline.text import clean_text
 
@@ -625,7 +626,7 @@ def _resolve(store: Store, text: str, create: bool = False) -> UserRecord:
         return record
     prefix, colon, rest = given.partition(":")
     platform, platform_user_id = prefix.strip().lower(), rest.strip().removeprefix("@")
-    if not colon or platform not in PLATFORMS or not platform_user_id:
+    if not colon or not platform or not platform_user_id:
         raise typer.BadParameter(
             bilingual(
                 f"{text!r}: name a user by their number in `easel users list` or as "
@@ -638,8 +639,17 @@ def _resolve(store: Store, text: str, create: bool = False) -> UserRecord:
     found = find_user(store, platform, platform_user_id)
     if found is not None:
         return found
-    if create:
+    if create and platform in PLATFORMS:
         return store.user(platform, platform_user_id)
+    if create:
+        raise typer.BadParameter(
+            bilingual(
+                f"{text!r}: no such user, and a new one must be on {', '.join(PLATFORMS)}.",
+                f"{text!r}: 그런 사용자가 없고, 새 사용자는 {', '.join(PLATFORMS)} 중 하나여야 "
+                "합니다.",
+            ),
+            param_hint="USER",
+        )
     _fail(
         f"No user {platform}:{platform_user_id} is known: they have never used the bot.",
         f"{platform}:{platform_user_id} 사용자는 없습니다. 봇을 쓴 적이 없습니다.",
