@@ -450,3 +450,25 @@ def test_chat_admins_ban_for_a_length(bot: Bot) -> None:
         admin.ban(ROOT, UserRef("test", "dave"), "0h")
     assert refused.value.reply.message.key is Key.ADMIN_BAD_DURATION
     assert not bot.store.user("test", "dave").banned
+
+
+def test_a_chat_admins_ban_cancels_queued_jobs_in_the_running_bot(bot: Bot, setup: Setup) -> None:
+    recorder = Recorder()
+    bot.service.subscribe("test", recorder)
+    dispatcher = bot.service.dispatcher
+
+    async def scenario() -> int:
+        await bot.service.start()
+        try:
+            setup.store.set_queue_paused(True, "test")
+            queued = await imagine(bot, ALICE)
+            AdminService(bot.service).ban(ROOT, ALICE, "12h")
+            await eventually(lambda: EventKind.CANCELLED in recorder.kinds(queued))
+            assert queued not in dispatcher.scheduler
+            return queued
+        finally:
+            await bot.service.stop()
+
+    queued = run(scenario())
+    assert setup.store.job(queued).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert setup.store.user("test", "alice").ban_reason is None
