@@ -10,11 +10,12 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.table import Table
 
 from bot.cli.common import HELP_STYLE, err, operator_store, out
@@ -811,35 +812,52 @@ def _limit_rows(shown: UserView) -> list[tuple[str, Limit]]:
 
 
 def _users_table(views: list[UserView]) -> Table:
-    table = Table(title=bilingual("Users", "사용자"))
+    table = Table(
+        title=bilingual("Users", "사용자"),
+        box=box.SIMPLE_HEAD,
+        caption=bilingual(
+            "Banned: until when, or yes without an end. Today and Total: jobs/images. "
+            "Times in UTC.",
+            "차단: 끝나는 때, 기한이 없으면 예. 오늘, 전체: 작업/이미지. 시각은 UTC.",
+        ),
+    )
     headers = (
         ("ID", "ID"),
-        ("Platform", "플랫폼"),
-        ("Platform ID", "플랫폼 ID"),
+        ("User", "사용자"),
         ("Name", "이름"),
         ("Role", "역할"),
         ("Banned", "차단"),
-        ("Images a day", "하루 이미지"),
-        ("Today jobs/images", "오늘 작업/이미지"),
-        ("Total jobs/images", "전체 작업/이미지"),
+        ("Daily", "하루 한도"),
+        ("Today", "오늘"),
+        ("Total", "전체"),
         ("Last seen", "마지막 활동"),
     )
     for en, ko in headers:
-        table.add_column(bilingual(en, ko))
+        table.add_column(bilingual(en, ko), overflow="fold")
     for shown in views:
         table.add_row(
             str(shown.id),
-            shown.platform,
-            shown.platform_user_id,
+            f"{shown.platform}:{shown.platform_user_id}",
             shown.name or "-",
             shown.role,
-            _banned_text(shown),
+            _banned_cell(shown),
             _limit_text(shown.daily_images),
             f"{shown.jobs_today}/{shown.images_today}",
             f"{shown.jobs_total}/{shown.images_total}",
-            _when(shown.last_seen),
+            _short_when(shown.last_seen),
         )
     return table
+
+
+def _short_when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
+
+
+def _banned_cell(shown: UserView) -> str:
+    """no, yes (without an end), or the ban's end."""
+    if shown.banned and shown.banned_until is not None:
+        return _short_when(shown.banned_until)
+    return _banned_text(shown)
 
 
 def _print_details(details: UserDetails) -> None:
