@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +31,7 @@ ROOT = UserRef("test", "root", "Root", "en")
 ALICE = UserRef("test", "alice", "Alice", "en")
 BOB = UserRef("test", "bob", "Bob", "ko")
 EVENT_WAIT_S = 10.0
+ROOT_DIR = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -184,6 +188,17 @@ def test_a_missing_database_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     result = users("list")
     assert result.exit_code == 1 and "easel db upgrade" in result.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_korean_help_and_messages(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**os.environ, "EASEL_LANG": "ko", "PYTHONPATH": str(ROOT_DIR)}
+    command = [sys.executable, "-c", "from bot.cli import main; main()", "users", "ban", "--help"]
+    shown = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "사용자를 차단합니다" in shown.stdout and "차단 기간" in shown.stdout
+    monkeypatch.setenv("EASEL_LANG", "ko")
+    missing = users("show", "42")
+    assert missing.exit_code == 1 and "사용자 42이(가) 없습니다" in missing.stderr
 
 
 # ---------------------------------------------------------------------------- changes

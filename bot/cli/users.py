@@ -478,7 +478,7 @@ def export_command(
         record = _resolve(store, user)
         exported = export_user(store, record.id)
     document = {
-        "exported_at": datetime.now().astimezone(),
+        "exported_at": datetime.now(UTC),
         "user": exported.user,
         "settings": exported.settings,
         "jobs": [
