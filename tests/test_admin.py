@@ -166,7 +166,7 @@ def test_non_admins_are_refused_in_their_language_and_nothing_changes(
     assert bob_ban == "Only Easel's admins can do that."
     assert not bot.store.user("test", "alice").banned
     assert "/admin" not in bob_help and "/admin ACTION" in root_help
-    assert root_usage.startswith("Use /admin ban USER [REASON]")
+    assert root_usage.startswith("Use /admin ban USER [7d|12h|30m] [REASON]")
 
 
 def test_ban_then_imagine_is_refused_until_unbanned(make_bot: Callable[..., Bot]) -> None:

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, generate, running
+from bot.cli import catalogue, database, discord, generate, running, users
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE
@@ -49,6 +49,7 @@ app.add_typer(catalogue.lora_app, name="lora")
 _command(catalogue.pnginfo, "이미지에 저장된 생성 설정을 보여 줍니다 (A1111의 PNG Info).")
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
+app.add_typer(users.users_app, name="users")
 _command(running.chat, "여기서 봇과 대화합니다: /imagine, /u 2, /v 3, /remix, /history, /help.")
 _command(running.run, "봇을 실행합니다: 토큰이 있으면 Discord와 Telegram, 없으면 콘솔 대화.")
 

@@ -12,11 +12,15 @@ their input onto these calls.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from bot.core.durations import DurationError, end_after, is_duration, parse_duration, utc_text
 from bot.core.events import Origin, Refusal, Reply, UserRef
 from bot.core.messages import Argument, Key, Message, error_text
 from bot.core.options import NO_PRESET_WORDS
 from bot.core.service import JobService
 from bot.store import UNSET, Role, Store, UserRecord
+from bot.store.people import ban_user
 from pipeline.errors import InvalidRequestError
 from pipeline.presets import PresetLoraMissingError
 from pipeline.text import clean_text
@@ -40,23 +44,22 @@ class AdminService:
     # ------------------------------------------------------------------ users
 
     def ban(self, actor: UserRef, target: UserRef, reason: str | None = None) -> Reply:
-        """Ban `target` from queueing anything; `reason` is what they are told."""
+        """Ban `target` from queueing anything; `reason` is what they are told. A reason that
+        starts with a length (`7d spamming`, `12h`) bans until then. Their queued jobs are
+        cancelled (the dispatcher hears of it through the shared revision)."""
         admin = self._admin(actor)
         user = self._target(actor, target, "ban")
         if user.id == admin.id:
             raise Refusal(Message(Key.ADMIN_NOT_YOURSELF))
-        reason = clean_text(reason).strip() if reason else None
-        banned = self.store.ban(user.id, reason or None)
-        if banned.ban_reason:
-            return Reply(
-                Message(Key.ADMIN_BANNED, {"user": _shown(banned), "reason": banned.ban_reason})
-            )
-        return Reply(Message(Key.ADMIN_BANNED_NO_REASON, {"user": _shown(banned)}))
+        text = clean_text(reason).strip() if reason else ""
+        until, text = _leading_duration(text)
+        banned = ban_user(self.store, user.id, text or None, until, _who(actor)).user
+        return Reply(_banned_message(banned))
 
     def unban(self, actor: UserRef, target: UserRef) -> Reply:
         self._admin(actor)
         user = self._target(actor, target, "unban")
-        if not user.banned:
+        if not user.banned_now():
             return Reply(Message(Key.ADMIN_WAS_NOT_BANNED, {"user": _shown(user)}))
         return Reply(Message(Key.ADMIN_UNBANNED, {"user": _shown(self.store.unban(user.id))}))
 
@@ -194,6 +197,29 @@ def parse_switch(text: str) -> bool:
     if word in OFF_WORDS:
         return False
     raise Refusal(Message(Key.ADMIN_BAD_SWITCH, {"value": text}))
+
+
+def _leading_duration(reason: str) -> tuple[datetime | None, str]:
+    """`7d spamming` -> (now + 7 days, "spamming"); a reason without a length is kept whole."""
+    first, _, rest = reason.partition(" ")
+    if not is_duration(first):
+        return None, reason
+    try:
+        return end_after(parse_duration(first)), rest.strip()
+    except DurationError:
+        raise Refusal(Message(Key.ADMIN_BAD_DURATION, {"value": first})) from None
+
+
+def _banned_message(user: UserRecord) -> Message:
+    args: dict[str, Argument] = {"user": _shown(user)}
+    if user.banned_until is not None:
+        args["until"] = utc_text(user.banned_until)
+        if user.ban_reason:
+            return Message(Key.ADMIN_BANNED_UNTIL, {**args, "reason": user.ban_reason})
+        return Message(Key.ADMIN_BANNED_UNTIL_NO_REASON, args)
+    if user.ban_reason:
+        return Message(Key.ADMIN_BANNED, {**args, "reason": user.ban_reason})
+    return Message(Key.ADMIN_BANNED_NO_REASON, args)
 
 
 def _shown(user: UserRecord) -> str:

@@ -291,6 +291,12 @@ class Key(StrEnum):
     SETTINGS_USAGE = "settings_usage"
     LORAS_HERE = "loras_here"
     LORAS_NONE = "loras_none"
+    # Users managed from the command line (easel users): bans with an end
+    BANNED_UNTIL = "banned_until"
+    BANNED_UNTIL_NO_REASON = "banned_until_no_reason"
+    ADMIN_BANNED_UNTIL = "admin_banned_until"
+    ADMIN_BANNED_UNTIL_NO_REASON = "admin_banned_until_no_reason"
+    ADMIN_BAD_DURATION = "admin_bad_duration"
 
 
 @dataclass(frozen=True)

@@ -154,9 +154,9 @@ class TextRouter:
         raise Refusal(Message(Key.UNKNOWN_COMMAND, {"command": f"/{command.name}"}))
 
     def _admin(self, request: TextRequest, args: str) -> Reply:
-        """`/admin ban USER [REASON]`, `unban USER`, `role USER user|vip|admin`, `pause`,
-        `resume`, `reload`, `rules [nsfw on|off] [preset NAME|none]`; USER is the platform's
-        user id."""
+        """`/admin ban USER [7d|12h|30m] [REASON]`, `unban USER`, `role USER user|vip|admin`,
+        `pause`, `resume`, `reload`, `rules [nsfw on|off] [preset NAME|none]`; USER is the
+        platform's user id."""
         admin, actor = AdminService(self.service), request.user
         action, _, rest = args.strip().partition(" ")
         words = rest.split()

@@ -18,6 +18,7 @@ from pathlib import Path
 from bot.core.buttons import Action, parse_action
 from bot.core.config import NO_CAP, CoreConfig
 from bot.core.dispatcher import CancelOutcome, Dispatcher
+from bot.core.durations import utc_text
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Localized, Message, error_text, job_count, normalise_locale
 from bot.core.options import (
@@ -411,10 +412,8 @@ class JobService:
 
     def _admit(self, user: UserRecord, images: int) -> None:
         """Bans, the daily quota and the queue caps; raises Refusal, writes nothing."""
-        if user.banned:
-            if user.ban_reason:
-                raise Refusal(Message(Key.BANNED, {"reason": user.ban_reason}))
-            raise Refusal(Message(Key.BANNED_NO_REASON))
+        if user.banned_now():
+            raise Refusal(_ban_message(user))
         daily = self.config.daily_cap(user.role, user.daily_images)
         midnight = datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
         # No cap, no count: this runs twice per request, on the event loop.
@@ -798,3 +797,16 @@ def _as_typed(refusal: Refusal, typed: str) -> Refusal:
         return refusal
     named = Message(message.key, {**message.args, "name": typed})
     return Refusal(named)
+
+
+def _ban_message(user: UserRecord) -> Message:
+    """What a banned user is told: the reason, and until when when the ban has an end."""
+    reason = user.ban_reason
+    if user.banned_until is not None:
+        until = utc_text(user.banned_until)
+        if reason:
+            return Message(Key.BANNED_UNTIL, {"reason": reason, "until": until})
+        return Message(Key.BANNED_UNTIL_NO_REASON, {"until": until})
+    if reason:
+        return Message(Key.BANNED, {"reason": reason})
+    return Message(Key.BANNED_NO_REASON)

@@ -243,11 +243,12 @@ class Store:
     def set_role(self, user_id: int, role: Role) -> UserRecord:
         return self._update_user(user_id, role=role)
 
-    def ban(self, user_id: int, reason: str | None) -> UserRecord:
-        return self._update_user(user_id, banned=True, ban_reason=reason)
+    def ban(self, user_id: int, reason: str | None, until: datetime | None = None) -> UserRecord:
+        """Ban the user, until `until` (timezone-aware) or, with None, until unbanned."""
+        return self._update_user(user_id, banned=True, ban_reason=reason, banned_until=until)
 
     def unban(self, user_id: int) -> UserRecord:
-        return self._update_user(user_id, banned=False, ban_reason=None)
+        return self._update_user(user_id, banned=False, ban_reason=None, banned_until=None)
 
     def set_quota(
         self,

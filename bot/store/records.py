@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from bot.store.models import Delivery, JobKind, JobStatus, Role
@@ -24,6 +24,12 @@ class UserRecord:
     daily_images: int | None
     created_at: datetime
     banned_until: datetime | None = None  # None: banned until unbanned (when banned)
+
+    def banned_now(self, now: datetime | None = None) -> bool:
+        """Whether the ban is in force: a ban whose end has passed is no ban."""
+        if not self.banned:
+            return False
+        return self.banned_until is None or self.banned_until > (now or datetime.now(UTC))
 
 
 @dataclass(frozen=True)
