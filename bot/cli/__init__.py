@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, generate, running
+from bot.cli import catalogue, database, discord, doctor, generate, running
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.core.options import DEFAULT_HIRES_SCALE
 from bot.settings import Settings, settings_problems
@@ -39,6 +39,7 @@ app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
 app.command()(running.chat)
 app.command()(running.run)
+app.command(help=doctor.DOCTOR_HELP)(doctor.doctor)
 
 
 def with_bare_hires(argv: list[str]) -> list[str]:
