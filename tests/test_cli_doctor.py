@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.doctor import Status, config, files
-from bot.doctor.system import check_gpu, check_tcmalloc, loaded_tcmalloc
+from bot.doctor.system import check_gpu, check_tcmalloc, check_torch, loaded_tcmalloc
 from bot.settings import Settings
 from bot.store import Store
 from bot.store.database import _alembic_config
@@ -90,6 +91,8 @@ def test_a_healthy_setup_exits_0(
     code, stdout = _doctor()
     assert code == 0, stdout
     assert "✗" not in stdout
+    assert "\x1b[" not in stdout, "no colour outside a terminal"
+    assert all(line == line.rstrip() for line in stdout.splitlines())
     text = _flat(stdout)
     assert "the bot loads tiny-sd1" in text
     assert f"at revision {Store(os.environ['DATABASE_URL']).head()} (up to date)" in text
@@ -348,6 +351,33 @@ def test_a_gpu_asked_for_but_absent_fails(no_gpu: None, monkeypatch: pytest.Monk
     check = check_gpu(Settings())
     assert check.status is Status.FAIL
     assert "EASEL_DEVICE=auto" in (check.fix or "")
+
+
+@pytest.mark.parametrize(("free_gib", "status"), [(60, Status.OK), (2, Status.WARN)])
+def test_a_cuda_gpu_reports_its_free_memory(
+    monkeypatch: pytest.MonkeyPatch, free_gib: int, status: Status
+) -> None:
+    monkeypatch.delenv("EASEL_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(
+        torch.cuda, "mem_get_info", lambda device=None: (free_gib * 1024**3, 140 * 1024**3)
+    )
+    check = check_gpu(Settings())
+    assert check.status is status
+    assert f"cuda (NVIDIA H200), float16: {free_gib:.1f} GiB free of 140.0 GiB" == check.detail
+    if status is Status.WARN:
+        assert "EASEL_MAX_BATCH_IMAGES" in (check.fix or "")
+
+
+def test_torch_that_cannot_be_imported_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    check = check_torch()
+    assert check.status is Status.FAIL
+    assert "cannot import torch" in check.detail and "make clean install" in (check.fix or "")
+    assert check_gpu(Settings.model_construct()).status is Status.WARN
 
 
 # TCMalloc: loaded, installed for `make run`, or missing (a warning with the package to install).
