@@ -134,7 +134,7 @@ def test_a_models_folder_without_checkpoints_fails_with_what_to_do(
     assert str(models / "stable-diffusion") in check["fix"]
     code, stdout = _doctor()
     assert code == 1
-    assert "✗   checkpoints" in stdout
+    assert "✗  checkpoints" in stdout
     assert f"→ put a .safetensors checkpoint in {models / 'stable-diffusion'}" in _flat(stdout)
 
 
