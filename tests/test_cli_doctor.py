@@ -448,3 +448,15 @@ def test_a_webhook_on_every_interface_says_to_open_the_port(
 def test_long_polling_listens_on_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     check = _webhook(monkeypatch, None, "0.0.0.0")
     assert check.status is Status.OK and "long polling" in check.detail
+
+
+def test_a_malformed_webhook_url_is_not_taken_for_long_polling(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(_models(setup / "models")))
+    monkeypatch.setenv("EASEL_TELEGRAM_WEBHOOK_URL", "bot.example.com/telegram")
+    code, report = _report()
+    assert code == 1
+    assert _failed(report) == ["EASEL_TELEGRAM_WEBHOOK_URL"]
+    check = _check(report, "Telegram webhook")
+    assert check["status"] == "warn" and "EASEL_TELEGRAM_WEBHOOK_URL" in check["detail"]

@@ -44,7 +44,7 @@ def run_checks() -> list[Check]:
         guarded("GPU", lambda: check_gpu(settings)),
         guarded("TCMalloc", check_tcmalloc),
         *setting_checks,
-        *check_unknown_variables(),
+        *guarded_all("variables", check_unknown_variables),
         guarded("tokens", lambda: check_tokens(settings, bad_variables)),
         guarded("Telegram webhook", lambda: check_telegram_webhook(settings, bad_variables)),
         guarded("models folder", lambda: check_models_folder(settings)),

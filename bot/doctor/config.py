@@ -23,6 +23,14 @@ OTHER_VARIABLES = frozenset({"EASEL_LANG", "EASEL_HYPOTHESIS"})
 TOKEN_VARIABLES = ("DISCORD_TOKEN", "TELEGRAM_TOKEN")
 # The ports Telegram posts webhooks to (Bot API, setWebhook); a local Bot API server takes any.
 TELEGRAM_WEBHOOK_PORTS = (443, 80, 88, 8443)
+WEBHOOK_VARIABLES = frozenset(
+    {
+        "EASEL_TELEGRAM_WEBHOOK_URL",
+        "EASEL_TELEGRAM_WEBHOOK_LISTEN",
+        "EASEL_TELEGRAM_WEBHOOK_PORT",
+        "EASEL_TELEGRAM_API_URL",
+    }
+)
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
 
 
@@ -40,6 +48,14 @@ def load_settings() -> tuple[Settings, list[Check]]:
         except ValidationError:
             settings = Settings.model_construct()
         return settings, checks
+    except (OSError, UnicodeDecodeError) as error:  # a .env that cannot be read
+        return Settings.model_construct(), [
+            Check.fail(
+                "settings",
+                f"cannot read the settings: {type(error).__name__}: {error}",
+                f"make {ENV_FILE.absolute()} a readable UTF-8 file (or remove it)",
+            )
+        ]
 
 
 def _bad_setting(line: str) -> Check:
@@ -115,6 +131,11 @@ def check_telegram_webhook(settings: Settings, bad_variables: frozenset[str]) ->
     name = "Telegram webhook"
     if settings.telegram_token is None and "TELEGRAM_TOKEN" not in bad_variables:
         return Check.ok(name, "not used (no TELEGRAM_TOKEN)")
+    broken = sorted(WEBHOOK_VARIABLES & bad_variables)
+    if broken:
+        return Check.warn(
+            name, f"not checked: {', '.join(broken)} is malformed", "fix it first (see its line)"
+        )
     url = settings.telegram_webhook_url
     if url is None:
         return Check.ok(name, "long polling: Easel connects out, nothing listens, no port to open")
