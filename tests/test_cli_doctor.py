@@ -370,6 +370,21 @@ def test_a_cuda_gpu_reports_its_free_memory(
         assert "EASEL_MAX_BATCH_IMAGES" in (check.fix or "")
 
 
+def test_a_cuda_gpu_torch_cannot_start_fails_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(device: object = None) -> str:
+        raise RuntimeError("The NVIDIA driver on your system is too old (found version 11040).")
+
+    monkeypatch.delenv("EASEL_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", refuse)
+    check = check_gpu(Settings())
+    assert check.status is Status.FAIL
+    assert "driver on your system is too old" in check.detail
+    assert "update the NVIDIA driver" in (check.fix or "")
+
+
 def test_torch_that_cannot_be_imported_is_reported_not_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

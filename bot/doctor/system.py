@@ -118,8 +118,17 @@ def check_gpu(settings: Settings) -> Check:
 
 
 def _cuda_memory(torch: ModuleType, device: object, dtype: str) -> Check:
-    name = torch.cuda.get_device_name(device)
-    free, total = torch.cuda.mem_get_info(device)
+    try:
+        name = torch.cuda.get_device_name(device)
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError as error:  # CUDA is "available" but cannot start: a driver mismatch
+        return Check.fail(
+            "GPU",
+            f"torch sees {device} but cannot use it: {first_line(error)}",
+            "update the NVIDIA driver (`nvidia-smi` shows the CUDA version it supports), or "
+            f"install a torch built for an older CUDA: {TORCH_CUDA_INSTALL}; EASEL_DEVICE=cpu "
+            "runs without it, slowly",
+        )
     detail = f"{device} ({name}), {dtype}: {gib(free)} free of {gib(total)}"
     if free < LOW_GPU_MEMORY:
         return Check.warn(
