@@ -475,3 +475,20 @@ def test_a_malformed_webhook_url_is_not_taken_for_long_polling(
     assert _failed(report) == ["EASEL_TELEGRAM_WEBHOOK_URL"]
     check = _check(report, "Telegram webhook")
     assert check["status"] == "warn" and "EASEL_TELEGRAM_WEBHOOK_URL" in check["detail"]
+
+
+def test_a_secret_that_turns_up_elsewhere_is_blanked(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(_models(setup / "models")))
+    monkeypatch.setenv("EASEL_TELEGRAM_WEBHOOK_URL", f"https://bot.example.com/{TELEGRAM}")
+    (setup / ".env").write_text(f"DISCORD_TOKEN='{LEAKED}'\n", encoding="utf-8")
+    monkeypatch.delenv("DISCORD_TOKEN")
+    code, stdout = _doctor()
+    assert code == 1, "the malformed DISCORD_TOKEN fails"
+    assert TELEGRAM not in stdout and "AAEabcdefghij" not in stdout
+    assert "https://bot.example.com/***" in stdout
+    assert LEAKED not in stdout and "DISCORD_TOKEN" in stdout
+    code, stdout = _doctor("--json")
+    assert code == 1
+    assert TELEGRAM not in stdout and LEAKED not in stdout

@@ -9,12 +9,15 @@ webhook secret, the database password) are never printed, not even in part.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bot.doctor.checks import Check, Status, guarded, guarded_all
 from bot.doctor.config import (
     check_telegram_webhook,
     check_tokens,
     check_unknown_variables,
     load_settings,
+    secret_values,
 )
 from bot.doctor.files import (
     check_checkpoints,
@@ -38,7 +41,7 @@ def run_checks() -> list[Check]:
     settings, setting_checks = load_settings()
     settings = _absolute_paths(settings)
     bad_variables = frozenset(check.name for check in setting_checks if check.status is Status.FAIL)
-    return [
+    checks = [
         guarded("Python", check_python),
         guarded("torch", check_torch),
         guarded("GPU", lambda: check_gpu(settings)),
@@ -56,6 +59,32 @@ def run_checks() -> list[Check]:
         guarded("database", lambda: check_database(settings)),
         guarded("disk space", lambda: check_disk_space(settings)),
         *guarded_all("write access", lambda: check_writable_folders(settings)),
+    ]
+    try:
+        secrets = secret_values(settings)
+    except Exception:  # an unreadable .env: its own check says so
+        secrets = frozenset()
+    return redact(checks, secrets)
+
+
+def redact(checks: list[Check], secrets: frozenset[str]) -> list[Check]:
+    """The checks with every secret's value replaced by ***: the last guard, for a secret
+    that turns up where it should not (a webhook URL whose path is the bot token, say)."""
+    ordered = sorted(secrets, key=len, reverse=True)  # a longer secret may contain a shorter
+
+    def scrub(text: str) -> str:
+        for secret in ordered:
+            text = text.replace(secret, "***")
+        return text
+
+    return [
+        replace(
+            check,
+            name=scrub(check.name),
+            detail=scrub(check.detail),
+            fix=None if check.fix is None else scrub(check.fix),
+        )
+        for check in checks
     ]
 
 

@@ -15,12 +15,15 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from bot.doctor.checks import Check
-from bot.settings import Settings, settings_problems, variable_name
+from bot.settings import SECRET_VARIABLES, Settings, settings_problems, variable_name
 
 ENV_FILE = Path(".env")
 # EASEL_ variables read outside Settings.
 OTHER_VARIABLES = frozenset({"EASEL_LANG", "EASEL_HYPOTHESIS"})
 TOKEN_VARIABLES = ("DISCORD_TOKEN", "TELEGRAM_TOKEN")
+# Shorter values are not searched for in the output (they would blank out ordinary words);
+# real tokens and secrets are far longer.
+MIN_SECRET_LENGTH = 6
 # The ports Telegram posts webhooks to (Bot API, setWebhook); a local Bot API server takes any.
 TELEGRAM_WEBHOOK_PORTS = (443, 80, 88, 8443)
 WEBHOOK_VARIABLES = frozenset(
@@ -94,11 +97,50 @@ def check_unknown_variables(env_file: Path = ENV_FILE) -> list[Check]:
 
 
 def _env_file_names(env_file: Path) -> list[str]:
+    return list(_env_file_values(env_file))
+
+
+def _env_file_values(env_file: Path) -> dict[str, str]:
     if not env_file.is_file():
-        return []
+        return {}
     from dotenv import dotenv_values
 
-    return [name for name in dotenv_values(env_file) if name]
+    return {name: value for name, value in dotenv_values(env_file).items() if name and value}
+
+
+def secret_values(settings: Settings, env_file: Path = ENV_FILE) -> frozenset[str]:
+    """Every secret's value as given (well-formed or not) and as read, and the database
+    password: what must never appear in what doctor prints."""
+    values: set[str] = set()
+    raw = {**_env_file_values(env_file), **os.environ}
+    for name in SECRET_VARIABLES - {"DATABASE_URL"}:
+        given = raw.get(name)
+        if given:
+            values |= {given, given.strip().strip("'\"")}
+    for secret in (
+        settings.discord_token,
+        settings.telegram_token,
+        settings.telegram_webhook_secret,
+    ):
+        if secret is not None:
+            values.add(secret.get_secret_value())
+    for url in (settings.database_url, raw.get("DATABASE_URL")):
+        password = _url_password(url)
+        if password:
+            values.add(password)
+    return frozenset(value for value in values if len(value) >= MIN_SECRET_LENGTH)
+
+
+def _url_password(url: str | None) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not url:
+        return None
+    try:
+        return make_url(url).password
+    except (ArgumentError, ValueError):
+        return None
 
 
 def check_tokens(settings: Settings, bad_variables: frozenset[str]) -> Check:
