@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 
 import typer
 from pydantic import ValidationError
@@ -11,6 +13,7 @@ from rich.text import Text
 
 from bot.cli import catalogue, database, discord, doctor, generate, running
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
+from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE
 from bot.settings import Settings, settings_problems
 from pipeline.errors import EaselError
@@ -19,7 +22,10 @@ __all__ = ["_device_line", "app", "early_settings", "export_hub_offline", "main"
 
 
 app = typer.Typer(
-    help="Easel: Stable Diffusion on your own GPU and checkpoints.",
+    help=bilingual(
+        "Easel: Stable Diffusion on your own GPU and checkpoints.",
+        "Easel: 내 GPU와 체크포인트로 돌리는 Stable Diffusion.",
+    ),
     no_args_is_help=True,
     rich_markup_mode=HELP_STYLE,
     pretty_exceptions_enable=False,
@@ -27,19 +33,25 @@ app = typer.Typer(
 )
 log = logging.getLogger("easel")
 
+
+def _command(function: Callable[..., None], korean: str) -> None:
+    """Register a command; its docstring is the English help."""
+    app.command(help=bilingual(inspect.getdoc(function) or "", korean))(function)
+
+
 # The commands in the order `easel --help` lists them.
-app.command()(generate.imagine)
-app.command()(generate.vary)
-app.command()(generate.upscale)
-app.command()(catalogue.models)
-app.command()(catalogue.vocabulary)
+_command(generate.imagine, "프롬프트로 이미지를 만들고 그리드와 함께 저장합니다.")
+_command(generate.vary, "이미지에 저장된 설정으로 변형을 만듭니다 (Midjourney의 V 버튼).")
+_command(generate.upscale, "업스케일러(또는 Lanczos)로 이미지를 키우고 디테일을 더합니다.")
+_command(catalogue.models, "models 폴더의 체크포인트: 이름, 계열, 크기, A1111 해시.")
+_command(catalogue.vocabulary, "스타일, 샷, 조명 등 플래그에 쓸 수 있는 id 목록.")
 app.add_typer(catalogue.lora_app, name="lora")
-app.command()(catalogue.pnginfo)
+_command(catalogue.pnginfo, "이미지에 저장된 생성 설정을 보여 줍니다 (A1111의 PNG Info).")
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
-app.command()(running.chat)
-app.command()(running.run)
-app.command(help=doctor.DOCTOR_HELP)(doctor.doctor)
+_command(running.chat, "여기서 봇과 대화합니다: /imagine, /u 2, /v 3, /remix, /history, /help.")
+_command(running.run, "봇을 실행합니다: 토큰이 있으면 Discord와 Telegram, 없으면 콘솔 대화.")
+_command(doctor.doctor, doctor.DOCTOR_HELP_KO)
 
 
 def with_bare_hires(argv: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from bot.cli.common import HELP_STYLE, err, out
+from bot.cli.texts import bilingual
 from bot.core.options import CATEGORY_FLAGS
 from bot.settings import Settings
 from pipeline.errors import InvalidRequestError
@@ -61,11 +62,17 @@ def vocabulary(
     category: Annotated[
         str | None,
         typer.Argument(
-            help="One of the six categories: quality, face, style, shot, composition, lighting; "
-            "or the flag's name (light, comp). Default: all six."
+            help=bilingual(
+                "One of the six categories: quality, face, style, shot, composition, "
+                "lighting; or the flag's name (light, comp). Default: all six.",
+                "여섯 분류 중 하나: quality, face, style, shot, composition, lighting "
+                "(또는 플래그 이름 light, comp). 기본: 여섯 모두.",
+            )
         ),
     ] = None,
-    korean: Annotated[bool, typer.Option("--ko", help="Korean labels.")] = False,
+    korean: Annotated[
+        bool, typer.Option("--ko", help=bilingual("Korean labels.", "한국어 이름."))
+    ] = False,
 ) -> None:
     """The ids --quality, --face, --style, --shot, --composition (--comp) and --light
     (--lighting) take, with their labels and prompts."""
@@ -101,13 +108,23 @@ VOCABULARY_ALIASES = {
 
 
 lora_app = typer.Typer(
-    help="LoRA files and presets.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+    help=bilingual("LoRA files and presets.", "LoRA 파일과 프리셋."),
+    no_args_is_help=True,
+    rich_markup_mode=HELP_STYLE,
 )
 
 
-@lora_app.command("list")
+@lora_app.command(
+    "list",
+    help=bilingual(
+        "The LoRA files in the models folder and the presets in models/presets.toml.",
+        "models 폴더의 LoRA 파일과 models/presets.toml의 프리셋.",
+    ),
+)
 def lora_list(
-    korean: Annotated[bool, typer.Option("--ko", help="Korean descriptions.")] = False,
+    korean: Annotated[
+        bool, typer.Option("--ko", help=bilingual("Korean descriptions.", "한국어 설명."))
+    ] = False,
 ) -> None:
     """The LoRA files in the models folder and the presets in models/presets.toml."""
     from pipeline.folders import ModelFolders
@@ -149,8 +166,16 @@ def lora_list(
 
 
 def pnginfo(
-    image: Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP image.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    image: Annotated[
+        Path,
+        typer.Argument(help=bilingual("A PNG, JPEG or WebP image.", "PNG, JPEG 또는 WebP 이미지.")),
+    ],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
+        ),
+    ] = False,
 ) -> None:
     """Show the generation parameters stored in an image (A1111's PNG Info)."""
     from pipeline.images import format_infotext, read_infotext

@@ -7,14 +7,23 @@ from pathlib import Path
 import typer
 
 from bot.cli.common import HELP_STYLE, out
+from bot.cli.texts import bilingual
 from bot.settings import Settings
 
 db_app = typer.Typer(
-    help="The database: migrations.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+    help=bilingual("The database: migrations.", "데이터베이스: 마이그레이션."),
+    no_args_is_help=True,
+    rich_markup_mode=HELP_STYLE,
 )
 
 
-@db_app.command("upgrade")
+@db_app.command(
+    "upgrade",
+    help=bilingual(
+        "Apply every migration (the bot also does this at start).",
+        "모든 마이그레이션을 적용합니다 (봇도 시작할 때 합니다).",
+    ),
+)
 def db_upgrade() -> None:
     """Apply every migration (the bot also does this at start)."""
     from bot.runtime import open_store
@@ -23,7 +32,13 @@ def db_upgrade() -> None:
     out.print(f"{store.url}: at revision {store.current()}")
 
 
-@db_app.command("current")
+@db_app.command(
+    "current",
+    help=bilingual(
+        "Show the database's revision and the newest one.",
+        "데이터베이스의 리비전과 최신 리비전을 보여 줍니다.",
+    ),
+)
 def db_current() -> None:
     """Show the database's revision and the newest one."""
     from bot.store import Store

@@ -9,15 +9,25 @@ import typer
 from pydantic import ValidationError
 
 from bot.cli.common import HELP_STYLE, out
+from bot.cli.texts import bilingual
 from bot.settings import Settings
 from pipeline.errors import InvalidRequestError
 
 discord_app = typer.Typer(
-    help="Discord: the slash commands.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+    help=bilingual("Discord: the slash commands.", "Discord: 슬래시 명령."),
+    no_args_is_help=True,
+    rich_markup_mode=HELP_STYLE,
 )
 
 
-@discord_app.command("commands")
+@discord_app.command(
+    "commands",
+    help=bilingual(
+        "Print the slash commands that a sync sends, as JSON (no login); /imagine's bounds are "
+        "the settings' limits.",
+        "동기화로 보낼 슬래시 명령을 JSON으로 출력합니다 (로그인 없음).",
+    ),
+)
 def discord_commands() -> None:
     """Print the slash commands that a sync sends, as JSON (no login); /imagine's bounds are
     the settings' limits."""
@@ -29,11 +39,23 @@ def discord_commands() -> None:
     print(json.dumps(payload, ensure_ascii=False, indent=2))
 
 
-@discord_app.command("sync")
+@discord_app.command(
+    "sync",
+    help=bilingual(
+        "Log in with DISCORD_TOKEN and sync the slash commands, globally or to one guild.",
+        "DISCORD_TOKEN으로 로그인해 슬래시 명령을 전체 또는 한 길드에 동기화합니다.",
+    ),
+)
 def discord_sync(
     guild: Annotated[
         int | None,
-        typer.Option("--guild", help="A guild id: sync there only, shown at once."),
+        typer.Option(
+            "--guild",
+            help=bilingual(
+                "A guild id: sync there only, shown at once.",
+                "길드 id: 그곳에만 동기화하며 바로 보입니다.",
+            ),
+        ),
     ] = None,
 ) -> None:
     """Log in with DISCORD_TOKEN and sync the slash commands, globally or to one guild."""
@@ -47,12 +69,23 @@ def discord_sync(
     out.print(sync_note(asyncio.run(sync_commands(settings, guild)), guild))
 
 
-@discord_app.command("invite")
+@discord_app.command(
+    "invite",
+    help=bilingual(
+        "Print the links that add the bot to a server and to a user's account.",
+        "봇을 서버와 사용자 계정에 추가하는 링크를 출력합니다.",
+    ),
+)
 def discord_invite(
     client_id: Annotated[
         int | None,
         typer.Option(
-            "--client-id", min=1, help="The application's id; default: from DISCORD_TOKEN."
+            "--client-id",
+            min=1,
+            help=bilingual(
+                "The application's id; default: from DISCORD_TOKEN.",
+                "애플리케이션 id. 기본: DISCORD_TOKEN에서.",
+            ),
         ),
     ] = None,
 ) -> None:

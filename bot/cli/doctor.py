@@ -15,7 +15,6 @@ from rich.text import Text
 
 from bot.cli.common import out
 from bot.cli.output import JsonOption, print_json
-from bot.cli.texts import bilingual
 
 if TYPE_CHECKING:  # the checks import the model folders' and presets' code: only when run
     from bot.doctor import Check
@@ -32,18 +31,17 @@ class DoctorReport:
     checks: list[Check]
 
 
-DOCTOR_HELP = bilingual(
-    "Check this machine: Python, torch and the GPU, TCMalloc, the settings and tokens (never "
-    "shown), the models folder and presets, the database, disk space and write access. Each "
-    "problem comes with what to do. Exit status 1 when a check fails; warnings alone exit 0.",
+DOCTOR_HELP_KO = (
     "이 컴퓨터를 점검합니다: Python, torch와 GPU, TCMalloc, 설정과 토큰(값은 표시하지 않음), "
     "모델 폴더와 프리셋, 데이터베이스, 디스크 공간과 쓰기 권한. 문제마다 해결 방법을 알려 줍니다. "
-    "실패한 항목이 있으면 종료 코드 1, 경고만 있으면 0입니다.",
+    "실패한 항목이 있으면 종료 코드 1, 경고만 있으면 0입니다."
 )
 
 
 def doctor(json_output: JsonOption = False) -> None:
-    """Registered in bot/cli/__init__.py with DOCTOR_HELP as its help."""
+    """Check this machine: Python, torch and the GPU, TCMalloc, the settings and tokens (never
+    shown), the models folder and presets, the database, disk space and write access. Each
+    problem comes with what to do. Exit status 1 when a check fails; warnings alone exit 0."""
     from bot.doctor import exit_code, run_checks
 
     checks = run_checks()

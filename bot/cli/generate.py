@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bot.cli.common import _load_engine, _quiet_libraries, err, out
+from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
 from bot.settings import Settings
 from pipeline.errors import InvalidRequestError
@@ -36,56 +37,166 @@ if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --h
 
 def imagine(
     prompt: Annotated[
-        str, typer.Argument(help="What to draw; may hold the chat flags, e.g. `--ar 16:9`.")
+        str,
+        typer.Argument(
+            help=bilingual(
+                "What to draw; may hold the chat flags, e.g. `--ar 16:9`.",
+                "그릴 내용. 채팅 플래그를 함께 쓸 수 있습니다 (예: `--ar 16:9`).",
+            )
+        ),
     ],
     negative: Annotated[
-        str | None, typer.Option("--negative", "--neg", help="Negative prompt.")
+        str | None,
+        typer.Option(
+            "--negative", "--neg", help=bilingual("Negative prompt.", "네거티브 프롬프트.")
+        ),
     ] = None,
-    no: Annotated[str | None, typer.Option("--no", help="Things to avoid: `fog, people`.")] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Number of images, 1-4 (default 4).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the first image; -1 is random.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps (default 20).")] = None,
-    cfg: Annotated[float | None, typer.Option(help="CFG scale (default 7).")] = None,
-    sampler: Annotated[str | None, typer.Option(help='e.g. "DPM++ 2M Karras".')] = None,
+    no: Annotated[
+        str | None,
+        typer.Option(
+            "--no", help=bilingual("Things to avoid: `fog, people`.", "피할 것: `fog, people`.")
+        ),
+    ] = None,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "--n", help=bilingual("Number of images, 1-4 (default 4).", "이미지 수, 1-4 (기본 4).")
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help=bilingual(
+                "Seed of the first image; -1 is random.", "첫 이미지의 시드. -1은 무작위."
+            )
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help=bilingual("Sampling steps (default 20).", "샘플링 스텝 수 (기본 20).")),
+    ] = None,
+    cfg: Annotated[
+        float | None, typer.Option(help=bilingual("CFG scale (default 7).", "CFG 스케일 (기본 7)."))
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(help=bilingual('e.g. "DPM++ 2M Karras".', '예: "DPM++ 2M Karras".')),
+    ] = None,
     schedule: Annotated[
-        str | None, typer.Option("--schedule", help='Schedule type, e.g. "Karras".')
+        str | None,
+        typer.Option(
+            "--schedule",
+            help=bilingual('Schedule type, e.g. "Karras".', '스케줄 종류, 예: "Karras".'),
+        ),
     ] = None,
-    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, e.g. 768x512.")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(help=bilingual("WIDTHxHEIGHT, e.g. 768x512.", "가로x세로, 예: 768x512.")),
+    ] = None,
     ar: Annotated[
-        str | None, typer.Option("--ar", "--aspect", help="Aspect ratio W:H, e.g. 16:9.")
+        str | None,
+        typer.Option(
+            "--ar",
+            "--aspect",
+            help=bilingual("Aspect ratio W:H, e.g. 16:9.", "가로:세로 비율, 예: 16:9."),
+        ),
     ] = None,
-    style: Annotated[str | None, typer.Option(help="Style id, e.g. watercolor.")] = None,
-    shot: Annotated[str | None, typer.Option(help="Shot id, e.g. close-up-shot.")] = None,
+    style: Annotated[
+        str | None,
+        typer.Option(help=bilingual("Style id, e.g. watercolor.", "스타일 id, 예: watercolor.")),
+    ] = None,
+    shot: Annotated[
+        str | None,
+        typer.Option(help=bilingual("Shot id, e.g. close-up-shot.", "샷 id, 예: close-up-shot.")),
+    ] = None,
     light: Annotated[
         str | None,
-        typer.Option("--light", "--lighting", help="Lighting id, e.g. golden-hour-lighting."),
+        typer.Option(
+            "--light",
+            "--lighting",
+            help=bilingual(
+                "Lighting id, e.g. golden-hour-lighting.", "조명 id, 예: golden-hour-lighting."
+            ),
+        ),
     ] = None,
-    quality: Annotated[str | None, typer.Option(help="Quality id, e.g. masterpiece.")] = None,
-    face: Annotated[str | None, typer.Option(help="Face id, e.g. cute-eyes.")] = None,
+    quality: Annotated[
+        str | None,
+        typer.Option(help=bilingual("Quality id, e.g. masterpiece.", "품질 id, 예: masterpiece.")),
+    ] = None,
+    face: Annotated[
+        str | None,
+        typer.Option(help=bilingual("Face id, e.g. cute-eyes.", "얼굴 id, 예: cute-eyes.")),
+    ] = None,
     composition: Annotated[
         str | None,
-        typer.Option("--composition", "--comp", help="Composition id, e.g. portrait."),
+        typer.Option(
+            "--composition",
+            "--comp",
+            help=bilingual("Composition id, e.g. portrait.", "구도 id, 예: portrait."),
+        ),
     ] = None,
     lora: Annotated[
         list[str] | None,
-        typer.Option("--lora", metavar="NAME[:WEIGHT]", help="A LoRA file by name; repeatable."),
+        typer.Option(
+            "--lora",
+            metavar="NAME[:WEIGHT]",
+            help=bilingual(
+                "A LoRA file by name; repeatable.",
+                "이름으로 고른 LoRA 파일. 여러 번 쓸 수 있습니다.",
+            ),
+        ),
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="A preset from models/presets.toml.")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual("A preset from models/presets.toml.", "models/presets.toml의 프리셋.")
+        ),
+    ] = None,
     hires: Annotated[
         float | None,
         typer.Option(
-            metavar="[F]", help=f"Hires fix: upscale factor F (bare: {DEFAULT_HIRES_SCALE:g})."
+            metavar="[F]",
+            help=bilingual(
+                f"Hires fix: upscale factor F (bare: {DEFAULT_HIRES_SCALE:g}).",
+                f"하이레스 픽스: 확대 배율 F (값 없이: {DEFAULT_HIRES_SCALE:g}).",
+            ),
         ),
     ] = None,
-    tile: Annotated[bool, typer.Option("--tile", help="Seamless tiling texture.")] = False,
+    tile: Annotated[
+        bool,
+        typer.Option(
+            "--tile", help=bilingual("Seamless tiling texture.", "이음새 없는 타일 텍스처.")
+        ),
+    ] = False,
     clip_skip: Annotated[
-        int | None, typer.Option("--clip-skip", help="CLIP layers to skip.")
+        int | None,
+        typer.Option(
+            "--clip-skip", help=bilingual("CLIP layers to skip.", "건너뛸 CLIP 레이어 수.")
+        ),
     ] = None,
-    init: Annotated[Path | None, typer.Option("--init", help="Init image for img2img.")] = None,
-    strength: Annotated[float, typer.Option(help="Denoising strength for img2img.")] = 0.75,
-    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help=bilingual("Init image for img2img.", "img2img의 시작 이미지.")),
+    ] = None,
+    strength: Annotated[
+        float,
+        typer.Option(help=bilingual("Denoising strength for img2img.", "img2img 디노이즈 강도.")),
+    ] = 0.75,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
+        ),
+    ] = False,
 ) -> None:
     """Generate images from a prompt and save them with a grid.
 
@@ -155,18 +266,48 @@ def _generate_and_save(
 
 
 def vary(
-    image: Annotated[Path, typer.Argument(help="A PNG that Easel or A1111 made.")],
+    image: Annotated[
+        Path,
+        typer.Argument(
+            help=bilingual("A PNG that Easel or A1111 made.", "Easel이나 A1111이 만든 PNG.")
+        ),
+    ],
     strong: Annotated[
-        bool, typer.Option("--strong/--subtle", help="Strong (img2img) or subtle (default).")
+        bool,
+        typer.Option(
+            "--strong/--subtle",
+            help=bilingual(
+                "Strong (img2img) or subtle (default).", "강하게 (img2img) 또는 미묘하게 (기본)."
+            ),
+        ),
     ] = False,
-    n: Annotated[int, typer.Option("--n", help="Number of variations, 1-4.")] = 4,
+    n: Annotated[
+        int, typer.Option("--n", help=bilingual("Number of variations, 1-4.", "변형 수, 1-4."))
+    ] = 4,
     strength: Annotated[
         float | None,
-        typer.Option(help="Variation strength (subtle, default 0.25) or denoising (strong, 0.65)."),
+        typer.Option(
+            help=bilingual(
+                "Variation strength (subtle, default 0.25) or denoising (strong, 0.65).",
+                "변형 강도 (미묘: 기본 0.25) 또는 디노이즈 (강함: 0.65).",
+            )
+        ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
+        ),
+    ] = False,
 ) -> None:
     """Variations of an image, from the parameters stored in it (Midjourney's V buttons)."""
     from pipeline.images import open_rgb, read_infotext
@@ -201,22 +342,46 @@ def vary(
 
 
 def upscale(
-    image: Annotated[Path, typer.Argument(help="The image to enlarge.")],
-    scale: Annotated[int, typer.Option(help="2 or 4.")] = 2,
+    image: Annotated[
+        Path, typer.Argument(help=bilingual("The image to enlarge.", "확대할 이미지."))
+    ],
+    scale: Annotated[int, typer.Option(help=bilingual("2 or 4.", "2 또는 4."))] = 2,
     upscaler: Annotated[
         str | None,
-        typer.Option("--upscaler", help="Upscaler name in models/upscale; none: Lanczos."),
+        typer.Option(
+            "--upscaler",
+            help=bilingual(
+                "Upscaler name in models/upscale; none: Lanczos.",
+                "models/upscale의 업스케일러 이름. none: Lanczos.",
+            ),
+        ),
     ] = None,
     detail: Annotated[
         float,
-        typer.Option(help="img2img detail pass strength after upscaling (0 to skip)."),
+        typer.Option(
+            help=bilingual(
+                "img2img detail pass strength after upscaling (0 to skip).",
+                "업스케일 뒤 img2img 디테일 패스 강도 (0이면 건너뜀).",
+            )
+        ),
     ] = DETAIL_STRENGTH,
     model: Annotated[
         str | None,
-        typer.Option("--model", "--checkpoint", help="Checkpoint for the detail pass."),
+        typer.Option(
+            "--model",
+            "--checkpoint",
+            help=bilingual("Checkpoint for the detail pass.", "디테일 패스에 쓸 체크포인트."),
+        ),
     ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
+        ),
+    ] = False,
 ) -> None:
     """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U,
     the same rule as the chat's U buttons).

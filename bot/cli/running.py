@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bot.cli.common import _load_engine, _quiet_libraries, err
+from bot.cli.texts import bilingual
 from bot.settings import Settings
 
 if TYPE_CHECKING:
@@ -16,11 +17,26 @@ if TYPE_CHECKING:
 
 
 def chat(
-    lang: Annotated[str | None, typer.Option(help="en or ko; default: from LANG.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual("en or ko; default: from LANG.", "en 또는 ko. 기본: LANG에서.")
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
+        ),
+    ] = None,
     previews: Annotated[
         Path | None,
-        typer.Option(help="Save each job's live preview in this folder (job-N.jpg)."),
+        typer.Option(
+            help=bilingual(
+                "Save each job's live preview in this folder (job-N.jpg).",
+                "작업마다 실시간 미리보기를 이 폴더에 저장합니다 (job-N.jpg).",
+            )
+        ),
     ] = None,
 ) -> None:
     """Chat with the bot here: /imagine, /u 2, /v 3, /remix, /history, /help. Reads commands
@@ -39,9 +55,20 @@ def chat(
 
 
 def run(
-    model: Annotated[str | None, typer.Option(help="Model name, path or repo id.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
+        ),
+    ] = None,
     lang: Annotated[
-        str | None, typer.Option(help="en or ko for the console and start-up lines.")
+        str | None,
+        typer.Option(
+            help=bilingual(
+                "en or ko for the console and start-up lines.",
+                "콘솔과 시작 메시지의 언어: en 또는 ko.",
+            )
+        ),
     ] = None,
 ) -> None:
     """Run the bot: Discord and/or Telegram when their tokens are set, else the console chat."""
