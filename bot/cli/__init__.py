@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, generate, running, users
+from bot.cli import catalogue, database, discord, doctor, generate, running, users
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE
@@ -52,6 +52,7 @@ app.add_typer(database.db_app, name="db")
 app.add_typer(users.users_app, name="users")
 _command(running.chat, "여기서 봇과 대화합니다: /imagine, /u 2, /v 3, /remix, /history, /help.")
 _command(running.run, "봇을 실행합니다: 토큰이 있으면 Discord와 Telegram, 없으면 콘솔 대화.")
+_command(doctor.doctor, doctor.DOCTOR_HELP_KO)
 
 
 def with_bare_hires(argv: list[str]) -> list[str]:
