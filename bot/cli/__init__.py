@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, generate, running
+from bot.cli import catalogue, database, discord, generate, retention, running, stats
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.core.options import DEFAULT_HIRES_SCALE
 from bot.settings import Settings, settings_problems
@@ -37,6 +37,8 @@ app.add_typer(catalogue.lora_app, name="lora")
 app.command()(catalogue.pnginfo)
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
+app.command(help=stats.HELP)(stats.stats)
+app.command(help=retention.HELP)(retention.prune)
 app.command()(running.chat)
 app.command()(running.run)
 

@@ -1,16 +1,19 @@
-"""`easel db upgrade|current`: the database's migrations."""
+"""`easel db upgrade|current|backup`: the database's migrations and a copy of it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from bot.cli.common import HELP_STYLE, out
+from bot.cli.common import HELP_STYLE, err, out
+from bot.cli.output import JsonOption, print_json
+from bot.cli.texts import bilingual
 from bot.settings import Settings
 
 db_app = typer.Typer(
-    help="The database: migrations.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
+    help="The database: migrations and backups.", no_args_is_help=True, rich_markup_mode=HELP_STYLE
 )
 
 
@@ -40,6 +43,58 @@ def db_current() -> None:
     current, head = store.current(), store.head()
     state = "up to date" if current == head else f"newest is {head}; run `easel db upgrade`"
     out.print(f"{store.url}: revision {current or 'none'} ({state})")
+
+
+@db_app.command(
+    "backup",
+    help=bilingual(
+        "Copy the SQLite database to PATH while the bot runs (SQLite's online backup: one "
+        "consistent snapshot, written under a temporary name and then renamed). An existing "
+        "file is refused unless --force. For PostgreSQL, use pg_dump.",
+        "봇이 실행 중일 때도 SQLite 데이터베이스를 PATH로 복사합니다(SQLite 온라인 백업: 한 "
+        "시점의 일관된 사본을 임시 이름으로 쓴 뒤 이름을 바꿉니다). 이미 있는 파일은 --force가 "
+        "없으면 덮어쓰지 않습니다. PostgreSQL은 pg_dump를 쓰세요.",
+    ),
+)
+def db_backup(
+    path: Annotated[
+        Path, typer.Argument(help=bilingual("The backup file.", "백업 파일."), show_default=False)
+    ],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help=bilingual("Replace an existing file at PATH.", "PATH에 있는 파일을 덮어씁니다."),
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    from bot.store.backup import backup_sqlite, unsupported_reason
+
+    url = Settings().database_url
+    reason = unsupported_reason(url)
+    if reason is not None:
+        err.print(reason)
+        raise typer.Exit(1)
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        err.print(f"No database yet ({missing} does not exist): there is nothing to back up.")
+        raise typer.Exit(1)
+    result = backup_sqlite(url, path, force=force)
+    if as_json:
+        print_json(result)
+        return
+    jobs = "no jobs table" if result.jobs is None else f"{result.jobs} jobs"
+    out.print(
+        f"Backed up to {result.path}: {_size_text(result.bytes)}, {jobs}, "
+        f"revision {result.revision or 'none'}."
+    )
+
+
+def _size_text(size: int) -> str:
+    from bot.cli.retention import human_bytes
+
+    return f"{human_bytes(size)} ({size} bytes)"
 
 
 def missing_sqlite_file(url: str) -> Path | None:
