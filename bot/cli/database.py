@@ -69,6 +69,7 @@ def db_backup(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
+    from bot.store import StoreError
     from bot.store.backup import backup_sqlite, unsupported_reason
 
     url = Settings().database_url
@@ -80,7 +81,11 @@ def db_backup(
     if missing is not None:
         err.print(f"No database yet ({missing} does not exist): there is nothing to back up.")
         raise typer.Exit(1)
-    result = backup_sqlite(url, path, force=force)
+    try:
+        result = backup_sqlite(url, path, force=force)
+    except StoreError as error:
+        err.print(str(error))
+        raise typer.Exit(1) from None
     if as_json:
         print_json(result)
         return
