@@ -360,3 +360,22 @@ def test_ages_in_hours_days_and_weeks() -> None:
     assert parse_age("12h") == timedelta(hours=12)
     assert parse_age("30d") == timedelta(days=30)
     assert parse_age(" 2W ") == timedelta(weeks=2)
+
+
+def test_an_upload_used_again_is_young_again_and_stays(place: Place) -> None:
+    from types import SimpleNamespace
+
+    from bot.core.service import JobService
+
+    service = SimpleNamespace(config=SimpleNamespace(outputs_dir=place.outputs))
+    data = b"an uploaded image's bytes"
+    stored = Path(JobService._store_input(service, data).path or "")  # type: ignore[arg-type]
+    long_ago = (datetime.now(UTC) - timedelta(days=90)).timestamp()
+    os.utime(stored, (long_ago, long_ago))
+    forgotten = CliRunner().invoke(app, ["prune", "--older-than", "30d", "--json"])
+    assert json.loads(forgotten.stdout)["files"] == 1
+
+    assert JobService._store_input(service, data).path == str(stored)  # type: ignore[arg-type]
+    used = CliRunner().invoke(app, ["prune", "--older-than", "30d", "--yes", "--json"])
+    assert json.loads(used.stdout)["deleted"]["files"] == 0
+    assert stored.read_bytes() == data
