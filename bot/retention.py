@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,21 +30,22 @@ INPUTS_FOLDER = "inputs"  # where the service keeps uploaded images (`_store_inp
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """What a prune at `cutoff` deletes. `files` exist now and lie inside the outputs folder;
-    `files_in_use` are old jobs' files that newer or unfinished jobs still name (kept), and
-    `files_outside` recorded paths outside the outputs folder (left alone)."""
+    """What a prune at `cutoff` deletes. The files (absolute paths, symbolic links resolved)
+    exist now and lie inside the outputs folder; `files_in_use` are old jobs' files that newer
+    or unfinished jobs still name (kept), and `files_outside` recorded paths outside the
+    outputs folder (left alone)."""
 
     cutoff: datetime
     outputs_dir: Path
     jobs: tuple[int, ...]
-    job_files: dict[int, tuple[Path, ...]]
-    inputs: tuple[Path, ...]
+    job_files: dict[int, tuple[str, ...]]
+    inputs: tuple[str, ...]
     bytes: int
     files_in_use: int
     files_outside: int
 
     @property
-    def files(self) -> tuple[Path, ...]:
+    def files(self) -> tuple[str, ...]:
         recorded = (path for paths in self.job_files.values() for path in paths)
         return (*recorded, *self.inputs)
 
@@ -59,16 +61,17 @@ class PruneResult:
 
 def plan_prune(store: Store, outputs_dir: Path, cutoff: datetime) -> PrunePlan:
     """What a prune would delete; reads only."""
-    root = outputs_dir.resolve()
-    in_use = _paths_named(requests_kept(store, cutoff))
-    job_files: dict[int, tuple[Path, ...]] = {}
+    root = os.path.realpath(outputs_dir)
+    real = _RealPaths()
+    in_use = {real(path) for path in _paths_named(requests_kept(store, cutoff))}
+    job_files: dict[int, tuple[str, ...]] = {}
     size = outside = kept = 0
     jobs = finished_before(store, cutoff)
     for job in jobs:
-        mine: list[Path] = []
+        mine: list[str] = []
         for recorded in sorted(job.paths):
-            path = Path(recorded).resolve()
-            if not path.is_relative_to(root):
+            path = real(recorded)
+            if not _inside(path, root):
                 outside += 1
             elif path in in_use:
                 kept += 1
@@ -76,11 +79,15 @@ def plan_prune(store: Store, outputs_dir: Path, cutoff: datetime) -> PrunePlan:
                 mine.append(path)
                 size += found
         job_files[job.job_id] = tuple(mine)
-    inputs = tuple(path for path in _old_inputs(root / INPUTS_FOLDER, cutoff) if path not in in_use)
+    inputs = tuple(
+        path
+        for path in _old_inputs(os.path.join(root, INPUTS_FOLDER), cutoff)
+        if path not in in_use
+    )
     size += sum(_size(path) or 0 for path in inputs)
     return PrunePlan(
         cutoff=cutoff,
-        outputs_dir=root,
+        outputs_dir=Path(root),
         jobs=tuple(job.job_id for job in jobs),
         job_files=job_files,
         inputs=inputs,
@@ -106,14 +113,34 @@ def apply_prune(store: Store, plan: PrunePlan) -> PruneResult:
     removed, removed_bytes, failed = _remove_files(plan.inputs)
     files, size = files + removed, size + removed_bytes
     problems.extend(failed)
-    _remove_empty_folders(plan.files, plan.outputs_dir)
+    _remove_empty_folders(plan.files, str(plan.outputs_dir))
     return PruneResult(deleted, files, size, tuple(stuck), tuple(problems))
 
 
-def _paths_named(requests: Iterable[str]) -> set[Path]:
+class _RealPaths:
+    """Absolute paths with symbolic links resolved, each folder resolved once (a prune reads
+    tens of thousands of paths in a few day folders)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, recorded: str) -> str:
+        folder, name = os.path.split(os.path.abspath(recorded))
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        path = os.path.join(real_folder, name)
+        return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def _inside(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _paths_named(requests: Iterable[str]) -> set[str]:
     """The image paths jobs' requests name: GenerationRequest.init_image and
     UpscaleRequest.image are {"path": ...} (or {"data": ...}, inline)."""
-    named: set[Path] = set()
+    named: set[str] = set()
     for request in requests:
         try:
             payload = json.loads(request)
@@ -123,42 +150,43 @@ def _paths_named(requests: Iterable[str]) -> set[Path]:
             continue
         for value in payload.values():
             if isinstance(value, dict) and isinstance(value.get("path"), str):
-                named.add(Path(value["path"]).resolve())
+                named.add(value["path"])
     return named
 
 
-def _old_inputs(folder: Path, cutoff: datetime) -> list[Path]:
-    """Uploaded images not written (or used again) since the cutoff."""
-    if not folder.is_dir():
+def _old_inputs(folder: str, cutoff: datetime) -> list[str]:
+    """Uploaded images (plain files) not written or used again since the cutoff."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    old: list[Path] = []
-    for path in sorted(folder.iterdir()):
+    old: list[str] = []
+    for entry in entries:
         try:
-            info = path.lstat()
+            info = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        if path.is_file() and not path.is_symlink() and info.st_mtime < cutoff.timestamp():
-            old.append(path.resolve())
+        if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff.timestamp():
+            old.append(entry.path)
     return old
 
 
-def _size(path: Path) -> int | None:
+def _size(path: str) -> int | None:
     """The size of a plain file; None when there is none (already gone, or not a file)."""
     try:
-        if not path.is_file():
-            return None
-        return path.stat().st_size
+        info = os.stat(path)
     except OSError:
         return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
-def _remove_files(paths: Iterable[Path]) -> tuple[int, int, list[str]]:
+def _remove_files(paths: Iterable[str]) -> tuple[int, int, list[str]]:
     removed = size = 0
     failed: list[str] = []
     for path in paths:
         try:
-            length = path.stat().st_size
-            path.unlink()
+            length = os.stat(path).st_size
+            os.unlink(path)
         except FileNotFoundError:
             continue
         except OSError as error:
@@ -168,10 +196,10 @@ def _remove_files(paths: Iterable[Path]) -> tuple[int, int, list[str]]:
     return removed, size, failed
 
 
-def _remove_empty_folders(paths: Iterable[Path], root: Path) -> None:
+def _remove_empty_folders(paths: Iterable[str], root: str) -> None:
     """The day folders (and the inputs folder) the prune emptied; never the outputs folder."""
-    for folder in sorted({path.parent for path in paths}, reverse=True):
-        if folder == root or not folder.is_relative_to(root):
+    for folder in sorted({os.path.dirname(path) for path in paths}, reverse=True):
+        if not _inside(folder, root):
             continue
         try:
             os.rmdir(folder)

@@ -67,15 +67,20 @@ def requests_kept(store: Store, cutoff: datetime) -> tuple[str, ...]:
 
 def delete_finished_jobs(store: Store, job_ids: Collection[int], cutoff: datetime) -> int:
     """Delete these jobs' rows (their images go with them; children keep theirs, their parent
-    link emptied) where they are still finished and older than `cutoff`; how many went."""
+    link emptied) where they are still finished and older than `cutoff`; how many went.
+
+    One short transaction per chunk of ids: a running bot's writes wait on each for a moment
+    only, never long enough to time out (SQLite has one writer at a time)."""
     _check_aware(cutoff)
     wanted = sorted(set(job_ids))
     deleted = 0
-    with store.writing() as session:
-        for start in range(0, len(wanted), ID_CHUNK):
-            chunk = wanted[start : start + ID_CHUNK]
+    for start in range(0, len(wanted), ID_CHUNK):
+        chunk = wanted[start : start + ID_CHUNK]
+        with store.writing() as session:
             result = session.execute(
-                sa.delete(Job).where(Job.id.in_(chunk), _old_and_finished(cutoff))
+                sa.delete(Job)
+                .where(Job.id.in_(chunk), _old_and_finished(cutoff))
+                .execution_options(synchronize_session=False)
             )
             deleted += result.rowcount or 0  # type: ignore[attr-defined]
     return deleted
