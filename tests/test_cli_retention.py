@@ -379,3 +379,20 @@ def test_an_upload_used_again_is_young_again_and_stays(place: Place) -> None:
     used = CliRunner().invoke(app, ["prune", "--older-than", "30d", "--yes", "--json"])
     assert json.loads(used.stdout)["deleted"]["files"] == 0
     assert stored.read_bytes() == data
+
+
+def test_refusals_speak_korean_in_a_korean_terminal(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EASEL_LANG", "ko")
+    target = place.database.parent / "taken.db"
+    target.write_text("keep me")
+    taken = CliRunner().invoke(app, ["db", "backup", str(target)])
+    assert taken.exit_code == 1
+    assert "이미 있습니다" in taken.stderr and "--force" in taken.stderr
+    assert target.read_text() == "keep me"
+    bad_age = CliRunner().invoke(app, ["prune", "--older-than", "30m"])
+    assert bad_age.exit_code == 2
+    assert "기간이 아닙니다" in bad_age.output
+    dry = CliRunner().invoke(app, ["prune", "--older-than", "30d"])
+    assert "미리 보기" in dry.stdout

@@ -158,12 +158,12 @@ def _print_prune(plan: PrunePlan, result: PruneResult | None) -> None:
 
 
 def human_bytes(size: int) -> str:
-    """12 B, 340.0 KB, 1.2 MB (powers of 1000, as `du -H` counts)."""
-    if size < 1000:
+    """12 B, 340.0 KiB, 1.2 MiB: the units `easel models` uses."""
+    if size < 1024:
         return f"{size} B"
     value = float(size)
-    for unit in ("KB", "MB", "GB"):
-        value /= 1000
-        if value < 1000:
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
             return f"{value:.1f} {unit}"
-    return f"{value / 1000:.1f} TB"
+    return f"{value / 1024:.1f} TiB"

@@ -13,6 +13,7 @@ import contextlib
 import os
 import sqlite3
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -24,6 +25,33 @@ BUSY_TIMEOUT_S = 30.0
 
 class BackupNotSupportedError(StoreError):
     """Not an SQLite file: the database's own tools make its backups."""
+
+
+class BackupTarget(StrEnum):
+    """Why a destination was refused (the command line says it in the terminal's language)."""
+
+    EXISTS = "exists"
+    IS_FOLDER = "is_folder"
+    NO_FOLDER = "no_folder"
+    IS_DATABASE = "is_database"
+
+
+TARGET_PROBLEMS = {
+    BackupTarget.EXISTS: "{path} already exists: choose another path or add --force.",
+    BackupTarget.IS_FOLDER: "{path} is a folder: give the backup's file name, e.g. "
+    "{path}/easel.db.",
+    BackupTarget.NO_FOLDER: "The folder {folder} does not exist.",
+    BackupTarget.IS_DATABASE: "{path} is the database itself: choose another path.",
+}
+
+
+class BackupTargetError(StoreError):
+    """The destination cannot take the backup; nothing was written."""
+
+    def __init__(self, problem: BackupTarget, path: Path) -> None:
+        super().__init__(TARGET_PROBLEMS[problem].format(path=path, folder=path.parent))
+        self.problem = problem
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -78,15 +106,13 @@ def _source_file(url: str) -> Path:
 
 def _check_destination(source: Path, target: Path, force: bool) -> None:
     if target.is_dir():
-        raise StoreError(
-            f"{target} is a folder: give the backup's file name, e.g. {target}/easel.db"
-        )
+        raise BackupTargetError(BackupTarget.IS_FOLDER, target)
     if not target.parent.is_dir():
-        raise StoreError(f"The folder {target.parent} does not exist.")
+        raise BackupTargetError(BackupTarget.NO_FOLDER, target)
     if target.exists() and target.resolve() == source.resolve():
-        raise StoreError(f"{target} is the database itself: choose another path.")
+        raise BackupTargetError(BackupTarget.IS_DATABASE, target)
     if target.exists() and not force:
-        raise StoreError(f"{target} already exists: choose another path or add --force.")
+        raise BackupTargetError(BackupTarget.EXISTS, target)
 
 
 def _copy(source_path: Path, temp: Path) -> tuple[int | None, str | None]:
@@ -137,12 +163,10 @@ def _put_in_place(temp: Path, target: Path, force: bool) -> None:
     try:
         os.link(temp, target)
     except FileExistsError:
-        raise StoreError(f"{target} already exists: choose another path or add --force.") from None
+        raise BackupTargetError(BackupTarget.EXISTS, target) from None
     except OSError:  # a file system without hard links
         if target.exists():
-            raise StoreError(
-                f"{target} already exists: choose another path or add --force."
-            ) from None
+            raise BackupTargetError(BackupTarget.EXISTS, target) from None
         os.replace(temp, target)
 
 
