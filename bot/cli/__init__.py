@@ -11,7 +11,17 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, doctor, generate, running, users
+from bot.cli import (
+    catalogue,
+    database,
+    discord,
+    doctor,
+    generate,
+    retention,
+    running,
+    stats,
+    users,
+)
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE
@@ -50,9 +60,11 @@ _command(catalogue.pnginfo, "이미지에 저장된 생성 설정을 보여 줍�
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
 app.add_typer(users.users_app, name="users")
+app.command(help=stats.HELP)(stats.stats)
+app.command(help=retention.HELP)(retention.prune)
+_command(doctor.doctor, doctor.DOCTOR_HELP_KO)
 _command(running.chat, "여기서 봇과 대화합니다: /imagine, /u 2, /v 3, /remix, /history, /help.")
 _command(running.run, "봇을 실행합니다: 토큰이 있으면 Discord와 Telegram, 없으면 콘솔 대화.")
-_command(doctor.doctor, doctor.DOCTOR_HELP_KO)
 
 
 def with_bare_hires(argv: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ why in the user's language. Nothing is written when a request is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -251,6 +252,10 @@ class JobService:
             partial = path.with_suffix(".part")
             partial.write_bytes(data)
             partial.replace(path)
+        else:
+            # Used again: its age is how `easel prune` tells a forgotten upload.
+            with contextlib.suppress(OSError):
+                path.touch()
         return ImageRef(path=str(path))
 
     # ------------------------------------------------------------------ remix
