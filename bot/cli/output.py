@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, is_dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,12 +27,12 @@ JsonOption = Annotated[
 
 
 def to_plain(value: Any) -> Any:
-    """Dataclasses, enums, times and paths as JSON's own types (times in ISO 8601, UTC)."""
+    """Dataclasses, enums, dates, times and paths as JSON's own types (ISO 8601, UTC)."""
     if is_dataclass(value) and not isinstance(value, type):
         return {name: to_plain(item) for name, item in asdict(value).items()}
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, datetime):
+    if isinstance(value, date):  # datetimes too
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
