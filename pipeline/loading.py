@@ -32,7 +32,7 @@ from pipeline.checkpoints import (
     write_config_folder,
 )
 from pipeline.device import DeviceChoice
-from pipeline.errors import ModelLoadError, first_line
+from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
 from pipeline.folders import ModelFolders
 from pipeline.tokenizer import build_clip_tokenizer
@@ -66,6 +66,22 @@ class SeveralLocalModelsError(ModelLoadError):
         super().__init__(
             f"{len(names)} checkpoints in {models_dir} and none chosen; pick one by name: "
             f"{', '.join(names)}."
+        )
+
+
+class CheckpointSwitchError(InvalidRequestError):
+    """A batch names a checkpoint that cannot be loaded; the one before stays loaded."""
+
+    def __init__(self, name: str, kept: str | None, reason: str) -> None:
+        self.name = name
+        self.kept = kept
+        stays = f"{kept!r} stays loaded" if kept else "no checkpoint is loaded"
+        stays_ko = f"{kept!r}을(를) 계속 사용합니다" if kept else "불러온 체크포인트가 없습니다"
+        super().__init__(
+            f"The checkpoint {name!r} could not be loaded ({reason}); {stays}. An admin can "
+            "choose another one with `easel models use`.",
+            ko=f"체크포인트 {name!r}을(를) 불러올 수 없습니다({reason}). {stays_ko}. 관리자가 "
+            "`easel models use`로 다른 체크포인트를 고를 수 있습니다.",
         )
 
 
@@ -452,3 +468,36 @@ def _hub_snapshot(repo_id: str, variant: str | None, local_only: bool) -> Path |
             return None
         raise
     return Path(folder)
+
+
+class ModelLoader:
+    """Loads checkpoints by name for an engine that switches between them (`easel models
+    use`): the models folder's checkpoints, plus the sources `remember` was given (the one
+    the bot started with may be a path or a hub repo outside the folder)."""
+
+    def __init__(
+        self, models_dir: Path, device: DeviceChoice, cache_dir: Path, hashes: HashCache
+    ) -> None:
+        self.models_dir = models_dir
+        self.device = device
+        self.cache_dir = cache_dir
+        self.hashes = hashes
+        self._known: dict[str, ModelSource] = {}
+
+    def remember(self, source: ModelSource) -> None:
+        self._known[source.name] = source
+
+    def source(self, name: str) -> ModelSource:
+        """The checkpoint called `name`, checked from its headers (no weights read): a
+        ModelLoadError when there is none or it is of a kind Easel cannot run."""
+        source = self._known.get(name)
+        if source is None:
+            source = resolve_model(name, self.models_dir)
+        if source.kind is not SourceKind.HUB:
+            detect_local_family(source)
+        return source
+
+    def load(self, source: ModelSource) -> LoadedModel:
+        loaded = load_model(source, self.device, self.cache_dir, self.hashes)
+        self.remember(source)
+        return loaded

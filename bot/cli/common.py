@@ -63,7 +63,7 @@ def _load_engine(
     from bot.serve import console_locale
     from pipeline.device import choose_device
     from pipeline.engine import Engine
-    from pipeline.loading import HashCache, SourceKind
+    from pipeline.loading import HashCache, ModelLoader, SourceKind
 
     language = locale or console_locale(None)
     source = _model_source(settings, model)
@@ -80,12 +80,24 @@ def _load_engine(
         )
     about = {"model": source.name, "family": loaded.family.label, "size": loaded.native_size}
     err.print(Message(Key.STARTUP_MODEL, about).render(language))
+    loader = ModelLoader(settings.models_dir, device, settings.cache_dir, hashes)
+    loader.remember(source)  # a path or repo given at start can be switched back to by name
     return Engine(
         loaded,
         settings.limits(),
         exact_batches=settings.exact_batches,
         models_dir=settings.models_dir,
+        loader=loader,
     )
+
+
+def configured_model_name(settings: Settings, model: str | None) -> str | None:
+    """The name of the checkpoint --model or EASEL_MODEL names (or the only local one);
+    None when that does not resolve (several local ones and none named)."""
+    try:
+        return _model_source(settings, model).name
+    except ModelLoadError:
+        return None
 
 
 def _model_source(settings: Settings, model: str | None) -> ModelSource:
