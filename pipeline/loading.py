@@ -185,6 +185,27 @@ def resolve_model(name: str | None, models_dir: Path) -> ModelSource:
     )
 
 
+def resolve_local_model(name: str, models_dir: Path) -> ModelSource:
+    """The checkpoint of the models folder called `name` (as `easel models` lists it, case
+    ignored where that is unambiguous), checked from its headers: a ModelLoadError naming
+    the local checkpoints when there is none, or it is of a kind Easel cannot run."""
+    local = find_local_models(models_dir)
+    known = ", ".join(source.name for source in local) or "none"
+    try:
+        source = resolve_model(name, models_dir) if name.strip() else None
+    except ModelLoadError:
+        source = None
+    if source is None or source not in local:
+        raise ModelLoadError(
+            f"No checkpoint named {name!r} in {models_dir}; the checkpoints there: {known}."
+        )
+    try:
+        detect_local_family(source)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{source.name} cannot be used: {first_line(error)}") from error
+    return source
+
+
 def _hub(repo_id: str) -> ModelSource:
     return ModelSource(repo_id, SourceKind.HUB, repo_id)
 

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, generate, running
+from bot.cli import catalogue, database, discord, generate, models, presets, running
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.core.options import DEFAULT_HIRES_SCALE
 from bot.settings import Settings, settings_problems
@@ -31,9 +31,10 @@ log = logging.getLogger("easel")
 app.command()(generate.imagine)
 app.command()(generate.vary)
 app.command()(generate.upscale)
-app.command()(catalogue.models)
+app.add_typer(models.models_app, name="models")
 app.command()(catalogue.vocabulary)
 app.add_typer(catalogue.lora_app, name="lora")
+app.add_typer(presets.presets_app, name="presets")
 app.command()(catalogue.pnginfo)
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")

@@ -176,3 +176,13 @@ def operator_store(settings: Settings | None = None) -> Store:
             f"needs {head}: run `easel db upgrade`."
         )
     return store
+
+
+def operator_name() -> str:
+    """Who made a change from the command line, for the shared row's `changed_by`."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment
+        return "cli"
