@@ -76,12 +76,13 @@ class CheckpointSwitchError(InvalidRequestError):
         self.name = name
         self.kept = kept
         stays = f"{kept!r} stays loaded" if kept else "no checkpoint is loaded"
-        stays_ko = f"{kept!r}을(를) 계속 사용합니다" if kept else "불러온 체크포인트가 없습니다"
+        stays_ko = f"{kept!r}을(를) 계속 씁니다" if kept else "불러온 체크포인트가 없습니다"
+        # The reason goes last: a chat shows the first 300 characters.
         super().__init__(
-            f"The checkpoint {name!r} could not be loaded ({reason}); {stays}. An admin can "
-            "choose another one with `easel models use`.",
-            ko=f"체크포인트 {name!r}을(를) 불러올 수 없습니다({reason}). {stays_ko}. 관리자가 "
-            "`easel models use`로 다른 체크포인트를 고를 수 있습니다.",
+            f"The checkpoint {name!r} could not be loaded, so {stays}; an admin can choose "
+            f"another one with `easel models use`. Why: {reason}",
+            ko=f"체크포인트 {name!r}을(를) 불러올 수 없어 {stays_ko}. 관리자가 "
+            f"`easel models use`로 다른 체크포인트를 고를 수 있습니다. 이유: {reason}",
         )
 
 
