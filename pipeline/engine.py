@@ -270,7 +270,7 @@ class Engine:
         self._txt2img = self._img2img = None  # type: ignore[assignment]
         self.loras = None  # type: ignore[assignment]
         self._preview_maker = None
-        self.model = replace(self.model, pipe=None)  # keeps its name and source
+        self.model = replace(self.model, pipe=None)  # type: ignore[arg-type]  # name, source
         self._free_memory()
 
     def _restore(self, previous: ModelSource, failure: str) -> None:

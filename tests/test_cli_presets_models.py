@@ -258,3 +258,18 @@ def test_models_use_refuses_a_broken_checkpoint_file(
     assert result.exit_code == 1
     assert "half cannot be used" in result.stderr
     assert control(database)[0] is None
+
+
+def test_the_commands_answer_in_korean_under_a_korean_terminal(
+    checkpoints: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EASEL_LANG", "ko")
+    chosen = easel("models", "use", "tiny-sd1-single")
+    assert chosen.exit_code == 0, chosen.output
+    assert "이제부터 대기열에 들어오는 작업은 tiny-sd1-single(으)로 실행됩니다" in chosen.stdout
+    refused = easel("models", "use", "tiny-sd3")
+    assert refused.exit_code == 1
+    assert "체크포인트를 바꾸지 않았습니다" in refused.stderr
+    assert control(database)[0] == "tiny-sd1-single"
+    asked = easel("presets", "reload")
+    assert "봇에 presets.toml과 어휘를 다시 읽으라고 요청했습니다" in asked.stdout

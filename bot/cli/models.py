@@ -144,9 +144,19 @@ def _print_listing(as_json: bool) -> None:
     else:
         err.print(f"No checkpoints in {settings.models_dir}.")
     if listing.chosen is None:
-        out.print("Chosen for the bot: none (it uses the configured checkpoint).")
+        out.print(
+            bilingual(
+                "Chosen for the bot: none (it uses the configured checkpoint).",
+                "봇에 고른 체크포인트: 없음(설정된 체크포인트를 씁니다).",
+            )
+        )
     elif not any(row.chosen for row in listing.checkpoints):
-        out.print(f"Chosen for the bot: {listing.chosen}, which is not in the models folder.")
+        out.print(
+            bilingual(
+                f"Chosen for the bot: {listing.chosen}, which is not in the models folder.",
+                f"봇에 고른 체크포인트: {listing.chosen}(모델 폴더에 없습니다).",
+            )
+        )
     from pipeline.folders import ModelFolders
 
     folders = ModelFolders(settings.models_dir)
@@ -219,17 +229,25 @@ def models_use(
     try:
         choice = choose_model(settings, None if default else name)
     except ModelLoadError as error:
-        err.print(str(error))
+        err.print(bilingual(str(error), f"체크포인트를 바꾸지 않았습니다. {error}"))
         raise typer.Exit(1) from None
     if as_json:
         print_json(choice)
     elif choice.model is None:
         out.print(
-            "The bot goes back to its configured checkpoint for jobs queued from now on; "
-            "jobs already queued keep theirs."
+            bilingual(
+                "The bot goes back to its configured checkpoint for jobs queued from now on; "
+                "jobs already queued keep theirs.",
+                "이제부터 대기열에 들어오는 작업은 설정된 체크포인트로 돌아갑니다. 이미 대기 "
+                "중인 작업은 원래 체크포인트를 씁니다.",
+            )
         )
     else:
         out.print(
-            f"Jobs queued from now on run on {choice.model}; a running bot loads it before "
-            "their first batch. Jobs already queued keep their checkpoint."
+            bilingual(
+                f"Jobs queued from now on run on {choice.model}; a running bot loads it "
+                "before their first batch. Jobs already queued keep their checkpoint.",
+                f"이제부터 대기열에 들어오는 작업은 {choice.model}(으)로 실행됩니다. 실행 중인 "
+                "봇이 그 첫 배치 전에 불러옵니다. 이미 대기 중인 작업은 원래 체크포인트를 씁니다.",
+            )
         )

@@ -63,7 +63,7 @@ def presets_list(as_json: JsonOption = False) -> None:
 def _print_presets(check: SourcesCheck) -> None:
     if not check.presets:
         where = check.presets_file if check.exists else f"{check.presets_file} (no such file)"
-        out.print(f"No presets in {where}.")
+        out.print(bilingual(f"No presets in {where}.", f"{where}에 프리셋이 없습니다."))
         return
     table = Table(title=f"Presets in {check.presets_file}")
     for column in ("Id", "LoRAs", "Trigger words", "Description", "설명", "Files"):
@@ -102,7 +102,12 @@ def presets_check(as_json: JsonOption = False) -> None:
     elif check.ok:
         count = len(check.presets)
         source = check.presets_file if check.exists else f"{check.presets_file} (no file)"
-        out.print(f"OK: {count} preset(s) in {source}, every LoRA file present.")
+        out.print(
+            bilingual(
+                f"OK: {count} preset(s) in {source}, every LoRA file present.",
+                f"문제없음: {source}에 프리셋 {count}개, LoRA 파일이 모두 있습니다.",
+            )
+        )
     else:
         for problem in check.problems:
             err.print(problem.message)
@@ -146,9 +151,18 @@ def presets_reload(as_json: JsonOption = False) -> None:
     if as_json:
         print_json({**to_plain(asked), "check": _check_json(check)})
         return
-    out.print("Asked the bot to reload presets.toml and the vocabulary.")
+    out.print(
+        bilingual(
+            "Asked the bot to reload presets.toml and the vocabulary.",
+            "봇에 presets.toml과 어휘를 다시 읽으라고 요청했습니다.",
+        )
+    )
     for problem in check.problems:
         if problem.kind is ProblemKind.MISSING_LORA:
             err.print(problem.message)
         else:
-            err.print(f"{problem.message} The bot keeps its last good version of this file.")
+            kept = bilingual(
+                "The bot keeps its last good version of this file.",
+                "봇은 이 파일의 마지막으로 문제없던 내용을 계속 씁니다.",
+            )
+            err.print(f"{problem.message} {kept}")
