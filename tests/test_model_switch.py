@@ -149,33 +149,49 @@ def test_jobs_queued_after_models_use_run_on_the_new_checkpoint(
 ) -> None:
     bot = make_bot()
     recorder = Recorder()
+    jobs: dict[str, int] = {}
 
-    async def scenario() -> tuple[int, int, int, EventKind, EventKind, EventKind]:
+    async def scenario() -> list[EventKind]:
         bot.service.subscribe("test", recorder)
         await bot.service.start()
         try:
             bot.service.dispatcher.set_paused(True)  # both run after the switch
-            before = await queue(bot, f"a lighthouse {LINE}")
+            jobs["before"] = await queue(bot, f"a lighthouse {LINE}")
             choose_model(switching.settings, "tiny-sd1-single")  # what `models use` runs
-            after = await queue(bot, f"a harbour {LINE}")
+            jobs["after"] = await queue(bot, f"a harbour {LINE}")
             bot.service.dispatcher.set_paused(False)
-            first, second = await recorder.ended(before), await recorder.ended(after)
+            ends = [await recorder.ended(jobs["before"]), await recorder.ended(jobs["after"])]
+            # Buttons on the earlier grid: its children keep the checkpoint it ran on.
+            for action in ("V1", "U1"):
+                ticket = await bot.service.act(ALICE, jobs["before"], action, ORIGIN)
+                jobs[action] = ticket.job_id
             choose_model(switching.settings, None)  # `models use --default`
-            back = await queue(bot, f"a beach {LINE}")
-            return before, after, back, first, second, await recorder.ended(back)
+            jobs["back"] = await queue(bot, f"a beach {LINE}")
+            for name in ("V1", "U1", "back"):
+                ends.append(await recorder.ended(jobs[name]))
+            return ends
         finally:
             await bot.service.stop()
 
-    before, after, back, *ends = run(scenario())
-    assert ends == [EventKind.FINISHED] * 3
-    assert request_of(bot, before).model == "tiny-sd1"
-    assert request_of(bot, after).model == "tiny-sd1-single"
-    assert request_of(bot, back).model == "tiny-sd1"
-    old, new, default = (parameters_of(bot, job) for job in (before, after, back))
-    assert (old.model, new.model, default.model) == ("tiny-sd1", "tiny-sd1-single", "tiny-sd1")
+    assert run(scenario()) == [EventKind.FINISHED] * 5
+    assert request_of(bot, jobs["before"]).model == "tiny-sd1"
+    assert request_of(bot, jobs["after"]).model == "tiny-sd1-single"
+    assert request_of(bot, jobs["V1"]).model == "tiny-sd1"
+    upscale = bot.store.job(jobs["U1"])
+    assert upscale is not None and work_of(upscale).model == "tiny-sd1"
+    assert request_of(bot, jobs["back"]).model == "tiny-sd1"
+    models = {name: parameters_of(bot, job).model for name, job in jobs.items()}
+    assert models == {
+        "before": "tiny-sd1",
+        "after": "tiny-sd1-single",
+        "V1": "tiny-sd1",
+        "U1": "tiny-sd1",
+        "back": "tiny-sd1",
+    }
     single = switching.models / "stable-diffusion" / "tiny-sd1-single.safetensors"
-    assert new.model_hash == switching.loader.hashes.short_hash(single)
-    assert old.model_hash is None  # a diffusers folder has no A1111 hash
+    hashes = switching.loader.hashes
+    assert parameters_of(bot, jobs["after"]).model_hash == hashes.short_hash(single)
+    assert parameters_of(bot, jobs["before"]).model_hash is None  # a folder has no A1111 hash
     assert switching.engine.model_name == "tiny-sd1"
 
 
