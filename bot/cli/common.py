@@ -91,11 +91,11 @@ def _load_engine(
     )
 
 
-def configured_model_name(settings: Settings, model: str | None) -> str | None:
-    """The name of the checkpoint --model or EASEL_MODEL names (or the only local one);
-    None when that does not resolve (several local ones and none named)."""
+def configured_model(settings: Settings, model: str | None) -> ModelSource | None:
+    """The checkpoint --model or EASEL_MODEL names (or the only local one); None when that
+    does not resolve (several local ones and none named)."""
     try:
-        return _model_source(settings, model).name
+        return _model_source(settings, model)
     except ModelLoadError:
         return None
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.cli.common import _load_engine, _quiet_libraries, configured_model_name, err
+from bot.cli.common import _load_engine, _quiet_libraries, configured_model, err
 from bot.settings import Settings
 from pipeline.errors import ModelLoadError
 
@@ -92,5 +92,8 @@ def _open_bot(settings: Settings, model: str | None, locale: str | None = None) 
             )
     if engine is None:
         engine = _load_engine(settings, model, quiet=False, locale=locale)
-    default = configured_model_name(settings, model) or engine.model_name
+    configured = configured_model(settings, model)
+    if configured is not None and engine.loader is not None:
+        engine.loader.remember(configured)  # `models use --default` may switch back to it
+    default = configured.name if configured is not None else engine.model_name
     return build_bot(settings, engine, store, default_model=default)
