@@ -7,12 +7,13 @@ changes the presets the running service uses."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,11 @@ from bot.runtime import Bot, build_bot, open_store
 from bot.settings import Settings
 from bot.store import JobRecord
 from pipeline.device import DeviceChoice
-from pipeline.engine import Engine
+from pipeline.engine import Engine, batch_key
 from pipeline.errors import ModelLoadError
 from pipeline.images import Infotext, read_infotext
 from pipeline.loading import CheckpointSwitchError, HashCache, ModelLoader
-from pipeline.request import GenerationRequest
+from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
 ORIGIN = Origin("test", "chat-1")
@@ -341,3 +342,20 @@ def test_the_bot_starts_on_the_checkpoint_chosen_before_it_stopped(
     assert asked[1:] == ["vanished", "tiny-sd1"]
     message = capsys.readouterr().err
     assert "The checkpoint chosen with `easel models use` (vanished) cannot be loaded" in message
+
+
+def test_the_request_records_its_checkpoint_and_old_rows_still_read(engine: Engine) -> None:
+    request = GenerationRequest("a lighthouse", width=64, height=64, steps=2, model="tiny-sd1")
+    assert GenerationRequest.from_json(request.to_json()) == request
+    old_row = json.loads(request.to_json())
+    del old_row["model"]  # written before jobs named their checkpoint
+    assert GenerationRequest.from_json(json.dumps(old_row)).model is None
+    upscale = UpscaleRequest(ImageRef(path="grid.png"), model="tiny-sd1")
+    assert UpscaleRequest.from_json(upscale.to_json()) == upscale
+    assert UpscaleRequest.from_json('{"image": {"path": "grid.png"}}').model is None
+    # Jobs for different checkpoints never share a pipeline call.
+    keys = {
+        batch_key(engine.prepare(replace(request, model=model)))
+        for model in ("tiny-sd1", "tiny-sd1-single", None)
+    }
+    assert len(keys) == 3
