@@ -256,7 +256,7 @@ class Engine:
                 model = self.loader.load(source)
             except Exception as error:
                 log.error("Loading the checkpoint %s failed: %s", wanted, first_line(error))
-                self._restore(previous, first_line(error))
+                self._restore(previous)
                 raise CheckpointSwitchError(
                     wanted, None if self._unloaded else previous.name, first_line(error)
                 ) from error
@@ -273,7 +273,9 @@ class Engine:
         self.model = replace(self.model, pipe=None)  # type: ignore[arg-type]  # name, source
         self._free_memory()
 
-    def _restore(self, previous: ModelSource, failure: str) -> None:
+    def _restore(self, previous: ModelSource) -> None:
+        """Load the checkpoint a failed switch freed; if even that fails, the engine has
+        none (its calls say so) until the next batch's switch loads one."""
         assert self.loader is not None
         try:
             self._install(self.loader.load(previous))
