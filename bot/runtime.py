@@ -67,15 +67,23 @@ class Bot:
 
 
 def build_bot(
-    settings: Settings, engine: Engine, store: Store, executor: Executor | None = None
+    settings: Settings,
+    engine: Engine,
+    store: Store,
+    executor: Executor | None = None,
+    default_model: str | None = None,
 ) -> Bot:
+    """The job service on `engine`. Jobs are queued for the checkpoint an operator chose
+    (`easel models use`), else `default_model` (the configured one; by default the one
+    loaded now); the executor loads a batch's checkpoint before running it. A reload asked
+    from another process (`easel presets reload`) re-reads presets.toml and the vocabulary."""
     config = core_config(settings, engine.model.pipe.device.type != "cpu")
     if executor is None:
         from pipeline.executors.local import LocalExecutor
 
         executor = LocalExecutor(engine, settings.models_dir)
     bus = EventBus(config.progress_interval, chat_interval=config.progress_chat_interval)
-    dispatcher = Dispatcher(store, executor, config, bus)
+    dispatcher = Dispatcher(store, executor, config, bus, loaded_model=engine.model_name)
     sources = Sources(settings.models_dir)
     service = JobService(
         store,
@@ -85,6 +93,7 @@ def build_bot(
         presets=sources.presets,
         native_size=engine.model.native_size,
         reload=sources.reload,
+        default_model=default_model or engine.model_name,
     )
     grant_admins(service, settings)
     return Bot(service, store, executor)

@@ -25,10 +25,10 @@ from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from pipeline.errors import GenerationOutOfMemory, InvalidRequestError
+from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext, check_pixels
-from pipeline.loading import LoadedModel
+from pipeline.loading import CheckpointSwitchError, LoadedModel, ModelLoader, ModelSource
 from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
 from pipeline.lora_names import prompt_with_lora_tags
 from pipeline.noise import seeded_noise, slerp
@@ -95,6 +95,7 @@ class BatchKey:
     is_img2img: bool
     denoising_strength: float | None  # img2img's only
     hires: HiresFix | None
+    model: str | None = None  # the checkpoint the jobs were queued for (None: the loaded one)
 
 
 def batch_key(job: PreparedJob) -> BatchKey:
@@ -113,6 +114,7 @@ def batch_key(job: PreparedJob) -> BatchKey:
         is_img2img=request.is_img2img,
         denoising_strength=request.denoising_strength if request.is_img2img else None,
         hires=request.hires,
+        model=request.model,
     )
 
 
@@ -192,29 +194,111 @@ class Engine:
         exact_batches: bool = True,
         models_dir: Path | None = None,
         max_resident_loras: int = 4,
+        loader: ModelLoader | None = None,
     ) -> None:
         """`exact_batches`: image i of a batch is bit-identical to seed i alone (see
-        pipeline/guidance.py). `models_dir` holds the upscalers a hires fix may name."""
-        self.model = model
+        pipeline/guidance.py). `models_dir` holds the upscalers a hires fix may name.
+        `loader`: how `use_model` loads another checkpoint (None: this one only)."""
         self.limits = limits or Limits()
         self.exact_batches = exact_batches
         self.models_dir = models_dir
-        self.loras = LoraManager(model.pipe, models_dir or Path("models"), max_resident_loras)
+        self.loader = loader
+        self.max_resident_loras = max_resident_loras
+        self._lock = threading.Lock()  # one batch (or checkpoint switch) at a time
+        # Held while the checkpoint is swapped and while a request is prepared against it.
+        self._model_lock = threading.Lock()
+        self._unloaded: str | None = None  # why no checkpoint is loaded (a failed switch)
+        self._install(model)
+
+    def _install(self, model: LoadedModel) -> None:
+        """Make `model` the one every pipeline call uses (the img2img pipeline shares its
+        weights; LoRAs are loaded into it afresh)."""
+        self.model = model
+        self.loras = LoraManager(
+            model.pipe, self.models_dir or Path("models"), self.max_resident_loras
+        )
         self._txt2img = model.pipe
         self._img2img = model.family.img2img_class(
             **model.pipe.components, requires_safety_checker=False
         )
         self._img2img.set_progress_bar_config(disable=True)
         self._scheduler_config = dict(model.pipe.scheduler.config)
-        self._lock = threading.Lock()
         self._preview_maker: PreviewMaker | None = None
+        self._unloaded = None
+
+    @property
+    def model_name(self) -> str:
+        """The loaded checkpoint's name, as the images' `Model` parameter says it."""
+        return self.model.source.name
+
+    def use_model(self, name: str | None) -> bool:
+        """Make the checkpoint called `name` the loaded one (None: keep whichever is loaded);
+        True when it was loaded now. Called between batches, on the thread that runs them.
+
+        The current checkpoint is freed before the next one loads (one in memory at a time).
+        A name that does not resolve to a usable checkpoint is refused before anything is
+        freed; a load that fails after that loads the previous checkpoint again. Either way
+        a CheckpointSwitchError says why and which checkpoint stays."""
+        if self._unloaded is None and (name is None or name == self.model.source.name):
+            return False
+        with self._lock, self._model_lock:
+            previous = self.model.source
+            current = None if self._unloaded is not None else previous.name
+            wanted = name or previous.name
+            if self.loader is None:
+                raise CheckpointSwitchError(wanted, current, "this engine loads no other one")
+            try:
+                source = self.loader.source(wanted)
+            except ModelLoadError as error:
+                raise CheckpointSwitchError(wanted, current, first_line(error)) from error
+            self._unload()
+            try:
+                model = self.loader.load(source)
+            except Exception as error:
+                log.error("Loading the checkpoint %s failed: %s", wanted, first_line(error))
+                self._restore(previous)
+                raise CheckpointSwitchError(
+                    wanted, None if self._unloaded else previous.name, first_line(error)
+                ) from error
+            self._install(model)
+            log.info("Loaded the checkpoint %s (in place of %s)", source.name, previous.name)
+            return True
+
+    def _unload(self) -> None:
+        """Drop every reference to the loaded checkpoint's weights and free their memory."""
+        self._unloaded = f"{self.model.source.name} was unloaded"
+        self._txt2img = self._img2img = None  # type: ignore[assignment]
+        self.loras = None  # type: ignore[assignment]
+        self._preview_maker = None
+        self.model = replace(self.model, pipe=None)  # type: ignore[arg-type]  # name, source
+        self._free_memory()
+
+    def _restore(self, previous: ModelSource) -> None:
+        """Load the checkpoint a failed switch freed; if even that fails, the engine has
+        none (its calls say so) until the next batch's switch loads one."""
+        assert self.loader is not None
+        try:
+            self._install(self.loader.load(previous))
+        except Exception as error:
+            log.error("Loading %s again failed too: %s", previous.name, first_line(error))
+            self._unloaded = f"loading {previous.name} again failed: {first_line(error)}"
+
+    def _require_model(self) -> None:
+        if self._unloaded is not None:
+            raise ModelLoadError(f"No checkpoint is loaded ({self._unloaded}).")
 
     @property
     def pipelines(self) -> tuple[DiffusionPipeline, DiffusionPipeline]:
         return self._txt2img, self._img2img
 
     def prepare(self, request: GenerationRequest) -> PreparedJob:
-        """Check a request and fix its size and seeds without running it; errors are clear."""
+        """Check a request and fix its size and seeds without running it; errors are clear.
+        It is checked against the loaded checkpoint (a switch under way is waited for)."""
+        with self._model_lock:
+            self._require_model()
+            return self._prepare(request)
+
+    def _prepare(self, request: GenerationRequest) -> PreparedJob:
         spec = resolve_sampler(request.sampler, request.schedule_type)
         init = (
             open_init_image(request.init_image, self.limits.max_input_pixels)
@@ -325,6 +409,7 @@ class Engine:
             return []
         key = _shared_key(jobs)
         with self._lock:
+            self._require_model()
             started = time.perf_counter()
             live = [index for index, event in enumerate(events) if not _is_set(event)]
             images: dict[int, tuple[GeneratedImage, ...]] = {}

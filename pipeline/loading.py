@@ -32,7 +32,7 @@ from pipeline.checkpoints import (
     write_config_folder,
 )
 from pipeline.device import DeviceChoice
-from pipeline.errors import ModelLoadError, first_line
+from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
 from pipeline.folders import ModelFolders
 from pipeline.tokenizer import build_clip_tokenizer
@@ -66,6 +66,23 @@ class SeveralLocalModelsError(ModelLoadError):
         super().__init__(
             f"{len(names)} checkpoints in {models_dir} and none chosen; pick one by name: "
             f"{', '.join(names)}."
+        )
+
+
+class CheckpointSwitchError(InvalidRequestError):
+    """A batch names a checkpoint that cannot be loaded; the one before stays loaded."""
+
+    def __init__(self, name: str, kept: str | None, reason: str) -> None:
+        self.name = name
+        self.kept = kept
+        stays = f"{kept!r} stays loaded" if kept else "no checkpoint is loaded"
+        stays_ko = f"{kept!r}을(를) 계속 씁니다" if kept else "불러온 체크포인트가 없습니다"
+        # The reason goes last: a chat shows the first 300 characters.
+        super().__init__(
+            f"The checkpoint {name!r} could not be loaded, so {stays}; an admin can choose "
+            f"another one with `easel models use`. Why: {reason}",
+            ko=f"체크포인트 {name!r}을(를) 불러올 수 없어 {stays_ko}. 관리자가 "
+            f"`easel models use`로 다른 체크포인트를 고를 수 있습니다. 이유: {reason}",
         )
 
 
@@ -167,6 +184,27 @@ def resolve_model(name: str | None, models_dir: Path) -> ModelSource:
         "Give a file stem, a path, or a Hugging Face repo id such as "
         f"{DEFAULT_HUB_MODEL}."
     )
+
+
+def resolve_local_model(name: str, models_dir: Path) -> ModelSource:
+    """The checkpoint of the models folder called `name` (as `easel models` lists it, case
+    ignored where that is unambiguous), checked from its headers: a ModelLoadError naming
+    the local checkpoints when there is none, or it is of a kind Easel cannot run."""
+    local = find_local_models(models_dir)
+    known = ", ".join(source.name for source in local) or "none"
+    try:
+        source = resolve_model(name, models_dir) if name.strip() else None
+    except ModelLoadError:
+        source = None
+    if source is None or source not in local:
+        raise ModelLoadError(
+            f"No checkpoint named {name!r} in {models_dir}; the checkpoints there: {known}."
+        )
+    try:
+        detect_local_family(source)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{source.name} cannot be used: {first_line(error)}") from error
+    return source
 
 
 def _hub(repo_id: str) -> ModelSource:
@@ -452,3 +490,36 @@ def _hub_snapshot(repo_id: str, variant: str | None, local_only: bool) -> Path |
             return None
         raise
     return Path(folder)
+
+
+class ModelLoader:
+    """Loads checkpoints by name for an engine that switches between them (`easel models
+    use`): the models folder's checkpoints, plus the sources `remember` was given (the one
+    the bot started with may be a path or a hub repo outside the folder)."""
+
+    def __init__(
+        self, models_dir: Path, device: DeviceChoice, cache_dir: Path, hashes: HashCache
+    ) -> None:
+        self.models_dir = models_dir
+        self.device = device
+        self.cache_dir = cache_dir
+        self.hashes = hashes
+        self._known: dict[str, ModelSource] = {}
+
+    def remember(self, source: ModelSource) -> None:
+        self._known[source.name] = source
+
+    def source(self, name: str) -> ModelSource:
+        """The checkpoint called `name`, checked from its headers (no weights read): a
+        ModelLoadError when there is none or it is of a kind Easel cannot run."""
+        source = self._known.get(name)
+        if source is None:
+            source = resolve_model(name, self.models_dir)
+        if source.kind is not SourceKind.HUB:
+            detect_local_family(source)
+        return source
+
+    def load(self, source: ModelSource) -> LoadedModel:
+        loaded = load_model(source, self.device, self.cache_dir, self.hashes)
+        self.remember(source)
+        return loaded

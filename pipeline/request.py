@@ -113,6 +113,9 @@ class GenerationRequest:
     variation_strength: float = 0.0
     hires: HiresFix | None = None
     loras: tuple[LoraUse, ...] = ()  # on top of any <lora:…> tags in the prompt
+    # The checkpoint (its name, as `easel models` lists it) the job was queued for; None:
+    # whichever is loaded (rows written before jobs named one read as None).
+    model: str | None = None
 
     def hires_size(self) -> tuple[int, int]:
         """The final size of a hires-fixed request (multiples of 8)."""
@@ -145,16 +148,17 @@ class UpscaleRequest:
     scale: int = 2
     upscaler: str | None = None
     detail: float = DETAIL_STRENGTH
+    model: str | None = None  # the checkpoint of the detail pass; None: whichever is loaded
 
     def to_json(self) -> str:
         payload = {"image": self.image.to_json_value(), "scale": self.scale}
-        payload |= {"upscaler": self.upscaler, "detail": self.detail}
+        payload |= {"upscaler": self.upscaler, "detail": self.detail, "model": self.model}
         return json.dumps(payload, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> UpscaleRequest:
         payload = json.loads(text)
-        unknown = sorted(set(payload) - {"image", "scale", "upscaler", "detail"})
+        unknown = sorted(set(payload) - {"image", "scale", "upscaler", "detail", "model"})
         if unknown:
             raise ValueError(f"UpscaleRequest has no field(s) {', '.join(unknown)}")
         return cls(
@@ -163,6 +167,7 @@ class UpscaleRequest:
             upscaler=payload.get("upscaler"),
             # Rows written before the detail pass was part of U keep their plain upscale.
             detail=float(payload.get("detail", 0.0)),
+            model=payload.get("model"),
         )
 
 

@@ -17,6 +17,8 @@ from bot.cli import (
     discord,
     doctor,
     generate,
+    models,
+    presets,
     retention,
     running,
     stats,
@@ -53,9 +55,10 @@ def _command(function: Callable[..., None], korean: str) -> None:
 _command(generate.imagine, "프롬프트로 이미지를 만들고 그리드와 함께 저장합니다.")
 _command(generate.vary, "이미지에 저장된 설정으로 변형을 만듭니다 (Midjourney의 V 버튼).")
 _command(generate.upscale, "업스케일러(또는 Lanczos)로 이미지를 키우고 디테일을 더합니다.")
-_command(catalogue.models, "models 폴더의 체크포인트: 이름, 계열, 크기, A1111 해시.")
+app.add_typer(models.models_app, name="models")
 _command(catalogue.vocabulary, "스타일, 샷, 조명 등 플래그에 쓸 수 있는 id 목록.")
 app.add_typer(catalogue.lora_app, name="lora")
+app.add_typer(presets.presets_app, name="presets")
 _command(catalogue.pnginfo, "이미지에 저장된 생성 설정을 보여 줍니다 (A1111의 PNG Info).")
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")

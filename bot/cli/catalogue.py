@@ -1,4 +1,4 @@
-"""`easel models`, `vocabulary`, `lora list` and `pnginfo`: what is here, what an image holds."""
+"""`easel vocabulary`, `lora list` and `pnginfo`: what is here, what an image holds."""
 
 from __future__ import annotations
 
@@ -15,41 +15,6 @@ from bot.cli.texts import bilingual
 from bot.core.options import CATEGORY_FLAGS
 from bot.settings import Settings
 from pipeline.errors import InvalidRequestError
-
-
-def models() -> None:
-    """List the checkpoints in the models folder: name, family, size and A1111 short hash."""
-    from pipeline.folders import ModelFolders
-    from pipeline.loading import HashCache, describe_local_models
-
-    settings = Settings()
-    folders = ModelFolders(settings.models_dir)
-    if not folders.checkpoints:
-        err.print(
-            f"No checkpoint folder in {settings.models_dir} (expected stable-diffusion/ or "
-            "an AUTOMATIC1111 models/ folder with Stable-diffusion/)."
-        )
-        raise typer.Exit(1)
-    hashes = HashCache(settings.cache_dir / "hashes.json")
-    infos = describe_local_models(settings.models_dir, hashes)
-    if infos:
-        table = Table(title=f"Models in {settings.models_dir}")
-        for column in ("Name", "Family", "Size", "Hash", "Kind"):
-            table.add_column(column)
-        for info in infos:
-            table.add_row(
-                info.source.name,
-                info.family,
-                _human_size(info.size_bytes),
-                info.short_hash or "-",
-                info.source.kind.value,
-            )
-        out.print(table)
-    else:
-        names = ", ".join(str(folder) for folder in folders.checkpoints)
-        err.print(f"No checkpoints in {names}.")
-    out.print(_folder_line("LoRAs", folders.loras, len(folders.lora_files())))
-    out.print(_folder_line("Upscalers", folders.upscalers, len(folders.upscaler_files())))
 
 
 def _folder_line(kind: str, folders: list[Path], count: int) -> str:

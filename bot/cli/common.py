@@ -63,7 +63,7 @@ def _load_engine(
     from bot.serve import console_locale
     from pipeline.device import choose_device
     from pipeline.engine import Engine
-    from pipeline.loading import HashCache, SourceKind
+    from pipeline.loading import HashCache, ModelLoader, SourceKind
 
     language = locale or console_locale(None)
     source = _model_source(settings, model)
@@ -80,12 +80,24 @@ def _load_engine(
         )
     about = {"model": source.name, "family": loaded.family.label, "size": loaded.native_size}
     err.print(Message(Key.STARTUP_MODEL, about).render(language))
+    loader = ModelLoader(settings.models_dir, device, settings.cache_dir, hashes)
+    loader.remember(source)  # a path or repo given at start can be switched back to by name
     return Engine(
         loaded,
         settings.limits(),
         exact_batches=settings.exact_batches,
         models_dir=settings.models_dir,
+        loader=loader,
     )
+
+
+def configured_model(settings: Settings, model: str | None) -> ModelSource | None:
+    """The checkpoint --model or EASEL_MODEL names (or the only local one); None when that
+    does not resolve (several local ones and none named)."""
+    try:
+        return _model_source(settings, model)
+    except ModelLoadError:
+        return None
 
 
 def _model_source(settings: Settings, model: str | None) -> ModelSource:
@@ -164,3 +176,13 @@ def operator_store(settings: Settings | None = None) -> Store:
             f"needs {head}: run `easel db upgrade`."
         )
     return store
+
+
+def operator_name() -> str:
+    """Who made a change from the command line, for the shared row's `changed_by`."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment
+        return "cli"

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.cli.common import _load_engine, _quiet_libraries, err
+from bot.cli.common import _load_engine, _quiet_libraries, configured_model, err
 from bot.cli.texts import bilingual
 from bot.settings import Settings
+from pipeline.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from bot.runtime import Bot
+    from pipeline.engine import Engine
 
 
 def chat(
@@ -98,9 +100,27 @@ def run(
 
 
 def _open_bot(settings: Settings, model: str | None, locale: str | None = None) -> Bot:
+    """The bot on the checkpoint an operator chose with `easel models use` (kept across
+    restarts), else the configured one."""
     from bot.runtime import build_bot, open_store
 
     _quiet_libraries()
     store = open_store(settings, hold_bot_lock=True)
-    engine = _load_engine(settings, model, quiet=False, locale=locale)
-    return build_bot(settings, engine, store)
+    chosen = store.control_state().model
+    engine: Engine | None = None
+    if chosen:
+        try:
+            engine = _load_engine(settings, chosen, quiet=False, locale=locale)
+        except ModelLoadError as error:
+            err.print(
+                f"The checkpoint chosen with `easel models use` ({chosen}) cannot be loaded: "
+                f"{error} Loading the configured one; new jobs still ask for {chosen} until "
+                "`easel models use` chooses another (or --default)."
+            )
+    if engine is None:
+        engine = _load_engine(settings, model, quiet=False, locale=locale)
+    configured = configured_model(settings, model)
+    if configured is not None and engine.loader is not None:
+        engine.loader.remember(configured)  # `models use --default` may switch back to it
+    default = configured.name if configured is not None else engine.model_name
+    return build_bot(settings, engine, store, default_model=default)

@@ -75,7 +75,15 @@ class CancelOutcome(StrEnum):
 
 
 class Dispatcher:
-    def __init__(self, store: Store, executor: Executor, config: CoreConfig, bus: EventBus) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        config: CoreConfig,
+        bus: EventBus,
+        loaded_model: str | None = None,
+    ) -> None:
+        """`loaded_model`: the checkpoint loaded at start, preferred until a batch runs."""
         self.store = store
         self.executor = executor
         self.config = config
@@ -90,6 +98,7 @@ class Dispatcher:
         self._stopping = False
         self._shutting_down = False
         self._active_loras: str | None = None
+        self._active_model = loaded_model  # the checkpoint the last batch ran on
         self._pending: dict[int, str] = {}  # queued or running job -> its platform
         self._delivering: set[int] = set()
         self._cancel_requested: set[int] = set()  # running jobs a user cancelled
@@ -265,13 +274,15 @@ class Dispatcher:
         self._users.pop(user_id, None)
 
     def queued_job(self, job: JobRecord) -> QueuedJob:
+        work = work_of(job)
         return QueuedJob(
             job_id=job.id,
             user_id=job.user_id,
             tier=TIERS[self.user(job.user_id).role],
             images=max(job.image_count, math.ceil(job.cost)),
             batch_key=job.batch_key,
-            lora_set=lora_signature(work_of(job)),
+            lora_set=lora_signature(work),
+            model=work.model or "",
         )
 
     def enqueue(self, job: JobRecord, owner: UserRecord | None = None) -> int:
@@ -450,6 +461,7 @@ class Dispatcher:
                 Counter(job.user_id for job in self._running.values()),
                 self._running_cap,
                 self._active_loras,
+                self._active_model,
             )
             if not batch:
                 self._wake.clear()
@@ -503,6 +515,8 @@ class Dispatcher:
         try:
             outcomes = await self._execute(jobs)
             self._active_loras = batch[0].lora_set
+            if batch[0].model and any(o.status is OutcomeStatus.DONE for o in outcomes):
+                self._active_model = batch[0].model
             images = sum(max(1, len(outcome.images)) for outcome in outcomes) or 1
             for job, outcome in zip(jobs, outcomes, strict=True):
                 share = outcome.seconds * max(1, len(outcome.images)) / images

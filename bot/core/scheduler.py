@@ -10,8 +10,9 @@ Written by hand because no queue library does this mix:
   images, within each user's cap on running jobs. The spare slots go round robin too: one job
   per user per pass, the users with the fewest jobs started first, so a user with many jobs
   queued cannot fill every batch.
-- Among the users whose turn it is, one whose next job uses the LoRA set already loaded goes
-  first (fairness allows it: everyone in the round still goes once).
+- Among the users whose turn it is, one whose next job runs on the checkpoint already loaded
+  goes first (switching checkpoints costs seconds), then one whose next job uses the LoRA set
+  already loaded (fairness allows it: everyone in the round still goes once).
 
 It holds the queue in memory, indexed for O(users) picks with 10,000 jobs queued; the
 database stays the truth and the service rebuilds this from it at start.
@@ -32,6 +33,11 @@ class QueuedJob:
     images: int  # the images it makes, or more when each costs more (AND parts, long prompts)
     batch_key: str | None  # None: always runs alone
     lora_set: str = ""  # which LoRAs the job needs loaded ("" for none)
+    model: str = ""  # the checkpoint it was queued for ("": whichever is loaded)
+
+    def needs_switch(self, active_model: str | None) -> bool:
+        """Whether running it means loading another checkpoint than `active_model`."""
+        return bool(self.model) and active_model is not None and self.model != active_model
 
 
 @dataclass
@@ -104,11 +110,13 @@ class FairScheduler:
         running: Mapping[int, int] | None = None,
         running_cap: Callable[[int], int] | None = None,
         active_loras: str | None = None,
+        active_model: str | None = None,
     ) -> list[QueuedJob]:
         """Take the next batch off the queue ([] when nothing may run now).
 
         `running` counts each user's jobs running elsewhere; `running_cap(user)` is how many
-        one user may have running at once."""
+        one user may have running at once. `active_model` and `active_loras`: what is loaded
+        now, preferred among the users whose turn it is."""
         running = running or {}
         cap = running_cap or (lambda _user: 1 << 30)
 
@@ -117,7 +125,8 @@ class FairScheduler:
             return busy == 0 or busy < cap(user_id)  # caps are at least 1
 
         for level in sorted(self._tiers):
-            leader = self._pick_leader(self._tiers[level], running, cap, active_loras)
+            tier = self._tiers[level]
+            leader = self._pick_leader(tier, running, cap, active_loras, active_model)
             if leader is None:
                 continue
             batch = self._fill(leader, room)
@@ -134,10 +143,12 @@ class FairScheduler:
         running: Mapping[int, int],
         cap: Callable[[int], int],
         active_loras: str | None,
+        active_model: str | None = None,
     ) -> QueuedJob | None:
         """One pass over the tier's users (10,000 queued jobs stay cheap): the head job of
-        the user with the fewest jobs started, a loaded LoRA set first, then the oldest."""
-        best_key: tuple[int, bool, int] | None = None
+        the user with the fewest jobs started, the loaded checkpoint first, then a loaded
+        LoRA set, then the oldest."""
+        best_key: tuple[int, bool, bool, int] | None = None
         best: QueuedJob | None = None
         started = tier.started
         for user, queue in tier.users.items():
@@ -145,7 +156,12 @@ class FairScheduler:
             if busy and busy >= cap(user):
                 continue
             head = queue[0]
-            key = (started[user], head.lora_set != active_loras, head.job_id)
+            key = (
+                started[user],
+                head.needs_switch(active_model),
+                head.lora_set != active_loras,
+                head.job_id,
+            )
             if best_key is None or key < best_key:
                 best_key, best = key, head
         return best

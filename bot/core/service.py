@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -31,8 +32,15 @@ from bot.core.options import (
 from bot.core.setting_choices import MENU_SETTINGS, SettingMenu, setting_menu
 from bot.core.sources import ReloadReport
 from bot.core.words import first_match, nsfw_allowed, nsfw_word
-from bot.core.work import KIND_KEYS, child_work, prompt_preview, remix_line, work_of
-from bot.store import JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
+from bot.core.work import (
+    KIND_KEYS,
+    child_work,
+    prompt_preview,
+    remix_line,
+    with_model,
+    work_of,
+)
+from bot.store import ControlState, JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import Infotext, format_infotext, read_infotext
@@ -44,6 +52,7 @@ from pipeline.text import clean_text
 from pipeline.validation import check_input_size
 from pipeline.variations import STRONG_DENOISING, request_from_infotext, strong_variation
 
+log = logging.getLogger(__name__)
 HISTORY_PAGE = 5
 _SETTING_FLAGS = {
     **CATEGORY_FLAGS,
@@ -89,16 +98,60 @@ class JobService:
         presets: Callable[[], Presets],
         native_size: int,
         reload: Callable[[], ReloadReport] | None = None,
+        default_model: str | None = None,
     ) -> None:
         """`reload`: read presets.toml and the vocabulary again now (`Sources.reload`); without
-        it, `reload_sources` reports what `presets` gives."""
+        it, `reload_sources` reports what `presets` gives. `default_model`: the checkpoint
+        jobs are queued for while no operator chose one (`easel models use`); None: whichever
+        is loaded when they run."""
         self.store = store
         self.dispatcher = dispatcher
         self.config = config
         self.vocabulary = vocabulary
         self.presets = presets
         self.native_size = native_size
+        self.default_model = default_model
         self._reload = reload
+        dispatcher.on_control_change(self._control_changed)
+
+    def current_model(self) -> str | None:
+        """The checkpoint a job queued now is for: the operator's choice (read afresh, so a
+        job queued after `easel models use` runs on it), else the default."""
+        return self.store.control_state().model or self.default_model
+
+    def _control_changed(self, before: ControlState, after: ControlState) -> None:
+        """Another process changed the shared row: a reload asked for, a checkpoint chosen."""
+        if after.sources_revision != before.sources_revision:
+            self._reload_asked(after.changed_by)
+        if after.model != before.model:
+            chosen = after.model or f"the default ({self.default_model or 'the loaded one'})"
+            log.info(
+                "Checkpoint for new jobs: %s (chosen by %s); queued jobs keep theirs",
+                chosen,
+                after.changed_by or "another process",
+            )
+
+    def _reload_asked(self, changed_by: str | None) -> None:
+        try:
+            report = self.reload_sources()
+        except Exception:  # a reload must never stop the bot
+            log.exception("Reloading presets.toml and the vocabulary failed")
+            return
+        who = changed_by or "another process"
+        log.info(
+            "Reloaded presets and vocabulary (asked by %s): presets %s",
+            who,
+            ", ".join(report.presets) or "none",
+        )
+        if report.presets_error:
+            log.warning(
+                "presets.toml is not used, the last good presets stay: %s", report.presets_error
+            )
+        if report.vocabulary_error:
+            log.warning(
+                "The vocabulary override is not used, the last good one stays: %s",
+                report.vocabulary_error,
+            )
 
     def reload_sources(self) -> ReloadReport:
         """Re-read presets.toml and the vocabulary; the next job uses them. A broken file
@@ -432,6 +485,8 @@ class JobService:
             raise Refusal(Message(Key.QUEUE_FULL_GLOBAL, {"jobs": limit}))
 
     async def _prepare(self, work: Work) -> PreparedWork:
+        """Checked work, for the checkpoint it is queued for (see `current_model`)."""
+        work = with_model(work, self.current_model())
         try:
             return await self.dispatcher.executor.prepare(work)
         except OptionsError as error:

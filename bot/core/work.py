@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from bot.core.buttons import Action
@@ -41,6 +42,14 @@ def lora_signature(work: Work) -> str:
     return hashlib.sha256(repr(loras).encode()).hexdigest()[:16]
 
 
+def with_model(work: Work, model: str | None) -> Work:
+    """The work for the checkpoint `model` unless it already names one (a child of an image
+    keeps the checkpoint its parent ran on)."""
+    if work.model is not None or model is None:
+        return work
+    return replace(work, model=model)
+
+
 def child_work(
     action: Action,
     parent: GenerationRequest,
@@ -53,7 +62,9 @@ def child_work(
         return reroll(parent)
     assert action.index is not None and image_path is not None
     if action.kind is JobKind.UPSCALE:
-        return UpscaleRequest(image=ImageRef(path=str(image_path)), scale=2, upscaler=upscaler)
+        # The detail pass runs on the checkpoint that made the image.
+        image = ImageRef(path=str(image_path))
+        return UpscaleRequest(image=image, scale=2, upscaler=upscaler, model=parent.model)
     if action.kind is JobKind.VARY_SUBTLE:
         return subtle_variation(parent, action.index, count)
     # The chosen image stays a file on disk: the job row keeps its path, not its pixels.

@@ -104,6 +104,11 @@ class LocalExecutor:
     def _run(
         self, tasks: list[Task], progress: ProgressSink, preview_every: float | None = None
     ) -> list[TaskOutcome]:
+        try:
+            # Between batches: the checkpoint the batch was queued for (its jobs share it).
+            self.engine.use_model(tasks[0].work.model)
+        except Exception as error:  # the previous checkpoint stays; these jobs fail
+            return [_failed(task, error) for task in tasks]
         if len(tasks) == 1 and isinstance(tasks[0].work, UpscaleRequest):
             return [self._upscale(tasks[0], progress)]
         prepared: dict[int, PreparedJob] = {}
