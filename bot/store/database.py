@@ -419,14 +419,14 @@ class Store:
         if not job_ids:
             return set()
         with self._sessions.begin() as session:
+            # One statement: a cancel committed by another process between a read and this
+            # write could otherwise be overwritten (PostgreSQL) or fail the write (SQLite).
             started = session.scalars(
-                sa.select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
-            ).all()
-            session.execute(
                 sa.update(Job)
-                .where(Job.id.in_(started))
+                .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
                 .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
-            )
+                .returning(Job.id)
+            ).all()
             return set(started)
 
     def mark_done(
@@ -467,16 +467,25 @@ class Store:
         """Cancel a job from any process: a queued one is cancelled here and now; a running
         one is marked, and the bot running it stops it within a sampling step. The running
         bot hears of either through the revision."""
+        this = Job.id == job_id
         with self._sessions.begin() as session:
-            row = _get(session, Job, job_id)
-            if row.status is JobStatus.QUEUED:
-                row.status = JobStatus.CANCELLED
-                row.finished_at = utcnow()
+            # Writes that check the status themselves, not a read and then a write: the bot
+            # may start or finish the job at any moment.
+            cancelled = session.execute(
+                sa.update(Job)
+                .where(this, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+            )
+            if cancelled.rowcount:  # type: ignore[attr-defined]
                 result = CancelResult.CANCELLED
-            elif row.status is JobStatus.RUNNING:
-                row.cancel_requested = True
+            elif session.execute(
+                sa.update(Job)
+                .where(this, Job.status == JobStatus.RUNNING)
+                .values(cancel_requested=True)
+            ).rowcount:  # type: ignore[attr-defined]
                 result = CancelResult.STOPPING
             else:
+                _get(session, Job, job_id)  # NotFoundError for a job that does not exist
                 return CancelResult.NOT_ACTIVE
             _touch_control(session, changed_by)
             return result
@@ -763,17 +772,22 @@ def _get(session: Session, model: type[M], key: int) -> M:
 
 
 def _touch_control(session: Session, changed_by: str | None, **values: object) -> None:
-    """Change the shared control row (created on first use) and bump its revision."""
-    row = session.get(QueueState, QUEUE_STATE_ID)
-    if row is None:
-        row = QueueState(id=QUEUE_STATE_ID, revision=0, sources_revision=0)
-        session.add(row)
+    """Change the shared control row (created on first use) and bump its revision. Who
+    and when are those of the last change to a setting (pause, checkpoint, reload): a plain
+    bump (a job cancelled, a user changed) leaves them, so "paused by" stays true."""
+    if values:
+        values = {**values, "changed_by": changed_by, "changed_at": utcnow()}
+    # An UPDATE first, not a read: it takes SQLite's write lock (waiting for it) at once.
+    change = (
+        sa.update(QueueState)
+        .where(QueueState.id == QUEUE_STATE_ID)
+        .values(revision=QueueState.revision + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if not session.execute(change).rowcount:  # type: ignore[attr-defined]
+        session.add(QueueState(id=QUEUE_STATE_ID, revision=0, sources_revision=0))
         session.flush()
-    for name, value in values.items():
-        setattr(row, name, value)
-    row.revision = QueueState.revision + 1
-    row.changed_by = changed_by
-    row.changed_at = utcnow()
+        session.execute(change)
 
 
 def _find_chat(session: Session, platform: str, chat_id: str) -> Chat | None:
