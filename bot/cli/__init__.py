@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.text import Text
 
-from bot.cli import catalogue, database, discord, generate, running
+from bot.cli import catalogue, database, discord, generate, jobs, queue, running
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.core.options import DEFAULT_HIRES_SCALE
 from bot.settings import Settings, settings_problems
@@ -37,6 +37,9 @@ app.add_typer(catalogue.lora_app, name="lora")
 app.command()(catalogue.pnginfo)
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
+app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(jobs.history_app, name="history")
+app.add_typer(queue.queue_app, name="queue")
 app.command()(running.chat)
 app.command()(running.run)
 
