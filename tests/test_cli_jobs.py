@@ -429,3 +429,15 @@ def test_commands_refuse_a_database_that_does_not_exist(
         assert isinstance(result.exception, StoreError)
         assert "No database yet" in str(result.exception)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_durations_read_as_people_say_them() -> None:
+    from bot.cli.jobs import seconds
+
+    assert [seconds(value) for value in (None, 4.24, 185, 7620, 3 * 86400 + 4 * 3600)] == [
+        "-",
+        "4.2 s",
+        "3 min 05 s",
+        "2 h 07 min",
+        "3 d 04 h",
+    ]

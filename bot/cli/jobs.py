@@ -49,6 +49,7 @@ history_app = typer.Typer(
 )
 
 PROMPT_WIDTH = 60  # characters of a prompt in a table
+UNWRAPPED = frozenset({"ID", "Place", "Status", "Created (UTC)", "Wait", "Run"})
 
 
 def operator_name() -> str:
@@ -270,7 +271,20 @@ def when(moment: datetime | None) -> str:
 
 
 def seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
+    """A duration as people read it: 4.2 s, 3 min 05 s, 2 h 07 min, 3 d 04 h."""
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f} s"
+    whole = int(value)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours:02d} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s"
 
 
 @contextmanager
@@ -354,7 +368,7 @@ def jobs_list(
 def jobs_table(rows: Iterable[JobSummary]) -> Table:
     table = Table(title=bilingual("Jobs", "작업"))
     for column in ("ID", "User", "Kind", "Status", "Created (UTC)", "Wait", "Run", "Prompt"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in UNWRAPPED)
     for row in rows:
         table.add_row(
             f"#{row.id}",

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bot.cli.common import HELP_STYLE, out
 from bot.cli.jobs import (
+    UNWRAPPED,
     opened_store,
     operator_name,
     run_seconds,
@@ -168,7 +169,7 @@ def pause_line(state: QueueStatus) -> str:
 def entries_table(state: QueueStatus) -> Table:
     table = Table()
     for column in ("Place", "ID", "User", "Kind", "Images", "Waited", "Running for", "Prompt"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in UNWRAPPED)
     for item in state.running:
         table.add_row(
             "running",
