@@ -415,19 +415,31 @@ class Store:
 
     def mark_running(self, job_ids: Sequence[int]) -> set[int]:
         """Queued jobs start: one more attempt each. Jobs no longer queued (cancelled from
-        another process meanwhile) are left alone: the ids that did start."""
+        another process meanwhile) are left alone: the ids that did start. A job still
+        running is one this bot put back in its queue when the database failed mid-batch
+        (one bot holds a database): it runs again as the same attempt, or is cancelled when
+        someone asked to stop it meanwhile."""
         if not job_ids:
             return set()
+        chosen = Job.id.in_(job_ids)
+        still_running = Job.status == JobStatus.RUNNING
         with self._sessions.begin() as session:
-            # One statement: a cancel committed by another process between a read and this
-            # write could otherwise be overwritten (PostgreSQL) or fail the write (SQLite).
+            # Conditional writes, not a read and then a write: a cancel committed by another
+            # process in between could otherwise be overwritten (PostgreSQL) or fail the
+            # write (SQLite).
+            session.execute(
+                sa.update(Job)
+                .where(chosen, still_running, Job.cancel_requested.is_(True))
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+            )
+            resumed = session.scalars(sa.select(Job.id).where(chosen, still_running)).all()
             started = session.scalars(
                 sa.update(Job)
-                .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+                .where(chosen, Job.status == JobStatus.QUEUED)
                 .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
                 .returning(Job.id)
             ).all()
-            return set(started)
+            return set(started) | set(resumed)
 
     def mark_done(
         self,
