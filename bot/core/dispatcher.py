@@ -426,8 +426,10 @@ class Dispatcher:
                 log.warning("Job %s cannot be read and is left alone: %s", job.id, error)
                 continue
             log.info("Job %s joined the queue from another process", job.id)
-            reply = Reply(Message(Key.QUEUED, {"job": job.id, "position": position}))
-            self.announce_queued(job, reply, position)
+            # Its own key: no chat command made it, so no ticket said it (the console, which
+            # shows no QUEUED event of its own jobs, shows this one).
+            message = Message(Key.QUEUED_BY_OPERATOR, {"job": job.id, "position": position})
+            self.announce_queued(job, Reply(message), position)
 
     # ------------------------------------------------------------------ the loop
 

@@ -291,6 +291,8 @@ class Key(StrEnum):
     SETTINGS_USAGE = "settings_usage"
     LORAS_HERE = "loras_here"
     LORAS_NONE = "loras_none"
+    # The operator's command line: a job another process queued (a retry) joins the queue
+    QUEUED_BY_OPERATOR = "queued_by_operator"
 
 
 @dataclass(frozen=True)
