@@ -441,3 +441,9 @@ def test_durations_read_as_people_say_them() -> None:
         "2 h 07 min",
         "3 d 04 h",
     ]
+
+
+def test_status_choices_are_the_stores() -> None:
+    from bot.cli.jobs import StatusName
+
+    assert [name.value for name in StatusName] == [status.value for status in JobStatus]

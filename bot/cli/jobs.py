@@ -28,10 +28,9 @@ from bot.cli.selectors import (
     user_label,
 )
 from bot.cli.texts import bilingual, terminal_locale
-from bot.store.models import JobStatus
 
 if TYPE_CHECKING:
-    from bot.store import ImageRecord, JobRecord, Store, UserRecord
+    from bot.store import ImageRecord, JobRecord, JobStatus, Store, UserRecord
 
 jobs_app = typer.Typer(
     help=bilingual(
@@ -47,6 +46,18 @@ history_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=HELP_STYLE,
 )
+
+
+class StatusName(StrEnum):
+    """The job statuses `--status` takes (the store's, without importing the store: it is
+    slow to import, and `easel --help` should not wait for it)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
 
 PROMPT_WIDTH = 60  # characters of a prompt in a table
 UNWRAPPED = frozenset({"ID", "Place", "Status", "Created (UTC)", "Wait", "Run"})
@@ -145,7 +156,7 @@ def wait_seconds(job: JobRecord, now: datetime) -> float | None:
     ended)."""
     end = job.started_at
     if end is None:
-        end = now if job.status is JobStatus.QUEUED else job.finished_at
+        end = now if job.status == "queued" else job.finished_at
     return None if end is None else max(0.0, (end - job.created_at).total_seconds())
 
 
@@ -153,7 +164,7 @@ def run_seconds(job: JobRecord, now: datetime) -> float | None:
     """From starting to ending (still running: until now)."""
     if job.started_at is None:
         return None
-    end = job.finished_at or (now if job.status is JobStatus.RUNNING else None)
+    end = job.finished_at or (now if job.status == "running" else None)
     return None if end is None else max(0.0, (end - job.started_at).total_seconds())
 
 
@@ -321,7 +332,7 @@ JobIdArgument = Annotated[
 def jobs_list(
     user: UserOption = None,
     status: Annotated[
-        list[JobStatus] | None,
+        list[StatusName] | None,
         typer.Option(
             "--status",
             help=bilingual(
@@ -341,6 +352,7 @@ def jobs_list(
     ] = 20,
     as_json: JsonOption = False,
 ) -> None:
+    from bot.store import JobStatus
     from bot.store.listing import JobQuery, list_jobs, users_by_id
 
     start = since_option(since)
@@ -348,7 +360,7 @@ def jobs_list(
         owner = resolve_user(store, user) if user is not None else None
         query = JobQuery(
             user_id=owner.id if owner else None,
-            statuses=tuple(status or ()),
+            statuses=tuple(JobStatus(name.value) for name in status or ()),
             since=start,
             limit=limit,
         )
