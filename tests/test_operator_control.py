@@ -141,3 +141,26 @@ def test_a_queued_job_cancelled_elsewhere_is_said_once(make_bot: Callable[..., B
     job = run(scenario())
     assert len(recorder.of(EventKind.CANCELLED, job)) == 1
     assert not recorder.of(EventKind.STARTED, job)
+
+
+def test_starting_and_clearing_without_returning(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the database cannot say which rows an UPDATE changed (MySQL), the rows are
+    locked, read and changed instead, with the same result."""
+    from bot.store.listing import cancel_queued
+
+    with store.reading() as session:
+        dialect = session.get_bind().dialect
+    monkeypatch.setattr(dialect, "update_returning", False)
+    user = store.user("test", "alice").id
+    first, second, third = add(store, user), add(store, user), add(store, user)
+    assert store.mark_running([first]) == {first}
+    assert cancel_queued(store, "cli:op") == [second, third]
+    assert store.mark_running([second]) == set()
+    statuses = store.job_statuses([first, second, third])
+    assert statuses == {
+        first: JobStatus.RUNNING,
+        second: JobStatus.CANCELLED,
+        third: JobStatus.CANCELLED,
+    }

@@ -433,12 +433,13 @@ class Store:
                 .values(status=JobStatus.CANCELLED, finished_at=utcnow())
             )
             resumed = session.scalars(sa.select(Job.id).where(chosen, still_running)).all()
-            started = session.scalars(
-                sa.update(Job)
-                .where(chosen, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
-                .returning(Job.id)
-            ).all()
+            started = update_jobs(
+                session,
+                (chosen, Job.status == JobStatus.QUEUED),
+                status=JobStatus.RUNNING,
+                started_at=utcnow(),
+                attempts=Job.attempts + 1,
+            )
             return set(started) | set(resumed)
 
     def mark_done(
@@ -781,6 +782,22 @@ def _get(session: Session, model: type[M], key: int) -> M:
     if row is None:
         raise NotFoundError(f"no {model.__tablename__} row with id {key}")
     return row
+
+
+def update_jobs(
+    session: Session, where: Sequence[sa.ColumnElement[bool]], **values: object
+) -> list[int]:
+    """Change the jobs that match, in one statement where the database can say which it
+    changed (RETURNING: SQLite, PostgreSQL), else with those rows locked while they change:
+    the ids changed."""
+    if session.get_bind().dialect.update_returning:
+        return list(
+            session.scalars(sa.update(Job).where(*where).values(**values).returning(Job.id))
+        )
+    ids = list(session.scalars(sa.select(Job.id).where(*where).with_for_update()))
+    if ids:
+        session.execute(sa.update(Job).where(Job.id.in_(ids)).values(**values))
+    return ids
 
 
 def _touch_control(session: Session, changed_by: str | None, **values: object) -> None:

@@ -14,7 +14,15 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import selectinload
 
-from bot.store.database import ID_CHUNK, MAX_ID, NotFoundError, Store, _job_record, _record
+from bot.store.database import (
+    ID_CHUNK,
+    MAX_ID,
+    NotFoundError,
+    Store,
+    _job_record,
+    _record,
+    update_jobs,
+)
 from bot.store.database import _touch_control as touch_control
 from bot.store.models import Job, JobStatus, User, utcnow
 from bot.store.records import JobRecord, UserRecord
@@ -161,12 +169,12 @@ def retry_job(store: Store, job_id: int, changed_by: str | None = None) -> JobRe
 def cancel_queued(store: Store, changed_by: str | None = None) -> list[int]:
     """Cancel every queued job in one transaction; the ids cancelled, oldest first."""
     with store.writing() as session:
-        cancelled = session.scalars(
-            sa.update(Job)
-            .where(Job.status == JobStatus.QUEUED)
-            .values(status=JobStatus.CANCELLED, finished_at=utcnow())
-            .returning(Job.id)
-        ).all()
+        cancelled = update_jobs(
+            session,
+            (Job.status == JobStatus.QUEUED,),
+            status=JobStatus.CANCELLED,
+            finished_at=utcnow(),
+        )
         if cancelled:
             touch_control(session, changed_by)
     return sorted(cancelled)
