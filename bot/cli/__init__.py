@@ -17,8 +17,10 @@ from bot.cli import (
     discord,
     doctor,
     generate,
+    jobs,
     models,
     presets,
+    queue,
     retention,
     running,
     stats,
@@ -63,6 +65,9 @@ _command(catalogue.pnginfo, "이미지에 저장된 생성 설정을 보여 줍�
 app.add_typer(discord.discord_app, name="discord")
 app.add_typer(database.db_app, name="db")
 app.add_typer(users.users_app, name="users")
+app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(jobs.history_app, name="history")
+app.add_typer(queue.queue_app, name="queue")
 app.command(help=stats.HELP)(stats.stats)
 app.command(help=retention.HELP)(retention.prune)
 _command(doctor.doctor, doctor.DOCTOR_HELP_KO)

@@ -142,7 +142,7 @@ class ConsoleChat:
     # ------------------------------------------------------------------ output
 
     async def on_event(self, event: JobEvent) -> None:
-        if event.kind is EventKind.QUEUED:
+        if event.kind is EventKind.QUEUED and event.reply.message.key is not Key.QUEUED_BY_OPERATOR:
             return  # the ticket already said it
         if event.kind is EventKind.CANCELLED:
             if event.job_id in self._cancel_replied:

@@ -380,18 +380,33 @@ class Dispatcher:
             await asyncio.sleep(CONTROL_POLL_SECONDS)
             try:
                 state = self._read_control()
-                before = self._control
-                if before is not None and state.revision == before.revision:
-                    continue
-                self._control = state
-                await self.sync_with_store()
-                for listener in self._control_listeners:
-                    if before is not None:
-                        listener(before, state)
             except StoreError as error:  # the loop says so too, and stops when it is fatal
+                log.warning("Cannot read the shared control row: %s", error)
+                continue
+            before = self._control
+            if before is not None and state.revision == before.revision:
+                continue
+            try:
+                await self.sync_with_store()
+            except StoreError as error:  # the loop says so too, and stops when it is fatal
+                # This revision is not taken as seen: the sync runs again at the next poll.
                 log.warning("Cannot read what other processes changed: %s", error)
-            except Exception:
+                continue
+            except Exception:  # a bug; retrying it at every poll would not help
                 log.exception("Acting on a change from another process failed")
+            self._control = state
+            if before is None or state.paused != before.paused:
+                self._wake.set()  # a resume starts the next batch now, not at the loop's poll
+            if before is not None:
+                self._tell_listeners(before, state)
+
+    def _tell_listeners(self, before: ControlState, after: ControlState) -> None:
+        """Each listener hears of the change, whatever an earlier one raised."""
+        for listener in self._control_listeners:
+            try:
+                listener(before, after)
+            except Exception:
+                log.exception("A listener of the shared control row failed")
 
     async def sync_with_store(self) -> None:
         """Another process changed jobs or users: owners are read again (roles, quotas);
@@ -408,9 +423,10 @@ class Dispatcher:
         statuses = self.store.job_statuses(queued)
         for job_id in queued:
             status = statuses.get(job_id)
-            if status is JobStatus.QUEUED:
+            # One the loop took meanwhile (an await below lets it run) is the batch's to
+            # report: it is not started, and said to be cancelled, there.
+            if status is JobStatus.QUEUED or self.scheduler.remove(job_id) is None:
                 continue
-            self.scheduler.remove(job_id)
             await self._left_queue_elsewhere(job_id)
         for job in self.store.queued_jobs():
             if job.id in self.scheduler or job.id in self._running:
@@ -421,8 +437,10 @@ class Dispatcher:
                 log.warning("Job %s cannot be read and is left alone: %s", job.id, error)
                 continue
             log.info("Job %s joined the queue from another process", job.id)
-            reply = Reply(Message(Key.QUEUED, {"job": job.id, "position": position}))
-            self.announce_queued(job, reply, position)
+            # Its own key: no chat command made it, so no ticket said it (the console, which
+            # shows no QUEUED event of its own jobs, shows this one).
+            message = Message(Key.QUEUED_BY_OPERATOR, {"job": job.id, "position": position})
+            self.announce_queued(job, Reply(message), position)
 
     # ------------------------------------------------------------------ the loop
 

@@ -297,6 +297,8 @@ class Key(StrEnum):
     ADMIN_BANNED_UNTIL = "admin_banned_until"
     ADMIN_BANNED_UNTIL_NO_REASON = "admin_banned_until_no_reason"
     ADMIN_BAD_DURATION = "admin_bad_duration"
+    # The operator's command line: a job another process queued (a retry) joins the queue
+    QUEUED_BY_OPERATOR = "queued_by_operator"
 
 
 @dataclass(frozen=True)

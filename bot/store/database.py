@@ -416,19 +416,32 @@ class Store:
 
     def mark_running(self, job_ids: Sequence[int]) -> set[int]:
         """Queued jobs start: one more attempt each. Jobs no longer queued (cancelled from
-        another process meanwhile) are left alone: the ids that did start."""
+        another process meanwhile) are left alone: the ids that did start. A job still
+        running is one this bot put back in its queue when the database failed mid-batch
+        (one bot holds a database): it runs again as the same attempt, or is cancelled when
+        someone asked to stop it meanwhile."""
         if not job_ids:
             return set()
+        chosen = Job.id.in_(job_ids)
+        still_running = Job.status == JobStatus.RUNNING
         with self._sessions.begin() as session:
-            started = session.scalars(
-                sa.select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
-            ).all()
+            # Conditional writes, not a read and then a write: a cancel committed by another
+            # process in between could otherwise be overwritten (PostgreSQL) or fail the
+            # write (SQLite).
             session.execute(
                 sa.update(Job)
-                .where(Job.id.in_(started))
-                .values(status=JobStatus.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
+                .where(chosen, still_running, Job.cancel_requested.is_(True))
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
             )
-            return set(started)
+            resumed = session.scalars(sa.select(Job.id).where(chosen, still_running)).all()
+            started = update_jobs(
+                session,
+                (chosen, Job.status == JobStatus.QUEUED),
+                status=JobStatus.RUNNING,
+                started_at=utcnow(),
+                attempts=Job.attempts + 1,
+            )
+            return set(started) | set(resumed)
 
     def mark_done(
         self,
@@ -468,16 +481,25 @@ class Store:
         """Cancel a job from any process: a queued one is cancelled here and now; a running
         one is marked, and the bot running it stops it within a sampling step. The running
         bot hears of either through the revision."""
+        this = Job.id == job_id
         with self._sessions.begin() as session:
-            row = _get(session, Job, job_id)
-            if row.status is JobStatus.QUEUED:
-                row.status = JobStatus.CANCELLED
-                row.finished_at = utcnow()
+            # Writes that check the status themselves, not a read and then a write: the bot
+            # may start or finish the job at any moment.
+            cancelled = session.execute(
+                sa.update(Job)
+                .where(this, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+            )
+            if cancelled.rowcount:  # type: ignore[attr-defined]
                 result = CancelResult.CANCELLED
-            elif row.status is JobStatus.RUNNING:
-                row.cancel_requested = True
+            elif session.execute(
+                sa.update(Job)
+                .where(this, Job.status == JobStatus.RUNNING)
+                .values(cancel_requested=True)
+            ).rowcount:  # type: ignore[attr-defined]
                 result = CancelResult.STOPPING
             else:
+                _get(session, Job, job_id)  # NotFoundError for a job that does not exist
                 return CancelResult.NOT_ACTIVE
             _touch_control(session, changed_by)
             return result
@@ -763,18 +785,39 @@ def _get(session: Session, model: type[M], key: int) -> M:
     return row
 
 
+def update_jobs(
+    session: Session, where: Sequence[sa.ColumnElement[bool]], **values: object
+) -> list[int]:
+    """Change the jobs that match, in one statement where the database can say which it
+    changed (RETURNING: SQLite, PostgreSQL), else with those rows locked while they change:
+    the ids changed."""
+    if session.get_bind().dialect.update_returning:
+        return list(
+            session.scalars(sa.update(Job).where(*where).values(**values).returning(Job.id))
+        )
+    ids = list(session.scalars(sa.select(Job.id).where(*where).with_for_update()))
+    if ids:
+        session.execute(sa.update(Job).where(Job.id.in_(ids)).values(**values))
+    return ids
+
+
 def _touch_control(session: Session, changed_by: str | None, **values: object) -> None:
-    """Change the shared control row (created on first use) and bump its revision."""
-    row = session.get(QueueState, QUEUE_STATE_ID)
-    if row is None:
-        row = QueueState(id=QUEUE_STATE_ID, revision=0, sources_revision=0)
-        session.add(row)
+    """Change the shared control row (created on first use) and bump its revision. Who
+    and when are those of the last change to a setting (pause, checkpoint, reload): a plain
+    bump (a job cancelled, a user changed) leaves them, so "paused by" stays true."""
+    if values:
+        values = {**values, "changed_by": changed_by, "changed_at": utcnow()}
+    # An UPDATE first, not a read: it takes SQLite's write lock (waiting for it) at once.
+    change = (
+        sa.update(QueueState)
+        .where(QueueState.id == QUEUE_STATE_ID)
+        .values(revision=QueueState.revision + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if not session.execute(change).rowcount:  # type: ignore[attr-defined]
+        session.add(QueueState(id=QUEUE_STATE_ID, revision=0, sources_revision=0))
         session.flush()
-    for name, value in values.items():
-        setattr(row, name, value)
-    row.revision = QueueState.revision + 1
-    row.changed_by = changed_by
-    row.changed_at = utcnow()
+        session.execute(change)
 
 
 def _find_chat(session: Session, platform: str, chat_id: str) -> Chat | None:
