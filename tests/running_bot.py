@@ -159,7 +159,13 @@ class RunningBot:
 
     def cli(self, *args: str) -> Result:
         """An operator's command (`easel ARGS`) on the bot's database, in this process."""
-        env = {"DATABASE_URL": self.database_url, "EASEL_LANG": "en", "COLUMNS": "200"}
+        env = {
+            "DATABASE_URL": self.database_url,
+            "EASEL_MODELS_DIR": self.env["EASEL_MODELS_DIR"],
+            "EASEL_OUTPUTS_DIR": self.env["EASEL_OUTPUTS_DIR"],
+            "EASEL_LANG": "en",
+            "COLUMNS": "200",
+        }
         return CliRunner().invoke(app, list(args), env=env)
 
     def store(self) -> Store:

@@ -9,23 +9,40 @@ makes its own jobs, reads their numbers from the chat, and leaves the queue runn
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.store import JobStatus
+from pipeline.images import read_infotext
 from tests.running_bot import RunningBot, running_bot
 
 LONG_STEPS = 1000  # long enough on any CPU for a cancel to land mid-run
 PAUSED_WAIT = r"The queue is paused: your queued jobs \("
 
 
+PRESET = """
+[presets.{id}]
+description_en = "{id}"
+description_ko = "{id}"
+trigger = "{id} drawing"
+"""
+
+
 @pytest.fixture(scope="module")
 def bot(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[RunningBot]:
     root = tmp_path_factory.mktemp("running-bot")
-    with running_bot(root, models_dir, EASEL_MAX_STEPS=str(LONG_STEPS)) as started:
+    # A models folder of its own, where presets.toml may change under the running bot.
+    models = root / "models"
+    (models / "stable-diffusion").mkdir(parents=True)
+    for entry in (models_dir / "stable-diffusion").iterdir():
+        (models / "stable-diffusion" / entry.name).symlink_to(entry, entry.is_dir())
+    (models / "presets.toml").write_text(PRESET.format(id="ink"), encoding="utf-8")
+    with running_bot(root, models, EASEL_MAX_STEPS=str(LONG_STEPS)) as started:
         yield started
 
 
@@ -156,3 +173,74 @@ def test_retry_of_a_cancelled_job_runs_in_the_bot(bot: RunningBot) -> None:
     refused = bot.cli("jobs", "retry", str(again))
     assert refused.exit_code == 1
     assert f"Job #{again} is done: only a failed or cancelled job can be retried." in refused.output
+
+
+CONSOLE_USER = "console:local"
+SETTLE_TIMEOUT = 30.0  # the bot polls the control row every 0.5 s; a busy machine is slower
+
+
+def replies_until(bot: RunningBot, line: str, wanted: str, refused: str) -> re.Match[str]:
+    """Send `line` until its reply matches `wanted` (the change reached the bot) rather than
+    `refused` (not yet); bounded by SETTLE_TIMEOUT."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    either = re.compile(f"(?:{wanted})|(?:{refused})")
+    while True:
+        bot.send(line)
+        match = bot.expect(either)
+        if re.search(wanted, match.group(0)):
+            return match
+        assert time.monotonic() < deadline, f"{line!r} still answered {match.group(0)!r}"
+        time.sleep(0.2)
+
+
+def test_ban_role_and_quota_from_the_command_line_reach_the_bot(bot: RunningBot) -> None:
+    (held,) = pause_and_confirm(bot, "/imagine a doomed bird --steps 2 --n 1")
+    banned = ok(bot, "users", "ban", CONSOLE_USER, "--reason", "spam", "--for", "1h")
+    assert "1 queued job" in banned, banned
+    bot.expect(rf"^Job #{held} was cancelled\.$")  # the bot dropped it from its queue
+    bot.send("/imagine a second bird --steps 2 --n 1")
+    bot.expect(r"^You are banned from using this bot until \d{4}-\d\d-\d\d \d\d:\d\d UTC: spam")
+    ok(bot, "users", "unban", CONSOLE_USER)
+    ok(bot, "queue", "resume")
+
+    ok(bot, "users", "quota", CONSOLE_USER, "--daily", "1")
+    bot.send("/imagine a greedy bird --steps 2 --n 2")
+    bot.expect(r"^You have used today's 1 images")
+    ok(bot, "users", "quota", CONSOLE_USER, "--daily", "default")
+
+    ok(bot, "users", "role", CONSOLE_USER, "user")
+    bot.send("/admin pause")
+    bot.expect(r"^Only Easel's admins can do that\.$")
+    ok(bot, "users", "role", CONSOLE_USER, "admin")
+    freed = bot.submit("/imagine a free bird --steps 2 --n 1")
+    bot.expect(rf"^Job #{freed} is done")
+    assert status_of(bot, held) is JobStatus.CANCELLED and not started(bot, held)
+
+
+def test_presets_reload_and_models_use_reach_the_bot(bot: RunningBot) -> None:
+    pine = bot.submit("/imagine a pine --preset ink --steps 2 --n 1")  # the bot reads ink
+    bot.expect(rf"^Job #{pine} is done")
+    presets = bot.root / "models" / "presets.toml"
+    # Same size and time stamp: only the reload asked for, not the file watch, sees it.
+    stamp = presets.stat()
+    presets.write_text(PRESET.format(id="oak"), encoding="utf-8")
+    os.utime(presets, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    line = "/imagine a tree --preset oak --steps 2 --n 1"
+    unknown = r"Unknown preset 'oak'"
+    bot.send(line)
+    bot.expect(unknown)  # the bot still has the old presets
+    ok(bot, "presets", "reload")
+    tree = int(replies_until(bot, line, r"^Job #(\d+) is queued", unknown).group(1))
+    bot.expect(rf"^Job #{tree} is done")
+
+    ok(bot, "models", "use", "tiny-sd1-single")
+    sketch = bot.submit("/imagine a single file sketch --steps 2 --n 1")
+    bot.expect(rf"^Job #{sketch} is done")
+    ok(bot, "models", "use", "--default")
+    with bot.store() as store:
+        made = store.job(sketch, with_images=True)
+        before = store.job(tree, with_images=True)
+    assert made is not None and before is not None
+    assert read_infotext(Path(made.images[0].path)).model == "tiny-sd1-single"
+    assert read_infotext(Path(before.images[0].path)).model == "tiny-sd1"
+    assert "oak drawing" in read_infotext(Path(before.images[0].path)).prompt
