@@ -12,6 +12,7 @@ from rich.text import Text
 from bot.cli import catalogue, database, discord, generate, running
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.core.options import DEFAULT_HIRES_SCALE
+from bot.logs import configure_logging
 from bot.settings import Settings, settings_problems
 from pipeline.errors import EaselError
 
@@ -68,7 +69,7 @@ def _is_number(text: str | None) -> bool:
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
     early = early_settings()
-    logging.basicConfig(level=early.logging_level(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(early)
     export_hub_offline(early)
     sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:

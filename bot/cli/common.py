@@ -29,8 +29,9 @@ out = Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def early_settings() -> EarlySettings:
-    """EASEL_LOG_LEVEL, EASEL_DEBUG and HF_HUB_OFFLINE from the environment and `.env`; a bad
-    value leaves the defaults here and is refused when the full settings are read."""
+    """EASEL_LOG_LEVEL, EASEL_LOG_FORMAT, EASEL_DEBUG and HF_HUB_OFFLINE from the environment
+    and `.env`; a bad value leaves the defaults here and is refused when the full settings are
+    read."""
     try:
         return EarlySettings()
     except ValidationError:
@@ -50,10 +51,10 @@ def export_hub_offline(settings: EarlySettings) -> None:
 
 
 def _quiet_libraries() -> None:
-    """The libraries' loading bars and warnings, unless a debug or info log level asks."""
+    """The libraries' loading bars and warnings, unless a DEBUG log level asks for all."""
     from pipeline.quiet import quiet_libraries
 
-    quiet_libraries(verbose=_log_level() <= logging.INFO)
+    quiet_libraries(verbose=_log_level() <= logging.DEBUG)
 
 
 def _load_engine(
