@@ -49,6 +49,7 @@ LIBRARY_LOGGERS = (
     "aiohttp",
     "filelock",
     "sqlalchemy",
+    "alembic",  # bot.store says which migrations ran
     "multipart",
     "matplotlib",
     "torch",

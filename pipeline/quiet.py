@@ -10,12 +10,12 @@ import warnings
 _LIBRARIES = r"(diffusers|transformers|peft)(\..*)?"
 
 
-def quiet_libraries(verbose: bool = False) -> None:
+def quiet_libraries(verbose: bool = False, bars: bool = True) -> None:
     """Only errors from diffusers, transformers and peft, and no loading bars; `verbose` (a
     DEBUG log level) lets everything through, bars included. Hub download bars stay: a
-    download is worth watching."""
+    download is worth watching. `bars=False` (logs read by a program) turns every bar off."""
     from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import enable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     for library in (diffusers_logging, transformers_logging):
@@ -24,11 +24,15 @@ def quiet_libraries(verbose: bool = False) -> None:
     if verbose:
         diffusers_logging.set_verbosity_debug()
         transformers_logging.set_verbosity_debug()
+    else:
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", module=_LIBRARIES)
+    if verbose and bars:
         return
-    diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # this turns the hub's bars off too
-    if not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+    if bars and not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
         enable_progress_bars()
-    warnings.filterwarnings("ignore", module=_LIBRARIES)
+    elif not bars:
+        disable_progress_bars()

@@ -38,11 +38,6 @@ def early_settings() -> EarlySettings:
         return EarlySettings.model_construct()
 
 
-def _log_level() -> int:
-    """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
-    return early_settings().logging_level()
-
-
 def export_hub_offline(settings: EarlySettings) -> None:
     """HF_HUB_OFFLINE from `.env` into the process environment, where huggingface_hub reads it
     (once, when it is imported: this runs before that)."""
@@ -54,7 +49,9 @@ def _quiet_libraries() -> None:
     """The libraries' loading bars and warnings, unless a DEBUG log level asks for all."""
     from pipeline.quiet import quiet_libraries
 
-    quiet_libraries(verbose=_log_level() <= logging.DEBUG)
+    early = early_settings()
+    # JSON logs are read by a program: no bars between their lines.
+    quiet_libraries(early.logging_level() <= logging.DEBUG, bars=early.log_format == "text")
 
 
 def _load_engine(
