@@ -330,3 +330,18 @@ def test_easel_chat_writes_json_lines_without_secrets(tmp_path: Path, models_dir
     steps = [entry for entry in entries if entry["logger"] == "easel.jobs"]
     assert [entry["event"] for entry in steps] == ["queued", "started", "finished"], lines
     assert steps[-1]["run_s"] > 0 and steps[-1]["user"] == "console:local"
+
+
+def test_a_secret_made_while_running_is_masked_from_then_on(captured: tuple) -> None:
+    from bot.logs import keep_secret
+
+    root, added = captured
+    stream = io.StringIO()
+    handler = easel_handler("text", (), stream)
+    root.addHandler(handler)
+    added.append(handler)
+    root.setLevel(logging.INFO)
+    generated = "Gen3rated-webhook_secret-0123456789"
+    keep_secret(generated, "<EASEL_TELEGRAM_WEBHOOK_SECRET>")
+    logging.getLogger("telegram.ext.Updater").warning("Webhook secret: %s", generated)
+    assert stream.getvalue().endswith("Webhook secret: <EASEL_TELEGRAM_WEBHOOK_SECRET>\n")
