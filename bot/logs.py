@@ -119,8 +119,20 @@ def _mask_record(record: logging.LogRecord, mask: Callable[[str], str]) -> None:
     if record.stack_info:
         record.stack_info = mask(record.stack_info)
     for name, value in list(vars(record).items()):
-        if name not in _STANDARD_FIELDS and isinstance(value, str):
-            setattr(record, name, mask(value))
+        if name not in _STANDARD_FIELDS:
+            setattr(record, name, _masked_field(value, mask))
+
+
+def _masked_field(value: object, mask: Callable[[str], str]) -> object:
+    """An extra field with the secrets masked: numbers as they are, containers through their
+    JSON text (the JSON format writes them so), anything else as its masked text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict | list | tuple):
+        return json.loads(mask(json.dumps(value, default=str)))
+    return mask(str(value))
 
 
 class UTCFormatter(logging.Formatter):

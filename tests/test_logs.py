@@ -45,10 +45,11 @@ NEVER = (
     PASSWORD,
 )
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+Captured = tuple[logging.Logger, list[logging.Handler]]
 
 
 @pytest.fixture
-def captured() -> Iterator[tuple[logging.Logger, list[logging.Handler]]]:
+def captured() -> Iterator[Captured]:
     """The root logger at DEBUG for the test, its handlers and the libraries' levels put back
     after."""
     root = logging.getLogger()
@@ -73,7 +74,9 @@ def log_secrets_every_way() -> None:
     )
     logging.getLogger("discord.http").debug(f"Authorization: Bot {DISCORD}")
     logging.getLogger("telegram.ext.Updater").debug(
-        "Setting webhook with secret %s", WEBHOOK, extra={"url": POSTGRES}
+        "Setting webhook with secret %s",
+        WEBHOOK,
+        extra={"url": POSTGRES, "request": {"token": TELEGRAM, "retries": 2}},
     )
     try:
         raise ConnectionError(f"cannot reach https://api.telegram.org/bot{TELEGRAM}/getMe")
@@ -83,7 +86,7 @@ def log_secrets_every_way() -> None:
 
 
 def run_logged_chat(
-    tmp_path: Path, models_dir: Path, engine: Engine, log_format: str, captured: tuple
+    tmp_path: Path, models_dir: Path, engine: Engine, log_format: str, captured: Captured
 ) -> list[str]:
     """A console chat with tokens configured, one tiny job, and every log line at DEBUG."""
     root, added = captured
@@ -117,7 +120,7 @@ def assert_no_secret(lines: list[str]) -> None:
 
 
 def test_text_lines_carry_the_job_lifecycle_and_no_secret(
-    tmp_path: Path, models_dir: Path, engine: Engine, captured: tuple
+    tmp_path: Path, models_dir: Path, engine: Engine, captured: Captured
 ) -> None:
     lines = run_logged_chat(tmp_path, models_dir, engine, "text", captured)
     assert_no_secret(lines)
@@ -143,7 +146,7 @@ def test_text_lines_carry_the_job_lifecycle_and_no_secret(
 
 
 def test_json_lines_parse_carry_the_job_fields_and_no_secret(
-    tmp_path: Path, models_dir: Path, engine: Engine, captured: tuple
+    tmp_path: Path, models_dir: Path, engine: Engine, captured: Captured
 ) -> None:
     lines = run_logged_chat(tmp_path, models_dir, engine, "json", captured)
     assert_no_secret(lines)
@@ -158,6 +161,7 @@ def test_json_lines_parse_carry_the_job_fields_and_no_secret(
     assert "bot<TELEGRAM_TOKEN>/getMe" in failed["traceback"]
     webhook = next(entry for entry in entries if entry["logger"] == "telegram.ext.Updater")
     assert webhook["url"] == "postgresql+psycopg://easel:***@db.example.org:5432/easel"
+    assert webhook["request"] == {"token": "<TELEGRAM_TOKEN>", "retries": 2}
 
     steps = {entry["event"]: entry for entry in entries if entry.get("logger") == "easel.jobs"}
     assert list(steps) == ["queued", "started", "finished"]
@@ -174,7 +178,7 @@ def test_json_lines_parse_carry_the_job_fields_and_no_secret(
 
 
 def test_a_cancelled_queued_job_logs_how_long_it_waited(
-    tmp_path: Path, models_dir: Path, engine: Engine, captured: tuple
+    tmp_path: Path, models_dir: Path, engine: Engine, captured: Captured
 ) -> None:
     root, added = captured
     settings = console_settings(tmp_path, models_dir)
@@ -223,7 +227,7 @@ def test_secrets_are_read_even_when_the_settings_refuse_them(
     assert {"not-a-token-shape-but-secret", WEBHOOK, PASSWORD} <= values
 
 
-def test_libraries_log_warnings_only_unless_debug(captured: tuple) -> None:
+def test_libraries_log_warnings_only_unless_debug(captured: Captured) -> None:
     library_levels(logging.INFO)
     for name in ("httpx", "discord", "telegram", "diffusers", "PIL", "asyncio", "alembic"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
@@ -332,7 +336,7 @@ def test_easel_chat_writes_json_lines_without_secrets(tmp_path: Path, models_dir
     assert steps[-1]["run_s"] > 0 and steps[-1]["user"] == "console:local"
 
 
-def test_a_secret_made_while_running_is_masked_from_then_on(captured: tuple) -> None:
+def test_a_secret_made_while_running_is_masked_from_then_on(captured: Captured) -> None:
     from bot.logs import keep_secret
 
     root, added = captured
