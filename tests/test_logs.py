@@ -349,3 +349,38 @@ def test_a_secret_made_while_running_is_masked_from_then_on(captured: Captured) 
     keep_secret(generated, "<EASEL_TELEGRAM_WEBHOOK_SECRET>")
     logging.getLogger("telegram.ext.Updater").warning("Webhook secret: %s", generated)
     assert stream.getvalue().endswith("Webhook secret: <EASEL_TELEGRAM_WEBHOOK_SECRET>\n")
+
+
+def test_a_failed_job_logs_its_end_and_its_trace_without_the_token(
+    tmp_path: Path,
+    models_dir: Path,
+    engine: Engine,
+    captured: Captured,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, added = captured
+    settings = console_settings(tmp_path, models_dir, telegram_token=TELEGRAM)
+    stream = io.StringIO()
+    handler = easel_handler("json", secrets_of(settings), stream)
+    root.addHandler(handler)
+    added.append(handler)
+    root.setLevel(logging.INFO)
+
+    def broken(*_: object, **__: object) -> object:
+        raise RuntimeError(f"cannot post to https://api.telegram.org/bot{TELEGRAM}/sendPhoto")
+
+    monkeypatch.setattr(engine, "run_batch", broken)
+    output = chat(settings, engine, ["/imagine a doomed fox --steps 2 --n 1", "/wait"])
+    assert "Job #1 failed with an internal error" in output
+    lines = stream.getvalue().splitlines()
+    assert_no_secret(lines)
+    entries = [json.loads(line) for line in lines]
+    trace = next(entry for entry in entries if entry["logger"] == "easel.errors")
+    assert (
+        "RuntimeError: cannot post to https://api.telegram.org/bot<TELEGRAM_TOKEN>/sendPhoto"
+        in (trace["message"])
+    )
+    steps = [entry for entry in entries if entry["logger"] == "easel.jobs"]
+    assert [entry["event"] for entry in steps] == ["queued", "started", "failed"]
+    assert steps[-1]["reason"] == "error" and steps[-1]["run_s"] >= 0
+    assert steps[-1]["message"].startswith("Job 1 failed: user=console:local kind=imagine wait=")
