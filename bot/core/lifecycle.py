@@ -7,8 +7,10 @@ the record (`extra`), which the JSON log format writes as keys:
 
     Job 7 finished: user=telegram:5678 kind=imagine images=4 wait=0.41s run=12.80s gpu=12.77s
     {"time": "...", "level": "INFO", "logger": "easel.jobs", "message": "Job 7 finished: ...",
-     "job": 7, "event": "finished", "user": "telegram:5678", "kind": "imagine", "images": 4,
-     "wait_s": 0.41, "run_s": 12.8, "gpu_s": 12.77}
+     "job": 7, "event": "finished", "user": "telegram:5678", "kind": "imagine",
+     "wait_s": 0.41, "run_s": 12.8, "images": 4, "gpu_s": 12.77}
+
+gpu is the job's share of its batch's time (what `jobs.gpu_seconds` holds).
 """
 
 from __future__ import annotations
