@@ -19,6 +19,8 @@ DISCORD_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]
 # A Telegram bot token as BotFather gives it: the bot's numeric id, a colon, about 35 characters.
 TELEGRAM_TOKEN_SHAPE = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,50}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# text: lines for people; json: one JSON object a line, for log shippers.
+LOG_FORMATS = ("text", "json")
 # The platforms EASEL_ADMINS may name; the console's users have names, the others numeric ids.
 ADMIN_PLATFORMS = ("discord", "telegram", "console")
 _NUMERIC_ID_PLATFORMS = ("discord", "telegram")
@@ -43,6 +45,9 @@ class EarlySettings(BaseSettings):
     log_level: str = Field(
         default="WARNING", description="DEBUG, INFO, WARNING or ERROR: what is logged."
     )
+    log_format: str = Field(
+        default="text", description="text (for people) or json (one object a line)."
+    )
     debug: bool = Field(
         default=False, description="Log at DEBUG and show the traceback of an unexpected error."
     )
@@ -64,6 +69,15 @@ class EarlySettings(BaseSettings):
             value = value.strip().upper() or "WARNING"
             if value not in LOG_LEVELS:
                 raise ValueError(f"one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _known_format(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower() or "text"
+            if value not in LOG_FORMATS:
+                raise ValueError(f"text or json, not {value!r}")
         return value
 
     def logging_level(self) -> int:

@@ -29,6 +29,7 @@ from bot.cli import (
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE
+from bot.logs import configure_logging
 from bot.settings import Settings, settings_problems
 from pipeline.errors import EaselError
 
@@ -102,7 +103,7 @@ def _is_number(text: str | None) -> bool:
 def main() -> None:
     """Entry point: every known error is one readable line and a non-zero exit."""
     early = early_settings()
-    logging.basicConfig(level=early.logging_level(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(early)
     export_hub_offline(early)
     sys.argv[1:] = with_bare_hires(sys.argv[1:])
     try:

@@ -29,17 +29,13 @@ out = Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def early_settings() -> EarlySettings:
-    """EASEL_LOG_LEVEL, EASEL_DEBUG and HF_HUB_OFFLINE from the environment and `.env`; a bad
-    value leaves the defaults here and is refused when the full settings are read."""
+    """EASEL_LOG_LEVEL, EASEL_LOG_FORMAT, EASEL_DEBUG and HF_HUB_OFFLINE from the environment
+    and `.env`; a bad value leaves the defaults here and is refused when the full settings are
+    read."""
     try:
         return EarlySettings()
     except ValidationError:
         return EarlySettings.model_construct()
-
-
-def _log_level() -> int:
-    """EASEL_LOG_LEVEL (DEBUG, INFO, ...; WARNING by default); EASEL_DEBUG means DEBUG."""
-    return early_settings().logging_level()
 
 
 def export_hub_offline(settings: EarlySettings) -> None:
@@ -50,10 +46,12 @@ def export_hub_offline(settings: EarlySettings) -> None:
 
 
 def _quiet_libraries() -> None:
-    """The libraries' loading bars and warnings, unless a debug or info log level asks."""
+    """The libraries' loading bars and warnings, unless a DEBUG log level asks for all."""
     from pipeline.quiet import quiet_libraries
 
-    quiet_libraries(verbose=_log_level() <= logging.INFO)
+    early = early_settings()
+    # JSON logs are read by a program: no bars between their lines.
+    quiet_libraries(early.logging_level() <= logging.DEBUG, bars=early.log_format == "text")
 
 
 def _load_engine(

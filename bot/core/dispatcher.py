@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from bot.core import lifecycle
 from bot.core.bus import EventBus
 from bot.core.buttons import grid_buttons
 from bot.core.config import TIERS, CoreConfig
@@ -141,6 +142,8 @@ class Dispatcher:
                 self.store.mark_failed(job.id, message_to_json(detail))
                 continue
             self._pending[job.id] = job.origin_platform
+            if job.id in recovery.requeued:
+                lifecycle.requeued(job, self.user)
         self._control = self._read_control()
         if self.paused():
             log.warning("The queue is paused: no job starts until an admin resumes it")
@@ -297,6 +300,7 @@ class Dispatcher:
     def announce_queued(self, job: JobRecord, reply: Reply, position: int) -> None:
         """Send the queued event, then let the loop take the job: front ends see "queued"
         before "started"."""
+        lifecycle.queued(job, self.user, position)
         self._emit(job, EventKind.QUEUED, reply, position=position)
         self._wake.set()
 
@@ -311,6 +315,7 @@ class Dispatcher:
         running one to stop (it ends cancelled within a step)."""
         if self.scheduler.remove(job.id) is not None:
             self.store.mark_cancelled(job.id)
+            lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
             await self._settled(job.id)
             return CancelOutcome.CANCELLED
@@ -524,6 +529,7 @@ class Dispatcher:
         jobs = [job for job in (self.store.job(job_id) for job_id in started) if job is not None]
         for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
+            lifecycle.started(job, self.user)
         for gone in set(ids) - {job.id for job in jobs}:
             # Cancelled from another process, or deleted, just before it started.
             await self._left_queue_elsewhere(gone)
@@ -562,6 +568,7 @@ class Dispatcher:
     async def _left_queue_elsewhere(self, job_id: int) -> None:
         job = self.store.job(job_id)
         if job is not None and job.status is JobStatus.CANCELLED:
+            lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job_id})))
         await self._settled(job_id)
 
@@ -604,6 +611,7 @@ class Dispatcher:
             if key is None:
                 return await self._record(job, _failed_outcome(job, error), seconds)
             self.store.mark_failed(job.id, message_to_json(Message(key)), error.detail)
+            lifecycle.failed(job, self.user, error.reason)
             return True
         except Exception as error:
             return await self._record(job, _failed_outcome(job, error), seconds)
@@ -636,16 +644,20 @@ class Dispatcher:
                 self._recent.append((seconds, max(1, len(outcome.images))))
             saved = await asyncio.to_thread(self._save, job, outcome)
             self.store.mark_done(job.id, saved.records, _text(saved.grid), seconds)
+            lifecycle.finished(job, self.user, len(outcome.images), seconds)
         elif outcome.status is OutcomeStatus.FAILED:
             assert outcome.failure is not None
             message = self._failure_message(job, outcome.failure)
             self.store.mark_failed(job.id, message_to_json(message), outcome.failure.trace)
+            lifecycle.failed(job, self.user, outcome.failure.kind)
         elif self._shutting_down and job.id not in self._cancel_requested:
             # Stopped by the shutdown, not by anyone's choice: it runs again at the next start.
             self.store.requeue([job.id], refund_attempt=True)
+            lifecycle.requeued(job, self.user)
             return False
         else:
             self.store.mark_cancelled(job.id)
+            lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
             return False
         return True

@@ -19,6 +19,7 @@ from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application
 
 from bot.core.frontend import BotContext
+from bot.logs import keep_secret
 from bot.settings import Settings
 from bot.telegram.app import (
     TelegramFrontEnd,
@@ -116,6 +117,7 @@ async def _start_updates(application: Application, settings: Settings) -> None: 
         if settings.telegram_webhook_secret is not None
         else secrets.token_urlsafe(32)
     )
+    keep_secret(secret, "<EASEL_TELEGRAM_WEBHOOK_SECRET>")  # a generated one is masked too
     await updater.start_webhook(
         listen=settings.telegram_webhook_listen,
         port=settings.telegram_webhook_port,

@@ -55,12 +55,14 @@ class TokenFilter(logging.Filter):
 @contextlib.contextmanager
 def token_kept_out(token: str) -> Iterator[None]:
     """While the bot runs: the filter on the libraries' loggers, and httpx's per-request
-    INFO lines off (they would be one a second with long polling)."""
+    INFO lines off (they would be one a second with long polling) unless the log level is
+    DEBUG, which asks for everything."""
     token_filter = TokenFilter(token)
     loggers = [logging.getLogger(name) for name in LOGGERS]
     httpx = logging.getLogger("httpx")
     level = httpx.level
-    if httpx.getEffectiveLevel() < logging.WARNING:
+    everything = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    if httpx.getEffectiveLevel() < logging.WARNING and not everything:
         httpx.setLevel(logging.WARNING)
     for logger in loggers:
         logger.addFilter(token_filter)
