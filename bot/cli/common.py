@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,14 @@ HELP_STYLE = None
 
 # Markup is off: prompts, paths and model names are printed as they are, brackets included.
 err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
-out = Console(soft_wrap=True, markup=False, highlight=False)
+# Piped into a file or a script, tables are not folded at 80 columns.
+PIPED_WIDTH = 200
+out = Console(
+    soft_wrap=True,
+    markup=False,
+    highlight=False,
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH,
+)
 
 
 def early_settings() -> EarlySettings:
