@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -97,9 +97,12 @@ def plan_prune(store: Store, outputs_dir: Path, cutoff: datetime) -> PrunePlan:
     )
 
 
-def apply_prune(store: Store, plan: PrunePlan) -> PruneResult:
+def apply_prune(
+    store: Store, plan: PrunePlan, on_job: Callable[[], None] | None = None
+) -> PruneResult:
     """Delete what the plan names: each job's files, then the rows of the jobs whose files
-    all went, then the old uploaded images; empty day folders go too."""
+    all went, then the old uploaded images; empty day folders go too. `on_job` is told each
+    time a job's files are done (a progress bar)."""
     files = size = 0
     problems: list[str] = []
     gone: list[int] = []
@@ -109,6 +112,8 @@ def apply_prune(store: Store, plan: PrunePlan) -> PruneResult:
         files, size = files + removed, size + removed_bytes
         problems.extend(failed)
         (stuck if failed else gone).append(job_id)
+        if on_job is not None:
+            on_job()
     deleted = delete_finished_jobs(store, gone, plan.cutoff)
     removed, removed_bytes, failed = _remove_files(plan.inputs)
     files, size = files + removed, size + removed_bytes

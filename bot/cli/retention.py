@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bot.cli.common import err, operator_store, out
 from bot.cli.output import JsonOption, print_json
@@ -15,6 +16,7 @@ from bot.settings import Settings
 
 if TYPE_CHECKING:
     from bot.retention import PrunePlan, PruneResult
+    from bot.store import Store
 
 AGE_RE = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$", re.IGNORECASE)
 AGE_UNITS = {
@@ -72,20 +74,31 @@ def prune(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    from bot.retention import apply_prune, plan_prune
+    from bot.retention import plan_prune
 
     age = parse_age(older_than)
     cutoff = datetime.now(UTC) - age
     outputs_dir = Settings().outputs_dir
     with operator_store() as store:
         plan = plan_prune(store, outputs_dir, cutoff)
-        result = apply_prune(store, plan) if yes else None
+        result = _apply_with_progress(store, plan) if yes else None
     if as_json:
         print_json(prune_json(plan, result, older_than))
     else:
         _print_prune(plan, result)
     if result is not None and result.problems:
         raise typer.Exit(1)
+
+
+def _apply_with_progress(store: Store, plan: PrunePlan) -> PruneResult:
+    """Delete, with a progress bar on a terminal (a prune of a busy bot's month takes a
+    while); nothing is drawn into a pipe or a file."""
+    from bot.retention import apply_prune
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(bilingual("Pruning", "정리 중"), total=len(plan.jobs))
+        return apply_prune(store, plan, on_job=lambda: bar.advance(task))
 
 
 def prune_json(plan: PrunePlan, result: PruneResult | None, older_than: str) -> dict[str, Any]:
