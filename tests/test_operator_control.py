@@ -164,3 +164,50 @@ def test_starting_and_clearing_without_returning(
         second: JobStatus.CANCELLED,
         third: JobStatus.CANCELLED,
     }
+
+
+def test_a_job_put_back_after_a_database_failure_survives_a_sync_and_runs(
+    make_bot: Callable[..., Bot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording fails (the disk is full): the job goes back to the bot's queue while its row
+    still says running. Another process changes something meanwhile, so a sync runs while the
+    owner cannot be read: the job stays queued in the bot and finishes once the database
+    answers."""
+    from bot.core import dispatcher as dispatcher_module
+
+    bot = make_bot()
+    recorder = Recorder()
+    bot.service.subscribe(ORIGIN.platform, recorder)
+    monkeypatch.setattr(dispatcher_module, "STORE_RETRY_DELAYS", (1.5,))
+    original_done, original_user = bot.store.mark_done, bot.store.user_by_id
+    failures = [StoreError("the database disk is full (easel.db): free some space")]
+    user_failures: list[StoreError] = []
+
+    def full_once(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            with Store(bot.store.url) as other:
+                other.bump_revision("cli:op")
+            bot.service.dispatcher.forget_user(1)
+            user_failures.append(StoreError("the database is locked"))
+            raise failures.pop()
+        original_done(*args, **kwargs)
+
+    def user_failing_once(user_id: int) -> Any:
+        if user_failures:
+            raise user_failures.pop()
+        return original_user(user_id)
+
+    monkeypatch.setattr(bot.store, "mark_done", full_once)
+    monkeypatch.setattr(bot.store, "user_by_id", user_failing_once)
+
+    async def scenario() -> int:
+        await bot.service.start()
+        job = await imagine(bot, ALICE, "a stubborn fox --n 1 --steps 2")
+        await asyncio.wait_for(until(lambda: recorder.of(EventKind.FINISHED, job)), 60)
+        await bot.service.stop()
+        return job
+
+    job = run(scenario())
+    assert not failures
+    done = bot.store.job(job, with_images=True)
+    assert done is not None and done.status is JobStatus.DONE and len(done.images) == 1

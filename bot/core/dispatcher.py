@@ -428,9 +428,12 @@ class Dispatcher:
         statuses = self.store.job_statuses(queued)
         for job_id in queued:
             status = statuses.get(job_id)
-            # One the loop took meanwhile (an await below lets it run) is the batch's to
-            # report: it is not started, and said to be cancelled, there.
-            if status is JobStatus.QUEUED or self.scheduler.remove(job_id) is None:
+            # A running row in the queue is one put back when the database failed mid-batch:
+            # it runs again. One the loop took meanwhile (an await below lets it run) is the
+            # batch's to report: it is not started, and said to be cancelled, there.
+            if status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                continue
+            if self.scheduler.remove(job_id) is None:
                 continue
             await self._left_queue_elsewhere(job_id)
         for job in self.store.queued_jobs():
@@ -520,6 +523,7 @@ class Dispatcher:
         """Run one batch. Every job ends recorded (done, failed, cancelled or queued again
         for a shutdown) and settled, whatever raises on the way."""
         ids = [item.job_id for item in batch]
+        queued = {item.job_id: item for item in batch}
         try:
             started = self.store.mark_running(ids)
         except StoreError:
@@ -556,7 +560,9 @@ class Dispatcher:
             for job in jobs:
                 again = job.id not in recorded
                 if again and store_failed:  # runs again once the database is back
-                    self.scheduler.add(self.queued_job(job))
+                    # As it was queued: rebuilding it would read its owner from the
+                    # database that just failed.
+                    self.scheduler.add(queued[job.id])
                 elif again:  # the loop is being torn down mid-batch
                     self.store.requeue([job.id], refund_attempt=True)
                 self._running.pop(job.id, None)
