@@ -376,3 +376,12 @@ def test_missing_folders_are_created(tmp_path: Path) -> None:
     with Store(f"sqlite:///{path}") as store:
         store.upgrade()
     assert path.exists()
+
+
+def test_the_migrated_database_has_its_one_control_row(store: Store) -> None:
+    with store.reading() as session:
+        rows = session.execute(sa.text("SELECT id, paused, revision FROM queue_state")).all()
+    assert [tuple(row) for row in rows] == [(1, 0, 0)]
+    store.set_queue_paused(True, "cli:op")
+    state = store.control_state()
+    assert state.paused and state.revision == 1 and state.changed_by == "cli:op"

@@ -6,6 +6,8 @@
 - queue_state.revision: bumped by every change a running bot must act on (it polls it).
 - queue_state.model: the checkpoint chosen with `easel models use` (NULL: the configured one).
 - queue_state.sources_revision: bumped by `easel presets reload`.
+- The control row itself (id 1), created here once rather than by whichever process first
+  changes something.
 
 Revision ID: 0005
 Revises: 0004
@@ -37,6 +39,24 @@ def upgrade() -> None:
         batch.add_column(sa.Column("model", sa.String(length=255), nullable=True))
         batch.add_column(
             sa.Column("sources_revision", sa.Integer(), nullable=False, server_default="0")
+        )
+    _create_control_row()
+
+
+def _create_control_row() -> None:
+    """The one control row exists from now on, so no two processes race to insert it."""
+    queue_state = sa.table(
+        "queue_state",
+        sa.column("id", sa.Integer()),
+        sa.column("paused", sa.Boolean()),
+        sa.column("revision", sa.Integer()),
+        sa.column("sources_revision", sa.Integer()),
+    )
+    bind = op.get_bind()
+    exists = bind.execute(sa.select(queue_state.c.id).where(queue_state.c.id == 1)).first()
+    if exists is None:
+        op.bulk_insert(
+            queue_state, [{"id": 1, "paused": False, "revision": 0, "sources_revision": 0}]
         )
 
 
