@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,13 +17,6 @@ if TYPE_CHECKING:
     from bot.retention import PrunePlan, PruneResult
     from bot.store import Store
 
-AGE_RE = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$", re.IGNORECASE)
-AGE_UNITS = {
-    "h": timedelta(hours=1),
-    "d": timedelta(days=1),
-    "w": timedelta(weeks=1),
-}
-
 HELP = bilingual(
     "Delete finished jobs (done, failed, cancelled) asked for before an age, with their "
     "images, grids and the uploaded images no newer job uses; queued and running jobs stay. "
@@ -38,17 +30,18 @@ HELP = bilingual(
 
 
 def parse_age(text: str) -> timedelta:
-    """30d, 12h, 2w: a whole number of hours, days or weeks, more than zero."""
-    match = AGE_RE.match(text)
-    unit = AGE_UNITS.get(match[2].lower()) if match else None
-    if match is None or unit is None or int(match[1]) <= 0:
+    """30d, 12h, 2w (or 90m): a length of time, as `--since` and ban lengths read it."""
+    from bot.core.durations import DurationError, parse_length
+
+    try:
+        return parse_length(text)
+    except DurationError:
         raise typer.BadParameter(
             bilingual(
-                f"{text!r} is not an age: give a whole number and h, d or w (12h, 30d, 2w).",
-                f"{text!r}은(는) 기간이 아닙니다: 정수와 h, d, w를 붙여 주세요(12h, 30d, 2w).",
+                f"{text!r} is not an age: give a number and m, h, d or w (12h, 30d, 2w).",
+                f"{text!r}은(는) 기간이 아닙니다: 숫자와 m, h, d, w를 붙여 주세요(12h, 30d, 2w).",
             )
-        )
-    return int(match[1]) * unit
+        ) from None
 
 
 def prune(

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,8 +13,6 @@ from bot.cli.texts import bilingual
 if TYPE_CHECKING:
     from bot.store import Store, UserRecord
 
-_SPAN = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 UserOption = Annotated[
     str | None,
@@ -44,12 +41,12 @@ SinceOption = Annotated[
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`30m`, `12h`, `7d`, `2w` before `now`, or an ISO date or time (UTC unless it says
     otherwise); `typer.BadParameter` for anything else."""
-    span = _SPAN.match(text)
-    if span is not None:
-        amount, unit = int(span.group(1)), span.group(2).lower()
+    from bot.core.durations import DurationError, is_duration, parse_length
+
+    if is_duration(text):
         try:
-            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:
+            return (now or datetime.now(UTC)) - parse_length(text)
+        except DurationError:
             raise _bad_since(text) from None
     try:
         when = datetime.fromisoformat(text.strip())
