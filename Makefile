@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python -m bench.prompts
 	$(BIN)/python -m bench.discord
 	$(BIN)/python -m bench.telegram
+	$(BIN)/python -m bench.control
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
