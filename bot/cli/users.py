@@ -929,6 +929,13 @@ def _print_plan(plan: ForgetPlan) -> None:
                 f"출력 폴더 밖에 기록된 파일 {len(plan.outside)}개는 남습니다.",
             )
         )
+    if plan.shared:
+        out.print(
+            bilingual(
+                f"{len(plan.shared)} file(s) stay: other users' jobs use them.",
+                f"다른 사용자의 작업이 쓰는 파일 {len(plan.shared)}개는 남습니다.",
+            )
+        )
 
 
 def _print_running(running: tuple[int, ...]) -> None:
