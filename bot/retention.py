@@ -3,10 +3,11 @@ and grid files and the uploaded images (outputs/inputs/) no remaining job needs.
 
 Only files inside the outputs folder are ever deleted (a recorded path elsewhere is left
 alone), and only finished jobs (done, failed, cancelled): queued and running ones stay
-whatever their age. A file a kept job still names as its input (an upscale or variation of an
-old image, an uploaded image used again) stays too. Files go first and rows after, so an
-interrupted prune leaves nothing a second run would not find; a job whose file could not be
-removed keeps its row.
+whatever their age, and so do results not yet delivered (the bot sends them at its next
+start). A file a kept job still names as its input (an upscale or variation of an old image,
+an uploaded image used again) stays too. Files go first and rows after, so an interrupted
+prune leaves nothing a second run would not find; a job whose file could not be removed keeps
+its row.
 """
 
 from __future__ import annotations

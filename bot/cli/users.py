@@ -534,10 +534,12 @@ def export_command(
 @users_app.command(
     "forget",
     help=bilingual(
-        "Delete a user: their jobs, images (rows and files in the outputs folder), settings "
-        "and record. Without --yes, says what would be deleted and changes nothing.",
-        "사용자를 삭제합니다: 작업, 이미지(기록과 출력 폴더의 파일), 설정, 사용자 기록. "
-        "--yes가 없으면 삭제할 것만 보여 주고 아무것도 바꾸지 않습니다.",
+        "Delete a user: their jobs, images (rows and files in the outputs folder), uploads, "
+        "settings and record; files other users' jobs use stay. Without --yes, says what "
+        "would be deleted and changes nothing.",
+        "사용자를 삭제합니다: 작업, 이미지(기록과 출력 폴더의 파일), 올린 이미지, 설정, 사용자 "
+        "기록. 다른 사용자의 작업이 쓰는 파일은 남습니다. --yes가 없으면 삭제할 것만 보여 주고 "
+        "아무것도 바꾸지 않습니다.",
     ),
 )
 def forget_command(
