@@ -3,29 +3,33 @@ and grid files and the uploaded images (outputs/inputs/) no remaining job needs.
 
 Only files inside the outputs folder are ever deleted (a recorded path elsewhere is left
 alone), and only finished jobs (done, failed, cancelled): queued and running ones stay
-whatever their age. A file a kept job still names as its input (an upscale or variation of an
-old image, an uploaded image used again) stays too. Files go first and rows after, so an
-interrupted prune leaves nothing a second run would not find; a job whose file could not be
-removed keeps its row.
+whatever their age, and so do results not yet delivered (the bot sends them at its next
+start). A file a kept job still names as its input (an upscale or variation of an old image,
+an uploaded image used again) stays too. Files go first and rows after, so an interrupted
+prune leaves nothing a second run would not find; a job whose file could not be removed keeps
+its row.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from bot.store import Store
-from bot.store.retention import delete_finished_jobs, finished_before, requests_kept
+from bot.store.retention import (
+    INPUTS_FOLDER,
+    delete_finished_jobs,
+    finished_before,
+    paths_named,
+    requests_kept,
+)
 
 log = logging.getLogger(__name__)
-
-INPUTS_FOLDER = "inputs"  # where the service keeps uploaded images (`_store_input`)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def plan_prune(store: Store, outputs_dir: Path, cutoff: datetime) -> PrunePlan:
     """What a prune would delete; reads only."""
     root = os.path.realpath(outputs_dir)
     real = _RealPaths()
-    in_use = {real(path) for path in _paths_named(requests_kept(store, cutoff))}
+    in_use = {real(path) for path in paths_named(requests_kept(store, cutoff))}
     job_files: dict[int, tuple[str, ...]] = {}
     size = outside = kept = 0
     jobs = finished_before(store, cutoff)
@@ -115,7 +119,7 @@ def apply_prune(
         if on_job is not None:
             on_job()
     deleted = delete_finished_jobs(store, gone, plan.cutoff)
-    removed, removed_bytes, failed = _remove_files(plan.inputs)
+    removed, removed_bytes, failed = _remove_files(_still_old(plan.inputs, plan.cutoff))
     files, size = files + removed, size + removed_bytes
     problems.extend(failed)
     _remove_empty_folders(plan.files, str(plan.outputs_dir))
@@ -142,23 +146,6 @@ def _inside(path: str, root: str) -> bool:
     return path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _paths_named(requests: Iterable[str]) -> set[str]:
-    """The image paths jobs' requests name: GenerationRequest.init_image and
-    UpscaleRequest.image are {"path": ...} (or {"data": ...}, inline)."""
-    named: set[str] = set()
-    for request in requests:
-        try:
-            payload = json.loads(request)
-        except ValueError:
-            continue
-        if not isinstance(payload, dict):
-            continue
-        for value in payload.values():
-            if isinstance(value, dict) and isinstance(value.get("path"), str):
-                named.add(value["path"])
-    return named
-
-
 def _old_inputs(folder: str, cutoff: datetime) -> list[str]:
     """Uploaded images (plain files) not written or used again since the cutoff."""
     try:
@@ -174,6 +161,22 @@ def _old_inputs(folder: str, cutoff: datetime) -> list[str]:
         if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff.timestamp():
             old.append(entry.path)
     return old
+
+
+def _still_old(paths: Iterable[str], cutoff: datetime) -> Iterator[str]:
+    """The uploads not used again since the plan was made: a job that reuses one between the
+    plan and now touches it (`JobService._store_input`), and it stays. Each is looked at just
+    before it would go."""
+    for path in paths:
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            yield path  # unreadable: removing it says why
+            continue
+        if info.st_mtime < cutoff.timestamp():
+            yield path
 
 
 def _size(path: str) -> int | None:

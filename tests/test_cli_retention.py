@@ -221,6 +221,7 @@ def _history(place: Place) -> History:
         store.mark_running([job_id])
         made = [NewImage(i, str(p), i, 64, 64, "0" * 64) for i, p in enumerate(paths)]
         store.mark_done(job_id, made, str(grid) if grid else None)
+        store.mark_delivered(job_id)
 
     old_done = job(_request(old_input))
     old_images = [_write(old_day / f"0000{i}-j{old_done}-a-cat.png") for i in range(2)]
@@ -229,6 +230,7 @@ def _history(place: Place) -> History:
     old_failed = job(_request(shared_input))
     store.mark_running([old_failed])
     store.mark_failed(old_failed, '{"key": "failed_internal", "args": {}}')
+    store.mark_delivered(old_failed)
     old_cancelled = job(_request())
     assert store.mark_cancelled(old_cancelled)
     outside = _write(place.database.parent / "elsewhere" / "kept.png")
@@ -311,6 +313,7 @@ def test_prune_removes_a_day_folder_it_empties(place: Place) -> None:
     job = place.store.add_job(NewJob(user.id, JobKind.IMAGINE, "{}", None, 1, "discord", "c"))
     place.store.mark_running([job.id])
     place.store.mark_done(job.id, [NewImage(0, str(path), 0, 64, 64, "0" * 64)], None)
+    place.store.mark_delivered(job.id)
     _aged(place.store, job.id, old)
     result = CliRunner().invoke(app, ["prune", "--older-than", "2d", "--yes"])
     assert result.exit_code == 0, result.output

@@ -11,10 +11,13 @@ import typer
 from rich.table import Table
 
 from bot.cli.common import HELP_STYLE, err, out
+from bot.cli.output import human_bytes
 from bot.cli.texts import bilingual
 from bot.core.options import CATEGORY_FLAGS
 from bot.settings import Settings
 from pipeline.errors import InvalidRequestError
+
+_human_size = human_bytes  # the name bot/cli/models.py imports
 
 
 def _folder_line(kind: str, folders: list[Path], count: int) -> str:
@@ -104,7 +107,7 @@ def lora_list(
         table.add_column(column)
     for file in files:
         table.add_row(
-            file.name, _human_size(file.path.stat().st_size), lora_hash(file.path), str(file.path)
+            file.name, human_bytes(file.path.stat().st_size), lora_hash(file.path), str(file.path)
         )
     out.print(table if files else "No LoRA files (put .safetensors files in models/lora).")
     presets = load_presets(settings.models_dir)
@@ -155,12 +158,3 @@ def pnginfo(
         print(json.dumps(asdict(info), ensure_ascii=False))
     else:
         out.print(format_infotext(info))
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{value:.1f} GiB"

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bot.cli.common import HELP_STYLE, err, out
-from bot.cli.output import JsonOption, print_json
-from bot.cli.retention import human_bytes
+from bot.cli.output import JsonOption, human_bytes, print_json
 from bot.cli.texts import bilingual
 from bot.settings import Settings
 

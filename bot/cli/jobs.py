@@ -4,11 +4,9 @@ acted on beside a running bot (which sees a cancel or a retry within a second)."
 from __future__ import annotations
 
 import csv
-import getpass
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 from rich.table import Table
 
-from bot.cli.common import HELP_STYLE, err, operator_store, out
+from bot.cli.common import HELP_STYLE, err, operator_name, operator_store, out
 from bot.cli.output import JsonOption, print_json, to_plain
 from bot.cli.selectors import (
     SinceOption,
@@ -61,14 +59,6 @@ class StatusName(StrEnum):
 
 PROMPT_WIDTH = 60  # characters of a prompt in a table
 UNWRAPPED = frozenset({"ID", "Place", "Status", "Created (UTC)", "Wait", "Run"})
-
-
-def operator_name() -> str:
-    """Who made a change, as the control row records it: `cli:` and the login name."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name (a container without a passwd entry)
-        return "cli"
 
 
 # --------------------------------------------------------------------------- what is shown
@@ -298,15 +288,6 @@ def seconds(value: float | None) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
-@contextmanager
-def opened_store() -> Iterator[Store]:
-    store = operator_store()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 def job_or_exit(store: Store, job_id: int, with_images: bool = False) -> JobRecord:
     job = store.job(job_id, with_images=with_images)
     if job is None:
@@ -356,7 +337,7 @@ def jobs_list(
     from bot.store.listing import JobQuery, list_jobs, users_by_id
 
     start = since_option(since)
-    with opened_store() as store:
+    with operator_store() as store:
         owner = resolve_user(store, user) if user is not None else None
         query = JobQuery(
             user_id=owner.id if owner else None,
@@ -403,7 +384,7 @@ def jobs_table(rows: Iterable[JobSummary]) -> Table:
     ),
 )
 def jobs_show(job_id: JobIdArgument, as_json: JsonOption = False) -> None:
-    with opened_store() as store:
+    with operator_store() as store:
         job = job_or_exit(store, job_id, with_images=True)
         owner = store.user_by_id(job.user_id)
     shown = detail(job, owner, datetime.now(UTC), terminal_locale())
@@ -473,7 +454,7 @@ def print_detail(job: JobDetail) -> None:
 def jobs_cancel(job_id: JobIdArgument) -> None:
     from bot.store import CancelResult, NotFoundError
 
-    with opened_store() as store:
+    with operator_store() as store:
         try:
             result = store.request_cancel(job_id, operator_name())
         except NotFoundError:
@@ -513,7 +494,7 @@ def jobs_retry(job_id: JobIdArgument) -> None:
     from bot.store import NotFoundError
     from bot.store.listing import NotRetryableError, retry_job
 
-    with opened_store() as store:
+    with operator_store() as store:
         try:
             new = retry_job(store, job_id, operator_name())
         except NotFoundError:
@@ -596,7 +577,7 @@ def history_export(
     from bot.store.listing import history, users_by_id
 
     start = since_option(since)
-    with opened_store() as store:
+    with operator_store() as store:
         owner = resolve_user(store, user) if user is not None else None
         owners: dict[int, UserRecord] = {}
 

@@ -43,6 +43,18 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def human_bytes(size: int) -> str:
+    """12 B, 340.0 KiB, 1.2 MiB: sizes as every command prints them."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} TiB"
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_plain(value), ensure_ascii=False, indent=2) + "\n")
     sys.stdout.flush()

@@ -11,11 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from bot.cli.common import HELP_STYLE, out
+from bot.cli.common import HELP_STYLE, operator_name, operator_store, out
 from bot.cli.jobs import (
     UNWRAPPED,
-    opened_store,
-    operator_name,
     run_seconds,
     seconds,
     short_prompt,
@@ -89,7 +87,7 @@ def queue_order(queued: tuple[JobRecord, ...], owners: dict[int, UserRecord]) ->
 def queue_status() -> QueueStatus:
     from bot.store.listing import queue_snapshot
 
-    with opened_store() as store:
+    with operator_store() as store:
         control = store.control_state()
         snapshot = queue_snapshot(store)
     now = datetime.now(UTC)
@@ -216,7 +214,7 @@ def resume() -> None:
 
 
 def set_paused(paused: bool) -> None:
-    with opened_store() as store:
+    with operator_store() as store:
         control = store.control_state()
         if control.paused == paused:
             who = control.changed_by or "?"
@@ -265,7 +263,7 @@ def clear(
 ) -> None:
     from bot.store.listing import cancel_queued
 
-    with opened_store() as store:
+    with operator_store() as store:
         if not yes:
             queued = store.count_queued()
             out.print(

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bot.cli.common import err, operator_store, out
-from bot.cli.output import JsonOption, print_json
+from bot.cli.output import JsonOption, human_bytes, print_json
 from bot.cli.texts import bilingual
 from bot.settings import Settings
 
@@ -161,15 +161,3 @@ def _print_prune(plan: PrunePlan, result: PruneResult | None) -> None:
                     f"파일을 지우지 못해 남긴 작업: {ids}.",
                 )
             )
-
-
-def human_bytes(size: int) -> str:
-    """12 B, 340.0 KiB, 1.2 MiB: the units `easel models` uses."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB"):
-        value /= 1024
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-    return f"{value / 1024:.1f} TiB"

@@ -18,8 +18,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from bot.cli.common import HELP_STYLE, err, operator_store, out
-from bot.cli.output import JsonOption, print_json, to_plain
+from bot.cli.common import HELP_STYLE, err, operator_name, operator_store, out
+from bot.cli.output import JsonOption, human_bytes, print_json, to_plain
 from bot.cli.texts import bilingual
 from bot.settings import Settings
 
@@ -28,9 +28,7 @@ if TYPE_CHECKING:
     from bot.store import JobRecord, Role, Store, UserRecord
     from bot.store.people import ForgetPlan, UserActivity
 
-CHANGED_BY = "cli"
 RECENT_JOBS = 10
-PLATFORMS = ("console", "discord", "telegram")  # bot.core.admin.KNOWN_PLATFORMS
 DEFAULT_WORDS = frozenset({"default", "none"})  # a quota option's word for "the global one"
 UNLIMITED_WORDS = frozenset({"unlimited", "no-cap"})
 
@@ -285,7 +283,7 @@ def ban_command(
     text = reason.strip() if reason else None
     with _opened() as store:
         record = _resolve(store, user, create=True)
-        result = ban_user(store, record.id, text or None, until, CHANGED_BY)
+        result = ban_user(store, record.id, text or None, until, operator_name())
         running = running_jobs(store, record.id)
     out.print(_ban_line(result.user))
     if result.cancelled:
@@ -323,7 +321,7 @@ def unban_command(user: UserArgument) -> None:
                 )
             )
             return
-        unban_user(store, record.id, CHANGED_BY)
+        unban_user(store, record.id, operator_name())
     out.print(
         bilingual(f"{_name(record)} is no longer banned.", f"{_name(record)}의 차단을 풀었습니다.")
     )
@@ -352,7 +350,7 @@ def role_command(
     chosen = _role(role)
     with _opened() as store:
         record = _resolve(store, user, create=True)
-        changed = set_user_role(store, record.id, chosen, CHANGED_BY)
+        changed = set_user_role(store, record.id, chosen, operator_name())
     out.print(
         bilingual(
             f"{_name(changed)}: role {record.role.value} -> {changed.role.value}.",
@@ -434,7 +432,7 @@ def quota_command(
         record = _resolve(store, user, create=bool(changes))
         if changes:
             values = {name: changes.get(name, UNSET) for name in _QUOTAS}
-            set_user_quota(store, record.id, CHANGED_BY, **values)
+            set_user_quota(store, record.id, operator_name(), **values)
         shown = view(user_activity(store, record.id), _config(settings))
     if as_json:
         print_json(shown)
@@ -536,10 +534,12 @@ def export_command(
 @users_app.command(
     "forget",
     help=bilingual(
-        "Delete a user: their jobs, images (rows and files in the outputs folder), settings "
-        "and record. Without --yes, says what would be deleted and changes nothing.",
-        "사용자를 삭제합니다: 작업, 이미지(기록과 출력 폴더의 파일), 설정, 사용자 기록. "
-        "--yes가 없으면 삭제할 것만 보여 주고 아무것도 바꾸지 않습니다.",
+        "Delete a user: their jobs, images (rows and files in the outputs folder), uploads, "
+        "settings and record; files other users' jobs use stay. Without --yes, says what "
+        "would be deleted and changes nothing.",
+        "사용자를 삭제합니다: 작업, 이미지(기록과 출력 폴더의 파일), 올린 이미지, 설정, 사용자 "
+        "기록. 다른 사용자의 작업이 쓰는 파일은 남습니다. --yes가 없으면 삭제할 것만 보여 주고 "
+        "아무것도 바꾸지 않습니다.",
     ),
 )
 def forget_command(
@@ -570,7 +570,7 @@ def forget_command(
             )
             return
         try:
-            result = forget_user(store, record.id, settings.outputs_dir, CHANGED_BY)
+            result = forget_user(store, record.id, settings.outputs_dir, operator_name())
         except UserBusyError as error:
             _print_running(error.running)
             raise typer.Exit(1) from None
@@ -578,9 +578,9 @@ def forget_command(
     out.print(
         bilingual(
             f"Forgot {_name(record)}: {done.jobs} job(s), {done.images} image row(s), "
-            f"{result.files_removed} file(s) ({_size(result.bytes_removed)}) deleted.",
+            f"{result.files_removed} file(s) ({human_bytes(result.bytes_removed)}) deleted.",
             f"{_name(record)}을(를) 삭제했습니다: 작업 {done.jobs}개, 이미지 기록 {done.images}개, "
-            f"파일 {result.files_removed}개({_size(result.bytes_removed)}).",
+            f"파일 {result.files_removed}개({human_bytes(result.bytes_removed)}).",
         )
     )
     for failure in result.failed:
@@ -594,19 +594,26 @@ def forget_command(
 
 @contextmanager
 def _opened(settings: Settings | None = None) -> Iterator[Store]:
-    """The bot's database; a missing or outdated one is one line and exit 1."""
+    """The operator's store (`operator_store`), closed at the end; a missing or outdated
+    database, or a user deleted meanwhile, is one line and exit 1."""
     from bot.store import NotFoundError, StoreError
 
     try:
         store = operator_store(settings)
     except StoreError as error:
         _fail(str(error), str(error))
-    try:
-        yield store
-    except NotFoundError:  # forgotten by someone else meanwhile
-        _fail("That user no longer exists.", "그 사용자는 더 이상 없습니다.")
-    finally:
-        store.close()
+    with store:
+        try:
+            yield store
+        except NotFoundError:  # forgotten by someone else meanwhile
+            _fail("That user no longer exists.", "그 사용자는 더 이상 없습니다.")
+
+
+def _platforms() -> tuple[str, ...]:
+    """The platforms a user can be on (the chat admins' list), in order."""
+    from bot.core.admin import KNOWN_PLATFORMS
+
+    return tuple(sorted(KNOWN_PLATFORMS))
 
 
 def _resolve(store: Store, text: str, create: bool = False) -> UserRecord:
@@ -640,13 +647,14 @@ def _resolve(store: Store, text: str, create: bool = False) -> UserRecord:
     found = find_user(store, platform, platform_user_id)
     if found is not None:
         return found
-    if create and platform in PLATFORMS:
+    platforms = _platforms()
+    if create and platform in platforms:
         return store.user(platform, platform_user_id)
     if create:
         raise typer.BadParameter(
             bilingual(
-                f"{text!r}: no such user, and a new one must be on {', '.join(PLATFORMS)}.",
-                f"{text!r}: 그런 사용자가 없고, 새 사용자는 {', '.join(PLATFORMS)} 중 하나여야 "
+                f"{text!r}: no such user, and a new one must be on {', '.join(platforms)}.",
+                f"{text!r}: 그런 사용자가 없고, 새 사용자는 {', '.join(platforms)} 중 하나여야 "
                 "합니다.",
             ),
             param_hint="USER",
@@ -673,11 +681,12 @@ def _role(text: str) -> Role:
 
 def _platform(text: str) -> str:
     platform = text.strip().lower()
-    if platform not in PLATFORMS:
+    platforms = _platforms()
+    if platform not in platforms:
         raise typer.BadParameter(
             bilingual(
-                f"{text!r} is not a platform: {', '.join(PLATFORMS)}.",
-                f"{text!r}은(는) 플랫폼이 아닙니다: {', '.join(PLATFORMS)}.",
+                f"{text!r} is not a platform: {', '.join(platforms)}.",
+                f"{text!r}은(는) 플랫폼이 아닙니다: {', '.join(platforms)}.",
             ),
             param_hint="--platform",
         )
@@ -766,15 +775,6 @@ def _when(moment: datetime | None) -> str:
     from bot.core.durations import utc_text
 
     return utc_text(moment) if moment is not None else "-"
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def _ban_line(user: UserRecord) -> str:
@@ -911,7 +911,7 @@ def _activity_text(jobs: int, images: int) -> str:
 
 def _print_plan(plan: ForgetPlan) -> None:
     name = _name(plan.user)
-    size = _size(plan.bytes)
+    size = human_bytes(plan.bytes)
     out.print(
         bilingual(
             f"Forgetting {name} deletes {plan.jobs} job(s) ({len(plan.queued)} queued), "
@@ -927,6 +927,13 @@ def _print_plan(plan: ForgetPlan) -> None:
             bilingual(
                 f"{len(plan.outside)} recorded file(s) outside the outputs folder stay.",
                 f"출력 폴더 밖에 기록된 파일 {len(plan.outside)}개는 남습니다.",
+            )
+        )
+    if plan.shared:
+        out.print(
+            bilingual(
+                f"{len(plan.shared)} file(s) stay: other users' jobs use them.",
+                f"다른 사용자의 작업이 쓰는 파일 {len(plan.shared)}개는 남습니다.",
             )
         )
 

@@ -25,6 +25,7 @@ from bot.store.database import (
 )
 from bot.store.database import _touch_control as touch_control
 from bot.store.models import Job, JobStatus, User, utcnow
+from bot.store.people import find_user as find_user  # the callers' name for it here
 from bot.store.records import JobRecord, UserRecord
 
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
@@ -59,17 +60,6 @@ class QueueSnapshot:
     queued: tuple[JobRecord, ...]
     owners: dict[int, UserRecord]
     counts: dict[JobStatus, int]
-
-
-def find_user(store: Store, platform: str, platform_user_id: str) -> UserRecord | None:
-    """The user known by this platform id, or None (nobody is created here)."""
-    with store.reading() as session:
-        row = session.scalars(
-            sa.select(User).where(
-                User.platform == platform, User.platform_user_id == platform_user_id
-            )
-        ).one_or_none()
-        return None if row is None else _record(UserRecord, row)
 
 
 def users_by_id(store: Store, user_ids: Collection[int]) -> dict[int, UserRecord]:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
 from bot.store.database import (
+    ID_CHUNK,
     NOT_COUNTED,
     UNSET,
     NotFoundError,
@@ -27,9 +28,11 @@ from bot.store.database import (
     _record,
     _touch_control,
     _Unset,
+    update_jobs,
 )
 from bot.store.models import Image, Job, JobStatus, Role, User, UserSettings, utcnow
 from bot.store.records import JobRecord, SettingsRecord, UserRecord
+from bot.store.retention import INPUTS_FOLDER, paths_named, requests_naming_images
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class UserExport:
 @dataclass(frozen=True)
 class ForgetPlan:
     """What forgetting a user deletes: their rows, and the files of their jobs that lie inside
-    the outputs folder (`files`, with `bytes` the size of those that exist)."""
+    the outputs folder with the images they uploaded (under its inputs/ folder), less those
+    another user's job names (`files`, with `bytes` the size of those that exist)."""
 
     user: UserRecord
     jobs: int
@@ -75,6 +79,7 @@ class ForgetPlan:
     running: tuple[int, ...]  # jobs running now: forgetting waits until they end
     queued: tuple[int, ...]
     outside: tuple[str, ...]  # recorded paths outside the outputs folder: left alone
+    shared: tuple[Path, ...] = ()  # their files other users' jobs name as input: kept
 
 
 @dataclass(frozen=True)
@@ -304,20 +309,15 @@ def _hold_write_lock(session: Session, changed_by: str | None) -> None:
 
 
 def _cancel_queued(session: Session, user_id: int) -> tuple[int, ...]:
-    queued = tuple(
-        session.scalars(
-            sa.select(Job.id)
-            .where(Job.user_id == user_id, Job.status == JobStatus.QUEUED)
-            .order_by(Job.id)
-        )
+    """Cancel the user's jobs that are still queued when the statement runs: one the bot
+    started meanwhile (PostgreSQL reads no lock here) is running and stays so."""
+    cancelled = update_jobs(
+        session,
+        (Job.user_id == user_id, Job.status == JobStatus.QUEUED),
+        status=JobStatus.CANCELLED,
+        finished_at=utcnow(),
     )
-    if queued:
-        session.execute(
-            sa.update(Job)
-            .where(Job.id.in_(queued))
-            .values(status=JobStatus.CANCELLED, finished_at=utcnow())
-        )
-    return queued
+    return tuple(sorted(cancelled))
 
 
 # ---------------------------------------------------------------------------- forgetting
@@ -333,31 +333,56 @@ def forget_user(
     store: Store, user_id: int, outputs_dir: Path, changed_by: str | None = None
 ) -> ForgetResult:
     """Delete the user's jobs (their images' rows go with them), settings and row, then the
-    files of those jobs inside `outputs_dir` (one already gone is fine). Refused with
-    `UserBusyError` while one of their jobs runs; queued ones are deleted with the rest, and a
-    running bot drops them. Other users' jobs made from theirs stay (their parent is cleared)."""
+    files of those jobs inside `outputs_dir` (one already gone is fine) and the images they
+    uploaded there. Refused with `UserBusyError` while one of their jobs runs; queued ones
+    are deleted with the rest, and a running bot drops them. Other users' jobs made from
+    theirs stay (their parent is cleared), and so do the files those jobs name."""
     with store.writing() as session:
         _hold_write_lock(session, changed_by)
-        plan = _plan(session, user_id, outputs_dir)
+        plan = _plan(session, user_id, outputs_dir, lock=True)
         if plan.running:  # the revision's bump is rolled back with the rest
             raise UserBusyError(user_id, plan.running)
-        mine = sa.select(Job.id).where(Job.user_id == user_id).scalar_subquery()
-        # The database clears parent_id (ON DELETE SET NULL) and deletes images (CASCADE);
-        # done here too, so it does not depend on SQLite's foreign_keys pragma.
-        session.execute(sa.update(Job).where(Job.parent_id.in_(mine)).values(parent_id=None))
-        session.execute(sa.delete(Image).where(Image.job_id.in_(mine)))
-        session.execute(sa.delete(Job).where(Job.user_id == user_id))
+        _delete_jobs(session, user_id)
         session.execute(sa.delete(UserSettings).where(UserSettings.user_id == user_id))
         session.execute(sa.delete(User).where(User.id == user_id))
     return _remove_files(plan)
 
 
-def _plan(session: Session, user_id: int, outputs_dir: Path) -> ForgetPlan:
+def _delete_jobs(session: Session, user_id: int) -> None:
+    """Delete the user's jobs that are not running, and refuse (`UserBusyError`, the
+    transaction rolled back) when one is: it started after the plan was read. The plan's read
+    locked the rows on PostgreSQL (FOR UPDATE), so this is a second guard."""
+    mine = list(session.scalars(sa.select(Job.id).where(Job.user_id == user_id)))
+    for start in range(0, len(mine), ID_CHUNK):
+        chunk = mine[start : start + ID_CHUNK]
+        # The database clears parent_id (ON DELETE SET NULL) and deletes images (CASCADE);
+        # done here too, so it does not depend on SQLite's foreign_keys pragma. The ids are
+        # read first: MySQL refuses an UPDATE of jobs that selects from jobs (error 1093).
+        session.execute(sa.update(Job).where(Job.parent_id.in_(chunk)).values(parent_id=None))
+        session.execute(sa.delete(Image).where(Image.job_id.in_(chunk)))
+    session.execute(
+        sa.delete(Job)
+        .where(Job.user_id == user_id, Job.status != JobStatus.RUNNING)
+        .execution_options(synchronize_session=False)
+    )
+    running = tuple(
+        session.scalars(
+            sa.select(Job.id)
+            .where(Job.user_id == user_id, Job.status == JobStatus.RUNNING)
+            .order_by(Job.id)
+        )
+    )
+    if running:
+        raise UserBusyError(user_id, running)
+
+
+def _plan(session: Session, user_id: int, outputs_dir: Path, lock: bool = False) -> ForgetPlan:
+    """`lock`: hold the user's job rows until the transaction ends (FOR UPDATE on PostgreSQL;
+    SQLite has no row locks and the write lock taken first already keeps the bot out)."""
     user = _record(UserRecord, _get(session, User, user_id))
-    jobs = session.execute(
-        sa.select(Job.id, Job.status, Job.grid_path).where(Job.user_id == user_id).order_by(Job.id)
-    ).all()
-    job_ids = [job_id for job_id, _, _ in jobs]
+    query = sa.select(Job.id, Job.status, Job.grid_path, Job.request).where(Job.user_id == user_id)
+    jobs = session.execute((query.with_for_update() if lock else query).order_by(Job.id)).all()
+    job_ids = [job.id for job in jobs]
     image_paths = list(
         session.scalars(
             sa.select(Image.path)
@@ -366,18 +391,24 @@ def _plan(session: Session, user_id: int, outputs_dir: Path) -> ForgetPlan:
             .order_by(Image.id)
         )
     )
-    grids = [grid for _, _, grid in jobs if grid]
-    inside, outside = _split_paths([*image_paths, *grids], outputs_dir)
+    grids = [job.grid_path for job in jobs if job.grid_path]
+    made, outside = _split_paths([*image_paths, *grids], outputs_dir)
+    uploads, _ = _split_paths(paths_named(job.request for job in jobs), outputs_dir / INPUTS_FOLDER)
+    named = paths_named(requests_naming_images(session, Job.user_id != user_id))
+    in_use = set(_split_paths(named, outputs_dir)[0])
+    candidates = tuple(dict.fromkeys((*made, *uploads)))
+    files = tuple(path for path in candidates if path not in in_use)
     return ForgetPlan(
         user=user,
         jobs=len(job_ids),
         images=len(image_paths),
         has_settings=session.get(UserSettings, user_id) is not None,
-        files=inside,
-        bytes=sum(_size(path) for path in inside),
-        running=tuple(job_id for job_id, status, _ in jobs if status is JobStatus.RUNNING),
-        queued=tuple(job_id for job_id, status, _ in jobs if status is JobStatus.QUEUED),
+        files=files,
+        bytes=sum(_size(path) for path in files),
+        running=tuple(job.id for job in jobs if job.status is JobStatus.RUNNING),
+        queued=tuple(job.id for job in jobs if job.status is JobStatus.QUEUED),
         outside=outside,
+        shared=tuple(path for path in candidates if path in in_use),
     )
 
 

@@ -234,6 +234,7 @@ def _per_user(store: Store, rows: Sequence[_Row]) -> tuple[UserUsage, ...]:
             user.id: user
             for user in session.scalars(sa.select(User).where(User.id.in_(list(jobs))))
         }
+    # A user forgotten between the two reads is left out: their jobs are gone too.
     usage = [
         UserUsage(
             user_id=user_id,
@@ -244,6 +245,7 @@ def _per_user(store: Store, rows: Sequence[_Row]) -> tuple[UserUsage, ...]:
             images=images[user_id],
         )
         for user_id, count in jobs.items()
+        if user_id in people
     ]
     return tuple(sorted(usage, key=lambda user: (-user.images, -user.jobs, user.user_id)))
 

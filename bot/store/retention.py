@@ -4,16 +4,19 @@ name as their input."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from bot.store.database import ID_CHUNK, Store
-from bot.store.models import Image, Job, JobStatus
+from bot.store.database import DELIVERABLE, ID_CHUNK, Store
+from bot.store.models import Delivery, Image, Job, JobStatus
 
 FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+INPUTS_FOLDER = "inputs"  # where the service keeps uploaded images (`_store_input`)
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,19 @@ class OldJob:
 
 
 def finished_before(store: Store, cutoff: datetime) -> tuple[OldJob, ...]:
-    """Finished jobs created before `cutoff`, oldest first."""
+    """Finished jobs created before `cutoff`, oldest first; a done or failed job whose result
+    was never delivered is not among them (the bot sends it at its next start)."""
     _check_aware(cutoff)
     with store.reading() as session:
         rows = session.execute(
             sa.select(Job.id, Job.status, Job.created_at, Job.grid_path)
-            .where(_old_and_finished(cutoff))
+            .where(_prunable(cutoff))
             .order_by(Job.id)
         ).all()
         images = session.execute(
             sa.select(Image.job_id, Image.path)
             .join(Job, Job.id == Image.job_id)
-            .where(_old_and_finished(cutoff))
+            .where(_prunable(cutoff))
         ).all()
     paths: dict[int, set[str]] = {}
     for job_id, path in images:
@@ -55,19 +59,42 @@ def finished_before(store: Store, cutoff: datetime) -> tuple[OldJob, ...]:
 
 
 def requests_kept(store: Store, cutoff: datetime) -> tuple[str, ...]:
-    """The requests (JSON) of the jobs a prune at `cutoff` keeps (newer ones, and queued or
-    running ones of any age) that name an image by path: their inputs must stay."""
+    """The requests (JSON) of the jobs a prune at `cutoff` keeps (newer ones, queued or
+    running ones of any age, and finished ones not yet delivered) that name an image by path:
+    their inputs must stay."""
     _check_aware(cutoff)
-    query = sa.select(Job.request).where(
-        sa.not_(_old_and_finished(cutoff)), Job.request.contains('"path"')
-    )
     with store.reading() as session:
-        return tuple(session.scalars(query))
+        return requests_naming_images(session, sa.not_(_prunable(cutoff)))
+
+
+def requests_naming_images(session: Session, *where: sa.ColumnElement[bool]) -> tuple[str, ...]:
+    """The requests (JSON) of the jobs that match and may name an image by path (an upscale
+    or variation of an earlier image, an uploaded init image): read them with `paths_named`."""
+    query = sa.select(Job.request).where(*where, Job.request.contains('"path"'))
+    return tuple(session.scalars(query))
+
+
+def paths_named(requests: Iterable[str]) -> set[str]:
+    """The image paths jobs' requests name, as recorded: GenerationRequest.init_image and
+    UpscaleRequest.image are {"path": ...} (or {"data": ...}, inline)."""
+    named: set[str] = set()
+    for request in requests:
+        try:
+            payload = json.loads(request)
+        except ValueError:
+            continue
+        if not isinstance(payload, dict):
+            continue
+        for value in payload.values():
+            if isinstance(value, dict) and isinstance(value.get("path"), str):
+                named.add(value["path"])
+    return named
 
 
 def delete_finished_jobs(store: Store, job_ids: Collection[int], cutoff: datetime) -> int:
     """Delete these jobs' rows (their images go with them; children keep theirs, their parent
-    link emptied) where they are still finished and older than `cutoff`; how many went.
+    link emptied) where they are still finished, delivered and older than `cutoff`; how many
+    went.
 
     One short transaction per chunk of ids: a running bot's writes wait on each for a moment
     only, never long enough to time out (SQLite has one writer at a time)."""
@@ -79,15 +106,18 @@ def delete_finished_jobs(store: Store, job_ids: Collection[int], cutoff: datetim
         with store.writing() as session:
             result = session.execute(
                 sa.delete(Job)
-                .where(Job.id.in_(chunk), _old_and_finished(cutoff))
+                .where(Job.id.in_(chunk), _prunable(cutoff))
                 .execution_options(synchronize_session=False)
             )
             deleted += result.rowcount or 0  # type: ignore[attr-defined]
     return deleted
 
 
-def _old_and_finished(cutoff: datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(Job.created_at < cutoff, Job.status.in_(FINISHED))
+def _prunable(cutoff: datetime) -> sa.ColumnElement[bool]:
+    """Finished before the cutoff, and not a result still waiting to be delivered (the bot
+    sends those at its next start; a cancelled job has nothing to deliver)."""
+    undelivered = sa.and_(Job.status.in_(DELIVERABLE), Job.delivery == Delivery.PENDING)
+    return sa.and_(Job.created_at < cutoff, Job.status.in_(FINISHED), sa.not_(undelivered))
 
 
 def _check_aware(moment: datetime) -> None:
