@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from bot.core.dispatcher import Dispatcher
 from bot.core.events import UserRef
 from bot.core.service import JobService
 from bot.core.sources import Sources
+from bot.logs import SecretMask, configured_secrets, secrets_of
 from bot.outputs import cleanup_orphans
 from bot.settings import Settings
 from bot.store import Role, Store
@@ -46,7 +48,7 @@ def open_store(settings: Settings, hold_bot_lock: bool = False) -> Store:
     `hold_bot_lock`: claim the database for this bot process first (until `store.close()` or
     the process ends), so that a second bot on it stops with `BotAlreadyRunningError` before it
     migrates or touches a job; then remove the files a crash left under the outputs folder."""
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, mask=failure_mask(settings))
     try:
         if hold_bot_lock:
             store.hold_bot_lock()
@@ -57,6 +59,12 @@ def open_store(settings: Settings, hold_bot_lock: bool = False) -> Store:
         store.close()
         raise
     return store
+
+
+def failure_mask(settings: Settings) -> Callable[[str], str]:
+    """What the store masks in a failed job's traceback and error: the logs' masking (the
+    tokens and their secret halves, Bot API URLs, URL passwords, the database password)."""
+    return SecretMask([*secrets_of(settings), *configured_secrets()]).mask
 
 
 @dataclass

@@ -28,7 +28,14 @@ from PIL import Image
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext, check_pixels
-from pipeline.loading import CheckpointSwitchError, LoadedModel, ModelLoader, ModelSource
+from pipeline.loading import (
+    CheckpointStamp,
+    CheckpointSwitchError,
+    LoadedModel,
+    ModelLoader,
+    ModelSource,
+    checkpoint_stamp,
+)
 from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
 from pipeline.lora_names import prompt_with_lora_tags
 from pipeline.noise import seeded_noise, slerp
@@ -179,6 +186,27 @@ def _init_images(batch: _Batch) -> list[Image.Image]:
     return images
 
 
+@dataclass(frozen=True)
+class _FailedLoad:
+    """A checkpoint whose load failed, with its files' stamp when it did."""
+
+    name: str
+    stamp: CheckpointStamp
+    reason: str
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """`error` and the errors chained to it with their tracebacks dropped (the frames, and
+    every local in them, are freed); the messages and the chain stay."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
+
+
 def easel_version() -> str:
     try:
         return version("easel")
@@ -208,6 +236,7 @@ class Engine:
         # Held while the checkpoint is swapped and while a request is prepared against it.
         self._model_lock = threading.Lock()
         self._unloaded: str | None = None  # why no checkpoint is loaded (a failed switch)
+        self._failed_load: _FailedLoad | None = None  # refused at once while its files stay
         self._install(model)
 
     def _install(self, model: LoadedModel) -> None:
@@ -238,7 +267,9 @@ class Engine:
         The current checkpoint is freed before the next one loads (one in memory at a time).
         A name that does not resolve to a usable checkpoint is refused before anything is
         freed; a load that fails after that loads the previous checkpoint again. Either way
-        a CheckpointSwitchError says why and which checkpoint stays."""
+        a CheckpointSwitchError says why and which checkpoint stays. A checkpoint that failed
+        to load is refused at once (nothing freed) for as long as its files stay as they
+        were, until a switch to another name is asked for."""
         if self._unloaded is None and (name is None or name == self.model.source.name):
             return False
         with self._lock, self._model_lock:
@@ -251,18 +282,34 @@ class Engine:
                 source = self.loader.source(wanted)
             except ModelLoadError as error:
                 raise CheckpointSwitchError(wanted, current, first_line(error)) from error
+            stamp = checkpoint_stamp(source)
+            known = self._failed_load
+            if known is not None and known.name == wanted and known.stamp == stamp:
+                raise CheckpointSwitchError(wanted, current, known.reason)
+            self._failed_load = None
             self._unload()
-            try:
-                model = self.loader.load(source)
-            except Exception as error:
-                log.error("Loading the checkpoint %s failed: %s", wanted, first_line(error))
+            loaded = self._load(source)
+            if isinstance(loaded, BaseException):
+                reason = first_line(loaded)
+                log.error("Loading the checkpoint %s failed: %s", wanted, reason)
+                self._failed_load = _FailedLoad(wanted, stamp, reason)
+                self._free_memory()  # whatever the failed load had built, before the reload
                 self._restore(previous)
-                raise CheckpointSwitchError(
-                    wanted, None if self._unloaded else previous.name, first_line(error)
-                ) from error
-            self._install(model)
+                kept = None if self._unloaded else previous.name
+                raise CheckpointSwitchError(wanted, kept, reason) from loaded
+            self._install(loaded)
             log.info("Loaded the checkpoint %s (in place of %s)", source.name, previous.name)
             return True
+
+    def _load(self, source: ModelSource) -> LoadedModel | Exception:
+        """The loaded checkpoint, or why it failed: the error without its traceback, so that
+        nothing the failed load built (its frames' locals: a half-built pipeline on the GPU)
+        is still referenced when the memory is freed for the previous checkpoint."""
+        assert self.loader is not None
+        try:
+            return self.loader.load(source)
+        except Exception as error:
+            return _without_frames(error)
 
     def _unload(self) -> None:
         """Drop every reference to the loaded checkpoint's weights and free their memory."""
@@ -276,12 +323,13 @@ class Engine:
     def _restore(self, previous: ModelSource) -> None:
         """Load the checkpoint a failed switch freed; if even that fails, the engine has
         none (its calls say so) until the next batch's switch loads one."""
-        assert self.loader is not None
-        try:
-            self._install(self.loader.load(previous))
-        except Exception as error:
-            log.error("Loading %s again failed too: %s", previous.name, first_line(error))
-            self._unloaded = f"loading {previous.name} again failed: {first_line(error)}"
+        loaded = self._load(previous)
+        if isinstance(loaded, BaseException):
+            log.error("Loading %s again failed too: %s", previous.name, first_line(loaded))
+            self._unloaded = f"loading {previous.name} again failed: {first_line(loaded)}"
+            self._free_memory()
+        else:
+            self._install(loaded)
 
     def _require_model(self) -> None:
         if self._unloaded is not None:

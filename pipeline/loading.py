@@ -99,6 +99,30 @@ class ModelSource:
     location: str  # a path, or a repo id for the hub
 
 
+# What a checkpoint's files were like: (path inside it, mtime in ns, size) for each file.
+CheckpointStamp = tuple[tuple[str, int, int], ...]
+
+
+def checkpoint_stamp(source: ModelSource) -> CheckpointStamp:
+    """The state of a checkpoint's files, to tell whether they changed since it was last
+    tried: the file itself, or every file in a diffusers folder (weights added under unet/
+    change it). Empty for the hub, and for a path that is not there."""
+    if source.kind is SourceKind.HUB:
+        return ()
+    root = Path(source.location)
+    files = sorted(root.rglob("*")) if root.is_dir() else [root]
+    stamp: list[tuple[str, int, int]] = []
+    for file in files:
+        try:
+            status = file.stat()
+        except OSError:  # removed meanwhile, or a broken link
+            continue
+        if not file.is_dir():
+            name = "." if file == root else str(file.relative_to(root))
+            stamp.append((name, status.st_mtime_ns, status.st_size))
+    return tuple(stamp)
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     source: ModelSource

@@ -44,6 +44,30 @@ def test_the_chat_core_and_the_command_line_import_no_torch(modules: str, tmp_pa
     assert not {name for name in HEAVY if name in loaded}
 
 
+# What `easel --help` must not load: the store (SQLAlchemy, Alembic) nor the GPU side.
+NOT_FOR_HELP = ("sqlalchemy", "alembic", "torch", "diffusers")
+
+
+@pytest.mark.parametrize("argv", [None, ["easel", "--help"], ["easel", "models", "--help"]])
+def test_the_command_line_and_its_help_load_neither_the_store_nor_torch(
+    argv: list[str] | None, tmp_path: Path
+) -> None:
+    run_help = (
+        f"sys.argv = {argv!r}\ntry:\n    bot.cli.main()\nexcept SystemExit:\n    pass\n"
+        if argv
+        else ""
+    )
+    code = (
+        "import json, sys\nimport bot.cli\n"
+        + run_help
+        + f"print('LOADED', json.dumps([m for m in {NOT_FOR_HELP!r} if m in sys.modules]))"
+    )
+    finished = _python(code, tmp_path, COLUMNS="100")
+    assert finished.returncode == 0, finished.stderr
+    loaded = [line for line in finished.stdout.splitlines() if line.startswith("LOADED ")]
+    assert loaded == ["LOADED []"]
+
+
 def test_help_loads_no_torch_and_shows_plain_flags(tmp_path: Path) -> None:
     code = (
         "import sys; sys.argv = ['easel', 'imagine', '--help']\n"

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +33,13 @@ from pipeline.device import DeviceChoice
 from pipeline.engine import Engine, batch_key
 from pipeline.errors import ModelLoadError
 from pipeline.images import Infotext, read_infotext
-from pipeline.loading import CheckpointSwitchError, HashCache, ModelLoader
+from pipeline.loading import (
+    CheckpointSwitchError,
+    HashCache,
+    LoadedModel,
+    ModelLoader,
+    ModelSource,
+)
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
@@ -229,12 +236,7 @@ def test_a_checkpoint_that_cannot_load_fails_its_batch_and_the_old_one_stays(
 def test_a_failed_load_loads_the_previous_checkpoint_again(switching: Switching) -> None:
     """A folder whose configs say SD 1.x but that has no weights passes the header check,
     so the engine frees tiny-sd1 before the load fails; it then loads tiny-sd1 again."""
-    source = switching.models / "stable-diffusion" / "tiny-sd1"
-    hollow = switching.models / "stable-diffusion" / "hollow"
-    for config in Path(source).resolve().rglob("*.json"):
-        target = hollow / config.relative_to(Path(source).resolve())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(config, target)
+    make_hollow(switching)
     engine = switching.engine
     loaded = engine.model
     with pytest.raises(CheckpointSwitchError) as refused:
@@ -247,6 +249,89 @@ def test_a_failed_load_loads_the_previous_checkpoint_again(switching: Switching)
     result = engine.generate(request)
     assert result.images[0].infotext.model == "tiny-sd1"
     assert result.images[0].image.size == (64, 64)
+
+
+def make_hollow(switching: Switching) -> Path:
+    """A checkpoint folder with tiny-sd1's configs and no weights: it passes the header check
+    and fails to load."""
+    source = (switching.models / "stable-diffusion" / "tiny-sd1").resolve()
+    hollow = switching.models / "stable-diffusion" / "hollow"
+    for config in source.rglob("*.json"):
+        target = hollow / config.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(config, target)
+    return hollow
+
+
+class HalfBuilt:
+    """Stands for what a failed load had put on the GPU when it raised."""
+
+
+def test_what_a_failed_load_built_is_freed_before_the_previous_checkpoint_loads(
+    switching: Switching, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_hollow(switching)
+    real_load = switching.loader.load
+    built: list[weakref.ref[HalfBuilt]] = []
+    alive_at_reload: list[bool] = []
+
+    def load(source: ModelSource) -> LoadedModel:
+        if source.name == "hollow":
+            half_built = HalfBuilt()  # a local of the failing frame, as diffusers' are
+            built.append(weakref.ref(half_built))
+            raise RuntimeError("CUDA out of memory while loading the UNet")
+        alive_at_reload.append(any(ref() is not None for ref in built))
+        return real_load(source)
+
+    monkeypatch.setattr(switching.loader, "load", load)
+    with pytest.raises(CheckpointSwitchError) as refused:
+        switching.engine.use_model("hollow")
+    assert alive_at_reload == [False]  # tiny-sd1 loaded again with nothing of hollow's left
+    assert "Why: CUDA out of memory while loading the UNet" in str(refused.value)
+    assert "'tiny-sd1' stays loaded" in str(refused.value)
+    assert isinstance(refused.value.__cause__, RuntimeError)  # the cause stays, its frames not
+    assert refused.value.__cause__.__traceback__ is None
+    assert switching.engine.model_name == "tiny-sd1"
+
+
+def test_a_checkpoint_that_failed_to_load_is_refused_at_once_until_its_files_change(
+    switching: Switching, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hollow = make_hollow(switching)
+    engine = switching.engine
+    loads: list[str] = []
+    real_load = switching.loader.load
+
+    def load(source: ModelSource) -> LoadedModel:
+        loads.append(source.name)
+        return real_load(source)
+
+    monkeypatch.setattr(switching.loader, "load", load)
+
+    def refusal() -> str:
+        with pytest.raises(CheckpointSwitchError) as refused:
+            engine.use_model("hollow")
+        return str(refused.value)
+
+    first = refusal()
+    assert loads == ["hollow", "tiny-sd1"]  # tried, then the previous one loaded again
+    kept = engine.model
+    assert refusal() == first  # the next batch: the same answer, nothing unloaded or loaded
+    assert loads == ["hollow", "tiny-sd1"] and engine.model is kept
+    request = GenerationRequest("a lighthouse", width=64, height=64, steps=2, seeds=(5,))
+    assert engine.generate(request).images[0].infotext.model == "tiny-sd1"
+
+    config = hollow / "unet" / "config.json"
+    stamp = config.stat()
+    os.utime(config, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # the files changed
+    assert refusal() == first
+    assert loads == ["hollow", "tiny-sd1"] * 2 and engine.model is not kept
+
+    assert engine.use_model("tiny-sd1-single")  # another name asked: hollow is tried again
+    assert refusal().endswith(first.split("Why: ")[1])
+    assert "'tiny-sd1-single' stays loaded" in refusal()
+    assert loads == ["hollow", "tiny-sd1"] * 2 + ["tiny-sd1-single", "hollow", "tiny-sd1-single"]
+    assert engine.model_name == "tiny-sd1-single"
 
 
 def test_presets_reload_from_another_process_changes_the_running_service(

@@ -163,8 +163,7 @@ def operator_store(settings: Settings | None = None) -> Store:
     """The bot's database for an operator's command, which may run beside the bot: never
     migrated here (an older bot may be running on it), and refused with what to do when it
     does not exist yet or is not at this version's revision."""
-    from bot.cli.database import missing_sqlite_file
-    from bot.store import Store, StoreError
+    from bot.store import Store, StoreError, missing_sqlite_file
 
     url = (settings or Settings()).database_url
     missing = missing_sqlite_file(url)

@@ -46,7 +46,7 @@ def db_upgrade() -> None:
 )
 def db_current() -> None:
     """Show the database's revision and the newest one."""
-    from bot.store import Store
+    from bot.store import Store, missing_sqlite_file
 
     url = Settings().database_url
     missing = missing_sqlite_file(url)
@@ -86,7 +86,7 @@ def db_backup(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    from bot.store import StoreError
+    from bot.store import StoreError, missing_sqlite_file
     from bot.store.backup import BackupTargetError, backup_sqlite
 
     url = Settings().database_url
@@ -176,14 +176,3 @@ def _target_problem(error: BackupTargetError) -> str:
         ),
     }
     return bilingual(*texts[error.problem])
-
-
-def missing_sqlite_file(url: str) -> Path | None:
-    """The SQLite file a URL names when it does not exist yet (opening it would create it)."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    path = Path(parsed.database)
-    return None if path.exists() else path

@@ -13,7 +13,6 @@ from bot.cli.common import HELP_STYLE, err, operator_name, operator_store, out
 from bot.cli.output import JsonOption, print_json
 from bot.cli.texts import bilingual
 from bot.settings import Settings
-from bot.store import StoreError
 from pipeline.errors import ModelLoadError
 
 models_app = typer.Typer(
@@ -85,6 +84,8 @@ def list_models(settings: Settings) -> ModelsListing:
 
 
 def _stored_choice(settings: Settings) -> str | None:
+    from bot.store import StoreError
+
     try:
         store = operator_store(settings)
     except StoreError:

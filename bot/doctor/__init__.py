@@ -9,6 +9,7 @@ webhook secret, the database password) are never printed, not even in part.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from bot.doctor.checks import Check, Status, guarded, guarded_all
@@ -31,6 +32,8 @@ from bot.doctor.files import (
 )
 from bot.doctor.storage import check_database
 from bot.doctor.system import check_gpu, check_python, check_tcmalloc, check_torch
+from bot.logs import PASSWORD as HIDDEN
+from bot.logs import Secret, SecretMask, configured_secrets, secrets_of
 from bot.settings import Settings
 
 __all__ = ["Check", "Status", "exit_code", "run_checks"]
@@ -60,23 +63,30 @@ def run_checks() -> list[Check]:
         guarded("disk space", lambda: check_disk_space(settings)),
         *guarded_all("write access", lambda: check_writable_folders(settings)),
     ]
-    try:
-        secrets = secret_values(settings)
-    except Exception:  # an unreadable .env: its own check says so
-        secrets = frozenset()
-    return redact(checks, secrets)
+    return redact(checks, doctor_secrets(settings))
 
 
-def redact(checks: list[Check], secrets: frozenset[str]) -> list[Check]:
-    """The checks with every secret's value replaced by ***: the last guard, for a secret
-    that turns up where it should not (a webhook URL whose path is the bot token, say)."""
-    ordered = sorted(secrets, key=len, reverse=True)  # a longer secret may contain a shorter
+def doctor_secrets(settings: Settings) -> list[str]:
+    """Every secret value doctor must not print: the ones the logs mask (the tokens, their
+    secret halves, the database password) and each value as it was given. Never raises: a
+    source that fails (an unreadable .env, whose own check says so) leaves out only its part."""
+    values = [secret.value for secret in configured_secrets()]
+    for source in (
+        lambda: [secret.value for secret in secrets_of(settings)],
+        lambda: list(secret_values(settings)),
+    ):
+        try:
+            values.extend(source())
+        except Exception:
+            continue
+    return values
 
-    def scrub(text: str) -> str:
-        for secret in ordered:
-            text = text.replace(secret, "***")
-        return text
 
+def redact(checks: list[Check], secrets: Iterable[str]) -> list[Check]:
+    """The checks passed through the logs' masking, every secret written as ***: the last
+    guard, for a secret that turns up where it should not (a webhook URL whose path is the
+    bot token, say). Bot API URLs and any URL's password are masked whatever their value."""
+    scrub = SecretMask(Secret(value, HIDDEN) for value in secrets).mask
     return [
         replace(
             check,

@@ -17,7 +17,7 @@ def check_database(settings: Settings) -> Check:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from bot.cli.database import missing_sqlite_file
+    from bot.store import missing_sqlite_file
 
     url = settings.database_url
     try:

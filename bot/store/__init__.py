@@ -7,6 +7,7 @@ from bot.store.faults import (
     DatabaseCorruptError,
     DatabaseReplacedError,
     StoreError,
+    missing_sqlite_file,
 )
 from bot.store.models import Delivery, JobKind, JobStatus, Role
 from bot.store.records import (
@@ -50,4 +51,5 @@ __all__ = [
     "Store",
     "StoreError",
     "UserRecord",
+    "missing_sqlite_file",
 ]

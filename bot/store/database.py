@@ -31,6 +31,7 @@ from bot.store.faults import (
     sqlite_file,
     translate_errors,
 )
+from bot.store.masking import TextMask, masked_document, own_password_mask
 from bot.store.models import (
     Base,
     Chat,
@@ -101,8 +102,11 @@ UNSET: Final = _Unset.UNSET
 class Store:
     """Users, their settings, chats and jobs, in any database SQLAlchemy speaks (SQLite first)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, mask: TextMask | None = None) -> None:
+        """`mask`: what hides secrets in the failure text written to a job (the logs' masking,
+        given by the bot); without one, the database password is masked."""
         parsed = make_url(url)
+        self._mask = mask or own_password_mask(parsed)
         self._path = sqlite_file(parsed)
         if self._path is not None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -462,9 +466,13 @@ class Store:
 
     def mark_failed(self, job_id: int, error: str, trace: str | None = None) -> None:
         """Finish the job as failed; `error` is the caller's JSON document, kept as is, and
-        `trace` the operator's detail (a traceback)."""
+        `trace` the operator's detail (a traceback); secrets in either are masked first."""
         self._update_job(
-            job_id, status=JobStatus.FAILED, finished_at=utcnow(), error=error, failure_trace=trace
+            job_id,
+            status=JobStatus.FAILED,
+            finished_at=utcnow(),
+            error=masked_document(error, self._mask),
+            failure_trace=None if trace is None else self._mask(trace),
         )
 
     def mark_cancelled(self, job_id: int) -> bool:

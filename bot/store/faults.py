@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import event, exc
-from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
 
 from pipeline.errors import EaselError
 
@@ -63,6 +63,12 @@ def sqlite_file(url: URL) -> Path | None:
         database = url.database or ""
         return Path(database.removeprefix("file:")) if database.startswith("file:") else None
     return Path(url.database or "")
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file a URL names when it does not exist yet (opening it would create it)."""
+    path = sqlite_file(make_url(url))
+    return None if path is None or path.exists() else path
 
 
 def check_sqlite_file(path: Path) -> None:
