@@ -295,6 +295,10 @@ def test_vocabulary_lists_ids_in_both_languages(
     assert "pixel-art" in english and "voxel-art" in english and "Pixel art" in english
     assert run_cli(monkeypatch, "vocabulary", "style", "--ko") == 0
     assert "화풍" in capsys.readouterr().out
+    assert run_cli(monkeypatch, "vocabulary", "style", "--json") == 0
+    styles = json.loads(capsys.readouterr().out)["style"]
+    pixel = next(entry for entry in styles if entry["id"] == "pixel-art")
+    assert pixel["en"] == "Pixel art" and pixel["ko"] and "pixel" in pixel["prompt"]
     assert run_cli(monkeypatch, "vocabulary", "colours") == 1
     assert "Unknown category 'colours'" in capsys.readouterr().err
 
@@ -403,3 +407,10 @@ def test_lora_list_shows_files_presets_and_what_is_missing(
     assert "pixel-art-v1" in listing and "voxel-art" in listing
     assert "voxel-art-v1:0.8 (missing)" in listing
     assert "pixel-art-v1:0.8 (missing)" not in listing
+    assert run_cli(monkeypatch, "lora", "list", "--json") == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [lora["name"] for lora in document["loras"]] == ["pixel-art-v1"]
+    assert len(document["loras"][0]["hash"]) == 12 and document["loras"][0]["bytes"] > 0
+    presets = {preset["id"]: preset for preset in document["presets"]}
+    assert presets["voxel-art"]["missing"] == ["voxel-art-v1"]
+    assert presets["pixel-art"]["missing"] == [] and presets["pixel-art"]["description"]["ko"]

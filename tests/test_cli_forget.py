@@ -276,7 +276,6 @@ def test_the_usage_report_leaves_out_a_user_forgotten_while_it_reads(
 
 
 def test_every_command_prints_sizes_one_way() -> None:
-    from bot.cli import catalogue
     from bot.cli.output import human_bytes
 
     assert [human_bytes(size) for size in (0, 1023, 1536, 5 * 1024**2, 1024**4)] == [
@@ -286,4 +285,3 @@ def test_every_command_prints_sizes_one_way() -> None:
         "5.0 MiB",
         "1.0 TiB",
     ]
-    assert catalogue._human_size(1536) == "1.5 KiB"  # the name `easel models` uses

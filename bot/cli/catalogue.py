@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from bot.cli.common import HELP_STYLE, err, out
-from bot.cli.output import human_bytes
+from bot.cli.output import JsonOption, human_bytes, print_json
 from bot.cli.texts import bilingual
 from bot.core.options import CATEGORY_FLAGS
 from bot.settings import Settings
 from pipeline.errors import InvalidRequestError
 
-_human_size = human_bytes  # the name bot/cli/models.py imports
+if TYPE_CHECKING:
+    from pipeline.lora_names import LoraFile
 
 
 def _folder_line(kind: str, folders: list[Path], count: int) -> str:
@@ -41,6 +42,7 @@ def vocabulary(
     korean: Annotated[
         bool, typer.Option("--ko", help=bilingual("Korean labels.", "한국어 이름."))
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The ids --quality, --face, --style, --shot, --composition (--comp) and --light
     (--lighting) take, with their labels and prompts."""
@@ -57,8 +59,20 @@ def vocabulary(
         raise InvalidRequestError(
             f"Unknown category {category!r}; use one of {', '.join(CATEGORIES)} (or light, comp)."
         )
+    chosen = [category] if category else list(CATEGORIES)
+    if as_json:
+        print_json(
+            {
+                name: [
+                    {"id": entry.id, "en": entry.en, "ko": entry.ko, "prompt": entry.prompt}
+                    for entry in words.entries(name)
+                ]
+                for name in chosen
+            }
+        )
+        return
     locale = "ko" if korean else "en"
-    for name in [category] if category else CATEGORIES:
+    for name in chosen:
         table = Table(title=CATEGORY_LABELS[name].text(locale))
         table.add_column("Id", no_wrap=True, overflow="ignore")  # what people type: never cut
         table.add_column("Label")
@@ -93,6 +107,7 @@ def lora_list(
     korean: Annotated[
         bool, typer.Option("--ko", help=bilingual("Korean descriptions.", "한국어 설명."))
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The LoRA files in the models folder and the presets in models/presets.toml."""
     from pipeline.folders import ModelFolders
@@ -102,6 +117,9 @@ def lora_list(
     settings = Settings()
     files = find_loras(settings.models_dir)
     lora_folder = (ModelFolders(settings.models_dir).loras or [settings.models_dir / "lora"])[0]
+    if as_json:
+        print_json(_lora_document(settings.models_dir, files))
+        return
     table = Table(title=f"LoRA files in {settings.models_dir}")
     for column in ("Name", "Size", "Hash", "File"):
         table.add_column(column)
@@ -131,6 +149,34 @@ def lora_list(
             out.print(
                 f"Missing for preset {preset.id}: {use.name}.safetensors in {lora_folder}; {where}."
             )
+
+
+def _lora_document(models_dir: Path, files: list[LoraFile]) -> dict[str, object]:
+    from pipeline.lora_names import lora_hash
+    from pipeline.presets import load_presets
+
+    presets = load_presets(models_dir)
+    return {
+        "loras": [
+            {
+                "name": file.name,
+                "path": str(file.path),
+                "bytes": file.path.stat().st_size,
+                "hash": lora_hash(file.path),
+            }
+            for file in files
+        ],
+        "presets": [
+            {
+                "id": preset.id,
+                "description": {"en": preset.description("en"), "ko": preset.description("ko")},
+                "loras": [{"name": use.name, "weight": use.unet_weight} for use in preset.loras],
+                "trigger": preset.trigger,
+                "missing": [use.name for use in preset.missing_loras(models_dir)],
+            }
+            for preset in presets.presets
+        ],
+    }
 
 
 def pnginfo(

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli.catalogue import _folder_line, _human_size
+from bot.cli.catalogue import _folder_line
 from bot.cli.common import HELP_STYLE, err, operator_name, operator_store, out
-from bot.cli.output import JsonOption, print_json
+from bot.cli.output import JsonOption, human_bytes, print_json
 from bot.cli.texts import bilingual
 from bot.settings import Settings
 from pipeline.errors import ModelLoadError
@@ -136,7 +136,7 @@ def _print_listing(as_json: bool) -> None:
             table.add_row(
                 row.name,
                 row.family,
-                _human_size(row.size_bytes),
+                human_bytes(row.size_bytes),
                 row.short_hash or "-",
                 row.kind,
                 "yes" if row.chosen else "",
