@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.store import (
     SETTING_NAMES,
+    ControlState,
     Delivery,
     JobKind,
     JobStatus,
@@ -85,7 +86,7 @@ def finished(store: Store, user_id: int, **changes: object) -> int:
 def test_upgrade_creates_every_table_and_is_idempotent(db_path: Path) -> None:
     with Store(f"sqlite:///{db_path}") as store:
         assert store.current() is None
-        store.upgrade()
+        store.upgrade(through_migrations=True)
         assert store.current() == store.head() == "0005"
         user = store.user("telegram", "7")
         store.upgrade()
@@ -98,7 +99,14 @@ def test_upgrade_creates_every_table_and_is_idempotent(db_path: Path) -> None:
         engine.dispose()
 
 
-def test_models_and_migration_agree(store: Store, db_path: Path) -> None:
+@pytest.mark.parametrize("through_migrations", [True, False])
+def test_models_and_migration_agree(db_path: Path, through_migrations: bool) -> None:
+    """Every migration from an empty database, and the one-step creation of an empty one,
+    give the models' schema and the control row."""
+    with Store(f"sqlite:///{db_path}") as store:
+        store.upgrade(through_migrations=through_migrations)
+        assert store.current() == store.head()
+        assert store.control_state() == ControlState()
     engine = sa.create_engine(f"sqlite:///{db_path}")
     try:
         with engine.connect() as connection:

@@ -156,13 +156,19 @@ class Store:
 
     # Migrations
 
-    def upgrade(self) -> None:
-        """Apply the Alembic migrations up to head, on this store's own engine."""
+    def upgrade(self, through_migrations: bool = False) -> None:
+        """Apply the Alembic migrations up to head, on this store's own engine. An empty
+        database is created at head in one step (the tables, the control row, the version),
+        which is what the migrations arrive at (a test holds them to it) in a fraction of
+        the time; `through_migrations` runs every migration even then."""
         with self._migration_connection() as connection:
             before = MigrationContext.configure(connection).get_current_revision()
             if before is None:
                 self._refuse_unversioned_tables(connection)
-            command.upgrade(_alembic_config(connection), "head")
+            if before is None and not through_migrations:
+                _create_at_head(connection)
+            else:
+                command.upgrade(_alembic_config(connection), "head")
         after = self.current()
         if before != after:
             log.info("Migrated %s from %s to %s", self.url, before or "empty", after)
@@ -807,6 +813,16 @@ def update_jobs(
     if ids:
         session.execute(sa.update(Job).where(Job.id.in_(ids)).values(**values))
     return ids
+
+
+def _create_at_head(connection: Connection) -> None:
+    Base.metadata.create_all(connection)
+    connection.execute(
+        sa.insert(QueueState).values(
+            id=QUEUE_STATE_ID, paused=False, revision=0, sources_revision=0
+        )
+    )
+    command.stamp(_alembic_config(connection), "head")
 
 
 def _touch_control(session: Session, changed_by: str | None, **values: object) -> None:
