@@ -33,8 +33,8 @@ from bot.store import Delivery, JobKind, JobStatus, Store
 from pipeline.engine import Engine
 from pipeline.images import format_infotext, read_infotext
 from pipeline.prompts.vocabulary import Vocabulary
+from tests.running_bot import bot_env
 
-REPO = Path(__file__).resolve().parents[1]
 Line = str | Callable[[], str | None]
 
 
@@ -399,37 +399,13 @@ def test_a_bad_line_does_not_end_the_chat(
 # --------------------------------------------------------------------------- a real crash
 
 
-def _easel_env(tmp_path: Path, models_dir: Path) -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("EASEL_") and name not in {"DATABASE_URL", "LANG", "LC_ALL"}
-    }
-    env.update(
-        EASEL_MODELS_DIR=str(models_dir),
-        EASEL_MODEL="tiny-sd1",
-        EASEL_OUTPUTS_DIR=str(tmp_path / "outputs"),
-        EASEL_CACHE_DIR=str(tmp_path / "cache"),
-        EASEL_DEVICE="cpu",
-        EASEL_PROGRESS_INTERVAL="0",
-        DATABASE_URL=f"sqlite:///{tmp_path}/easel.db",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-        # One thread: on a busy machine, torch's spinning worker threads make a step 50x slower.
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-    )
-    return env
-
-
 EASEL_CHAT = [sys.executable, "-c", "from bot.cli import main; main()", "chat", "--lang", "en"]
 
 
 def test_sigkill_mid_job_then_restart_finishes_every_job_once(
     tmp_path: Path, models_dir: Path
 ) -> None:
-    env = _easel_env(tmp_path, models_dir)
+    env = bot_env(tmp_path, models_dir)
     (tmp_path / "work").mkdir()
     stderr = (tmp_path / "stderr-1.txt").open("w")
     process = subprocess.Popen(

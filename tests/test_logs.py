@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from bot.logs import (
 )
 from bot.settings import EarlySettings, Settings
 from pipeline.engine import Engine
-from tests.test_console import REPO, chat, console_settings
+from tests.running_bot import bot_env
+from tests.test_console import chat, console_settings
 
 DISCORD = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GmAdeU.p-not-a-real-secret-at-all-0123456789abcd"
 TELEGRAM = "123456789:AAFakeTelegramTokenForEaselTests000"
@@ -264,28 +264,15 @@ def test_log_format_reads_any_case() -> None:
 
 def test_easel_chat_writes_json_lines_without_secrets(tmp_path: Path, models_dir: Path) -> None:
     """The real `easel chat` process: main() sets the logging up from the environment."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("EASEL_") and name not in {"DATABASE_URL", "LANG", "LC_ALL"}
-    }
-    env.update(
-        EASEL_MODELS_DIR=str(models_dir),
-        EASEL_MODEL="tiny-sd1",
-        EASEL_OUTPUTS_DIR=str(tmp_path / "outputs"),
-        EASEL_CACHE_DIR=str(tmp_path / "cache"),
-        EASEL_DEVICE="cpu",
-        EASEL_PROGRESS_INTERVAL="0",
+    env = bot_env(
+        tmp_path,
+        models_dir,
         EASEL_LOG_LEVEL="DEBUG",
         EASEL_LOG_FORMAT="json",
         EASEL_TELEGRAM_WEBHOOK_SECRET=WEBHOOK,
         DISCORD_TOKEN=DISCORD,
         TELEGRAM_TOKEN=TELEGRAM,
-        DATABASE_URL=f"sqlite:///{tmp_path}/easel.db",
         DATABASE_URL_SHOWN=POSTGRES,
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        OMP_NUM_THREADS="1",
     )
     # Lines that put the secrets through a library's logger and a traceback, written once
     # main() has set the logging up (as a request line or a failed connection would be).

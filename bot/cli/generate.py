@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bot.cli.common import _load_engine, _quiet_libraries, err, out
+from bot.cli.output import ModelOption, OutOption, ReportOption
 from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
 from bot.settings import Settings
@@ -182,21 +183,9 @@ def imagine(
         float,
         typer.Option(help=bilingual("Denoising strength for img2img.", "img2img 디노이즈 강도.")),
     ] = 0.75,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
-        ),
-    ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
-    ] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
-        ),
-    ] = False,
+    model: ModelOption = None,
+    out_dir: OutOption = None,
+    as_json: ReportOption = False,
 ) -> None:
     """Generate images from a prompt and save them with a grid.
 
@@ -293,21 +282,9 @@ def vary(
             )
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
-        ),
-    ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
-    ] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
-        ),
-    ] = False,
+    model: ModelOption = None,
+    out_dir: OutOption = None,
+    as_json: ReportOption = False,
 ) -> None:
     """Variations of an image, from the parameters stored in it (Midjourney's V buttons)."""
     from pipeline.images import open_rgb, read_infotext
@@ -373,15 +350,8 @@ def upscale(
             help=bilingual("Checkpoint for the detail pass.", "디테일 패스에 쓸 체크포인트."),
         ),
     ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
-    ] = None,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
-        ),
-    ] = False,
+    out_dir: OutOption = None,
+    as_json: ReportOption = False,
 ) -> None:
     """Enlarge an image with an upscaler model (or Lanczos), then add detail (Midjourney's U,
     the same rule as the chat's U buttons).

@@ -26,6 +26,24 @@ JsonOption = Annotated[
 ]
 
 
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id."),
+    ),
+]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", help=bilingual("Output folder.", "출력 폴더."))
+]
+ReportOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help=bilingual("Print one JSON object.", "JSON 객체 하나로 출력합니다.")
+    ),
+]
+
+
 def to_plain(value: Any) -> Any:
     """Dataclasses, enums, dates, times and paths as JSON's own types (ISO 8601, UTC)."""
     if is_dataclass(value) and not isinstance(value, type):

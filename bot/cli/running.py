@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bot.cli.common import _load_engine, _quiet_libraries, configured_model, err
+from bot.cli.output import ModelOption
 from bot.cli.texts import bilingual
 from bot.settings import Settings
 from pipeline.errors import ModelLoadError
@@ -25,12 +26,7 @@ def chat(
             help=bilingual("en or ko; default: from LANG.", "en 또는 ko. 기본: LANG에서.")
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
-        ),
-    ] = None,
+    model: ModelOption = None,
     previews: Annotated[
         Path | None,
         typer.Option(
@@ -57,12 +53,7 @@ def chat(
 
 
 def run(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help=bilingual("Model name, path or repo id.", "모델 이름, 경로 또는 저장소 id.")
-        ),
-    ] = None,
+    model: ModelOption = None,
     lang: Annotated[
         str | None,
         typer.Option(
