@@ -291,9 +291,14 @@ def seconds(value: float | None) -> str:
 def job_or_exit(store: Store, job_id: int, with_images: bool = False) -> JobRecord:
     job = store.job(job_id, with_images=with_images)
     if job is None:
-        err.print(bilingual(f"No job #{job_id}.", f"작업 #{job_id}이(가) 없습니다."))
-        raise typer.Exit(1)
+        raise no_such_job(job_id)
     return job
+
+
+def no_such_job(job_id: int) -> typer.Exit:
+    """Say there is no such job; the exit to raise."""
+    err.print(bilingual(f"No job #{job_id}.", f"작업 #{job_id}이(가) 없습니다."))
+    return typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- easel jobs
@@ -458,8 +463,7 @@ def jobs_cancel(job_id: JobIdArgument) -> None:
         try:
             result = store.request_cancel(job_id, operator_name())
         except NotFoundError:
-            err.print(bilingual(f"No job #{job_id}.", f"작업 #{job_id}이(가) 없습니다."))
-            raise typer.Exit(1) from None
+            raise no_such_job(job_id) from None
         ended = store.job(job_id) if result is CancelResult.NOT_ACTIVE else None
     if result is CancelResult.CANCELLED:
         out.print(bilingual(f"Job #{job_id} cancelled.", f"작업 #{job_id}을(를) 취소했습니다."))
@@ -498,8 +502,7 @@ def jobs_retry(job_id: JobIdArgument) -> None:
         try:
             new = retry_job(store, job_id, operator_name())
         except NotFoundError:
-            err.print(bilingual(f"No job #{job_id}.", f"작업 #{job_id}이(가) 없습니다."))
-            raise typer.Exit(1) from None
+            raise no_such_job(job_id) from None
         except NotRetryableError as refused:
             state = refused.status.value
             err.print(
