@@ -1,0 +1,200 @@
+"""A LoRA set in steady use is fused into the weights, and unfused exactly when the set changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from peft.tuners.lora import Linear as LoraLinear
+
+from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
+from tests.lora_files import LoraSpec, write_lora
+from tests.tiny_models import build_random_pipeline
+
+# A fused layer computes x(W + BA) where an unfused one computes xW + (xA)B: the same numbers
+# summed in another order, so the image may differ by float32 rounding, far below one 8-bit level.
+FUSED_TOLERANCE = 1e-4  # largest pixel difference, pixels in [0, 1]
+
+A = [LoraUse("a", 0.8, 0.6)]
+B = [LoraUse("b")]
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusionPipeline) -> Path:
+    root = tmp_path_factory.mktemp("fusing")
+    write_lora(random_sd1, root / "lora" / "a.safetensors", LoraSpec(seed=11), kohya=True)
+    write_lora(random_sd1, root / "lora" / "b.safetensors", LoraSpec(seed=12))
+    return root
+
+
+def render(pipe: StableDiffusionPipeline, seed: int = 7) -> np.ndarray:
+    generator = torch.Generator("cpu").manual_seed(seed)
+    output = pipe(
+        "a castle on a hill",
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        generator=generator,
+        output_type="np",
+    )
+    return np.asarray(output.images[0])
+
+
+@pytest.fixture(scope="module")
+def fresh(lora_dir: Path) -> dict[str, np.ndarray]:
+    """Each set's image from a new pipeline that only ever had that set, activated once."""
+    images = {}
+    for name, uses in (("plain", []), ("a", A), ("b", B)):
+        pipe = build_random_pipeline("sd1")
+        LoraManager(pipe, lora_dir).activate(uses)
+        images[name] = render(pipe)
+    return images
+
+
+@pytest.fixture
+def pipe() -> StableDiffusionPipeline:
+    return build_random_pipeline("sd1")
+
+
+def base_weights(pipe: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
+    """The model's own weights, whether LoRA layers wrap them or not."""
+    return {
+        f"{part}.{name.replace('.base_layer', '')}": tensor
+        for part in ("unet", "text_encoder")
+        for name, tensor in getattr(pipe, part).state_dict().items()
+        if ".lora_" not in name
+    }
+
+
+def assert_plain_weights(pipe: StableDiffusionPipeline) -> None:
+    plain = base_weights(build_random_pipeline("sd1"))
+    now = base_weights(pipe)
+    assert now.keys() == plain.keys()
+    changed = [name for name in plain if not torch.equal(now[name], plain[name])]
+    assert changed == []
+
+
+def activate_times(manager: LoraManager, uses: list[LoraUse], times: int) -> None:
+    for _ in range(times):
+        manager.activate(uses)
+
+
+def count_lora_calls(pipe: StableDiffusionPipeline) -> list[int]:
+    """How many times the UNet's LoRA factors run from now on (a one-item list)."""
+    calls = [0]
+    for name, module in pipe.unet.named_modules():
+        if ".lora_A." in name and isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_a_set_in_steady_use_is_fused_and_runs_no_lora_layers(
+    lora_dir: Path,
+    pipe: StableDiffusionPipeline,
+    fresh: dict[str, np.ndarray],
+) -> None:
+    manager = LoraManager(pipe, lora_dir)
+    manager.activate([LoraUse("a", 0.5, 0.5)])  # loads the adapter, so its layers can be watched
+    lora_calls = count_lora_calls(pipe)
+    for _ in range(FUSE_AFTER_BATCHES):
+        manager.activate(A)
+        assert manager.fused() == []
+        assert np.array_equal(render(pipe), fresh["a"])
+    assert lora_calls[0] > 0
+    manager.activate(A)
+    assert manager.fused() == ["a"]
+    lora_calls[0] = 0
+    fused = render(pipe)
+    assert lora_calls[0] == 0  # a fused job costs what a plain job costs
+    assert np.abs(fused - fresh["a"]).max() <= FUSED_TOLERANCE
+    assert not np.allclose(fused, fresh["plain"], atol=0.05)
+    manager.activate(A)
+    assert manager.fused() == ["a"]
+    assert np.array_equal(render(pipe), fused)
+    assert manager.memory().fused_copy_bytes > 0
+
+
+def test_another_set_or_none_after_fusing_gives_a_fresh_pipelines_images(
+    lora_dir: Path, pipe: StableDiffusionPipeline, fresh: dict[str, np.ndarray]
+) -> None:
+    manager = LoraManager(pipe, lora_dir)
+    activate_times(manager, A, FUSE_AFTER_BATCHES + 1)
+    assert manager.fused() == ["a"]
+    manager.activate(B)
+    assert manager.fused() == []
+    assert np.array_equal(render(pipe), fresh["b"])
+    manager.activate([])
+    assert np.array_equal(render(pipe), fresh["plain"])
+    manager.activate(A)  # the streak starts again: unfused, exactly the fresh image
+    assert np.array_equal(render(pipe), fresh["a"])
+    activate_times(manager, B, FUSE_AFTER_BATCHES + 1)
+    assert manager.fused() == ["b"]
+    manager.activate([LoraUse("b", 0.0, 0.0)])
+    assert manager.fused() == []
+    assert np.array_equal(render(pipe), fresh["plain"])
+    assert manager.memory().fused_copy_bytes == 0
+    manager.pipe.unload_lora_weights()
+    assert_plain_weights(pipe)
+
+
+def test_unfusing_gives_back_every_weight_bit_for_bit(
+    lora_dir: Path, pipe: StableDiffusionPipeline
+) -> None:
+    manager = LoraManager(pipe, lora_dir)
+    both = [LoraUse("a", 0.8, 0.6), LoraUse("b", 1.3, 0.9)]
+    activate_times(manager, both, FUSE_AFTER_BATCHES + 1)
+    assert manager.fused() == ["a", "b"]
+    manager.unfuse()
+    assert manager.fused() == []
+    assert manager.memory().fused_copy_bytes == 0
+    pipe.unload_lora_weights()
+    assert_plain_weights(pipe)
+
+
+def test_weight_zero_is_never_fused(
+    lora_dir: Path, pipe: StableDiffusionPipeline, fresh: dict[str, np.ndarray]
+) -> None:
+    manager = LoraManager(pipe, lora_dir)
+    activate_times(manager, [LoraUse("a", 0.0, 0.0)], FUSE_AFTER_BATCHES + 2)
+    assert manager.fused() == []
+    assert np.array_equal(render(pipe), fresh["plain"])
+    plain_unet = {
+        k: v for k, v in base_weights(build_random_pipeline("sd1")).items() if k.startswith("unet.")
+    }
+    activate_times(manager, [LoraUse("a", 0.0, 1.0)], FUSE_AFTER_BATCHES + 1)
+    assert manager.fused() == ["a"]  # only its text-encoder part: the UNet keeps its weights
+    unet = {k: v for k, v in base_weights(pipe).items() if k.startswith("unet.")}
+    assert all(torch.equal(unet[name], plain_unet[name]) for name in plain_unet)
+
+
+def test_a_failure_while_fusing_leaves_the_set_unfused(
+    lora_dir: Path,
+    pipe: StableDiffusionPipeline,
+    fresh: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    merges = [0]
+    merge = LoraLinear.merge
+
+    def failing_merge(self: LoraLinear, *args: object, **kwargs: object) -> None:
+        merges[0] += 1
+        if merges[0] == 5:  # after four layers were merged
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        merge(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LoraLinear, "merge", failing_merge)
+    manager = LoraManager(pipe, lora_dir)
+    activate_times(manager, A, FUSE_AFTER_BATCHES + 1)
+    assert merges[0] == 5
+    assert manager.fused() == []
+    assert manager.memory().fused_copy_bytes == 0
+    assert not any(getattr(module, "merged", False) for module in pipe.unet.modules())
+    assert np.array_equal(render(pipe), fresh["a"])
+    manager.activate(A)  # not tried again for this set
+    assert merges[0] == 5
+    assert np.array_equal(render(pipe), fresh["a"])
+    manager.activate([])
+    assert np.array_equal(render(pipe), fresh["plain"])
