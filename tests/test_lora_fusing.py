@@ -10,7 +10,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from peft.tuners.lora import Linear as LoraLinear
 
+from pipeline.engine import Engine
+from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
+from pipeline.request import GenerationRequest
+from tests.conftest import CPU
 from tests.lora_files import LoraSpec, write_lora
 from tests.tiny_models import build_random_pipeline
 
@@ -198,3 +202,35 @@ def test_a_failure_while_fusing_leaves_the_set_unfused(
     assert np.array_equal(render(pipe), fresh["a"])
     manager.activate([])
     assert np.array_equal(render(pipe), fresh["plain"])
+
+
+@pytest.fixture(scope="module")
+def engine(lora_dir: Path, random_sd1: StableDiffusionPipeline) -> Engine:
+    folder = lora_dir / "stable-diffusion" / "tiny"
+    random_sd1.save_pretrained(folder)
+    source = ModelSource("tiny", SourceKind.DIFFUSERS_FOLDER, str(folder))
+    model = load_model(source, CPU, lora_dir, HashCache(lora_dir / "hashes.json"))
+    return Engine(model, models_dir=lora_dir)
+
+
+def job_image(engine: Engine, loras: list[LoraUse]) -> np.ndarray:
+    request = GenerationRequest(
+        prompt="a harbour", steps=2, seeds=(4,), width=64, height=64, loras=tuple(loras)
+    )
+    return np.asarray(engine.generate(request).images[0].image).astype(int)
+
+
+def test_jobs_with_the_same_loras_run_fused_and_a_plain_job_after_is_exact(
+    engine: Engine,
+) -> None:
+    plain = job_image(engine, [])
+    unfused = [job_image(engine, A) for _ in range(FUSE_AFTER_BATCHES)]
+    assert engine.loras.fused() == []
+    fused = job_image(engine, A)
+    assert engine.loras.fused() == ["a"]
+    assert np.array_equal(unfused[0], unfused[1])
+    assert np.abs(fused - unfused[0]).max() <= 1  # rounding may move a pixel by one level
+    assert np.abs(fused - plain).max() > 10
+    assert np.array_equal(job_image(engine, [LoraUse("a", 0.0, 0.0)]), plain)
+    assert engine.loras.fused() == []
+    assert np.array_equal(job_image(engine, []), plain)
