@@ -10,6 +10,9 @@ Prints figures; asserts nothing.
 Switch times: "resident" is `activate` between two LoRAs both loaded as adapters; "from memory"
 reloads an evicted adapter from the manager's in-memory copy of the file; "from disk" reads,
 converts and loads the file each time (the OS file cache is warm, so this is a lower bound).
+Fusing: seconds per step (a job's time divided by its steps) for the plain model, one LoRA
+active as an adapter, and the same LoRA fused into the weights (what a preset in steady use
+gets), with the time fusing and unfusing take.
 Memory: peak RSS on the CPU (noisy: the allocator reuses freed pages) or
 torch.cuda.max_memory_allocated on a GPU, during a job, against the plain model's job; then the
 tensors themselves: "adapters" in the pipeline, "cached" copies of the files on the CPU, and
@@ -36,7 +39,7 @@ from diffusers.utils import logging as diffusers_logging
 from pipeline.device import DeviceChoice, choose_device
 from pipeline.engine import Engine
 from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
-from pipeline.lora import LoraManager, LoraUse
+from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
 from pipeline.request import GenerationRequest
 from tests.lora_files import LoraSpec, write_lora
 from tests.tiny_models import MID, build_random_pipeline
@@ -159,6 +162,30 @@ def report_switching(setup: Setup, args: argparse.Namespace) -> None:
         pipe.unload_lora_weights()
 
 
+def report_fusing(setup: Setup, args: argparse.Namespace) -> None:
+    pipe = setup.model.pipe
+    uses = [LoraUse(setup.names[0])]
+    manager = LoraManager(pipe, setup.lora_dir)
+    plain = job_seconds(setup, manager, [], args.repeats)
+    unfused = job_seconds(setup, manager, uses, args.repeats)  # activated once: never fused
+    fuse = timed(lambda: [manager.activate(uses) for _ in range(FUSE_AFTER_BATCHES + 1)])
+    assert manager.fused(), "the LoRA was not fused"
+    fused = job_seconds(setup, manager, uses, args.repeats)
+    copy_mib = manager.memory().fused_copy_bytes / MIB
+    unfuse = timed(manager.unfuse)
+    manager.activate([])
+    pipe.unload_lora_weights()
+    steps = args.steps
+    print(
+        f"seconds per step: {plain / steps:.4f} plain, {unfused / steps:.4f} with 1 LoRA "
+        f"unfused (+{unfused / plain - 1:.1%}), {fused / steps:.4f} fused "
+        f"(+{fused / plain - 1:.1%}); fusing {fuse:.3f} s (with {FUSE_AFTER_BATCHES + 1} "
+        f"activations), unfusing {unfuse:.3f} s; "
+        f"{copy_mib:.1f} MiB of original weights kept on the CPU while fused",
+        flush=True,
+    )
+
+
 def report_memory(setup: Setup, device: DeviceChoice) -> None:
     pipe = setup.model.pipe
     setup.engine.generate(setup.request)
@@ -211,6 +238,7 @@ def main() -> None:
         # Memory first: CPU peak RSS only ever grows, and switching leaves cached copies behind.
         report_memory(setup, device)
         report_switching(setup, args)
+        report_fusing(setup, args)
 
 
 if __name__ == "__main__":

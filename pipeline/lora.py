@@ -26,10 +26,11 @@ into the layers' weights (peft's `merge`, which diffusers' `fuse_lora` calls too
 the plain layers with no LoRA matmuls. Unmerging (`W + BA - BA`) is not exact in floating point,
 so before merging, the weight (and bias) of every layer the set touches is copied to the CPU, and
 unfusing copies them back bit for bit: no LoRA, or weight 0, still gives exactly the plain
-model's image after a fuse/unfuse cycle. The copy costs the CPU memory of those layers only (SD
-1.5 attention layers in float16: about 100-200 MiB) and nothing on the GPU. A fused image differs
-from the same job run unfused by rounding only: `x(W + BA)` is not summed in the same order as
-`xW + (xA)B`. While fused, nothing may call `set_adapters` / `disable_lora` (peft would unmerge
+model's image after a fuse/unfuse cycle. The copy costs CPU memory for those layers only, none
+on the GPU: in float16, about 190 MiB for SD 1.5's UNet attention projections, up to about
+650 MiB for a LoRA that also covers the feed-forward layers and the text encoder. A fused
+image differs from the same job run unfused by rounding only: `x(W + BA)` is not summed in the
+same order as `xW + (xA)B`. While fused, nothing may call `set_adapters` / `disable_lora` (peft would unmerge
 inexactly), so `activate` unfuses first whenever the set changes.
 """
 
