@@ -30,8 +30,8 @@ model's image after a fuse/unfuse cycle. The copy costs CPU memory for those lay
 on the GPU: in float16, about 190 MiB for SD 1.5's UNet attention projections, up to about
 650 MiB for a LoRA that also covers the feed-forward layers and the text encoder. A fused
 image differs from the same job run unfused by rounding only: `x(W + BA)` is not summed in the
-same order as `xW + (xA)B`. While fused, nothing may call `set_adapters` / `disable_lora` (peft would unmerge
-inexactly), so `activate` unfuses first whenever the set changes.
+same order as `xW + (xA)B`. While fused, nothing may call `set_adapters` / `disable_lora`
+(peft would unmerge inexactly), so `activate` unfuses first whenever the set changes.
 """
 
 from __future__ import annotations
