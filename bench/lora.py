@@ -163,25 +163,47 @@ def report_switching(setup: Setup, args: argparse.Namespace) -> None:
 
 
 def report_fusing(setup: Setup, args: argparse.Namespace) -> None:
+    """Rounds of one job each plain, unfused and fused, so that a slow spell of a shared
+    machine falls on all three; medians over the rounds."""
     pipe = setup.model.pipe
     uses = [LoraUse(setup.names[0])]
     manager = LoraManager(pipe, setup.lora_dir)
-    plain = job_seconds(setup, manager, [], args.repeats)
-    unfused = job_seconds(setup, manager, uses, args.repeats)  # activated once: never fused
-    fuse = timed(lambda: [manager.activate(uses) for _ in range(FUSE_AFTER_BATCHES + 1)])
-    assert manager.fused(), "the LoRA was not fused"
-    fused = job_seconds(setup, manager, uses, args.repeats)
-    copy_mib = manager.memory().fused_copy_bytes / MIB
-    unfuse = timed(manager.unfuse)
+
+    def job() -> None:
+        setup.engine.generate(setup.request)
+
+    manager.activate(uses)
+    job()  # warm-up with the adapter loaded
+    times: dict[str, list[float]] = {
+        "plain": [],
+        "unfused": [],
+        "fused": [],
+        "fuse": [],
+        "unfuse": [],
+    }
+    copy_mib = 0.0
+    for _ in range(args.repeats):
+        manager.activate([])  # unfuses; the next activation starts a new run of batches
+        times["plain"].append(timed(job))
+        manager.activate(uses)  # the first batch of a run: never fused
+        times["unfused"].append(timed(job))
+        for _ in range(FUSE_AFTER_BATCHES - 1):
+            manager.activate(uses)
+        times["fuse"].append(timed(lambda: manager.activate(uses)))
+        assert manager.fused(), "the LoRA was not fused"
+        copy_mib = manager.memory().fused_copy_bytes / MIB
+        times["fused"].append(timed(job))
+        times["unfuse"].append(timed(manager.unfuse))
     manager.activate([])
     pipe.unload_lora_weights()
-    steps = args.steps
+    per_step = {case: statistics.median(times[case]) / args.steps for case in times}
+    plain, unfused, fused = per_step["plain"], per_step["unfused"], per_step["fused"]
     print(
-        f"seconds per step: {plain / steps:.4f} plain, {unfused / steps:.4f} with 1 LoRA "
-        f"unfused (+{unfused / plain - 1:.1%}), {fused / steps:.4f} fused "
-        f"(+{fused / plain - 1:.1%}); fusing {fuse:.3f} s (with {FUSE_AFTER_BATCHES + 1} "
-        f"activations), unfusing {unfuse:.3f} s; "
-        f"{copy_mib:.1f} MiB of original weights kept on the CPU while fused",
+        f"seconds per step (job time / steps): {plain:.4f} plain, {unfused:.4f} with 1 LoRA "
+        f"unfused (+{unfused / plain - 1:.1%}), {fused:.4f} fused (+{fused / plain - 1:.1%}); "
+        f"fusing {per_step['fuse'] * args.steps:.3f} s, unfusing "
+        f"{per_step['unfuse'] * args.steps:.3f} s; {copy_mib:.1f} MiB of original weights "
+        "kept on the CPU while fused",
         flush=True,
     )
 
@@ -228,6 +250,9 @@ def main() -> None:
     parser.add_argument("--loras", type=int, default=10, help="files written; the memory count")
     parser.add_argument("--repeats", type=int, default=2, help="jobs timed per case")
     parser.add_argument("--switches", type=int, default=6, help="switches timed per case")
+    parser.add_argument(
+        "--only", choices=("memory", "switching", "fusing"), help="one report instead of all"
+    )
     args = parser.parse_args()
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
@@ -236,9 +261,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         setup = build(args, device, Path(scratch))
         # Memory first: CPU peak RSS only ever grows, and switching leaves cached copies behind.
-        report_memory(setup, device)
-        report_switching(setup, args)
-        report_fusing(setup, args)
+        if args.only in (None, "memory"):
+            report_memory(setup, device)
+        if args.only in (None, "switching"):
+            report_switching(setup, args)
+        if args.only in (None, "fusing"):
+            report_fusing(setup, args)
 
 
 if __name__ == "__main__":
