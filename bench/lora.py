@@ -10,9 +10,11 @@ Prints figures; asserts nothing.
 Switch times: "resident" is `activate` between two LoRAs both loaded as adapters; "from memory"
 reloads an evicted adapter from the manager's in-memory copy of the file; "from disk" reads,
 converts and loads the file each time (the OS file cache is warm, so this is a lower bound).
-Fusing: seconds per step (a job's time divided by its steps) for the plain model, one LoRA
-active as an adapter, and the same LoRA fused into the weights (what a preset in steady use
-gets), with the time fusing and unfusing take.
+Fusing: seconds per step for the plain model, one LoRA active as an adapter, and the same LoRA
+fused into the weights (what a preset in steady use gets): one UNet call on random latents (the
+LoRA's own cost) and a whole job's time divided by its steps (text encoder and VAE included),
+timed in rounds of the three; then the time fusing and unfusing take, and the CPU memory kept
+for unfusing.
 Memory: peak RSS on the CPU (noisy: the allocator reuses freed pages) or
 torch.cuda.max_memory_allocated on a GPU, during a job, against the plain model's job; then the
 tensors themselves: "adapters" in the pipeline, "cached" copies of the files on the CPU, and
@@ -162,6 +164,22 @@ def report_switching(setup: Setup, args: argparse.Namespace) -> None:
         pipe.unload_lora_weights()
 
 
+def unet_step(setup: Setup, args: argparse.Namespace) -> Callable[[], object]:
+    """One denoising step's UNet call at the job's size, on random latents."""
+    pipe = setup.model.pipe
+    side = args.size // pipe.vae_scale_factor
+    parameter = next(pipe.unet.parameters())
+    latents = torch.randn(2, pipe.unet.config.in_channels, side, side).to(parameter)
+    text = torch.randn(2, 77, pipe.text_encoder.config.hidden_size).to(parameter)
+    timestep = torch.tensor([500], device=parameter.device)
+
+    def step() -> object:
+        with torch.no_grad():
+            return pipe.unet(latents, timestep, encoder_hidden_states=text)
+
+    return step
+
+
 def report_fusing(setup: Setup, args: argparse.Namespace) -> None:
     """Rounds of one job each plain, unfused and fused, so that a slow spell of a shared
     machine falls on all three; medians over the rounds."""
@@ -172,32 +190,38 @@ def report_fusing(setup: Setup, args: argparse.Namespace) -> None:
     def job() -> None:
         setup.engine.generate(setup.request)
 
+    step = unet_step(setup, args)
     manager.activate(uses)
     job()  # warm-up with the adapter loaded
-    times: dict[str, list[float]] = {
-        "plain": [],
-        "unfused": [],
-        "fused": [],
-        "fuse": [],
-        "unfuse": [],
-    }
+    cases = ("plain", "unfused", "fused")
+    times: dict[str, list[float]] = {case: [] for case in (*cases, "fuse", "unfuse")}
+    steps: dict[str, list[float]] = {case: [] for case in cases}
     copy_mib = 0.0
     for _ in range(args.repeats):
         manager.activate([])  # unfuses; the next activation starts a new run of batches
         times["plain"].append(timed(job))
+        steps["plain"].append(median_time(step, 3))
         manager.activate(uses)  # the first batch of a run: never fused
         times["unfused"].append(timed(job))
+        steps["unfused"].append(median_time(step, 3))
         for _ in range(FUSE_AFTER_BATCHES - 1):
             manager.activate(uses)
         times["fuse"].append(timed(lambda: manager.activate(uses)))
         assert manager.fused(), "the LoRA was not fused"
         copy_mib = manager.memory().fused_copy_bytes / MIB
         times["fused"].append(timed(job))
+        steps["fused"].append(median_time(step, 3))
         times["unfuse"].append(timed(manager.unfuse))
     manager.activate([])
     pipe.unload_lora_weights()
     per_step = {case: statistics.median(times[case]) / args.steps for case in times}
     plain, unfused, fused = per_step["plain"], per_step["unfused"], per_step["fused"]
+    unet = {case: statistics.median(steps[case]) for case in cases}
+    print(
+        f"one UNet step (both CFG halves): {unet['plain']:.4f} s plain, {unet['unfused']:.4f} s "
+        f"with 1 LoRA unfused (+{unet['unfused'] / unet['plain'] - 1:.1%}), "
+        f"{unet['fused']:.4f} s fused (+{unet['fused'] / unet['plain'] - 1:.1%})"
+    )
     print(
         f"seconds per step (job time / steps): {plain:.4f} plain, {unfused:.4f} with 1 LoRA "
         f"unfused (+{unfused / plain - 1:.1%}), {fused:.4f} fused (+{fused / plain - 1:.1%}); "
