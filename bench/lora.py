@@ -41,7 +41,7 @@ from diffusers.utils import logging as diffusers_logging
 from pipeline.device import DeviceChoice, choose_device
 from pipeline.engine import Engine
 from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
-from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
+from pipeline.lora import LoraManager, LoraUse
 from pipeline.request import GenerationRequest
 from tests.lora_files import LoraSpec, write_lora
 from tests.tiny_models import MID, build_random_pipeline
@@ -198,20 +198,17 @@ def report_fusing(setup: Setup, args: argparse.Namespace) -> None:
     steps: dict[str, list[float]] = {case: [] for case in cases}
     copy_mib = 0.0
     for _ in range(args.repeats):
-        manager.activate([])  # unfuses; the next activation starts a new run of batches
+        manager.activate([])  # unfuses
         times["plain"].append(timed(job))
         steps["plain"].append(median_time(step, 3))
-        manager.activate(uses)  # the first batch of a run: never fused
-        times["unfused"].append(timed(job))
-        steps["unfused"].append(median_time(step, 3))
-        for _ in range(FUSE_AFTER_BATCHES - 1):
-            manager.activate(uses)
-        times["fuse"].append(timed(lambda: manager.activate(uses)))
+        times["fuse"].append(timed(lambda: manager.activate(uses)))  # fused from the first batch
         assert manager.fused(), "the LoRA was not fused"
         copy_mib = manager.memory().fused_copy_bytes / MIB
         times["fused"].append(timed(job))
         steps["fused"].append(median_time(step, 3))
-        times["unfuse"].append(timed(manager.unfuse))
+        times["unfuse"].append(timed(manager.unfuse))  # the adapters stay, unmerged
+        times["unfused"].append(timed(job))
+        steps["unfused"].append(median_time(step, 3))
     manager.activate([])
     pipe.unload_lora_weights()
     per_step = {case: statistics.median(times[case]) / args.steps for case in times}

@@ -21,16 +21,18 @@ What the installed diffusers 0.42 / peft 0.21 / transformers 5 do, and what is d
 - An adapter name that is an attribute of torch modules ("half", "float"...) breaks loading, so
   adapters are named `lora<n>_<stem>`, never the bare file name.
 
-Fusing: a LoRA set that stays the same for `FUSE_AFTER_BATCHES` activations in a row is merged
-into the layers' weights (peft's `merge`, which diffusers' `fuse_lora` calls too), so its jobs run
-the plain layers with no LoRA matmuls. Unmerging (`W + BA - BA`) is not exact in floating point,
-so before merging, the weight (and bias) of every layer the set touches is copied to the CPU, and
-unfusing copies them back bit for bit: no LoRA, or weight 0, still gives exactly the plain
-model's image after a fuse/unfuse cycle. The copy costs CPU memory for those layers only, none
-on the GPU: in float16, about 190 MiB for SD 1.5's UNet attention projections, up to about
-650 MiB for a LoRA that also covers the feed-forward layers and the text encoder. A fused
-image differs from the same job run unfused by rounding only: `x(W + BA)` is not summed in the
-same order as `xW + (xA)B`. While fused, nothing may call `set_adapters` / `disable_lora`
+Fusing: a LoRA set is merged into the layers' weights from its first batch on (peft's `merge`,
+which diffusers' `fuse_lora` calls too), so its jobs run the plain layers with no LoRA matmuls.
+Unmerging (`W + BA - BA`) is not exact in floating point, so before merging, the weight (and
+bias) of every layer the set touches is copied to the CPU, and unfusing copies them back bit for
+bit: no LoRA, or weight 0, still gives exactly the plain model's image after a fuse/unfuse
+cycle. The copy costs CPU memory for those layers only, none on the GPU: in float16, about 190
+MiB for SD 1.5's UNet attention projections, up to about 650 MiB for a LoRA that also covers the
+feed-forward layers and the text encoder. A fused image differs from the same job run unfused by
+rounding only: `x(W + BA)` is not summed in the same order as `xW + (xA)B`. That is why a set is
+fused from its first batch rather than once it has been in use a while: a job's image then never
+depends on which batches ran before it (a seed gives its image), at the cost of one fuse per
+change of set. While fused, nothing may call `set_adapters` / `disable_lora`
 (peft would unmerge inexactly), so `activate` unfuses first whenever the set changes.
 """
 
@@ -97,10 +99,10 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_CACHE_BYTES = 2 << 30  # in-memory copies of LoRA files, for adapters evicted and reloaded
-# A LoRA set activated this many times in a row (a run of batches with the same LoRAs and
-# weights) is fused into the weights from the next activation on. One repeat is enough to show
-# a preset in steady use; fusing costs about one extra pass over the LoRA layers' weights.
-FUSE_AFTER_BATCHES = 2
+# A LoRA set activated this many times in a row is fused into the weights from the next
+# activation on. 0: from its first batch, so that fused and unfused images (which differ by
+# rounding) never mix for one set; fusing costs about one extra pass over the LoRA weights.
+FUSE_AFTER_BATCHES = 0
 COMPONENTS = ("unet", "text_encoder")
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LYCORIS_MARKERS = ("hada_w", "lokr_w", "lora_mid", ".oft_")
@@ -434,8 +436,8 @@ class LoraManager:
         """Make exactly these LoRAs active, with these weights, for the next pipeline call.
 
         No uses (or only zero weights) disables LoRA: the output is exactly the plain model's.
-        A set activated `FUSE_AFTER_BATCHES` times in a row is fused from the next activation
-        on; a different set unfuses it first.
+        The set is fused into the weights (`FUSE_AFTER_BATCHES`); a different set unfuses it
+        first, exactly.
         Raises InvalidRequestError (unknown name, too many) or ModelLoadError (a bad file); then
         the LoRAs active before stay active with their weights (files are read and checked
         before anything changes; only a load failing inside diffusers after an eviction made
