@@ -16,6 +16,7 @@ from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
 from pipeline.request import GenerationRequest
 from tests.conftest import CPU
 from tests.lora_files import LoraSpec, write_lora
+from tests.test_lora import render
 from tests.tiny_models import build_random_pipeline
 
 # A fused layer computes x(W + BA) where an unfused one computes xW + (xA)B: the same numbers
@@ -32,19 +33,6 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusi
     write_lora(random_sd1, root / "lora" / "a.safetensors", LoraSpec(seed=11), kohya=True)
     write_lora(random_sd1, root / "lora" / "b.safetensors", LoraSpec(seed=12))
     return root
-
-
-def render(pipe: StableDiffusionPipeline, seed: int = 7) -> np.ndarray:
-    generator = torch.Generator("cpu").manual_seed(seed)
-    output = pipe(
-        "a castle on a hill",
-        num_inference_steps=2,
-        width=64,
-        height=64,
-        generator=generator,
-        output_type="np",
-    )
-    return np.asarray(output.images[0])
 
 
 @pytest.fixture(scope="module")
