@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.validation import Limits
@@ -21,6 +21,8 @@ TELEGRAM_TOKEN_SHAPE = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{30,50}")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # text: lines for people; json: one JSON object a line, for log shippers.
 LOG_FORMATS = ("text", "json")
+# How a batch's rows are cut into UNet calls (pipeline/batching.py).
+BATCH_MODES = ("fixed", "whole")
 # The platforms EASEL_ADMINS may name; the console's users have names, the others numeric ids.
 ADMIN_PLATFORMS = ("discord", "telegram", "console")
 _NUMERIC_ID_PLATFORMS = ("discord", "telegram")
@@ -94,8 +96,20 @@ class Settings(EarlySettings):
     cache_dir: Path = Field(default_factory=_default_cache, description="Hashes and configs.")
     device: str = Field(default="auto", description="auto, cuda, cuda:N, mps or cpu.")
     dtype: str = Field(default="auto", description="auto, float16, bfloat16 or float32.")
-    exact_batches: bool = Field(
-        default=True, description="Image i of a batch is bit-identical to its seed alone."
+    batch_mode: str = Field(
+        default="fixed",
+        description="fixed: UNet calls of a fixed size, so an image is the same whichever jobs "
+        "share its batch; whole: one call per batch (fastest, images may differ by a level).",
+    )
+    batch_rows: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Rows per UNet call in fixed mode at the model's native size (an image "
+        "takes two: its prompt and negative prompt); fewer above it.",
+    )
+    exact_batches: bool | None = Field(
+        default=None, description="Older name: true is batch_mode=fixed, false is whole."
     )
 
     max_area: int = Field(default=1024 * 1024, ge=64 * 64)
@@ -191,6 +205,21 @@ class Settings(EarlySettings):
         "minute at most there).",
     )
 
+    @field_validator("batch_mode", mode="before")
+    @classmethod
+    def _known_batch_mode(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower() or "fixed"
+            if value not in BATCH_MODES:
+                raise ValueError(f"fixed or whole, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _older_exact_batches(self) -> Settings:
+        if self.exact_batches is not None and "batch_mode" not in self.model_fields_set:
+            self.batch_mode = "fixed" if self.exact_batches else "whole"
+        return self
+
     @field_validator("models_dir", "outputs_dir", "cache_dir", mode="after")
     @classmethod
     def _expand_home(cls, path: Path) -> Path:
@@ -215,6 +244,7 @@ class Settings(EarlySettings):
         "telegram_webhook_secret",
         "upscaler",
         "max_batch_images",
+        "exact_batches",
         mode="before",
     )
     @classmethod

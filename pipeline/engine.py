@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext, check_pixels
@@ -36,7 +37,7 @@ from pipeline.loading import (
     ModelSource,
     checkpoint_stamp,
 )
-from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, lora_set, requested_loras
+from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, requested_loras
 from pipeline.lora_names import prompt_with_lora_tags
 from pipeline.noise import seeded_noise, slerp
 from pipeline.previews import PreviewMaker, PreviewSchedule, choose_decoder
@@ -86,46 +87,6 @@ class PreparedJob:
 
 
 @dataclass(frozen=True)
-class BatchKey:
-    """What jobs must share to run as one pipeline call; prompts, seeds, variation seeds and
-    init images may differ."""
-
-    width: int
-    height: int
-    steps: int
-    cfg_scale: float
-    sampler: str  # the canonical name, " Karras" included
-    schedule_type: str | None
-    clip_skip: int
-    tiling: bool
-    loras: tuple[LoraUse, ...]  # sorted by name, weight-zero uses dropped
-    is_img2img: bool
-    denoising_strength: float | None  # img2img's only
-    hires: HiresFix | None
-    model: str | None = None  # the checkpoint the jobs were queued for (None: the loaded one)
-
-
-def batch_key(job: PreparedJob) -> BatchKey:
-    request = job.request
-    assert request.width is not None and request.height is not None
-    return BatchKey(
-        width=request.width,
-        height=request.height,
-        steps=request.steps,
-        cfg_scale=request.cfg_scale,
-        sampler=job.sampler.name,
-        schedule_type=job.sampler.schedule_type,
-        clip_skip=request.clip_skip,
-        tiling=request.tiling,
-        loras=lora_set(job.loras),
-        is_img2img=request.is_img2img,
-        denoising_strength=request.denoising_strength if request.is_img2img else None,
-        hires=request.hires,
-        model=request.model,
-    )
-
-
-@dataclass(frozen=True)
 class _Batch:
     """Jobs of one key, run as one call; their images follow one another in job order."""
 
@@ -157,6 +118,7 @@ class _PassSpec:
     strength: float | None  # img2img's, None for text-to-image
     arguments: dict[str, Any]
     output_type: str
+    size: tuple[int, int]  # the pass's image width and height
 
 
 def _shared_key(jobs: Sequence[PreparedJob]) -> BatchKey:
@@ -219,16 +181,17 @@ class Engine:
         self,
         model: LoadedModel,
         limits: Limits | None = None,
-        exact_batches: bool = True,
+        batching: BatchShape | None = None,
         models_dir: Path | None = None,
         max_resident_loras: int = 4,
         loader: ModelLoader | None = None,
     ) -> None:
-        """`exact_batches`: image i of a batch is bit-identical to seed i alone (see
-        pipeline/guidance.py). `models_dir` holds the upscalers a hires fix may name.
+        """`batching`: how a batch's rows are cut into UNet calls (pipeline/batching.py; by
+        default in fixed-size calls, so an image is the same whichever jobs shared its batch).
+        `models_dir` holds the upscalers a hires fix may name.
         `loader`: how `use_model` loads another checkpoint (None: this one only)."""
         self.limits = limits or Limits()
-        self.exact_batches = exact_batches
+        self.batching = batching or BatchShape()
         self.models_dir = models_dir
         self.loader = loader
         self.max_resident_loras = max_resident_loras
@@ -253,6 +216,7 @@ class Engine:
         self._img2img.set_progress_bar_config(disable=True)
         self._scheduler_config = dict(model.pipe.scheduler.config)
         self._preview_maker: PreviewMaker | None = None
+        self.row_checks = RowChecks()  # kernels are checked afresh for every checkpoint
         self._unloaded = None
 
     @property
@@ -440,7 +404,8 @@ class Engine:
     ) -> list[GenerationResult]:
         """Run jobs of one `batch_key` as one pipeline call; one result per job, in order.
 
-        With `exact_batches` each job's images are bit-identical to running it alone. A job
+        In fixed-size calls (the default `batching`) each job's images are bit-identical to
+        running it alone, on devices that pass the engine's row check. A job
         whose cancel event is set comes back CANCELLED; the call stops early only once every
         job is cancelled. One batch at a time, whichever thread calls.
 
@@ -596,6 +561,7 @@ class Engine:
             strength=key.denoising_strength,
             arguments=arguments,
             output_type="latent" if latent_hires else "pil",
+            size=(key.width, key.height),
         )
         first, diffusion_s = self._pass(batch, first_pass, generators, progress)
         if hires is None:
@@ -638,6 +604,7 @@ class Engine:
             strength=strength,
             arguments={"image": image, "strength": strength},
             output_type="pil",
+            size=(width, height),
         )
         return self._pass(batch, second_pass, generators, progress)
 
@@ -673,7 +640,9 @@ class Engine:
             images_per_plan=batch.counts,
             encoder=self.model.family.prompt_encoder(pipe, key.clip_skip),
             counter=counter,
-            exact=self.exact_batches,
+            shape=self.batching,
+            rows_per_call=self.batching.rows_for(*spec.size, self.model.native_size),
+            checks=self.row_checks,
         )
         # diffusers checks the embeddings' shapes; the wrapper picks each image's per step.
         first = guided.conditioning(0)
@@ -690,7 +659,7 @@ class Engine:
         with (
             circular_padding((pipe.unet, pipe.vae), enabled=key.tiling),
             guided.wrapping(pipe.unet),
-            vae_slicing(pipe.vae, enabled=self.exact_batches),
+            vae_slicing(pipe.vae, enabled=self.batching.mode is not BatchMode.WHOLE),
         ):
             started = time.perf_counter()
             output = pipe(**call)

@@ -11,11 +11,9 @@ images) and decides what each image conditions on at each call:
 - Composable diffusion (AND): the UNet runs once for the negative prompt and once per part,
   and the wrapper hands diffusers the combined prediction `u + sum(w_i * (c_i - u))`, so that
   diffusers' own `u + cfg * (c - u)` becomes A1111's `u + cfg * sum(w_i * (c_i - u))`.
-- Exact batches: each image's rows go through the UNet on their own, so image i of a batch is
-  bit-identical to generating it alone (matrix kernels round differently by row count).
-  Otherwise the images whose stacked conditioning has the same shape (rows, tokens, width)
-  share one UNet call; other shapes (more AND parts, more 75-token chunks) get calls of their
-  own.
+- Which rows share a UNet call: the batch's `BatchShape` (the rules are in
+  pipeline/batching.py): in fixed-size calls (the default), so that image i of a batch is
+  bit-identical whichever jobs shared it, or all rows of one shape at once.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.batching import BatchMode, BatchShape, RowChecks, call_in_fixed_rows
 from pipeline.prompts.encoding import PromptEncoder
 from pipeline.prompts.plan import PromptPlan
 
@@ -85,14 +84,21 @@ class GuidedUNet:
         images_per_plan: Sequence[int],
         encoder: PromptEncoder,
         counter: StepCounter,
-        exact: bool,
+        shape: BatchShape,
+        rows_per_call: int,
+        checks: RowChecks,
     ) -> None:
+        """`rows_per_call`: the fixed call size at this pass's image size
+        (`shape.rows_for`); `checks`: the engine's record of which call shapes keep rows
+        independent on its device."""
         if len(plans) != len(images_per_plan) or not plans:
             raise ValueError("give one image count per prompt plan, and at least one plan")
         self.plans = tuple(plans)
         self.encoder = encoder
         self.counter = counter
-        self.exact = exact
+        self.shape = shape
+        self.rows_per_call = rows_per_call
+        self.checks = checks
         # The plan index of every image of the batch.
         self._image_plans = tuple(
             plan for plan, count in enumerate(images_per_plan) for _ in range(count)
@@ -173,32 +179,66 @@ class GuidedUNet:
         extra_args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> list[torch.Tensor]:
-        """Each image's UNet outputs, (rows, channels, height, width), one call per group."""
+        """Each image's UNet outputs, (rows, channels, height, width): the rows of images
+        whose conditioning has one shape go through the UNet together."""
+
+        def call(sample: torch.Tensor, step: Any, context: torch.Tensor) -> torch.Tensor:
+            steps = _timesteps(step, sample.shape[0])
+            return original(sample, steps, context, *extra_args, **kwargs, return_dict=False)[0]
+
         outputs: dict[int, torch.Tensor] = {}
-        for group in self._groups(rows):
-            batch = torch.cat(
-                [
-                    latents[image : image + 1].repeat_interleave(len(rows[image].context), dim=0)
-                    for image in group
-                ]
-            )
-            context = torch.cat([rows[image].context for image in group])
-            steps = _timesteps(timestep, batch.shape[0])
-            predicted = original(batch, steps, context, *extra_args, **kwargs, return_dict=False)
-            output = predicted[0]
-            per_image = output.view(len(group), -1, *output.shape[1:])
-            for position, image in enumerate(group):
-                outputs[image] = per_image[position]
+        for group in _same_shape(rows):
+            for image, output in self._run_group(call, latents, rows, group, timestep).items():
+                outputs[image] = output
         return [outputs[image] for image in range(len(rows))]
 
-    def _groups(self, rows: list[_ImageRows]) -> list[list[int]]:
-        """The images that share a UNet call: none when exact, else those of one shape."""
-        if self.exact:
-            return [[image] for image in range(len(rows))]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for image, image_rows in enumerate(rows):
-            groups.setdefault(tuple(image_rows.context.shape), []).append(image)
-        return list(groups.values())
+    def _run_group(
+        self,
+        call: Any,
+        latents: torch.Tensor,
+        rows: list[_ImageRows],
+        group: list[int],
+        timestep: Any,
+    ) -> dict[int, torch.Tensor]:
+        sample = torch.cat(
+            [
+                latents[image : image + 1].repeat_interleave(len(rows[image].context), dim=0)
+                for image in group
+            ]
+        )
+        context = torch.cat([rows[image].context for image in group])
+        if self.shape.mode is BatchMode.WHOLE:
+            output = call(sample, timestep, context)
+        else:
+            fixed = call_in_fixed_rows(
+                call, sample, timestep, context, self.rows_per_call, self.checks
+            )
+            if fixed is None:  # this device mixes rows at this shape: each image alone
+                return {
+                    image: call(sample[span], timestep, context[span])
+                    for image, span in zip(group, _spans(rows, group), strict=True)
+                }
+            output = fixed
+        return {image: output[span] for image, span in zip(group, _spans(rows, group), strict=True)}
+
+
+def _same_shape(rows: list[_ImageRows]) -> list[list[int]]:
+    """The images whose stacked conditioning has one shape (rows, tokens, width), in order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for image, image_rows in enumerate(rows):
+        groups.setdefault(tuple(image_rows.context.shape[1:]), []).append(image)
+    return list(groups.values())
+
+
+def _spans(rows: list[_ImageRows], group: list[int]) -> list[slice]:
+    """Where each image of `group` has its rows in the group's stacked call."""
+    spans: list[slice] = []
+    start = 0
+    for image in group:
+        count = len(rows[image].context)
+        spans.append(slice(start, start + count))
+        start += count
+    return spans
 
 
 def _image_rows(step: _StepConditioning, guided: bool) -> _ImageRows:
@@ -236,7 +276,7 @@ def _combine(
 
 @contextmanager
 def vae_slicing(vae: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Encode and decode one image at a time for this batch (exact batches)."""
+    """Encode and decode one image at a time for this batch (see pipeline/batching.py)."""
     previous = bool(getattr(vae, "use_slicing", False))
     vae.use_slicing = enabled or previous
     try:

@@ -64,3 +64,18 @@ def test_bad_device_settings_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
         choose_device("cpu", "half-ish")
     with pytest.raises(EaselError, match="Unknown device 'gpu0'"):
         choose_device("gpu0")
+
+
+def test_batch_mode_and_its_older_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (Settings().batch_mode, Settings().batch_rows) == ("fixed", 8)
+    monkeypatch.setenv("EASEL_EXACT_BATCHES", "false")
+    assert Settings().batch_mode == "whole"
+    monkeypatch.setenv("EASEL_BATCH_MODE", " Fixed ")
+    assert Settings().batch_mode == "fixed"  # the new name wins
+    monkeypatch.setenv("EASEL_BATCH_MODE", "exact")
+    with pytest.raises(ValueError, match="fixed or whole, not 'exact'"):
+        Settings()
+    monkeypatch.setenv("EASEL_BATCH_MODE", "whole")
+    monkeypatch.setenv("EASEL_BATCH_ROWS", "0")
+    with pytest.raises(ValueError, match="batch_rows"):
+        Settings()

@@ -67,6 +67,7 @@ def _load_engine(
 ) -> Engine:
     from bot.core.messages import Key, Message
     from bot.serve import console_locale
+    from pipeline.batching import BatchMode, BatchShape
     from pipeline.device import choose_device
     from pipeline.engine import Engine
     from pipeline.loading import HashCache, ModelLoader, SourceKind
@@ -91,7 +92,7 @@ def _load_engine(
     return Engine(
         loaded,
         settings.limits(),
-        exact_batches=settings.exact_batches,
+        batching=BatchShape(BatchMode(settings.batch_mode), settings.batch_rows),
         models_dir=settings.models_dir,
         loader=loader,
     )

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.engine import Engine, PreparedJob, batch_key
+from pipeline.batching import batch_key
+from pipeline.engine import Engine, PreparedJob
 from pipeline.errors import EaselError, GenerationOutOfMemory, InvalidRequestError, first_line
 from pipeline.executors.work import (
     Failure,
