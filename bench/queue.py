@@ -12,11 +12,13 @@ figures; asserts nothing.
     turn. Target: overhead under 3%.
 (b) Throughput. 8 users each queue 4 one-image jobs (same settings, their own prompts and
     seeds) before the dispatcher starts; the wall time from the start until all 32 are
-    finished, with batching on (`max_batch_images` 4 on the CPU, 8 on a GPU) and off (1), for
-    `exact_batches` on and off. The `tiny` model at 64x64. Target: batching on gives at least
-    2x the images per second. Exact batches run the UNet image by image so each image is
-    bit-identical to its seed alone; their gain is only what the text encoder, VAE and the per-
-    call costs share, so most of the gain shows with `exact_batches=False` (whole-batch mode).
+    finished, in three set-ups side by side: one job at a time (`max_batch_images` 1, UNet
+    calls of 2 rows: one image and its negative, nothing padded), fixed-size batches (the
+    default: `max_batch_images` 4 on the CPU, 8 on a GPU, calls of `--rows` rows) and whole
+    batches (the same batches, each step's rows in one call). Then the identity check: each
+    job's saved image against the same request run alone on an engine of the same set-up.
+    `--model tiny` at 64x64 by default; `--model mid --tiny-size 512` on a GPU. Target: fixed
+    batches give at least 2x the images per second of one job at a time, every image identical.
 (c) Store and scheduler latency, no model. A SQLite file database (WAL) in a temporary folder,
     1,000 users and 10,000 queued jobs of mixed sizes and image counts. Enqueue is what
     `JobService` does per job once it is admitted: `Store.add_job`, then `Dispatcher.enqueue`
@@ -44,7 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from bench.common import load_shape, synchronize
@@ -56,6 +60,8 @@ from bot.core.work import work_of
 from bot.runtime import Bot, build_bot, open_store
 from bot.settings import Settings
 from bot.store import JobKind, JobStatus, NewJob, Store
+from bot.store.records import JobRecord
+from pipeline.batching import DEFAULT_ROWS, BatchMode, BatchShape
 from pipeline.device import DeviceChoice, choose_device
 from pipeline.engine import Engine
 from pipeline.executors import PreparedWork, Task, TaskOutcome, Work
@@ -81,7 +87,10 @@ PROMPTS = (
 # --------------------------------------------------------------------------- shared
 
 
-def bot_settings(folder: Path, max_batch_images: int | None, exact: bool) -> Settings:
+def bot_settings(
+    folder: Path, max_batch_images: int | None, shape: BatchShape | None = None
+) -> Settings:
+    shape = shape or BatchShape()
     return Settings(
         _env_file=None,
         DATABASE_URL=f"sqlite:///{folder / 'easel.db'}",
@@ -89,18 +98,18 @@ def bot_settings(folder: Path, max_batch_images: int | None, exact: bool) -> Set
         models_dir=MODELS_DIR,
         cache_dir=folder / "cache",
         max_batch_images=max_batch_images,
-        exact_batches=exact,
+        batch_mode=shape.mode.value,
+        batch_rows=shape.rows,
     )
+
+
+def engine_for(model: LoadedModel, settings: Settings) -> Engine:
+    shape = BatchShape(BatchMode(settings.batch_mode), settings.batch_rows)
+    return Engine(model, settings.limits(), batching=shape, models_dir=settings.models_dir)
 
 
 def start_bot(model: LoadedModel, settings: Settings) -> Bot:
-    engine = Engine(
-        model,
-        settings.limits(),
-        exact_batches=settings.exact_batches,
-        models_dir=settings.models_dir,
-    )
-    return build_bot(settings, engine, open_store(settings))
+    return build_bot(settings, engine_for(model, settings), open_store(settings))
 
 
 async def close_bot(bot: Bot) -> None:
@@ -152,7 +161,7 @@ async def overhead_runs(
     model: LoadedModel, folder: Path, size: int, steps: int, repeats: int
 ) -> OverheadRuns:
     """Seconds of each service job and of each bare generate of the same request."""
-    bot = start_bot(model, bot_settings(folder, None, exact=True))
+    bot = start_bot(model, bot_settings(folder, None))
     engine = bot.executor.engine  # type: ignore[attr-defined]
     service = bot.service
     finished = Finished()
@@ -252,24 +261,37 @@ def part_a(args: argparse.Namespace, device: DeviceChoice, scratch: Path) -> Non
 # --------------------------------------------------------------------------- (b) throughput
 
 
+@dataclass(frozen=True)
+class SetUp:
+    label: str
+    max_batch_images: int
+    shape: BatchShape
+
+
+@dataclass(frozen=True)
+class Throughput:
+    wall_s: float
+    batches: int
+    identical: int  # images equal to their request run alone on an engine of the same set-up
+    images: int
+
+
 async def throughput_run(
-    model: LoadedModel,
-    folder: Path,
-    max_batch_images: int,
-    exact: bool,
-    args: argparse.Namespace,
-) -> tuple[float, int]:
-    """Wall seconds from the dispatcher's start until every job finished, and the batches."""
-    bot = start_bot(model, bot_settings(folder, max_batch_images, exact))
+    model: LoadedModel, folder: Path, set_up: SetUp, args: argparse.Namespace
+) -> Throughput:
+    """Wall seconds from the dispatcher's start until every job finished, the batches, and
+    how many images equal their request run alone."""
+    settings = bot_settings(folder, set_up.max_batch_images, set_up.shape)
+    bot = start_bot(model, settings)
     engine = bot.executor.engine  # type: ignore[attr-defined]
     size, steps = args.tiny_size, args.steps
-    # Warm-up at this batch size, outside the measurement.
+    # Warm-up at this batch size (and the row check of its call shape), outside the timing.
     engine.run_batch(
         [
             engine.prepare(
                 GenerationRequest(PROMPT, seeds=(seed,), width=size, height=size, steps=steps)
             )
-            for seed in range(max_batch_images)
+            for seed in range(set_up.max_batch_images)
         ]
     )
     service = bot.service
@@ -292,44 +314,61 @@ async def throughput_run(
         wall = done - started
     finally:
         await close_bot(bot)
-    # One mark_running per batch, so the jobs of a batch share their start time.
-    store = Store(f"sqlite:///{folder / 'easel.db'}")
+    store = Store(settings.database_url)
     try:
-        jobs = [store.job(job_id) for job_id in job_ids]
+        jobs = [store.job(job_id, with_images=True) for job_id in job_ids]
     finally:
         store.close()
-    return wall, len({job.started_at for job in jobs if job is not None})
+    finished_jobs = [job for job in jobs if job is not None]
+    alone = engine_for(model, settings)
+    identical = sum(_equals_alone(alone, job) for job in finished_jobs)
+    # One mark_running per batch, so the jobs of a batch share their start time.
+    batches = len({job.started_at for job in finished_jobs})
+    return Throughput(wall, batches, identical, sum(len(job.images) for job in finished_jobs))
+
+
+def _equals_alone(engine: Engine, job: JobRecord) -> bool:
+    request = work_of(job)
+    assert isinstance(request, GenerationRequest)
+    alone = engine.generate(request)
+    return all(
+        np.array_equal(np.asarray(Image.open(saved.path).convert("RGB")), np.asarray(fresh.image))
+        for saved, fresh in zip(job.images, alone.images, strict=True)
+    )
 
 
 def part_b(args: argparse.Namespace, device: DeviceChoice, scratch: Path) -> None:
-    model = load_shape("tiny", device, scratch)
+    model = load_shape(args.model_b, device, scratch)
     batch_on = args.batch_images or DEFAULT_BATCH_IMAGES["cpu" if device.is_cpu else "gpu"]
     images = args.users_b * args.jobs_per_user
     print(
-        f"\n(b) throughput: tiny model, {args.tiny_size}x{args.tiny_size}, {args.steps} steps; "
-        f"{args.users_b} users x {args.jobs_per_user} one-image jobs, all queued before the start"
+        f"\n(b) throughput: {args.model_b} model, {args.tiny_size}x{args.tiny_size}, "
+        f"{args.steps} steps; {args.users_b} users x {args.jobs_per_user} one-image jobs, all "
+        "queued before the start"
+    )
+    set_ups = (
+        SetUp("one at a time", 1, BatchShape(BatchMode.FIXED, 2)),
+        SetUp(f"fixed, {args.rows} rows", batch_on, BatchShape(BatchMode.FIXED, args.rows)),
+        SetUp("whole", batch_on, BatchShape(BatchMode.WHOLE)),
     )
     print(
-        f"{'exact':>5} {'batching':>8} {'max imgs':>8} {'batches':>7} {'wall s':>8} "
-        f"{'images/s':>9} {'on/off':>7}"
+        f"{'set-up':>16} {'max imgs':>8} {'batches':>7} {'wall s':>8} {'images/s':>9} "
+        f"{'vs one':>7} {'identical':>9}"
     )
-    for exact in (True, False):
-        rates = {}
-        for max_batch in (batch_on, 1):
-            folder = scratch / f"b-{exact}-{max_batch}"
-            wall, batches = asyncio.run(throughput_run(model, folder, max_batch, exact, args))
-            rates[max_batch] = images / wall
-            ratio = f"{rates[batch_on] / rates[1]:.2f}x" if max_batch == 1 else ""
-            label = "on" if max_batch > 1 else "off"
-            print(
-                f"{exact!s:>5} {label:>8} {max_batch:>8} {batches:>7} {wall:>8.2f} "
-                f"{rates[max_batch]:>9.2f} {ratio:>7}",
-                flush=True,
-            )
+    first: float | None = None
+    for number, set_up in enumerate(set_ups):
+        run = asyncio.run(throughput_run(model, scratch / f"b-{number}", set_up, args))
+        rate = images / run.wall_s
+        first = first or rate
+        print(
+            f"{set_up.label:>16} {set_up.max_batch_images:>8} {run.batches:>7} "
+            f"{run.wall_s:>8.2f} {rate:>9.2f} {rate / first:>6.2f}x "
+            f"{run.identical:>4}/{run.images}",
+            flush=True,
+        )
     print(
-        "on/off: images/s with batching on over off (target at least 2x). exact=True runs the "
-        "UNet image by image (bit-identical to each seed alone), so its gain is small; "
-        "whole-batch mode (exact=False) is where batching pays."
+        "vs one: images/s over one job at a time (target at least 2x for fixed batches on a "
+        "GPU). identical: images equal to their job run alone on an engine of the same set-up."
     )
 
 
@@ -459,6 +498,8 @@ def main() -> None:
         "--batch-images", type=int, default=0, help="(b), (c) 0: 4 on the CPU, 8 on a GPU"
     )
     parser.add_argument("--users-b", type=int, default=8, help="(b) users")
+    parser.add_argument("--model-b", choices=("tiny", "mid"), default="tiny", help="(b) model")
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="(b) fixed call rows")
     parser.add_argument("--jobs-per-user", type=int, default=4, help="(b) jobs per user")
     parser.add_argument("--users", type=int, default=1000, help="(c) users")
     parser.add_argument("--jobs", type=int, default=10_000, help="(c) queued jobs")
