@@ -3,9 +3,13 @@
 Which jobs share one pipeline call (the scheduler groups queued jobs by `batch_key`):
 - Only jobs with an equal `BatchKey`: checkpoint, size, steps, sampler and schedule, clip
   skip, tiling, img2img and its strength, the hires fix's settings, the LoRA set with its
-  weights, and the CFG scale.
-  - CFG: diffusers applies one guidance scale to the whole call; per-image scales would mean
-    doing guidance outside diffusers with other rounding, so different scales split.
+  weights, and whether the job is guided.
+  - CFG: jobs of different scales share a call. Each image is guided with its own scale by
+    the UNet wrapper, with diffusers' own formula `u + cfg * (c - u)`, and diffusers' guidance
+    is handed `(r, r)` so that its `r + cfg * (r - r)` leaves the result as it is: bit for bit
+    what the job alone gives. A scale of 1 or less means no guidance at all (no negative
+    prompt rows), so unguided jobs split from guided ones; a model that embeds the scale in
+    its timestep (LCM-distilled UNets) splits by scale.
   - LoRA sets: a set is fused into the weights for the call (pipeline/lora.py), so one call
     has one set; the scheduler prefers the set already fused.
   - Hires fix: its second pass has its own size and steps, so jobs share it only with the same
@@ -65,7 +69,7 @@ class BatchKey:
     width: int
     height: int
     steps: int
-    cfg_scale: float
+    guidance: str  # see guidance_key
     sampler: str  # the canonical name, " Karras" included
     schedule_type: str | None
     clip_skip: int
@@ -84,7 +88,7 @@ def batch_key(job: PreparedJob) -> BatchKey:
         width=request.width,
         height=request.height,
         steps=request.steps,
-        cfg_scale=request.cfg_scale,
+        guidance=guidance_key(request.cfg_scale, job.embeds_guidance),
         sampler=job.sampler.name,
         schedule_type=job.sampler.schedule_type,
         clip_skip=request.clip_skip,
@@ -95,6 +99,14 @@ def batch_key(job: PreparedJob) -> BatchKey:
         hires=request.hires,
         model=request.model,
     )
+
+
+def guidance_key(cfg_scale: float, embeds_guidance: bool) -> str:
+    """What of the CFG scale jobs must share: nothing but being guided (above 1), unless the
+    model embeds the scale itself (then the scale)."""
+    if embeds_guidance:
+        return f"embedded {cfg_scale!r}"
+    return "guided" if cfg_scale > 1 else "unguided"
 
 
 class BatchMode(StrEnum):

@@ -84,6 +84,7 @@ class PreparedJob:
     # 75 tokens): images x (AND parts + negative) x longest chunk count / 2. Size, steps and
     # a hires pass are not part of it: it is what the prompt multiplies the UNet's work by.
     cost: float = 1.0
+    embeds_guidance: bool = False  # the UNet takes the CFG scale as an input (LCM-distilled)
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,7 @@ class Engine:
             prompt=plan,
             loras=loras,
             cost=job_cost(resolved.request, len(plan.parts), chunks),
+            embeds_guidance=self._txt2img.unet.config.time_cond_proj_dim is not None,
         )
 
     def _check_prompt_length(self, plan: PromptPlan, clip_skip: int) -> int:
@@ -638,6 +640,7 @@ class Engine:
         guided = GuidedUNet(
             plans=spec.plans,
             images_per_plan=batch.counts,
+            scales=tuple(job.request.cfg_scale for job in batch.jobs),
             encoder=self.model.family.prompt_encoder(pipe, key.clip_skip),
             counter=counter,
             shape=self.batching,
@@ -650,7 +653,8 @@ class Engine:
             "prompt_embeds": first.parts[0].repeat(batch.total, 1, 1),
             "negative_prompt_embeds": first.negative.repeat(batch.total, 1, 1),
             "num_inference_steps": spec.steps,
-            "guidance_scale": key.cfg_scale,
+            # Guided or not, as every job of the key; the wrapper applies each job's own scale.
+            "guidance_scale": max(job.request.cfg_scale for job in batch.jobs),
             "generator": generators,
             "output_type": spec.output_type,
             "callback_on_step_end": progress.callback(counter),

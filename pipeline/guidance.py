@@ -9,8 +9,10 @@ images) and decides what each image conditions on at each call:
 - Prompt editing: the text of every AND part (and of the negative prompt) in force at the
   current step, switched as the step callback advances `StepCounter`.
 - Composable diffusion (AND): the UNet runs once for the negative prompt and once per part,
-  and the wrapper hands diffusers the combined prediction `u + sum(w_i * (c_i - u))`, so that
-  diffusers' own `u + cfg * (c - u)` becomes A1111's `u + cfg * sum(w_i * (c_i - u))`.
+  and the combined prediction `u + sum(w_i * (c_i - u))` is guided as one prompt, giving
+  A1111's `u + cfg * sum(w_i * (c_i - u))`.
+- Guidance: each image with its own job's CFG scale, by diffusers' formula `u + cfg * (c - u)`;
+  diffusers is handed the result as both halves, so its own guidance leaves it unchanged.
 - Which rows share a UNet call: the batch's `BatchShape` (the rules are in
   pipeline/batching.py): in fixed-size calls (the default), so that image i of a batch is
   bit-identical whichever jobs shared it, or all rows of one shape at once.
@@ -82,6 +84,7 @@ class GuidedUNet:
         self,
         plans: Sequence[PromptPlan],
         images_per_plan: Sequence[int],
+        scales: Sequence[float],
         encoder: PromptEncoder,
         counter: StepCounter,
         shape: BatchShape,
@@ -91,9 +94,10 @@ class GuidedUNet:
         """`rows_per_call`: the fixed call size at this pass's image size
         (`shape.rows_for`); `checks`: the engine's record of which call shapes keep rows
         independent on its device."""
-        if len(plans) != len(images_per_plan) or not plans:
-            raise ValueError("give one image count per prompt plan, and at least one plan")
+        if len(plans) != len(images_per_plan) or len(plans) != len(scales) or not plans:
+            raise ValueError("give one image count and scale per prompt plan, and one plan")
         self.plans = tuple(plans)
+        self.scales = tuple(scales)
         self.encoder = encoder
         self.counter = counter
         self.shape = shape
@@ -164,11 +168,17 @@ class GuidedUNet:
             original, sample[: self.images], rows, timestep, extra_args, kwargs
         )
         guidance = [_guide(*pair) for pair in zip(rows, predictions, strict=True)]
-        positives = torch.stack([positive for _, positive in guidance])
         if not guided:
-            return positives
-        negatives = [negative for negative, _ in guidance if negative is not None]
-        return torch.cat([torch.stack(negatives), positives], dim=0)
+            return torch.stack([positive for _, positive in guidance])
+        guided_rows = torch.stack(
+            [
+                negative + self.scales[plan] * (positive - negative)  # diffusers' own formula
+                for plan, (negative, positive) in zip(self._image_plans, guidance, strict=True)
+                if negative is not None
+            ]
+        )
+        # diffusers' r + cfg * (r - r) is r again, bit for bit.
+        return torch.cat([guided_rows, guided_rows], dim=0)
 
     def _run_groups(
         self,

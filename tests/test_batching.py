@@ -104,6 +104,20 @@ def test_different_prompts_and_seed_counts_equal_each_job_alone(engine: Engine) 
     )
 
 
+def test_different_cfg_scales_share_a_batch_and_each_equals_alone(engine: Engine) -> None:
+    requests = [
+        request("a castle", seeds=(71,), cfg_scale=3.0),
+        request("a castle", seeds=(71,), cfg_scale=11.0),
+        request("a fox AND a hound :0.6", seeds=(72, 73), cfg_scale=5.5),
+    ]
+    results = run_together(engine, requests)
+    assert [result.images[0].infotext.cfg_scale for result in results] == [3.0, 11.0, 5.5]
+    assert_each_equals_alone(engine, requests, results)
+    assert not np.array_equal(
+        pixels(results[0].images[0].image), pixels(results[1].images[0].image)
+    ), "the same seed and prompt at another scale is another image"
+
+
 def test_variation_seeds_in_one_job_leave_the_others_alone(engine: Engine) -> None:
     requests = [
         request("a lighthouse", seeds=(11, 12), variation_seeds=(21, 22), variation_strength=0.3),
@@ -222,12 +236,13 @@ def test_batch_keys(engine: Engine) -> None:
     assert batch_key(same) == key and hash(batch_key(same)) == hash(key)
     varied = request("a castle", seeds=(4,), variation_seeds=(5,), variation_strength=0.5)
     assert batch_key(engine.prepare(varied)) == key
+    assert batch_key(engine.prepare(request("a castle", cfg_scale=12.5))) == key
     for different in (
         {"width": 72},
         {"steps": 5},
         {"sampler": "Euler"},
         {"sampler": "DPM++ 2M", "schedule_type": "Karras"},
-        {"cfg_scale": 5.0},
+        {"cfg_scale": 1.0},  # unguided: no negative rows at all
         {"clip_skip": 2},
         {"tiling": True},
         {"hires": HiresFix(scale=1.5)},
