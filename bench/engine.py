@@ -20,9 +20,17 @@ import numpy as np
 import torch
 
 from bench.common import load_shape, quiet_diffusers
+from pipeline.batching import BatchMode, BatchShape
 from pipeline.device import choose_device
 from pipeline.engine import Engine
 from pipeline.request import GenerationRequest
+
+# Fixed calls of one image (2 rows) and of four (8 rows, the default), and whole batches.
+SET_UPS = {
+    "fixed 2": BatchShape(BatchMode.FIXED, 2),
+    "fixed 8": BatchShape(BatchMode.FIXED, 8),
+    "whole": BatchShape(BatchMode.WHOLE),
+}
 
 
 @dataclass(frozen=True)
@@ -68,15 +76,15 @@ def main() -> None:
     device = choose_device(args.device)
     print(device.describe())
     print(
-        f"{'model':6} {'size':>5} {'exact':>5} {'s/img b1':>9} {'s/img b4':>9} "
+        f"{'model':6} {'size':>5} {'batching':>8} {'s/img b1':>9} {'s/img b4':>9} "
         f"{'outside b1':>10} {'outside b4':>10} {'b4==b1':>7}"
     )
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):
             model = load_shape(name, device, Path(scratch))
             size = args.size or (64 if name == "tiny" else 256)
-            for exact in (True, False):
-                engine = Engine(model, exact_batches=exact)
+            for label, shape in SET_UPS.items():
+                engine = Engine(model, batching=shape)
                 base = {"prompt": "a castle on a hill, watercolor", "steps": args.steps}
                 single = GenerationRequest(**base, seeds=(1,), width=size, height=size)
                 batch = GenerationRequest(**base, seeds=(1, 2, 3, 4), width=size, height=size)
@@ -84,7 +92,7 @@ def main() -> None:
                 four = measure(engine, batch, args.repeats)
                 same = batch_matches_single(engine, batch)
                 print(
-                    f"{name:6} {size:>5} {exact!s:>5} {one.seconds_per_image:>9.4f} "
+                    f"{name:6} {size:>5} {label:>8} {one.seconds_per_image:>9.4f} "
                     f"{four.seconds_per_image:>9.4f} {one.outside_share:>10.2%} "
                     f"{four.outside_share:>10.2%} {same!s:>7}",
                     flush=True,
