@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext, check_pixels
@@ -223,10 +224,14 @@ class Engine:
         models_dir: Path | None = None,
         max_resident_loras: int = 4,
         loader: ModelLoader | None = None,
+        acceleration: Acceleration | None = None,
     ) -> None:
         """`exact_batches`: image i of a batch is bit-identical to seed i alone (see
         pipeline/guidance.py). `models_dir` holds the upscalers a hires fix may name.
-        `loader`: how `use_model` loads another checkpoint (None: this one only)."""
+        `loader`: how `use_model` loads another checkpoint (None: this one only).
+        `acceleration`: compile, channels-last, VAE tiling (pipeline/acceleration.py), applied
+        to every checkpoint installed."""
+        self.acceleration = acceleration or Acceleration()
         self.limits = limits or Limits()
         self.exact_batches = exact_batches
         self.models_dir = models_dir
@@ -242,6 +247,7 @@ class Engine:
     def _install(self, model: LoadedModel) -> None:
         """Make `model` the one every pipeline call uses (the img2img pipeline shares its
         weights; LoRAs are loaded into it afresh)."""
+        accelerate(model.pipe, self.acceleration)
         self.model = model
         self.loras = LoraManager(
             model.pipe, self.models_dir or Path("models"), self.max_resident_loras
@@ -254,6 +260,22 @@ class Engine:
         self._scheduler_config = dict(model.pipe.scheduler.config)
         self._preview_maker: PreviewMaker | None = None
         self._unloaded = None
+
+    def warm_up(
+        self, sizes: Sequence[tuple[int, int]] = (), image_counts: Sequence[int] = (1,)
+    ) -> WarmUpReport | None:
+        """With torch.compile on, compile now what the first jobs would: the checkpoint's
+        native size and `sizes`, at `image_counts` images per batch. Called at start, before
+        jobs run; None when nothing is compiled."""
+        if not self.acceleration.compile.unet:
+            return None
+        native = self.model.native_size
+        return warm_up(
+            self.generate,
+            [(native, native), *sizes],
+            image_counts,
+            self.acceleration.recompile_limit,
+        )
 
     @property
     def model_name(self) -> str:

@@ -63,10 +63,17 @@ def _quiet_libraries() -> None:
 
 
 def _load_engine(
-    settings: Settings, model: str | None, quiet: bool, locale: str | None = None
+    settings: Settings,
+    model: str | None,
+    quiet: bool,
+    locale: str | None = None,
+    warm_up: bool = False,
 ) -> Engine:
+    """The engine on the chosen checkpoint, with the configured acceleration; `warm_up` (the
+    bot's start): with EASEL_COMPILE on, compile the sizes in use before the first job."""
     from bot.core.messages import Key, Message
     from bot.serve import console_locale
+    from pipeline.acceleration import apply_cpu_threads
     from pipeline.device import choose_device
     from pipeline.engine import Engine
     from pipeline.loading import HashCache, ModelLoader, SourceKind
@@ -75,6 +82,7 @@ def _load_engine(
     source = _model_source(settings, model)
     device = choose_device(settings.device, settings.dtype)
     err.print(_device_line(device, language))
+    apply_cpu_threads(settings.cpu_threads, device.device)
     hashes = HashCache(settings.cache_dir / "hashes.json")
     # A hub download draws its own progress bars, which a spinner would garble.
     spinner = not quiet and source.kind is not SourceKind.HUB
@@ -88,13 +96,23 @@ def _load_engine(
     err.print(Message(Key.STARTUP_MODEL, about).render(language))
     loader = ModelLoader(settings.models_dir, device, settings.cache_dir, hashes)
     loader.remember(source)  # a path or repo given at start can be switched back to by name
-    return Engine(
+    engine = Engine(
         loaded,
         settings.limits(),
         exact_batches=settings.exact_batches,
         models_dir=settings.models_dir,
         loader=loader,
+        acceleration=settings.acceleration(),
     )
+    if warm_up:
+        engine.warm_up(settings.warmup_size_list(), warm_up_image_counts(settings))
+    return engine
+
+
+def warm_up_image_counts(settings: Settings) -> tuple[int, ...]:
+    """The images per UNet call the bot's batches make: one with exact batches (each image
+    runs alone), else one and a full request's."""
+    return (1,) if settings.exact_batches else tuple(dict.fromkeys((1, settings.max_images)))
 
 
 def configured_model(settings: Settings, model: str | None) -> ModelSource | None:
