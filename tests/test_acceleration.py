@@ -317,3 +317,27 @@ def test_applying_twice_replaces_the_first(models_dir: Path, cache_dir: Path) ->
     accelerate(model.pipe, Acceleration(vae_tile_area=100))
     accelerate(model.pipe, Acceleration(vae_tile_area=None))
     assert "_decode" not in model.pipe.vae.__dict__ and "_encode" not in model.pipe.vae.__dict__
+
+
+@pytest.mark.usefixtures("threads")
+def test_the_bots_engine_gets_the_configured_acceleration(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.cli.common import _load_engine
+
+    for name, value in {
+        "EASEL_MODELS_DIR": str(models_dir),
+        "EASEL_MODEL": "tiny-sd1",
+        "EASEL_CACHE_DIR": str(tmp_path),
+        "EASEL_DEVICE": "cpu",
+        "EASEL_CHANNELS_LAST": "true",
+        "EASEL_VAE_TILE_AREA": "4096",
+        "EASEL_CPU_THREADS": "2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    torch.set_num_threads(1)
+    engine = _load_engine(Settings(_env_file=None), None, quiet=True, warm_up=True)
+    assert engine.acceleration == Acceleration(channels_last=True, vae_tile_area=4096)
+    assert engine.model.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert "_decode" in engine.model.pipe.vae.__dict__
+    assert torch.get_num_threads() == 2
