@@ -26,7 +26,7 @@ LOG_FORMATS = ("text", "json")
 ADMIN_PLATFORMS = ("discord", "telegram", "console")
 _NUMERIC_ID_PLATFORMS = ("discord", "telegram")
 # EASEL_COMPILE's values: what torch.compile compiles.
-COMPILE_TARGETS = ("off", "unet", "unet+vae")
+COMPILE_TARGETS = tuple(target.value for target in CompileTarget)
 _SIZE = re.compile(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*")
 # Settings whose values are never printed, not even in an error about them.
 SECRET_VARIABLES = frozenset(

@@ -229,7 +229,7 @@ class WarmUpReport:
     seconds: float
 
 
-WARM_UP_STEPS = 2  # the first step compiles, the second shows the compiled code is reused
+WARM_UP_STEPS = 2  # the first step compiles, the second runs what was compiled
 
 
 def warm_up(
@@ -242,6 +242,7 @@ def warm_up(
     and not in a user's first job; logs (INFO) how long it took."""
     import time
 
+    from pipeline.errors import InvalidRequestError
     from pipeline.request import GenerationRequest
 
     shapes = tuple(
@@ -255,20 +256,25 @@ def warm_up(
             recompile_limit,
         )
     started = time.perf_counter()
+    done = []
     for width, height, count in shapes:
-        generate(
-            GenerationRequest(
-                prompt="warm-up",
-                seeds=tuple(range(count)),
-                width=width,
-                height=height,
-                steps=WARM_UP_STEPS,
-            )
+        request = GenerationRequest(
+            prompt="warm-up",
+            seeds=tuple(range(count)),
+            width=width,
+            height=height,
+            steps=WARM_UP_STEPS,
         )
-    report = WarmUpReport(shapes, time.perf_counter() - started)
+        try:
+            generate(request)
+        except InvalidRequestError as error:  # a size above EASEL_MAX_AREA: no job makes it
+            log.warning("Not warming up %dx%d x%d: %s", width, height, count, error)
+            continue
+        done.append((width, height, count))
+    report = WarmUpReport(tuple(done), time.perf_counter() - started)
     log.info(
         "Compiled and warmed up %s in %.1f s.",
-        ", ".join(f"{w}x{h} x{n}" for w, h, n in shapes),
+        ", ".join(f"{w}x{h} x{n}" for w, h, n in report.shapes) or "nothing",
         report.seconds,
     )
     return report

@@ -31,6 +31,7 @@ from pipeline.acceleration import (
     warm_up,
 )
 from pipeline.engine import Engine
+from pipeline.errors import InvalidRequestError
 from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
 from pipeline.request import GenerationRequest
 from tests.conftest import CPU
@@ -306,6 +307,20 @@ def test_warm_up_warns_when_the_shapes_outnumber_the_limit(
     with caplog.at_level(logging.WARNING, logger="pipeline.acceleration"):
         warm_up(lambda request: None, [(64, 64), (64, 72), (64, 80)], (1,), recompile_limit=2)
     assert "Warming up 3 shapes with room for 2 compiled variants" in caplog.text
+
+
+def test_a_warm_up_size_the_limits_refuse_is_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def generate(request: GenerationRequest) -> None:
+        if request.width == 2048:
+            raise InvalidRequestError("The image is too large: 2048x2048 is above 1024x1024.")
+
+    with caplog.at_level(logging.INFO, logger="pipeline.acceleration"):
+        report = warm_up(generate, [(64, 64), (2048, 2048)])
+    assert report.shapes == ((64, 64, 1),)
+    assert "Not warming up 2048x2048 x1: The image is too large" in caplog.text
+    assert "Compiled and warmed up 64x64 x1 in" in caplog.text
 
 
 def test_without_compile_the_engine_warms_nothing_up(engine: Engine) -> None:
