@@ -32,7 +32,14 @@ from pipeline.acceleration import (
 )
 from pipeline.engine import Engine
 from pipeline.errors import InvalidRequestError
-from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
+from pipeline.loading import (
+    HashCache,
+    LoadedModel,
+    ModelLoader,
+    ModelSource,
+    SourceKind,
+    load_model,
+)
 from pipeline.request import GenerationRequest
 from tests.conftest import CPU
 
@@ -356,3 +363,15 @@ def test_the_bots_engine_gets_the_configured_acceleration(
     assert engine.model.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert "_decode" in engine.model.pipe.vae.__dict__
     assert torch.get_num_threads() == 2
+
+
+def test_a_checkpoint_switch_accelerates_the_new_checkpoint(
+    models_dir: Path, cache_dir: Path
+) -> None:
+    loader = ModelLoader(models_dir, CPU, cache_dir, HashCache(cache_dir / "hashes.json"))
+    settings = Acceleration(channels_last=True, vae_tile_area=4096)
+    engine = Engine(load_tiny(models_dir, cache_dir), loader=loader, acceleration=settings)
+    assert engine.use_model("tiny-sd1-single")
+    pipe = engine.model.pipe
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert "_decode" in pipe.vae.__dict__
