@@ -10,6 +10,7 @@ seconds over compiled. Prints a table; asserts nothing.
 
     python -m bench.step                                   # CPU: mid at 256x256, fp32
     python -m bench.step --device cuda --dtype float16 --size 512 --compile unet
+    python -m bench.step --no-exact                        # EASEL_EXACT_BATCHES=false
 """
 
 from __future__ import annotations

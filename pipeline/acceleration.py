@@ -166,6 +166,7 @@ def compile_vae_decoder(vae: nn.Module, backend: str | Callable[..., Any], enabl
 
 
 def is_compiled(unet: nn.Module) -> bool:
+    """Whether `unet`'s forward is the compiled one `compile_unet` set."""
     return "forward" in unet.__dict__ and hasattr(
         unet.__dict__["forward"], "_torchdynamo_orig_callable"
     )
