@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.acceleration import Acceleration, CompileTarget
 from pipeline.validation import Limits
 
 # A webhook's secret token (Bot API, setWebhook): 1-256 characters of A-Z, a-z, 0-9, _ and -.
@@ -26,6 +27,9 @@ BATCH_MODES = ("fixed", "whole")
 # The platforms EASEL_ADMINS may name; the console's users have names, the others numeric ids.
 ADMIN_PLATFORMS = ("discord", "telegram", "console")
 _NUMERIC_ID_PLATFORMS = ("discord", "telegram")
+# EASEL_COMPILE's values: what torch.compile compiles.
+COMPILE_TARGETS = tuple(target.value for target in CompileTarget)
+_SIZE = re.compile(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*")
 # Settings whose values are never printed, not even in an error about them.
 SECRET_VARIABLES = frozenset(
     {"DISCORD_TOKEN", "TELEGRAM_TOKEN", "DATABASE_URL", "EASEL_TELEGRAM_WEBHOOK_SECRET"}
@@ -110,6 +114,30 @@ class Settings(EarlySettings):
     )
     exact_batches: bool | None = Field(
         default=None, description="Older name: true is batch_mode=fixed, false is whole."
+    )
+    compile: str = Field(
+        default="off",
+        description="torch.compile: off, unet, or unet+vae (the VAE's decoder too); compiles at "
+        "start, then steps run faster on a GPU.",
+    )
+    warmup_sizes: str = Field(
+        default="",
+        description="With EASEL_COMPILE on: sizes compiled at start besides the model's own, "
+        "WIDTHxHEIGHT comma-separated (e.g. 512x768,768x512).",
+    )
+    channels_last: bool | None = Field(
+        default=None, description="Channels-last memory format; empty: on for CUDA, off else."
+    )
+    vae_tile_area: int = Field(
+        default=1536 * 1536,
+        ge=0,
+        description="Pixels above which the VAE works in tiles (less memory); 0: never.",
+    )
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch's threads on the CPU; empty: OMP_NUM_THREADS when set, else one per "
+        "physical core this process may use.",
     )
 
     max_area: int = Field(default=1024 * 1024, ge=64 * 64)
@@ -245,11 +273,28 @@ class Settings(EarlySettings):
         "upscaler",
         "max_batch_images",
         "exact_batches",
+        "channels_last",
+        "cpu_threads",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_target(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower().replace(" ", "") or "off"
+            if value not in COMPILE_TARGETS:
+                raise ValueError(f"one of {', '.join(COMPILE_TARGETS)}, not {value!r}")
+        return value
+
+    @field_validator("warmup_sizes", mode="after")
+    @classmethod
+    def _warmup_sizes(cls, value: str) -> str:
+        parse_sizes(value)
+        return value
 
     @field_validator("telegram_webhook_secret", mode="after")
     @classmethod
@@ -298,6 +343,17 @@ class Settings(EarlySettings):
         """EASEL_ADMINS as (platform, platform user id) pairs."""
         return parse_admins(self.admins)
 
+    def warmup_size_list(self) -> tuple[tuple[int, int], ...]:
+        """EASEL_WARMUP_SIZES as (width, height) pairs."""
+        return parse_sizes(self.warmup_sizes)
+
+    def acceleration(self) -> Acceleration:
+        return Acceleration(
+            compile=CompileTarget(self.compile),
+            channels_last=self.channels_last,
+            vae_tile_area=self.vae_tile_area or None,
+        )
+
     def banned_word_list(self) -> tuple[str, ...]:
         return tuple(word.strip() for word in self.banned_words.split(",") if word.strip())
 
@@ -331,6 +387,22 @@ def parse_admins(text: str) -> tuple[tuple[str, str], ...]:
             )
         admins.append((platform, user_id))
     return tuple(admins)
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """`512x768, 768x512` -> ((512, 768), (768, 512)); each side a multiple of 8 from 64."""
+    sizes = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        match = _SIZE.fullmatch(item)
+        if match is None:
+            raise ValueError(f"{item.strip()!r} is not WIDTHxHEIGHT (e.g. 512x768,768x512)")
+        width, height = int(match[1]), int(match[2])
+        if width < 64 or height < 64 or width % 8 or height % 8:
+            raise ValueError(f"{item.strip()!r}: each side is a multiple of 8, at least 64")
+        sizes.append((width, height))
+    return tuple(dict.fromkeys(sizes))
 
 
 def check_admin(platform: str, user_id: str) -> None:

@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
 from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
@@ -186,11 +187,15 @@ class Engine:
         models_dir: Path | None = None,
         max_resident_loras: int = 4,
         loader: ModelLoader | None = None,
+        acceleration: Acceleration | None = None,
     ) -> None:
         """`batching`: how a batch's rows are cut into UNet calls (pipeline/batching.py; by
         default in fixed-size calls, so an image is the same whichever jobs shared its batch).
         `models_dir` holds the upscalers a hires fix may name.
-        `loader`: how `use_model` loads another checkpoint (None: this one only)."""
+        `loader`: how `use_model` loads another checkpoint (None: this one only).
+        `acceleration`: compile, channels-last, VAE tiling (pipeline/acceleration.py), applied
+        to every checkpoint installed."""
+        self.acceleration = acceleration or Acceleration()
         self.limits = limits or Limits()
         self.batching = batching or BatchShape()
         self.models_dir = models_dir
@@ -206,6 +211,7 @@ class Engine:
     def _install(self, model: LoadedModel) -> None:
         """Make `model` the one every pipeline call uses (the img2img pipeline shares its
         weights; LoRAs are loaded into it afresh)."""
+        accelerate(model.pipe, self.acceleration)
         self.model = model
         self.loras = LoraManager(
             model.pipe, self.models_dir or Path("models"), self.max_resident_loras
@@ -219,6 +225,24 @@ class Engine:
         self._preview_maker: PreviewMaker | None = None
         self.row_checks = RowChecks()  # kernels are checked afresh for every checkpoint
         self._unloaded = None
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = ()) -> WarmUpReport | None:
+        """With torch.compile on, compile now what the first jobs would: the checkpoint's
+        native size and `sizes`, at each UNet call shape the batching makes there (fixed-size
+        calls: one shape a size, whatever the batch holds; whole batches: one image and a full
+        request). Called at start, before jobs run; None when nothing is compiled."""
+        if not self.acceleration.compile.unet:
+            return None
+        native = self.model.native_size
+        counts = (1,)
+        if self.batching.mode is BatchMode.WHOLE:
+            counts = tuple(dict.fromkeys((1, self.limits.max_images)))
+        return warm_up(
+            self.generate,
+            [(native, native), *sizes],
+            counts,
+            self.acceleration.recompile_limit,
+        )
 
     @property
     def model_name(self) -> str:

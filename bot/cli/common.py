@@ -63,10 +63,17 @@ def _quiet_libraries() -> None:
 
 
 def _load_engine(
-    settings: Settings, model: str | None, quiet: bool, locale: str | None = None
+    settings: Settings,
+    model: str | None,
+    quiet: bool,
+    locale: str | None = None,
+    warm_up: bool = False,
 ) -> Engine:
+    """The engine on the chosen checkpoint, with the configured acceleration; `warm_up` (the
+    bot's start): with EASEL_COMPILE on, compile the sizes in use before the first job."""
     from bot.core.messages import Key, Message
     from bot.serve import console_locale
+    from pipeline.acceleration import apply_cpu_threads
     from pipeline.batching import BatchMode, BatchShape
     from pipeline.device import choose_device
     from pipeline.engine import Engine
@@ -76,6 +83,7 @@ def _load_engine(
     source = _model_source(settings, model)
     device = choose_device(settings.device, settings.dtype)
     err.print(_device_line(device, language))
+    apply_cpu_threads(settings.cpu_threads, device.device)
     hashes = HashCache(settings.cache_dir / "hashes.json")
     # A hub download draws its own progress bars, which a spinner would garble.
     spinner = not quiet and source.kind is not SourceKind.HUB
@@ -89,13 +97,17 @@ def _load_engine(
     err.print(Message(Key.STARTUP_MODEL, about).render(language))
     loader = ModelLoader(settings.models_dir, device, settings.cache_dir, hashes)
     loader.remember(source)  # a path or repo given at start can be switched back to by name
-    return Engine(
+    engine = Engine(
         loaded,
         settings.limits(),
         batching=BatchShape(BatchMode(settings.batch_mode), settings.batch_rows),
         models_dir=settings.models_dir,
         loader=loader,
+        acceleration=settings.acceleration(),
     )
+    if warm_up:
+        engine.warm_up(settings.warmup_size_list())
+    return engine
 
 
 def configured_model(settings: Settings, model: str | None) -> ModelSource | None:

@@ -101,7 +101,7 @@ def _open_bot(settings: Settings, model: str | None, locale: str | None = None) 
     engine: Engine | None = None
     if chosen:
         try:
-            engine = _load_engine(settings, chosen, quiet=False, locale=locale)
+            engine = _load_engine(settings, chosen, quiet=False, locale=locale, warm_up=True)
         except ModelLoadError as error:
             err.print(
                 f"The checkpoint chosen with `easel models use` ({chosen}) cannot be loaded: "
@@ -109,7 +109,7 @@ def _open_bot(settings: Settings, model: str | None, locale: str | None = None) 
                 "`easel models use` chooses another (or --default)."
             )
     if engine is None:
-        engine = _load_engine(settings, model, quiet=False, locale=locale)
+        engine = _load_engine(settings, model, quiet=False, locale=locale, warm_up=True)
     configured = configured_model(settings, model)
     if configured is not None and engine.loader is not None:
         engine.loader.remember(configured)  # `models use --default` may switch back to it
