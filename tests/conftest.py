@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # times slower than one thread does.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# UNet calls of one image (its prompt and negative rows) in the bots tests start: the cheapest
+# fixed shape. The batching tests run the default of 8 rows on their own engines.
+os.environ.setdefault("EASEL_BATCH_ROWS", "2")
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from hypothesis import settings
 
+from pipeline.batching import BatchMode, BatchShape
 from pipeline.device import DeviceChoice
 from pipeline.engine import Engine
 from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
@@ -80,6 +84,10 @@ def tiny_model(models_dir: Path, cache_dir: Path) -> LoadedModel:
     return load_model(source, CPU, cache_dir, HashCache(cache_dir / "hashes.json"))
 
 
+# See EASEL_BATCH_ROWS above: the shared engine pads nothing for a one-image job.
+TEST_BATCHING = BatchShape(BatchMode.FIXED, rows=2)
+
+
 @pytest.fixture(scope="session")
 def engine(tiny_model: LoadedModel) -> Iterator[Engine]:
-    yield Engine(tiny_model)
+    yield Engine(tiny_model, batching=TEST_BATCHING)

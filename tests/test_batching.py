@@ -28,6 +28,12 @@ from pipeline.request import (
 LONG_PROMPT = ", ".join(f"a tall stone tower number {index}" for index in range(16))
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model: LoadedModel) -> Engine:
+    """The product's default batching (calls of 8 rows), on the shared weights."""
+    return Engine(tiny_model)
+
+
 def request(prompt: str, **overrides: object) -> GenerationRequest:
     values: dict[str, object] = {
         "prompt": prompt,

@@ -18,6 +18,12 @@ from pipeline.request import GenerationRequest, HiresFix, ResultStatus
 from pipeline.samplers import make_scheduler, resolve_sampler
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model: LoadedModel) -> Engine:
+    """The product's default batching (calls of 8 rows), on the shared weights."""
+    return Engine(tiny_model)
+
+
 def request(prompt: str, *seeds: int, **overrides: object) -> GenerationRequest:
     values: dict[str, object] = {
         "prompt": prompt,

@@ -67,6 +67,7 @@ def test_bad_device_settings_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_batch_mode_and_its_older_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EASEL_BATCH_ROWS", raising=False)  # the tests' own setting
     assert (Settings().batch_mode, Settings().batch_rows) == ("fixed", 8)
     monkeypatch.setenv("EASEL_EXACT_BATCHES", "false")
     assert Settings().batch_mode == "whole"
