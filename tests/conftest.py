@@ -91,3 +91,30 @@ TEST_BATCHING = BatchShape(BatchMode.FIXED, rows=2)
 @pytest.fixture(scope="session")
 def engine(tiny_model: LoadedModel) -> Iterator[Engine]:
     yield Engine(tiny_model, batching=TEST_BATCHING)
+
+
+@pytest.fixture
+def unet_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The row count of every UNet forward call of `engine` (the test module's own, where it
+    has one) and of every engine on the same weights."""
+    unet = engine.pipelines[0].unet
+    original = unet.forward
+    rows: list[int] = []
+
+    def counting(sample: torch.Tensor, *args: object, **kwargs: object) -> object:
+        rows.append(sample.shape[0])
+        return original(sample, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", counting)
+    yield rows
+
+
+@pytest.fixture
+def dynamo() -> Iterator[None]:
+    """torch.compile's global state put back after the test: its recompile limit, its caches."""
+    import torch._dynamo
+
+    limit = torch._dynamo.config.recompile_limit
+    yield
+    torch._dynamo.config.recompile_limit = limit
+    torch._dynamo.reset()

@@ -258,16 +258,6 @@ def test_the_vae_encodes_in_tiles_above_the_area(models_dir: Path, cache_dir: Pa
 # --- compile's bound and the warm-up
 
 
-@pytest.fixture
-def dynamo() -> Iterator[None]:
-    import torch._dynamo
-
-    limit = torch._dynamo.config.recompile_limit
-    yield
-    torch._dynamo.config.recompile_limit = limit
-    torch._dynamo.reset()
-
-
 class Scale(nn.Module):
     def __init__(self) -> None:
         super().__init__()

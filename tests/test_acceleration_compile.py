@@ -9,7 +9,6 @@ layers, and one is enough to cover every kind of module."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +40,6 @@ def micro_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipe.save_pretrained(root / "micro")
     write_lora(pipe, root / "lora" / "style.safetensors", LoraSpec(seed=21), kohya=True)
     return root
-
-
-@pytest.fixture
-def dynamo() -> Iterator[None]:
-    import torch._dynamo
-
-    limit = torch._dynamo.config.recompile_limit
-    yield
-    torch._dynamo.config.recompile_limit = limit
-    torch._dynamo.reset()
 
 
 def new_engine(models: Path, **settings: Any) -> Engine:

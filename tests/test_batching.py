@@ -4,12 +4,11 @@ are bit-identical to running it alone, and whole batches share one UNet call."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline.batching import BatchMode, BatchShape, batch_key
@@ -73,21 +72,6 @@ def assert_each_equals_alone(
 def loose_engine(tiny_model: LoadedModel) -> Engine:
     """Same weights, but images of one conditioning shape share UNet calls."""
     return Engine(tiny_model, batching=BatchShape(BatchMode.WHOLE))
-
-
-@pytest.fixture
-def unet_batches(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The row count of every UNet forward call (the engines share one UNet)."""
-    unet = engine.pipelines[0].unet
-    original = unet.forward
-    rows: list[int] = []
-
-    def counting(sample: torch.Tensor, *args: object, **kwargs: object) -> object:
-        rows.append(sample.shape[0])
-        return original(sample, *args, **kwargs)
-
-    monkeypatch.setattr(unet, "forward", counting)
-    yield rows
 
 
 def test_different_prompts_and_seed_counts_equal_each_job_alone(engine: Engine) -> None:
@@ -166,28 +150,28 @@ def test_hires_batches_equal_each_job_alone(engine: Engine, upscaler: str) -> No
 
 
 def test_prompts_of_different_chunk_counts(
-    engine: Engine, loose_engine: Engine, unet_batches: list[int]
+    engine: Engine, loose_engine: Engine, unet_rows: list[int]
 ) -> None:
     long_job = engine.prepare(request(LONG_PROMPT))
     assert long_job.prompt.parts[0].schedule[0].text == LONG_PROMPT
     requests = [request(LONG_PROMPT, seeds=(41,)), request("a small hut", seeds=(42, 43))]
     assert_each_equals_alone(engine, requests, run_together(engine, requests))
-    unet_batches.clear()
+    unet_rows.clear()
     loose = run_together(loose_engine, requests)
     assert [len(result.images) for result in loose] == [1, 2]
     assert all(image.image.size == (64, 64) for result in loose for image in result.images)
-    assert unet_batches == [2, 4] * 4  # the long prompt's rows, then both short images'
+    assert unet_rows == [2, 4] * 4  # the long prompt's rows, then both short images'
 
 
 def test_a_loose_batch_of_plain_prompts_is_one_unet_call_per_step(
-    loose_engine: Engine, unet_batches: list[int]
+    loose_engine: Engine, unet_rows: list[int]
 ) -> None:
     requests = [
         request(f"a {thing}", seeds=(50 + index,))
         for index, thing in enumerate(("castle", "river", "forest", "harbour", "meadow"))
     ]
     loose = run_together(loose_engine, requests)
-    assert unet_batches == [10] * 4  # negative and positive rows of five images, once a step
+    assert unet_rows == [10] * 4  # negative and positive rows of five images, once a step
     assert all(result.status is ResultStatus.DONE for result in loose)
 
 

@@ -5,7 +5,6 @@ call."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -39,21 +38,6 @@ def request(prompt: str, *seeds: int, **overrides: object) -> GenerationRequest:
 
 def pixels(result_image: object) -> np.ndarray:
     return np.asarray(result_image).astype(np.int16)
-
-
-@pytest.fixture
-def unet_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The row count of every UNet forward call."""
-    unet = engine.pipelines[0].unet
-    original = unet.forward
-    rows: list[int] = []
-
-    def counting(sample: torch.Tensor, *args: object, **kwargs: object) -> object:
-        rows.append(sample.shape[0])
-        return original(sample, *args, **kwargs)
-
-    monkeypatch.setattr(unet, "forward", counting)
-    yield rows
 
 
 def checked(engine: Engine, rows: int) -> int:
