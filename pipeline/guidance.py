@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.batching import BatchMode, BatchShape, RowChecks, call_in_fixed_rows
+from pipeline.batching import BatchMode, BatchShape, RowChecks, UNetCall, call_in_fixed_rows
 from pipeline.prompts.encoding import PromptEncoder
 from pipeline.prompts.plan import PromptPlan
 
@@ -204,7 +204,7 @@ class GuidedUNet:
 
     def _run_group(
         self,
-        call: Any,
+        call: UNetCall,
         latents: torch.Tensor,
         rows: list[_ImageRows],
         group: list[int],
@@ -233,7 +233,8 @@ class GuidedUNet:
 
 
 def _same_shape(rows: list[_ImageRows]) -> list[list[int]]:
-    """The images whose stacked conditioning has one shape (rows, tokens, width), in order."""
+    """The images whose text conditioning has one shape (tokens, width), in order; their rows
+    may share UNet calls whatever each image's row count."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for image, image_rows in enumerate(rows):
         groups.setdefault(tuple(image_rows.context.shape[1:]), []).append(image)
