@@ -22,7 +22,7 @@ from pipeline.engine import Engine
 from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.lora import LoraUse
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU
+from tests.conftest import CPU, TEST_BATCHING
 from tests.lora_files import LoraSpec, write_lora
 from tests.tiny_models import TinyShape, build_random_pipeline
 
@@ -45,7 +45,9 @@ def micro_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def new_engine(models: Path, **settings: Any) -> Engine:
     source = ModelSource("micro", SourceKind.DIFFUSERS_FOLDER, str(models / "micro"))
     model = load_model(source, CPU, models, HashCache(models / "hashes.json"))
-    return Engine(model, models_dir=models, acceleration=Acceleration(**settings))
+    return Engine(
+        model, models_dir=models, acceleration=Acceleration(**settings), batching=TEST_BATCHING
+    )
 
 
 def pixels(engine: Engine, loras: tuple[LoraUse, ...] = ()) -> np.ndarray:
@@ -68,7 +70,7 @@ def test_a_compiled_unet_and_decoder_give_the_same_images_with_and_without_loras
     assert compiled.warm_up() is not None  # the native size, 64x64
     warmed = counter.frame_count
     assert warmed >= 2  # the UNet's forward and the decoder
-    # Two seeds in one fixed-size call, through the guidance wrapper and the compiled forward.
+    # Two seeds in fixed-size calls, through the guidance wrapper and the compiled forward.
     assert np.array_equal(pixels(compiled), pixels(eager))
     assert counter.frame_count == warmed  # compiled at the warm-up, reused
     assert is_compiled(unet)  # the wrapper put the compiled forward back

@@ -12,6 +12,7 @@ from pipeline.engine import Engine
 from pipeline.errors import InvalidRequestError
 from pipeline.loading import LoadedModel
 from pipeline.request import GenerationRequest, HiresFix, ProgressEvent
+from tests.conftest import TEST_BATCHING
 from tests.test_upscale import _tiny_esrgan
 
 
@@ -66,7 +67,7 @@ def test_hires_with_an_upscaler_model(tiny_model: LoadedModel, tmp_path: Path) -
 
     (tmp_path / "upscale").mkdir()
     torch.save(_tiny_esrgan(2), tmp_path / "upscale" / "Tiny-2x.pth")
-    engine = Engine(tiny_model, models_dir=tmp_path)
+    engine = Engine(tiny_model, models_dir=tmp_path, batching=TEST_BATCHING)
     hires = HiresFix(scale=2.0, upscaler="tiny-2x")
     result = engine.generate(request(hires=hires, seeds=(5,)))
     assert result.images[0].image.size == (128, 128)

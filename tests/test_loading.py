@@ -32,7 +32,7 @@ from pipeline.loading import (
     resolve_model,
 )
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU
+from tests.conftest import CPU, TEST_BATCHING
 from tests.ldm_checkpoint import save_single_file
 
 
@@ -51,7 +51,7 @@ def load(path: Path, cache: Path) -> LoadedModel:
 
 def tiny_image(model: LoadedModel) -> np.ndarray:
     request = GenerationRequest(prompt="a red fox", steps=3, seeds=(9,), width=64, height=64)
-    return np.asarray(Engine(model).generate(request).images[0].image)
+    return np.asarray(Engine(model, batching=TEST_BATCHING).generate(request).images[0].image)
 
 
 def test_single_file_loads_offline_and_matches_the_folder(
@@ -63,7 +63,7 @@ def test_single_file_loads_offline_and_matches_the_folder(
     assert single.short_hash is not None and len(single.short_hash) == 10
     assert np.array_equal(tiny_image(single), tiny_image(tiny_model))
     request = GenerationRequest(prompt="a fox", steps=1, seeds=(1,), width=64, height=64)
-    info = Engine(single).generate(request).images[0].infotext
+    info = Engine(single, batching=TEST_BATCHING).generate(request).images[0].infotext
     assert (info.model, info.model_hash) == ("tiny-sd1-single", single.short_hash)
 
 

@@ -36,6 +36,7 @@ from pipeline.presets import (
     read_presets_file,
 )
 from pipeline.request import GenerationRequest
+from tests.conftest import TEST_BATCHING
 from tests.lora_files import (
     LoraSpec,
     expected_delta,
@@ -396,7 +397,7 @@ def test_engine_prompts_go_through_the_text_encoder_lora(
     tiny_model: LoadedModel, lora_dir: Path
 ) -> None:
     """Easel encodes prompts itself; a text-encoder-only LoRA must still change its images."""
-    engine = Engine(tiny_model, models_dir=lora_dir)
+    engine = Engine(tiny_model, models_dir=lora_dir, batching=TEST_BATCHING)
 
     def image(prompt: str) -> np.ndarray:
         request = GenerationRequest(prompt=prompt, steps=2, seeds=(3,), width=64, height=64)

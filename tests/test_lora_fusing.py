@@ -14,7 +14,7 @@ from pipeline.engine import Engine
 from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU
+from tests.conftest import CPU, TEST_BATCHING
 from tests.lora_files import LoraSpec, write_lora
 from tests.test_lora import render
 from tests.tiny_models import build_random_pipeline
@@ -198,7 +198,7 @@ def engine(lora_dir: Path, random_sd1: StableDiffusionPipeline) -> Engine:
     random_sd1.save_pretrained(folder)
     source = ModelSource("tiny", SourceKind.DIFFUSERS_FOLDER, str(folder))
     model = load_model(source, CPU, lora_dir, HashCache(lora_dir / "hashes.json"))
-    return Engine(model, models_dir=lora_dir)
+    return Engine(model, models_dir=lora_dir, batching=TEST_BATCHING)
 
 
 def job_image(engine: Engine, loras: list[LoraUse]) -> np.ndarray:

@@ -16,7 +16,7 @@ from pipeline.lora import lora_hash
 from pipeline.presets import load_presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, LoraUse
-from tests.conftest import CPU
+from tests.conftest import CPU, TEST_BATCHING
 from tests.lora_files import LoraSpec, write_lora, write_not_a_lora
 
 
@@ -42,7 +42,7 @@ def engine(models: Path) -> Engine:
         "tiny", SourceKind.DIFFUSERS_FOLDER, str(models / "stable-diffusion" / "tiny")
     )
     model = load_model(source, CPU, models, HashCache(models / "hashes.json"))
-    return Engine(model, models_dir=models)
+    return Engine(model, models_dir=models, batching=TEST_BATCHING)
 
 
 def image(engine: Engine, prompt: str = "a harbour", **overrides: object) -> np.ndarray:

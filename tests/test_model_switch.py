@@ -41,6 +41,7 @@ from pipeline.loading import (
     ModelSource,
 )
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
+from tests.conftest import TEST_BATCHING
 
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
 ORIGIN = Origin("test", "chat-1")
@@ -75,7 +76,12 @@ def switching(models_dir: Path, cache_dir: Path, tmp_path: Path) -> Switching:
     for entry in (models_dir / "stable-diffusion").iterdir():
         (checkpoints / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     loader = ModelLoader(models, CPU, cache_dir, HashCache(cache_dir / "hashes.json"))
-    engine = Engine(loader.load(loader.source("tiny-sd1")), models_dir=models, loader=loader)
+    engine = Engine(
+        loader.load(loader.source("tiny-sd1")),
+        models_dir=models,
+        loader=loader,
+        batching=TEST_BATCHING,
+    )
     settings = Settings(
         _env_file=None,
         outputs_dir=tmp_path / "out",

@@ -28,6 +28,7 @@ from pipeline.previews import (
     pooling,
 )
 from pipeline.request import ProgressEvent
+from tests.conftest import TEST_BATCHING
 from tests.test_batching import request
 
 CPU = torch.device("cpu")
@@ -255,7 +256,7 @@ def test_the_engine_uses_taesd_from_its_models_folder(
     tiny_model: LoadedModel, tmp_path: Path
 ) -> None:
     tiny_taesd().save_pretrained(tmp_path / "vae-approx" / "taesd")
-    engine = Engine(tiny_model, models_dir=tmp_path)
+    engine = Engine(tiny_model, models_dir=tmp_path, batching=TEST_BATCHING)
     events: list[ProgressEvent] = []
     engine.run(engine.prepare(request("a castle", steps=2)), events.append, preview_every=0.0)
     assert engine.preview_maker().decoder.name == "taesd"
