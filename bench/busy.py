@@ -39,14 +39,19 @@ class HeldExecutor(LocalExecutor):
     def hold(self) -> None:
         self._open.clear()
 
-    def release(self) -> None:
+    def resume(self) -> None:
         self._open.set()
 
     async def run(
-        self, tasks: Sequence[Task], on_progress: ProgressSink, preview_every: float | None = None
+        self,
+        tasks: Sequence[Task],
+        on_progress: ProgressSink,
+        preview_every: float | None = None,
+        run_id: str | None = None,
+        slot: str | None = None,
     ) -> list[TaskOutcome]:
         await self._open.wait()
-        return await super().run(tasks, on_progress, preview_every)
+        return await super().run(tasks, on_progress, preview_every, run_id, slot)
 
 
 async def keep_one_running(bot: Bot, executor: HeldExecutor) -> None:

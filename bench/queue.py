@@ -41,7 +41,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,9 +382,25 @@ class NoExecutor:
         raise NotImplementedError
 
     async def run(
-        self, tasks: Sequence[Task], on_progress: object, preview_every: float | None = None
+        self,
+        tasks: Sequence[Task],
+        on_progress: object,
+        preview_every: float | None = None,
+        run_id: str | None = None,
+        slot: str | None = None,
     ) -> list[TaskOutcome]:
         raise NotImplementedError
+
+    remote = False
+
+    def can_start(self, model: str | None = None) -> bool:
+        return False
+
+    def reserve(self, model: str | None = None, loras: Collection[str] = ()) -> str | None:
+        return None
+
+    def release(self, slot: str) -> None:
+        pass
 
     def cancel(self, task_id: int) -> None:
         pass

@@ -125,7 +125,7 @@ async def serving(
         await first_of(polling, front_end)
         yield bot, executor
     finally:
-        executor.release()
+        executor.resume()
         stop.set()
         await asyncio.wait_for(front_end, WAIT_S)
         await bot.service.stop()

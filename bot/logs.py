@@ -249,6 +249,8 @@ class _SecretValues(BaseSettings):
     telegram_token: str = Field(default="", validation_alias="TELEGRAM_TOKEN")
     telegram_webhook_secret: str = ""
     database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    broker_url: str = ""
+    result_url: str = ""
 
 
 def configured_secrets() -> list[Secret]:
@@ -262,6 +264,8 @@ def configured_secrets() -> list[Secret]:
         values.telegram_token,
         values.telegram_webhook_secret,
         values.database_url,
+        values.broker_url,
+        values.result_url,
     )
 
 
@@ -272,12 +276,20 @@ def secrets_of(settings: Settings) -> list[Secret]:
         _plain(settings.telegram_token),
         _plain(settings.telegram_webhook_secret),
         settings.database_url,
+        settings.broker_url or "",
+        settings.result_url or "",
     )
 
 
 def secret_list(
-    discord_token: str, telegram_token: str, webhook_secret: str, database_url: str
+    discord_token: str,
+    telegram_token: str,
+    webhook_secret: str,
+    database_url: str,
+    *other_urls: str,
 ) -> list[Secret]:
+    """The secrets to mask; `other_urls`: the broker's and the result backend's URLs, whose
+    passwords are masked as the database's is."""
     secrets: list[Secret] = []
     for value, label in (
         (discord_token, "<DISCORD_TOKEN>"),
@@ -293,11 +305,18 @@ def secret_list(
                 _, found, rest = value.partition(separator)
                 if found and rest:
                     secrets.append(Secret(rest, label))
-    password = database_password(database_url)
-    if password:
-        secrets.append(Secret(password, PASSWORD))
-        secrets.append(Secret(unquote(password), PASSWORD))
+    for url in (database_url, *other_urls):
+        password = database_password(url)
+        if password:
+            secrets.append(Secret(password, PASSWORD))
+            secrets.append(Secret(unquote(password), PASSWORD))
     return secrets
+
+
+def masked_url(url: str) -> str:
+    """A service URL fit for a log line: its password replaced by ***."""
+    password = database_password(url)
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
 def database_password(url: str) -> str | None:

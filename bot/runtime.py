@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bot.core.bus import EventBus
@@ -76,22 +76,30 @@ class Bot:
 
 def build_bot(
     settings: Settings,
-    engine: Engine,
+    engine: Engine | None,
     store: Store,
     executor: Executor | None = None,
     default_model: str | None = None,
+    native_size: int | None = None,
 ) -> Bot:
     """The job service on `engine`. Jobs are queued for the checkpoint an operator chose
     (`easel models use`), else `default_model` (the configured one; by default the one
     loaded now); the executor loads a batch's checkpoint before running it. A reload asked
-    from another process (`easel presets reload`) re-reads presets.toml and the vocabulary."""
-    config = core_config(settings, engine.model.pipe.device.type != "cpu")
+    from another process (`easel presets reload`) re-reads presets.toml and the vocabulary.
+    Without an engine (remote GPU workers run the jobs), `executor`, `default_model` and
+    `native_size` (the default checkpoint's) are required."""
+    if engine is None:
+        assert executor is not None and default_model is not None and native_size is not None
+    on_gpu = engine is None or engine.model.pipe.device.type != "cpu"
+    config = replace(core_config(settings, on_gpu), lease_seconds=settings.lease_seconds)
     if executor is None:
         from pipeline.executors.local import LocalExecutor
 
+        assert engine is not None
         executor = LocalExecutor(engine, settings.models_dir)
     bus = EventBus(config.progress_interval, chat_interval=config.progress_chat_interval)
-    dispatcher = Dispatcher(store, executor, config, bus, loaded_model=engine.model_name)
+    loaded = engine.model_name if engine is not None else None
+    dispatcher = Dispatcher(store, executor, config, bus, loaded_model=loaded)
     sources = Sources(settings.models_dir)
     service = JobService(
         store,
@@ -99,12 +107,46 @@ def build_bot(
         config,
         vocabulary=sources.vocabulary,
         presets=sources.presets,
-        native_size=engine.model.native_size,
+        native_size=native_size or engine.model.native_size,  # type: ignore[union-attr]
         reload=sources.reload,
-        default_model=default_model or engine.model_name,
+        default_model=default_model or loaded,
     )
     grant_admins(service, settings)
     return Bot(service, store, executor)
+
+
+def build_remote_bot(settings: Settings, store: Store, model: str | None = None) -> Bot:
+    """The job service with its batches run by GPU workers on other machines (`easel
+    worker`, through EASEL_BROKER_URL): no weights here. Jobs are checked against their
+    checkpoint's config and tokenizer files in this machine's models folder, and LoRA names
+    against its `lora` folder and the files the workers announce. The default checkpoint is
+    `model`, else EASEL_MODEL, else the only one in the models folder."""
+    from pipeline.executors.preparer import OfflinePreparer
+    from pipeline.executors.remote.executor import RemoteExecutor
+    from pipeline.loading import resolve_model
+
+    assert settings.broker_url is not None, "checked by Settings for EASEL_EXECUTOR=celery"
+    source = resolve_model(model or settings.model, settings.models_dir)
+    executor: RemoteExecutor | None = None
+
+    def announced_loras() -> set[str]:
+        return executor.lora_names() if executor is not None else set()
+
+    preparer = OfflinePreparer(
+        settings.models_dir, settings.limits(), announced_loras, default_model=source.name
+    )
+    preparer.remember(source)
+    native_size = preparer.traits(source.name).native_size
+    executor = RemoteExecutor(
+        settings.broker_url,
+        preparer,
+        lease_seconds=settings.lease_seconds,
+        max_bytes=settings.max_transfer_mb * 2**20,
+        result_url=settings.result_url,
+    )
+    return build_bot(
+        settings, None, store, executor, default_model=source.name, native_size=native_size
+    )
 
 
 def grant_admins(service: JobService, settings: Settings) -> None:

@@ -27,12 +27,20 @@ BATCH_MODES = ("fixed", "whole")
 # The platforms EASEL_ADMINS may name; the console's users have names, the others numeric ids.
 ADMIN_PLATFORMS = ("discord", "telegram", "console")
 _NUMERIC_ID_PLATFORMS = ("discord", "telegram")
+EXECUTORS = ("local", "celery")
 # EASEL_COMPILE's values: what torch.compile compiles.
 COMPILE_TARGETS = tuple(target.value for target in CompileTarget)
 _SIZE = re.compile(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*")
 # Settings whose values are never printed, not even in an error about them.
 SECRET_VARIABLES = frozenset(
-    {"DISCORD_TOKEN", "TELEGRAM_TOKEN", "DATABASE_URL", "EASEL_TELEGRAM_WEBHOOK_SECRET"}
+    {
+        "DISCORD_TOKEN",
+        "TELEGRAM_TOKEN",
+        "DATABASE_URL",
+        "EASEL_TELEGRAM_WEBHOOK_SECRET",
+        "EASEL_BROKER_URL",
+        "EASEL_RESULT_URL",
+    }
 )
 
 
@@ -158,6 +166,34 @@ class Settings(EarlySettings):
         validation_alias="DATABASE_URL",
         description="Any SQLAlchemy URL; SQLite by default.",
     )
+    executor: str = Field(
+        default="local",
+        description="Where batches run: local (this process's GPU) or celery (GPU workers "
+        "started with `easel worker`, through EASEL_BROKER_URL).",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="The Redis that carries batches to GPU workers, e.g. redis://host:6379/0.",
+    )
+    result_url: str | None = Field(
+        default=None, description="Where workers' results wait; empty: the broker's Redis."
+    )
+    worker_name: str | None = Field(
+        default=None,
+        description="This GPU worker's name (unique per worker); empty: the host's name, "
+        "with the device when not the default.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="A remote job's lease: its worker renews it; a worker silent this long "
+        "is taken for lost and its jobs run again.",
+    )
+    max_transfer_mb: int = Field(
+        default=64,
+        ge=1,
+        description="The largest batch or result sent between the bot and a GPU worker (MB).",
+    )
     max_batch_images: int | None = Field(
         default=None, ge=1, description="Images per pipeline call; empty: 4 on CPU, 8 on GPU."
     )
@@ -232,6 +268,24 @@ class Settings(EarlySettings):
         description="Seconds between progress updates in one Telegram group (20 messages a "
         "minute at most there).",
     )
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _known_executor(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower() or "local"
+            if value not in EXECUTORS:
+                raise ValueError(f"must be one of {', '.join(EXECUTORS)}, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _broker_for_celery(self) -> Settings:
+        if self.executor == "celery" and not self.broker_url:
+            raise ValueError(
+                "EASEL_EXECUTOR=celery needs EASEL_BROKER_URL (the Redis both the bot and "
+                "the workers reach, e.g. redis://10.0.0.5:6379/0)"
+            )
+        return self
 
     @field_validator("batch_mode", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from bot.cli import (
     running,
     stats,
     users,
+    worker,
 )
 from bot.cli.common import HELP_STYLE, _device_line, early_settings, err, export_hub_offline
 from bot.cli.texts import bilingual
@@ -74,6 +75,11 @@ app.command(help=retention.HELP)(retention.prune)
 _command(doctor.doctor, doctor.DOCTOR_HELP_KO)
 _command(running.chat, "여기서 봇과 대화합니다: /imagine, /u 2, /v 3, /remix, /history, /help.")
 _command(running.run, "봇을 실행합니다: 토큰이 있으면 Discord와 Telegram, 없으면 콘솔 대화.")
+_command(
+    worker.worker,
+    "GPU 워커를 실행합니다: EASEL_BROKER_URL(Redis)과 공유 데이터베이스(DATABASE_URL)를 통해 "
+    "봇의 배치를 받아 실행합니다. Ctrl-C로 멈춥니다.",
+)
 
 
 def with_bare_hires(argv: list[str]) -> list[str]:

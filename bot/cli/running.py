@@ -11,11 +11,13 @@ import typer
 from bot.cli.common import _load_engine, _quiet_libraries, configured_model, err
 from bot.cli.output import ModelOption
 from bot.cli.texts import bilingual
+from bot.logs import masked_url
 from bot.settings import Settings
 from pipeline.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from bot.runtime import Bot
+    from bot.store import Store
     from pipeline.engine import Engine
 
 
@@ -54,6 +56,17 @@ def chat(
 
 def run(
     model: ModelOption = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help=bilingual(
+                "local (this machine's GPU) or celery (GPU workers started with `easel "
+                "worker`); default: EASEL_EXECUTOR.",
+                "local(이 컴퓨터의 GPU) 또는 celery(`easel worker`로 띄운 GPU 워커). "
+                "기본: EASEL_EXECUTOR.",
+            )
+        ),
+    ] = None,
     lang: Annotated[
         str | None,
         typer.Option(
@@ -76,7 +89,7 @@ def run(
         wanted_front_ends,
     )
 
-    settings = Settings()
+    settings = Settings() if executor is None else Settings(executor=executor)
     front_ends = load_front_ends(wanted_front_ends(settings))
     for front_end in front_ends:  # a refused token stops here, before the model loads
         asyncio.run(front_end.check_token(settings))
@@ -90,6 +103,23 @@ def run(
         asyncio.run(serve_console(bot, settings, sys.stdin, sys.stdout, locale))
 
 
+def _remote_bot(settings: Settings, store: Store, model: str | None) -> Bot:
+    """The bot without weights: GPU workers run its batches."""
+    from bot.runtime import build_remote_bot
+
+    try:
+        bot = build_remote_bot(settings, store, model)
+    except BaseException:
+        store.close()
+        raise
+    broker = masked_url(settings.broker_url or "")
+    err.print(
+        f"Batches go to GPU workers through {broker}: start them with `easel worker` on the "
+        "GPU machines."
+    )
+    return bot
+
+
 def _open_bot(settings: Settings, model: str | None, locale: str | None = None) -> Bot:
     """The bot on the checkpoint an operator chose with `easel models use` (kept across
     restarts), else the configured one."""
@@ -98,6 +128,8 @@ def _open_bot(settings: Settings, model: str | None, locale: str | None = None) 
     _quiet_libraries()
     store = open_store(settings, hold_bot_lock=True)
     chosen = store.control_state().model
+    if settings.executor == "celery":
+        return _remote_bot(settings, store, model)
     engine: Engine | None = None
     if chosen:
         try:

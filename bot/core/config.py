@@ -28,6 +28,10 @@ class CoreConfig:
     progress_interval: float = 2.0
     shutdown_timeout: float = 60.0
     max_attempts: int = MAX_ATTEMPTS
+    # Remote workers: a worker renews its jobs' lease this often x3; a job whose worker was
+    # lost this many times fails rather than take down yet another worker.
+    lease_seconds: float = 30.0
+    max_worker_losses: int = 2
     progress_chat_interval: float = 1.0  # progress edits in one chat, at most this often
     # A result a front end failed to deliver is tried again after these many seconds (the
     # last one repeats) while the bot runs, and at the next start.

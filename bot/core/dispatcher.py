@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from enum import StrEnum
@@ -35,7 +36,7 @@ from bot.core.events import (
 from bot.core.messages import Key, Localized, Message, error_text, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
 from bot.core.words import nsfw_word
-from bot.core.work import KIND_KEYS, lora_signature, prompt_preview, work_of
+from bot.core.work import KIND_KEYS, lora_names, lora_signature, prompt_preview, work_of
 from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
 from bot.store import (
     ControlState,
@@ -66,6 +67,9 @@ PAUSE_POLL_SECONDS = 0.5
 # The shared control row is read this often: a change made by another process (the admin
 # command line cancels a job, bans a user, clears the queue) takes effect within it.
 CONTROL_POLL_SECONDS = 0.5
+# With jobs queued and no slot free for them, the loop looks again this often: a remote worker
+# that comes up frees slots without anything in this process waking the loop.
+SLOT_POLL_SECONDS = 0.5
 ControlListener = Callable[[ControlState, ControlState], None]
 
 
@@ -117,6 +121,13 @@ class Dispatcher:
         self._watch_task: asyncio.Task[None] | None = None
         self._fatal = asyncio.Event()
         self.fatal_error: StoreError | None = None  # the database cannot go on
+        # Batches started and not yet ended (several at once with remote workers), with their
+        # jobs as they were queued: their users count as running from the moment they start.
+        self._batches: dict[asyncio.Task[None], Sequence[QueuedJob]] = {}
+        self._runs: dict[int, str] = {}  # running job -> its run id
+        self._store_retry_at = 0.0  # after a database error, no batch starts before this
+        self._detaching = False  # stopping with remote runs left to their workers
+        self._lease_task: asyncio.Task[None] | None = None
         store.fatal.add(self._database_failed)
 
     # ------------------------------------------------------------------ lifecycle
@@ -125,7 +136,10 @@ class Dispatcher:
         exhausted = message_to_json(
             Message(Key.FAILED_CRASHED, {"attempts": self.config.max_attempts})
         )
-        recovery = self.store.recover(self.config.max_attempts, exhausted)
+        remote = self.executor.remote
+        if remote:  # its workers' announcements, before the first batch is placed
+            await self.executor.start()  # type: ignore[attr-defined]
+        recovery = self.store.recover(self.config.max_attempts, exhausted, keep_leased=remote)
         if recovery.requeued or recovery.failed:
             log.info(
                 "Recovered after a stop: %d job(s) queued again, %d failed",
@@ -147,8 +161,68 @@ class Dispatcher:
         self._control = self._read_control()
         if self.paused():
             log.warning("The queue is paused: no job starts until an admin resumes it")
+        if remote:
+            self._adopt_leased_runs()
+            self._lease_task = asyncio.create_task(self._watch_leases(), name="easel-leases")
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
         self._watch_task = asyncio.create_task(self._watch_control(), name="easel-control")
+
+    def _adopt_leased_runs(self) -> None:
+        """Runs that remote workers still hold under a live lease (this bot restarted while
+        they ran): follow them to their results instead of running them again."""
+        for run_id, job_ids in self.store.leased_runs().items():
+            jobs = [job for job in (self.store.job(job_id) for job_id in job_ids) if job]
+            if not jobs:
+                continue
+            worker = jobs[0].worker or ""
+            log.info(
+                "Run %s (jobs %s) is still on worker %s: waiting for its result",
+                run_id,
+                ", ".join(str(job.id) for job in jobs),
+                worker,
+            )
+            queued = {job.id: self.queued_job(job) for job in jobs}
+            for job in jobs:
+                self._pending[job.id] = job.origin_platform
+            tasks = [Task(job.id, work_of(job)) for job in jobs]
+            adoption = self.executor.adopt(  # type: ignore[attr-defined]
+                tasks, self._progress_sink(jobs), self._preview_interval(jobs), run_id, worker
+            )
+            task = asyncio.create_task(self._guarded(self._follow(jobs, run_id, queued, adoption)))
+            self._batches[task] = list(queued.values())
+            task.add_done_callback(self._batch_ended)
+
+    async def _watch_leases(self) -> None:
+        """Leases that ran out (their worker died without a word) give their runs up: the
+        jobs go back to the queue, or fail once out of attempts."""
+        every = max(0.2, self.config.lease_seconds / 3)
+        while not self._stopping:
+            await asyncio.sleep(every)
+            try:
+                expired = self.store.expired_leases()
+            except StoreError as error:
+                log.warning("Cannot read the remote runs' leases: %s", error)
+                continue
+            for run_id, job_ids in expired.items():
+                followed = [job_id for job_id in job_ids if self._runs.get(job_id) == run_id]
+                if followed:
+                    self.executor.abandon(run_id)  # type: ignore[attr-defined]
+                    continue
+                await self._requeue_unfollowed(run_id, job_ids)
+
+    async def _requeue_unfollowed(self, run_id: str, job_ids: Sequence[int]) -> None:
+        """A lost run this bot does not follow (it was another bot's, before a restart)."""
+        recovery = self.store.requeue_lost(
+            run_id, job_ids, self.config.max_worker_losses, self._worker_lost_text(), ran=True
+        )
+        for job_id in recovery.requeued:
+            job = self.store.job(job_id)
+            if job is not None and job_id not in self.scheduler:
+                self.enqueue(job)
+                lifecycle.requeued(job, self.user)
+        for job_id in recovery.failed:
+            self._in_background(self._deliver_final(job_id))
+        self._wake.set()
 
     def _database_failed(self, error: StoreError) -> None:
         """The database cannot go on: take no new batch, and let the bot stop saying why."""
@@ -168,14 +242,21 @@ class Dispatcher:
     async def stop(self) -> int:
         """Take no new batch; let the running one finish within the timeout, else stop it
         (its jobs go back to the queue). Queued jobs stay queued in the database. How many
-        running jobs the timeout stopped (0: the batch finished in time, or there was none)."""
+        running jobs the timeout stopped (0: the batch finished in time, or there was none).
+        Remote runs are left to their workers: their leases keep them, and the next start
+        waits for their results."""
         self._stopping = True
         self._wake.set()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        for task in (self._watch_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch_task = self._lease_task = None
+        if self.executor.remote:
+            self._detaching = True
+            for batch in list(self._batches):
+                batch.cancel()
         stopped = 0
         if self._loop_task is None:
             return stopped
@@ -202,7 +283,13 @@ class Dispatcher:
 
     def stop_now(self) -> int:
         """Stop the running batch at once (during `stop`); its jobs go back to the queue
-        without using up an attempt."""
+        without using up an attempt. Remote runs stay with their workers (see `stop`)."""
+        if self.executor.remote:
+            self._stopping = self._detaching = True
+            self._wake.set()
+            for batch in list(self._batches):
+                batch.cancel()
+            return 0
         self._stopping = True
         self._shutting_down = True
         self._wake.set()
@@ -286,6 +373,7 @@ class Dispatcher:
             batch_key=job.batch_key,
             lora_set=lora_signature(work),
             model=work.model or "",
+            lora_names=lora_names(work),
         )
 
     def enqueue(self, job: JobRecord, owner: UserRecord | None = None) -> int:
@@ -477,37 +565,72 @@ class Dispatcher:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while not self._stopping:
-            if self.paused(fresh=True):
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), PAUSE_POLL_SECONDS)
-                continue
-            batch = self.scheduler.next_batch(
-                Counter(job.user_id for job in self._running.values()),
-                self._running_cap,
-                self._active_loras,
-                self._active_model,
-            )
-            if not batch:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                await self._run_batch(batch)
-                self._store_failures = 0
-            except (DatabaseReplacedError, DatabaseCorruptError):
-                return  # the store told `_database_failed`
-            except StoreError as error:
-                # The jobs went back to the queue; the database may recover (space freed).
-                self._store_failures += 1
-                delay = STORE_RETRY_DELAYS[min(self._store_failures, len(STORE_RETRY_DELAYS)) - 1]
-                log.error("The database failed: %s; trying again in %.0f s", error, delay)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-            except Exception:  # the loop must outlive any one batch
-                log.exception("A batch failed outside the executor")
+        """Start batches while slots are free (one with the local executor; one per free
+        engine of the remote workers), fairly; each runs as its own task."""
+        try:
+            while not self._stopping:
+                if self.paused(fresh=True):
+                    await self._nap(PAUSE_POLL_SECONDS)
+                    continue
+                wait = self._store_retry_at - time.monotonic()
+                if wait > 0:  # the database failed: the jobs went back to the queue
+                    await self._nap(wait)
+                    continue
+                batch = self.scheduler.next_batch(
+                    self._running_users(),
+                    self._running_cap,
+                    self._active_loras,
+                    self._active_model,
+                    runnable=lambda job: self.executor.can_start(job.model or None),
+                )
+                if not batch:
+                    await self._nap(SLOT_POLL_SECONDS if len(self.scheduler) else None)
+                    continue
+                slot = self.executor.reserve(batch[0].model or None, _lora_names(batch))
+                if slot is None:  # taken meanwhile (can_start said otherwise): next time
+                    for item in batch:
+                        self.scheduler.add(item)
+                    await self._nap(SLOT_POLL_SECONDS)
+                    continue
+                task = asyncio.create_task(self._guarded(self._run_batch(batch, slot)))
+                self._batches[task] = batch
+                task.add_done_callback(self._batch_ended)
+        finally:
+            if self._batches:
+                await asyncio.gather(*self._batches, return_exceptions=True)
+
+    async def _nap(self, seconds: float | None) -> None:
+        """Wait for something to do: a job queued, a batch ended, a resume (or `seconds`)."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _batch_ended(self, task: asyncio.Task[None]) -> None:
+        self._batches.pop(task, None)
+        self._wake.set()
+
+    def _running_users(self) -> Counter[int]:
+        """Each user's jobs in batches that started (counted before their rows say so)."""
+        return Counter(item.user_id for batch in self._batches.values() for item in batch)
+
+    async def _guarded(self, run: Coroutine[Any, Any, None]) -> None:
+        """One batch; whatever it raises stays here: the loop outlives any batch."""
+        try:
+            await run
+            self._store_failures = 0
+        except (DatabaseReplacedError, DatabaseCorruptError):
+            return  # the store told `_database_failed`
+        except StoreError as error:
+            # The jobs went back to the queue; the database may recover (space freed).
+            self._store_failures += 1
+            delay = STORE_RETRY_DELAYS[min(self._store_failures, len(STORE_RETRY_DELAYS)) - 1]
+            log.error("The database failed: %s; trying again in %.0f s", error, delay)
+            self._store_retry_at = time.monotonic() + delay
+        except asyncio.CancelledError:
+            if not self._detaching:
+                raise
+        except Exception:
+            log.exception("A batch failed outside the executor")
 
     async def _settled(self, job_id: int) -> None:
         """A job left the queue for good (or until the next start)."""
@@ -519,39 +642,65 @@ class Dispatcher:
         user = self.user(user_id)
         return self.config.running_cap(user.role, user.max_running)
 
-    async def _run_batch(self, batch: Sequence[QueuedJob]) -> None:
-        """Run one batch. Every job ends recorded (done, failed, cancelled or queued again
-        for a shutdown) and settled, whatever raises on the way."""
+    async def _run_batch(self, batch: Sequence[QueuedJob], slot: str) -> None:
+        """Run one batch in the slot reserved for it. Every job ends recorded (done,
+        failed, cancelled, or queued again for a shutdown or a lost worker) and settled,
+        whatever raises on the way."""
         ids = [item.job_id for item in batch]
         queued = {item.job_id: item for item in batch}
+        run_id = uuid.uuid4().hex
         try:
-            started = self.store.mark_running(ids)
+            started = self.store.mark_running(ids, run_id=run_id)
+            jobs = [job for job in (self.store.job(job_id) for job_id in started) if job]
         except StoreError:
+            self.executor.release(slot)
             for item in batch:
                 self.scheduler.add(item)
             raise
-        jobs = [job for job in (self.store.job(job_id) for job_id in started) if job is not None]
+        if not jobs:
+            self.executor.release(slot)
+        await self._follow(jobs, run_id, queued, self._execute(jobs, run_id, slot), set(ids))
+
+    async def _follow(
+        self,
+        jobs: Sequence[JobRecord],
+        run_id: str,
+        queued: dict[int, QueuedJob],
+        execution: Coroutine[Any, Any, list[TaskOutcome]],
+        asked: set[int] | None = None,
+    ) -> None:
+        """Await a run's outcomes and record them. `asked`: the ids the batch was started
+        with (a missing one was cancelled or deleted from another process just before)."""
         for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
+            self._runs[job.id] = run_id
             lifecycle.started(job, self.user)
-        for gone in set(ids) - {job.id for job in jobs}:
-            # Cancelled from another process, or deleted, just before it started.
+        for gone in (asked or set()) - {job.id for job in jobs}:
             await self._left_queue_elsewhere(gone)
         recorded: set[int] = set()
         delivering: set[int] = set()
+        requeued: set[int] = set()
         store_failed = False
         try:
-            outcomes = await self._execute(jobs)
-            self._active_loras = batch[0].lora_set
-            if batch[0].model and any(o.status is OutcomeStatus.DONE for o in outcomes):
-                self._active_model = batch[0].model
+            outcomes = await execution if jobs else []
+            if jobs:
+                self._active_loras = lora_signature(work_of(jobs[0]))
+            model = work_of(jobs[0]).model if jobs else None
+            if model and any(o.status is OutcomeStatus.DONE for o in outcomes):
+                self._active_model = model
             images = sum(max(1, len(outcome.images)) for outcome in outcomes) or 1
             for job, outcome in zip(jobs, outcomes, strict=True):
                 share = outcome.seconds * max(1, len(outcome.images)) / images
-                if await self._record_safely(job, outcome, share):
+                if outcome.status in (OutcomeStatus.LOST, OutcomeStatus.NOT_TAKEN):
+                    if await self._lost(job, outcome, run_id):
+                        delivering.add(job.id)
+                    else:
+                        requeued.add(job.id)
+                elif await self._record_safely(job, outcome, share, run_id):
                     # Uploads can take seconds: the next batch need not wait for them.
-                    self._in_background(self._deliver_and_settle(job.id))
                     delivering.add(job.id)
+                if job.id in delivering:
+                    self._in_background(self._deliver_and_settle(job.id))
                 recorded.add(job.id)
         except StoreError:
             store_failed = True
@@ -563,13 +712,45 @@ class Dispatcher:
                     # As it was queued: rebuilding it would read its owner from the
                     # database that just failed.
                     self.scheduler.add(queued[job.id])
-                elif again:  # the loop is being torn down mid-batch
+                elif again and not self._detaching:  # the loop is being torn down mid-batch
                     self.store.requeue([job.id], refund_attempt=True)
                 self._running.pop(job.id, None)
+                self._runs.pop(job.id, None)
                 self._previews.pop(job.id, None)
                 self._cancel_requested.discard(job.id)
-                if job.id not in delivering and not (again and store_failed):
+                settle = not (again and store_failed) and job.id not in requeued
+                if job.id not in delivering and settle and not (again and self._detaching):
                     await self._settled(job.id)
+
+    def _worker_lost_text(self) -> str:
+        losses = self.config.max_worker_losses
+        return message_to_json(Message(Key.FAILED_WORKER_LOST, {"attempts": losses}))
+
+    async def _lost(self, job: JobRecord, outcome: TaskOutcome, run_id: str) -> bool:
+        """The worker running the job was lost: it goes back to the queue (no attempt spent
+        when the worker never took it), or fails once out of attempts, or ends cancelled when
+        someone asked; True when a result (the failure) is to be delivered."""
+        ran = outcome.status is OutcomeStatus.LOST
+        recovery = self.store.requeue_lost(
+            run_id, [job.id], self.config.max_worker_losses, self._worker_lost_text(), ran=ran
+        )
+        if job.id in recovery.requeued:
+            log.warning("Job %s: its GPU worker was lost; it is queued again", job.id)
+            fresh = self.store.job(job.id)
+            if fresh is not None:
+                self.scheduler.add(self.queued_job(fresh))
+                lifecycle.requeued(fresh, self.user)
+            return False
+        if job.id in recovery.failed:
+            log.error("Job %s: its GPU worker was lost %d times; it fails", job.id, job.attempts)
+            lifecycle.failed(job, self.user, "worker_lost")
+            return True
+        if job.id in getattr(recovery, "cancelled", ()):
+            lifecycle.cancelled(job, self.user)
+            self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
+        else:  # finished or queued again by someone else meanwhile
+            log.warning("Job %s: run %s was lost, and the job had moved on", job.id, run_id)
+        return False
 
     async def _left_queue_elsewhere(self, job_id: int) -> None:
         job = self.store.job(job_id)
@@ -584,7 +765,9 @@ class Dispatcher:
         finally:
             await self._settled(job_id)
 
-    async def _execute(self, jobs: Sequence[JobRecord]) -> list[TaskOutcome]:
+    async def _execute(
+        self, jobs: Sequence[JobRecord], run_id: str, slot: str
+    ) -> list[TaskOutcome]:
         """The executor's outcomes; anything that goes wrong before or inside it fails the
         batch's jobs with the error, never the loop."""
         try:
@@ -592,7 +775,9 @@ class Dispatcher:
             for job in jobs:
                 self._emit(job, EventKind.STARTED, Reply(Message(Key.STARTED, self._about(job))))
             previews = self._preview_interval(jobs)
-            return await self.executor.run(tasks, self._progress_sink(jobs), previews)
+            return await self.executor.run(
+                tasks, self._progress_sink(jobs), previews, run_id=run_id, slot=slot
+            )
         except Exception as error:
             failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
             return [TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure) for job in jobs]
@@ -604,23 +789,37 @@ class Dispatcher:
             return self.config.progress_interval
         return None
 
-    async def _record_safely(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
+    async def _record_safely(
+        self, job: JobRecord, outcome: TaskOutcome, seconds: float, run_id: str
+    ) -> bool:
         """Record one job; an error here (a full disk under the outputs) fails that job, not
         the batch. A database that fails is the loop's to handle: nothing can be recorded."""
         try:
-            return await self._record(job, outcome, seconds)
+            return await self._record(job, outcome, seconds, run_id)
         except StoreError:
             raise
         except OutputsError as error:
             log.error("Saving job %s failed: %s", job.id, error.detail)
             key = _OUTPUTS_REASONS.get(error.reason)
             if key is None:
-                return await self._record(job, _failed_outcome(job, error), seconds)
-            self.store.mark_failed(job.id, message_to_json(Message(key)), error.detail)
+                return await self._record(job, _failed_outcome(job, error), seconds, run_id)
+            message = message_to_json(Message(key))
+            if not self.store.mark_failed(job.id, message, error.detail, run_id=run_id):
+                return self._dropped(job, run_id)
             lifecycle.failed(job, self.user, error.reason)
             return True
         except Exception as error:
-            return await self._record(job, _failed_outcome(job, error), seconds)
+            return await self._record(job, _failed_outcome(job, error), seconds, run_id)
+
+    def _dropped(self, job: JobRecord, run_id: str) -> bool:
+        """A result for a job that is no longer this run's (finished, cancelled or queued
+        again meanwhile: a worker given up as lost came back) is not recorded."""
+        log.warning(
+            "Job %s: a result from run %s arrived after the job had moved on; dropped",
+            job.id,
+            run_id,
+        )
+        return False
 
     def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
         flagged = {job.id: self._flagged(job) for job in jobs}  # previews go behind spoilers too
@@ -642,19 +841,27 @@ class Dispatcher:
 
         return on_progress
 
-    async def _record(self, job: JobRecord, outcome: TaskOutcome, seconds: float) -> bool:
-        """Write the outcome to the job's row; True when a result (done or failed) is to be
-        delivered. `seconds`: this job's share of the batch's time, for the ETA."""
+    async def _record(
+        self, job: JobRecord, outcome: TaskOutcome, seconds: float, run_id: str
+    ) -> bool:
+        """Write the outcome to the job's row, if the row is still this run's; True when a
+        result (done or failed) is to be delivered. `seconds`: this job's share of the
+        batch's time, for the ETA."""
         if outcome.status is OutcomeStatus.DONE:
+            saved = await asyncio.to_thread(self._save, job, outcome)
+            grid = _text(saved.grid)
+            if not self.store.mark_done(job.id, saved.records, grid, seconds, run_id=run_id):
+                await asyncio.to_thread(_remove_saved, saved)
+                return self._dropped(job, run_id)
             if self._recent is not None:
                 self._recent.append((seconds, max(1, len(outcome.images))))
-            saved = await asyncio.to_thread(self._save, job, outcome)
-            self.store.mark_done(job.id, saved.records, _text(saved.grid), seconds)
             lifecycle.finished(job, self.user, len(outcome.images), seconds)
         elif outcome.status is OutcomeStatus.FAILED:
             assert outcome.failure is not None
             message = self._failure_message(job, outcome.failure)
-            self.store.mark_failed(job.id, message_to_json(message), outcome.failure.trace)
+            trace = outcome.failure.trace
+            if not self.store.mark_failed(job.id, message_to_json(message), trace, run_id=run_id):
+                return self._dropped(job, run_id)
             lifecycle.failed(job, self.user, outcome.failure.kind)
         elif self._shutting_down and job.id not in self._cancel_requested:
             # Stopped by the shutdown, not by anyone's choice: it runs again at the next start.
@@ -662,7 +869,8 @@ class Dispatcher:
             lifecycle.requeued(job, self.user)
             return False
         else:
-            self.store.mark_cancelled(job.id)
+            if not self.store.mark_cancelled(job.id, run_id=run_id):
+                return self._dropped(job, run_id)
             lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
             return False
@@ -793,6 +1001,19 @@ class Dispatcher:
 
 # What a chat user is told when a job's images could not be saved; the log has the path.
 _OUTPUTS_REASONS = {DISK_FULL: Key.FAILED_DISK_FULL, NOT_WRITABLE: Key.FAILED_NOT_WRITABLE}
+
+
+def _lora_names(batch: Sequence[QueuedJob]) -> tuple[str, ...]:
+    """The LoRAs a batch needs (its jobs share one set): a remote worker holding them is
+    preferred."""
+    return batch[0].lora_names
+
+
+def _remove_saved(saved: SavedImages) -> None:
+    """The files of a result that was dropped: nothing names them."""
+    for path in [*(Path(record.path) for record in saved.records), saved.grid]:
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 def _failed_outcome(job: JobRecord, error: BaseException) -> TaskOutcome:

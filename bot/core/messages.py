@@ -32,6 +32,7 @@ class Key(StrEnum):
     FAILED_INVALID = "failed_invalid"
     FAILED_ERROR = "failed_error"
     FAILED_CRASHED = "failed_crashed"
+    FAILED_WORKER_LOST = "failed_worker_lost"
     FAILED_INTERNAL = "failed_internal"
     FAILED_DISK_FULL = "failed_disk_full"
     FAILED_NOT_WRITABLE = "failed_not_writable"

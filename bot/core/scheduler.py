@@ -34,6 +34,7 @@ class QueuedJob:
     batch_key: str | None  # None: always runs alone
     lora_set: str = ""  # which LoRAs the job needs loaded ("" for none)
     model: str = ""  # the checkpoint it was queued for ("": whichever is loaded)
+    lora_names: tuple[str, ...] = ()  # the LoRAs of `lora_set`, by name
 
     def needs_switch(self, active_model: str | None) -> bool:
         """Whether running it means loading another checkpoint than `active_model`."""
@@ -111,12 +112,15 @@ class FairScheduler:
         running_cap: Callable[[int], int] | None = None,
         active_loras: str | None = None,
         active_model: str | None = None,
+        runnable: Callable[[QueuedJob], bool] | None = None,
     ) -> list[QueuedJob]:
         """Take the next batch off the queue ([] when nothing may run now).
 
         `running` counts each user's jobs running elsewhere; `running_cap(user)` is how many
         one user may have running at once. `active_model` and `active_loras`: what is loaded
-        now, preferred among the users whose turn it is."""
+        now, preferred among the users whose turn it is. `runnable(job)`: whether a job's
+        batch could start now (a free worker holds its checkpoint); a user whose next job
+        cannot waits, without losing their turn, while the others go."""
         running = running or {}
         cap = running_cap or (lambda _user: 1 << 30)
 
@@ -126,7 +130,7 @@ class FairScheduler:
 
         for level in sorted(self._tiers):
             tier = self._tiers[level]
-            leader = self._pick_leader(tier, running, cap, active_loras, active_model)
+            leader = self._pick_leader(tier, running, cap, active_loras, active_model, runnable)
             if leader is None:
                 continue
             batch = self._fill(leader, room)
@@ -144,6 +148,7 @@ class FairScheduler:
         cap: Callable[[int], int],
         active_loras: str | None,
         active_model: str | None = None,
+        runnable: Callable[[QueuedJob], bool] | None = None,
     ) -> QueuedJob | None:
         """One pass over the tier's users (10,000 queued jobs stay cheap): the head job of
         the user with the fewest jobs started, the loaded checkpoint first, then a loaded
@@ -156,6 +161,8 @@ class FairScheduler:
             if busy and busy >= cap(user):
                 continue
             head = queue[0]
+            if runnable is not None and not runnable(head):
+                continue
             key = (
                 started[user],
                 head.needs_switch(active_model),

@@ -42,6 +42,13 @@ def lora_signature(work: Work) -> str:
     return hashlib.sha256(repr(loras).encode()).hexdigest()[:16]
 
 
+def lora_names(work: Work) -> tuple[str, ...]:
+    """The names of the LoRAs the work needs loaded (weight 0 ones are not loaded)."""
+    if isinstance(work, UpscaleRequest):
+        return ()
+    return tuple(sorted({use.name for use in requested_loras(work) if not use.is_zero}))
+
+
 def with_model(work: Work, model: str | None) -> Work:
     """The work for the checkpoint `model` unless it already names one (a child of an image
     keeps the checkpoint its parent ran on)."""

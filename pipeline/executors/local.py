@@ -12,7 +12,7 @@ import hashlib
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +44,8 @@ from pipeline.upscale import check_upscale_size, load_upscaler, upscale_image, v
 from pipeline.upscale_detail import plan_detail, upscaled_parameters
 from pipeline.validation import check_input_size
 
+LOCAL_SLOT = "local"
+
 
 class LocalExecutor:
     def __init__(self, engine: Engine, models_dir: Path) -> None:
@@ -51,6 +53,7 @@ class LocalExecutor:
         self.models_dir = models_dir
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-gpu")
         self._cancels: dict[int, threading.Event] = {}
+        self._reserved = False  # a batch holds the one GPU thread (see `reserve`)
 
     async def prepare(self, work: Work) -> PreparedWork:
         # Off the loop, but not on the GPU thread, so a long batch does not hold up replies.
@@ -74,6 +77,8 @@ class LocalExecutor:
         tasks: Sequence[Task],
         on_progress: ProgressSink,
         preview_every: float | None = None,
+        run_id: str | None = None,
+        slot: str | None = None,
     ) -> list[TaskOutcome]:
         loop = asyncio.get_running_loop()
 
@@ -87,8 +92,45 @@ class LocalExecutor:
                 self._thread, self._run, list(tasks), progress, preview_every
             )
         finally:
+            if slot is not None:
+                self.release(slot)
             for task in tasks:
                 self._cancels.pop(task.task_id, None)
+
+    def run_blocking(
+        self,
+        tasks: Sequence[Task],
+        on_progress: ProgressSink,
+        preview_every: float | None = None,
+        cancelled: Collection[int] = (),
+    ) -> list[TaskOutcome]:
+        """Run a batch on the calling thread (a remote worker's own): the caller keeps to one
+        batch at a time. `cancel` works as during `run`; `cancelled`: tasks already asked to
+        stop, which end cancelled without running."""
+        for task in tasks:
+            event = self._cancels[task.task_id] = threading.Event()
+            if task.task_id in cancelled:
+                event.set()
+        try:
+            return self._run(list(tasks), on_progress, preview_every)
+        finally:
+            for task in tasks:
+                self._cancels.pop(task.task_id, None)
+
+    remote = False
+
+    def can_start(self, model: str | None = None) -> bool:
+        """One batch at a time, on any checkpoint (the engine loads it)."""
+        return not self._reserved
+
+    def reserve(self, model: str | None = None, loras: Collection[str] = ()) -> str | None:
+        if self._reserved:
+            return None
+        self._reserved = True
+        return LOCAL_SLOT
+
+    def release(self, slot: str) -> None:
+        self._reserved = False
 
     def cancel(self, task_id: int) -> None:
         event = self._cancels.get(task_id)

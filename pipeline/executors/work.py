@@ -5,7 +5,7 @@ A task's id is opaque here: the bot uses its job ids, the pipeline only hands th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -54,6 +54,11 @@ class OutcomeStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A remote run whose worker was lost: LOST after the worker took it (an attempt spent),
+    # NOT_TAKEN before (none spent). The bot queues the job again, or fails it when it is out
+    # of attempts.
+    LOST = "lost"
+    NOT_TAKEN = "not_taken"
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,32 @@ class Executor(Protocol):
         tasks: Sequence[Task],
         on_progress: ProgressSink,
         preview_every: float | None = None,
+        run_id: str | None = None,
+        slot: str | None = None,
     ) -> list[TaskOutcome]:
         """Run tasks that share a batch key as one batch; one outcome per task, in order.
         Never raises for a task's own failure. `preview_every` (seconds; None: never): progress
-        events carry a JPEG preview per task, keyed by task id, about that often."""
+        events carry a JPEG preview per task, keyed by task id, about that often. `run_id`:
+        the id the job rows carry for this run (a remote worker claims the jobs by it).
+        `slot`: what `reserve` gave for this batch; the run frees it when it ends."""
+        ...
+
+    # Whether runs happen on other machines, under leases in the job rows (a restarted bot
+    # leaves leased jobs running and waits for their results).
+    remote: bool
+
+    def can_start(self, model: str | None = None) -> bool:
+        """Whether a batch for this checkpoint could start now (a free slot that has it)."""
+        ...
+
+    def reserve(self, model: str | None = None, loras: Collection[str] = ()) -> str | None:
+        """Hold a free slot for a batch on this checkpoint (the best one for these LoRAs)
+        until the run given it ends, or `release`; None when none is free. Synchronous, so
+        that the next `can_start` already counts it."""
+        ...
+
+    def release(self, slot: str) -> None:
+        """Free a reserved slot whose batch never ran."""
         ...
 
     def cancel(self, task_id: int) -> None:
