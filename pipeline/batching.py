@@ -35,10 +35,14 @@ Which rows share one UNet call (pipeline/guidance.py builds the rows each step):
   job; one image a call needs no padding and no check).
 
 Written here by hand: no library batches diffusion rows across requests this way.
+
+The batch key needs no torch (the bot computes it for jobs that run on other machines); torch
+is imported by the row calls and checks, which run on the GPU side.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -46,13 +50,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from pipeline.lora import lora_set
+from pipeline.lora_names import lora_set
 from pipeline.request import HiresFix, LoraUse
 
 if TYPE_CHECKING:
-    from pipeline.engine import PreparedJob
+    import torch
+
+    from pipeline.preparation import PreparedJob
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,12 @@ def batch_key(job: PreparedJob) -> BatchKey:
     )
 
 
+def key_digest(job: PreparedJob) -> str:
+    """A short, stable text form of the job's batch key, for the database (and the scheduler,
+    which groups queued jobs by it)."""
+    return hashlib.sha256(repr(batch_key(job)).encode()).hexdigest()[:32]
+
+
 def guidance_key(cfg_scale: float, embeds_guidance: bool) -> str:
     """What of the CFG scale jobs must share: nothing but being guided (above 1), unless the
     model embeds the scale itself (then the scale)."""
@@ -135,7 +145,7 @@ class BatchShape:
         return max(1, 2 ** math.floor(math.log2(max(scaled, 1.0))))
 
 
-UNetCall = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+UNetCall = Callable[["torch.Tensor", Any, "torch.Tensor"], "torch.Tensor"]
 """One UNet forward: (latent rows, timestep, text rows) -> predictions, one per row."""
 
 
@@ -170,6 +180,8 @@ class RowChecks:
         real_rows: int,
         output: torch.Tensor,
     ) -> bool:
+        import torch
+
         shape = _shape_of(sample, context)
         order = torch.roll(torch.arange(shape.rows), 1)
         moved_sample, moved_context = sample[order].clone(), context[order].clone()
@@ -214,6 +226,8 @@ def call_in_fixed_rows(
 ) -> torch.Tensor | None:
     """Every row's prediction from calls of exactly `rows` rows, the last padded with copies
     of its last row; None when this shape is known to mix rows (run the images alone)."""
+    import torch
+
     outputs: list[torch.Tensor] = []
     for start in range(0, sample.shape[0], rows):
         real = min(rows, sample.shape[0] - start)
@@ -233,6 +247,8 @@ def call_in_fixed_rows(
 
 
 def _padded(rows: torch.Tensor, count: int) -> torch.Tensor:
+    import torch
+
     missing = count - rows.shape[0]
     if missing == 0:
         return rows

@@ -2,6 +2,8 @@
 
 A checkpoint's family is told by its text encoder's keys; its sizes by the shapes of its own
 tensors, so fine-tunes with other widths (and the tiny test models) get matching configs.
+A `.safetensors` file's keys and shapes come from its header, without torch and without
+reading a tensor; torch is imported only to read the tensors (and a `.ckpt`, a pickle).
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from pipeline.errors import ModelLoadError, first_line
 from pipeline.families import SD1, SD2, ModelFamily, unsupported
+
+if TYPE_CHECKING:
+    import torch
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -44,10 +49,12 @@ class CheckpointFile:
 
 
 def read_shapes(path: Path) -> Shapes:
-    """Tensor shapes without loading the weights (safetensors); .ckpt files are read whole."""
+    """Tensor shapes without loading the weights (safetensors: the header, checked against the
+    file's size, and no torch); .ckpt files are read whole."""
     if path.suffix == ".safetensors":
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            # numpy rather than torch: the shapes are the same, and torch stays unimported.
+            with safe_open(str(path), framework="numpy") as handle:
                 return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as error:
             raise _corrupt(path, error) from error
@@ -70,6 +77,8 @@ def read_checkpoint(path: Path) -> CheckpointFile:
 
 
 def _read_ckpt(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     mmap = zipfile.is_zipfile(path)
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
@@ -224,10 +233,9 @@ def _template(family: ModelFamily, part: str, name: str = "config.json") -> dict
     return json.loads(folder.joinpath(part, name).read_text())
 
 
-def write_config_folder(
-    shapes: Shapes, family: ModelFamily, v_prediction: bool, destination: Path
-) -> Path:
-    """A diffusers-layout config folder for this checkpoint (no weights or tokenizer)."""
+def single_file_configs(shapes: Shapes, family: ModelFamily, v_prediction: bool) -> dict[str, dict]:
+    """The diffusers configs of this checkpoint, by their path in a diffusers folder: the
+    family's shipped ones with the sizes read off the checkpoint's shapes."""
     unet = unet_config(shapes, family, _template(family, "unet"))
     vae = vae_config(shapes, _template(family, "vae"))
     text = text_encoder_config(shapes, family, _template(family, "text_encoder"))
@@ -236,13 +244,20 @@ def write_config_folder(
         scheduler["prediction_type"] = "v_prediction" if v_prediction else "epsilon"
         unet["sample_size"] = 96 if v_prediction else 64
         vae["sample_size"] = unet["sample_size"] * 8
-    parts = {
+    return {
         "unet/config.json": unet,
         "vae/config.json": vae,
         "text_encoder/config.json": text,
         "scheduler/scheduler_config.json": scheduler,
         "model_index.json": _template(family, "", "model_index.json"),
     }
+
+
+def write_config_folder(
+    shapes: Shapes, family: ModelFamily, v_prediction: bool, destination: Path
+) -> Path:
+    """A diffusers-layout config folder for this checkpoint (no weights or tokenizer)."""
+    parts = single_file_configs(shapes, family, v_prediction)
     for name, content in parts.items():
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)

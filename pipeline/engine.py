@@ -27,9 +27,9 @@ from PIL import Image
 
 from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
-from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
+from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
-from pipeline.images import Infotext, check_pixels
+from pipeline.images import Infotext
 from pipeline.loading import (
     CheckpointStamp,
     CheckpointSwitchError,
@@ -38,9 +38,16 @@ from pipeline.loading import (
     ModelSource,
     checkpoint_stamp,
 )
-from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash, requested_loras
+from pipeline.lora import ActiveLora, ActiveLoras, LoraManager, lora_hash
 from pipeline.lora_names import prompt_with_lora_tags
 from pipeline.noise import seeded_noise, slerp
+from pipeline.preparation import (
+    ModelTraits,
+    PreparedJob,
+    pass_steps,
+    prepare_job,
+    visible_steps,
+)
 from pipeline.previews import PreviewMaker, PreviewSchedule, choose_decoder
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
@@ -50,16 +57,15 @@ from pipeline.request import (
     GenerationRequest,
     GenerationResult,
     HiresFix,
-    ImageRef,
     LoraUse,
     ProgressEvent,
     ResultStatus,
     Timings,
 )
-from pipeline.samplers import SamplerSpec, make_scheduler, resolve_sampler
+from pipeline.samplers import SamplerSpec, scheduler_for_steps
 from pipeline.tiling import circular_padding
-from pipeline.upscale import LANCZOS, load_upscaler, resolve_upscaler
-from pipeline.validation import Limits, check_prompt_plan, resolve_request
+from pipeline.upscale import LANCZOS, load_upscaler
+from pipeline.validation import Limits
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -68,24 +74,6 @@ log = logging.getLogger(__name__)
 
 class _Cancelled(Exception):
     """Raised inside the step callback to leave the diffusers loop at once."""
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    """A checked request with its size and seeds fixed, ready to run."""
-
-    request: GenerationRequest
-    notes: tuple[str, ...]  # what was changed and should be told (a rounded size)
-    scheduler: SchedulerMixin  # this job's own instance
-    sampler: SamplerSpec
-    init_image: Image.Image | None
-    prompt: PromptPlan
-    loras: tuple[LoraUse, ...]  # from <lora:…> tags and the request
-    # UNet rows per step relative to one plain image (one prompt, one negative, one chunk of
-    # 75 tokens): images x (AND parts + negative) x longest chunk count / 2. Size, steps and
-    # a hires pass are not part of it: it is what the prompt multiplies the UNet's work by.
-    cost: float = 1.0
-    embeds_guidance: bool = False  # the UNet takes the CFG scale as an input (LCM-distilled)
 
 
 @dataclass(frozen=True)
@@ -171,6 +159,19 @@ def _without_frames(error: BaseException) -> BaseException:
     return error
 
 
+def _traits(model: LoadedModel, scheduler_config: dict[str, Any]) -> ModelTraits:
+    """What checking a job needs of the loaded checkpoint (pipeline/preparation.py)."""
+    pipe = model.pipe
+    return ModelTraits(
+        family=model.family,
+        native_size=model.native_size,
+        max_clip_skip=max_clip_skip(pipe),
+        embeds_guidance=pipe.unet.config.time_cond_proj_dim is not None,
+        tokenizer=pipe.tokenizer,
+        scheduler_config=lambda: scheduler_config,
+    )
+
+
 def easel_version() -> str:
     try:
         return version("easel")
@@ -222,6 +223,7 @@ class Engine:
         )
         self._img2img.set_progress_bar_config(disable=True)
         self._scheduler_config = dict(model.pipe.scheduler.config)
+        self.traits = _traits(model, self._scheduler_config)
         self._preview_maker: PreviewMaker | None = None
         self.row_checks = RowChecks()  # kernels are checked afresh for every checkpoint
         self._unloaded = None
@@ -336,71 +338,8 @@ class Engine:
             return self._prepare(request)
 
     def _prepare(self, request: GenerationRequest) -> PreparedJob:
-        spec = resolve_sampler(request.sampler, request.schedule_type)
-        init = (
-            open_init_image(request.init_image, self.limits.max_input_pixels)
-            if request.init_image is not None
-            else None
-        )
-        layers = max_clip_skip(self._txt2img)
-        if request.clip_skip > layers:
-            raise InvalidRequestError(
-                f"Clip skip must be between 1 and {layers} for this model, "
-                f"not {request.clip_skip}.",
-                ko=f"이 모델의 Clip skip은 1에서 {layers} 사이여야 합니다. "
-                f"입력: {request.clip_skip}",
-            )
-        resolved = resolve_request(request, self.limits, self.model.native_size, init)
-        steps = _visible_steps(resolved.request)
-        plan = plan_prompt(request.prompt, request.negative_prompt, steps)
-        check_prompt_plan(plan, self.limits)
-        chunks = self._check_prompt_length(plan, request.clip_skip)
-        hires = resolved.request.hires
-        if hires is not None and hires.upscaler not in (LATENT_UPSCALER, LANCZOS):
-            resolve_upscaler(hires.upscaler, self.models_dir or Path("models"))
-        loras = requested_loras(request)
-        for use in loras:
-            self.loras.lookup(use.name)  # an unknown name is a clear error before the queue
-        return PreparedJob(
-            request=resolved.request,
-            notes=resolved.notes,
-            scheduler=self._scheduler_for(spec, resolved.request.steps),
-            sampler=spec,
-            init_image=init,
-            prompt=plan,
-            loras=loras,
-            cost=job_cost(resolved.request, len(plan.parts), chunks),
-            embeds_guidance=self._txt2img.unet.config.time_cond_proj_dim is not None,
-        )
-
-    def _check_prompt_length(self, plan: PromptPlan, clip_skip: int) -> int:
-        """The most 75-token chunks any text of the plan needs; refused above the limit."""
-        encoder = self.model.family.prompt_encoder(self._txt2img, clip_skip)
-        most = self.limits.max_prompt_chunks
-        longest = 1
-        for text in plan.texts():
-            chunks = len(encoder.chunks(text))
-            if chunks > most:
-                raise InvalidRequestError(
-                    f"The prompt needs {chunks} chunks of 75 tokens (BREAK starts one too); "
-                    f"the limit is {most}. Shorten it.",
-                    ko=f"프롬프트가 75토큰 단위 {chunks}개를 차지합니다(BREAK도 새 단위를 "
-                    f"시작합니다). 최대 {most}개까지 가능하니 줄여 주세요.",
-                )
-            longest = max(longest, chunks)
-        return longest
-
-    def _scheduler_for(self, spec: SamplerSpec, steps: int) -> SchedulerMixin:
-        scheduler = make_scheduler(spec, self._scheduler_config)
-        try:
-            scheduler.set_timesteps(steps)
-        except ValueError as error:  # e.g. LCM runs at most its original 50 steps
-            raise InvalidRequestError(
-                f"{spec.name} cannot run {steps} steps: {error}",
-                ko=f"{spec.name} 샘플러로는 {steps}단계를 실행할 수 없습니다. "
-                "단계 수를 바꿔 주세요.",
-            ) from None
-        return scheduler
+        models = self.models_dir or Path("models")
+        return prepare_job(request, self.traits, self.limits, models, self.loras.lookup)
 
     def generate(
         self,
@@ -617,14 +556,14 @@ class Engine:
         else:
             image = [self._hires_upscale(item, hires.upscaler, width, height) for item in first]
         strength = hires.denoising_strength
-        edited_steps = _pass_steps(steps, strength)
+        edited_steps = pass_steps(steps, strength)
         plans = tuple(
             plan_prompt(job.request.prompt, job.request.negative_prompt, edited_steps)
             for job in batch.jobs
         )
         second_pass = _PassSpec(
             pipe=self._img2img,
-            scheduler=self._scheduler_for(batch.jobs[0].sampler, steps),
+            scheduler=scheduler_for_steps(batch.jobs[0].sampler, self._scheduler_config, steps),
             plans=plans,
             steps=steps,
             strength=strength,
@@ -660,7 +599,7 @@ class Engine:
         pipe = spec.pipe
         pipe.scheduler = spec.scheduler
         key = batch.key
-        counter = StepCounter(_pass_steps(spec.steps, spec.strength))
+        counter = StepCounter(pass_steps(spec.steps, spec.strength))
         guided = GuidedUNet(
             plans=spec.plans,
             images_per_plan=batch.counts,
@@ -763,32 +702,6 @@ class Engine:
             torch.cuda.empty_cache()
 
 
-def job_cost(request: GenerationRequest, parts: int, chunks: int) -> float:
-    """UNet rows per step relative to one plain image; see PreparedJob.cost."""
-    return request.image_count * (parts + 1) * chunks / 2
-
-
-def open_init_image(reference: ImageRef, max_pixels: int) -> Image.Image:
-    """The init image, its size checked from the header before its pixels are decoded."""
-    where = Path(reference.path).name if reference.path is not None else "the uploaded file"
-    where_ko = Path(reference.path).name if reference.path is not None else "업로드한 파일"
-    try:
-        size = reference.size()
-    except Exception as error:  # Pillow raises many types on data that is not an image
-        raise InvalidRequestError(
-            f"The init image ({where}) could not be read as an image.",
-            ko=f"초기 이미지({where_ko})를 이미지로 읽을 수 없습니다.",
-        ) from error
-    check_pixels(size, max_pixels, f"The init image ({where})", f"초기 이미지({where_ko})")
-    try:
-        return reference.open()
-    except (OSError, ValueError) as error:
-        raise InvalidRequestError(
-            f"The init image ({where}) could not be read as an image.",
-            ko=f"초기 이미지({where_ko})를 이미지로 읽을 수 없습니다.",
-        ) from error
-
-
 def _denoising_strength(request: GenerationRequest) -> float | None:
     if request.hires is not None:
         return request.hires.denoising_strength
@@ -811,21 +724,9 @@ def _lora_keys(loras: ActiveLoras) -> tuple[tuple[str, str], ...]:
     return (("Lora hashes", hashes),) if hashes else ()
 
 
-def _visible_steps(request: GenerationRequest) -> int:
-    """The steps a user asked for: img2img runs only the last `strength` share of them."""
-    return _pass_steps(request.steps, request.denoising_strength if request.is_img2img else None)
-
-
-def _pass_steps(steps: int, strength: float | None) -> int:
-    """The steps a pass runs: img2img (strength given) only the last `strength` share."""
-    if strength is not None:
-        return min(int(steps * strength), steps)
-    return steps
-
-
 def _total_steps(request: GenerationRequest) -> int:
     """Every step the job runs, a hires fix's second pass included."""
-    total = _visible_steps(request)
+    total = visible_steps(request)
     if request.hires is not None:
         steps = request.hires.steps or request.steps
         total += min(int(steps * request.hires.denoising_strength), steps)

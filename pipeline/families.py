@@ -3,53 +3,77 @@
 Everything family-specific (the pipeline classes, the shipped configs, the tokenizer's
 padding, how text becomes conditioning) sits behind `ModelFamily`, so a new family such as SDXL is a
 new entry here plus its own text encoding, not a rewrite of the engine.
+
+Importing this module imports neither torch nor diffusers: checking a job before it is queued
+needs a family's configs and prompt chunking only (pipeline/preparation.py). The pipeline
+classes and the prompt encoder are imported when a checkpoint is loaded or run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from diffusers import (
-    DiffusionPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionPipeline,
-)
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ModelLoadError
-from pipeline.prompts.encoding import PromptEncoder
+from pipeline.prompts.chunking import PromptChunker
 from pipeline.tokenizer import EOS, OPEN_CLIP_PAD
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
+
+    from pipeline.prompts.encoding import PromptEncoder
+
+
+def _clip_prompt_encoder(pipe: DiffusionPipeline, clip_skip: int) -> PromptEncoder:
+    from pipeline.prompts.encoding import PromptEncoder
+
+    return PromptEncoder(pipe, clip_skip)
 
 
 @dataclass(frozen=True)
 class ModelFamily:
     id: str
     label: str
-    txt2img_class: type[DiffusionPipeline]
-    img2img_class: type[DiffusionPipeline]
+    pipeline_classes: tuple[str, str]  # diffusers' text-to-image and img2img classes, by name
     pad_token: str
     config_folder: str  # under pipeline/configs/
     # (pipeline, clip skip) -> the encoder of one job's prompts
     prompt_encoder: Callable[[DiffusionPipeline, int], PromptEncoder]
+    # tokenizer -> what cuts prompts into the chunks that encoder encodes (no weights needed)
+    prompt_chunker: Callable[[PreTrainedTokenizerBase], PromptChunker] = PromptChunker
+
+    @property
+    def txt2img_class(self) -> type[DiffusionPipeline]:
+        return _diffusers_class(self.pipeline_classes[0])
+
+    @property
+    def img2img_class(self) -> type[DiffusionPipeline]:
+        return _diffusers_class(self.pipeline_classes[1])
+
+
+def _diffusers_class(name: str) -> type[DiffusionPipeline]:
+    import diffusers
+
+    return getattr(diffusers, name)
 
 
 SD1 = ModelFamily(
     id="sd1",
     label="SD 1.x",
-    txt2img_class=StableDiffusionPipeline,
-    img2img_class=StableDiffusionImg2ImgPipeline,
+    pipeline_classes=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
     pad_token=EOS,
     config_folder="sd1",
-    prompt_encoder=PromptEncoder,
+    prompt_encoder=_clip_prompt_encoder,
 )
 SD2 = ModelFamily(
     id="sd2",
     label="SD 2.x",
-    txt2img_class=StableDiffusionPipeline,
-    img2img_class=StableDiffusionImg2ImgPipeline,
+    pipeline_classes=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
     pad_token=OPEN_CLIP_PAD,
     config_folder="sd2",
-    prompt_encoder=PromptEncoder,
+    prompt_encoder=_clip_prompt_encoder,
 )
 NOT_YET_SUPPORTED = {"sdxl": "SDXL"}
 

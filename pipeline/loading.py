@@ -11,11 +11,9 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import tempfile
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -23,25 +21,54 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 from transformers import CLIPTextModel
 
+from pipeline.checkpoint_names import (
+    CHECKPOINT_SUFFIXES,
+    DEFAULT_HUB_MODEL,
+    CheckpointNames,
+    CheckpointStamp,
+    ModelSource,
+    SeveralLocalModelsError,
+    SourceKind,
+    checkpoint_stamp,
+    detect_local_family,
+    family_from_configs,
+    find_local_models,
+    folder_family,
+    resolve_local_model,
+    resolve_model,
+)
 from pipeline.checkpoints import (
-    check_unet_inputs,
     detect_family,
     is_v_prediction,
     read_checkpoint,
-    read_shapes,
     write_config_folder,
 )
 from pipeline.device import DeviceChoice
 from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
-from pipeline.families import SD1, SD2, ModelFamily, unsupported
-from pipeline.folders import ModelFolders
+from pipeline.families import SD2, ModelFamily
 from pipeline.tokenizer import build_clip_tokenizer
 
-log = logging.getLogger(__name__)
+# Names found without torch (pipeline/checkpoint_names.py), kept importable from here.
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "DEFAULT_HUB_MODEL",
+    "CheckpointNames",
+    "CheckpointStamp",
+    "ModelSource",
+    "SeveralLocalModelsError",
+    "SourceKind",
+    "checkpoint_stamp",
+    "detect_local_family",
+    "family_from_configs",
+    "find_local_models",
+    "resolve_local_model",
+    "resolve_model",
+]
+__all__ += ["CheckpointInfo", "CheckpointSwitchError", "HashCache", "HubUnavailableError"]
+__all__ += ["LoadedModel", "ModelLoader", "describe_local_models", "download_from_hub"]
+__all__ += ["hub_unreachable", "load_model", "sha256_of", "weights_variant"]
 
-DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+log = logging.getLogger(__name__)
 
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -55,18 +82,6 @@ class HubUnavailableError(ModelLoadError):
         self.repo_id = repo_id
         self.reason = reason
         super().__init__(f"{repo_id} is not in the Hugging Face cache and {reason}.")
-
-
-class SeveralLocalModelsError(ModelLoadError):
-    """No model was named and the models folder holds more than one checkpoint."""
-
-    def __init__(self, models_dir: Path, names: list[str]) -> None:
-        self.models_dir = models_dir
-        self.names = names
-        super().__init__(
-            f"{len(names)} checkpoints in {models_dir} and none chosen; pick one by name: "
-            f"{', '.join(names)}."
-        )
 
 
 class CheckpointSwitchError(InvalidRequestError):
@@ -84,43 +99,6 @@ class CheckpointSwitchError(InvalidRequestError):
             ko=f"체크포인트 {name!r}을(를) 불러올 수 없어 {stays_ko}. 관리자가 "
             f"`easel models use`로 다른 체크포인트를 고를 수 있습니다. 이유: {reason}",
         )
-
-
-class SourceKind(StrEnum):
-    DIFFUSERS_FOLDER = "diffusers"
-    SINGLE_FILE = "single-file"
-    HUB = "hub"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    name: str  # what users call it: the file stem, the folder name or the repo id
-    kind: SourceKind
-    location: str  # a path, or a repo id for the hub
-
-
-# What a checkpoint's files were like: (path inside it, mtime in ns, size) for each file.
-CheckpointStamp = tuple[tuple[str, int, int], ...]
-
-
-def checkpoint_stamp(source: ModelSource) -> CheckpointStamp:
-    """The state of a checkpoint's files, to tell whether they changed since it was last
-    tried: the file itself, or every file in a diffusers folder (weights added under unet/
-    change it). Empty for the hub, and for a path that is not there."""
-    if source.kind is SourceKind.HUB:
-        return ()
-    root = Path(source.location)
-    files = sorted(root.rglob("*")) if root.is_dir() else [root]
-    stamp: list[tuple[str, int, int]] = []
-    for file in files:
-        try:
-            status = file.stat()
-        except OSError:  # removed meanwhile, or a broken link
-            continue
-        if not file.is_dir():
-            name = "." if file == root else str(file.relative_to(root))
-            stamp.append((name, status.st_mtime_ns, status.st_size))
-    return tuple(stamp)
 
 
 @dataclass(frozen=True)
@@ -141,98 +119,6 @@ class LoadedModel:
     @property
     def native_size(self) -> int:
         return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
-
-
-def find_local_models(models_dir: Path) -> list[ModelSource]:
-    """Checkpoints and diffusers folders under the models folder, sorted by name."""
-    found: dict[str, ModelSource] = {}
-    for folder in ModelFolders(models_dir).checkpoints:
-        for entry in sorted(folder.rglob("*")):
-            source = _source_for_path(entry, folder)
-            if source is not None and source.location not in found:
-                found[source.location] = source
-    return sorted(found.values(), key=lambda source: source.name.lower())
-
-
-def _source_for_path(entry: Path, root: Path) -> ModelSource | None:
-    if entry.is_file() and entry.suffix in CHECKPOINT_SUFFIXES:
-        if (entry.parent / "model_index.json").exists() or _inside_diffusers_folder(entry, root):
-            return None
-        return ModelSource(entry.stem, SourceKind.SINGLE_FILE, str(entry))
-    if entry.is_dir() and (entry / "model_index.json").is_file():
-        return ModelSource(entry.name, SourceKind.DIFFUSERS_FOLDER, str(entry))
-    return None
-
-
-def _inside_diffusers_folder(path: Path, root: Path) -> bool:
-    for parent in path.parents:
-        if parent == root or root not in parent.parents:
-            return False
-        if (parent / "model_index.json").exists():
-            return True
-    return False
-
-
-def resolve_model(name: str | None, models_dir: Path) -> ModelSource:
-    """Turn a model name, path or repo id into a source; None picks the default.
-
-    The default is the only local checkpoint when there is exactly one, the SD 1.5 repo when
-    there is none, and a SeveralLocalModelsError listing them when there are several.
-    """
-    local = find_local_models(models_dir)
-    if name is None or name == "":
-        if len(local) > 1:
-            raise SeveralLocalModelsError(models_dir, [source.name for source in local])
-        return local[0] if local else _hub(DEFAULT_HUB_MODEL)
-    path = Path(name).expanduser()
-    if path.exists():
-        source = _source_for_path(path.resolve(), path.resolve().parent)
-        if source is None:
-            raise ModelLoadError(
-                f"{path} is not a model: expected a .safetensors or .ckpt file, or a diffusers "
-                "folder with a model_index.json."
-            )
-        return source
-    for source in local:
-        if name in (source.name, Path(source.location).name):
-            return source
-    lowered = name.lower()
-    matches = [source for source in local if source.name.lower() == lowered]
-    if len(matches) == 1:
-        return matches[0]
-    if _REPO_ID.match(name) and not name.endswith(CHECKPOINT_SUFFIXES):
-        return _hub(name)
-    known = ", ".join(source.name for source in local) or "none"
-    raise ModelLoadError(
-        f"No model named {name!r}. Local models in {models_dir}: {known}. "
-        "Give a file stem, a path, or a Hugging Face repo id such as "
-        f"{DEFAULT_HUB_MODEL}."
-    )
-
-
-def resolve_local_model(name: str, models_dir: Path) -> ModelSource:
-    """The checkpoint of the models folder called `name` (as `easel models` lists it, case
-    ignored where that is unambiguous), checked from its headers: a ModelLoadError naming
-    the local checkpoints when there is none, or it is of a kind Easel cannot run."""
-    local = find_local_models(models_dir)
-    known = ", ".join(source.name for source in local) or "none"
-    try:
-        source = resolve_model(name, models_dir) if name.strip() else None
-    except ModelLoadError:
-        source = None
-    if source is None or source not in local:
-        raise ModelLoadError(
-            f"No checkpoint named {name!r} in {models_dir}; the checkpoints there: {known}."
-        )
-    try:
-        detect_local_family(source)
-    except ModelLoadError as error:
-        raise ModelLoadError(f"{source.name} cannot be used: {first_line(error)}") from error
-    return source
-
-
-def _hub(repo_id: str) -> ModelSource:
-    return ModelSource(repo_id, SourceKind.HUB, repo_id)
 
 
 class HashCache:
@@ -297,34 +183,6 @@ def describe_local_models(models_dir: Path, hashes: HashCache) -> list[Checkpoin
     return infos
 
 
-def detect_local_family(source: ModelSource) -> ModelFamily:
-    path = Path(source.location)
-    if source.kind is SourceKind.SINGLE_FILE:
-        return detect_family(read_shapes(path), path)
-    return _folder_family(path)
-
-
-def _folder_family(folder: Path) -> ModelFamily:
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-        text = json.loads((folder / "text_encoder" / "config.json").read_text())
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"{folder} is not a complete diffusers model folder ({error}); expected "
-            "model_index.json, unet/config.json and text_encoder/config.json."
-        ) from error
-    return family_from_configs(index, text, unet, str(folder))
-
-
-def family_from_configs(index: dict, text: dict, unet: dict, where: str) -> ModelFamily:
-    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
-        raise unsupported("sdxl", where)
-    check_unet_inputs(int(unet.get("in_channels", 4)), where)
-    # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP (SD 2.x) uses gelu.
-    return SD1 if text.get("hidden_act") == "quick_gelu" else SD2
-
-
 def load_model(
     source: ModelSource, device: DeviceChoice, cache_dir: Path, hashes: HashCache
 ) -> LoadedModel:
@@ -336,7 +194,7 @@ def load_model(
         folder = Path(source.location)
         if source.kind is SourceKind.HUB:
             folder = download_from_hub(source.location, device)
-        family = _folder_family(folder)
+        family = folder_family(folder)
         pipe = _load_folder(folder, family, device)
         short = None
     pipe.set_progress_bar_config(disable=True)
@@ -516,32 +374,17 @@ def _hub_snapshot(repo_id: str, variant: str | None, local_only: bool) -> Path |
     return Path(folder)
 
 
-class ModelLoader:
+class ModelLoader(CheckpointNames):
     """Loads checkpoints by name for an engine that switches between them (`easel models
-    use`): the models folder's checkpoints, plus the sources `remember` was given (the one
-    the bot started with may be a path or a hub repo outside the folder)."""
+    use`): finds them as CheckpointNames does, and loads them onto the device."""
 
     def __init__(
         self, models_dir: Path, device: DeviceChoice, cache_dir: Path, hashes: HashCache
     ) -> None:
-        self.models_dir = models_dir
+        super().__init__(models_dir)
         self.device = device
         self.cache_dir = cache_dir
         self.hashes = hashes
-        self._known: dict[str, ModelSource] = {}
-
-    def remember(self, source: ModelSource) -> None:
-        self._known[source.name] = source
-
-    def source(self, name: str) -> ModelSource:
-        """The checkpoint called `name`, checked from its headers (no weights read): a
-        ModelLoadError when there is none or it is of a kind Easel cannot run."""
-        source = self._known.get(name)
-        if source is None:
-            source = resolve_model(name, self.models_dir)
-        if source.kind is not SourceKind.HUB:
-            detect_local_family(source)
-        return source
 
     def load(self, source: ModelSource) -> LoadedModel:
         loaded = load_model(source, self.device, self.cache_dir, self.hashes)

@@ -70,6 +70,7 @@ from pipeline.lora_names import (  # names and hashes need no torch; kept import
     ActiveLoras,
     FileStamp,
     LoraFile,
+    LoraFolder,
     find_loras,
     lookup_lora,
     lora_hash,
@@ -378,7 +379,7 @@ class LoraManager:
         self.pipe = pipe
         self.models_dir = models_dir
         self.max_resident = max_resident
-        self._files: list[LoraFile] = []
+        self._folder = LoraFolder(models_dir)
         self._resident: OrderedDict[Path, _Resident] = OrderedDict()  # least recent first
         self._cache = _StateCache(cache_bytes)
         self._active: list[tuple[_Resident, LoraUse]] = []
@@ -390,15 +391,11 @@ class LoraManager:
         self._unfusable: _SetKey | None = None  # a set whose fusing failed: not tried again
 
     def files(self) -> list[LoraFile]:
-        self._files = find_loras(self.models_dir)
-        return list(self._files)
+        return self._folder.files()
 
     def lookup(self, name: str) -> LoraFile:
         """The file called `name`; the folders are scanned again when it is not known yet."""
-        try:
-            return lookup_lora(self._files, name)
-        except InvalidRequestError:
-            return lookup_lora(self.files(), name)
+        return self._folder.lookup(name)
 
     def resident(self) -> list[str]:
         """Names of the LoRAs loaded in the pipeline, least recently used first."""

@@ -112,9 +112,40 @@ class UnknownLoraError(InvalidRequestError):
 
 
 def unknown_lora(files: Sequence[LoraFile], name: str) -> UnknownLoraError:
-    names = [file.name for file in files]
+    return unknown_lora_name([file.name for file in files], name)
+
+
+def unknown_lora_name(names: Sequence[str], name: str) -> UnknownLoraError:
+    """The error for `name` among the LoRAs called `names`, with the closest as a hint."""
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    return UnknownLoraError(name, close[0] if close else None, names)
+    return UnknownLoraError(name, close[0] if close else None, list(names))
+
+
+def names_lora(names: Iterable[str], name: str) -> bool:
+    """Whether `name` is one of `names`, matched as `lookup_lora` matches files (case ignored
+    where the exact name is not there)."""
+    folded = name.casefold()
+    return any(known == name or known.casefold() == folded for known in names)
+
+
+class LoraFolder:
+    """The LoRA files of a models folder, listed once and listed again whenever a name is not
+    among them (a file added since), as the engine and the bot's checks look them up."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+        self._files: list[LoraFile] = []
+
+    def files(self) -> list[LoraFile]:
+        self._files = find_loras(self.models_dir)
+        return list(self._files)
+
+    def lookup(self, name: str) -> LoraFile:
+        """The file called `name`; the folders are scanned again when it is not known yet."""
+        try:
+            return lookup_lora(self._files, name)
+        except InvalidRequestError:
+            return lookup_lora(self.files(), name)
 
 
 # ----- hashes

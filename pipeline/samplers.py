@@ -27,6 +27,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from pipeline.errors import InvalidRequestError, ModelLoadError
 from pipeline.sampler_names import (
     ALL_NAMES,
     KARRAS,
@@ -38,7 +39,7 @@ from pipeline.sampler_names import (
 )
 
 __all__ = ["KARRAS", "SAMPLER_NAMES", "SCHEDULE_TYPES", "SamplerSpec", "make_scheduler"]
-__all__ += ["resolve_sampler", "sampler_name"]
+__all__ += ["resolve_sampler", "sampler_name", "scheduler_config_from_file", "scheduler_for_steps"]
 
 Overrides = tuple[tuple[str, object], ...]
 
@@ -184,3 +185,31 @@ def make_scheduler(spec: SamplerSpec, base_config: Mapping[str, Any]) -> Schedul
     if not isinstance(scheduler, SchedulerMixin):
         raise TypeError(f"{spec.scheduler_class.__name__}.from_config gave {type(scheduler)}")
     return scheduler
+
+
+def scheduler_for_steps(
+    spec: SamplerSpec, base_config: Mapping[str, Any], steps: int
+) -> SchedulerMixin:
+    """A job's scheduler (`make_scheduler`) with its timesteps set for `steps`; a sampler that
+    cannot run that many (LCM runs at most its original 50) is a clear InvalidRequestError."""
+    scheduler = make_scheduler(spec, base_config)
+    try:
+        scheduler.set_timesteps(steps)
+    except ValueError as error:
+        raise InvalidRequestError(
+            f"{spec.name} cannot run {steps} steps: {error}",
+            ko=f"{spec.name} 샘플러로는 {steps}단계를 실행할 수 없습니다. 단계 수를 바꿔 주세요.",
+        ) from None
+    return scheduler
+
+
+def scheduler_config_from_file(class_name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a pipeline's scheduler holds once loaded from `config` (a checkpoint's
+    scheduler_config.json) as the scheduler class `class_name`: what from_pretrained makes of
+    the file, its class's defaults filled in. For checks without the loaded pipeline."""
+    import diffusers
+
+    scheduler_class = getattr(diffusers, class_name, None)
+    if not isinstance(scheduler_class, type) or not issubclass(scheduler_class, SchedulerMixin):
+        raise ModelLoadError(f"{class_name!r} is not a diffusers scheduler.")
+    return dict(scheduler_class.from_config(dict(config)).config)

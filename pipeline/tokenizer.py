@@ -3,7 +3,8 @@
 Stable Diffusion 1.x (OpenAI CLIP) and 2.x (OpenCLIP) share one byte-level BPE vocabulary;
 `configs/bpe_simple_vocab_16e6.txt.gz` is that file (MIT, from OpenAI CLIP via open_clip).
 The vocabulary is derived from the merges exactly the way CLIP derives it, so token ids match
-the hub's `tokenizer/vocab.json` without a download.
+the hub's `tokenizer/vocab.json` without a download. transformers is imported when a
+tokenizer is built (a second or two), not with this module's constants.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import gzip
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 CLIP_VOCAB_SIZE = 49408
 _MERGE_COUNT = CLIP_VOCAB_SIZE - 256 * 2 - 2
@@ -52,6 +55,8 @@ def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
 
 def build_clip_tokenizer(pad_token: str = EOS, max_length: int = 77) -> CLIPTokenizer:
     """A fresh CLIP tokenizer; `pad_token` is EOS for SD 1.x and "!" for SD 2.x."""
+    from transformers import CLIPTokenizer
+
     vocab, merges = _vocab_and_merges()
     return CLIPTokenizer(
         vocab=dict(vocab),

@@ -42,14 +42,23 @@ from pipeline.errors import (
     ModelLoadError,
     first_line,
 )
-from pipeline.folders import ModelFolders
-from pipeline.validation import Limits
+from pipeline.upscale_names import (  # names and size checks need no torch
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    LANCZOS,
+    SCALES,
+    UpscalerInfo,
+    check_upscale_size,
+    find_upscalers,
+    resolve_upscaler,
+    validate_scale,
+)
 
-SCALES = (2, 4)
-LANCZOS = "Lanczos"
+__all__ = ["DEFAULT_MAX_OUTPUT_PIXELS", "LANCZOS", "SCALES", "Upscaler", "UpscalerInfo"]
+__all__ += ["check_upscale_size", "clear_upscaler_cache", "find_upscalers", "lanczos_upscale"]
+__all__ += ["load_upscaler", "resolve_upscaler", "upscale_image", "validate_scale"]
+
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
-DEFAULT_MAX_OUTPUT_PIXELS = Limits.max_output_pixels
 # Cached models, across every Upscaler; an ESRGAN is about 70 MB of weights.
 CACHE_SIZE = 3
 
@@ -65,14 +74,6 @@ _LOAD_ERRORS = (
 
 
 @dataclass(frozen=True)
-class UpscalerInfo:
-    """An upscaler model file found in a models folder."""
-
-    name: str
-    path: Path
-
-
-@dataclass(frozen=True)
 class _Tile:
     """One tile of the input: its position and size, in input pixels."""
 
@@ -80,46 +81,6 @@ class _Tile:
     left: int
     height: int
     width: int
-
-
-def find_upscalers(models_dir: Path) -> list[UpscalerInfo]:
-    """Every upscaler file in `models/upscale` and A1111's `ESRGAN` and `RealESRGAN` folders."""
-    return [UpscalerInfo(path.stem, path) for path in ModelFolders(models_dir).upscaler_files()]
-
-
-def resolve_upscaler(name: str | None, models_dir: Path) -> UpscalerInfo | None:
-    """The upscaler named `name` (a file stem, any case), or None for plain Lanczos.
-
-    "Lanczos", the name Easel records when no model was used, also means no model unless a
-    file has that stem.
-    """
-    if name is None or not name.strip():
-        return None
-    wanted = name.strip().lower()
-    available = find_upscalers(models_dir)
-    for info in available:
-        if wanted in (info.name.lower(), info.path.name.lower()):
-            return info
-    if wanted == LANCZOS.lower():
-        return None
-    known = ", ".join(info.name for info in available) or "none"
-    folders = " or ".join(f"{models_dir.name}/{folder}" for folder in ("upscale", "ESRGAN"))
-    raise InvalidRequestError(
-        f"No upscaler named {name!r}. Available: {known} (or {LANCZOS}, without a model). "
-        f"Put .pth or .safetensors upscalers in {folders}.",
-        ko=f"{name!r}(이)라는 업스케일러가 없습니다. 쓸 수 있는 것: "
-        f"{known if available else '없음'}(모델 없이 {LANCZOS}도 가능). .pth 또는 "
-        f".safetensors 업스케일러를 {folders}에 넣으세요.",
-    )
-
-
-def validate_scale(scale: int) -> None:
-    if isinstance(scale, bool) or scale not in SCALES:
-        allowed = " or ".join(str(factor) for factor in SCALES)
-        raise InvalidRequestError(
-            f"Upscale factor must be {allowed}, not {scale}.",
-            ko=f"업스케일 배율은 {allowed.replace(' or ', ' 또는 ')}이어야 합니다. 입력: {scale}",
-        )
 
 
 def lanczos_upscale(image: Image.Image, scale: int) -> Image.Image:
@@ -273,20 +234,6 @@ def load_upscaler(
     """The upscaler named `name`, loaded (or taken from the cache); None means Lanczos."""
     info = resolve_upscaler(name, models_dir)
     return None if info is None else Upscaler(info.path, device, dtype)
-
-
-def check_upscale_size(
-    size: tuple[int, int], scale: int, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
-) -> None:
-    """Refuse an upscale whose result would be larger than `max_output_pixels`."""
-    width, height = size[0] * scale, size[1] * scale
-    if width * height > max_output_pixels:
-        raise InvalidRequestError(
-            f"Upscaling {size[0]}x{size[1]} by {scale} would make {width}x{height} "
-            f"({width * height:,} pixels); the limit is {max_output_pixels:,} pixels.",
-            ko=f"{size[0]}x{size[1]}을(를) {scale}배로 업스케일하면 {width}x{height}"
-            f"({width * height:,}픽셀)이 됩니다. 최대 {max_output_pixels:,}픽셀까지 가능합니다.",
-        )
 
 
 def upscale_image(

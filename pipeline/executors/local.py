@@ -8,7 +8,6 @@ bad job (an unreadable LoRA, an image too large for memory) fails alone.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 import time
 import traceback
@@ -19,9 +18,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.batching import batch_key
+from pipeline.batching import key_digest
 from pipeline.engine import Engine, PreparedJob
 from pipeline.errors import EaselError, GenerationOutOfMemory, InvalidRequestError, first_line
+from pipeline.executors.preparer import prepare_work
 from pipeline.executors.work import (
     Failure,
     FailureKind,
@@ -33,6 +33,7 @@ from pipeline.executors.work import (
     Work,
 )
 from pipeline.images import Infotext, open_rgb, read_infotext
+from pipeline.preparation import check_upscale_source
 from pipeline.request import (
     GeneratedImage,
     GenerationRequest,
@@ -40,9 +41,10 @@ from pipeline.request import (
     ResultStatus,
     UpscaleRequest,
 )
-from pipeline.upscale import check_upscale_size, load_upscaler, upscale_image, validate_scale
+from pipeline.upscale import check_upscale_size, load_upscaler, upscale_image
 from pipeline.upscale_detail import plan_detail, upscaled_parameters
-from pipeline.validation import check_input_size
+
+__all__ = ["LocalExecutor", "key_digest"]
 
 LOCAL_SLOT = "local"
 
@@ -60,17 +62,7 @@ class LocalExecutor:
         return await asyncio.to_thread(self._prepare, work)
 
     def _prepare(self, work: Work) -> PreparedWork:
-        if isinstance(work, UpscaleRequest):
-            validate_scale(work.scale)
-            _check_source(work)
-            size = _source_size(work)
-            check_input_size(size, self.engine.limits, "The image to upscale", "업스케일할 이미지")
-            check_upscale_size(size, work.scale, self.engine.limits.max_output_pixels)
-            return PreparedWork(work=work, batch_key=None, cost=1.0)
-        job = self.engine.prepare(work)
-        return PreparedWork(
-            work=job.request, batch_key=key_digest(job), notes=job.notes, cost=job.cost
-        )
+        return prepare_work(work, self.engine.limits, self.engine.prepare)
 
     async def run(
         self,
@@ -252,38 +244,13 @@ def _keyed_by_task(tasks: Sequence[Task], progress: ProgressSink) -> ProgressSin
     return relay
 
 
-def _check_source(work: UpscaleRequest) -> None:
-    path = work.image.path
-    if path is not None and not Path(path).is_file():
-        raise InvalidRequestError(
-            f"The image to upscale ({Path(path).name}) is gone.",
-            ko=f"업스케일할 이미지({Path(path).name})가 더 이상 없습니다.",
-        )
-
-
-def _source_size(work: UpscaleRequest) -> tuple[int, int]:
-    """The size of the image to upscale, from its header."""
-    try:
-        return work.image.size()
-    except Exception as error:  # Pillow raises many types on data that is not an image
-        raise InvalidRequestError(
-            "The image to upscale could not be read as an image.",
-            ko="업스케일할 이미지를 이미지로 읽을 수 없습니다.",
-        ) from error
-
-
 def _read_source(work: UpscaleRequest, max_pixels: int) -> tuple[Image.Image, Infotext | None]:
     """The image and the parameters it carries (kept on the enlarged copy)."""
-    _check_source(work)
+    check_upscale_source(work)
     path = work.image.path
     source = Path(path) if path is not None else work.image.data or b""
     image = open_rgb(source, max_pixels, "The image to upscale", "업스케일할 이미지")
     return image, read_infotext(Path(path)) if path is not None else None
-
-
-def key_digest(job: PreparedJob) -> str:
-    """A short, stable text form of the engine's batch key, for the database."""
-    return hashlib.sha256(repr(batch_key(job)).encode()).hexdigest()[:32]
 
 
 def _failure_kind(error: BaseException) -> FailureKind:

@@ -1,10 +1,9 @@
 """Prompt text to CLIP embeddings the way A1111 does it: 75-token chunks, BREAK, weights.
 
-Each chunk is BOS + 75 tokens + EOS (padded after the first EOS with the tokenizer's pad
-token, as diffusers pads). When a chunk fills up and its last comma is within 20 tokens of the
-end, the words after that comma move to the next chunk so a phrase is not cut in two. Chunks
-are encoded separately and concatenated. Emphasis scales each token's embedding, and then the
-chunk's original mean is restored, as A1111 does by default.
+Each chunk (cut by pipeline/prompts/chunking.py, which needs only the tokenizer) is BOS + 75
+tokens + EOS (padded after the first EOS with the tokenizer's pad token, as diffusers pads).
+Chunks are encoded separately and concatenated. Emphasis scales each token's embedding, and
+then the chunk's original mean is restored, as A1111 does by default.
 
 Clip skip uses A1111's numbering: 1 is the last layer, 2 the penultimate, and so on. The
 encoder's hidden states are read directly: diffusers' own `clip_skip` path reaches for
@@ -13,22 +12,12 @@ encoder's hidden states are read directly: diffusers' own `clip_skip` path reach
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from diffusers import DiffusionPipeline
 
-from pipeline.prompts.emphasis import BREAK, BREAK_WEIGHT, parse_emphasis
-from pipeline.text import clean_text
+from pipeline.prompts.chunking import CHUNK_TOKENS, Chunk, PromptChunker
 
-CHUNK_TOKENS = 75
-COMMA_BACKTRACK = 20
-
-
-@dataclass
-class Chunk:
-    tokens: list[int] = field(default_factory=list)
-    multipliers: list[float] = field(default_factory=list)
+__all__ = ["CHUNK_TOKENS", "Chunk", "PromptEncoder", "max_clip_skip"]
 
 
 def max_clip_skip(pipe: DiffusionPipeline) -> int:
@@ -41,11 +30,7 @@ class PromptEncoder:
     def __init__(self, pipe: DiffusionPipeline, clip_skip: int) -> None:
         self.pipe = pipe
         self.clip_skip = clip_skip
-        tokenizer = pipe.tokenizer
-        self._bos = int(tokenizer.bos_token_id)
-        self._eos = int(tokenizer.eos_token_id)
-        self._pad = int(tokenizer.pad_token_id)
-        self._comma = int(tokenizer(",", add_special_tokens=False).input_ids[0])
+        self._chunker = PromptChunker(pipe.tokenizer)
         self._cache: dict[str, torch.Tensor] = {}
 
     def encode(self, text: str) -> torch.Tensor:
@@ -66,43 +51,12 @@ class PromptEncoder:
         ]
 
     def chunks(self, text: str) -> list[Chunk]:
-        # A lone surrogate makes the tokenizer raise TypeError; plans are cleaned already.
-        fragments = parse_emphasis(clean_text(text))
-        tokenized = self.pipe.tokenizer(
-            [fragment for fragment, _ in fragments], add_special_tokens=False
-        ).input_ids
-        chunks: list[Chunk] = []
-        current = Chunk()
-        last_comma = -1
-        for (fragment, weight), tokens in zip(fragments, tokenized, strict=True):
-            if fragment == BREAK and weight == BREAK_WEIGHT:  # not `(word:-1)`
-                chunks.append(current)
-                current, last_comma = Chunk(), -1
-                continue
-            for token in tokens:
-                if token == self._comma:
-                    last_comma = len(current.tokens)
-                elif (
-                    len(current.tokens) == CHUNK_TOKENS
-                    and last_comma != -1
-                    and len(current.tokens) - last_comma <= COMMA_BACKTRACK
-                ):
-                    cut = last_comma + 1
-                    carried = Chunk(current.tokens[cut:], current.multipliers[cut:])
-                    chunks.append(Chunk(current.tokens[:cut], current.multipliers[:cut]))
-                    current, last_comma = carried, -1
-                if len(current.tokens) == CHUNK_TOKENS:
-                    chunks.append(current)
-                    current, last_comma = Chunk(), -1
-                current.tokens.append(int(token))
-                current.multipliers.append(float(weight))
-        if current.tokens or not chunks:
-            chunks.append(current)
-        return chunks
+        return self._chunker.chunks(text)
 
     def _ids(self, chunk: Chunk) -> tuple[list[int], list[float]]:
         padding = CHUNK_TOKENS - len(chunk.tokens)
-        ids = [self._bos, *chunk.tokens, self._eos, *[self._pad] * padding]
+        marks = self._chunker
+        ids = [marks.bos, *chunk.tokens, marks.eos, *[marks.pad] * padding]
         multipliers = [1.0, *chunk.multipliers, 1.0, *[1.0] * padding]
         return ids, multipliers
 
