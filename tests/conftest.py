@@ -33,6 +33,8 @@ from tests.tiny_models import build_random_pipeline
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+pytest_plugins = ["tests.services"]  # Redis and PostgreSQL for the scale-out tests
+
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
 
 # Property tests: enough examples to find the usual slips in every run of the suite, no

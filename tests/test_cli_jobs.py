@@ -228,6 +228,22 @@ def test_jobs_show_json(store: Store, jobs: Jobs, tmp_path: Path) -> None:
     assert failed["failure_trace"].endswith("Boom: it broke")
 
 
+def test_jobs_show_names_the_worker_of_a_remote_run(store: Store, jobs: Jobs) -> None:
+    running = jobs.running.id
+    store.mark_running([running], "task-7")
+    waiting = easel("jobs", "show", str(running)).stdout
+    assert "none yet (run task-7)" in waiting
+    store.claim_run("task-7", [running], "gpu-box-2", 600)
+    text = easel("jobs", "show", str(running)).stdout
+    assert "Worker" in text and "gpu-box-2, lease until" in text and "expired" not in text
+    shown = json_of(easel("jobs", "show", str(running), "--json"))
+    assert isinstance(shown, dict)
+    assert (shown["run_id"], shown["worker"]) == ("task-7", "gpu-box-2")
+    lease = datetime.fromisoformat(shown["lease_until"])
+    assert lease > datetime.now(UTC) + timedelta(seconds=300)
+    assert "Worker" not in easel("jobs", "show", str(jobs.done.id)).stdout
+
+
 def test_jobs_show_of_no_such_job(store: Store, jobs: Jobs) -> None:
     for job_id in ("99", "0", str(2**70)):
         result = easel("jobs", "show", job_id)

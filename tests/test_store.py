@@ -87,7 +87,7 @@ def test_upgrade_creates_every_table_and_is_idempotent(db_path: Path) -> None:
     with Store(f"sqlite:///{db_path}") as store:
         assert store.current() is None
         store.upgrade(through_migrations=True)
-        assert store.current() == store.head() == "0005"
+        assert store.current() == store.head() == "0006"
         user = store.user("telegram", "7")
         store.upgrade()
         assert store.current() == store.head()
@@ -100,14 +100,25 @@ def test_upgrade_creates_every_table_and_is_idempotent(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize("through_migrations", [True, False])
-def test_models_and_migration_agree(db_path: Path, through_migrations: bool) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_models_and_migration_agree(
+    request: pytest.FixtureRequest, db_path: Path, database: str, through_migrations: bool
+) -> None:
     """Every migration from an empty database, and the one-step creation of an empty one,
-    give the models' schema and the control row."""
-    with Store(f"sqlite:///{db_path}") as store:
+    give the models' schema and the control row: on SQLite, and on PostgreSQL (a fresh
+    database; skipped without one, see tests/services.py)."""
+    if database == "sqlite":
+        url = f"sqlite:///{db_path}"
+    else:
+        url = request.getfixturevalue("postgres_store_url")
+    with Store(url) as store:
+        assert store.current() is None
         store.upgrade(through_migrations=through_migrations)
         assert store.current() == store.head()
         assert store.control_state() == ControlState()
-    engine = sa.create_engine(f"sqlite:///{db_path}")
+        store.upgrade()  # at head: nothing to do
+        assert store.current() == store.head()
+    engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})

@@ -118,6 +118,9 @@ class JobDetail:
     failure_trace: str | None  # the operator's side (a traceback)
     grid_path: str | None
     images: tuple[ImageRecord, ...]
+    run_id: str | None = None  # a run on a GPU worker (while running)
+    worker: str | None = None  # the worker that claimed it
+    lease_until: datetime | None = None  # the worker holds the job until then
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,9 @@ def detail(job: JobRecord, owner: UserRecord | None, now: datetime, locale: str)
         failure_trace=job.failure_trace,
         grid_path=job.grid_path,
         images=job.images,
+        run_id=job.run_id,
+        worker=job.worker,
+        lease_until=job.lease_until,
     )
 
 
@@ -399,6 +405,17 @@ def jobs_show(job_id: JobIdArgument, as_json: JsonOption = False) -> None:
     print_detail(shown)
 
 
+def worker_text(job: JobDetail, now: datetime) -> str | None:
+    """Who runs a job on a GPU worker, and until when its lease holds it (None: not on one)."""
+    if job.worker is not None:
+        lease = when(job.lease_until)
+        expired = job.lease_until is not None and job.lease_until < now
+        return f"{job.worker}, lease until {lease} UTC" + (" (expired)" if expired else "")
+    if job.run_id is not None:
+        return f"none yet (run {job.run_id})"
+    return None
+
+
 def print_detail(job: JobDetail) -> None:
     table = Table(title=bilingual(f"Job #{job.id}", f"작업 #{job.id}"), show_header=False)
     table.add_column("", style="bold")
@@ -426,6 +443,11 @@ def print_detail(job: JobDetail) -> None:
         ("Ran", seconds(job.run_seconds)),
         ("GPU time", seconds(job.gpu_seconds)),
         ("Attempts", str(job.attempts)),
+    ]
+    worker = worker_text(job, datetime.now(UTC))
+    if worker is not None:
+        rows.append(("Worker", worker))
+    rows += [
         ("Delivery", job.delivery),
         ("Error", job.error or "-"),
         ("Grid", job.grid_path or "-"),

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -44,6 +44,7 @@ from bot.store.models import (
     Role,
     User,
     UserSettings,
+    UTCDateTime,
     utcnow,
 )
 from bot.store.records import (
@@ -86,6 +87,11 @@ M = TypeVar("M", bound=Base)
 QUEUE_STATE_ID = 1  # the one row of queue_state
 MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL
 ID_CHUNK = 500  # ids per IN (...) query: well under every database's bound-parameter limit
+# What a job that stops running leaves of its run on a GPU worker: nothing (the run's fields
+# are set only while the job runs).
+NO_RUN: Final[dict[str, None]] = {"run_id": None, "worker": None, "lease_until": None}
+# A job that ends keeps the name of the worker that ran it (what `easel jobs show` tells).
+RUN_OVER: Final[dict[str, None]] = {"run_id": None, "lease_until": None}
 
 
 class NotFoundError(LookupError):
@@ -424,32 +430,37 @@ class Store:
         """Every queued job, oldest first: what the scheduler rebuilds its queue from."""
         return self._jobs(sa.select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.id))
 
-    def mark_running(self, job_ids: Sequence[int]) -> set[int]:
+    def mark_running(self, job_ids: Sequence[int], run_id: str | None = None) -> set[int]:
         """Queued jobs start: one more attempt each. Jobs no longer queued (cancelled from
         another process meanwhile) are left alone: the ids that did start. A job still
         running is one this bot put back in its queue when the database failed mid-batch
         (one bot holds a database): it runs again as the same attempt, or is cancelled when
-        someone asked to stop it meanwhile."""
+        someone asked to stop it meanwhile. `run_id`: the run the batch is dispatched as (a
+        GPU worker's task), recorded on every job that starts or resumes, none of them
+        claimed yet."""
         if not job_ids:
             return set()
         chosen = Job.id.in_(job_ids)
         still_running = Job.status == JobStatus.RUNNING
+        this_run = {"run_id": run_id, "worker": None, "lease_until": None}
         with self._sessions.begin() as session:
+            _lock_in_order(session, chosen)
             # Conditional writes, not a read and then a write: a cancel committed by another
             # process in between could otherwise be overwritten (PostgreSQL) or fail the
             # write (SQLite).
             session.execute(
                 sa.update(Job)
                 .where(chosen, still_running, Job.cancel_requested.is_(True))
-                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **NO_RUN)
             )
-            resumed = session.scalars(sa.select(Job.id).where(chosen, still_running)).all()
+            resumed = update_jobs(session, (chosen, still_running), **this_run)
             started = update_jobs(
                 session,
                 (chosen, Job.status == JobStatus.QUEUED),
                 status=JobStatus.RUNNING,
                 started_at=utcnow(),
                 attempts=Job.attempts + 1,
+                **this_run,
             )
             return set(started) | set(resumed)
 
@@ -459,37 +470,65 @@ class Store:
         images: Sequence[NewImage],
         grid_path: str | None,
         gpu_seconds: float | None = None,
-    ) -> None:
+        run_id: str | None = None,
+    ) -> bool:
         """Record the job's images and finish it, both or neither. `gpu_seconds`: the job's
-        share of its batch's time."""
+        share of its batch's time. With `run_id` (a result from a GPU worker), only a job
+        still running as that run is finished: False, and nothing written, for a result
+        that comes too late (the job was requeued, cancelled or finished meanwhile)."""
+        values = {
+            "status": JobStatus.DONE,
+            "finished_at": utcnow(),
+            "grid_path": grid_path,
+            "gpu_seconds": gpu_seconds,
+            **RUN_OVER,
+        }
         with self._sessions.begin() as session:
-            row = _get(session, Job, job_id)
-            row.status = JobStatus.DONE
-            row.finished_at = utcnow()
-            row.grid_path = grid_path
-            row.gpu_seconds = gpu_seconds
-            session.add_all(Image(job_id=job_id, **asdict(image)) for image in images)
-
-    def mark_failed(self, job_id: int, error: str, trace: str | None = None) -> None:
-        """Finish the job as failed; `error` is the caller's JSON document, kept as is, and
-        `trace` the operator's detail (a traceback); secrets in either are masked first."""
-        self._update_job(
-            job_id,
-            status=JobStatus.FAILED,
-            finished_at=utcnow(),
-            error=masked_document(error, self._mask),
-            failure_trace=None if trace is None else self._mask(trace),
-        )
-
-    def mark_cancelled(self, job_id: int) -> bool:
-        """Cancel a queued or running job; False when it had already finished."""
-        with self._sessions.begin() as session:
-            row = _get(session, Job, job_id)
-            if row.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            if run_id is None:
+                _get(session, Job, job_id)  # NotFoundError for a job that does not exist
+                session.execute(sa.update(Job).where(Job.id == job_id).values(**values))
+            elif not update_jobs(session, _in_run(run_id, [job_id]), **values):
                 return False
-            row.status = JobStatus.CANCELLED
-            row.finished_at = utcnow()
+            session.add_all(Image(job_id=job_id, **asdict(image)) for image in images)
             return True
+
+    def mark_failed(
+        self, job_id: int, error: str, trace: str | None = None, run_id: str | None = None
+    ) -> bool:
+        """Finish the job as failed; `error` is the caller's JSON document, kept as is, and
+        `trace` the operator's detail (a traceback); secrets in either are masked first.
+        With `run_id`, only a job still running as that run fails (False otherwise)."""
+        values = {
+            "status": JobStatus.FAILED,
+            "finished_at": utcnow(),
+            "error": masked_document(error, self._mask),
+            "failure_trace": None if trace is None else self._mask(trace),
+            **RUN_OVER,
+        }
+        if run_id is None:
+            self._update_job(job_id, **values)
+            return True
+        with self._sessions.begin() as session:
+            return bool(update_jobs(session, _in_run(run_id, [job_id]), **values))
+
+    def mark_cancelled(self, job_id: int, run_id: str | None = None) -> bool:
+        """Cancel a queued or running job; False when it had already finished. With
+        `run_id`, only a job still running as that run is cancelled (False otherwise)."""
+        if run_id is None:
+            where: Sequence[sa.ColumnElement[bool]] = (
+                Job.id == job_id,
+                Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            )
+        else:
+            where = _in_run(run_id, [job_id])
+        with self._sessions.begin() as session:
+            if update_jobs(
+                session, where, status=JobStatus.CANCELLED, finished_at=utcnow(), **RUN_OVER
+            ):
+                return True
+            if run_id is None:
+                _get(session, Job, job_id)  # NotFoundError for a job that does not exist
+            return False
 
     def request_cancel(self, job_id: int, changed_by: str | None = None) -> CancelResult:
         """Cancel a job from any process: a queued one is cancelled here and now; a running
@@ -545,45 +584,179 @@ class Store:
         `refund_attempt` (a graceful stop is not a failed attempt)."""
         if not job_ids:
             return
-        attempts = Job.attempts - 1 if refund_attempt else Job.attempts
+        attempts = _refunded() if refund_attempt else Job.attempts
         with self._sessions.begin() as session:
             session.execute(
                 sa.update(Job)
                 .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
-                .values(status=JobStatus.QUEUED, started_at=None, attempts=attempts)
+                .values(status=JobStatus.QUEUED, started_at=None, attempts=attempts, **NO_RUN)
             )
 
-    def recover(self, max_attempts: int, error_for_exhausted: str) -> Recovery:
+    def recover(
+        self, max_attempts: int, error_for_exhausted: str, keep_leased: bool = False
+    ) -> Recovery:
         """After a crash: jobs left running are queued again, or failed once out of attempts;
-        one that someone asked to stop is cancelled."""
+        one that someone asked to stop is cancelled. With `keep_leased`, a job a GPU worker
+        holds under a live lease is left running (`Recovery.leased`): the worker is still at
+        it, and the bot re-attaches to its run."""
         with self._sessions.begin() as session:
-            session.execute(
-                sa.update(Job)
-                .where(Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(True))
-                .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+            now = _database_now(session)
+            where: list[sa.ColumnElement[bool]] = [Job.status == JobStatus.RUNNING]
+            if keep_leased:
+                where.append(_unheld(now))
+            _lock_in_order(session, Job.status == JobStatus.RUNNING)
+            cancelled = update_jobs(
+                session,
+                (*where, Job.cancel_requested.is_(True)),
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                **NO_RUN,
             )
-            running = session.execute(
-                sa.select(Job.id, Job.attempts)
-                .where(Job.status == JobStatus.RUNNING)
-                .order_by(Job.id)
+            requeued = update_jobs(
+                session,
+                (*where, Job.attempts < max_attempts),
+                status=JobStatus.QUEUED,
+                started_at=None,
+                **NO_RUN,
+            )
+            failed = update_jobs(
+                session,
+                where,
+                status=JobStatus.FAILED,
+                finished_at=now,
+                error=error_for_exhausted,
+                **NO_RUN,
+            )
+            leased = session.scalars(
+                sa.select(Job.id).where(Job.status == JobStatus.RUNNING).order_by(Job.id)
             ).all()
-            requeued = tuple(job_id for job_id, attempts in running if attempts < max_attempts)
-            failed = tuple(job_id for job_id, attempts in running if attempts >= max_attempts)
-            if requeued:
-                session.execute(
-                    sa.update(Job)
-                    .where(Job.id.in_(requeued))
-                    .values(status=JobStatus.QUEUED, started_at=None)
+        return Recovery(
+            requeued=tuple(sorted(requeued)),
+            failed=tuple(sorted(failed)),
+            cancelled=tuple(sorted(cancelled)),
+            leased=tuple(leased),
+        )
+
+    # Runs on GPU workers (scale-out). A batch dispatched to the workers is a run: its jobs
+    # are marked running with its id (`mark_running(ids, run_id)`); the worker that takes it
+    # claims it under a lease and renews the lease while it works; its results are written
+    # only while the jobs are still running as that run. A run whose lease ran out, or that
+    # no worker took, is lost: its jobs are queued again (`requeue_lost`). Every change is
+    # one conditional UPDATE, so a claim, a renewal, a result and a requeue racing for the
+    # same rows never both take effect. Lease times are the database's clock, not a
+    # machine's: the workers' clocks need not agree.
+
+    def claim_run(
+        self, run_id: str, job_ids: Sequence[int], worker: str, lease_seconds: float
+    ) -> set[int]:
+        """The worker takes the run's jobs that are still running as this run and that no
+        worker holds (never claimed, or its lease ran out): they are its own until the
+        lease ends. The ids it got; an empty set means the run is not this worker's to do."""
+        _check_lease(lease_seconds)
+        if not job_ids:
+            return set()
+        with self._sessions.begin() as session:
+            now = _database_now(session)
+            where = (*_in_run(run_id, job_ids), _unheld(now))
+            _lock_in_order(session, Job.id.in_(job_ids))
+            return set(
+                update_jobs(
+                    session,
+                    where,
+                    worker=worker,
+                    lease_until=now + timedelta(seconds=lease_seconds),
                 )
-            if failed:
-                session.execute(
-                    sa.update(Job)
-                    .where(Job.id.in_(failed))
-                    .values(
-                        status=JobStatus.FAILED, finished_at=utcnow(), error=error_for_exhausted
-                    )
-                )
-        return Recovery(requeued=requeued, failed=failed)
+            )
+
+    def renew_lease(
+        self, run_id: str, job_ids: Sequence[int], worker: str, lease_seconds: float
+    ) -> set[int]:
+        """The worker still works on the run: its jobs are held `lease_seconds` longer. The
+        ids renewed; a job missing from them is no longer this worker's (requeued,
+        cancelled, finished, or taken over after its lease ran out)."""
+        _check_lease(lease_seconds)
+        if not job_ids:
+            return set()
+        with self._sessions.begin() as session:
+            now = _database_now(session)
+            where = (*_in_run(run_id, job_ids), Job.worker == worker)
+            _lock_in_order(session, Job.id.in_(job_ids))
+            return set(
+                update_jobs(session, where, lease_until=now + timedelta(seconds=lease_seconds))
+            )
+
+    def expired_leases(self, now: datetime | None = None) -> dict[str, list[int]]:
+        """Running jobs whose worker's lease ran out (the worker died or lost the database),
+        by run id: runs to treat as lost."""
+        with self._sessions() as session:
+            moment = now or _database_now(session)
+            return _by_run(
+                session,
+                Job.status == JobStatus.RUNNING,
+                Job.worker.is_not(None),
+                Job.lease_until < moment,
+            )
+
+    def leased_runs(self) -> dict[str, list[int]]:
+        """Running jobs a worker holds under a live lease, by run id: a restarted bot
+        re-attaches to these runs instead of running the jobs again."""
+        with self._sessions() as session:
+            return _by_run(
+                session,
+                Job.status == JobStatus.RUNNING,
+                Job.worker.is_not(None),
+                Job.lease_until >= _database_now(session),
+            )
+
+    def requeue_lost(
+        self,
+        run_id: str,
+        job_ids: Sequence[int],
+        max_attempts: int,
+        error_for_exhausted: str,
+        ran: bool,
+    ) -> Recovery:
+        """The run was lost: its worker died (its lease ran out), or no worker took it.
+        Its jobs still running as this run and held by no live lease go back to the queue;
+        `ran=False` (it never started) refunds the attempt, `ran=True` counts it, and a job
+        out of attempts fails with `error_for_exhausted`. A job someone asked to stop is
+        cancelled. A job a worker holds under a live lease is left alone: that worker is not
+        lost (and a claim racing this call wins or loses whole)."""
+        if not job_ids:
+            return Recovery(requeued=(), failed=())
+        with self._sessions.begin() as session:
+            now = _database_now(session)
+            where = (*_in_run(run_id, job_ids), _unheld(now))
+            _lock_in_order(session, Job.id.in_(job_ids))
+            cancelled = update_jobs(
+                session,
+                (*where, Job.cancel_requested.is_(True)),
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                **NO_RUN,
+            )
+            requeue = where if not ran else (*where, Job.attempts < max_attempts)
+            requeued = update_jobs(
+                session,
+                requeue,
+                status=JobStatus.QUEUED,
+                started_at=None,
+                attempts=_refunded() if not ran else Job.attempts,
+                **NO_RUN,
+            )
+            failed = update_jobs(
+                session,
+                where,
+                status=JobStatus.FAILED,
+                finished_at=now,
+                error=error_for_exhausted,
+                **RUN_OVER,
+            )
+        return Recovery(
+            requeued=tuple(sorted(requeued)),
+            failed=tuple(sorted(failed)),
+            cancelled=tuple(sorted(cancelled)),
+        )
 
     def undelivered(self, platform: str) -> list[JobRecord]:
         """Finished jobs from this platform whose result never reached the chat, oldest first."""
@@ -813,6 +986,61 @@ def update_jobs(
     if ids:
         session.execute(sa.update(Job).where(Job.id.in_(ids)).values(**values))
     return ids
+
+
+def _in_run(run_id: str, job_ids: Sequence[int]) -> tuple[sa.ColumnElement[bool], ...]:
+    """These jobs, where they are still running as this run."""
+    return (Job.id.in_(job_ids), Job.status == JobStatus.RUNNING, Job.run_id == run_id)
+
+
+def _unheld(now: datetime) -> sa.ColumnElement[bool]:
+    """No worker holds the job: none claimed it, or its lease ran out."""
+    return sa.or_(Job.worker.is_(None), Job.lease_until.is_(None), Job.lease_until < now)
+
+
+def _refunded() -> sa.ColumnElement[int]:
+    """One attempt fewer (a run that never started, a graceful stop), never below none."""
+    return sa.case((Job.attempts > 0, Job.attempts - 1), else_=0)
+
+
+def _check_lease(lease_seconds: float) -> None:
+    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+        raise ValueError(f"a lease lasts a positive number of seconds, not {lease_seconds!r}")
+
+
+def _database_now(session: Session) -> datetime:
+    """The database server's time where it has one to give (leases are compared across
+    machines whose clocks may differ); this machine's for SQLite, which is on this one."""
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    now = session.scalar(sa.select(sa.func.statement_timestamp(type_=UTCDateTime())))
+    if now is None:  # pragma: no cover - PostgreSQL always answers
+        raise StoreError("the database did not tell its time")
+    return now
+
+
+def _lock_in_order(session: Session, *where: sa.ColumnElement[bool]) -> None:
+    """Lock the rows that a multi-row UPDATE is about to change, in id order, before it
+    runs (PostgreSQL). Two such UPDATEs racing on the same rows then never interleave,
+    each taking some of the rows, nor deadlock: the second waits for the first and sees
+    its result whole. SQLite needs none of it (one writer at a time, and a read before a
+    write there would risk SQLITE_BUSY_SNAPSHOT)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return
+    session.execute(sa.select(Job.id).where(*where).order_by(Job.id).with_for_update())
+
+
+def _by_run(session: Session, *where: sa.ColumnElement[bool]) -> dict[str, list[int]]:
+    """The matching jobs' ids (ascending) by their run id."""
+    runs: dict[str, list[int]] = {}
+    rows = session.execute(
+        sa.select(Job.run_id, Job.id)
+        .where(*where, Job.run_id.is_not(None))
+        .order_by(Job.run_id, Job.id)
+    )
+    for run_id, job_id in rows:
+        runs.setdefault(run_id, []).append(job_id)
+    return runs
 
 
 def _create_at_head(connection: Connection) -> None:

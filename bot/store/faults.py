@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import event, exc
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext, make_url
 
 from pipeline.errors import EaselError
@@ -306,21 +306,16 @@ def _advisory_lock(engine: Engine) -> Connection:
     import sqlalchemy as sa
 
     connection = engine.connect()
+    # Out of the pool for good: a session-level lock lasts as long as the database session,
+    # and a pooled connection's session outlives its close() (the lock would stay held by a
+    # connection idling in the pool). Detached, close() ends the session and the lock.
+    connection.detach()
     try:
         if engine.url.get_backend_name() == "postgresql":
             got = connection.scalar(
                 sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}
             )
-            holder = (
-                connection.scalar(
-                    sa.text(
-                        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                        "AND pid <> pg_backend_pid() LIMIT 1"
-                    )
-                )
-                if not got
-                else None
-            )
+            holder = None if got else connection.scalar(POSTGRES_HOLDER, {"key": ADVISORY_KEY})
         else:
             got = connection.scalar(sa.text("SELECT GET_LOCK('easel-bot', 0)")) == 1
             holder = None
@@ -336,3 +331,13 @@ def _advisory_lock(engine: Engine) -> Connection:
             message += f" (database backend pid {holder})"
         raise BotAlreadyRunningError(message)
     return connection
+
+
+# Who holds our advisory lock on this database (advisory locks are per database; a bigint
+# key shows in pg_locks as its high and low 32 bits, with objsubid 1).
+POSTGRES_HOLDER = text(
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid = (:key >> 32)::bigint::oid AND objid = (:key & 4294967295)::bigint::oid "
+    "AND pid <> pg_backend_pid() LIMIT 1"
+)

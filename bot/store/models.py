@@ -149,6 +149,7 @@ class Job(Base):
         sa.Index("ix_jobs_parent_id", "parent_id"),
         sa.Index("ix_jobs_origin_platform_delivery", "origin_platform", "delivery"),
         sa.Index("ix_jobs_created_at", "created_at"),
+        sa.Index("ix_jobs_status_lease_until", "status", "lease_until"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -184,6 +185,11 @@ class Job(Base):
         sa.Boolean(), default=False, server_default=sa.false()
     )
     gpu_seconds: Mapped[float | None] = mapped_column(sa.Float())  # its share of its batch
+    # A run on a GPU worker (scale-out), set only while the job is running: the run's id (the
+    # Celery task id), the worker that claimed it, and until when its lease holds the job.
+    run_id: Mapped[str | None] = mapped_column(sa.String(64))
+    worker: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     # lazy="raise": records are built inside the session, so a lazy load would be a bug.
     images: Mapped[list[Image]] = relationship(

@@ -103,6 +103,9 @@ class JobRecord:
     cost: float = 1.0
     cancel_requested: bool = False
     gpu_seconds: float | None = None
+    run_id: str | None = None  # the current run on a GPU worker (while running)
+    worker: str | None = None  # the worker that claimed that run
+    lease_until: datetime | None = None  # the worker holds the job until then
     images: tuple[ImageRecord, ...] = ()
 
 
@@ -141,8 +144,14 @@ class HistoryPage:
 
 @dataclass(frozen=True)
 class Recovery:
+    """What became of running jobs nobody runs any more: queued again, failed (out of
+    attempts), cancelled (someone asked to stop them), or left alone because a worker still
+    holds them under a live lease."""
+
     requeued: tuple[int, ...]
     failed: tuple[int, ...]
+    cancelled: tuple[int, ...] = ()
+    leased: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
