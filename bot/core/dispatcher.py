@@ -73,6 +73,14 @@ SLOT_POLL_SECONDS = 0.5
 ControlListener = Callable[[ControlState, ControlState], None]
 
 
+class _LostJob(StrEnum):
+    """What became of a job whose worker was lost."""
+
+    PENDING = "pending"  # queued again, or waiting for its lease to run out
+    DELIVER = "deliver"  # failed: its failure is to be delivered
+    SETTLED = "settled"  # cancelled, or finished elsewhere
+
+
 class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"  # it was queued; it is cancelled now
     STOPPING = "stopping"  # it is running; it stops within a step
@@ -692,9 +700,10 @@ class Dispatcher:
             for job, outcome in zip(jobs, outcomes, strict=True):
                 share = outcome.seconds * max(1, len(outcome.images)) / images
                 if outcome.status in (OutcomeStatus.LOST, OutcomeStatus.NOT_TAKEN):
-                    if await self._lost(job, outcome, run_id):
+                    fate = await self._lost(job, outcome, run_id)
+                    if fate is _LostJob.DELIVER:
                         delivering.add(job.id)
-                    else:
+                    elif fate is _LostJob.PENDING:
                         requeued.add(job.id)
                 elif await self._record_safely(job, outcome, share, run_id):
                     # Uploads can take seconds: the next batch need not wait for them.
@@ -726,10 +735,11 @@ class Dispatcher:
         losses = self.config.max_worker_losses
         return message_to_json(Message(Key.FAILED_WORKER_LOST, {"attempts": losses}))
 
-    async def _lost(self, job: JobRecord, outcome: TaskOutcome, run_id: str) -> bool:
+    async def _lost(self, job: JobRecord, outcome: TaskOutcome, run_id: str) -> _LostJob:
         """The worker running the job was lost: it goes back to the queue (no attempt spent
-        when the worker never took it), or fails once out of attempts, or ends cancelled when
-        someone asked; True when a result (the failure) is to be delivered."""
+        when the worker never took it), or fails once out of attempts (its failure is then to
+        be delivered), or ends cancelled when someone asked. While its lease still holds, it
+        stays as it is until the lease runs out (`_watch_leases`)."""
         ran = outcome.status is OutcomeStatus.LOST
         recovery = self.store.requeue_lost(
             run_id, [job.id], self.config.max_worker_losses, self._worker_lost_text(), ran=ran
@@ -740,17 +750,25 @@ class Dispatcher:
             if fresh is not None:
                 self.scheduler.add(self.queued_job(fresh))
                 lifecycle.requeued(fresh, self.user)
-            return False
+            return _LostJob.PENDING
         if job.id in recovery.failed:
             log.error("Job %s: its GPU worker was lost %d times; it fails", job.id, job.attempts)
             lifecycle.failed(job, self.user, "worker_lost")
-            return True
-        if job.id in getattr(recovery, "cancelled", ()):
+            return _LostJob.DELIVER
+        if job.id in recovery.cancelled:
             lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
-        else:  # finished or queued again by someone else meanwhile
-            log.warning("Job %s: run %s was lost, and the job had moved on", job.id, run_id)
-        return False
+            return _LostJob.SETTLED
+        row = self.store.job(job.id)
+        if row is not None and row.status is JobStatus.RUNNING and row.run_id == run_id:
+            log.warning(
+                "Job %s: its GPU worker %s is silent; it runs again once its lease ends",
+                job.id,
+                row.worker,
+            )
+            return _LostJob.PENDING
+        log.warning("Job %s: run %s was lost, and the job had moved on", job.id, run_id)
+        return _LostJob.SETTLED
 
     async def _left_queue_elsewhere(self, job_id: int) -> None:
         job = self.store.job(job_id)

@@ -43,6 +43,9 @@ def celery_app(broker_url: str, result_url: str | None = None) -> Celery:
         result_backend_transport_options={"visibility_timeout": VISIBILITY_SECONDS},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # Easel's log handler writes to the stderr of the moment: Celery's stand-in for it
+        # would swallow every line logged while a task runs.
+        worker_redirect_stdouts=False,
         worker_send_task_events=True,  # Flower shows the runs
         task_send_sent_event=True,
         task_default_queue="easel",
