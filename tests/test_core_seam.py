@@ -421,10 +421,10 @@ def test_a_database_that_fails_for_a_while_keeps_the_job_and_finishes_it(
     original = bot.store.mark_done
     failures = [StoreError("the database disk is full (easel.db): free some space")] * 2
 
-    def full_then_fine(*args: Any, **kwargs: Any) -> None:
+    def full_then_fine(*args: Any, **kwargs: Any) -> bool:
         if failures:
             raise failures.pop()
-        original(*args, **kwargs)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(bot.store, "mark_done", full_then_fine)
 

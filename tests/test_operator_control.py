@@ -183,14 +183,14 @@ def test_a_job_put_back_after_a_database_failure_survives_a_sync_and_runs(
     failures = [StoreError("the database disk is full (easel.db): free some space")]
     user_failures: list[StoreError] = []
 
-    def full_once(*args: Any, **kwargs: Any) -> None:
+    def full_once(*args: Any, **kwargs: Any) -> bool:
         if failures:
             with Store(bot.store.url) as other:
                 other.bump_revision("cli:op")
             bot.service.dispatcher.forget_user(1)
             user_failures.append(StoreError("the database is locked"))
             raise failures.pop()
-        original_done(*args, **kwargs)
+        return original_done(*args, **kwargs)
 
     def user_failing_once(user_id: int) -> Any:
         if user_failures:
