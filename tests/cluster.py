@@ -94,6 +94,14 @@ class Cluster:
             client.close()
         return WorkerInfo.from_json(value) if value is not None else None
 
+    def reports(self) -> list[bytes]:
+        """The reports waiting in Celery's result backend."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return list(client.scan_iter("celery-task-meta-*"))
+        finally:
+            client.close()
+
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
 

@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import bot.doctor
 from bot.doctor import Check, redact
+from bot.settings import Settings
 from bot.store import missing_sqlite_file
 from tests.test_cli_doctor import TELEGRAM, _doctor, _models, setup
 
@@ -101,3 +103,30 @@ def test_redact_masks_what_no_secret_value_names() -> None:
     assert "bot987654321:<token>/setWebhook" in masked.detail
     assert "postgresql+psycopg://easel:***@db/easel" in masked.detail
     assert masked.fix == "the configured token *** is not to be shown"
+
+
+def test_doctor_shows_the_gpu_workers_the_broker_knows(fresh_redis: str) -> None:
+    import redis
+
+    from bot.doctor.checks import Status
+    from bot.doctor.workers import check_workers
+    from pipeline.executors.remote.channels import WORKERS_SET, WorkerInfo, worker_key
+
+    def checks(broker: str) -> list[Any]:
+        settings = Settings(_env_file=None, executor="celery", broker_url=broker)
+        return check_workers(settings)
+
+    assert check_workers(Settings(_env_file=None)) == []  # the local executor: no such check
+    (none,) = checks(fresh_redis)
+    assert none.status is Status.WARN and "easel worker" in none.fix
+    client = redis.Redis.from_url(fresh_redis)
+    info = WorkerInfo("gpu-a", "easel.worker.gpu-a", "cuda:0", 2, busy=1, loaded=("sd15",))
+    client.set(worker_key("gpu-a"), info.to_json())
+    client.sadd(WORKERS_SET, "gpu-a", "gone-b")  # gone-b's announcement expired
+    client.close()
+    (found,) = checks(fresh_redis)
+    assert found.status is Status.OK
+    assert "1 through" in found.detail and "gpu-a (cuda:0, 1/2 busy, sd15)" in found.detail
+    (unreachable,) = checks("redis://:s3cret-pw@127.0.0.1:1/0")
+    assert unreachable.status is Status.FAIL and "EASEL_BROKER_URL" in unreachable.fix
+    assert "s3cret-pw" not in unreachable.detail and "***" in unreachable.detail

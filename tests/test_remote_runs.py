@@ -153,6 +153,7 @@ class PlayedWorkers:
         self.script = script
         self.runs: list[tuple[str, list[int]]] = []
         self.store: Any = None
+        self.forgotten: list[str] = []  # runs whose outcomes the bot recorded
         self._busy = False
 
     async def start(self) -> None:
@@ -196,6 +197,9 @@ class PlayedWorkers:
 
     def cancel(self, task_id: int) -> None:
         self.local.cancel(task_id)
+
+    def recorded(self, run_id: str) -> None:
+        self.forgotten.append(run_id)
 
     def abandon(self, run_id: str) -> None:
         pass
@@ -260,6 +264,7 @@ def test_a_run_no_worker_took_costs_no_attempt_and_runs_again(
     assert row.attempts == 2  # the lost run and the one that finished; the untaken ones free
     assert len(row.images) == 1 and Path(row.images[0].path).is_file()
     assert len(workers.runs) == 4
+    assert workers.forgotten == [run_id for run_id, _ in workers.runs]  # reports may go
     bot.store.close()
 
 

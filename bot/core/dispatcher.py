@@ -711,6 +711,8 @@ class Dispatcher:
                 if job.id in delivering:
                     self._in_background(self._deliver_and_settle(job.id))
                 recorded.add(job.id)
+            if jobs and self.executor.remote:
+                self.executor.recorded(run_id)  # type: ignore[attr-defined]
         except StoreError:
             store_failed = True
             raise

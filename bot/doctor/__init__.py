@@ -32,6 +32,7 @@ from bot.doctor.files import (
 )
 from bot.doctor.storage import check_database
 from bot.doctor.system import check_gpu, check_python, check_tcmalloc, check_torch
+from bot.doctor.workers import check_workers
 from bot.logs import PASSWORD as HIDDEN
 from bot.logs import Secret, SecretMask, configured_secrets, secrets_of
 from bot.settings import Settings
@@ -60,6 +61,7 @@ def run_checks() -> list[Check]:
         *guarded_all("presets", lambda: check_presets(settings)),
         guarded("vocabulary", lambda: check_vocabulary(settings)),
         guarded("database", lambda: check_database(settings)),
+        *guarded_all("GPU workers", lambda: check_workers(settings)),
         guarded("disk space", lambda: check_disk_space(settings)),
         *guarded_all("write access", lambda: check_writable_folders(settings)),
     ]

@@ -326,9 +326,18 @@ class RemoteExecutor:
             trace = result.traceback or repr(result.result)
             return TaskFailureReport(first_line(result.result), trace)
         text = await asyncio.to_thread(result.get, timeout=DONE_WAIT_SECONDS)
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(result.forget)
         return RunReport.from_json(text)
+
+    def recorded(self, run_id: str) -> None:
+        """The bot has recorded the run's outcomes: its report can go (kept until then, so
+        that a bot that stops while recording finds it again at the next start)."""
+        self._spawn(self._forget(run_id), f"easel-forget-{run_id}")
+
+    async def _forget(self, run_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.app.AsyncResult(run_id).forget)
+        except Exception as error:  # it expires on its own
+            log.warning("Removing the report of run %s failed: %s", run_id, error)
 
     async def _follow_runs(self) -> None:
         """Every run's events, relayed to the run waiting for them."""
