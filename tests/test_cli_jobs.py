@@ -241,7 +241,10 @@ def test_jobs_show_names_the_worker_of_a_remote_run(store: Store, jobs: Jobs) ->
     assert (shown["run_id"], shown["worker"]) == ("task-7", "gpu-box-2")
     lease = datetime.fromisoformat(shown["lease_until"])
     assert lease > datetime.now(UTC) + timedelta(seconds=300)
-    assert "Worker" not in easel("jobs", "show", str(jobs.done.id)).stdout
+    assert "Worker" not in easel("jobs", "show", str(jobs.done.id)).stdout  # a local job
+    assert store.mark_done(running, [], None, run_id="task-7")
+    ended = easel("jobs", "show", str(running)).stdout
+    assert "gpu-box-2" in ended and "lease" not in ended  # who made it, and no lease now
 
 
 def test_jobs_show_of_no_such_job(store: Store, jobs: Jobs) -> None:

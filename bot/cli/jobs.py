@@ -406,7 +406,10 @@ def jobs_show(job_id: JobIdArgument, as_json: JsonOption = False) -> None:
 
 
 def worker_text(job: JobDetail, now: datetime) -> str | None:
-    """Who runs a job on a GPU worker, and until when its lease holds it (None: not on one)."""
+    """Who runs a job on a GPU worker, and until when its lease holds it; for a job that
+    ended, the worker that ran it (None: never on one)."""
+    if job.worker is not None and job.lease_until is None:
+        return job.worker
     if job.worker is not None:
         lease = when(job.lease_until)
         expired = job.lease_until is not None and job.lease_until < now
