@@ -111,11 +111,9 @@ class Cluster:
         process.wait(timeout=30)
 
     def stop(self) -> None:
+        """The end of the tests: no need for the workers' graceful stop."""
         for process in self.processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        for process in self.processes.values():
+            process.wait(timeout=30)

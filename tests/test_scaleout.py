@@ -26,7 +26,7 @@ WORKERS = ("gpu-a", "gpu-b")
 JOB_TIMEOUT = 120.0
 ORIGIN = Origin("test", "chat-scale")
 USERS = [UserRef("test", f"user-{index}", f"User {index}", "en") for index in range(4)]
-LONG = "--steps 100 --n 1"  # seconds on the tiny model: long enough to act while it runs
+LONG = "--steps 60 --n 1"  # seconds on the tiny model: long enough to act while it runs
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_jobs_of_several_users_spread_over_both_workers(cluster: Cluster) -> Non
         bot, events = await started_bot(cluster)
         try:
             jobs = [
-                await imagine(bot, user, f"a lighthouse {user.platform_user_id} --steps 30 --n 1")
+                await imagine(bot, user, f"a lighthouse {user.platform_user_id} --steps 8 --n 1")
                 for user in USERS
             ]
             await idle(bot)
@@ -163,7 +163,7 @@ def test_cancel_stops_a_remote_job_within_a_step_and_the_worker_stays(cluster: C
 
     cancelled, steps, after = asyncio.run(scenario())
     assert cancelled.status is JobStatus.CANCELLED and cancelled.images == ()
-    assert steps < 100
+    assert steps < 60
     assert after.status is JobStatus.DONE  # the worker that held the model runs on
     assert all(cluster.processes[name].poll() is None for name in WORKERS)
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from pipeline.executors.local import LocalExecutor
 
 log = logging.getLogger(__name__)
-ANNOUNCE_SECONDS = 2.0  # how often a worker says what it holds
+ANNOUNCE_SECONDS = 1.0  # how often a worker says what it holds (one small SET)
 ANNOUNCE_TTL = 3 * ANNOUNCE_SECONDS  # after this without a word, a worker is gone
 CANCEL_POLL_SECONDS = 0.5  # cancels are published at once; the keys catch a missed message
 
