@@ -4,6 +4,7 @@ tiny model, each in its own process group, against a real Redis and PostgreSQL."
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,12 +24,27 @@ START_TIMEOUT = 240.0  # workers importing torch and loading the model on 2 busy
 LEASE_SECONDS = 3.0  # short, so that a killed worker's jobs come back within a test
 
 
+WEIGHTS = ("*.safetensors", "*.bin", "*.ckpt", "*.pt")
+
+
 def cluster_models(root: Path, checkpoint: Path, pipe: StableDiffusionPipeline) -> Path:
-    """A models folder with the tiny checkpoint (linked) and one LoRA, `ink`."""
+    """The workers' models folder: the tiny checkpoint (linked) and one LoRA, `ink`."""
     models = root / "models"
     (models / "stable-diffusion").mkdir(parents=True)
     (models / "stable-diffusion" / "tiny-sd1").symlink_to(checkpoint)
     write_lora(pipe, models / "lora" / "ink.safetensors", LoraSpec(seed=3))
+    return models
+
+
+def weightless_models(root: Path, checkpoint: Path) -> Path:
+    """The bot's models folder: the checkpoint's configs and tokenizer, not one weight file,
+    and no LoRA (the workers announce theirs)."""
+    models = root / "bot-models"
+    shutil.copytree(
+        checkpoint,
+        models / "stable-diffusion" / checkpoint.name,
+        ignore=shutil.ignore_patterns(*WEIGHTS),
+    )
     return models
 
 
@@ -38,6 +54,7 @@ class Cluster:
     models: Path
     database_url: str
     redis_url: str
+    bot_models: Path | None = None  # the bot's own (default: the workers' folder)
     batch_images: int = 1
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -45,7 +62,7 @@ class Cluster:
         return Settings(
             _env_file=None,
             outputs_dir=self.root / "outputs",
-            models_dir=self.models,
+            models_dir=self.bot_models or self.models,
             model="tiny-sd1",
             database_url=self.database_url,
             executor="celery",

@@ -19,7 +19,7 @@ from diffusers import StableDiffusionPipeline
 from bot.core.events import EventKind, JobEvent, Origin, UserRef
 from bot.runtime import Bot, build_remote_bot, open_store
 from bot.store import JobRecord, JobStatus, Store
-from tests.cluster import Cluster, cluster_models
+from tests.cluster import Cluster, cluster_models, weightless_models
 from tests.services import PostgresDatabases
 
 WORKERS = ("gpu-a", "gpu-b")
@@ -41,9 +41,11 @@ def cluster(
 
     redis_library.Redis.from_url(redis_url).flushdb()
     root = tmp_path_factory.mktemp("scaleout")
-    models = cluster_models(root, models_dir / "stable-diffusion" / "tiny-sd1", random_sd1)
+    checkpoint = models_dir / "stable-diffusion" / "tiny-sd1"
+    models = cluster_models(root, checkpoint, random_sd1)
     url = postgres_databases.create("easel_scaleout")
-    made = Cluster(root, models, url, redis_url)
+    # The bot holds no weights: it checks jobs from the checkpoint's configs and tokenizer.
+    made = Cluster(root, models, url, redis_url, bot_models=weightless_models(root, checkpoint))
     open_store(made.settings()).close()  # migrated before any worker connects
     try:
         for name in WORKERS:

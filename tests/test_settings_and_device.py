@@ -80,3 +80,27 @@ def test_batch_mode_and_its_older_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EASEL_BATCH_ROWS", "0")
     with pytest.raises(ValueError, match="batch_rows"):
         Settings()
+
+
+def test_the_celery_executor_needs_a_broker_and_the_logs_never_show_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.logs import SecretMask, secrets_of
+    from bot.settings import settings_problems
+
+    assert Settings(_env_file=None).executor == "local"
+    monkeypatch.setenv("EASEL_EXECUTOR", "Celery")
+    with pytest.raises(ValueError) as missing:
+        Settings(_env_file=None)
+    (problem,) = settings_problems(missing.value)  # type: ignore[arg-type]
+    assert "EASEL_BROKER_URL" in problem and "redis://" in problem
+    monkeypatch.setenv("EASEL_EXECUTOR", "ray")
+    with pytest.raises(ValueError, match="local, celery"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("EASEL_EXECUTOR", "celery")
+    monkeypatch.setenv("EASEL_BROKER_URL", "redis://:b-r0ker-pw@10.0.0.5:6379/0")
+    monkeypatch.setenv("EASEL_RESULT_URL", "redis://:r3sult-pw@10.0.0.6:6379/1")
+    settings = Settings(_env_file=None)
+    mask = SecretMask(secrets_of(settings)).mask
+    line = mask(f"broker {settings.broker_url} results {settings.result_url}")
+    assert "b-r0ker-pw" not in line and "r3sult-pw" not in line and "10.0.0.5:6379" in line
