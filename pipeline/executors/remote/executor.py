@@ -57,6 +57,10 @@ UNLISTED_GRACE_SECONDS = 30.0  # a live worker that no longer lists a run withou
 class Preparer(Protocol):
     async def prepare(self, work: Work) -> PreparedWork: ...
 
+    def warm_up(self) -> None:
+        """Import what the first check needs (blocking: seconds), ahead of the first job."""
+        ...
+
 
 @dataclass
 class _Run:
@@ -100,6 +104,7 @@ class RemoteExecutor:
         from redis.asyncio import Redis
 
         self._redis = Redis.from_url(self.broker_url)
+        self._spawn(asyncio.to_thread(self.preparer.warm_up), "easel-warm-up")
         await self._refresh()
         self._spawn(self._follow_workers(), "easel-workers")
         self._spawn(self._follow_runs(), "easel-runs")
