@@ -258,8 +258,8 @@ class Dispatcher:
         for task in (self._watch_task, self._lease_task):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, LANE_TIMEOUT)
         self._watch_task = self._lease_task = None
         if self.executor.remote:
             self._detaching = True

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 0.5  # how often the workers' announcements are read
 RESULT_POLL_SECONDS = 1.0  # a report is looked for this often without a DONE event
 DONE_WAIT_SECONDS = 60.0  # after DONE, the report must be stored within this
-UNLISTED_GRACE_SECONDS = 30.0  # a live worker that no longer lists a run without a report
+UNLISTED_GRACE_SECONDS = 30.0
+CLOSE_SECONDS = 5.0  # a live worker that no longer lists a run without a report
 
 
 class Preparer(Protocol):
@@ -95,7 +96,7 @@ class RemoteExecutor:
         self._runs: dict[str, _Run] = {}
         self._abandoned: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
-        self._started = False
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -108,15 +109,20 @@ class RemoteExecutor:
         await self._refresh()
         self._spawn(self._follow_workers(), "easel-workers")
         self._spawn(self._follow_runs(), "easel-runs")
-        self._started = True
 
     async def close(self) -> None:
+        """Stop following workers and runs; a Redis that does not answer holds this up for
+        at most CLOSE_SECONDS."""
+        self._closing = True
         for task in list(self._background):
             task.cancel()
         if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.wait(set(self._background), timeout=CLOSE_SECONDS)
         if self._redis is not None:
-            await self._redis.aclose()
+            try:
+                await asyncio.wait_for(self._redis.aclose(), CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("Closing the connection to Redis timed out")
         self.app.close()
 
     def _spawn(self, work: Any, name: str) -> None:
@@ -127,7 +133,7 @@ class RemoteExecutor:
     # ------------------------------------------------------------------ workers
 
     async def _follow_workers(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(REFRESH_SECONDS)
             await self._refresh()
 
@@ -347,7 +353,7 @@ class RemoteExecutor:
     async def _follow_runs(self) -> None:
         """Every run's events, relayed to the run waiting for them."""
         assert self._redis is not None
-        while True:
+        while not self._closing:
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 await pubsub.psubscribe("easel:run:*")
@@ -359,6 +365,8 @@ class RemoteExecutor:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if self._closing:
+                    return
                 log.warning("Following the runs' events failed: %s; again in 1 s", error)
                 await asyncio.sleep(1.0)
 
