@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from tests.running_bot import EASEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _easel(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from bot.cli import main; main()", *args],
+        [*EASEL, *args],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
