@@ -1,30 +1,45 @@
 """`python -m bench.discord` and `python -m bench.telegram` run end to end on tiny numbers and
-print their figures (the figures themselves are not checked: they measure the machine)."""
+print their figures (the figures themselves are not checked: they measure the machine).
+
+Each bench's `main()` runs in this process, with its command line in `sys.argv`: what the module
+does under `-m` is that call, and a process of its own would spend most of its time importing
+torch and diffusers again."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+import bench.discord
+import bench.telegram
+
 FIGURES = r"\s+(\d+)" + r"\s+(\d+\.\d)" * 4  # count, p50, p90, p99, max
 
 
-def bench_output(module: str, *arguments: str) -> str:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    finished = subprocess.run(
-        [sys.executable, "-m", module, *arguments],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    return finished.stdout
+@pytest.fixture
+def libraries_logging() -> Iterator[None]:
+    """The benches quiet diffusers and transformers for their process; put that back."""
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    yield
+    diffusers_logging.set_verbosity(levels[0])
+    transformers_logging.set_verbosity(levels[1])
+
+
+def bench_output(
+    main: Callable[[], None],
+    module: str,
+    arguments: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> str:
+    monkeypatch.setattr(sys, "argv", [module, *arguments])
+    main()
+    return capsys.readouterr().out
 
 
 def counted(output: str, labels: tuple[str, ...]) -> dict[str, int]:
@@ -39,10 +54,12 @@ def counted(output: str, labels: tuple[str, ...]) -> dict[str, int]:
     return counts
 
 
-def test_the_discord_bench_prints_acknowledgement_figures() -> None:
-    output = bench_output(
-        "bench.discord", "--jobs", "3", "--interactions", "5", "--presses", "2", "--rate", "20"
-    )
+@pytest.mark.usefixtures("libraries_logging")
+def test_the_discord_bench_prints_acknowledgement_figures(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ("--jobs", "3", "--interactions", "5", "--presses", "2", "--rate", "20")
+    output = bench_output(bench.discord.main, "bench.discord", arguments, monkeypatch, capsys)
     assert "3 jobs queued, 1 running; 7 interactions" in output
     labels = ("/imagine", "button press", "all", "first message (all)")
     assert counted(output, labels) == dict(zip(labels, (5, 2, 7, 7), strict=True))
@@ -50,10 +67,12 @@ def test_the_discord_bench_prints_acknowledgement_figures() -> None:
     assert re.search(r"CPU time: \d+\.\d ms per interaction", output), output
 
 
-def test_the_telegram_bench_prints_first_reply_figures() -> None:
-    output = bench_output(
-        "bench.telegram", "--jobs", "3", "--updates", "5", "--presses", "2", "--rate", "20"
-    )
+@pytest.mark.usefixtures("libraries_logging")
+def test_the_telegram_bench_prints_first_reply_figures(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ("--jobs", "3", "--updates", "5", "--presses", "2", "--rate", "20")
+    output = bench_output(bench.telegram.main, "bench.telegram", arguments, monkeypatch, capsys)
     assert "3 jobs queued, 1 running; 7 updates at 20/s" in output
     labels = ("/imagine", "button press", "all")
     assert counted(output, labels) == dict(zip(labels, (5, 2, 7), strict=True))

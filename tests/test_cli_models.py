@@ -11,13 +11,20 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from tests.running_bot import EASEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _easel(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+# The script pip installed, as users start it (its entry point is bot.cli:main).
+INSTALLED = [str(Path(sys.executable).with_name("easel"))]
+
+
+def _easel(
+    command: list[str], args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from bot.cli import main; main()", *args],
+        [*command, *args],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
@@ -26,8 +33,12 @@ def _easel(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Comple
     )
 
 
-@pytest.mark.parametrize("offline", ["1", ""])
-def test_offline_without_a_local_model_is_one_clear_error(tmp_path: Path, offline: str) -> None:
+@pytest.mark.parametrize(
+    ("offline", "command"), [("1", INSTALLED), ("", EASEL)], ids=["offline-installed", "no-hub"]
+)
+def test_offline_without_a_local_model_is_one_clear_error(
+    tmp_path: Path, offline: str, command: list[str]
+) -> None:
     models = tmp_path / "models"
     (models / "stable-diffusion").mkdir(parents=True)
     env = {
@@ -39,7 +50,7 @@ def test_offline_without_a_local_model_is_one_clear_error(tmp_path: Path, offlin
         "HF_HUB_OFFLINE": offline,
         "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there: as good as offline
     }
-    finished = _easel(["imagine", "a lighthouse", "--steps", "2"], env, tmp_path)
+    finished = _easel(command, ["imagine", "a lighthouse", "--steps", "2"], env, tmp_path)
     assert finished.returncode == 1
     lines = finished.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error:")]
@@ -47,6 +58,7 @@ def test_offline_without_a_local_model_is_one_clear_error(tmp_path: Path, offlin
     assert str(models / "stable-diffusion") in errors[0]
     assert "EASEL_MODEL" in errors[0]
     assert "Traceback" not in finished.stderr
+    assert finished.stdout == ""
     assert len(lines) == len(set(lines)), "no line is printed twice"
     assert not (tmp_path / "hf" / "hub").exists() or not any((tmp_path / "hf" / "hub").iterdir())
 

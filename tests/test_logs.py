@@ -277,7 +277,7 @@ def test_easel_chat_writes_json_lines_without_secrets(tmp_path: Path, models_dir
     # Lines that put the secrets through a library's logger and a traceback, written once
     # main() has set the logging up (as a request line or a failed connection would be).
     script = (
-        "import logging, os, bot.cli, bot.logs\n"
+        "import gc, logging, os, bot.cli, bot.logs\n"
         "def configure(early):\n"
         "    handler = bot.logs.configure_logging(early)\n"
         "    token = os.environ['TELEGRAM_TOKEN']\n"
@@ -289,7 +289,10 @@ def test_easel_chat_writes_json_lines_without_secrets(tmp_path: Path, models_dir
         "        logging.getLogger('discord.http').exception('Bot %s', discord)\n"
         "    return handler\n"
         "bot.cli.configure_logging = configure\n"
-        "bot.cli.main()\n"
+        "try:\n"
+        "    bot.cli.main()\n"
+        "finally:\n"
+        "    gc.freeze()  # as tests.running_bot.EASEL_MAIN: no last collection at exit\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, "chat", "--lang", "en"],
