@@ -273,7 +273,7 @@ class Dispatcher:
         """The store says that the database cannot go on, on the thread its call ran on (one
         of the store's own): acted on on the event loop."""
         loop = self._event_loop
-        if loop is None or _running_loop() is loop:
+        if loop is None or loop.is_closed() or _running_loop() is loop:
             self._database_failed(error)
             return
         with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
@@ -441,13 +441,19 @@ class Dispatcher:
     async def _read_owners_again(self) -> None:
         """Another process may have changed users (roles, quotas): the owners of the jobs
         queued, starting or running are read again; others are read when next needed."""
-        fresh = await self.db.run(users_by_id, self.store, self._owners_now())
-        read = {user.id: user for user in fresh}
-        self._users = {
-            user_id: read.get(user_id) or self._users[user_id]
-            for user_id in self._owners_now()  # jobs may have joined during the read
-            if user_id in read or user_id in self._users
+        before = dict(self._users)
+        read = {
+            user.id: user for user in await self.db.run(users_by_id, self.store, self._owners_now())
         }
+        users: dict[int, UserRecord] = {}
+        for user_id in self._owners_now():  # jobs may have joined during the read
+            current = self._users.get(user_id)
+            # One written here during the read (a role an admin set) is newer than the read.
+            if current is not None and current is not before.get(user_id):
+                users[user_id] = current
+            elif (user := read.get(user_id, current)) is not None:
+                users[user_id] = user
+        self._users = users
 
     def _owners_now(self) -> set[int]:
         return (
