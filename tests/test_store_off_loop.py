@@ -107,24 +107,23 @@ def _loop_runs_here() -> bool:
 
 class ResumedElsewhere:
     """A console line that first resumes the queue as the operator's command line would (a
-    store of its own, another thread), then waits until the bot, having seen the shared
-    control row change, ran job `job`."""
+    store of its own, on the console's input thread), then waits until the bot, having seen
+    the shared control row change, ran job `job`."""
 
-    def __init__(self, url: str, job: int) -> None:
-        self.url = url
+    def __init__(self, operator: Store, job: int) -> None:
+        self.operator = operator
         self.job = job
         self.resumed = False
 
     def __call__(self) -> str | None:
-        with Store(self.url) as store:
-            if not self.resumed:
-                store.set_queue_paused(False, "cli:operator")
-                self.resumed = True
-            row = store.job(self.job)
+        if not self.resumed:
+            self.operator.set_queue_paused(False, "cli:operator")
+            self.resumed = True
+        row = self.operator.job(self.job)
         return f"/info {self.job}" if row is not None and row.status is JobStatus.DONE else None
 
 
-def first_life(settings: Settings, engine: Engine) -> str:
+def first_life(settings: Settings, engine: Engine, operator: Store) -> str:
     lines = [
         "/imagine a red fox --steps 2 --n 1",  # job 1
         "/wait",
@@ -140,7 +139,7 @@ def first_life(settings: Settings, engine: Engine) -> str:
         "/imagine a blue fox --steps 2 --n 1",  # job 3: held by the pause
         "/cancel 3",
         "/imagine a green fox --steps 2 --n 1",  # job 4: held, until the resume below
-        ResumedElsewhere(settings.database_url, 4),
+        ResumedElsewhere(operator, 4),
         "/admin pause",
         "/imagine a white fox --steps 2 --n 1",  # job 5: still queued when the chat ends
     ]
@@ -199,16 +198,18 @@ def test_no_store_call_runs_on_the_event_loop(
     settings = console_settings(tmp_path, models_dir)
     calls = watch_store(monkeypatch)
 
-    output = first_life(settings, engine)
-    assert "Job #1 is done" in output
-    assert "upscaled to 128x128 (job #2)" in output
-    assert "Job #3 was cancelled." in output
-    assert "Job #4 is done" in output  # the resume from another process was obeyed
-    assert "stay queued for the next start" in output  # job 5
-    with Store(settings.database_url) as store:  # the crash: job 5 was running
-        assert store.user("console", "bob").banned
-        assert store.mark_running([5]) == {5}
-        store.set_queue_paused(False, "cli:operator")
+    with Store(settings.database_url) as operator:
+        output = first_life(settings, engine, operator)
+        assert "Job #1 is done" in output
+        assert "upscaled to 128x128 (job #2)" in output
+        assert "Your jobs, page 1 of 1 (2 in all):" in output
+        assert "  style: watercolor\n" in output
+        assert "Job #3 was cancelled." in output
+        assert "Job #4 is done" in output  # the resume from another process was obeyed
+        assert "stay queued for the next start" in output  # job 5
+        assert operator.user("console", "bob").banned
+        assert operator.mark_running([5]) == {5}  # the crash: job 5 was running
+        operator.set_queue_paused(False, "cli:operator")
 
     seen = second_life(settings, engine)
     assert seen["finished"] == [5]
