@@ -7,6 +7,9 @@ history, info, settings, the queue, a ban, a pause, a cancel, a resume written b
 process and seen by the control poll), and a restart through the job and admin services
 (recovery of a job a crash left running, status messages bound by a front end, setting menus,
 the remix line, the last grid). Not one store call may have run on the loop's thread.
+
+Moving the calls off the loop puts awaits where there were none; the second test holds one
+(a batch's rows being marked running) open and cancels the job meanwhile.
 """
 
 from __future__ import annotations
@@ -230,3 +233,51 @@ def test_no_store_call_runs_on_the_event_loop(
     assert on_loop == [], f"store calls on the event loop: {on_loop}"
     on_store_threads = {call.name for call in calls if call.thread_name.startswith(THREAD_NAME)}
     assert on_store_threads >= EXPECTED, sorted(EXPECTED - on_store_threads)
+
+
+def test_a_job_cancelled_while_its_batch_starts_ends_cancelled_without_running(
+    tmp_path: Path, models_dir: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the queue giving a batch up and its rows saying running there is an await now:
+    a cancel then is taken (it is not "already finished"), and the job never runs."""
+    monkeypatch.setattr("bot.store.database.SQLITE_THREADS", 2)  # the cancel's reads pass
+    settings = console_settings(tmp_path, models_dir)
+    bot = build_bot(settings, engine, open_store(settings))
+    service, dispatcher = bot.service, bot.service.dispatcher
+    cancelled = threading.Event()
+    mark_running = bot.store.mark_running
+
+    def held_mark_running(*args: Any, **kwargs: Any) -> set[int]:
+        cancelled.wait(LIMIT_S)  # on a store thread: the loop and the cancel go on
+        return mark_running(*args, **kwargs)
+
+    monkeypatch.setattr(bot.store, "mark_running", held_mark_running)
+    events: list[JobEvent] = []
+
+    async def on_event(event: JobEvent) -> None:
+        events.append(event)
+
+    async def scenario() -> tuple[int, str]:
+        service.subscribe(ORIGIN.platform, on_event)
+        await service.start()
+        try:
+            options = await service.options(LOCAL, "a fox --steps 2 --n 1", ORIGIN)
+            job = (await service.imagine(LOCAL, options, ORIGIN)).job_id
+            while job in dispatcher.scheduler:  # until the loop takes its batch
+                await asyncio.sleep(0.01)
+            reply = await service.cancel(LOCAL, job, ORIGIN)
+            cancelled.set()
+            await service.wait_until_idle(ORIGIN.platform)
+            return job, reply.text("en")
+        finally:
+            cancelled.set()
+            await service.stop()
+
+    try:
+        job, said = asyncio.run(asyncio.wait_for(scenario(), LIMIT_S))
+        row = bot.store.job(job, with_images=True)
+    finally:
+        bot.store.close()
+    assert said == f"Stopping job #{job}…"  # taken, not "already finished"
+    assert [event.kind for event in events] == [EventKind.QUEUED, EventKind.CANCELLED]
+    assert row is not None and row.status is JobStatus.CANCELLED and not row.images
