@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from bot.core.bus import EventBus
 from bot.core.config import DEFAULT_BATCH_IMAGES, CoreConfig
 from bot.core.dispatcher import Dispatcher
-from bot.core.events import UserRef
 from bot.core.service import JobService
 from bot.core.sources import Sources
 from bot.logs import SecretMask, configured_secrets, secrets_of
@@ -17,6 +16,7 @@ from bot.outputs import cleanup_orphans
 from bot.settings import Settings
 from bot.store import Role, Store
 from pipeline.executors import Executor
+from pipeline.text import clean_text
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers; front ends load without them
     from pipeline.engine import Engine
@@ -152,6 +152,9 @@ def build_remote_bot(settings: Settings, store: Store, model: str | None = None)
 def grant_admins(service: JobService, settings: Settings) -> None:
     """EASEL_ADMINS: the users who are admins from the start (more are made with
     `/admin role`). Listing is only ever a grant: removing someone from the setting leaves
-    their stored role as it is."""
+    their stored role as it is. Called while the bot is assembled, before any event loop
+    serves: the store is called directly."""
+    store = service.store
     for platform, user_id in settings.admin_list():
-        service.grant_role(UserRef(platform, user_id), Role.ADMIN)
+        user = store.user(platform, clean_text(user_id))
+        store.set_role(user.id, Role.ADMIN)

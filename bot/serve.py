@@ -60,7 +60,7 @@ async def serve_console(
     """`easel chat`: one local user (an admin) chatting through the job service."""
     context = BotContext(bot.service)
     user = UserRef(PLATFORM, settings.console_user, settings.console_user, locale)
-    context.service.grant_role(user, Role.ADMIN)
+    await context.service.grant_role(user, Role.ADMIN)
     # Line editing and history need the process's own terminal (readline works on fd 0/1).
     interactive = stdin is sys.stdin and stdin.isatty() and stdout.isatty()
     if hasattr(stdin, "reconfigure"):  # a bad byte is a bad line, not a dead chat

@@ -98,13 +98,15 @@ def text(reply: Reply, locale: str = "en") -> str:
 
 def refused(call: Callable[[], object]) -> Refusal:
     with pytest.raises(Refusal) as caught:
-        call()
+        result = call()
+        if asyncio.iscoroutine(result):
+            run(result)
     return caught.value
 
 
 async def queue(bot: Bot, user: UserRef, line: str, origin: Origin = ORIGIN) -> int:
     service = bot.service
-    ticket = await service.imagine(user, service.options(user, line, origin), origin)
+    ticket = await service.imagine(user, await service.options(user, line, origin), origin)
     return ticket.job_id
 
 
@@ -225,16 +227,16 @@ def test_pause_holds_queued_jobs_until_resume(make_bot: Callable[..., Bot]) -> N
     async def scenario() -> tuple[str, str, str, str, list[EventKind]]:
         await bot.service.start()
         try:
-            paused = text(admin.pause(ROOT))
+            paused = text(await admin.pause(ROOT))
             job = await queue(bot, ALICE, "a lighthouse --steps 2 --n 1")
             await recorder.wait_for(job, EventKind.QUEUED, EVENT_WAIT_S)
             queued = text(next(e.reply for e in recorder.events if e.kind is EventKind.QUEUED))
-            status = text(bot.service.queue_status(ALICE))
+            status = text(await bot.service.queue_status(ALICE))
             # Paused: the job is not started while the loop polls the flag many times over.
             with pytest.raises(TimeoutError):
                 await recorder.wait_for(job, EventKind.STARTED, timeout=2.0)
             assert bot.store.job(job).status is JobStatus.QUEUED  # type: ignore[union-attr]
-            resumed = text(admin.resume(ROOT))
+            resumed = text(await admin.resume(ROOT))
             await recorder.wait_for(job, EventKind.FINISHED, JOB_WAIT_S)
             return paused, queued, status, resumed, recorder.kinds(job)
         finally:
@@ -265,7 +267,7 @@ def test_a_pause_written_by_another_process_is_obeyed(
                 job = await queue(bot, ALICE, "a harbour --steps 2 --n 1")
                 with pytest.raises(TimeoutError):
                     await recorder.wait_for(job, EventKind.STARTED, timeout=2.0)
-                assert "paused" in text(bot.service.queue_status(ALICE))
+                assert "paused" in text(await bot.service.queue_status(ALICE))
                 other.set_queue_paused(False, "cli")  # nothing wakes the bot but its polling
                 await recorder.wait_for(job, EventKind.FINISHED, JOB_WAIT_S)
                 return recorder.kinds(job)
@@ -290,9 +292,9 @@ def test_chat_rules_change_what_is_refused_there(make_bot: Callable[..., Bot]) -
 
     async def scenario() -> list[bool | str]:
         seen: list[bool | str] = [await nsfw_refused(ORIGIN)]
-        seen.append(text(admin.rules(ROOT, ORIGIN, nsfw_allowed=True)))
+        seen.append(text(await admin.rules(ROOT, ORIGIN, nsfw_allowed=True)))
         seen += [await nsfw_refused(ORIGIN), await nsfw_refused(OTHER_CHAT)]
-        seen.append(text(admin.rules(ROOT, ORIGIN, nsfw_allowed=False), "ko"))
+        seen.append(text(await admin.rules(ROOT, ORIGIN, nsfw_allowed=False), "ko"))
         seen.append(await nsfw_refused(ORIGIN))
         return seen
 
@@ -327,14 +329,14 @@ def test_a_chats_default_preset_applies_after_the_users_own_choices(
     assert shown == "Saved. This chat's rules: NSFW prompts refused; default preset: ink."
     assert run(typed("/admin rules")) == shown.removeprefix("Saved. ")
 
-    assert service.options(ALICE, "a cat", ORIGIN).preset == "ink"
-    assert service.options(ALICE, "a cat", OTHER_CHAT).preset is None
-    assert service.options(ALICE, "a cat --preset chalk", ORIGIN).preset == "chalk"
-    service.update_settings(ALICE, {"preset": "chalk"})
-    assert service.options(ALICE, "a cat", ORIGIN).preset == "chalk"
+    assert run(service.options(ALICE, "a cat", ORIGIN)).preset == "ink"
+    assert run(service.options(ALICE, "a cat", OTHER_CHAT)).preset is None
+    assert run(service.options(ALICE, "a cat --preset chalk", ORIGIN)).preset == "chalk"
+    run(service.update_settings(ALICE, {"preset": "chalk"}))
+    assert run(service.options(ALICE, "a cat", ORIGIN)).preset == "chalk"
     for nothing in ("none", "off", "NONE"):  # no preset at all, whatever the defaults say
-        assert service.options(ALICE, f"a cat --preset {nothing}", ORIGIN).preset is None
-        assert service.options(BOB, f"a cat --preset {nothing}", ORIGIN).preset is None
+        assert run(service.options(ALICE, f"a cat --preset {nothing}", ORIGIN)).preset is None
+        assert run(service.options(BOB, f"a cat --preset {nothing}", ORIGIN)).preset is None
 
     async def queued_prompt() -> str:
         job = await queue(bot, BOB, "a cat --steps 2 --n 1")
@@ -353,13 +355,13 @@ def test_reload_picks_up_a_new_presets_file_and_keeps_the_last_good_one(
     bot = make_bot()
     admin = AdminService(bot.service)
     presets = tmp_path / "models" / "presets.toml"
-    assert text(admin.reload(ROOT)).endswith("Presets: none.")
+    assert text(run(admin.reload(ROOT))).endswith("Presets: none.")
     presets.write_text(PRESETS, encoding="utf-8")
-    assert text(admin.reload(ROOT)).endswith("Presets: ink, chalk.")
-    assert bot.service.options(ALICE, "a cat --preset ink", ORIGIN).preset == "ink"
+    assert text(run(admin.reload(ROOT))).endswith("Presets: ink, chalk.")
+    assert run(bot.service.options(ALICE, "a cat --preset ink", ORIGIN)).preset == "ink"
 
     presets.write_text('[presets.ink]\ndescription_en = "Ink"\n', encoding="utf-8")
-    broken = admin.reload(ROOT)
+    broken = run(admin.reload(ROOT))
     assert text(broken).startswith("Reloaded")
     problem = text(broken).splitlines()[1]
     assert problem.startswith("Reloaded with a problem; the previous presets stay in use:")
@@ -383,11 +385,13 @@ def test_reload_reads_the_vocabulary_and_says_what_is_wrong_with_it(
         '[[style]]\nid = "Claymation"\nen = "Claymation"\nko = "클레이"\nprompt = "claymation"\n',
         encoding="utf-8",
     )
-    assert len(text(admin.reload(ROOT)).splitlines()) == 1  # no problem
-    assert bot.service.options(ALICE, "a cat --style claymation", ORIGIN).style == "claymation"
+    assert len(text(run(admin.reload(ROOT))).splitlines()) == 1  # no problem
+    claymation = run(bot.service.options(ALICE, "a cat --style claymation", ORIGIN))
+    assert claymation.style == "claymation"
 
     override.write_text("[[colour]]\nid = 'x'\n", encoding="utf-8")
-    lines = text(admin.reload(ROOT)).splitlines()
+    lines = text(run(admin.reload(ROOT))).splitlines()
     assert lines[1].startswith("Reloaded with a problem; the previous vocabulary entries stay")
     assert "colour" in lines[1]
-    assert bot.service.options(ALICE, "a cat --style claymation", ORIGIN).style == "claymation"
+    claymation = run(bot.service.options(ALICE, "a cat --style claymation", ORIGIN))
+    assert claymation.style == "claymation"

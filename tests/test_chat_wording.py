@@ -86,7 +86,7 @@ def test_admin_targets_name_a_known_platform_or_the_askers_own(
 def test_usage_lines_instead_of_confusing_answers(make_bot: Callable[..., Bot]) -> None:
     bot = make_bot()
     typed = typing(bot)
-    bot.service.update_settings(ALICE, {"style": "watercolor"})
+    run(bot.service.update_settings(ALICE, {"style": "watercolor"}))
     for line in ("/u 0", "/u", "/v x", "/s 5 1"):
         command = line.split()[0][1:]
         answer = run(typed(ALICE, line))
@@ -97,7 +97,7 @@ def test_usage_lines_instead_of_confusing_answers(make_bot: Callable[..., Bot]) 
     assert run(typed(ALICE, "/settings style")) == (
         "Use /settings name=value, for example style=anime; name=none clears one."
     )
-    assert bot.store.settings(bot.service.user(ALICE).id).style == "watercolor"
+    assert bot.store.settings(run(bot.service.user(ALICE)).id).style == "watercolor"
     assert run(typed(ALICE, "/settings ar=1:9")).startswith("ar cannot be 1:9")
     assert run(typed(ROOT, "/admin role bob")) == "Use /admin role USER user|vip|admin."
     assert run(typed(ROOT, "/admin role")) == "Use /admin role USER user|vip|admin."
@@ -122,7 +122,7 @@ def test_a_full_queue_of_one_says_one_job(make_bot: Callable[..., Bot]) -> None:
     typed = typing(bot)
 
     async def scenario() -> tuple[str, str]:
-        AdminService(bot.service).pause(ROOT)  # nothing leaves the queue
+        await AdminService(bot.service).pause(ROOT)  # nothing leaves the queue
         await typed(ALICE, "/imagine a fox --steps 2 --n 1")
         return await typed(BOB, "/imagine a cat --steps 2 --n 1"), await typed(
             BOB, "/imagine a cat --steps 2 --n 1", "ko"
@@ -146,7 +146,7 @@ def test_no_eta_while_the_queue_is_paused(make_bot: Callable[..., Bot]) -> None:
         await idle(bot)  # a finished job: the ETA has a rate now
         running = await typed(ALICE, "/imagine a fox --steps 2 --n 1")
         await idle(bot)
-        AdminService(bot.service).pause(ROOT)
+        await AdminService(bot.service).pause(ROOT)
         paused = await typed(ALICE, "/imagine a fox --steps 2 --n 1")
         assert first
         return running, paused

@@ -406,7 +406,7 @@ def run(coroutine: Any) -> Any:
 
 async def imagine(bot: Bot, user: UserRef, line: str = "a lighthouse --steps 2 --n 1") -> int:
     service = bot.service
-    ticket = await service.imagine(user, service.options(user, line, ORIGIN), ORIGIN)
+    ticket = await service.imagine(user, await service.options(user, line, ORIGIN), ORIGIN)
     return ticket.job_id
 
 
@@ -453,18 +453,18 @@ def test_a_running_bot_obeys_a_ban_and_its_end(bot: Bot, setup: Setup) -> None:
 
 def test_chat_admins_ban_for_a_length(bot: Bot) -> None:
     admin = AdminService(bot.service)
-    reply = admin.ban(ROOT, UserRef("test", "bob"), "7d flooding the channel")
+    reply = run(admin.ban(ROOT, UserRef("test", "bob"), "7d flooding the channel"))
     text = reply.text("en")
     assert text.startswith("User bob banned until ") and text.endswith("UTC: flooding the channel")
     record = bot.store.user("test", "bob")
     assert record.ban_reason == "flooding the channel"
     assert record.banned_until is not None
     assert timedelta(days=6, hours=23) < record.banned_until - datetime.now(UTC)
-    plain = admin.ban(ROOT, UserRef("test", "carol"), "7 days of spam")
+    plain = run(admin.ban(ROOT, UserRef("test", "carol"), "7 days of spam"))
     assert plain.message.key is Key.ADMIN_BANNED
     assert bot.store.user("test", "carol").banned_until is None
     with pytest.raises(Refusal) as refused:
-        admin.ban(ROOT, UserRef("test", "dave"), "0h")
+        run(admin.ban(ROOT, UserRef("test", "dave"), "0h"))
     assert refused.value.reply.message.key is Key.ADMIN_BAD_DURATION
     assert not bot.store.user("test", "dave").banned
 
@@ -479,7 +479,7 @@ def test_a_chat_admins_ban_cancels_queued_jobs_in_the_running_bot(bot: Bot, setu
         try:
             setup.store.set_queue_paused(True, "test")
             queued = await imagine(bot, ALICE)
-            AdminService(bot.service).ban(ROOT, ALICE, "12h")
+            await AdminService(bot.service).ban(ROOT, ALICE, "12h")
             await eventually(lambda: EventKind.CANCELLED in recorder.kinds(queued))
             assert queued not in dispatcher.scheduler
             return queued

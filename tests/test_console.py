@@ -273,7 +273,7 @@ def test_results_finished_while_no_console_listened_are_delivered_once(
         await service.start()
         user = UserRef("console", settings.console_user, settings.console_user, "en")
         origin = Origin("console", "local")
-        options = service.options(user, "a quiet lake --steps 2 --n 1", origin)
+        options = await service.options(user, "a quiet lake --steps 2 --n 1", origin)
         ticket = await service.imagine(user, options, origin)
         await asyncio.wait_for(service.wait_until_idle("console"), 120)
         await service.stop()

@@ -124,7 +124,7 @@ def test_the_router_routes_commands_buttons_settings_and_refuses_bad_numbers(
         (JobKind.VARY_SUBTLE, 0),
     ]
     assert all(job.status is JobStatus.DONE for job in children)
-    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 3  # nothing else queued
+    assert bot.store.history(run(bot.service.user(ALICE)).id, 1).total == 3  # nothing else queued
     # A variation says what it varies, and its variation seeds.
     started = recorder.of(EventKind.STARTED, 3)[0].reply.text("en")
     assert started == "Job #3 started: subtle variation of image 1 of #1: a red fox"
@@ -148,7 +148,7 @@ def test_plain_lines_are_ignored_where_they_are_not_prompts(make_bot: Callable[.
     router = BotContext(bot.service).router(PLATFORM)
     routed = run(router.route(TextRequest(ALICE, ORIGIN, "hello all", plain_text_is_prompt=False)))
     assert routed.reply is None
-    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0
+    assert bot.store.history(run(bot.service.user(ALICE)).id, 1).total == 0
 
 
 def test_admin_commands_are_refused_to_users_like_unknown_ones() -> None:
@@ -193,7 +193,7 @@ def test_remix_shows_the_line_then_queues_the_edit_as_a_linked_job(
     second = bot.store.job(2, with_images=True)
     assert second is not None and "a blue fox" in second.request and len(second.images) == 1
     assert '"cfg_scale": 5.0' in second.request
-    assert bot.service.info(2).text("en").startswith("Job #2 (remix, done)")
+    assert run(bot.service.info(2)).text("en").startswith("Job #2 (remix, done)")
 
 
 # --------------------------------------------------------------------------- img2img input
@@ -218,7 +218,7 @@ def test_an_attached_image_starts_img2img_and_bad_images_change_nothing(
     assert refused.text("en") == "That is not an image Easel can read."
     alone = route(bot, ALICE, "/imagine a fox --strength 0.5")
     assert alone.text("en").startswith("--strength is for img2img")
-    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 1
+    assert bot.store.history(run(bot.service.user(ALICE)).id, 1).total == 1
 
     async def scenario() -> None:
         await bot.service.start()
@@ -282,7 +282,7 @@ def test_an_engine_fault_is_logged_stored_and_shown_as_a_reference(
     )
     assert reference in (row.error or "")
     assert (
-        bot.service.info(1, ALICE)
+        run(bot.service.info(1, ALICE))
         .text("en")
         .endswith(f"(reference {reference}); the operator's log has the details.")
     )
@@ -323,7 +323,7 @@ def test_events_carry_the_bound_status_message_and_the_owner(
         if event.kind is EventKind.QUEUED:
             # A platform call that takes a while: the batch must not overtake it.
             await asyncio.sleep(0.3)
-            bot.service.bind_status_message(event.job_id, f"message-{event.job_id}")
+            await bot.service.bind_status_message(event.job_id, f"message-{event.job_id}")
         seen.append(event)
 
     bot.service.subscribe(PLATFORM, slow_front_end)
@@ -389,7 +389,7 @@ def test_a_failed_delivery_is_retried_while_the_bot_runs(make_bot: Callable[...,
 
     async def scenario() -> None:
         await bot.service.start()
-        options = bot.service.options(ALICE, "a fox --n 1 --steps 2", ORIGIN)
+        options = await bot.service.options(ALICE, "a fox --n 1 --steps 2", ORIGIN)
         await bot.service.imagine(ALICE, options, ORIGIN)
         await finish(bot)
         for _ in range(100):
@@ -469,7 +469,7 @@ def test_a_job_of_many_and_parts_counts_as_more_work_in_batches_and_waits(
     scheduler = service.dispatcher.scheduler
 
     async def queue(text: str) -> int:
-        options = service.options(ALICE, text, ORIGIN)
+        options = await service.options(ALICE, text, ORIGIN)
         return (await service.imagine(ALICE, options, ORIGIN)).job_id
 
     plain = run(queue("a fox --n 1 --steps 2"))
@@ -488,7 +488,7 @@ def test_settings_are_validated_like_flags_and_a_bad_one_changes_nothing(
     for change in ("ar=1e308:1e308", "steps=99999999999", "style=nope", "size=1x1"):
         reply = route(bot, ALICE, f"/settings style=anime {change}")
         assert "cannot be" in reply.text("en") or "Unknown setting" in reply.text("en"), change
-    saved = bot.store.settings(bot.service.user(ALICE).id)
+    saved = bot.store.settings(run(bot.service.user(ALICE)).id)
     assert (saved.aspect_ratio, saved.steps, saved.style) == (None, None, None)
     assert route(bot, ALICE, "/imagine a fox --n 1").text("en").startswith("Job #1 is queued")
 
@@ -505,7 +505,7 @@ def test_a_preset_whose_lora_is_missing_is_refused_without_server_paths(
         reply = route(bot, ALICE, text).text("en")
         assert reply.startswith("The preset pixel-art cannot be used here yet"), reply
         assert "pixel-art-v1" in reply and str(tmp_path) not in reply
-    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0
+    assert bot.store.history(run(bot.service.user(ALICE)).id, 1).total == 0
 
 
 def test_an_unknown_lora_is_refused_in_the_users_language(make_bot: Callable[..., Bot]) -> None:
@@ -518,7 +518,7 @@ def test_an_unknown_lora_is_refused_in_the_users_language(make_bot: Callable[...
     assert reply.text("en") == (
         "There is no LoRA called nope on this server. No LoRAs are installed on this server."
     )
-    assert bot.store.history(bot.service.user(korean).id, 1).total == 0
+    assert bot.store.history(run(bot.service.user(korean)).id, 1).total == 0
 
 
 def test_an_attached_image_over_the_pixel_limit_is_refused_from_its_header(
@@ -528,7 +528,7 @@ def test_an_attached_image_over_the_pixel_limit_is_refused_from_its_header(
     reply = route(bot, ALICE, "/imagine a fox --n 1", attachment=png_bytes((128, 128)))
     assert reply.text("en").startswith("This request cannot run: The image")
     assert "128x128" in reply.text("en")
-    assert bot.store.history(bot.service.user(ALICE).id, 1).total == 0
+    assert bot.store.history(run(bot.service.user(ALICE)).id, 1).total == 0
 
 
 def test_run_guarded_gives_typed_commands_the_same_error_path(

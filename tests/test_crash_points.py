@@ -84,7 +84,7 @@ async def first_life(bot: Bot, state: dict[str, bool], seen: list[JobEvent]) -> 
     """Queue the jobs, then run until the crash (or the end)."""
     service = bot.service
     for number in range(JOBS):
-        options = service.options(USER, f"a lantern {number} --n 1 --steps 2", ORIGIN)
+        options = await service.options(USER, f"a lantern {number} --n 1 --steps 2", ORIGIN)
         await service.imagine(USER, options, ORIGIN)
 
     async def record(event: JobEvent) -> None:

@@ -114,7 +114,7 @@ def test_history_info_settings_and_pnginfo_answer_the_asker_alone(
 
             saved = await ask(fake, "settings", {"changes": "style=watercolor"})
             assert saved.startswith("Saved. Your defaults for new jobs:")
-            owner = bot.service.user(job_owner(fake))
+            owner = await bot.service.user(job_owner(fake))
             assert bot.store.settings(owner.id).style == "watercolor"
             refused = await ask(fake, "settings", {"changes": "steps=lots"}, locale="ko")
             assert "lots" in refused

@@ -173,7 +173,7 @@ def test_upscale_and_vary_queue_jobs_on_the_image_and_post_their_results(
                 assert upscaled.info["parameters"].startswith("a lighthouse at dusk")
 
             # No parameters: img2img from the pixels with an empty prompt and the saved steps.
-            bot.service.update_settings(owner(fake), {"steps": "2"})
+            await bot.service.update_settings(owner(fake), {"steps": "2"})
             plain = png(colour=(30, 160, 90))
             sent = await fake.message_command("Vary", post_image(fake, plain, embedded=True))
             queued = await queued_job_message(sent)
@@ -312,20 +312,20 @@ def test_settings_menus_save_picks_and_turn_pages_in_the_users_language(
             page = select_in(update, "easel:set:style:1")
             values = [option["value"] for option in page["options"]]
             assert values[1] == "page:0" and values[-1] == "page:2"
-            assert bot.store.settings(bot.service.user(owner(fake)).id).style is None
+            assert bot.store.settings((await bot.service.user(owner(fake))).id).style is None
 
             picked = values[5]
             chosen = await fake.press(message, "easel:set:style:1", values=[picked])
             update = await chosen.next_call(timeout=WAIT_S)
             assert update.json["type"] == UPDATE_MESSAGE and update.status < 300
             assert update.json["data"]["content"].startswith("Saved.")
-            assert bot.store.settings(bot.service.user(owner(fake)).id).style == picked
+            assert bot.store.settings((await bot.service.user(owner(fake))).id).style == picked
             page = select_in(update, "easel:set:style:1")
             assert [o["value"] for o in page["options"] if o.get("default")] == [picked]
 
             aspect = await fake.press(message, "easel:set:aspect_ratio:0", values=["16:9"])
             await aspect.next_call(timeout=WAIT_S)
-            saved = bot.store.settings(bot.service.user(owner(fake)).id)
+            saved = bot.store.settings((await bot.service.user(owner(fake))).id)
             assert (saved.style, saved.aspect_ratio) == (picked, "16:9")
             assert not fake.refused_calls
 
@@ -358,7 +358,7 @@ def test_an_old_remix_button_and_settings_menu_work_after_a_restart(
                 )
                 update = await chosen.next_call(timeout=WAIT_S)
                 assert update.json["type"] == UPDATE_MESSAGE and update.status < 300
-                saved = bot.store.settings(bot.service.user(owner(fake)).id)
+                saved = bot.store.settings((await bot.service.user(owner(fake))).id)
                 assert saved.lighting == "soft-lighting"
 
                 modal = await open_remix(fake, grid_message, 1)

@@ -138,7 +138,7 @@ def run(coroutine: Any) -> Any:
 
 async def queue(bot: Bot, line: str) -> int:
     service = bot.service
-    ticket = await service.imagine(ALICE, service.options(ALICE, line, ORIGIN), ORIGIN)
+    ticket = await service.imagine(ALICE, await service.options(ALICE, line, ORIGIN), ORIGIN)
     return ticket.job_id
 
 
@@ -169,11 +169,11 @@ def test_jobs_queued_after_models_use_run_on_the_new_checkpoint(
         bot.service.subscribe("test", recorder)
         await bot.service.start()
         try:
-            bot.service.dispatcher.set_paused(True)  # both run after the switch
+            await bot.service.dispatcher.set_paused(True)  # both run after the switch
             jobs["before"] = await queue(bot, f"a lighthouse {LINE}")
             choose_model(switching.settings, "tiny-sd1-single")  # what `models use` runs
             jobs["after"] = await queue(bot, f"a harbour {LINE}")
-            bot.service.dispatcher.set_paused(False)
+            await bot.service.dispatcher.set_paused(False)
             ends = [await recorder.ended(jobs["before"]), await recorder.ended(jobs["after"])]
             # Buttons on the earlier grid: its children keep the checkpoint it ran on.
             for action in ("V1", "U1"):

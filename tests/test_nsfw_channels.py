@@ -48,7 +48,7 @@ def test_nsfw_prompts_run_only_where_allowed_and_their_results_are_flagged(
     service.subscribe("test", recorder)
 
     async def ask(text: str, origin: Origin) -> int:
-        options = service.options(ALICE, text, origin)
+        options = await service.options(ALICE, text, origin)
         return (await service.imagine(ALICE, options, origin)).job_id
 
     async def scenario() -> tuple[int, int, int]:

@@ -232,7 +232,7 @@ async def one_job(bot: Bot, user: UserRef, text: str) -> tuple[int, list[Any]]:
 
     bot.service.subscribe(ORIGIN.platform, record)
     await bot.service.start()
-    ticket = await bot.service.imagine(user, bot.service.options(user, text, ORIGIN), ORIGIN)
+    ticket = await bot.service.imagine(user, await bot.service.options(user, text, ORIGIN), ORIGIN)
     await asyncio.wait_for(bot.service.wait_until_idle(ORIGIN.platform), 120)
     await bot.service.stop()
     return ticket.job_id, events

@@ -73,7 +73,7 @@ def run(coroutine: Any) -> Any:
 
 async def imagine(bot: Bot, user: UserRef, text: str) -> int:
     service = bot.service
-    ticket = await service.imagine(user, service.options(user, text, ORIGIN), ORIGIN)
+    ticket = await service.imagine(user, await service.options(user, text, ORIGIN), ORIGIN)
     return ticket.job_id
 
 
@@ -114,7 +114,7 @@ def pixels(path: str | Path) -> np.ndarray:
 
 def job_count(bot: Bot) -> int:
     return sum(
-        bot.store.history(bot.service.user(user).id, 1).total for user in (ALICE, BOB, CAROL)
+        bot.store.history(run(bot.service.user(user)).id, 1).total for user in (ALICE, BOB, CAROL)
     )
 
 
@@ -178,7 +178,7 @@ def test_buttons_make_child_jobs_counted_against_the_presser(
         return parent, children
 
     parent, children = run(scenario())
-    bob = bot.service.user(BOB)
+    bob = run(bot.service.user(BOB))
     source = bot.store.job(parent, with_images=True)
     assert source is not None
     for action, job_id in children.items():
@@ -204,12 +204,12 @@ def test_buttons_make_child_jobs_counted_against_the_presser(
 def test_refusals_are_localised_and_write_nothing(make_bot: Callable[..., Bot]) -> None:
     bot = make_bot(banned_words="gore", max_queued_per_user=1, daily_images=3)
     service = bot.service
-    bob_id = service.user(BOB).id
+    bob_id = run(service.user(BOB)).id
     bot.store.update_chat("test", "chat-1", banned_words=["clown"])
 
     async def refusal(user: UserRef, text: str) -> Refusal:
         with pytest.raises(Refusal) as caught:
-            await service.imagine(user, service.options(user, text, ORIGIN), ORIGIN)
+            await service.imagine(user, await service.options(user, text, ORIGIN), ORIGIN)
         return caught.value
 
     async def scenario() -> dict[str, Refusal]:
@@ -221,7 +221,7 @@ def test_refusals_are_localised_and_write_nothing(make_bot: Callable[..., Bot]) 
             "lora": await refusal(ALICE, "a castle <lora:missing-lora:1> --n 1"),
         }
         with pytest.raises(Refusal) as options:
-            service.options(BOB, "a castle --steps 9999", ORIGIN)
+            await service.options(BOB, "a castle --steps 9999", ORIGIN)
         found["options"] = options.value
         bot.store.ban(bob_id, "spam")
         found["ban"] = await refusal(BOB, "a castle --n 1")
@@ -244,8 +244,8 @@ def test_refusals_are_localised_and_write_nothing(make_bot: Callable[..., Bot]) 
 def test_global_queue_cap_and_vip_and_admin_caps(make_bot: Callable[..., Bot]) -> None:
     bot = make_bot(max_queued_per_user=1, max_queue=3)
     service = bot.service
-    bot.store.set_role(service.user(BOB).id, Role.VIP)
-    bot.store.set_role(service.user(CAROL).id, Role.ADMIN)
+    bot.store.set_role(run(service.user(BOB)).id, Role.VIP)
+    bot.store.set_role(run(service.user(CAROL)).id, Role.ADMIN)
 
     async def scenario() -> Key:
         await imagine(bot, BOB, "one --n 1")
@@ -263,7 +263,7 @@ def test_cancelling_queued_and_running_jobs(make_bot: Callable[..., Bot]) -> Non
     recorder = Recorder()
     bot.service.subscribe("test", recorder)
     service = bot.service
-    bot.store.set_role(service.user(CAROL).id, Role.ADMIN)
+    bot.store.set_role(run(service.user(CAROL)).id, Role.ADMIN)
 
     async def scenario() -> dict[str, Any]:
         queued = await imagine(bot, ALICE, "a queued castle --n 1")
@@ -327,7 +327,7 @@ def test_out_of_memory_fails_that_job_alone_and_the_next_runs(
     failed = recorder.of(EventKind.FAILED, big)
     assert len(failed) == 1 and failed[0].reply.message.key is Key.FAILED_OUT_OF_MEMORY
     assert "GPU" in failed[0].reply.text("en") and "메모리" in failed[0].reply.text("ko")
-    assert "failed" in bot.service.info(big).text("en")
+    assert "failed" in run(bot.service.info(big)).text("en")
 
 
 def test_event_loop_stays_responsive_while_a_job_runs(
@@ -385,22 +385,22 @@ def test_settings_apply_to_new_jobs_and_bad_values_change_nothing(
     make_bot: Callable[..., Bot],
 ) -> None:
     service = make_bot().service
-    service.update_settings(ALICE, {"style": "watercolor", "steps": "7", "ar": "3:2"})
-    options = service.options(ALICE, "a harbour", ORIGIN)
+    run(service.update_settings(ALICE, {"style": "watercolor", "steps": "7", "ar": "3:2"}))
+    options = run(service.options(ALICE, "a harbour", ORIGIN))
     assert (options.style, options.steps, options.aspect_ratio) == ("watercolor", 7, (3.0, 2.0))
-    given = service.options(ALICE, "a harbour --steps 5 --size 64x64", ORIGIN)
+    given = run(service.options(ALICE, "a harbour --steps 5 --size 64x64", ORIGIN))
     assert (given.steps, given.size, given.aspect_ratio) == (5, (64, 64), None)
     with pytest.raises(Refusal) as bad:
-        service.update_settings(ALICE, {"style": "oil-painting", "steps": "many"})
+        run(service.update_settings(ALICE, {"style": "oil-painting", "steps": "many"}))
     assert "--steps" in bad.value.reply.text("en")
-    assert (service.locale(ALICE), service.locale(BOB)) == ("en", "ko")
-    assert service.locale(UserRef("test", "bob")) == "ko"  # remembered from earlier
-    shown = service.settings(ALICE).text("ko")
+    assert (run(service.locale(ALICE)), run(service.locale(BOB))) == ("en", "ko")
+    assert run(service.locale(UserRef("test", "bob"))) == "ko"  # remembered from earlier
+    shown = run(service.settings(ALICE)).text("ko")
     assert "style: watercolor" in shown and "steps: 7" in shown and "설정 안 됨" in shown
-    cleared = service.update_settings(ALICE, {"style": "none"}).text("en")
+    cleared = run(service.update_settings(ALICE, {"style": "none"})).text("en")
     assert "style: (not set)" in cleared
     with pytest.raises(Refusal) as unknown:
-        service.update_settings(ALICE, {"colour": "red"})
+        run(service.update_settings(ALICE, {"colour": "red"}))
     assert unknown.value.reply.message.key is Key.SETTINGS_UNKNOWN
 
 
@@ -412,15 +412,15 @@ def test_history_pages_newest_first(make_bot: Callable[..., Bot]) -> None:
             await imagine(bot, ALICE, f"castle number {number} --n 1")
 
     run(scenario())
-    first = bot.service.history(ALICE, 1).text("en")
-    last = bot.service.history(ALICE, 3).text("en")
+    first = run(bot.service.history(ALICE, 1)).text("en")
+    last = run(bot.service.history(ALICE, 3)).text("en")
     assert "page 1 of 3 (12 in all)" in first
     assert first.index("castle number 11") < first.index("castle number 10")
     assert [line.rsplit(": ", 1)[1] for line in last.splitlines()[1:]] == [
         "castle number 1",
         "castle number 0",
     ]
-    assert bot.service.history(BOB).message.key is Key.HISTORY_EMPTY
+    assert run(bot.service.history(BOB)).message.key is Key.HISTORY_EMPTY
 
 
 def test_pnginfo_reads_parameters_and_refuses_non_images(make_bot: Callable[..., Bot]) -> None:
@@ -476,7 +476,7 @@ def test_concurrent_requests_never_overrun_the_caps(make_bot: Callable[..., Bot]
 
     async def scenario() -> list[Any]:
         async def one(number: int) -> Any:
-            options = service.options(ALICE, f"castle {number} --n 1", ORIGIN)
+            options = await service.options(ALICE, f"castle {number} --n 1", ORIGIN)
             return await service.imagine(ALICE, options, ORIGIN)
 
         return await asyncio.gather(*(one(number) for number in range(6)), return_exceptions=True)
@@ -485,7 +485,7 @@ def test_concurrent_requests_never_overrun_the_caps(make_bot: Callable[..., Bot]
     refused = [outcome for outcome in outcomes if isinstance(outcome, Refusal)]
     assert len(refused) == 4
     assert {refusal.reply.message.key for refusal in refused} == {Key.QUEUE_FULL_USER}
-    assert bot.store.count_queued(service.user(ALICE).id) == 2
+    assert bot.store.count_queued(run(service.user(ALICE)).id) == 2
 
 
 def test_events_come_in_order_and_admins_cancelling_tells_the_owner(
@@ -494,7 +494,7 @@ def test_events_come_in_order_and_admins_cancelling_tells_the_owner(
     bot = make_bot()
     recorder = Recorder()
     bot.service.subscribe("test", recorder)
-    bot.store.set_role(bot.service.user(CAROL).id, Role.ADMIN)
+    bot.store.set_role(run(bot.service.user(CAROL)).id, Role.ADMIN)
 
     async def scenario() -> tuple[int, int]:
         await bot.service.start()
@@ -520,17 +520,17 @@ def test_private_results_are_only_for_their_owner_and_admins(
 ) -> None:
     bot = make_bot()
     service = bot.service
-    service.update_settings(ALICE, {"private": "on"})
-    service.grant_role(CAROL, Role.ADMIN)
+    run(service.update_settings(ALICE, {"private": "on"}))
+    run(service.grant_role(CAROL, Role.ADMIN))
 
     job = generate(bot, ALICE, "a secret garden --n 1 --steps 2")
-    mine = service.info(job, ALICE, ORIGIN)
+    mine = run(service.info(job, ALICE, ORIGIN))
     assert mine.private and len(mine.images) == 1
-    assert len(service.info(job, CAROL).images) == 1
+    assert len(run(service.info(job, CAROL)).images) == 1
     # To anyone else, in the same chat too, it is a job that does not exist.
     for asked in (lambda: service.info(job, BOB, ORIGIN), lambda: service.remix_line(BOB, job)):
         with pytest.raises(Refusal) as refused:
-            asked()
+            run(asked())
         assert refused.value.reply.text("en") == f"There is no job #{job}."
 
 
@@ -545,7 +545,7 @@ def test_jobs_are_seen_and_pressed_only_by_their_owner_admins_and_their_shared_c
 
     # Bob in the chat where it was posted may look and press; from elsewhere he cannot,
     # and what he is told is exactly what a number nobody used gets.
-    assert "a secret prompt" in service.info(job, BOB, ORIGIN).text("en")
+    assert "a secret prompt" in run(service.info(job, BOB, ORIGIN)).text("en")
     for call, args in (
         (service.info, (job, BOB, elsewhere)),
         (service.info, (job, BOB)),
@@ -559,7 +559,7 @@ def test_jobs_are_seen_and_pressed_only_by_their_owner_admins_and_their_shared_c
     # A chat that does not share results keeps each job to its owner.
     bot.store.update_chat("test", "chat-1", shared_results=False)
     assert run(_refusal_text(service.info, job, BOB, ORIGIN)).startswith("There is no job")
-    assert service.info(job, ALICE, ORIGIN).images
+    assert run(service.info(job, ALICE, ORIGIN)).images
 
 
 async def _refusal_text(call: Callable[..., Any], *args: Any) -> str:
@@ -578,7 +578,7 @@ def test_a_stored_request_this_version_cannot_read_fails_without_stopping_the_bo
     from bot.store import NewJob
 
     bot = make_bot()
-    owner = bot.service.user(ALICE)
+    owner = run(bot.service.user(ALICE))
     broken = bot.store.add_job(
         NewJob(
             user_id=owner.id,

@@ -31,12 +31,12 @@ def test_active_jobs_are_the_users_own_queued_jobs_and_leave_when_cancelled(
         # The dispatcher is not started: the jobs stay queued.
         made = []
         for user, prompt in ((ALICE, "a fox"), (BOB, "a cat"), (ALICE, "a hen")):
-            options = service.options(user, f"{prompt} --steps 2", ORIGIN)
+            options = await service.options(user, f"{prompt} --steps 2", ORIGIN)
             made.append((await service.imagine(user, options, ORIGIN)).job_id)
-        assert [job.id for job in service.active_jobs(ALICE)] == [made[0], made[2]]
-        assert [job.id for job in service.active_jobs(BOB)] == [made[1]]
+        assert [job.id for job in await service.active_jobs(ALICE)] == [made[0], made[2]]
+        assert [job.id for job in await service.active_jobs(BOB)] == [made[1]]
         await service.cancel(ALICE, made[0], ORIGIN)
-        assert [job.id for job in service.active_jobs(ALICE)] == [made[2]]
+        assert [job.id for job in await service.active_jobs(ALICE)] == [made[2]]
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -146,7 +146,7 @@ def test_style_reaches_the_picker_through_the_whole_front_end_and_is_in_the_menu
             first = picker.keyboard[0][0]  # the first style on the first page
             query = fake.press(picker, first["callback_data"])
             await fake.wait_until(lambda: query.answered, WAIT_S)
-            user = bot.service.user(UserRef("telegram", str(alice.id)))
+            user = await bot.service.user(UserRef("telegram", str(alice.id)))
             await fake.wait_until(lambda: bot.store.settings(user.id).style is not None, WAIT_S)
             saved = bot.store.settings(user.id).style
             assert saved == bot.service.vocabulary().entries("style")[0].id

@@ -51,8 +51,9 @@ def test_admin_is_refused_to_others_and_bans_by_reply(tmp_path: Path, engine: En
             assert "관리자" in await answer_to(fake, group, start)
             assert not bot.service.dispatcher.paused()
             # The admin replies to Bo-ra's message: the ban needs no user id.
+            start = len(fake.calls)
             said = fake.send_message(group, bora, "/queue@easel_test_bot")
-            await answer_to(fake, group, len(fake.calls) - 1)
+            await answer_to(fake, group, start)  # the ban comes after its answer
             start = len(fake.calls)
             fake.reply_to(said, fake.user, "/admin@easel_test_bot ban spamming")
             await answer_to(fake, group, start)

@@ -121,7 +121,8 @@ def labels(message: FakeMessage) -> list[list[str]]:
 
 
 def saved(bot: Bot, user: FakeUser) -> SettingsRecord:
-    return bot.store.settings(bot.service.user(UserRef("telegram", str(user.id))).id)
+    """The user's saved settings, read by the test (on its own thread or loop)."""
+    return bot.store.settings(bot.store.user("telegram", str(user.id)).id)
 
 
 def style_labels(bot: Bot, locale: str = "en") -> list[str]:
@@ -238,7 +239,7 @@ def test_paging_through_styles_then_picking_one_saves_it_and_the_summary_shows_i
 def test_not_set_clears_a_saved_default(make_bot: Callable[[], Bot]) -> None:
     bot = make_bot()
     alice_ref = UserRef("telegram", "2001", "Alice", "ko")
-    bot.service.update_settings(alice_ref, {"style": "cubism", "ar": "3:2"})
+    asyncio.run(bot.service.update_settings(alice_ref, {"style": "cubism", "ar": "3:2"}))
 
     async def scenario() -> None:
         async with fake_telegram() as fake:

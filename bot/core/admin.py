@@ -7,7 +7,7 @@ Every operation names its actor (a `UserRef`) and is checked here against Easel'
 A target user is named by a platform's user id (the actor's platform, or another known one:
 an operator at the console manages Discord and Telegram users), and gets a row on first
 mention. Front ends (Discord's `/admin` group, the text router's `/admin ...`) only map
-their input onto these calls.
+their input onto these calls, and await them: the store's work runs off the event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from bot.core.options import NO_PRESET_WORDS
 from bot.core.service import JobService
 from bot.store import UNSET, Role, Store, UserRecord
 from bot.store.people import ban_user
+from bot.store.threads import StoreThreads
 from pipeline.errors import InvalidRequestError
 from pipeline.presets import PresetLoraMissingError
 from pipeline.text import clean_text
@@ -41,39 +42,44 @@ class AdminService:
     def store(self) -> Store:
         return self.service.store
 
+    @property
+    def db(self) -> StoreThreads:
+        return self.service.db
+
     # ------------------------------------------------------------------ users
 
-    def ban(self, actor: UserRef, target: UserRef, reason: str | None = None) -> Reply:
+    async def ban(self, actor: UserRef, target: UserRef, reason: str | None = None) -> Reply:
         """Ban `target` from queueing anything; `reason` is what they are told. A reason that
         starts with a length (`7d spamming`, `12h`) bans until then. Their queued jobs are
         cancelled (the dispatcher hears of it through the shared revision)."""
-        admin = self._admin(actor)
-        user = self._target(actor, target, "ban")
+        admin = await self._admin(actor)
+        user = await self._target(actor, target, "ban")
         if user.id == admin.id:
             raise Refusal(Message(Key.ADMIN_NOT_YOURSELF))
         text = clean_text(reason).strip() if reason else ""
         until, text = _leading_duration(text)
-        banned = ban_user(self.store, user.id, text or None, until, _who(actor)).user
-        return Reply(_banned_message(banned))
+        banned = await self.db.run(ban_user, self.store, user.id, text or None, until, _who(actor))
+        return Reply(_banned_message(banned.user))
 
-    def unban(self, actor: UserRef, target: UserRef) -> Reply:
-        self._admin(actor)
-        user = self._target(actor, target, "unban")
+    async def unban(self, actor: UserRef, target: UserRef) -> Reply:
+        await self._admin(actor)
+        user = await self._target(actor, target, "unban")
         if not user.banned_now():
             return Reply(Message(Key.ADMIN_WAS_NOT_BANNED, {"user": _shown(user)}))
-        return Reply(Message(Key.ADMIN_UNBANNED, {"user": _shown(self.store.unban(user.id))}))
+        unbanned = await self.db.run(self.store.unban, user.id)
+        return Reply(Message(Key.ADMIN_UNBANNED, {"user": _shown(unbanned)}))
 
-    def set_role(self, actor: UserRef, target: UserRef, role: Role | str) -> Reply:
+    async def set_role(self, actor: UserRef, target: UserRef, role: Role | str) -> Reply:
         """user, vip or admin. Not one's own: an admin who stepped down could not undo it
         (the console's user would lose /admin until a restart)."""
-        admin = self._admin(actor)
+        admin = await self._admin(actor)
         chosen = parse_role(role)
-        user = self._target(actor, target, "role")
+        user = await self._target(actor, target, "role")
         if user.id == admin.id:
             raise Refusal(Message(Key.ADMIN_NOT_YOUR_ROLE))
-        changed = self.store.set_role(user.id, chosen)
+        changed = await self.db.run(self.store.set_role, user.id, chosen)
         # The dispatcher keeps owners it has read; their next job takes the new tier.
-        self.service.dispatcher.forget_user(user.id)
+        self.service.dispatcher.remember_user(changed)
         args: dict[str, Argument] = {
             "user": _shown(changed),
             "role": changed.role.value,
@@ -83,25 +89,25 @@ class AdminService:
 
     # ------------------------------------------------------------------ the queue
 
-    def pause(self, actor: UserRef) -> Reply:
+    async def pause(self, actor: UserRef) -> Reply:
         """No new batch starts until `resume` (a running one finishes); jobs still queue. The
         flag is in the database, so a bot in another process pauses too."""
-        self._admin(actor)
-        self.service.dispatcher.set_paused(True, _who(actor))
+        await self._admin(actor)
+        await self.service.dispatcher.set_paused(True, _who(actor))
         return Reply(Message(Key.ADMIN_PAUSED))
 
-    def resume(self, actor: UserRef) -> Reply:
-        self._admin(actor)
-        self.service.dispatcher.set_paused(False, _who(actor))
+    async def resume(self, actor: UserRef) -> Reply:
+        await self._admin(actor)
+        await self.service.dispatcher.set_paused(False, _who(actor))
         queued = len(self.service.dispatcher.scheduler)
         return Reply(Message(Key.ADMIN_RESUMED, {"queued": queued}))
 
     # ------------------------------------------------------------------ files
 
-    def reload(self, actor: UserRef) -> Reply:
+    async def reload(self, actor: UserRef) -> Reply:
         """Re-read presets.toml and the vocabulary; the next job uses them. A broken file
         leaves the previous version in use and the reply says what is wrong."""
-        self._admin(actor)
+        await self._admin(actor)
         report = self.service.reload_sources()
         presets: Argument = ", ".join(report.presets) or Message(Key.ADMIN_NONE)
         lines = []
@@ -113,7 +119,7 @@ class AdminService:
 
     # ------------------------------------------------------------------ chats
 
-    def rules(
+    async def rules(
         self,
         actor: UserRef,
         origin: Origin,
@@ -124,15 +130,19 @@ class AdminService:
         default preset (used when neither `--preset` nor the user's saved preset names one).
         None leaves a rule as it is; a preset of "none" clears the default. With no change,
         the rules are shown. The preset is checked first: a bad one changes nothing."""
-        self._admin(actor)
+        await self._admin(actor)
         if nsfw_allowed is None and default_preset is None:
-            return Reply(self._rules_message(Key.ADMIN_RULES, origin))
+            return Reply(await self._rules_message(Key.ADMIN_RULES, origin))
         preset = UNSET if default_preset is None else self._chat_preset(default_preset)
         nsfw = UNSET if nsfw_allowed is None else nsfw_allowed
-        self.store.update_chat(
-            origin.platform, origin.chat, nsfw_allowed=nsfw, default_preset=preset
+        await self.db.run(
+            self.store.update_chat,
+            origin.platform,
+            origin.chat,
+            nsfw_allowed=nsfw,
+            default_preset=preset,
         )
-        return Reply(self._rules_message(Key.ADMIN_RULES_UPDATED, origin))
+        return Reply(await self._rules_message(Key.ADMIN_RULES_UPDATED, origin))
 
     def _chat_preset(self, name: str) -> str | None:
         if name.strip().lower() in NO_PRESET or not name.strip():
@@ -147,8 +157,8 @@ class AdminService:
         except InvalidRequestError as error:  # no such preset; the error suggests one
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
 
-    def _rules_message(self, key: Key, origin: Origin) -> Message:
-        chat = self.store.chat(origin.platform, origin.chat)
+    async def _rules_message(self, key: Key, origin: Origin) -> Message:
+        chat = await self.db.run(self.store.chat, origin.platform, origin.chat)
         if not chat.nsfw_allowed:
             nsfw = Message(Key.ADMIN_NSFW_REFUSED)
         elif origin.adult_ok is False:  # the platform still refuses them in this channel
@@ -160,16 +170,16 @@ class AdminService:
 
     # ------------------------------------------------------------------ checks
 
-    def is_admin(self, user: UserRef) -> bool:
-        return self.service.user(user).role is Role.ADMIN
+    async def is_admin(self, user: UserRef) -> bool:
+        return (await self.service.user(user)).role is Role.ADMIN
 
-    def _admin(self, actor: UserRef) -> UserRecord:
-        record = self.service.user(actor)
+    async def _admin(self, actor: UserRef) -> UserRecord:
+        record = await self.service.user(actor)
         if record.role is not Role.ADMIN:
             raise Refusal(Message(Key.ADMIN_ONLY))
         return record
 
-    def _target(self, actor: UserRef, target: UserRef, action: str) -> UserRecord:
+    async def _target(self, actor: UserRef, target: UserRef, action: str) -> UserRecord:
         if target.platform != actor.platform and target.platform not in KNOWN_PLATFORMS:
             raise Refusal(Message(Key.ADMIN_OTHER_PLATFORM, {"platform": actor.platform}))
         user_id = clean_text(target.platform_user_id).strip().removeprefix("@")
@@ -177,7 +187,7 @@ class AdminService:
             args = {"platform": actor.platform, "action": action}
             raise Refusal(Message(Key.ADMIN_NEED_USER, args))
         # No locale: the target's own language is theirs to give.
-        return self.service.user(UserRef(target.platform, user_id, target.display_name))
+        return await self.service.user(UserRef(target.platform, user_id, target.display_name))
 
 
 def parse_role(role: Role | str) -> Role:

@@ -3,6 +3,12 @@
 The job row is the truth. At start, jobs a crash left running go back to the queue (or fail
 after `max_attempts`), the in-memory scheduler is rebuilt from the rows, and results that were
 never delivered are delivered once a front end for their platform subscribes.
+
+Every store call runs on the store's own threads (`Store.threads`), never on the event loop: a
+slow database must not stall the chats. The scheduler, the job owners read so far, the pause
+flag as last read and the event lanes stay in memory on the loop. Where an in-memory change
+must go with a database write or read, the comments say how the order keeps them together
+(an await lets other coroutines run, and they may look at the same jobs).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,7 @@ from bot.store import (
     StoreError,
     UserRecord,
 )
+from bot.store.threads import StoreThreads
 from pipeline.errors import InvalidRequestError, first_line
 from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Task, TaskOutcome
 from pipeline.images import format_infotext, read_infotext
@@ -62,7 +69,8 @@ RECENT_JOBS = 20  # finished jobs the ETA is drawn from
 LANE_TIMEOUT = 10.0
 STORE_RETRY_DELAYS = (1.0, 5.0, 15.0, 30.0)  # seconds between batches while the database fails
 # While paused the loop re-reads the database's flag this often: another process (the admin
-# command line) may resume it.
+# command line) may resume it. Replies take the flag as last read (by the loop, the control
+# poll, or this process's own pause), at most about this old.
 PAUSE_POLL_SECONDS = 0.5
 # The shared control row is read this often: a change made by another process (the admin
 # command line cancels a job, bans a user, clears the queue) takes effect within it.
@@ -98,6 +106,7 @@ class Dispatcher:
     ) -> None:
         """`loaded_model`: the checkpoint loaded at start, preferred until a batch runs."""
         self.store = store
+        self.db: StoreThreads = store.threads  # where every store call of the bot runs
         self.executor = executor
         self.config = config
         self.bus = bus
@@ -105,7 +114,14 @@ class Dispatcher:
         self._users: dict[int, UserRecord] = {}
         self._running: dict[int, JobRecord] = {}
         self._wake = asyncio.Event()
-        self._paused_read: tuple[float, bool] | None = None  # (when, the flag)
+        # The database's pause flag as last read (by the loop, the control poll, a pause):
+        # what replies say, without a query each.
+        self._paused = False
+        # Held while a job's row is written and the job joins the queue (and while the queue
+        # takes jobs queued by another process): the admission checks and the write go
+        # together, and a sync with the store in between would take the new row for one
+        # queued elsewhere.
+        self.queue_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -115,6 +131,9 @@ class Dispatcher:
         self._pending: dict[int, str] = {}  # queued or running job -> its platform
         self._delivering: set[int] = set()
         self._cancel_requested: set[int] = set()  # running jobs a user cancelled
+        # Jobs of batches taken from the queue whose rows are being marked running: not in
+        # the queue, not running yet (a cancel then ends them before they run).
+        self._starting: set[int] = set()
         self._recent: deque[tuple[float, int]] | None = None  # (seconds, images) of done jobs
         self._background: set[asyncio.Future[Any]] = set()
         # Each job's events go out in order, one after the other: a STARTED event is built
@@ -135,53 +154,63 @@ class Dispatcher:
         self._runs: dict[int, str] = {}  # running job -> its run id
         self._store_retry_at = 0.0  # after a database error, no batch starts before this
         self._detaching = False  # stopping with remote runs left to their workers
+        self._pauses = 0  # pauses and resumes made here (which readings of the flag are older)
         self._lease_task: asyncio.Task[None] | None = None
-        store.fatal.add(self._database_failed)
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the one `start` ran on
+        store.fatal.add(self._fatal_heard)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         exhausted = message_to_json(
             Message(Key.FAILED_CRASHED, {"attempts": self.config.max_attempts})
         )
         remote = self.executor.remote
         if remote:  # its workers' announcements, before the first batch is placed
             await self.executor.start()  # type: ignore[attr-defined]
-        recovery = self.store.recover(self.config.max_attempts, exhausted, keep_leased=remote)
+        recovery = await self.db.run(
+            self.store.recover, self.config.max_attempts, exhausted, keep_leased=remote
+        )
         if recovery.requeued or recovery.failed:
             log.info(
                 "Recovered after a stop: %d job(s) queued again, %d failed",
                 len(recovery.requeued),
                 len(recovery.failed),
             )
-        for job in self.store.queued_jobs():
+        queued = await self.db.run(self.store.queued_jobs)
+        await self._read_owners(job.user_id for job in queued)
+        for job in queued:
             try:
                 self.scheduler.add(self.queued_job(job))
             except ValueError as error:  # a request this version cannot read
                 log.warning("Job %s cannot be read and fails: %s", job.id, error)
                 text = error_text(error) if isinstance(error, InvalidRequestError) else None
                 detail = Message(Key.FAILED_INVALID, {"detail": text or first_line(error)})
-                self.store.mark_failed(job.id, message_to_json(detail))
+                await self.db.run(self.store.mark_failed, job.id, message_to_json(detail))
                 continue
             self._pending[job.id] = job.origin_platform
             if job.id in recovery.requeued:
                 lifecycle.requeued(job, self.user)
-        self._control = self._read_control()
+        recent = await self.db.run(self.store.recent_durations, RECENT_JOBS)
+        self._recent = deque(recent, maxlen=RECENT_JOBS)
+        self._control = await self._read_control()
         if self.paused():
             log.warning("The queue is paused: no job starts until an admin resumes it")
         if remote:
-            self._adopt_leased_runs()
+            await self._adopt_leased_runs()
             self._lease_task = asyncio.create_task(self._watch_leases(), name="easel-leases")
         self._loop_task = asyncio.create_task(self._loop(), name="easel-dispatcher")
         self._watch_task = asyncio.create_task(self._watch_control(), name="easel-control")
 
-    def _adopt_leased_runs(self) -> None:
+    async def _adopt_leased_runs(self) -> None:
         """Runs that remote workers still hold under a live lease (this bot restarted while
         they ran): follow them to their results instead of running them again."""
-        for run_id, job_ids in self.store.leased_runs().items():
-            jobs = [job for job in (self.store.job(job_id) for job_id in job_ids) if job]
+        for run_id, job_ids in (await self.db.run(self.store.leased_runs)).items():
+            jobs = await self.db.run(jobs_by_id, self.store, job_ids)
             if not jobs:
                 continue
+            await self._read_owners(job.user_id for job in jobs)
             worker = jobs[0].worker or ""
             log.info(
                 "Run %s (jobs %s) is still on worker %s: waiting for its result",
@@ -193,8 +222,9 @@ class Dispatcher:
             for job in jobs:
                 self._pending[job.id] = job.origin_platform
             tasks = [Task(job.id, work_of(job)) for job in jobs]
+            sink = self._progress_sink(jobs, await self._flags(jobs))
             adoption = self.executor.adopt(  # type: ignore[attr-defined]
-                tasks, self._progress_sink(jobs), self._preview_interval(jobs), run_id, worker
+                tasks, sink, self._preview_interval(jobs), run_id, worker
             )
             task = asyncio.create_task(self._guarded(self._follow(jobs, run_id, queued, adoption)))
             self._batches[task] = list(queued.values())
@@ -207,7 +237,7 @@ class Dispatcher:
         while not self._stopping:
             await asyncio.sleep(every)
             try:
-                expired = self.store.expired_leases()
+                expired = await self.db.run(self.store.expired_leases)
             except StoreError as error:
                 log.warning("Cannot read the remote runs' leases: %s", error)
                 continue
@@ -220,17 +250,34 @@ class Dispatcher:
 
     async def _requeue_unfollowed(self, run_id: str, job_ids: Sequence[int]) -> None:
         """A lost run this bot does not follow (it was another bot's, before a restart)."""
-        recovery = self.store.requeue_lost(
-            run_id, job_ids, self.config.max_worker_losses, self._worker_lost_text(), ran=True
-        )
-        for job_id in recovery.requeued:
-            job = self.store.job(job_id)
-            if job is not None and job_id not in self.scheduler:
-                self.enqueue(job)
-                lifecycle.requeued(job, self.user)
+        async with self.queue_lock:  # rows queued again and the queue's jobs, together
+            recovery = await self.db.run(
+                self.store.requeue_lost,
+                run_id,
+                job_ids,
+                self.config.max_worker_losses,
+                self._worker_lost_text(),
+                ran=True,
+            )
+            requeued = await self.db.run(jobs_by_id, self.store, recovery.requeued)
+            await self._read_owners(job.user_id for job in requeued)
+            for job in requeued:
+                if job.id not in self.scheduler:
+                    self.enqueue(job)
+                    lifecycle.requeued(job, self.user)
         for job_id in recovery.failed:
             self._in_background(self._deliver_final(job_id))
         self._wake.set()
+
+    def _fatal_heard(self, error: StoreError) -> None:
+        """The store says that the database cannot go on, on the thread its call ran on (one
+        of the store's own): acted on on the event loop."""
+        loop = self._event_loop
+        if loop is None or loop.is_closed() or _running_loop() is loop:
+            self._database_failed(error)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
+            loop.call_soon_threadsafe(self._database_failed, error)
 
     def _database_failed(self, error: StoreError) -> None:
         """The database cannot go on: take no new batch, and let the bot stop saying why."""
@@ -308,7 +355,7 @@ class Dispatcher:
     async def redeliver(self, platform: str) -> int:
         """Deliver the finished and failed jobs of a platform that no front end took yet."""
         count = 0
-        for job in self.store.undelivered(platform):
+        for job in await self.db.run(self.store.undelivered, platform):
             count += await self._deliver_final(job.id)
         return count
 
@@ -318,18 +365,18 @@ class Dispatcher:
         backoff, while the bot runs; each try is counted in the row."""
         if job_id in self._delivering:
             return False
-        job = self.store.job(job_id, with_images=True)
-        if job is None or job.delivery is Delivery.DELIVERED:
-            return False
-        self._delivering.add(job_id)
+        self._delivering.add(job_id)  # before any await: a second call skips the job
         try:
+            job = await self.db.run(self.store.job, job_id, with_images=True)
+            if job is None or job.delivery is Delivery.DELIVERED:
+                return False
             await self._after_earlier_events(job_id)
             if not self.bus.has_subscribers(job.origin_platform):
                 return False  # delivered when a front end for the platform subscribes
-            attempt = self.store.count_delivery_attempt(job_id)
-            delivered = await self.bus.publish(self._final_event(job))
+            attempt = await self.db.run(self.store.count_delivery_attempt, job_id)
+            delivered = await self.bus.publish(await self._final_event(job))
             if delivered:
-                self.store.mark_delivered(job_id)
+                await self.db.run(self.store.mark_delivered, job_id)
                 self._status_messages.pop(job_id, None)
             else:
                 self._retry_delivery(job_id, attempt)
@@ -360,6 +407,9 @@ class Dispatcher:
     # ------------------------------------------------------------------ the queue
 
     def user(self, user_id: int) -> UserRecord:
+        """A job's owner as last read. Owners are read off the loop before their jobs join
+        the queue or their steps are logged (`owner`, `_read_owners`); one that was not is
+        read here, on the caller's thread."""
         user = self._users.get(user_id)
         if user is None:
             user = self.store.user_by_id(user_id)
@@ -367,9 +417,50 @@ class Dispatcher:
             self._users[user_id] = user
         return user
 
-    def forget_user(self, user_id: int) -> None:
-        """A user's role changed: read them again for their next job's tier."""
-        self._users.pop(user_id, None)
+    async def owner(self, user_id: int) -> UserRecord:
+        """A job's owner as last read; read now (off the loop) if not read yet."""
+        user = self._users.get(user_id)
+        if user is None:
+            found = await self.db.run(self.store.user_by_id, user_id)
+            assert found is not None, f"job owner {user_id} is missing"
+            user = self._users.setdefault(user_id, found)
+        return user
+
+    async def _read_owners(self, user_ids: Iterable[int]) -> None:
+        """Read the users not read yet, in one call off the loop: sync code (the scheduler's
+        caps, the queue's tiers, the log lines) then finds them."""
+        missing = {user_id for user_id in user_ids if user_id not in self._users}
+        if missing:
+            for user in await self.db.run(users_by_id, self.store, missing):
+                self._users.setdefault(user.id, user)  # one read meanwhile is as fresh
+
+    def remember_user(self, user: UserRecord) -> None:
+        """A user's role changed here: their next job takes the new tier."""
+        self._users[user.id] = user
+
+    async def _read_owners_again(self) -> None:
+        """Another process may have changed users (roles, quotas): the owners of the jobs
+        queued, starting or running are read again; others are read when next needed."""
+        before = dict(self._users)
+        read = {
+            user.id: user for user in await self.db.run(users_by_id, self.store, self._owners_now())
+        }
+        users: dict[int, UserRecord] = {}
+        for user_id in self._owners_now():  # jobs may have joined during the read
+            current = self._users.get(user_id)
+            # One written here during the read (a role an admin set) is newer than the read.
+            if current is not None and current is not before.get(user_id):
+                users[user_id] = current
+            elif (user := read.get(user_id, current)) is not None:
+                users[user_id] = user
+        self._users = users
+
+    def _owners_now(self) -> set[int]:
+        return (
+            {item.user_id for item in self.scheduler.jobs()}
+            | {item.user_id for batch in self._batches.values() for item in batch}
+            | {job.user_id for job in self._running.values()}
+        )
 
     def queued_job(self, job: JobRecord) -> QueuedJob:
         work = work_of(job)
@@ -400,22 +491,29 @@ class Dispatcher:
         self._emit(job, EventKind.QUEUED, reply, position=position)
         self._wake.set()
 
-    def bind_status_message(self, job_id: int, message_id: str) -> None:
+    async def bind_status_message(self, job_id: int, message_id: str) -> None:
         """The front end's own message about a job (to edit with progress and the result);
-        every later event of the job carries it."""
+        every later event of the job carries it (at once: the row is written after)."""
         self._status_messages[job_id] = message_id
-        self.store.set_status_message(job_id, message_id)
+        await self.db.run(self.store.set_status_message, job_id, message_id)
 
     async def cancel(self, job: JobRecord) -> CancelOutcome:
         """Cancel a queued job (its row and its chat's message change together) or ask a
         running one to stop (it ends cancelled within a step)."""
         if self.scheduler.remove(job.id) is not None:
-            self.store.mark_cancelled(job.id)
+            # Out of the queue before any await: the loop cannot start it now. Until its row
+            # says cancelled the job stays pending here, so a sync with the store does not
+            # take the still-queued row for one queued by another process.
+            self._cancel_requested.discard(job.id)
+            await self.db.run(self.store.mark_cancelled, job.id)
+            await self.owner(job.user_id)  # for the log line
             lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
             await self._settled(job.id)
             return CancelOutcome.CANCELLED
-        if job.id in self._running:
+        if job.id in self._running or job.id in self._starting:
+            # A starting job (its batch taken, its rows being marked running) is not run:
+            # `_execute` ends it cancelled.
             self._cancel_requested.add(job.id)
             self.executor.cancel(job.id)
             return CancelOutcome.STOPPING
@@ -449,10 +547,8 @@ class Dispatcher:
         """A rough wait at recent seconds per image: the jobs ahead (each the queue's average
         size, a job of many AND parts counting as more images) and this job's own. None
         while the queue is paused: nothing starts until an admin resumes it."""
-        if self.paused():
+        if self.paused() or self._recent is None:  # None: read at `start`
             return None
-        if self._recent is None:
-            self._recent = deque(self.store.recent_durations(RECENT_JOBS), maxlen=RECENT_JOBS)
         total_images = sum(count for _, count in self._recent)
         queued = len(self.scheduler)
         if not total_images or not queued or job_id not in self.scheduler:
@@ -469,9 +565,10 @@ class Dispatcher:
         process chose a checkpoint, asked for a reload, ...), on the event loop."""
         self._control_listeners.append(listener)
 
-    def _read_control(self) -> ControlState:
-        state = self.store.control_state()
-        self._paused_read = (time.monotonic(), state.paused)
+    async def _read_control(self) -> ControlState:
+        pauses = self._pauses
+        state = await self.db.run(self.store.control_state)
+        self._note_paused(state.paused, pauses)
         return state
 
     async def _watch_control(self) -> None:
@@ -480,7 +577,7 @@ class Dispatcher:
         while not self._stopping:
             await asyncio.sleep(CONTROL_POLL_SECONDS)
             try:
-                state = self._read_control()
+                state = await self._read_control()
             except StoreError as error:  # the loop says so too, and stops when it is fatal
                 log.warning("Cannot read the shared control row: %s", error)
                 continue
@@ -514,62 +611,84 @@ class Dispatcher:
         running jobs someone asked to stop stop within a step; queued jobs cancelled or
         deleted leave the queue (the chat is told of a cancel); jobs queued by another
         process (a retry) join it."""
-        self._users.clear()
-        for job_id in self.store.cancel_requested(list(self._running)):
+        await self._read_owners_again()
+        # Starting jobs too: their rows may say running already (a cancel for them is
+        # applied when their batch starts, see `_execute`).
+        taken = [*self._running, *(self._starting - self._running.keys())]
+        for job_id in await self.db.run(self.store.cancel_requested, taken):
             if job_id not in self._cancel_requested:
                 log.info("Job %s: stopping, as asked from another process", job_id)
                 self._cancel_requested.add(job_id)
                 self.executor.cancel(job_id)
         queued = [item.job_id for item in self.scheduler.jobs()]
-        statuses = self.store.job_statuses(queued)
+        statuses = await self.db.run(self.store.job_statuses, queued)
         for job_id in queued:
             status = statuses.get(job_id)
             # A running row in the queue is one put back when the database failed mid-batch:
-            # it runs again. One the loop took meanwhile (an await below lets it run) is the
+            # it runs again. One the loop took meanwhile (an await lets it run) is the
             # batch's to report: it is not started, and said to be cancelled, there.
             if status in (JobStatus.QUEUED, JobStatus.RUNNING):
                 continue
             if self.scheduler.remove(job_id) is None:
                 continue
             await self._left_queue_elsewhere(job_id)
-        for job in self.store.queued_jobs():
-            if job.id in self.scheduler or job.id in self._running:
-                continue
-            try:
-                position = self.enqueue(job)
-            except ValueError as error:
-                log.warning("Job %s cannot be read and is left alone: %s", job.id, error)
-                continue
-            log.info("Job %s joined the queue from another process", job.id)
-            # Its own key: no chat command made it, so no ticket said it (the console, which
-            # shows no QUEUED event of its own jobs, shows this one).
-            message = Message(Key.QUEUED_BY_OPERATOR, {"job": job.id, "position": position})
-            self.announce_queued(job, Reply(message), position)
+        async with self.queue_lock:  # no job of this process is being queued meanwhile
+            joined = [
+                job for job in await self.db.run(self.store.queued_jobs) if not self._holds(job.id)
+            ]
+            await self._read_owners(job.user_id for job in joined)
+            for job in joined:
+                if self._holds(job.id):  # taken meanwhile (an await above)
+                    continue
+                try:
+                    position = self.enqueue(job)
+                except ValueError as error:
+                    log.warning("Job %s cannot be read and is left alone: %s", job.id, error)
+                    continue
+                log.info("Job %s joined the queue from another process", job.id)
+                # Its own key: no chat command made it, so no ticket said it (the console,
+                # which shows no QUEUED event of its own jobs, shows this one).
+                message = Message(Key.QUEUED_BY_OPERATOR, {"job": job.id, "position": position})
+                self.announce_queued(job, Reply(message), position)
+
+    def _holds(self, job_id: int) -> bool:
+        """Whether this process has the job: queued, starting, running, or on its way out
+        (being cancelled, delivered): a queued row of it is not a job from elsewhere."""
+        return job_id in self.scheduler or job_id in self._running or job_id in self._pending
 
     # ------------------------------------------------------------------ the loop
 
-    def paused(self, fresh: bool = False) -> bool:
-        """Whether the queue is paused (the database's flag, shared with other processes).
-        Replies (the queued message, the ETA) take a reading up to PAUSE_POLL_SECONDS old:
-        every queued reply asks, and a busy bot would otherwise spend a query on each;
-        starting a batch reads it `fresh`. A database that cannot be read counts as not
-        paused: the batch then says why."""
-        now = time.monotonic()
-        read = self._paused_read
-        if not fresh and read is not None and now - read[0] < PAUSE_POLL_SECONDS:
-            return read[1]
+    def paused(self) -> bool:
+        """Whether the queue is paused (the database's flag, shared with other processes), as
+        last read: by the loop before each batch (PAUSE_POLL_SECONDS apart while paused), by
+        the control poll (every CONTROL_POLL_SECONDS), and at once by a pause or resume made
+        here. Replies (the queued message, the ETA) ask it without a query: every queued
+        reply asks, and a busy bot would otherwise spend one on each."""
+        return self._paused
+
+    async def _read_paused(self) -> bool:
+        """The flag read now, for starting a batch. A database that cannot be read counts
+        as not paused: the batch then says why."""
+        pauses = self._pauses
         try:
-            paused = self.store.queue_paused()
+            paused = await self.db.run(self.store.queue_paused)
         except StoreError as error:
             log.warning("Cannot read the queue's pause flag: %s", error)
             return False
-        self._paused_read = (now, paused)
+        self._note_paused(paused, pauses)
         return paused
 
-    def set_paused(self, paused: bool, changed_by: str | None = None) -> None:
+    def _note_paused(self, paused: bool, pauses: int) -> None:
+        """A reading of the flag that began when `pauses` pauses had been made here; one that
+        began before this process's latest pause or resume is older than what it wrote."""
+        if pauses == self._pauses:
+            self._paused = paused
+
+    async def set_paused(self, paused: bool, changed_by: str | None = None) -> None:
         """Pause (no new batch starts; a running one finishes) or resume the queue."""
-        self.store.set_queue_paused(paused, changed_by)
-        self._paused_read = (time.monotonic(), paused)
+        await self.db.run(self.store.set_queue_paused, paused, changed_by)
+        self._pauses += 1
+        self._paused = paused
         self._wake.set()
 
     async def _loop(self) -> None:
@@ -577,7 +696,13 @@ class Dispatcher:
         engine of the remote workers), fairly; each runs as its own task."""
         try:
             while not self._stopping:
-                if self.paused(fresh=True):
+                # Cleared before looking: whatever happens while the flag is read (a job
+                # queued, a batch ended, a stop) cuts the nap below short.
+                self._wake.clear()
+                paused = await self._read_paused()
+                if self._stopping:  # asked to stop during the read
+                    break
+                if paused:
                     await self._nap(PAUSE_POLL_SECONDS)
                     continue
                 wait = self._store_retry_at - time.monotonic()
@@ -602,14 +727,16 @@ class Dispatcher:
                     continue
                 task = asyncio.create_task(self._guarded(self._run_batch(batch, slot)))
                 self._batches[task] = batch
+                # Out of the queue and not running yet: a cancel from now on finds it starting.
+                self._starting.update(item.job_id for item in batch)
                 task.add_done_callback(self._batch_ended)
         finally:
             if self._batches:
                 await asyncio.gather(*self._batches, return_exceptions=True)
 
     async def _nap(self, seconds: float | None) -> None:
-        """Wait for something to do: a job queued, a batch ended, a resume (or `seconds`)."""
-        self._wake.clear()
+        """Wait for something to do: a job queued, a batch ended, a resume (or `seconds`),
+        since the loop last looked (it clears `_wake` first)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
@@ -658,16 +785,22 @@ class Dispatcher:
         queued = {item.job_id: item for item in batch}
         run_id = uuid.uuid4().hex
         try:
-            started = self.store.mark_running(ids, run_id=run_id)
-            jobs = [job for job in (self.store.job(job_id) for job_id in started) if job]
-        except StoreError:
-            self.executor.release(slot)
-            for item in batch:
-                self.scheduler.add(item)
-            raise
-        if not jobs:
-            self.executor.release(slot)
-        await self._follow(jobs, run_id, queued, self._execute(jobs, run_id, slot), set(ids))
+            try:
+                started = await self.db.run(self.store.mark_running, ids, run_id=run_id)
+                jobs = await self.db.run(jobs_by_id, self.store, started)
+                await self._read_owners(job.user_id for job in jobs)
+            except StoreError:
+                self.executor.release(slot)
+                for item in batch:  # a cancel asked meanwhile applies when it starts again
+                    self.scheduler.add(item)
+                raise
+            if not jobs:
+                self.executor.release(slot)
+            for job_id in set(ids) - {job.id for job in jobs}:  # not started: no cancel to apply
+                self._cancel_requested.discard(job_id)
+            await self._follow(jobs, run_id, queued, self._execute(jobs, run_id, slot), set(ids))
+        finally:
+            self._starting.difference_update(ids)
 
     async def _follow(
         self,
@@ -682,6 +815,7 @@ class Dispatcher:
         for job in jobs:  # before any await: a cancel from now on finds the job running
             self._running[job.id] = job
             self._runs[job.id] = run_id
+            self._starting.discard(job.id)
             lifecycle.started(job, self.user)
         for gone in (asked or set()) - {job.id for job in jobs}:
             await self._left_queue_elsewhere(gone)
@@ -724,7 +858,7 @@ class Dispatcher:
                     # database that just failed.
                     self.scheduler.add(queued[job.id])
                 elif again and not self._detaching:  # the loop is being torn down mid-batch
-                    self.store.requeue([job.id], refund_attempt=True)
+                    await self.db.run(self.store.requeue, [job.id], refund_attempt=True)
                 self._running.pop(job.id, None)
                 self._runs.pop(job.id, None)
                 self._previews.pop(job.id, None)
@@ -743,12 +877,17 @@ class Dispatcher:
         be delivered), or ends cancelled when someone asked. While its lease still holds, it
         stays as it is until the lease runs out (`_watch_leases`)."""
         ran = outcome.status is OutcomeStatus.LOST
-        recovery = self.store.requeue_lost(
-            run_id, [job.id], self.config.max_worker_losses, self._worker_lost_text(), ran=ran
+        recovery = await self.db.run(
+            self.store.requeue_lost,
+            run_id,
+            [job.id],
+            self.config.max_worker_losses,
+            self._worker_lost_text(),
+            ran=ran,
         )
         if job.id in recovery.requeued:
             log.warning("Job %s: its GPU worker was lost; it is queued again", job.id)
-            fresh = self.store.job(job.id)
+            fresh = await self.db.run(self.store.job, job.id)
             if fresh is not None:
                 self.scheduler.add(self.queued_job(fresh))
                 lifecycle.requeued(fresh, self.user)
@@ -761,7 +900,7 @@ class Dispatcher:
             lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
             return _LostJob.SETTLED
-        row = self.store.job(job.id)
+        row = await self.db.run(self.store.job, job.id)
         if row is not None and row.status is JobStatus.RUNNING and row.run_id == run_id:
             log.warning(
                 "Job %s: its GPU worker %s is silent; it runs again once its lease ends",
@@ -773,8 +912,9 @@ class Dispatcher:
         return _LostJob.SETTLED
 
     async def _left_queue_elsewhere(self, job_id: int) -> None:
-        job = self.store.job(job_id)
+        job = await self.db.run(self.store.job, job_id)
         if job is not None and job.status is JobStatus.CANCELLED:
+            await self.owner(job.user_id)  # for the log line
             lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job_id})))
         await self._settled(job_id)
@@ -789,15 +929,36 @@ class Dispatcher:
         self, jobs: Sequence[JobRecord], run_id: str, slot: str
     ) -> list[TaskOutcome]:
         """The executor's outcomes; anything that goes wrong before or inside it fails the
-        batch's jobs with the error, never the loop."""
+        batch's jobs with the error, never the loop. A job cancelled while its batch started
+        (before the executor knew it) ends cancelled without running; during an immediate
+        stop, none runs (they go back to the queue, see `_record`)."""
         try:
-            tasks = [Task(job.id, work_of(job)) for job in jobs]
-            for job in jobs:
+            flagged = await self._flags(jobs)
+            # From here to the executor's run, no await: a cancel before it is seen here,
+            # one after it reaches the executor.
+            stopped = {
+                job.id for job in jobs if self._shutting_down or job.id in self._cancel_requested
+            }
+            running = [job for job in jobs if job.id not in stopped]
+            tasks = [Task(job.id, work_of(job)) for job in running]
+            for job in running:
                 self._emit(job, EventKind.STARTED, Reply(Message(Key.STARTED, self._about(job))))
             previews = self._preview_interval(jobs)
-            return await self.executor.run(
-                tasks, self._progress_sink(jobs), previews, run_id=run_id, slot=slot
+            if not stopped:
+                return await self.executor.run(
+                    tasks, self._progress_sink(jobs, flagged), previews, run_id=run_id, slot=slot
+                )
+            outcomes: list[TaskOutcome] = []
+            if tasks:
+                sink = self._progress_sink(running, flagged)
+                outcomes = await self.executor.run(tasks, sink, previews, run_id=run_id, slot=slot)
+            else:
+                self.executor.release(slot)
+            ended = {outcome.task_id: outcome for outcome in outcomes}
+            ended.update(
+                {job_id: TaskOutcome(job_id, OutcomeStatus.CANCELLED) for job_id in stopped}
             )
+            return [ended[job.id] for job in jobs]
         except Exception as error:
             failure = Failure(FailureKind.ERROR, first_line(error), trace_of(error))
             return [TaskOutcome(job.id, OutcomeStatus.FAILED, failure=failure) for job in jobs]
@@ -824,7 +985,10 @@ class Dispatcher:
             if key is None:
                 return await self._record(job, _failed_outcome(job, error), seconds, run_id)
             message = message_to_json(Message(key))
-            if not self.store.mark_failed(job.id, message, error.detail, run_id=run_id):
+            marked = await self.db.run(
+                self.store.mark_failed, job.id, message, error.detail, run_id=run_id
+            )
+            if not marked:
                 return self._dropped(job, run_id)
             lifecycle.failed(job, self.user, error.reason)
             return True
@@ -841,8 +1005,10 @@ class Dispatcher:
         )
         return False
 
-    def _progress_sink(self, jobs: Sequence[JobRecord]) -> Callable[[ProgressEvent], None]:
-        flagged = {job.id: self._flagged(job) for job in jobs}  # previews go behind spoilers too
+    def _progress_sink(
+        self, jobs: Sequence[JobRecord], flagged: dict[int, bool]
+    ) -> Callable[[ProgressEvent], None]:
+        """`flagged`: the jobs whose previews go behind spoilers too (`_flags`)."""
 
         def on_progress(event: ProgressEvent) -> None:
             self._previews.update(dict(event.previews))
@@ -870,7 +1036,10 @@ class Dispatcher:
         if outcome.status is OutcomeStatus.DONE:
             saved = await asyncio.to_thread(self._save, job, outcome)
             grid = _text(saved.grid)
-            if not self.store.mark_done(job.id, saved.records, grid, seconds, run_id=run_id):
+            marked = await self.db.run(
+                self.store.mark_done, job.id, saved.records, grid, seconds, run_id=run_id
+            )
+            if not marked:
                 await asyncio.to_thread(_remove_saved, saved)
                 return self._dropped(job, run_id)
             if self._recent is not None:
@@ -880,16 +1049,19 @@ class Dispatcher:
             assert outcome.failure is not None
             message = self._failure_message(job, outcome.failure)
             trace = outcome.failure.trace
-            if not self.store.mark_failed(job.id, message_to_json(message), trace, run_id=run_id):
+            marked = await self.db.run(
+                self.store.mark_failed, job.id, message_to_json(message), trace, run_id=run_id
+            )
+            if not marked:
                 return self._dropped(job, run_id)
             lifecycle.failed(job, self.user, outcome.failure.kind)
         elif self._shutting_down and job.id not in self._cancel_requested:
             # Stopped by the shutdown, not by anyone's choice: it runs again at the next start.
-            self.store.requeue([job.id], refund_attempt=True)
+            await self.db.run(self.store.requeue, [job.id], refund_attempt=True)
             lifecycle.requeued(job, self.user)
             return False
         else:
-            if not self.store.mark_cancelled(job.id, run_id=run_id):
+            if not await self.db.run(self.store.mark_cancelled, job.id, run_id=run_id):
                 return self._dropped(job, run_id)
             lifecycle.cancelled(job, self.user)
             self._emit(job, EventKind.CANCELLED, Reply(Message(Key.CANCELLED, {"job": job.id})))
@@ -933,7 +1105,7 @@ class Dispatcher:
 
         async def publish() -> None:
             await _after(earlier)
-            await self.bus.publish(self._event(job, kind, reply, **fields))
+            await self.bus.publish(await self._event(job, kind, reply, **fields))
 
         task = self._in_background(publish())
         self._lanes[job.id] = task
@@ -947,16 +1119,16 @@ class Dispatcher:
     async def _after_earlier_events(self, job_id: int) -> None:
         await _after(self._lanes.get(job_id))
 
-    def _final_event(self, job: JobRecord) -> JobEvent:
+    async def _final_event(self, job: JobRecord) -> JobEvent:
         if job.status is JobStatus.FAILED:
-            return self._event(job, EventKind.FAILED, Reply(self.failure_message(job)))
-        return self._event(job, EventKind.FINISHED, self.result_reply(job))
+            return await self._event(job, EventKind.FAILED, Reply(self.failure_message(job)))
+        return await self._event(job, EventKind.FINISHED, await self.result_reply(job))
 
     def failure_message(self, job: JobRecord) -> Message:
         stored = message_from_json(job.error) if job.error else Message(Key.FAILED_ERROR)
         return Message(stored.key, {"detail": "", "reference": "", **stored.args, "job": job.id})
 
-    def result_reply(self, job: JobRecord) -> Reply:
+    async def result_reply(self, job: JobRecord) -> Reply:
         """The grid (or single image) with its buttons and parameters."""
         images = tuple(Path(image.path) for image in job.images)
         parameters = _parameters_of(images[0]) if images else None
@@ -978,17 +1150,20 @@ class Dispatcher:
                 Key.FINISHED, {**self._about(job), "seconds": seconds, "seeds": seeds}
             )
             buttons = grid_buttons(job.id, len(job.images))
-        private = self.store.settings(job.user_id).private
+        private = (await self.db.run(self.store.settings, job.user_id)).private
         grid = Path(job.grid_path) if job.grid_path else None
-        return Reply(
-            message, images, grid, buttons, parameters, private, flagged=self._flagged(job)
-        )
+        flagged = await self._flagged(job)
+        return Reply(message, images, grid, buttons, parameters, private, flagged=flagged)
 
-    def _flagged(self, job: JobRecord) -> bool:
+    async def _flags(self, jobs: Sequence[JobRecord]) -> dict[int, bool]:
+        return {job.id: await self._flagged(job) for job in jobs}
+
+    async def _flagged(self, job: JobRecord) -> bool:
         """The job's prompt has NSFW words; an upscale has its parent's prompt."""
         current: JobRecord | None = job
         while current is not None and current.kind is JobKind.UPSCALE:
-            current = self.store.job(current.parent_id) if current.parent_id else None
+            parent = current.parent_id
+            current = await self.db.run(self.store.job, parent) if parent else None
         if current is None:
             return False
         return nsfw_word(getattr(work_of(current), "prompt", "") or "") is not None
@@ -1004,8 +1179,10 @@ class Dispatcher:
         about = Message(Key.ABOUT_IMAGE_CHILD, {**what, "index": job.image_index + 1})
         return {"job": job.id, "prompt": about}
 
-    def _event(self, job: JobRecord, kind: EventKind, reply: Reply, **fields: Any) -> JobEvent:
-        owner = self.user(job.user_id)
+    async def _event(
+        self, job: JobRecord, kind: EventKind, reply: Reply, **fields: Any
+    ) -> JobEvent:
+        owner = await self.owner(job.user_id)
         return JobEvent(
             kind=kind,
             job_id=job.id,
@@ -1027,6 +1204,23 @@ def _lora_names(batch: Sequence[QueuedJob]) -> tuple[str, ...]:
     """The LoRAs a batch needs (its jobs share one set): a remote worker holding them is
     preferred."""
     return batch[0].lora_names
+
+
+def jobs_by_id(store: Store, job_ids: Iterable[int]) -> list[JobRecord]:
+    """The jobs that still exist, in the order asked (one call on the store's threads)."""
+    return [job for job in (store.job(job_id) for job_id in job_ids) if job is not None]
+
+
+def users_by_id(store: Store, user_ids: Collection[int]) -> list[UserRecord]:
+    """The users that still exist (one call on the store's threads)."""
+    return [user for user in (store.user_by_id(user_id) for user_id in user_ids) if user]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # none on this thread (one of the store's)
+        return None
 
 
 def _remove_saved(saved: SavedImages) -> None:

@@ -85,7 +85,7 @@ class TextRouter:
             if button is not None:
                 job_id, action = button
                 if action.kind is JobKind.REMIX:
-                    return self._remix_prompt(request, job_id)
+                    return await self._remix_prompt(request, job_id)
                 return self._queued(
                     await self.service.act(request.user, job_id, action, request.origin)
                 )
@@ -100,7 +100,7 @@ class TextRouter:
                 return Routed(Reply(hint))
             name = "imagine"
         command = self.registry.find(name, self.platform)
-        record = self.service.user(request.user)
+        record = await self.service.user(request.user)
         if command is None:
             raise Refusal(Message(Key.UNKNOWN_COMMAND, {"command": f"/{name}"}))
         if not command.allowed_for(record.role):
@@ -116,33 +116,33 @@ class TextRouter:
         words = args.split()
         match command.name:
             case "imagine":
-                options = service.options(user, args, origin, init_image=request.attachment)
+                options = await service.options(user, args, origin, init_image=request.attachment)
                 return self._queued(await service.imagine(user, options, origin))
             case "u" | "v" | "s":
                 index = _image_index(command.name, words)
-                job = self._job(words[1:], request)
+                job = await self._job(words[1:], request)
                 action = f"{command.name.upper()}{index}"
                 return self._queued(await service.act(user, job, action, origin))
             case "reroll":
-                job = self._job(words, request)
+                job = await self._job(words, request)
                 return self._queued(await service.act(user, job, "reroll", origin))
             case "remix":
                 return await self._remix(request, args)
             case "history":
                 if words and not _is_number(words[0]):
                     raise Refusal(Message(Key.NOT_A_PAGE_NUMBER, {"text": words[0]}))
-                return Routed(service.history(user, int(words[0]) if words else 1))
+                return Routed(await service.history(user, int(words[0]) if words else 1))
             case "info":
-                return Routed(service.info(self._job(words, request), user, origin))
+                return Routed(await service.info(await self._job(words, request), user, origin))
             case "cancel":
-                job = self._job(words, request, "cancel")
+                job = await self._job(words, request, "cancel")
                 return Routed(await service.cancel(user, job, origin))
             case "queue":
-                return Routed(service.queue_status(user))
+                return Routed(await service.queue_status(user))
             case "settings":
                 if not args.strip():
-                    return Routed(service.settings(user))
-                return Routed(service.update_settings(user, parse_settings(args)))
+                    return Routed(await service.settings(user))
+                return Routed(await service.update_settings(user, parse_settings(args)))
             case "pnginfo":
                 if request.attachment is None:
                     raise Refusal(Message(Key.NEED_IMAGE))
@@ -150,10 +150,10 @@ class TextRouter:
             case "help":
                 return Routed(self.registry.help(self.platform, record.role))
             case "admin":
-                return Routed(self._admin(request, args))
+                return Routed(await self._admin(request, args))
         raise Refusal(Message(Key.UNKNOWN_COMMAND, {"command": f"/{command.name}"}))
 
-    def _admin(self, request: TextRequest, args: str) -> Reply:
+    async def _admin(self, request: TextRequest, args: str) -> Reply:
         """`/admin ban USER [7d|12h|30m] [REASON]`, `unban USER`, `role USER user|vip|admin`,
         `pause`, `resume`, `reload`, `rules [nsfw on|off] [preset NAME|none]`; USER is the
         platform's user id."""
@@ -163,22 +163,22 @@ class TextRouter:
         match action.lower():
             case "ban":
                 user, _, reason = rest.strip().partition(" ")
-                return admin.ban(actor, self._target(user, "ban"), reason.strip() or None)
+                return await admin.ban(actor, self._target(user, "ban"), reason.strip() or None)
             case "unban":
-                return admin.unban(actor, self._target(words[0] if words else "", "unban"))
+                return await admin.unban(actor, self._target(words[0] if words else "", "unban"))
             case "role":
                 if len(words) != 2:
                     raise Refusal(Message(Key.ADMIN_ROLE_USAGE))
-                return admin.set_role(actor, self._target(words[0], "role"), words[1])
+                return await admin.set_role(actor, self._target(words[0], "role"), words[1])
             case "pause" if not words:
-                return admin.pause(actor)
+                return await admin.pause(actor)
             case "resume" if not words:
-                return admin.resume(actor)
+                return await admin.resume(actor)
             case "reload" if not words:
-                return admin.reload(actor)
+                return await admin.reload(actor)
             case "rules":
                 nsfw, preset = parse_rules(rest)
-                return admin.rules(actor, request.origin, nsfw, preset)
+                return await admin.rules(actor, request.origin, nsfw, preset)
         raise Refusal(Message(Key.ADMIN_USAGE))
 
     def _target(self, user_id: str, action: str) -> UserRef:
@@ -200,10 +200,10 @@ class TextRouter:
         if _is_number(first.lstrip("#")):
             job, line = int(first.lstrip("#")), rest.strip()
         else:
-            job, line = self.service.last_grid(request.user, request.origin), args.strip()
+            job, line = await self.service.last_grid(request.user, request.origin), args.strip()
         if line:
             return self._queued(await self.service.remix(request.user, job, line, request.origin))
-        return self._remix_prompt(request, job)
+        return await self._remix_prompt(request, job)
 
     async def _remix_line(self, request: TextRequest, job: int, line: str) -> Routed:
         """The edited line after `/remix`: a refused one keeps the remix pending, so the
@@ -215,19 +215,21 @@ class TextRouter:
             raise
         return self._queued(ticket)
 
-    def _remix_prompt(self, request: TextRequest, job: int) -> Routed:
+    async def _remix_prompt(self, request: TextRequest, job: int) -> Routed:
         """Show the job's line to edit; the user's next plain line is the remix."""
-        editable = self.service.remix_line(request.user, job, request.origin)
+        editable = await self.service.remix_line(request.user, job, request.origin)
         self._pending_remix[_who(request)] = job
         return Routed(Reply(Message(Key.REMIX_LINE, {"job": job}), editable=editable))
 
-    def _job(self, words: list[str], request: TextRequest, needed_by: str | None = None) -> int:
+    async def _job(
+        self, words: list[str], request: TextRequest, needed_by: str | None = None
+    ) -> int:
         """A job number argument; none means the chat's last grid (unless the command
         needs one); anything else that is not a number is refused."""
         if not words:
             if needed_by is not None:
                 raise Refusal(Message(Key.NEED_JOB_NUMBER, {"command": needed_by}))
-            return self.service.last_grid(request.user, request.origin)
+            return await self.service.last_grid(request.user, request.origin)
         number = words[0].lstrip("#")
         if not _is_number(number):
             raise Refusal(Message(Key.NOT_A_JOB_NUMBER, {"text": words[0]}))

@@ -3,6 +3,9 @@
 Front ends call these methods with a `UserRef` (who) and an `Origin` (where to answer) and get
 a `Ticket` or a `Reply` back; a request the bot turns down raises `Refusal`, whose reply says
 why in the user's language. Nothing is written when a request is refused.
+
+Every method that reads or writes the database is a coroutine: the store's calls run on its
+own threads (`Store.threads`), so a slow database never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from bot.core.buttons import Action, parse_action
 from bot.core.config import NO_CAP, CoreConfig
-from bot.core.dispatcher import CancelOutcome, Dispatcher
+from bot.core.dispatcher import CancelOutcome, Dispatcher, jobs_by_id
 from bot.core.durations import utc_text
 from bot.core.events import EventHandler, Origin, Refusal, Reply, Ticket, UserRef
 from bot.core.messages import Key, Localized, Message, error_text, job_count, normalise_locale
@@ -40,7 +43,17 @@ from bot.core.work import (
     with_model,
     work_of,
 )
-from bot.store import ControlState, JobKind, JobRecord, JobStatus, NewJob, Role, Store, UserRecord
+from bot.store import (
+    ControlState,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    Role,
+    SettingsRecord,
+    Store,
+    UserRecord,
+)
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import Infotext, format_infotext, read_infotext
@@ -105,6 +118,7 @@ class JobService:
         jobs are queued for while no operator chose one (`easel models use`); None: whichever
         is loaded when they run."""
         self.store = store
+        self.db = dispatcher.db  # where every store call runs: the store's own threads
         self.dispatcher = dispatcher
         self.config = config
         self.vocabulary = vocabulary
@@ -114,10 +128,10 @@ class JobService:
         self._reload = reload
         dispatcher.on_control_change(self._control_changed)
 
-    def current_model(self) -> str | None:
+    async def current_model(self) -> str | None:
         """The checkpoint a job queued now is for: the operator's choice (read afresh, so a
         job queued after `easel models use` runs on it), else the default."""
-        return self.store.control_state().model or self.default_model
+        return (await self.db.run(self.store.control_state)).model or self.default_model
 
     def _control_changed(self, before: ControlState, after: ControlState) -> None:
         """Another process changed the shared row: a reload asked for, a checkpoint chosen."""
@@ -190,14 +204,15 @@ class JobService:
         small JPEG of the images being made (computed only when someone shows them)."""
         self.dispatcher.bus.subscribe(platform, handler, previews)
 
-    def bind_status_message(self, job_id: int, message_id: str) -> None:
+    async def bind_status_message(self, job_id: int, message_id: str) -> None:
         """The front end's own message about a job (the one it edits with progress); every
         later event of the job carries it, also after a restart."""
-        self.dispatcher.bind_status_message(job_id, message_id)
+        await self.dispatcher.bind_status_message(job_id, message_id)
 
-    def grant_role(self, user: UserRef, role: Role) -> None:
+    async def grant_role(self, user: UserRef, role: Role) -> None:
         """For the operator's own seat (the console's user is an admin)."""
-        self.store.set_role(self.user(user).id, role)
+        record = await self.user(user)
+        await self.db.run(self.store.set_role, record.id, role)
 
     async def deliver_missed(self, platform: str) -> int:
         return await self.dispatcher.redeliver(platform)
@@ -210,22 +225,26 @@ class JobService:
         them runs: how many stay queued (0: all are done)."""
         return await self.dispatcher.wait_until_idle_or_paused(platform)
 
-    def user(self, user: UserRef) -> UserRecord:
+    async def user(self, user: UserRef) -> UserRecord:
         """The stored user; names from a platform are made valid text first (a lone
         surrogate in a platform's JSON cannot be stored)."""
         name = clean_text(user.display_name) if user.display_name is not None else None
-        return self.store.user(
-            user.platform, clean_text(user.platform_user_id), name, _locale_or_none(user)
+        return await self.db.run(
+            self.store.user,
+            user.platform,
+            clean_text(user.platform_user_id),
+            name,
+            _locale_or_none(user),
         )
 
-    def locale(self, user: UserRef) -> str:
+    async def locale(self, user: UserRef) -> str:
         """The language to answer in: the one the platform gives now, else the one it gave
         last time."""
-        return normalise_locale(self.user(user).locale)
+        return normalise_locale((await self.user(user)).locale)
 
     # ------------------------------------------------------------------ imagine
 
-    def options(
+    async def options(
         self,
         user: UserRef,
         text: str,
@@ -242,13 +261,14 @@ class JobService:
         room's default."""
         if init_image is not None:
             fields["init_image"] = self._input_image(init_image)
-        record = self.user(user)
-        saved = self.store.settings(record.id)
+        record = await self.user(user)
+        saved = await self.db.run(self.store.settings, record.id)
         defaults = {
             flag: _setting_text(getattr(saved, name)) for name, flag in _SETTING_FLAGS.items()
         }
         if origin is not None and not defaults["preset"]:
-            defaults["preset"] = self.store.chat(origin.platform, origin.chat).default_preset or ""
+            chat = await self.db.run(self.store.chat, origin.platform, origin.chat)
+            defaults["preset"] = chat.default_preset or ""
         try:
             return options_from_fields(
                 text, self.vocabulary(), self.config.limits, defaults=defaults, **fields
@@ -264,7 +284,7 @@ class JobService:
         kind: JobKind = JobKind.IMAGINE,
         parent_id: int | None = None,
     ) -> Ticket:
-        record = self.user(user)
+        record = await self.user(user)
         try:
             request = options.to_request(self.vocabulary(), self.native_size, self.presets())
         except OptionsError as error:
@@ -273,13 +293,13 @@ class JobService:
             raise _preset_refusal(error) from None
         except InvalidRequestError as error:
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
-        self._check_words(request.prompt, origin)
-        self._admit(record, request.image_count)
+        await self._check_words(request.prompt, origin)
+        await self._admit(record, request.image_count)
         prepared = await self._prepare(request)
         if request.init_image is not None and request.init_image.data is not None:
             stored = await asyncio.to_thread(self._store_input, request.init_image.data)
             prepared = _with_init(prepared, stored)
-        return self._enqueue(record, kind, prepared, origin, parent_id)
+        return await self._enqueue(record, kind, prepared, origin, parent_id)
 
     def _input_image(self, image: bytes | ImageRef) -> ImageRef:
         """An img2img input, checked from its header alone (no pixels decoded)."""
@@ -313,9 +333,9 @@ class JobService:
 
     # ------------------------------------------------------------------ remix
 
-    def remix_line(self, user: UserRef, job_id: int, origin: Origin | None = None) -> str:
+    async def remix_line(self, user: UserRef, job_id: int, origin: Origin | None = None) -> str:
         """The job's prompt and flags as one editable line."""
-        job = self._visible_job(job_id, self.user(user), origin)
+        job = await self._visible_job(job_id, await self.user(user), origin)
         work = work_of(job)
         if not isinstance(work, GenerationRequest):
             raise Refusal(Message(Key.JOB_NOT_READY, {"job": job.id}))
@@ -324,11 +344,11 @@ class JobService:
     async def remix(self, user: UserRef, job_id: int, text: str, origin: Origin) -> Ticket:
         """Queue an edited line as a new job linked to the one it remixes; an img2img job
         keeps its input image."""
-        job = self._visible_job(job_id, self.user(user), origin)
+        job = await self._visible_job(job_id, await self.user(user), origin)
         work = work_of(job)
         if not isinstance(work, GenerationRequest):
             raise Refusal(Message(Key.JOB_NOT_READY, {"job": job.id}))
-        options = self.options(user, text, origin, init_image=work.init_image)
+        options = await self.options(user, text, origin, init_image=work.init_image)
         return await self.imagine(user, options, origin, kind=JobKind.REMIX, parent_id=job.id)
 
     # ------------------------------------------------------------------ buttons
@@ -338,12 +358,12 @@ class JobService:
     ) -> Ticket:
         """U1-U4, V1-V4, S1-S4 or reroll on a grid; anyone may press, and it counts against
         the presser's limits. The child goes to `origin`, or to the grid's own chat."""
-        record = self.user(user)
+        record = await self.user(user)
         chosen = parse_action(action) if isinstance(action, str) else action
         if chosen is None or chosen.kind is JobKind.REMIX:  # remix: remix_line, then remix
             raise Refusal(Message(Key.UNKNOWN_ACTION, {"action": str(action)}))
-        self._visible_job(job_id, record, origin)
-        parent, chosen = self._acted_on(job_id, chosen)
+        await self._visible_job(job_id, record, origin)
+        parent, chosen = await self._acted_on(job_id, chosen)
         image = self._chosen_image(parent, chosen)
         work = work_of(parent)
         if not isinstance(work, GenerationRequest):  # an upscale whose original is gone
@@ -351,19 +371,19 @@ class JobService:
         count = 1 if chosen.kind is JobKind.UPSCALE else min(4, self.config.limits.max_images)
         if chosen.kind is JobKind.REROLL:
             count = work.image_count
-        self._admit(record, count)
+        await self._admit(record, count)
         child = child_work(chosen, work, image, count, self._upscaler())
         prepared = await self._prepare(child)
         where = origin or Origin(parent.origin_platform, parent.origin_chat)
-        return self._enqueue(record, chosen.kind, prepared, where, parent.id, chosen.index)
+        return await self._enqueue(record, chosen.kind, prepared, where, parent.id, chosen.index)
 
-    def _acted_on(self, job_id: int, action: Action) -> tuple[JobRecord, Action]:
-        parent = self.store.job(job_id, with_images=True)
+    async def _acted_on(self, job_id: int, action: Action) -> tuple[JobRecord, Action]:
+        parent = await self.db.run(self.store.job, job_id, with_images=True)
         if parent is None:
             raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
         if parent.kind is JobKind.UPSCALE and parent.parent_id is not None:
             # A button on an upscaled image acts on the image it was made from.
-            original = self.store.job(parent.parent_id, with_images=True)
+            original = await self.db.run(self.store.job, parent.parent_id, with_images=True)
             if original is not None:
                 index = parent.image_index if action.index is not None else None
                 return original, Action(action.kind, index)
@@ -393,16 +413,16 @@ class JobService:
     async def upscale_image(self, user: UserRef, image: bytes, origin: Origin) -> Ticket:
         """U on an image from anywhere (a chat message): enlarged 2x, then the detail pass
         with the A1111 parameters the image carries (none: a plain enlargement)."""
-        record = self.user(user)
+        record = await self.user(user)
         self._input_image(image)
         info = await self._image_parameters(image)
         if info is not None:
-            self._check_words(info.prompt, origin)
-        self._admit(record, 1)
+            await self._check_words(info.prompt, origin)
+        await self._admit(record, 1)
         stored = await asyncio.to_thread(self._store_input, image)
         work = UpscaleRequest(image=stored, scale=2, upscaler=self._upscaler())
         prepared = await self._prepare(work)
-        return self._enqueue(record, JobKind.UPSCALE, prepared, origin)
+        return await self._enqueue(record, JobKind.UPSCALE, prepared, origin)
 
     async def vary_image(
         self, user: UserRef, image: bytes, origin: Origin, strong: bool = False
@@ -411,13 +431,13 @@ class JobService:
         negative prompt, steps, CFG, sampler and size of its A1111 parameters. An image
         without them is varied with an empty prompt, the user's saved steps, at
         its own size (fitted within the size limit): the picture alone guides it."""
-        record = self.user(user)
+        record = await self.user(user)
         reference = self._input_image(image)
         info = await self._image_parameters(image)
-        base = self._vary_base(record, info, reference.size())
-        self._check_words(base.prompt, origin)
+        base = await self._vary_base(record, info, reference.size())
+        await self._check_words(base.prompt, origin)
         count = min(4, self.config.limits.max_images)
-        self._admit(record, count)
+        await self._admit(record, count)
         stored = await asyncio.to_thread(self._store_input, image)
         strength = STRONG_DENOISING if strong else SUBTLE_IMAGE_DENOISING
         request = strong_variation(base, stored, count, strength)
@@ -425,7 +445,7 @@ class JobService:
         request = replace(request, steps=max(request.steps, math.ceil(1 / strength)))
         prepared = await self._prepare(request)
         kind = JobKind.VARY_STRONG if strong else JobKind.VARY_SUBTLE
-        return self._enqueue(record, kind, prepared, origin)
+        return await self._enqueue(record, kind, prepared, origin)
 
     async def _image_parameters(self, image: bytes) -> Infotext | None:
         try:
@@ -433,14 +453,14 @@ class JobService:
         except InvalidRequestError:
             return None
 
-    def _vary_base(
+    async def _vary_base(
         self, user: UserRecord, info: Infotext | None, size: tuple[int, int]
     ) -> GenerationRequest:
         limits = self.config.limits
         if info is not None:
             base = request_from_infotext(info)
         else:
-            saved = self.store.settings(user.id)
+            saved = await self.db.run(self.store.settings, user.id)
             base = GenerationRequest(prompt="")
             if saved.steps is not None:
                 base = replace(base, steps=int(saved.steps))
@@ -458,8 +478,8 @@ class JobService:
 
     # ------------------------------------------------------------------ queueing
 
-    def _check_words(self, prompt: str, origin: Origin) -> None:
-        chat = self.store.chat(origin.platform, origin.chat)
+    async def _check_words(self, prompt: str, origin: Origin) -> None:
+        chat = await self.db.run(self.store.chat, origin.platform, origin.chat)
         word = first_match(prompt, (*self.config.banned_words, *chat.banned_words))
         if word is not None:
             raise Refusal(Message(Key.BANNED_WORD, {"word": word}))
@@ -468,15 +488,18 @@ class JobService:
             if word is not None:
                 raise Refusal(Message(Key.NSFW_WORD, {"word": word}))
 
-    def _admit(self, user: UserRecord, images: int) -> None:
+    async def _admit(self, user: UserRecord, images: int) -> None:
         """Bans, the daily quota and the queue caps; raises Refusal, writes nothing."""
         if user.banned_now():
             raise Refusal(_ban_message(user))
         daily = self.config.daily_cap(user.role, user.daily_images)
         midnight = datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
-        # No cap, no count: this runs twice per request, on the event loop.
-        if daily != NO_CAP and self.store.images_since(user.id, midnight) + images > daily:
-            raise Refusal(Message(Key.DAILY_QUOTA, {"limit": daily}))
+        # No cap, no count: this runs twice per request.
+        if daily != NO_CAP:
+            made = await self.db.run(self.store.images_since, user.id, midnight)
+            if made + images > daily:
+                raise Refusal(Message(Key.DAILY_QUOTA, {"limit": daily}))
+        # The queue caps after the count's await: the queue as it is now.
         queued = self.config.queued_cap(user.role, user.max_queued)
         if self.dispatcher.scheduler.queued_for(user.id) >= queued:
             raise Refusal(Message(Key.QUEUE_FULL_USER, {"jobs": job_count(queued)}))
@@ -486,7 +509,7 @@ class JobService:
 
     async def _prepare(self, work: Work) -> PreparedWork:
         """Checked work, for the checkpoint it is queued for (see `current_model`)."""
-        work = with_model(work, self.current_model())
+        work = with_model(work, await self.current_model())
         try:
             return await self.dispatcher.executor.prepare(work)
         except OptionsError as error:
@@ -499,7 +522,7 @@ class JobService:
         except InvalidRequestError as error:
             raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
 
-    def _enqueue(
+    async def _enqueue(
         self,
         user: UserRecord,
         kind: JobKind,
@@ -510,40 +533,41 @@ class JobService:
     ) -> Ticket:
         work = prepared.work
         images = 1 if kind is JobKind.UPSCALE else len(getattr(work, "seeds", (0,)))
-        # Again, with no await until the row is written: requests that arrived while this
-        # one was being prepared may have filled the queue.
-        self._admit(user, images)
-        job = self.store.add_job(
-            NewJob(
-                user_id=user.id,
-                kind=kind,
-                request=work.to_json(),
-                batch_key=prepared.batch_key,
-                image_count=images,
-                cost=prepared.cost,
-                origin_platform=origin.platform,
-                origin_chat=origin.chat,
-                origin_message=origin.message,
-                parent_id=parent_id,
-                image_index=image_index,
-            )
+        new = NewJob(
+            user_id=user.id,
+            kind=kind,
+            request=work.to_json(),
+            batch_key=prepared.batch_key,
+            image_count=images,
+            cost=prepared.cost,
+            origin_platform=origin.platform,
+            origin_chat=origin.chat,
+            origin_message=origin.message,
+            parent_id=parent_id,
+            image_index=image_index,
         )
-        position = self.dispatcher.enqueue(job, user)
-        eta = self.dispatcher.eta_seconds(job.id, position)
-        # What preparing changed (a size rounded to multiples of 8) is said, not hidden.
-        notes = tuple(Message(Key.NOTE, {"text": note}) for note in prepared.notes)
-        if self.dispatcher.paused():
-            notes = (*notes, Message(Key.QUEUE_PAUSED))
-        reply = Reply(_queued_message(job.id, position, eta), lines=notes)
-        self.dispatcher.announce_queued(job, reply, position)
+        # The checks again, and the row, with no other job queued in between (the lock):
+        # requests that arrived while this one was being prepared may have filled the queue.
+        async with self.dispatcher.queue_lock:
+            await self._admit(user, images)
+            job = await self.db.run(self.store.add_job, new)
+            # From here to the QUEUED event, no await: the job joins the queue as written.
+            position = self.dispatcher.enqueue(job, user)
+            eta = self.dispatcher.eta_seconds(job.id, position)
+            # What preparing changed (a size rounded to multiples of 8) is said, not hidden.
+            notes = tuple(Message(Key.NOTE, {"text": note}) for note in prepared.notes)
+            if self.dispatcher.paused():
+                notes = (*notes, Message(Key.QUEUE_PAUSED))
+            reply = Reply(_queued_message(job.id, position, eta), lines=notes)
+            self.dispatcher.announce_queued(job, reply, position)
         return Ticket(job.id, position, eta, reply)
 
     # ------------------------------------------------------------------ the rest
 
     async def cancel(self, user: UserRef, job_id: int, origin: Origin | None = None) -> Reply:
         """The owner or an admin may cancel a queued or running job."""
-        record = self.user(user)
-        job = self._visible_job(job_id, record, origin)
+        record = await self.user(user)
+        job = await self._visible_job(job_id, record, origin)
         if job.user_id != record.id and record.role is not Role.ADMIN:
             raise Refusal(Message(Key.NOT_YOUR_JOB, {"job": job_id}))
         outcome = await self.dispatcher.cancel(job)
@@ -551,20 +575,24 @@ class JobService:
             return Reply(Message(Key.CANCELLED, {"job": job_id}))
         if outcome is CancelOutcome.STOPPING:
             return Reply(Message(Key.CANCEL_REQUESTED, {"job": job_id}))
-        job = self.store.job(job_id) or job
+        job = await self.db.run(self.store.job, job_id) or job
         status = Message(_STATUS_KEYS[job.status])
         raise Refusal(Message(Key.ALREADY_FINISHED, {"job": job_id, "status": status}))
 
-    def info(self, job_id: int, user: UserRef | None = None, origin: Origin | None = None) -> Reply:
+    async def info(
+        self, job_id: int, user: UserRef | None = None, origin: Origin | None = None
+    ) -> Reply:
         """A job's details, for those who may see it (`_visible_job`); with no `user`, for
         the operator's own tools."""
         if user is None:
-            job = self.store.job(job_id, with_images=True)
-            if job is None:
+            found = await self.db.run(self.store.job, job_id, with_images=True)
+            if found is None:
                 raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
+            job = found
         else:
-            job = self._visible_job(job_id, self.user(user), origin, with_images=True)
-        owner = self.store.user_by_id(job.user_id)
+            asker = await self.user(user)
+            job = await self._visible_job(job_id, asker, origin, with_images=True)
+        owner = await self.db.run(self.store.user_by_id, job.user_id)
         kind, status = Message(KIND_KEYS[job.kind]), Message(_STATUS_KEYS[job.status])
         if job.status is JobStatus.FAILED and job.error:
             error = self.dispatcher.failure_message(job)
@@ -587,14 +615,14 @@ class JobService:
         )
         if job.status is not JobStatus.DONE:
             return Reply(summary)
-        result = self.dispatcher.result_reply(job)
+        result = await self.dispatcher.result_reply(job)
         return Reply(
             summary, result.images, result.grid, result.buttons, result.parameters, result.private
         )
 
-    def history(self, user: UserRef, page: int = 1) -> Reply:
-        record = self.user(user)
-        found = self.store.history(record.id, max(1, page), HISTORY_PAGE)
+    async def history(self, user: UserRef, page: int = 1) -> Reply:
+        record = await self.user(user)
+        found = await self.db.run(self.store.history, record.id, max(1, page), HISTORY_PAGE)
         if not found.total:
             return Reply(Message(Key.HISTORY_EMPTY))
         header = Message(
@@ -615,18 +643,20 @@ class JobService:
         )
         return Reply(header, lines=lines)
 
-    def settings(self, user: UserRef) -> Reply:
-        return Reply(Message(Key.SETTINGS), lines=self._setting_lines(self.user(user).id))
+    async def settings(self, user: UserRef) -> Reply:
+        record = await self.user(user)
+        return Reply(Message(Key.SETTINGS), lines=await self._setting_lines(record.id))
 
-    def plain_text_prompts(self, user: UserRef) -> bool:
+    async def plain_text_prompts(self, user: UserRef) -> bool:
         """Whether a line without a command, in a private chat, is an /imagine for this user
         (`/settings plain_text=off` turns it off)."""
-        return self.store.settings(self.user(user).id).plain_text
+        record = await self.user(user)
+        return (await self.db.run(self.store.settings, record.id)).plain_text
 
-    def update_settings(self, user: UserRef, changes: Mapping[str, str]) -> Reply:
+    async def update_settings(self, user: UserRef, changes: Mapping[str, str]) -> Reply:
         """Save defaults for new jobs (`style=watercolor`, `ar=3:2`, `private=on`); an empty
         value, `none` or `default` clears one. All are checked before any is saved."""
-        record = self.user(user)
+        record = await self.user(user)
         values: dict[str, str | int | bool | None] = {}
         for raw_name, raw in changes.items():
             name = _SETTING_ALIASES.get(raw_name.lower(), raw_name.lower())
@@ -634,15 +664,16 @@ class JobService:
                 values[name] = self._setting_value(name, raw.strip())
             except Refusal as refusal:
                 raise _as_typed(refusal, raw_name) from None
-        self.store.update_settings(record.id, **values)
-        return Reply(Message(Key.SETTINGS_UPDATED), lines=self._setting_lines(record.id))
+        saved = await self.db.run(self.store.update_settings, record.id, **values)
+        return Reply(Message(Key.SETTINGS_UPDATED), lines=_setting_lines_of(saved))
 
-    def setting_menus(
+    async def setting_menus(
         self, user: UserRef, per_page: int, pages: Mapping[str, int] | None = None
     ) -> tuple[SettingMenu, ...]:
         """The settings with a menu (style, shot, lighting, quality, aspect), each at page
         `pages[name]`, else at the page holding the saved value; `per_page` choices a page."""
-        saved = self.store.settings(self.user(user).id)
+        record = await self.user(user)
+        saved = await self.db.run(self.store.settings, record.id)
         return tuple(
             setting_menu(
                 name,
@@ -684,19 +715,10 @@ class JobService:
         value = getattr(parsed, "lighting" if name == "lighting" else name)
         return value
 
-    def _setting_lines(self, user_id: int) -> tuple[Message, ...]:
-        saved = self.store.settings(user_id)
-        lines = []
-        for name in (*_SETTING_FLAGS, *_SWITCHES):
-            value = getattr(saved, name)
-            shown: str | Message = Message(Key.SETTINGS_NOT_SET) if value is None else str(value)
-            if name in _SWITCHES:
-                shown = "on" if value else "off"
-            label = _SETTING_SHOWN.get(name, name)
-            lines.append(Message(Key.SETTING_LINE, {"name": label, "value": shown}))
-        return tuple(lines)
+    async def _setting_lines(self, user_id: int) -> tuple[Message, ...]:
+        return _setting_lines_of(await self.db.run(self.store.settings, user_id))
 
-    def _visible_job(
+    async def _visible_job(
         self,
         job_id: int,
         asker: UserRecord,
@@ -707,45 +729,47 @@ class JobService:
         the shared chat they are asking from, where the chat shares results and the owner
         did not make theirs private. Everyone else is told it does not exist, as for a
         number nobody used: job ids are sequential, so anything else would leak."""
-        job = self.store.job(job_id, with_images=with_images)
+        job = await self.db.run(self.store.job, job_id, with_images=with_images)
         if job is not None and (
-            job.user_id == asker.id or asker.role is Role.ADMIN or self._shared_with(job, origin)
+            job.user_id == asker.id
+            or asker.role is Role.ADMIN
+            or await self._shared_with(job, origin)
         ):
             return job
         raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
 
-    def _shared_with(self, job: JobRecord, origin: Origin | None) -> bool:
+    async def _shared_with(self, job: JobRecord, origin: Origin | None) -> bool:
         if origin is None or (origin.platform, origin.chat) != (
             job.origin_platform,
             job.origin_chat,
         ):
             return False
-        chat = self.store.chat(origin.platform, origin.chat)
-        return chat.shared_results and not self.store.settings(job.user_id).private
+        chat = await self.db.run(self.store.chat, origin.platform, origin.chat)
+        if not chat.shared_results:
+            return False
+        return not (await self.db.run(self.store.settings, job.user_id)).private
 
-    def last_grid(self, user: UserRef, origin: Origin) -> int:
+    async def last_grid(self, user: UserRef, origin: Origin) -> int:
         """The job `/u 2` without a number acts on: the newest grid in this chat that the
         user may act on."""
-        job = self.store.last_grid(origin.platform, origin.chat)
+        job = await self.db.run(self.store.last_grid, origin.platform, origin.chat)
         if job is None:
             raise Refusal(Message(Key.NO_LAST_GRID))
-        return self._visible_job(job.id, self.user(user), origin).id
+        return (await self._visible_job(job.id, await self.user(user), origin)).id
 
-    def active_jobs(self, user: UserRef) -> list[JobRecord]:
+    async def active_jobs(self, user: UserRef) -> list[JobRecord]:
         """The user's own jobs that can still be cancelled: running ones first, then the
-        queued ones in the queue's order."""
-        record = self.user(user)
+        queued ones in the queue's order (both as they were when the user was read)."""
+        record = await self.user(user)
         running = [job for job in self.dispatcher.running_jobs() if job.user_id == record.id]
-        queued = (
-            self.store.job(item.job_id)
-            for item in self.dispatcher.scheduler.jobs()
-            if item.user_id == record.id
-        )
-        return running + [job for job in queued if job is not None]
+        queued = [
+            item.job_id for item in self.dispatcher.scheduler.jobs() if item.user_id == record.id
+        ]
+        return running + await self.db.run(jobs_by_id, self.store, queued)
 
-    def queue_status(self, user: UserRef) -> Reply:
+    async def queue_status(self, user: UserRef) -> Reply:
         """How long the queue is, and where the user's own jobs are in it."""
-        record = self.user(user)
+        record = await self.user(user)
         scheduler = self.dispatcher.scheduler
         running = self.dispatcher.running_jobs()
         header = Message(Key.QUEUE_STATUS, {"queued": len(scheduler), "running": len(running)})
@@ -838,6 +862,18 @@ def _options_refusal(error: OptionsError) -> Refusal:
 
 def _locale_or_none(user: UserRef) -> str | None:
     return normalise_locale(user.locale) if user.locale else None
+
+
+def _setting_lines_of(saved: SettingsRecord) -> tuple[Message, ...]:
+    lines = []
+    for name in (*_SETTING_FLAGS, *_SWITCHES):
+        value = getattr(saved, name)
+        shown: str | Message = Message(Key.SETTINGS_NOT_SET) if value is None else str(value)
+        if name in _SWITCHES:
+            shown = "on" if value else "off"
+        label = _SETTING_SHOWN.get(name, name)
+        lines.append(Message(Key.SETTING_LINE, {"name": label, "value": shown}))
+    return tuple(lines)
 
 
 def _setting_text(value: object) -> str:

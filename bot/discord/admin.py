@@ -8,7 +8,7 @@ Answers go to the caller alone, in the interaction's language.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -40,14 +40,12 @@ def add_admin_commands(tree: app_commands.CommandTree[Any], context: BotContext)
     tree.add_command(admin_group(context.admin))
 
 
-async def _answer(interaction: Interaction, name: str, call: Callable[[UserRef], Reply]) -> None:
+async def _answer(
+    interaction: Interaction, name: str, call: Callable[[UserRef], Awaitable[Reply]]
+) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     user = user_ref(interaction)
-
-    async def guarded() -> Reply:
-        return call(user)
-
-    reply = await run_guarded(guarded(), f"discord /admin {name}", user)
+    reply = await run_guarded(call(user), f"discord /admin {name}", user)
     await interaction.followup.send(content(reply, locale_of(interaction)), ephemeral=True)
 
 
@@ -120,7 +118,7 @@ def admin_group(admin: AdminService) -> app_commands.Group:
     ) -> list[app_commands.Choice[str]]:
         """The presets whose id holds what was typed, and "none" to clear the default;
         offered to Easel's admins only (the list names what the server has)."""
-        if not admin.is_admin(user_ref(interaction)):
+        if not await admin.is_admin(user_ref(interaction)):
             return []
         wanted = typed.strip().lower()
         names = [*admin.service.presets().ids(), CLEAR_PRESET]

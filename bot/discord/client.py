@@ -70,7 +70,7 @@ class DiscordFrontEnd:
             typed["init_image"] = read
 
         async def queue() -> Ticket:
-            options = self.service.options(user, prompt, origin, **typed)
+            options = await self.service.options(user, prompt, origin, **typed)
             return await self.service.imagine(user, options, origin)
 
         await self.queue(interaction, queue(), "discord /imagine", user, edit_original=True)
@@ -92,7 +92,7 @@ class DiscordFrontEnd:
         locale = locale_of(interaction)
 
         async def line() -> str:
-            return self.service.remix_line(user, job_id, origin)
+            return await self.service.remix_line(user, job_id, origin)
 
         editable = await run_guarded(line(), "discord remix", user, job_id)
         if isinstance(editable, str) and fits(editable):

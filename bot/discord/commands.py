@@ -69,7 +69,7 @@ class CoreCommands:
         """The asker's own queued and running jobs whose label holds what they typed."""
         labels = (
             (job.id, cut(f"#{job.id} {prompt_preview(job)}", MAX_CHOICE_NAME))
-            for job in self.service.active_jobs(user_ref(interaction))
+            for job in await self.service.active_jobs(user_ref(interaction))
         )
         wanted = typed.strip().lstrip("#").lower()
         return [
@@ -85,8 +85,8 @@ async def show_settings(interaction: Interaction, service: JobService) -> None:
     user, locale = user_ref(interaction), locale_of(interaction)
 
     async def shown() -> tuple[str, discord.ui.View]:
-        text = settings_text(service.settings(user), locale)
-        return text, settings_view(service.setting_menus(user, PER_PAGE), locale)
+        text = settings_text(await service.settings(user), locale)
+        return text, settings_view(await service.setting_menus(user, PER_PAGE), locale)
 
     result = await run_guarded(shown(), "discord /settings", user)
     if isinstance(result, Reply):  # unexpected: the reference to quote
@@ -137,7 +137,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
         interaction: Interaction, page: app_commands.Range[int, 1] | None = None
     ) -> None:
         async def call(user: UserRef) -> Reply:
-            return service.history(user, page or 1)
+            return await service.history(user, page or 1)
 
         await handlers.answer(interaction, "history", call)
 
@@ -148,7 +148,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
     @app_commands.describe(**options)
     async def info(interaction: Interaction, job: app_commands.Range[int, 1]) -> None:
         async def call(user: UserRef) -> Reply:
-            return service.info(job, user, origin_of(interaction))
+            return await service.info(job, user, origin_of(interaction))
 
         await handlers.answer(interaction, "info", call)
 
@@ -174,7 +174,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
     @tree.command(name=command_name("queue"), description=description)
     async def queue(interaction: Interaction) -> None:
         async def call(user: UserRef) -> Reply:
-            return service.queue_status(user)
+            return await service.queue_status(user)
 
         await handlers.answer(interaction, "queue", call)
 
@@ -183,7 +183,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
     @tree.command(name=command_name("help"), description=description)
     async def help_(interaction: Interaction) -> None:
         async def call(user: UserRef) -> Reply:
-            return registry.help(PLATFORM, service.user(user).role)
+            return registry.help(PLATFORM, (await service.user(user)).role)
 
         await handlers.answer(interaction, "help", call)
 
@@ -198,7 +198,7 @@ def add_core_commands(tree: app_commands.CommandTree[Any], context: BotContext) 
             return
 
         async def call(user: UserRef) -> Reply:
-            return service.update_settings(user, parse_settings(changes))
+            return await service.update_settings(user, parse_settings(changes))
 
         await handlers.answer(interaction, "settings", call)
 

@@ -224,7 +224,8 @@ class JobMessages:
         expires = time.monotonic() + TOKEN_SECONDS
         self._webhooks[message.id] = Webhook(interaction.application_id, interaction.token, expires)
         channel = interaction.channel_id or int(event.origin.chat)
-        self.service.bind_status_message(event.job_id, StatusMessage(channel, message.id).encode())
+        status = StatusMessage(channel, message.id).encode()
+        await self.service.bind_status_message(event.job_id, status)
 
     async def _show_progress(self, event: JobEvent) -> None:
         """Progress edits the status message where the bot can; where it cannot (the token
@@ -356,7 +357,7 @@ class JobMessages:
                 self._webhooks.pop(target.message_id, None)
                 return False
             raise
-        self._rebind(event, StatusMessage(target.channel_id, message.id))
+        await self._rebind(event, StatusMessage(target.channel_id, message.id))
         return True
 
     async def _post(
@@ -391,12 +392,12 @@ class JobMessages:
                 fail_if_not_exists=False,
             )
         message = await channel.send((prefix + text)[:2000], **parts)
-        self._rebind(event, StatusMessage(channel_id, message.id))
+        await self._rebind(event, StatusMessage(channel_id, message.id))
 
-    def _rebind(self, event: JobEvent, message: StatusMessage) -> None:
+    async def _rebind(self, event: JobEvent, message: StatusMessage) -> None:
         """The result's message is the job's message from now on."""
         if event.kind is EventKind.FINISHED:
-            self.service.bind_status_message(event.job_id, message.encode())
+            await self.service.bind_status_message(event.job_id, message.encode())
 
     # ------------------------------------------------------------------ helpers
 

@@ -68,20 +68,20 @@ async def picked_setting(
         pages[name] = int(picked[len(_PAGE) :])
 
         async def shown() -> Reply:
-            return service.settings(user)
+            return await service.settings(user)
 
         call = shown()
     else:
 
         async def save() -> Reply:
-            return service.update_settings(user, {name: picked})
+            return await service.update_settings(user, {name: picked})
 
         call = save()
     reply = await run_guarded(call, "discord settings menu", user)
     if reply.message.key not in (Key.SETTINGS, Key.SETTINGS_UPDATED):  # refused: say why
         await interaction.response.send_message(content(reply, locale), ephemeral=True)
         return
-    view = settings_view(service.setting_menus(user, PER_PAGE, pages), locale)
+    view = settings_view(await service.setting_menus(user, PER_PAGE, pages), locale)
     await interaction.response.edit_message(content=settings_text(reply, locale), view=view)
 
 

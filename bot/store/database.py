@@ -61,6 +61,7 @@ from bot.store.records import (
     SettingsRecord,
     UserRecord,
 )
+from bot.store.threads import SERVER_THREADS, SQLITE_THREADS, StoreThreads
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -124,6 +125,9 @@ class Store:
         translate_errors(self._engine, self._path, self._watch, self.fatal)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._lock = BotLock(self._engine, self._path)
+        # Where the bot's core runs its calls, off the event loop (see threads.py).
+        sqlite = parsed.get_backend_name() == "sqlite"
+        self.threads = StoreThreads(SQLITE_THREADS if sqlite else SERVER_THREADS)
 
     @property
     def url(self) -> str:
@@ -134,6 +138,7 @@ class Store:
         return f"Store({self.url!r})"
 
     def close(self) -> None:
+        self.threads.close()
         self._lock.release()
         self._engine.dispose()
 

@@ -114,7 +114,7 @@ class JobMessages:
             reply_parameters=_replying_to(event),
         )
         status = StatusMessage(chat, message.message_id)
-        self.service.bind_status_message(event.job_id, status.encode())
+        await self.service.bind_status_message(event.job_id, status.encode())
 
     async def _show_progress(self, event: JobEvent) -> None:
         """Best effort: progress Telegram refuses is logged and skipped; the result still
@@ -165,7 +165,7 @@ class JobMessages:
             filename=f"job-{event.job_id}.jpg",
         )
         photo = StatusMessage(status.chat_id, sent.message_id, photo=True)
-        self.service.bind_status_message(event.job_id, photo.encode())
+        await self.service.bind_status_message(event.job_id, photo.encode())
         await self._delete(status)
 
     async def _edit_status(self, status: StatusMessage, event: JobEvent) -> None:

@@ -99,7 +99,7 @@ class Incoming:
             replied is None or replied.from_user is None or not replied.from_user.is_bot
         ):
             return
-        prompts = private and self.service.plain_text_prompts(user_ref(user))
+        prompts = private and await self.service.plain_text_prompts(user_ref(user))
         await self.handle(message, user, message.text, plain_text_is_prompt=prompts)
 
     # ------------------------------------------------------------------ routing
@@ -115,7 +115,7 @@ class Incoming:
     ) -> None:
         who = user_ref(user)
         locale = normalise_locale(user.language_code) if user.language_code else None
-        locale = locale or self.service.locale(who)
+        locale = locale or await self.service.locale(who)
         name, args = split_command(text)
         try:
             if name == "imagine" and not args:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -231,7 +231,7 @@ class Picker:
         if message is None or user is None:
             return
         ref, locale = user_ref(user), locale_of(user)
-        shown = await self._guarded(lambda: self._summary(user.id, ref, None, locale), ref)
+        shown = await self._guarded(self._summary(user.id, ref, None, locale), ref)
         if isinstance(shown, Reply):
             await message.reply_text(html.escape(shown.text(locale)), parse_mode=ParseMode.HTML)
             return
@@ -252,13 +252,13 @@ class Picker:
             return
         ref = user_ref(user)
         if press.action == SUMMARY:
-            await self._show(query, lambda: self._summary(user.id, ref, None, locale), ref)
+            await self._show(query, self._summary(user.id, ref, None, locale), ref)
         elif press.action == OPEN:
-            await self._show(query, lambda: self._page(press, ref, locale), ref)
+            await self._show(query, self._page(press, ref, locale), ref)
         else:
             await self._save(query, press, ref, locale)
 
-    async def _show(self, query: CallbackQuery, draw: Callable[[], Screen], ref: UserRef) -> None:
+    async def _show(self, query: CallbackQuery, draw: Awaitable[Screen], ref: UserRef) -> None:
         shown = await self._guarded(draw, ref)
         if isinstance(shown, Reply):
             await query.answer(_short(shown.text(locale_of(query.from_user))), show_alert=True)
@@ -273,22 +273,22 @@ class Picker:
         if value is None:  # the vocabulary changed since the message was drawn
             await query.answer(Message(Key.PICKER_STALE).render(locale))
             stale = Press(press.owner, OPEN, setting)
-            shown = await self._guarded(lambda: self._page(stale, ref, locale), ref)
+            shown = await self._guarded(self._page(stale, ref, locale), ref)
             if not isinstance(shown, Reply):
                 await _edit(query, shown)
             return
 
-        def saved() -> tuple[Screen, str]:
-            reply = self.service.update_settings(ref, {setting: value})
-            screen = self._summary(press.owner, ref, reply.message, locale)
-            menu = self._menu(ref, setting)
+        async def saved() -> tuple[Screen, str]:
+            reply = await self.service.update_settings(ref, {setting: value})
+            screen = await self._summary(press.owner, ref, reply.message, locale)
+            menu = await self._menu(ref, setting)
             toast = Message(
                 Key.PICKER_SAVED,
                 {"name": setting_title(menu, locale), "value": current_value(menu, locale)},
             ).render(locale)
             return screen, toast
 
-        done = await self._guarded(saved, ref)
+        done = await self._guarded(saved(), ref)
         if isinstance(done, Reply):  # refused (a bad value, a ban) or failed: nothing changed
             await query.answer(_short(done.text(locale)), show_alert=True)
             return
@@ -296,33 +296,31 @@ class Picker:
         await query.answer(_short(toast))
         await _edit(query, screen)
 
-    def _summary(self, owner: int, ref: UserRef, header: Message | None, locale: str) -> Screen:
+    async def _summary(
+        self, owner: int, ref: UserRef, header: Message | None, locale: str
+    ) -> Screen:
         if header is None:
-            header = self.service.settings(ref).message
-        menus = self.service.setting_menus(ref, PER_PAGE)
+            header = (await self.service.settings(ref)).message
+        menus = await self.service.setting_menus(ref, PER_PAGE)
         return Screen(summary_text(header, menus, locale), summary_keyboard(owner, menus, locale))
 
-    def _page(self, press: Press, ref: UserRef, locale: str) -> Screen:
+    async def _page(self, press: Press, ref: UserRef, locale: str) -> Screen:
         assert press.setting is not None
-        menu = self._menu(ref, press.setting, press.page)
+        menu = await self._menu(ref, press.setting, press.page)
         return Screen(page_text(menu, locale), page_keyboard(press.owner, menu, locale))
 
-    def _menu(self, ref: UserRef, setting: str, page: int | None = None) -> SettingMenu:
+    async def _menu(self, ref: UserRef, setting: str, page: int | None = None) -> SettingMenu:
         pages = {setting: page} if page is not None else None
-        menus = self.service.setting_menus(ref, PER_PAGE, pages)
+        menus = await self.service.setting_menus(ref, PER_PAGE, pages)
         return next(menu for menu in menus if menu.name == setting)
 
     def _value(self, setting: str, digest: str | None) -> str | None:
         choices = setting_choices(setting, self.service.vocabulary())
         return next((c.value for c in choices if value_digest(c.value) == digest), None)
 
-    async def _guarded(self, work: Callable[[], T], ref: UserRef) -> T | Reply:
+    async def _guarded(self, work: Awaitable[T], ref: UserRef) -> T | Reply:
         """`work`'s result, or the core's answer when it refuses or fails (logged there)."""
-
-        async def call() -> T:
-            return work()
-
-        return await run_guarded(call(), "telegram /style picker", ref)
+        return await run_guarded(work, "telegram /style picker", ref)
 
 
 async def _edit(query: CallbackQuery, screen: Screen) -> None:
