@@ -59,7 +59,7 @@ async def keep_one_running(bot: Bot, executor: HeldExecutor) -> None:
     executor.hold()
     user = UserRef(BENCH_PLATFORM, "runner", "Runner")
     origin = Origin(BENCH_PLATFORM, "bench-chat")
-    options = bot.service.options(user, "a long job --steps 2", origin)
+    options = await bot.service.options(user, "a long job --steps 2", origin)
     await bot.service.imagine(user, options, origin)
     deadline = time.monotonic() + START_WAIT_S
     while not bot.service.dispatcher.running_jobs():
@@ -73,7 +73,7 @@ async def queue_jobs(bot: Bot, count: int) -> None:
     origin = Origin(BENCH_PLATFORM, "bench-chat")
     for index in range(count):
         user = UserRef(BENCH_PLATFORM, f"queued-{index}", f"Queued {index}")
-        options = bot.service.options(user, f"a queued job {index} --steps 2", origin)
+        options = await bot.service.options(user, f"a queued job {index} --steps 2", origin)
         await bot.service.imagine(user, options, origin)
 
 

@@ -185,7 +185,7 @@ async def overhead_runs(
     async def through_service(seed: int, steps: int) -> tuple[float, GenerationRequest]:
         synchronize()
         started = time.perf_counter()
-        options = service.options(user, imagine_line(PROMPT, seed, steps, size), origin)
+        options = await service.options(user, imagine_line(PROMPT, seed, steps, size), origin)
         ticket = await service.imagine(user, options, origin)
         done = await finished.wait_for([ticket.job_id])
         job = bot.store.job(ticket.job_id, with_images=True)

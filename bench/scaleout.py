@@ -46,7 +46,7 @@ async def run_jobs(bot: Bot, users: int, jobs: int, text: str) -> float:
     started = time.perf_counter()
     for index in range(jobs):
         user = people[index % users]
-        await bot.service.imagine(user, bot.service.options(user, text, ORIGIN), ORIGIN)
+        await bot.service.imagine(user, await bot.service.options(user, text, ORIGIN), ORIGIN)
     await asyncio.wait_for(bot.service.wait_until_idle(ORIGIN.platform), TIMEOUT)
     return time.perf_counter() - started
 
@@ -63,7 +63,7 @@ async def first_step_latency(bot: Bot, count: int) -> list[float]:
     user = UserRef("bench", "latency", "Latency")
     delays = []
     for _ in range(count):
-        options = bot.service.options(user, "a quiet lake --steps 2 --n 1", ORIGIN)
+        options = await bot.service.options(user, "a quiet lake --steps 2 --n 1", ORIGIN)
         queued = time.perf_counter()
         job = (await bot.service.imagine(user, options, ORIGIN)).job_id
         await asyncio.wait_for(bot.service.wait_until_idle(ORIGIN.platform), TIMEOUT)

@@ -84,7 +84,7 @@ async def stopped(bot: Bot) -> None:
 
 
 async def imagine(bot: Bot, user: UserRef, text: str) -> int:
-    options = bot.service.options(user, text, ORIGIN)
+    options = await bot.service.options(user, text, ORIGIN)
     return (await bot.service.imagine(user, options, ORIGIN)).job_id
 
 
