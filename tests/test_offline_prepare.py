@@ -25,7 +25,7 @@ from pipeline.errors import InvalidRequestError
 from pipeline.executors.local import LocalExecutor
 from pipeline.executors.preparer import OfflinePreparer, UnusableCheckpointError
 from pipeline.executors.work import PreparedWork, Work
-from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
+from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.request import (
     RANDOM_SEED,
     GenerationRequest,
@@ -171,8 +171,13 @@ def models(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def folder_engine(tiny_model: LoadedModel, models: Path) -> Engine:
-    return Engine(tiny_model, limits=LIMITS, models_dir=models, batching=TEST_BATCHING)
+def folder_engine(models_dir: Path, cache_dir: Path, models: Path) -> Engine:
+    # Loaded here, not the session's tiny model: other tests' runs swap that pipeline's
+    # scheduler, and the engine reads the checkpoint's own from the pipeline it is given.
+    path = models_dir / "stable-diffusion" / FOLDER
+    source = ModelSource(FOLDER, SourceKind.DIFFUSERS_FOLDER, str(path))
+    model = load_model(source, CPU, cache_dir, HashCache(cache_dir / "hashes.json"))
+    return Engine(model, limits=LIMITS, models_dir=models, batching=TEST_BATCHING)
 
 
 @pytest.fixture(scope="module")
