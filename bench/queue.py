@@ -305,7 +305,9 @@ async def throughput_run(
             prompt = PROMPTS[number % len(PROMPTS)]
             for index in range(args.jobs_per_user):
                 line = imagine_line(f"{prompt}, take {index}", 1000 * number + index, steps, size)
-                ticket = await service.imagine(user, await service.options(user, line, origin), origin)
+                ticket = await service.imagine(
+                    user, await service.options(user, line, origin), origin
+                )
                 job_ids.append(ticket.job_id)
         synchronize()
         started = time.perf_counter()
