@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -71,29 +72,31 @@ async def first_step_latency(bot: Bot, count: int) -> list[float]:
     return delays
 
 
-async def remote(cluster: Cluster, jobs: int, users: int, steps: int) -> float:
-    settings = cluster.settings()
-    bot = build_remote_bot(settings, open_store(settings, hold_bot_lock=True))
+@contextlib.asynccontextmanager
+async def serving(bot: Bot) -> AsyncIterator[Bot]:
+    """The bot started, then stopped with its executor and database closed."""
     await bot.service.start()
     try:
-        return await run_jobs(bot, users, jobs, f"a harbour at dusk --steps {steps} --n 4")
+        yield bot
     finally:
         await bot.service.stop()
         await bot.executor.close()
         bot.store.close()
+
+
+def remote_bot(cluster: Cluster) -> Bot:
+    settings = cluster.settings()
+    return build_remote_bot(settings, open_store(settings, hold_bot_lock=True))
+
+
+async def remote(cluster: Cluster, jobs: int, users: int, steps: int) -> float:
+    async with serving(remote_bot(cluster)) as bot:
+        return await run_jobs(bot, users, jobs, f"a harbour at dusk --steps {steps} --n 4")
 
 
 async def remote_latency(cluster: Cluster, count: int) -> list[float]:
-    settings = cluster.settings()
-    bot = build_remote_bot(settings, open_store(settings, hold_bot_lock=True))
-    bot.service.subscribe(ORIGIN.platform, _ignore)
-    await bot.service.start()
-    try:
+    async with serving(remote_bot(cluster)) as bot:
         return await first_step_latency(bot, count)
-    finally:
-        await bot.service.stop()
-        await bot.executor.close()
-        bot.store.close()
 
 
 async def local_latency(root: Path, models: Path, count: int) -> list[float]:
@@ -109,18 +112,10 @@ async def local_latency(root: Path, models: Path, count: int) -> list[float]:
         progress_interval=0,
     )
     engine = _load_engine(settings, None, quiet=True)
-    bot = build_bot(settings, engine, open_store(settings, hold_bot_lock=True))
-    await bot.service.start()
-    try:
+    async with serving(
+        build_bot(settings, engine, open_store(settings, hold_bot_lock=True))
+    ) as bot:
         return await first_step_latency(bot, count)
-    finally:
-        await bot.service.stop()
-        await bot.executor.close()
-        bot.store.close()
-
-
-async def _ignore(event: JobEvent) -> None:
-    pass
 
 
 def percentiles(delays: Sequence[float]) -> str:
