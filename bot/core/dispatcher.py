@@ -794,11 +794,12 @@ class Dispatcher:
                 for item in batch:  # a cancel asked meanwhile applies when it starts again
                     self.scheduler.add(item)
                 raise
-            if not jobs:
+            execution = self._execute(jobs, run_id, slot) if jobs else None
+            if execution is None:
                 self.executor.release(slot)
             for job_id in set(ids) - {job.id for job in jobs}:  # not started: no cancel to apply
                 self._cancel_requested.discard(job_id)
-            await self._follow(jobs, run_id, queued, self._execute(jobs, run_id, slot), set(ids))
+            await self._follow(jobs, run_id, queued, execution, set(ids))
         finally:
             self._starting.difference_update(ids)
 
@@ -807,7 +808,7 @@ class Dispatcher:
         jobs: Sequence[JobRecord],
         run_id: str,
         queued: dict[int, QueuedJob],
-        execution: Coroutine[Any, Any, list[TaskOutcome]],
+        execution: Coroutine[Any, Any, list[TaskOutcome]] | None,
         asked: set[int] | None = None,
     ) -> None:
         """Await a run's outcomes and record them. `asked`: the ids the batch was started
@@ -824,7 +825,7 @@ class Dispatcher:
         requeued: set[int] = set()
         store_failed = False
         try:
-            outcomes = await execution if jobs else []
+            outcomes = await execution if execution is not None else []
             if jobs:
                 self._active_loras = lora_signature(work_of(jobs[0]))
             model = work_of(jobs[0]).model if jobs else None
