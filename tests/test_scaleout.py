@@ -8,6 +8,7 @@ cost). The destructive test, a SIGKILL, runs last.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,11 +115,12 @@ def claimed_by(store: Store, job_id: int) -> str | None:
 
 def runs_of(cluster: Cluster, job_id: int) -> int:
     """How many times the workers started the job (their logs name each run's jobs)."""
+    runs = re.compile(r"Run \w+: jobs ([\d, ]+)$")
     return sum(
-        line.endswith(f"jobs {job_id}") or f"jobs {job_id}," in line or f", {job_id}" in line
+        str(job_id) in found.group(1).split(", ")
         for name in WORKERS
-        for line in cluster.log(name).splitlines()
-        if "Run " in line and ": jobs " in line
+        for found in map(runs.search, cluster.log(name).splitlines())
+        if found is not None
     )
 
 

@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -610,37 +610,11 @@ class Store:
             if keep_leased:
                 where.append(_unheld(now))
             _lock_in_order(session, Job.status == JobStatus.RUNNING)
-            cancelled = update_jobs(
-                session,
-                (*where, Job.cancel_requested.is_(True)),
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                **NO_RUN,
-            )
-            requeued = update_jobs(
-                session,
-                (*where, Job.attempts < max_attempts),
-                status=JobStatus.QUEUED,
-                started_at=None,
-                **NO_RUN,
-            )
-            failed = update_jobs(
-                session,
-                where,
-                status=JobStatus.FAILED,
-                finished_at=now,
-                error=error_for_exhausted,
-                **NO_RUN,
-            )
+            ended = _requeue_or_end(session, where, now, max_attempts, error_for_exhausted)
             leased = session.scalars(
                 sa.select(Job.id).where(Job.status == JobStatus.RUNNING).order_by(Job.id)
             ).all()
-        return Recovery(
-            requeued=tuple(sorted(requeued)),
-            failed=tuple(sorted(failed)),
-            cancelled=tuple(sorted(cancelled)),
-            leased=tuple(leased),
-        )
+        return replace(ended, leased=tuple(leased))
 
     # Runs on GPU workers (scale-out). A batch dispatched to the workers is a run: its jobs
     # are marked running with its id (`mark_running(ids, run_id)`); the worker that takes it
@@ -733,35 +707,9 @@ class Store:
             now = _database_now(session)
             where = (*_in_run(run_id, job_ids), _unheld(now))
             _lock_in_order(session, Job.id.in_(job_ids))
-            cancelled = update_jobs(
-                session,
-                (*where, Job.cancel_requested.is_(True)),
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                **NO_RUN,
+            return _requeue_or_end(
+                session, where, now, max_attempts, error_for_exhausted, refund=not ran
             )
-            requeue = where if not ran else (*where, Job.attempts < max_attempts)
-            requeued = update_jobs(
-                session,
-                requeue,
-                status=JobStatus.QUEUED,
-                started_at=None,
-                attempts=_refunded() if not ran else Job.attempts,
-                **NO_RUN,
-            )
-            failed = update_jobs(
-                session,
-                where,
-                status=JobStatus.FAILED,
-                finished_at=now,
-                error=error_for_exhausted,
-                **RUN_OVER,
-            )
-        return Recovery(
-            requeued=tuple(sorted(requeued)),
-            failed=tuple(sorted(failed)),
-            cancelled=tuple(sorted(cancelled)),
-        )
 
     def undelivered(self, platform: str) -> list[JobRecord]:
         """Finished jobs from this platform whose result never reached the chat, oldest first."""
@@ -910,6 +858,47 @@ class Store:
             query = query.options(selectinload(Job.images))
         with self._sessions() as session:
             return [_job_record(row, with_images) for row in session.scalars(query)]
+
+
+def _requeue_or_end(
+    session: Session,
+    where: Sequence[sa.ColumnElement[bool]],
+    now: datetime,
+    max_attempts: int,
+    error_for_exhausted: str,
+    refund: bool = False,
+) -> Recovery:
+    """Running jobs that stopped without an outcome (`where`): cancelled when someone asked,
+    else queued again (`refund`: the attempt did not count), else, out of attempts, failed
+    with `error_for_exhausted`. A job that ends keeps the name of its worker."""
+    cancelled = update_jobs(
+        session,
+        (*where, Job.cancel_requested.is_(True)),
+        status=JobStatus.CANCELLED,
+        finished_at=now,
+        **RUN_OVER,
+    )
+    requeued = update_jobs(
+        session,
+        where if refund else (*where, Job.attempts < max_attempts),
+        status=JobStatus.QUEUED,
+        started_at=None,
+        attempts=_refunded() if refund else Job.attempts,
+        **NO_RUN,
+    )
+    failed = update_jobs(
+        session,
+        where,
+        status=JobStatus.FAILED,
+        finished_at=now,
+        error=error_for_exhausted,
+        **RUN_OVER,
+    )
+    return Recovery(
+        requeued=tuple(sorted(requeued)),
+        failed=tuple(sorted(failed)),
+        cancelled=tuple(sorted(cancelled)),
+    )
 
 
 def _create_engine(url: URL, watch: FileWatch | None) -> Engine:
