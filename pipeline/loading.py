@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from pipeline.checkpoints import (
 from pipeline.device import DeviceChoice
 from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
 from pipeline.families import SD2, ModelFamily
+from pipeline.hub import HubUnavailableError, hub_unreachable, hub_unusable
 from pipeline.tokenizer import build_clip_tokenizer
 
 # Names found without torch (pipeline/checkpoint_names.py), kept importable from here.
@@ -69,19 +69,6 @@ __all__ += ["LoadedModel", "ModelLoader", "describe_local_models", "download_fro
 __all__ += ["hub_unreachable", "load_model", "sha256_of", "weights_variant"]
 
 log = logging.getLogger(__name__)
-
-
-HUB_PROBE_TIMEOUT_S = 3.0
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
-class HubUnavailableError(ModelLoadError):
-    """A hub model that is not in the cache, while the hub cannot be used (offline)."""
-
-    def __init__(self, repo_id: str, reason: str) -> None:
-        self.repo_id = repo_id
-        self.reason = reason
-        super().__init__(f"{repo_id} is not in the Hugging Face cache and {reason}.")
 
 
 class CheckpointSwitchError(InvalidRequestError):
@@ -298,18 +285,14 @@ def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
     The cache is tried without the network first, so a cached model loads offline. Before a
     download, the repo's small config files are read to refuse unsupported models early.
     """
-    from huggingface_hub import constants
-
     variants = ["fp16", None] if device.dtype == torch.float16 else [None]
     for variant in variants:
         cached = _hub_snapshot(repo_id, variant, local_only=True)
         if cached is not None:
             return cached
-    if constants.HF_HUB_OFFLINE:
-        raise HubUnavailableError(repo_id, "HF_HUB_OFFLINE is set")
-    unreachable = hub_unreachable()
-    if unreachable is not None:
-        raise HubUnavailableError(repo_id, f"the hub cannot be reached ({unreachable})")
+    reason = hub_unusable()
+    if reason is not None:
+        raise HubUnavailableError(repo_id, reason)
     _check_hub_family(repo_id)
     log.warning("Downloading %s from the Hugging Face hub into its cache.", repo_id)
     errors: list[str] = []
@@ -319,26 +302,6 @@ def download_from_hub(repo_id: str, device: DeviceChoice) -> Path:
         except (OSError, ValueError) as error:
             errors.append(first_line(error))
     raise ModelLoadError(f"Could not download {repo_id}: {errors[-1]}")
-
-
-def hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """Why the hub's host cannot be reached, or None when it answers (or a proxy is set, which
-    a direct connection cannot judge). One connection attempt instead of the hub client's
-    retries, which take half a minute offline."""
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
-        return None
-    endpoint = urlsplit(constants.ENDPOINT)
-    host = endpoint.hostname or ""
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return None
-    except OSError as error:
-        return f"{host}: {first_line(error)}"
 
 
 def _check_hub_family(repo_id: str) -> ModelFamily:

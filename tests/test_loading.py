@@ -32,8 +32,9 @@ from pipeline.loading import (
     resolve_model,
 )
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU, TEST_BATCHING
+from tests.conftest import TEST_BATCHING
 from tests.ldm_checkpoint import save_single_file
+from tests.tiny_models import CPU
 
 
 @pytest.fixture
@@ -314,7 +315,7 @@ def test_hub_models_are_checked_before_the_download(
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
     monkeypatch.setattr(DiffusionPipeline, "download", snapshot)
-    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)
+    monkeypatch.setattr("pipeline.hub.hub_unreachable", lambda: None)
     with pytest.raises(ModelLoadError, match="SDXL"):
         download_from_hub("stabilityai/stable-diffusion-xl-base-1.0", CPU)
     assert downloads and all(downloads), "only cache look-ups, no download"

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from rich.console import Console
 
 from bot.settings import EarlySettings, Settings
+from pipeline.checkpoint_names import ModelSource, SourceKind
 from pipeline.errors import ModelLoadError
+from pipeline.hub import HubUnavailableError
 
 if TYPE_CHECKING:  # the engine imports torch and diffusers: slow for `easel --help`
     from bot.store import Store
     from pipeline.device import DeviceChoice
     from pipeline.engine import Engine
-    from pipeline.loading import HashCache, LoadedModel, ModelSource
+    from pipeline.loading import HashCache, LoadedModel
 
 
 # Plain click help: flags show as `--tile`, options as `--n <int>`, not `--tile <bool>`.
@@ -70,17 +74,54 @@ def _load_engine(
     warm_up: bool = False,
 ) -> Engine:
     """The engine on the chosen checkpoint, with the configured acceleration; `warm_up` (the
-    bot's start): with EASEL_COMPILE on, compile the sizes in use before the first job."""
+    bot's start): with EASEL_COMPILE on, compile the sizes in use before the first job.
+
+    A checkpoint that cannot be had (several local ones and none named, a hub model offline)
+    is refused before the engine's libraries are imported, which takes seconds."""
+    chosen = bool(model or settings.model)
+    source = _model_source(settings, model)
+    if source.kind is SourceKind.HUB:
+        _require_hub_model(settings, source, chosen)
+    with _collector_paused():
+        engine = _build_engine(settings, source, chosen, quiet, locale)
+    # Said after the collection that ends the pause, so that a Ctrl-C pressed once the model
+    # shows as loaded never lands in an object's finalizer, where Python drops it.
+    err.print(_model_line(engine, locale))
+    if warm_up:
+        engine.warm_up(settings.warmup_size_list())
+    return engine
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while the engine's libraries import and the checkpoint loads:
+    the collector would walk the growing heap again and again, a fifth of the start's time.
+    What was loaded lives as long as the process, so it is frozen out of later collections
+    (which then stay short in the bot) after one last one for the start's own garbage."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _build_engine(
+    settings: Settings, source: ModelSource, chosen: bool, quiet: bool, locale: str | None
+) -> Engine:
+    _quiet_libraries()
     from bot.core.messages import Key, Message
     from bot.serve import console_locale
     from pipeline.acceleration import apply_cpu_threads
     from pipeline.batching import BatchMode, BatchShape
     from pipeline.device import choose_device
     from pipeline.engine import Engine
-    from pipeline.loading import HashCache, ModelLoader, SourceKind
+    from pipeline.loading import HashCache, ModelLoader
 
     language = locale or console_locale(None)
-    source = _model_source(settings, model)
     device = choose_device(settings.device, settings.dtype)
     err.print(_device_line(device, language))
     apply_cpu_threads(settings.cpu_threads, device.device)
@@ -90,14 +131,10 @@ def _load_engine(
     loading = Message(Key.STARTUP_LOADING, {"model": source.name}).render(language)
     status = err.status(loading) if spinner else nullcontext()
     with status:
-        loaded = _load_or_explain(
-            settings, source, device, hashes, chosen=bool(model or settings.model)
-        )
-    about = {"model": source.name, "family": loaded.family.label, "size": loaded.native_size}
-    err.print(Message(Key.STARTUP_MODEL, about).render(language))
+        loaded = _load_or_explain(settings, source, device, hashes, chosen)
     loader = ModelLoader(settings.models_dir, device, settings.cache_dir, hashes)
     loader.remember(source)  # a path or repo given at start can be switched back to by name
-    engine = Engine(
+    return Engine(
         loaded,
         settings.limits(),
         batching=BatchShape(BatchMode(settings.batch_mode), settings.batch_rows),
@@ -105,9 +142,15 @@ def _load_engine(
         loader=loader,
         acceleration=settings.acceleration(),
     )
-    if warm_up:
-        engine.warm_up(settings.warmup_size_list())
-    return engine
+
+
+def _model_line(engine: Engine, locale: str | None) -> str:
+    from bot.core.messages import Key, Message
+    from bot.serve import console_locale
+
+    model = engine.model
+    about = {"model": model.source.name, "family": model.family.label, "size": model.native_size}
+    return Message(Key.STARTUP_MODEL, about).render(locale or console_locale(None))
 
 
 def configured_model(settings: Settings, model: str | None) -> ModelSource | None:
@@ -121,7 +164,7 @@ def configured_model(settings: Settings, model: str | None) -> ModelSource | Non
 
 def _model_source(settings: Settings, model: str | None) -> ModelSource:
     """The checkpoint to load; with none named and several here, a list to pick from."""
-    from pipeline.loading import SeveralLocalModelsError, resolve_model
+    from pipeline.checkpoint_names import SeveralLocalModelsError, resolve_model
 
     try:
         return resolve_model(model or settings.model, settings.models_dir)
@@ -140,20 +183,38 @@ def _load_or_explain(
     chosen: bool,
 ) -> LoadedModel:
     """Load the model; offline without a local one, say where a checkpoint goes."""
-    from pipeline.loading import HubUnavailableError, load_model
+    from pipeline.loading import load_model
 
     try:
         return load_model(source, device, settings.cache_dir, hashes)
     except HubUnavailableError as error:
         if chosen:
             raise
-        folder = settings.models_dir / "stable-diffusion"
-        raise ModelLoadError(
-            f"No checkpoint in {folder}, and the default model {error.repo_id} is not "
-            f"downloaded and cannot be: {error.reason}. Put a .safetensors checkpoint in "
-            f"{folder}, or set EASEL_MODEL (or --model) to a checkpoint file, folder or "
-            "Hugging Face repo id."
-        ) from error
+        raise _default_model_missing(settings, error) from error
+
+
+def _require_hub_model(settings: Settings, source: ModelSource, chosen: bool) -> None:
+    """The hub model is cached or can be downloaded; offline without it, say where a
+    checkpoint goes."""
+    from pipeline.hub import require_hub_model
+
+    try:
+        require_hub_model(source.location)
+    except HubUnavailableError as error:
+        if chosen:
+            raise
+        raise _default_model_missing(settings, error) from error
+
+
+def _default_model_missing(settings: Settings, error: HubUnavailableError) -> ModelLoadError:
+    """No model named and the default one cannot be had: where a local checkpoint goes."""
+    folder = settings.models_dir / "stable-diffusion"
+    return ModelLoadError(
+        f"No checkpoint in {folder}, and the default model {error.repo_id} is not "
+        f"downloaded and cannot be: {error.reason}. Put a .safetensors checkpoint in "
+        f"{folder}, or set EASEL_MODEL (or --model) to a checkpoint file, folder or "
+        "Hugging Face repo id."
+    )
 
 
 def _device_line(device: DeviceChoice, locale: str) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bot.cli.common import _load_engine, _quiet_libraries, err, out
+from bot.cli.common import _load_engine, err, out
 from bot.cli.output import ModelOption, OutOption, ReportOption
 from bot.cli.texts import bilingual
 from bot.core.options import DEFAULT_HIRES_SCALE, options_from_fields
@@ -195,7 +195,6 @@ def imagine(
     from pipeline.prompts.vocabulary import VocabularyStore
 
     settings = Settings()
-    _quiet_libraries()
     if init is not None and not init.is_file():
         raise InvalidRequestError(f"Init image {init} does not exist.")
     vocabulary = VocabularyStore(settings.models_dir).current()
@@ -297,7 +296,6 @@ def vary(
     )
 
     settings = Settings()
-    _quiet_libraries()
     if not image.is_file():
         raise InvalidRequestError(f"{image} does not exist.")
     info = read_infotext(image)
@@ -365,7 +363,6 @@ def upscale(
     from pipeline.upscale_detail import plan_detail, upscaled_parameters
 
     settings = Settings()
-    _quiet_libraries()
     validate_scale(scale)
     if not image.is_file():
         raise InvalidRequestError(f"{image} does not exist.")

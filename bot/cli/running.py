@@ -107,6 +107,7 @@ def _remote_bot(settings: Settings, store: Store, model: str | None) -> Bot:
     """The bot without weights: GPU workers run its batches."""
     from bot.runtime import build_remote_bot
 
+    _quiet_libraries()
     try:
         bot = build_remote_bot(settings, store, model)
     except BaseException:
@@ -125,7 +126,6 @@ def _open_bot(settings: Settings, model: str | None, locale: str | None = None) 
     restarts), else the configured one."""
     from bot.runtime import build_bot, open_store
 
-    _quiet_libraries()
     store = open_store(settings, hold_bot_lock=True)
     chosen = store.control_state().model
     if settings.executor == "celery":

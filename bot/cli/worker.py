@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import _load_engine, _quiet_libraries, err, operator_store
+from bot.cli.common import _load_engine, err, operator_store
 from bot.cli.output import ModelOption
 from bot.cli.texts import bilingual
 from bot.settings import Settings
@@ -60,7 +60,6 @@ def worker(
     label = worker_name(
         settings.model_copy(update={"worker_name": name or settings.worker_name}), device
     )
-    _quiet_libraries()
     store = operator_store(settings)
     try:
         engines = [_load_engine(settings, model, quiet=index > 0) for index in range(concurrency)]
