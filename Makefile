@@ -25,9 +25,12 @@ install: $(STAMP)
 run: install
 	$(PRELOAD) $(BIN)/easel run
 
+# One test process per core (at most 8), each taking whole modules, the heavy ones first.
+TEST_PROCESSES ?= auto
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --maxprocesses=8 --dist loadfile \
+		--no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check .

@@ -17,26 +17,28 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # fixed shape. The batching tests run the default of 8 rows on their own engines.
 os.environ.setdefault("EASEL_BATCH_ROWS", "2")
 
+# Tables are as wide as each test asks (COLUMNS) or the command line's default when piped;
+# pytest-xdist's workers inherit COLUMNS=80 from it, which the command line's console would
+# keep for the whole run.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from diffusers import StableDiffusionPipeline
 from hypothesis import settings
 
 from pipeline.batching import BatchMode, BatchShape
-from pipeline.device import DeviceChoice
-from pipeline.engine import Engine
-from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
-from tests.ldm_checkpoint import save_single_file
-from tests.tiny_models import build_random_pipeline
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+if TYPE_CHECKING:  # torch and diffusers load in the processes that run tests (see below)
+    from diffusers import StableDiffusionPipeline
+
+    from pipeline.engine import Engine
+    from pipeline.loading import LoadedModel
 
 pytest_plugins = ["tests.services"]  # Redis and PostgreSQL for the scale-out tests
-
-CPU = DeviceChoice(torch.device("cpu"), torch.float32)
 
 # Property tests: enough examples to find the usual slips in every run of the suite, no
 # per-example time limit (a busy machine is not a failing test). EASEL_HYPOTHESIS=thorough
@@ -51,12 +53,16 @@ def random_sd1() -> StableDiffusionPipeline:
     """The tiny random SD 1.x pipeline (seed 0), built once, for tests that only read it (save
     it, write LoRAs for its shapes, compare weights). A test that changes a pipeline (loads a
     LoRA, swaps its scheduler) builds its own with `build_random_pipeline`."""
+    from tests.tiny_models import build_random_pipeline
+
     return build_random_pipeline("sd1")
 
 
 @pytest.fixture(scope="session")
 def random_sd2() -> StableDiffusionPipeline:
     """The tiny random SD 2.x pipeline (seed 0), built once, read only as `random_sd1`."""
+    from tests.tiny_models import build_random_pipeline
+
     return build_random_pipeline("sd2")
 
 
@@ -65,6 +71,8 @@ def models_dir(
     tmp_path_factory: pytest.TempPathFactory, random_sd1: StableDiffusionPipeline
 ) -> Path:
     """A models folder holding a tiny SD 1.x diffusers folder and the same model as one file."""
+    from tests.ldm_checkpoint import save_single_file
+
     root = tmp_path_factory.mktemp("models")
     checkpoints = root / "stable-diffusion"
     checkpoints.mkdir()
@@ -81,6 +89,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(models_dir: Path, cache_dir: Path) -> LoadedModel:
+    from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
+    from tests.tiny_models import CPU
+
     source = ModelSource(
         "tiny-sd1", SourceKind.DIFFUSERS_FOLDER, str(models_dir / "stable-diffusion" / "tiny-sd1")
     )
@@ -93,6 +104,8 @@ TEST_BATCHING = BatchShape(BatchMode.FIXED, rows=2)
 
 @pytest.fixture(scope="session")
 def engine(tiny_model: LoadedModel) -> Iterator[Engine]:
+    from pipeline.engine import Engine
+
     yield Engine(tiny_model, batching=TEST_BATCHING)
 
 
@@ -100,6 +113,8 @@ def engine(tiny_model: LoadedModel) -> Iterator[Engine]:
 def unet_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The row count of every UNet forward call of `engine` (the test module's own, where it
     has one) and of every engine on the same weights."""
+    import torch
+
     unet = engine.pipelines[0].unet
     original = unet.forward
     rows: list[int] = []
@@ -134,3 +149,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, 100)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `heavy` (ten seconds or more: processes, compiling, many generations) run
+    first, the rest in their usual order after them. `make test` runs the suite in one process
+    per core, handing out whole modules in this order, so the short ones at the end fill the
+    gaps and the processes finish together."""
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    light = [item for item in items if not item.get_closest_marker("heavy")]
+    items[:] = heavy + light

@@ -49,12 +49,24 @@ def libpq_url(url: URL | str) -> str:
 # --------------------------------------------------------------------------------------- Redis
 
 
+def worker_database(url: str) -> str:
+    """The Redis URL with a database of this test process's own when pytest-xdist runs the
+    suite in several processes (gw0 uses 1, gw1 2, ...): `fresh_redis` empties only it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{int(worker[2:]) + 1}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The test Redis server's URL, checked to answer once per session."""
     import redis
 
-    url = service_url(REDIS_ENV, "Redis")
+    url = worker_database(service_url(REDIS_ENV, "Redis"))
     client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
     try:
         client.ping()

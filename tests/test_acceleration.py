@@ -41,7 +41,7 @@ from pipeline.loading import (
     load_model,
 )
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU
+from tests.tiny_models import CPU
 
 # Channels-last runs the same convolutions with the numbers summed in another order: float32
 # rounding (about 1e-6 on a UNet output here) that can move a pixel to the next 8-bit level,

@@ -22,9 +22,11 @@ from pipeline.engine import Engine
 from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.lora import LoraUse
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU, TEST_BATCHING
+from tests.conftest import TEST_BATCHING
 from tests.lora_files import LoraSpec, write_lora
-from tests.tiny_models import TinyShape, build_random_pipeline
+from tests.tiny_models import CPU, TinyShape, build_random_pipeline
+
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
 
 LORA = (LoraUse("style", 0.8, 0.6),)
 

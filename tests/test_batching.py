@@ -24,6 +24,8 @@ from pipeline.request import (
     ResultStatus,
 )
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 LONG_PROMPT = ", ".join(f"a tall stone tower number {index}" for index in range(16))
 
 

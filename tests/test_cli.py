@@ -14,6 +14,8 @@ from sd_parsers import ParserManager
 
 from bot.cli import main
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 
 @pytest.fixture
 def env(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -18,6 +18,8 @@ import pytest
 import bot.cli.generate as cli
 from pipeline.request import ResultStatus
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

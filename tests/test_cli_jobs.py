@@ -24,6 +24,8 @@ from bot.store import JobKind, JobRecord, JobStatus, NewImage, NewJob, Role, Sto
 from bot.store.models import Job
 from pipeline.request import GenerationRequest
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 runner = CliRunner()
 
 

@@ -13,6 +13,8 @@ import pytest
 from bot.cli import main
 from tests.running_bot import EASEL
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -21,6 +21,8 @@ from bot.store import JobStatus
 from pipeline.images import read_infotext
 from tests.running_bot import RunningBot, running_bot
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 LONG_STEPS = 1000  # long enough on any CPU for a cancel to land mid-run
 PAUSED_WAIT = r"The queue is paused: your queued jobs \("
 

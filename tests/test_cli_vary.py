@@ -23,6 +23,8 @@ from tests.lora_files import LoraSpec, write_lora
 from tests.test_cli import run_cli
 from tests.tiny_models import build_random_pipeline
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 
 @pytest.fixture
 def env(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

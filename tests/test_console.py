@@ -36,6 +36,8 @@ from pipeline.images import format_infotext, read_infotext
 from pipeline.prompts.vocabulary import Vocabulary
 from tests.running_bot import bot_env
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 Line = str | Callable[[], str | None]
 
 

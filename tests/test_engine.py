@@ -25,6 +25,8 @@ from pipeline.request import (
 from pipeline.samplers import SAMPLER_NAMES
 from pipeline.validation import MAX_SEED, batch_seeds
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 
 def request(**overrides: object) -> GenerationRequest:
     values: dict[str, object] = {

@@ -30,6 +30,8 @@ from pipeline.engine import Engine
 from tests.running_bot import bot_env
 from tests.test_console import chat, console_settings
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 DISCORD = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GmAdeU.p-not-a-real-secret-at-all-0123456789abcd"
 TELEGRAM = "123456789:AAFakeTelegramTokenForEaselTests000"
 WEBHOOK = "hook-Secret_0123456789"

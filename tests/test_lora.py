@@ -48,6 +48,8 @@ from tests.lora_files import (
 )
 from tests.tiny_models import build_random_pipeline
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 SPECS = {
     "kohya-a": (LoraSpec(seed=1), True),

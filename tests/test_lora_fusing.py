@@ -14,10 +14,12 @@ from pipeline.engine import Engine
 from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
 from pipeline.lora import FUSE_AFTER_BATCHES, LoraManager, LoraUse
 from pipeline.request import GenerationRequest
-from tests.conftest import CPU, TEST_BATCHING
+from tests.conftest import TEST_BATCHING
 from tests.lora_files import LoraSpec, write_lora
 from tests.test_lora import render
-from tests.tiny_models import build_random_pipeline
+from tests.tiny_models import CPU, build_random_pipeline
+
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
 
 # A fused layer computes x(W + BA) where an unfused one computes xW + (xA)B: the same numbers
 # summed in another order, so the image may differ by float32 rounding, far below one 8-bit level.

@@ -16,8 +16,9 @@ from pipeline.lora import lora_hash
 from pipeline.presets import load_presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, LoraUse
-from tests.conftest import CPU, TEST_BATCHING
+from tests.conftest import TEST_BATCHING
 from tests.lora_files import LoraSpec, write_lora, write_not_a_lora
+from tests.tiny_models import CPU
 
 
 @pytest.fixture(scope="module")

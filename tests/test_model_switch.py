@@ -43,6 +43,8 @@ from pipeline.loading import (
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
 from tests.conftest import TEST_BATCHING
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 CPU = DeviceChoice(torch.device("cpu"), torch.float32)
 ORIGIN = Origin("test", "chat-1")
 ALICE = UserRef("test", "alice", "Alice", "en")

@@ -35,7 +35,10 @@ from pipeline.request import (
     UpscaleRequest,
 )
 from pipeline.validation import MAX_SEED, Limits
-from tests.conftest import CPU, TEST_BATCHING
+from tests.conftest import TEST_BATCHING
+from tests.tiny_models import CPU
+
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = "tiny-sd1"

@@ -26,6 +26,8 @@ from diffusers import (
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.samplers import SAMPLER_NAMES, make_scheduler, resolve_sampler
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 KARRAS_NAMES = tuple(name for name in SAMPLER_NAMES if name.endswith(" Karras"))
 # Samplers whose diffusers class takes use_karras_sigmas (diffusers 0.42), so "Karras" applies.
 TAKES_KARRAS = (

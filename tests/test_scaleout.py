@@ -23,6 +23,8 @@ from bot.store import JobRecord, JobStatus, Store
 from tests.cluster import Cluster, cluster_models, weightless_models
 from tests.services import PostgresDatabases
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 WORKERS = ("gpu-a", "gpu-b")
 JOB_TIMEOUT = 120.0
 ORIGIN = Origin("test", "chat-scale")

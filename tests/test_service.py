@@ -23,6 +23,8 @@ from pipeline.engine import Engine
 from pipeline.errors import GenerationOutOfMemory
 from pipeline.request import GenerationRequest
 
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
 ORIGIN = Origin("test", "chat-1")
 ALICE = UserRef("test", "alice", "Alice", "en")
 BOB = UserRef("test", "bob", "Bob", "ko")

@@ -19,9 +19,11 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from pipeline.device import DeviceChoice
 from pipeline.tokenizer import OPEN_CLIP_PAD, build_clip_tokenizer
 
 HEAD_WIDTH = 64
+CPU = DeviceChoice(torch.device("cpu"), torch.float32)  # the tests' device and dtype
 
 
 @dataclass(frozen=True)
