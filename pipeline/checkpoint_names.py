@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.checkpoints import check_unet_inputs, detect_family, read_shapes
 from pipeline.errors import ModelLoadError, first_line
-from pipeline.families import SD1, SD2, ModelFamily, unsupported
+from pipeline.families import SD1, SD2, SDXL, ModelFamily
 from pipeline.folders import ModelFolders
 
 DEFAULT_HUB_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -186,9 +186,16 @@ def folder_family(folder: Path) -> ModelFamily:
 
 
 def family_from_configs(index: dict, text: dict, unet: dict, where: str) -> ModelFamily:
-    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
-        raise unsupported("sdxl", where)
     check_unet_inputs(int(unet.get("in_channels", 4)), where)
+    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
+        first_encoder = index.get("text_encoder") or [None]
+        refiner = index.get("requires_aesthetics_score") or not any(first_encoder)
+        if refiner or unet.get("addition_embed_type") != "text_time":
+            raise ModelLoadError(
+                f"{where} is an SDXL refiner (one text encoder, an aesthetic score); Easel runs "
+                "SDXL base checkpoints and their fine-tunes."
+            )
+        return SDXL
     # OpenAI CLIP (SD 1.x) uses quick_gelu; OpenCLIP (SD 2.x) uses gelu.
     return SD1 if text.get("hidden_act") == "quick_gelu" else SD2
 

@@ -113,7 +113,7 @@ def check_unet_inputs(in_channels: int, where: str) -> None:
 
 def detect_family(shapes: Shapes, path: Path) -> ModelFamily:
     if any(key.startswith(SDXL_MARKER) for key in shapes):
-        raise unsupported("sdxl", str(path))
+        raise unsupported("sdxl-single-file", str(path))
     if not any(key.startswith(UNET) for key in shapes):
         raise ModelLoadError(
             f"{path} has no Stable Diffusion UNet (no model.diffusion_model.* tensors). "

@@ -28,6 +28,7 @@ from PIL import Image
 from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
 from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
+from pipeline.families import SDXL
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import (
@@ -48,7 +49,13 @@ from pipeline.preparation import (
     prepare_job,
     visible_steps,
 )
-from pipeline.previews import PreviewMaker, PreviewSchedule, choose_decoder
+from pipeline.previews import (
+    SD_LATENTS,
+    XL_LATENTS,
+    PreviewMaker,
+    PreviewSchedule,
+    choose_decoder,
+)
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
 from pipeline.request import (
@@ -219,7 +226,7 @@ class Engine:
         )
         self._txt2img = model.pipe
         self._img2img = model.family.img2img_class(
-            **model.pipe.components, requires_safety_checker=False
+            **{**model.pipe.components, **dict(model.family.pipeline_options)}
         )
         self._img2img.set_progress_bar_config(disable=True)
         self._scheduler_config = dict(model.pipe.scheduler.config)
@@ -416,7 +423,10 @@ class Engine:
         the first time a preview is wanted."""
         if self._preview_maker is None:
             pipe = self._txt2img
-            decoder = choose_decoder(self.models_dir or Path("models"), pipe.device, pipe.dtype)
+            space = XL_LATENTS if self.model.family is SDXL else SD_LATENTS
+            decoder = choose_decoder(
+                self.models_dir or Path("models"), pipe.device, pipe.dtype, space
+            )
             self._preview_maker = PreviewMaker(decoder, pipe.vae_scale_factor)
         return self._preview_maker
 
@@ -613,8 +623,7 @@ class Engine:
         # diffusers checks the embeddings' shapes; the wrapper picks each image's per step.
         first = guided.conditioning(0)
         call: dict[str, Any] = {
-            "prompt_embeds": first.parts[0].repeat(batch.total, 1, 1),
-            "negative_prompt_embeds": first.negative.repeat(batch.total, 1, 1),
+            **guided.encoder.pipeline_embeds(first.parts[0], first.negative, batch.total),
             "num_inference_steps": spec.steps,
             # Guided or not, as every job of the key; the wrapper applies each job's own scale.
             "guidance_scale": max(job.request.cfg_scale for job in batch.jobs),

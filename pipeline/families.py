@@ -23,13 +23,19 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from transformers import PreTrainedTokenizerBase
 
-    from pipeline.prompts.encoding import PromptEncoder
+    from pipeline.prompts.encoding import Conditioner
 
 
-def _clip_prompt_encoder(pipe: DiffusionPipeline, clip_skip: int) -> PromptEncoder:
+def _clip_prompt_encoder(pipe: DiffusionPipeline, clip_skip: int) -> Conditioner:
     from pipeline.prompts.encoding import PromptEncoder
 
     return PromptEncoder(pipe, clip_skip)
+
+
+def _xl_prompt_encoder(pipe: DiffusionPipeline, clip_skip: int) -> Conditioner:
+    from pipeline.prompts.encoding_xl import XLPromptEncoder
+
+    return XLPromptEncoder(pipe, clip_skip)
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,14 @@ class ModelFamily:
     pad_token: str
     config_folder: str  # under pipeline/configs/
     # (pipeline, clip skip) -> the encoder of one job's prompts
-    prompt_encoder: Callable[[DiffusionPipeline, int], PromptEncoder]
+    prompt_encoder: Callable[[DiffusionPipeline, int], Conditioner]
     # tokenizer -> what cuts prompts into the chunks that encoder encodes (no weights needed)
     prompt_chunker: Callable[[PreTrainedTokenizerBase], PromptChunker] = PromptChunker
+    # What its pipelines are built with besides their components (SD's: no safety checker).
+    pipeline_options: tuple[tuple[str, object], ...] = (
+        ("safety_checker", None),
+        ("requires_safety_checker", False),
+    )
 
     @property
     def txt2img_class(self) -> type[DiffusionPipeline]:
@@ -75,11 +86,27 @@ SD2 = ModelFamily(
     config_folder="sd2",
     prompt_encoder=_clip_prompt_encoder,
 )
-NOT_YET_SUPPORTED = {"sdxl": "SDXL"}
+SDXL = ModelFamily(
+    id="sdxl",
+    label="SDXL",
+    pipeline_classes=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    pad_token=EOS,  # the first tokenizer's; the second (OpenCLIP) pads with "!"
+    config_folder="sdxl",
+    prompt_encoder=_xl_prompt_encoder,
+    pipeline_options=(),
+)
+NOT_YET_SUPPORTED = {"sdxl-single-file": "SDXL single-file"}
 
 
 def unsupported(family_id: str, where: str) -> ModelLoadError:
     label = NOT_YET_SUPPORTED.get(family_id, family_id)
+    if family_id == "sdxl-single-file":
+        return ModelLoadError(
+            f"{where} is an {label} checkpoint; this version of Easel runs SDXL as a diffusers "
+            "folder (models/stable-diffusion/NAME/ with model_index.json), and SD 1.x and "
+            "SD 2.x in both forms."
+        )
     return ModelLoadError(
-        f"{where} is an {label} model; this version of Easel runs SD 1.x and SD 2.x checkpoints."
+        f"{where} is an {label} model; this version of Easel runs SD 1.x, SD 2.x and SDXL "
+        "checkpoints."
     )

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pipeline.batching import BatchMode, BatchShape, RowChecks, UNetCall, call_in_fixed_rows
-from pipeline.prompts.encoding import PromptEncoder
+from pipeline.prompts.encoding import Conditioner
 from pipeline.prompts.plan import PromptPlan
 
 
@@ -85,7 +85,7 @@ class GuidedUNet:
         plans: Sequence[PromptPlan],
         images_per_plan: Sequence[int],
         scales: Sequence[float],
-        encoder: PromptEncoder,
+        encoder: Conditioner,
         counter: StepCounter,
         shape: BatchShape,
         rows_per_call: int,
@@ -194,7 +194,8 @@ class GuidedUNet:
 
         def call(sample: torch.Tensor, step: Any, context: torch.Tensor) -> torch.Tensor:
             steps = _timesteps(step, sample.shape[0])
-            return original(sample, steps, context, *extra_args, **kwargs, return_dict=False)[0]
+            text, arguments = self.encoder.unet_inputs(context, kwargs)
+            return original(sample, steps, text, *extra_args, **arguments, return_dict=False)[0]
 
         outputs: dict[int, torch.Tensor] = {}
         for group in _same_shape(rows):

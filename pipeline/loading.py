@@ -203,8 +203,7 @@ def _load_folder(folder: Path, family: ModelFamily, device: DeviceChoice) -> Dif
             dtype=device.dtype,
             variant=weights_variant(folder),
             local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
+            **dict(family.pipeline_options),
         )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(

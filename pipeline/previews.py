@@ -9,6 +9,8 @@ Two decoders: the cheap linear approximation (one 4x3 matrix per pixel, the way 
 | diffusers   | `models/vae-approx/taesd/` (config.json + weights)                 |
 | AUTOMATIC1111 | `models/VAE-approx/taesd_decoder.safetensors` or `.pth`          |
 
+SDXL checkpoints use their own: `taesdxl/`, `taesdxl_decoder.safetensors` or `.pth`.
+
 A job's preview is its images side by side (2x2 for four) in one JPEG of at most 256 px a
 side. Previews are made on the thread that runs the pipeline, between steps.
 """
@@ -43,6 +45,34 @@ LATENT_RGB_FACTORS = (
     (-0.2829, 0.1762, 0.2721),
     (-0.2120, -0.2616, -0.7177),
 )
+# SDXL's VAE has its own latent space: the same kind of fit for it (as ComfyUI's previews use),
+# with a per-colour offset; and TAESDXL in place of TAESD.
+XL_LATENT_RGB_FACTORS = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
+XL_LATENT_RGB_BIAS = (0.1084, -0.0175, -0.0011)
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """What previews need to know of a family's latents."""
+
+    factors: tuple[tuple[float, float, float], ...]
+    bias: tuple[float, float, float]
+    taesd_folder: str  # a diffusers AutoencoderTiny folder under vae-approx/
+    taesd_files: tuple[str, ...]  # the decoder alone, as A1111 and ComfyUI keep it
+
+
+SD_LATENTS = LatentSpace(LATENT_RGB_FACTORS, (0.0, 0.0, 0.0), "taesd", TAESD_FILES)
+XL_LATENTS = LatentSpace(
+    XL_LATENT_RGB_FACTORS,
+    XL_LATENT_RGB_BIAS,
+    "taesdxl",
+    ("taesdxl_decoder.safetensors", "taesdxl_decoder.pth"),
+)
 
 
 class PreviewDecoder(Protocol):
@@ -60,16 +90,21 @@ class LinearDecoder:
     name = "linear"
     upscale = 1
 
-    def __init__(self) -> None:
+    def __init__(self, space: LatentSpace = SD_LATENTS) -> None:
+        self.space = space
         self._factors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._bias: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         key = (latents.device, latents.dtype)
         if key not in self._factors:
             self._factors[key] = torch.tensor(
-                LATENT_RGB_FACTORS, device=latents.device, dtype=latents.dtype
+                self.space.factors, device=latents.device, dtype=latents.dtype
             )
-        rgb = torch.einsum("nchw,cr->nrhw", latents, self._factors[key])
+            self._bias[key] = torch.tensor(
+                self.space.bias, device=latents.device, dtype=latents.dtype
+            ).reshape(1, 3, 1, 1)
+        rgb = torch.einsum("nchw,cr->nrhw", latents, self._factors[key]) + self._bias[key]
         return ((rgb + 1) / 2).clamp(0, 1)
 
 
@@ -90,13 +125,14 @@ class TaesdDecoder:
         return ((images + 1) / 2).clamp(0, 1)
 
 
-def find_taesd(models_dir: Path) -> Path | None:
-    """The TAESD weights in `models_dir`, a diffusers folder first; None when there are none."""
+def find_taesd(models_dir: Path, space: LatentSpace = SD_LATENTS) -> Path | None:
+    """The TAESD weights for `space` in `models_dir`, a diffusers folder first; None when there
+    are none."""
     for name in VAE_APPROX_FOLDERS:
         folder = models_dir / name
-        if (folder / TAESD_FOLDER / "config.json").is_file():
-            return folder / TAESD_FOLDER
-        for file_name in TAESD_FILES:
+        if (folder / space.taesd_folder / "config.json").is_file():
+            return folder / space.taesd_folder
+        for file_name in space.taesd_files:
             if (folder / file_name).is_file():
                 return folder / file_name
     return None
@@ -133,18 +169,21 @@ def _decoder_layers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def choose_decoder(models_dir: Path, device: torch.device, dtype: torch.dtype) -> PreviewDecoder:
-    """TAESD when its weights are in the models folder and load, else the linear approximation."""
-    path = find_taesd(models_dir)
+def choose_decoder(
+    models_dir: Path, device: torch.device, dtype: torch.dtype, space: LatentSpace = SD_LATENTS
+) -> PreviewDecoder:
+    """TAESD (TAESDXL for SDXL) when its weights are in the models folder and load, else the
+    linear approximation."""
+    path = find_taesd(models_dir, space)
     if path is None:
-        return LinearDecoder()
+        return LinearDecoder(space)
     try:
         return load_taesd(path, device, dtype)
     except Exception as error:  # a broken file costs the previews' quality, never a job
         log.warning(
             "TAESD at %s did not load (%s); previews use the linear approximation", path, error
         )
-        return LinearDecoder()
+        return LinearDecoder(space)
 
 
 def grid_size(count: int, width: int, height: int) -> tuple[int, int, int, int]:

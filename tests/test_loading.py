@@ -102,12 +102,12 @@ def test_sd2_base_and_sidecar_yaml_choose_the_prediction(
     assert custom.pipe.scheduler.config.prediction_type == "v_prediction"
 
 
-def test_family_detection_rejects_sdxl_and_non_checkpoints(tmp_path: Path) -> None:
+def test_family_detection_rejects_sdxl_single_files_and_non_checkpoints(tmp_path: Path) -> None:
     shapes = {
         "conditioner.embedders.0.transformer.text_model.x": (1,),
         "model.diffusion_model.a": (1,),
     }
-    with pytest.raises(ModelLoadError, match="SDXL"):
+    with pytest.raises(ModelLoadError, match=r"SDXL single-file.*diffusers folder"):
         detect_family(shapes, tmp_path / "xl.safetensors")
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}
     with pytest.raises(ModelLoadError, match="models/lora"):
@@ -244,7 +244,14 @@ def _write_configs(folder: Path, index: dict, text: dict, unet: dict) -> Path:
 
 
 SD_INDEX = {"_class_name": "StableDiffusionPipeline"}
-XL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "x"]}
+XL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+}
+XL_REFINER_INDEX = {**XL_INDEX, "text_encoder": [None, None]}
+XL_UNET = {"in_channels": 4, "addition_embed_type": "text_time"}
+FAMILIES = ("SD 1.x", "SD 2.x", "SDXL")
 
 
 @pytest.mark.parametrize(
@@ -252,7 +259,8 @@ XL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["tran
     [
         (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 4}, "SD 1.x"),
         (SD_INDEX, {"hidden_act": "gelu"}, {"in_channels": 4}, "SD 2.x"),
-        (XL_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 4}, "SDXL"),
+        (XL_INDEX, {"hidden_act": "quick_gelu"}, XL_UNET, "SDXL"),
+        (XL_REFINER_INDEX, {"hidden_act": "gelu"}, XL_UNET, "refiner"),
         (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 9}, "inpainting"),
     ],
 )
@@ -261,7 +269,7 @@ def test_diffusers_folder_family(
 ) -> None:
     folder = _write_configs(tmp_path / "stable-diffusion" / "m", index, text, unet)
     source = resolve_model(str(folder), tmp_path)
-    if outcome.startswith("SD "):
+    if outcome in FAMILIES:
         assert loading.detect_local_family(source).label == outcome
     else:
         with pytest.raises(ModelLoadError, match=outcome):
@@ -303,11 +311,13 @@ def test_hub_models_are_checked_before_the_download(
     import huggingface_hub
     from diffusers import DiffusionPipeline
 
-    xl = _write_configs(tmp_path / "xl", XL_INDEX, {"hidden_act": "quick_gelu"}, {})
+    inpainting = _write_configs(
+        tmp_path / "inpainting", SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 9}
+    )
     downloads: list[bool] = []
 
     def fetch_config(repo_id: str, filename: str, **kwargs: object) -> str:
-        return str(xl / filename)
+        return str(inpainting / filename)
 
     def snapshot(repo_id: str, local_files_only: bool = False, **kwargs: object) -> str:
         downloads.append(local_files_only)
@@ -316,6 +326,6 @@ def test_hub_models_are_checked_before_the_download(
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
     monkeypatch.setattr(DiffusionPipeline, "download", snapshot)
     monkeypatch.setattr("pipeline.hub.hub_unreachable", lambda: None)
-    with pytest.raises(ModelLoadError, match="SDXL"):
-        download_from_hub("stabilityai/stable-diffusion-xl-base-1.0", CPU)
+    with pytest.raises(ModelLoadError, match="inpainting"):
+        download_from_hub("stable-diffusion-v1-5/stable-diffusion-inpainting", CPU)
     assert downloads and all(downloads), "only cache look-ups, no download"

@@ -13,11 +13,13 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from pipeline.device import DeviceChoice
 from pipeline.tokenizer import OPEN_CLIP_PAD, build_clip_tokenizer
@@ -146,6 +148,76 @@ def build_random_pipeline(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# SDXL's layout at a fraction of its width: two text encoders (OpenAI CLIP, then OpenCLIP with
+# a projection for the pooled embedding) whose hidden states are concatenated, and a UNet
+# that takes the pooled embedding and the size and crop conditioning ("text_time").
+XL_TEXT_WIDTHS = (32, 64)
+XL_POOLED_WIDTH = 32
+XL_TIME_WIDTH = 8  # the UNet's embedding of each of the six size and crop numbers
+
+
+def _xl_text_config(width: int, act: str, pad: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=width * 4,
+        num_hidden_layers=3,
+        num_attention_heads=max(1, width // 32),
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=XL_POOLED_WIDTH,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=pad,
+    )
+
+
+def _xl_unet(shape: TinyShape) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=shape.sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=shape.unet_channels,
+        layers_per_block=shape.unet_layers,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=sum(XL_TEXT_WIDTHS),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=XL_TIME_WIDTH,
+        projection_class_embeddings_input_dim=XL_TIME_WIDTH * 6 + XL_POOLED_WIDTH,
+        transformer_layers_per_block=(1, 2),
+    )
+
+
+def build_random_xl_pipeline(shape: TinyShape = TINY, seed: int = 0) -> StableDiffusionXLPipeline:
+    """A randomly initialised SDXL base pipeline (fp32, CPU), in SDXL's layout."""
+    torch.manual_seed(seed)
+    first = CLIPTextModel(_xl_text_config(XL_TEXT_WIDTHS[0], "quick_gelu", 49407))
+    second = CLIPTextModelWithProjection(_xl_text_config(XL_TEXT_WIDTHS[1], "gelu", 0))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(shape),
+        text_encoder=first,
+        text_encoder_2=second,
+        tokenizer=build_clip_tokenizer("<|endoftext|>"),
+        tokenizer_2=build_clip_tokenizer(OPEN_CLIP_PAD),
+        unet=_xl_unet(shape),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

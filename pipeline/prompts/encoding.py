@@ -12,12 +12,32 @@ encoder's hidden states are read directly: diffusers' own `clip_skip` path reach
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from diffusers import DiffusionPipeline
 
 from pipeline.prompts.chunking import CHUNK_TOKENS, Chunk, PromptChunker
 
-__all__ = ["CHUNK_TOKENS", "Chunk", "PromptEncoder", "max_clip_skip"]
+__all__ = ["CHUNK_TOKENS", "Chunk", "Conditioner", "PromptEncoder", "max_clip_skip"]
+
+
+class Conditioner(Protocol):
+    """What the UNet wrapper (pipeline/guidance.py) needs from a family's prompt encoder."""
+
+    def chunks(self, text: str) -> list[Chunk]: ...
+
+    def encode(self, text: str) -> torch.Tensor: ...
+
+    def padded(self, texts: list[str]) -> list[torch.Tensor]: ...
+
+    def pipeline_embeds(
+        self, positive: torch.Tensor, negative: torch.Tensor, images: int
+    ) -> dict[str, torch.Tensor]: ...
+
+    def unet_inputs(
+        self, context: torch.Tensor, kwargs: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, Any]]: ...
 
 
 def max_clip_skip(pipe: DiffusionPipeline) -> int:
@@ -52,6 +72,22 @@ class PromptEncoder:
 
     def chunks(self, text: str) -> list[Chunk]:
         return self._chunker.chunks(text)
+
+    def pipeline_embeds(
+        self, positive: torch.Tensor, negative: torch.Tensor, images: int
+    ) -> dict[str, torch.Tensor]:
+        """The embeddings diffusers' pipeline call takes for `images` images (it checks their
+        shapes; the UNet wrapper gives each row its own)."""
+        return {
+            "prompt_embeds": positive.repeat(images, 1, 1),
+            "negative_prompt_embeds": negative.repeat(images, 1, 1),
+        }
+
+    def unet_inputs(
+        self, context: torch.Tensor, kwargs: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The UNet's text conditioning and other arguments for rows of `padded` output."""
+        return context, kwargs
 
     def _ids(self, chunk: Chunk) -> tuple[list[int], list[float]]:
         padding = CHUNK_TOKENS - len(chunk.tokens)

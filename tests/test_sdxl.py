@@ -1,0 +1,240 @@
+"""SDXL base checkpoints: found and loaded from a diffusers folder, the A1111 prompt language on
+both text encoders with the pooled embedding, batches equal to each job alone, img2img, the
+hires fix and variations, and the weights-free checks of a bot whose workers hold the weights.
+All on a tiny random-weight SDXL pipeline built in code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from pipeline.batching import BatchMode, BatchShape
+from pipeline.engine import Engine
+from pipeline.errors import InvalidRequestError, ModelLoadError
+from pipeline.families import SDXL
+from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
+from pipeline.model_traits import folder_traits
+from pipeline.preparation import prepare_job
+from pipeline.prompts.encoding_xl import XLPromptEncoder
+from pipeline.request import GenerationRequest, HiresFix, ImageRef, ProgressEvent, ResultStatus
+from pipeline.validation import Limits
+from tests.tiny_models import CPU, build_random_xl_pipeline
+
+pytestmark = pytest.mark.heavy  # started first: see conftest.py
+
+SIZE = 64  # the tiny model's native size (SDXL base: 1024)
+
+
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("xl-models") / "stable-diffusion" / "tiny-xl"
+    build_random_xl_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def xl_model(xl_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    cache = tmp_path_factory.mktemp("xl-cache")
+    source = ModelSource("tiny-xl", SourceKind.DIFFUSERS_FOLDER, str(xl_folder))
+    return load_model(source, CPU, cache, HashCache(cache / "hashes.json"))
+
+
+@pytest.fixture(scope="module")
+def xl_engine(xl_model: LoadedModel) -> Engine:
+    return Engine(xl_model, batching=BatchShape(BatchMode.FIXED, rows=2))
+
+
+def request(prompt: str = "a red boat on a lake", **overrides: object) -> GenerationRequest:
+    values: dict[str, object] = {
+        "prompt": prompt,
+        "seeds": (5,),
+        "steps": 3,
+        "width": SIZE,
+        "height": SIZE,
+        "sampler": "Euler a",
+    }
+    values.update(overrides)
+    return GenerationRequest(**values)  # type: ignore[arg-type]
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def image_of(engine: Engine, item: GenerationRequest) -> np.ndarray:
+    result = engine.generate(item)
+    assert result.status is ResultStatus.DONE, result.error
+    return pixels(result.images[0].image)
+
+
+def test_an_sdxl_folder_loads_as_sdxl_and_generates_repeatably(
+    xl_model: LoadedModel, xl_engine: Engine
+) -> None:
+    assert xl_model.family is SDXL
+    assert xl_model.native_size == SIZE
+    result = xl_engine.generate(request(seeds=(5, 6)))
+    assert result.status is ResultStatus.DONE
+    first, second = (pixels(item.image) for item in result.images)
+    assert first.shape == (SIZE, SIZE, 3)
+    assert not np.array_equal(first, second), "two seeds, two images"
+    assert np.array_equal(first, image_of(xl_engine, request())), "a seed gives its image again"
+    infotext = result.images[0].infotext
+    assert (infotext.model, infotext.seed, infotext.width) == ("tiny-xl", 5, SIZE)
+
+
+def test_a_plain_prompt_is_encoded_as_diffusers_encodes_it(xl_model: LoadedModel) -> None:
+    """For a prompt without weights or breaks, A1111's way and diffusers' own agree: both
+    encoders' penultimate layers side by side, the pooled embedding of the second."""
+    pipe = xl_model.pipe
+    encoder = XLPromptEncoder(pipe, clip_skip=1)
+    expected, _, expected_pooled, _ = pipe.encode_prompt(
+        "a red boat on a lake", do_classifier_free_guidance=False
+    )
+    assert torch.allclose(encoder.encode("a red boat on a lake"), expected, atol=1e-6)
+    assert torch.allclose(encoder.pooled("a red boat on a lake"), expected_pooled, atol=1e-6)
+
+
+def test_the_prompt_language_reaches_both_encoders(
+    xl_model: LoadedModel, xl_engine: Engine
+) -> None:
+    encoder = XLPromptEncoder(xl_model.pipe, clip_skip=1)
+    plain = encoder.encode("a red boat")
+    width = xl_model.pipe.text_encoder.config.hidden_size
+    width_2 = xl_model.pipe.text_encoder_2.config.hidden_size
+    assert plain.shape == (1, 77, width + width_2)
+    assert encoder.encode("a red boat BREAK a lake").shape[1] == 2 * 77
+    weighted = encoder.encode("a (red:1.6) boat")
+    # Emphasis reaches both halves of the token's embedding.
+    assert not torch.allclose(weighted[0, 2, :width], plain[0, 2, :width])
+    assert not torch.allclose(weighted[0, 2, width:], plain[0, 2, width:])
+    # The pooled embedding is the first chunk's, as in A1111.
+    assert torch.equal(encoder.pooled("a red boat BREAK a lake"), encoder.pooled("a red boat"))
+    base = image_of(xl_engine, request("a red boat"))
+    for changed in ("a (red:1.6) boat", "a red boat AND a cat", "a [red:green:0.5] boat"):
+        assert not np.array_equal(image_of(xl_engine, request(changed)), base), changed
+
+
+def test_clip_skip_goes_below_the_penultimate_layer_only_from_3(xl_model: LoadedModel) -> None:
+    pipe = xl_model.pipe
+    trained = XLPromptEncoder(pipe, clip_skip=1).encode("a red boat")
+    assert torch.equal(XLPromptEncoder(pipe, clip_skip=2).encode("a red boat"), trained)
+    assert not torch.allclose(XLPromptEncoder(pipe, clip_skip=3).encode("a red boat"), trained)
+
+
+def test_a_batch_of_sdxl_jobs_equals_each_job_alone(xl_engine: Engine) -> None:
+    """The pooled embedding rides with each row: jobs with other prompts, negative prompts and
+    AND parts share the UNet calls and each still gets its own image."""
+    requests = [
+        request("a red boat", seeds=(1, 2)),
+        request("a lighthouse AND a storm", negative_prompt="blurry", seeds=(3,)),
+        request("a (small:1.3) cabin", cfg_scale=4.0, seeds=(4,)),
+    ]
+    results = xl_engine.run_batch([xl_engine.prepare(item) for item in requests])
+    for item, result in zip(requests, results, strict=True):
+        alone = xl_engine.generate(item)
+        for batched, single in zip(result.images, alone.images, strict=True):
+            assert np.array_equal(pixels(batched.image), pixels(single.image))
+
+
+def test_img2img_hires_and_variations_run_on_sdxl(xl_engine: Engine, tmp_path: Path) -> None:
+    source = tmp_path / "source.png"
+    Image.new("RGB", (SIZE, SIZE), (200, 40, 40)).save(source)
+    changed = image_of(
+        xl_engine, request(init_image=ImageRef(path=str(source)), denoising_strength=0.5)
+    )
+    assert changed.shape == (SIZE, SIZE, 3)
+    assert np.abs(changed - pixels(Image.open(source))).mean() > 0
+
+    hires = xl_engine.generate(request(hires=HiresFix(scale=2.0, upscaler="Latent")))
+    assert hires.status is ResultStatus.DONE
+    assert hires.images[0].image.size == (2 * SIZE, 2 * SIZE)
+
+    original = image_of(xl_engine, request())
+    subtle = image_of(xl_engine, request(variation_seeds=(99,), variation_strength=0.1))
+    strong = image_of(xl_engine, request(variation_seeds=(99,), variation_strength=0.9))
+    assert 0 < np.abs(subtle - original).mean() < np.abs(strong - original).mean()
+
+
+def test_offline_checks_of_an_sdxl_folder_give_the_engines_answer(
+    xl_folder: Path, xl_engine: Engine
+) -> None:
+    """A bot whose GPU workers hold the weights checks SDXL jobs from the folder's configs and
+    tokenizers alone, and resolves them as the engine does."""
+    traits = folder_traits(xl_folder)
+    assert traits.family is SDXL
+    assert traits.native_size == SIZE
+    models_dir = xl_folder.parent.parent
+
+    def no_loras(name: str) -> None:
+        raise AssertionError(name)
+
+    for item in (
+        request(prompt="a boat, " * 60, width=None, height=None),
+        request(seeds=(None, None), clip_skip=3),
+    ):
+        offline = prepare_job(item, traits, Limits(), models_dir, no_loras)
+        loaded = xl_engine.prepare(item)
+        assert offline.request.width == loaded.request.width == SIZE
+        assert offline.request.clip_skip == loaded.request.clip_skip
+        assert len(offline.request.seeds) == len(loaded.request.seeds)
+        assert offline.prompt == loaded.prompt
+
+
+def test_sdxl_single_files_and_the_refiner_are_refused_with_what_to_do(
+    tmp_path: Path, xl_folder: Path
+) -> None:
+    from pipeline.checkpoint_names import folder_family
+    from pipeline.checkpoints import detect_family, read_shapes
+
+    single = tmp_path / "xl.safetensors"
+    save_file(
+        {
+            "conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+        },
+        single,
+    )
+    with pytest.raises(ModelLoadError, match="diffusers folder"):
+        detect_family(read_shapes(single), single)
+
+    refiner = tmp_path / "refiner"
+    refiner.mkdir()
+    for part in ("model_index.json", "unet", "text_encoder"):
+        source = xl_folder / part
+        if source.is_dir():
+            (refiner / part).mkdir()
+            (refiner / part / "config.json").write_text((source / "config.json").read_text())
+        else:
+            (refiner / part).write_text(
+                source.read_text().replace('"text_encoder": [', '"text_encoder": null, "x": [')
+            )
+    with pytest.raises(ModelLoadError, match="refiner"):
+        folder_family(refiner)
+
+
+def test_sdxl_previews_use_sdxl_latents_and_loras_are_refused_clearly(
+    xl_model: LoadedModel, tmp_path: Path
+) -> None:
+    from pipeline.previews import XL_LATENTS, LinearDecoder
+
+    (tmp_path / "lora").mkdir()
+    save_file(
+        {"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 8)},
+        tmp_path / "lora" / "style.safetensors",
+    )
+    engine = Engine(xl_model, batching=BatchShape(BatchMode.FIXED, rows=2), models_dir=tmp_path)
+    decoder = engine.preview_maker().decoder
+    assert isinstance(decoder, LinearDecoder) and decoder.space is XL_LATENTS
+    events: list[ProgressEvent] = []
+    result = engine.generate(request(steps=4), on_progress=events.append, preview_every=0.0)
+    assert result.status is ResultStatus.DONE
+    assert any(event.previews for event in events), "a live preview while it works"
+
+    with pytest.raises(InvalidRequestError, match="SDXL") as refused:
+        engine.generate(request("a boat <lora:style:0.8>"))
+    assert "SDXL" in refused.value.ko
