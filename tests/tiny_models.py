@@ -54,6 +54,16 @@ MID = TinyShape(
 )
 
 
+def _unet_layout(shape: TinyShape) -> dict[str, object]:
+    return {
+        "sample_size": shape.sample_size,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": shape.unet_channels,
+        "layers_per_block": shape.unet_layers,
+    }
+
+
 def _unet(shape: TinyShape, family: str) -> UNet2DConditionModel:
     levels = len(shape.unet_channels)
     cross = ("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",)
@@ -68,11 +78,7 @@ def _unet(shape: TinyShape, family: str) -> UNet2DConditionModel:
     else:
         heads = 8
     return UNet2DConditionModel(
-        sample_size=shape.sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=shape.unet_channels,
-        layers_per_block=shape.unet_layers,
+        **_unet_layout(shape),
         down_block_types=cross,
         up_block_types=up,
         cross_attention_dim=shape.text_width,
@@ -179,11 +185,7 @@ def _xl_text_config(width: int, act: str, pad: int) -> CLIPTextConfig:
 
 def _xl_unet(shape: TinyShape) -> UNet2DConditionModel:
     return UNet2DConditionModel(
-        sample_size=shape.sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=shape.unet_channels,
-        layers_per_block=shape.unet_layers,
+        **_unet_layout(shape),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=sum(XL_TEXT_WIDTHS),
