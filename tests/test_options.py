@@ -15,6 +15,7 @@ from bot.core.options import (
     parse_size,
     size_for_ratio,
 )
+from pipeline.buckets import XL_BUCKETS
 from pipeline.errors import InvalidRequestError
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import HiresFix, LoraUse
@@ -183,6 +184,32 @@ def test_aspect_ratios_keep_about_the_native_area(
     assert (width, height) == size
     assert width % 64 == 0 and height % 64 == 0
     assert abs(width * height - native * native) / (native * native) < 0.15
+
+
+@pytest.mark.parametrize(
+    ("ratio", "size"),
+    [
+        ("1:1", (1024, 1024)),
+        ("16:9", (1344, 768)),
+        ("9:16", (768, 1344)),
+        ("3:2", (1216, 832)),
+        ("2:3", (832, 1216)),
+        ("4:3", (1152, 896)),
+        ("21:9", (1536, 640)),
+        ("8:1", (2048, 512)),
+    ],
+)
+def test_aspect_ratios_on_sdxl_are_its_trained_sizes(ratio: str, size: tuple[int, int]) -> None:
+    assert size_for_ratio(parse_ratio(ratio), 1024) == size
+    assert size in XL_BUCKETS
+
+
+def test_every_sdxl_bucket_is_about_a_megapixel_in_multiples_of_64() -> None:
+    assert len(XL_BUCKETS) == 39
+    for width, height in XL_BUCKETS:
+        assert width % 64 == 0 and height % 64 == 0
+        assert 0.85 < width * height / 1024**2 < 1.1
+        assert (height, width) in XL_BUCKETS
 
 
 @pytest.mark.parametrize("text", ["16-9", "0:1", "1:9", "wide", ""])

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pipeline.buckets import XL_NATIVE, xl_bucket
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.presets import Presets
 from pipeline.prompts.composable import split_and
@@ -669,10 +670,13 @@ def parse_ratio(text: str) -> tuple[float, float]:
 
 
 def size_for_ratio(ratio: tuple[float, float], native_size: int) -> tuple[int, int]:
-    """A size of about the model's native area with this aspect ratio, in multiples of 64."""
-    area = native_size * native_size
+    """A size of about the model's native area with this aspect ratio, in multiples of 64; on
+    a model trained at 1024² (SDXL), the trained size nearest the ratio."""
     # Clamped to the range parse_ratio allows, so that no pair of sides can overflow.
     proportion = min(max(ratio[0] / ratio[1], 1 / 8), 8.0)
+    if native_size == XL_NATIVE:
+        return xl_bucket((proportion, 1.0))
+    area = native_size * native_size
     width = (area * proportion) ** 0.5
     height = area / width
     return (
