@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from safetensors import SafetensorError, safe_open
 
 from pipeline.errors import ModelLoadError, first_line
-from pipeline.families import SD1, SD2, ModelFamily, unsupported
+from pipeline.families import SD1, SD2, SDXL, ModelFamily
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +31,9 @@ VAE = "first_stage_model."
 CLIP = "cond_stage_model.transformer.text_model."
 OPEN_CLIP = "cond_stage_model.model."
 SDXL_MARKER = "conditioner.embedders."
+XL_CLIP = "conditioner.embedders.0.transformer.text_model."  # OpenAI CLIP ViT-L
+XL_OPEN_CLIP = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG, with its projection
+XL_LABEL_EMBEDDING = UNET + "label_emb.0.0.weight"  # the pooled text and size conditioning
 HEAD_WIDTH = 64  # CLIP and SD 2.x attention heads are 64 wide
 
 Shapes = dict[str, tuple[int, ...]]
@@ -113,7 +116,7 @@ def check_unet_inputs(in_channels: int, where: str) -> None:
 
 def detect_family(shapes: Shapes, path: Path) -> ModelFamily:
     if any(key.startswith(SDXL_MARKER) for key in shapes):
-        raise unsupported("sdxl-single-file", str(path))
+        return _xl_family(shapes, path)
     if not any(key.startswith(UNET) for key in shapes):
         raise ModelLoadError(
             f"{path} has no Stable Diffusion UNet (no model.diffusion_model.* tensors). "
@@ -129,6 +132,19 @@ def detect_family(shapes: Shapes, path: Path) -> ModelFamily:
         f"{path} has a UNet but no CLIP text encoder (cond_stage_model.*); expected a full "
         "SD 1.x or SD 2.x checkpoint."
     )
+
+
+def _xl_family(shapes: Shapes, path: Path) -> ModelFamily:
+    has_both = any(key.startswith(XL_CLIP) for key in shapes) and any(
+        key.startswith(XL_OPEN_CLIP) for key in shapes
+    )
+    if not has_both or XL_LABEL_EMBEDDING not in shapes:
+        raise ModelLoadError(
+            f"{path} is an SDXL refiner (one text encoder, an aesthetic score) or an incomplete "
+            "SDXL checkpoint; Easel runs SDXL base checkpoints and their fine-tunes."
+        )
+    check_unet_inputs(shapes.get(UNET + "input_blocks.0.0.weight", (0, 4))[1], str(path))
+    return SDXL
 
 
 def is_v_prediction(path: Path) -> bool:
@@ -180,9 +196,28 @@ def unet_config(shapes: Shapes, family: ModelFamily, template: dict) -> dict:
         config["cross_attention_dim"] = shapes[attention[0]][1]
         proj_in = next(key for key in shapes if key.startswith(UNET) and "proj_in.weight" in key)
         config["use_linear_projection"] = len(shapes[proj_in]) == 2
-    if family is SD2:
+    if family is SD2 or family is SDXL:
         config["attention_head_dim"] = [max(1, c // HEAD_WIDTH) for c in channels]
+    if family is SDXL:
+        config.update(_xl_unet_extras(shapes, len(channels), config["layers_per_block"]))
     return config
+
+
+def _xl_unet_extras(shapes: Shapes, levels: int, layers: int) -> dict:
+    """SDXL's transformer depth per level and its pooled-text-and-size embedding's widths.
+    Input block 0 is conv_in; each level then has `layers` blocks and a downsampler."""
+    depths = []
+    for level in range(levels):
+        first_block = 1 + level * (layers + 1)
+        prefix = re.escape(f"{UNET}input_blocks.{first_block}.1.transformer_blocks.")
+        depths.append(max(1, _count(shapes, prefix + r"(\d+)\.")))  # 1 where it has none
+    inputs = shapes[XL_LABEL_EMBEDDING][1]
+    pooled = shapes[XL_OPEN_CLIP + "text_projection"][1]
+    return {
+        "transformer_layers_per_block": depths,
+        "projection_class_embeddings_input_dim": inputs,
+        "addition_time_embed_dim": (inputs - pooled) // 6,  # six size and crop numbers
+    }
 
 
 def vae_config(shapes: Shapes, template: dict) -> dict:
@@ -201,20 +236,27 @@ def vae_config(shapes: Shapes, template: dict) -> dict:
     return config
 
 
-def text_encoder_config(shapes: Shapes, family: ModelFamily, template: dict) -> dict:
+def text_encoder_config(
+    shapes: Shapes, family: ModelFamily, template: dict, second: bool = False
+) -> dict:
+    """The text encoder's config; `second`: SDXL's second (OpenCLIP) encoder."""
     config = copy.deepcopy(template)
-    if family is SD2:
-        vocab, width = shapes[OPEN_CLIP + "token_embedding.weight"]
-        positions = shapes[OPEN_CLIP + "positional_embedding"][0]
-        # SD 2.x conditions on OpenCLIP's penultimate layer, so the last block goes unused.
-        layers = _count(shapes, re.escape(OPEN_CLIP) + r"transformer\.resblocks\.(\d+)\.") - 1
-        inner = shapes[OPEN_CLIP + "transformer.resblocks.0.mlp.c_fc.weight"][0]
-        projection = shapes.get(OPEN_CLIP + "text_projection", (width, width))[1]
+    if family is SD2 or second:
+        prefix = XL_OPEN_CLIP if second else OPEN_CLIP
+        vocab, width = shapes[prefix + "token_embedding.weight"]
+        positions = shapes[prefix + "positional_embedding"][0]
+        layers = _count(shapes, re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+        # SD 2.x conditions on OpenCLIP's penultimate layer, so the last block goes unused;
+        # SDXL's pooled embedding is read after the last one.
+        layers -= 0 if second else 1
+        inner = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+        projection = shapes.get(prefix + "text_projection", (width, width))[1]
     else:
-        vocab, width = shapes[CLIP + "embeddings.token_embedding.weight"]
-        positions = shapes[CLIP + "embeddings.position_embedding.weight"][0]
-        layers = _count(shapes, re.escape(CLIP) + r"encoder\.layers\.(\d+)\.")
-        inner = shapes[CLIP + "encoder.layers.0.mlp.fc1.weight"][0]
+        prefix = XL_CLIP if family is SDXL else CLIP
+        vocab, width = shapes[prefix + "embeddings.token_embedding.weight"]
+        positions = shapes[prefix + "embeddings.position_embedding.weight"][0]
+        layers = _count(shapes, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
+        inner = shapes[prefix + "encoder.layers.0.mlp.fc1.weight"][0]
         projection = width
     config.update(
         vocab_size=vocab,
@@ -244,13 +286,17 @@ def single_file_configs(shapes: Shapes, family: ModelFamily, v_prediction: bool)
         scheduler["prediction_type"] = "v_prediction" if v_prediction else "epsilon"
         unet["sample_size"] = 96 if v_prediction else 64
         vae["sample_size"] = unet["sample_size"] * 8
-    return {
+    configs = {
         "unet/config.json": unet,
         "vae/config.json": vae,
         "text_encoder/config.json": text,
         "scheduler/scheduler_config.json": scheduler,
         "model_index.json": _template(family, "", "model_index.json"),
     }
+    if family is SDXL:
+        template = _template(family, "text_encoder_2")
+        configs["text_encoder_2/config.json"] = text_encoder_config(shapes, family, template, True)
+    return configs
 
 
 def write_config_folder(

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.errors import ModelLoadError
 from pipeline.prompts.chunking import PromptChunker
 from pipeline.tokenizer import EOS, OPEN_CLIP_PAD
 
@@ -52,6 +51,7 @@ class ModelFamily:
     # What its pipelines are built with besides their components (SD's: no safety checker).
     pipeline_options: tuple[tuple[str, object], ...] = (
         ("safety_checker", None),
+        ("feature_extractor", None),
         ("requires_safety_checker", False),
     )
 
@@ -95,18 +95,3 @@ SDXL = ModelFamily(
     prompt_encoder=_xl_prompt_encoder,
     pipeline_options=(),
 )
-NOT_YET_SUPPORTED = {"sdxl-single-file": "SDXL single-file"}
-
-
-def unsupported(family_id: str, where: str) -> ModelLoadError:
-    label = NOT_YET_SUPPORTED.get(family_id, family_id)
-    if family_id == "sdxl-single-file":
-        return ModelLoadError(
-            f"{where} is an {label} checkpoint; this version of Easel runs SDXL as a diffusers "
-            "folder (models/stable-diffusion/NAME/ with model_index.json), and SD 1.x and "
-            "SD 2.x in both forms."
-        )
-    return ModelLoadError(
-        f"{where} is an {label} model; this version of Easel runs SD 1.x, SD 2.x and SDXL "
-        "checkpoints."
-    )

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from pipeline.checkpoint_names import (
     CHECKPOINT_SUFFIXES,
@@ -44,9 +44,9 @@ from pipeline.checkpoints import (
 )
 from pipeline.device import DeviceChoice
 from pipeline.errors import InvalidRequestError, ModelLoadError, first_line
-from pipeline.families import SD2, ModelFamily
+from pipeline.families import SD2, SDXL, ModelFamily
 from pipeline.hub import HubUnavailableError, hub_unreachable, hub_unusable
-from pipeline.tokenizer import build_clip_tokenizer
+from pipeline.tokenizer import OPEN_CLIP_PAD, build_clip_tokenizer
 
 # Names found without torch (pipeline/checkpoint_names.py), kept importable from here.
 __all__ = [
@@ -238,31 +238,41 @@ def _load_single_file(
             local_files_only=True,
             torch_dtype=device.dtype,
         )
-        text_encoder = create_diffusers_clip_model_from_ldm(
-            CLIPTextModel,
-            state,
-            subfolder="text_encoder",
-            config=str(config),
-            torch_dtype=device.dtype,
-            local_files_only=True,
-        )
+        text_encoders = {
+            name: create_diffusers_clip_model_from_ldm(
+                model_class,
+                state,
+                subfolder=name,
+                config=str(config),
+                torch_dtype=device.dtype,
+                local_files_only=True,
+            )
+            for name, model_class in _text_encoder_classes(family).items()
+        }
     except (KeyError, ValueError, RuntimeError, OSError) as error:
         raise ModelLoadError(
             f"{path} looks like a {family.label} checkpoint but its tensors do not fit that "
             f"layout: {first_line(error)}"
         ) from error
     scheduler_class = _scheduler_class(config)
+    tokenizers = {"tokenizer": build_clip_tokenizer(family.pad_token)}
+    if family is SDXL:
+        tokenizers["tokenizer_2"] = build_clip_tokenizer(OPEN_CLIP_PAD)  # OpenCLIP pads with "!"
     pipe = family.txt2img_class(
         vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=build_clip_tokenizer(family.pad_token),
         unet=unet,
         scheduler=scheduler_class.from_pretrained(str(config), subfolder="scheduler"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **text_encoders,
+        **tokenizers,
+        **dict(family.pipeline_options),
     )
     return pipe.to(device.device), family
+
+
+def _text_encoder_classes(family: ModelFamily) -> dict[str, type]:
+    if family is SDXL:
+        return {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
+    return {"text_encoder": CLIPTextModel}
 
 
 def _scheduler_class(config: Path) -> type:

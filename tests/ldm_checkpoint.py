@@ -20,13 +20,15 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
-FAMILIES = ("sd1", "sd2")
+XL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+XL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+FAMILIES = ("sd1", "sd2", "sdxl")
 EXTRA_RESBLOCK_SEED = 1234
 
 _UNET_TOP_LEVEL = {
@@ -35,6 +37,8 @@ _UNET_TOP_LEVEL = {
     "conv_in.": "input_blocks.0.0.",
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL: pooled text and size conditioning
+    "add_embedding.linear_2.": "label_emb.0.2.",
 }
 _UNET_RESNET = {
     "norm1.": "in_layers.0.",
@@ -85,7 +89,10 @@ def to_ldm_state_dict(pipe: StableDiffusionPipeline, family: str) -> dict[str, t
     state.update(_schedule_buffers(pipe))
     state.update(_prefixed(UNET_PREFIX, unet_to_ldm(pipe.unet)))
     state.update(_prefixed(VAE_PREFIX, vae_to_ldm(pipe.vae)))
-    if family == "sd2":
+    if family == "sdxl":
+        state.update(_prefixed(XL_CLIP_PREFIX, clip_to_ldm(pipe.text_encoder)))
+        state.update(_prefixed(XL_OPEN_CLIP_PREFIX, open_clip_xl_to_ldm(pipe.text_encoder_2)))
+    elif family == "sd2":
         state.update(_prefixed(OPEN_CLIP_PREFIX, open_clip_to_ldm(pipe.text_encoder)))
     else:
         state.update(_prefixed(CLIP_PREFIX, clip_to_ldm(pipe.text_encoder)))
@@ -235,6 +242,18 @@ def open_clip_to_ldm(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
     for layer in range(text_encoder.config.num_hidden_layers):
         state.update(_open_clip_resblock(source, layer))
     state.update(_open_clip_unused_weights(text_encoder))
+    return state
+
+
+def open_clip_xl_to_ldm(text_encoder: CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """SDXL's second encoder in the OpenCLIP layout: every block is used (the pooled embedding
+    comes after the last), and `text_projection` is the real one, [width, projection]."""
+    source = {_strip_text_model(key): value for key, value in text_encoder.state_dict().items()}
+    state = {ldm: source[hf] for hf, ldm in _OPEN_CLIP_TOP_LEVEL.items()}
+    for layer in range(text_encoder.config.num_hidden_layers):
+        state.update(_open_clip_resblock(source, layer))
+    state["text_projection"] = source["text_projection.weight"].T.contiguous()
+    state["logit_scale"] = torch.tensor(math.log(1 / 0.07))
     return state
 
 

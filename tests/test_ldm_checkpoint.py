@@ -165,4 +165,4 @@ def test_unknown_suffix_and_family_are_rejected(
     with pytest.raises(ValueError, match="suffix"):
         save_single_file(pipe, tmp_path / "model.bin", "sd1")
     with pytest.raises(ValueError, match="family"):
-        to_ldm_state_dict(pipe, "sdxl")
+        to_ldm_state_dict(pipe, "sd3")

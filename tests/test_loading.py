@@ -102,12 +102,12 @@ def test_sd2_base_and_sidecar_yaml_choose_the_prediction(
     assert custom.pipe.scheduler.config.prediction_type == "v_prediction"
 
 
-def test_family_detection_rejects_sdxl_single_files_and_non_checkpoints(tmp_path: Path) -> None:
+def test_family_detection_rejects_incomplete_sdxl_files_and_non_checkpoints(tmp_path: Path) -> None:
     shapes = {
         "conditioner.embedders.0.transformer.text_model.x": (1,),
         "model.diffusion_model.a": (1,),
     }
-    with pytest.raises(ModelLoadError, match=r"SDXL single-file.*diffusers folder"):
+    with pytest.raises(ModelLoadError, match="SDXL refiner"):
         detect_family(shapes, tmp_path / "xl.safetensors")
     lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}
     with pytest.raises(ModelLoadError, match="models/lora"):

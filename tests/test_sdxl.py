@@ -1,7 +1,7 @@
-"""SDXL base checkpoints: found and loaded from a diffusers folder, the A1111 prompt language on
-both text encoders with the pooled embedding, batches equal to each job alone, img2img, the
-hires fix and variations, and the weights-free checks of a bot whose workers hold the weights.
-All on a tiny random-weight SDXL pipeline built in code."""
+"""SDXL base checkpoints: loaded from a diffusers folder or an A1111 single file, the A1111
+prompt language on both text encoders with the pooled embedding, batches equal to each job
+alone, img2img, the hires fix and variations, and the weights-free checks of a bot whose
+workers hold the weights. All on a tiny random-weight SDXL pipeline built in code."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from pipeline.engine import Engine
 from pipeline.errors import InvalidRequestError, ModelLoadError
 from pipeline.families import SDXL
 from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
-from pipeline.model_traits import folder_traits
+from pipeline.model_traits import folder_traits, single_file_traits
 from pipeline.preparation import prepare_job
 from pipeline.prompts.encoding_xl import XLPromptEncoder
 from pipeline.request import GenerationRequest, HiresFix, ImageRef, ProgressEvent, ResultStatus
 from pipeline.validation import Limits
+from tests.ldm_checkpoint import save_single_file
 from tests.tiny_models import CPU, build_random_xl_pipeline
 
 pytestmark = pytest.mark.heavy  # started first: see conftest.py
@@ -114,9 +115,9 @@ def test_the_prompt_language_reaches_both_encoders(
     assert not torch.allclose(weighted[0, 2, width:], plain[0, 2, width:])
     # The pooled embedding is the first chunk's, as in A1111.
     assert torch.equal(encoder.pooled("a red boat BREAK a lake"), encoder.pooled("a red boat"))
-    base = image_of(xl_engine, request("a red boat"))
-    for changed in ("a (red:1.6) boat", "a red boat AND a cat", "a [red:green:0.5] boat"):
-        assert not np.array_equal(image_of(xl_engine, request(changed)), base), changed
+    base = image_of(xl_engine, request("a red boat", steps=6))
+    for changed in ("a (red:1.6) boat", "a red boat AND a cat", "a [red boat:green forest:0.3]"):
+        assert not np.array_equal(image_of(xl_engine, request(changed, steps=6)), base), changed
 
 
 def test_clip_skip_goes_below_the_penultimate_layer_only_from_3(xl_model: LoadedModel) -> None:
@@ -185,21 +186,40 @@ def test_offline_checks_of_an_sdxl_folder_give_the_engines_answer(
         assert offline.prompt == loaded.prompt
 
 
-def test_sdxl_single_files_and_the_refiner_are_refused_with_what_to_do(
-    tmp_path: Path, xl_folder: Path
+def test_an_a1111_sdxl_single_file_loads_bit_exactly_and_gives_the_folders_images(
+    tmp_path: Path, xl_engine: Engine
 ) -> None:
+    """The file as A1111 keeps it (`conditioner.embedders.*`, `label_emb`), its configs read
+    off its own tensors: the same weights as the folder, so the same pixels."""
+    original = xl_engine.model.pipe
+    path = save_single_file(original, tmp_path / "tiny-xl.safetensors", "sdxl")
+    source = ModelSource("tiny-xl-single", SourceKind.SINGLE_FILE, str(path))
+    traits = single_file_traits(path)
+    assert (traits.family, traits.native_size) == (SDXL, 1024)  # SDXL's, from the shipped config
+    model = load_model(source, CPU, tmp_path / "cache", HashCache(tmp_path / "hashes.json"))
+    assert model.family is SDXL and model.short_hash is not None
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        expected = getattr(original, part).state_dict()
+        loaded = getattr(model.pipe, part).state_dict()
+        assert expected.keys() == loaded.keys(), part
+        assert all(torch.equal(expected[key], loaded[key]) for key in expected), part
+    single = Engine(model, batching=BatchShape(BatchMode.FIXED, rows=2))
+    assert np.array_equal(image_of(single, request()), image_of(xl_engine, request()))
+
+
+def test_the_sdxl_refiner_is_refused_by_name(tmp_path: Path, xl_folder: Path) -> None:
     from pipeline.checkpoint_names import folder_family
     from pipeline.checkpoints import detect_family, read_shapes
 
-    single = tmp_path / "xl.safetensors"
+    single = tmp_path / "refiner.safetensors"
     save_file(
         {
-            "conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
+            "conditioner.embedders.0.model.ln_final.weight": torch.zeros(4),
             "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
         },
         single,
     )
-    with pytest.raises(ModelLoadError, match="diffusers folder"):
+    with pytest.raises(ModelLoadError, match="refiner"):
         detect_family(read_shapes(single), single)
 
     refiner = tmp_path / "refiner"

@@ -87,7 +87,7 @@ def _unet(shape: TinyShape, family: str) -> UNet2DConditionModel:
     )
 
 
-def _vae(shape: TinyShape) -> AutoencoderKL:
+def _vae(shape: TinyShape, scaling_factor: float = 0.18215) -> AutoencoderKL:
     levels = len(shape.vae_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -98,6 +98,7 @@ def _vae(shape: TinyShape) -> AutoencoderKL:
         latent_channels=4,
         layers_per_block=shape.vae_layers,
         sample_size=shape.sample_size * 8,
+        scaling_factor=scaling_factor,
     )
 
 
@@ -165,6 +166,7 @@ def build_random_pipeline(
 XL_TEXT_WIDTHS = (32, 64)
 XL_POOLED_WIDTH = 32
 XL_TIME_WIDTH = 8  # the UNet's embedding of each of the six size and crop numbers
+XL_VAE_SCALE = 0.13025  # SDXL's VAE latents are scaled by this (SD's: 0.18215)
 
 
 def _xl_text_config(width: int, act: str, pad: int) -> CLIPTextConfig:
@@ -173,7 +175,7 @@ def _xl_text_config(width: int, act: str, pad: int) -> CLIPTextConfig:
         hidden_size=width,
         intermediate_size=width * 4,
         num_hidden_layers=3,
-        num_attention_heads=max(1, width // 32),
+        num_attention_heads=max(1, width // HEAD_WIDTH),  # as single-file configs derive it
         max_position_embeddings=77,
         hidden_act=act,
         projection_dim=XL_POOLED_WIDTH,
@@ -189,7 +191,7 @@ def _xl_unet(shape: TinyShape) -> UNet2DConditionModel:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=sum(XL_TEXT_WIDTHS),
-        attention_head_dim=(2, 4),
+        attention_head_dim=tuple(max(1, c // HEAD_WIDTH) for c in shape.unet_channels),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=XL_TIME_WIDTH,
@@ -212,7 +214,7 @@ def build_random_xl_pipeline(shape: TinyShape = TINY, seed: int = 0) -> StableDi
         timestep_spacing="leading",
     )
     pipe = StableDiffusionXLPipeline(
-        vae=_vae(shape),
+        vae=_vae(shape, scaling_factor=XL_VAE_SCALE),
         text_encoder=first,
         text_encoder_2=second,
         tokenizer=build_clip_tokenizer("<|endoftext|>"),
