@@ -161,6 +161,24 @@ def test_img2img_hires_and_variations_run_on_sdxl(xl_engine: Engine, tmp_path: P
     assert 0 < np.abs(subtle - original).mean() < np.abs(strong - original).mean()
 
 
+def test_an_upscale_with_a_detail_pass_runs_on_sdxl(xl_engine: Engine) -> None:
+    """The U buttons' path: Lanczos to twice the size, then img2img from the image's own
+    parameters at that size."""
+    from pipeline.upscale import upscale_image
+    from pipeline.upscale_detail import plan_detail
+
+    made = xl_engine.generate(request()).images[0]
+    enlarged, _ = upscale_image(made.image, 2, None, 10**7)
+    plan = plan_detail(made.infotext, enlarged, 0.3, 10**7)
+    assert plan.request is not None
+    detailed = xl_engine.generate(plan.request)
+    assert detailed.status is ResultStatus.DONE
+    image = detailed.images[0].image
+    assert image.size == (2 * SIZE, 2 * SIZE)
+    assert detailed.images[0].infotext.prompt == made.infotext.prompt
+    assert not np.array_equal(pixels(image), pixels(enlarged)), "the pass changed the pixels"
+
+
 def test_offline_checks_of_an_sdxl_folder_give_the_engines_answer(
     xl_folder: Path, xl_engine: Engine
 ) -> None:
