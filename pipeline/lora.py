@@ -470,14 +470,6 @@ class LoraManager:
             return records
 
     def _check_uses(self, uses: Sequence[LoraUse], files: list[LoraFile]) -> None:
-        if files and getattr(self.pipe, "text_encoder_2", None) is not None:
-            raise InvalidRequestError(
-                "LoRAs work on SD 1.x and SD 2.x checkpoints in this version of Easel, and the "
-                "loaded checkpoint is SDXL: run the job without <lora:...> tags or presets "
-                "that add them.",
-                ko="이 버전의 Easel은 SD 1.x와 SD 2.x 체크포인트에서만 LoRA를 씁니다. 지금 "
-                "체크포인트는 SDXL이니 <lora:...> 태그나 LoRA를 더하는 프리셋 없이 실행하세요.",
-            )
         seen: set[Path] = set()
         for file in files:
             if file.path in seen:

@@ -202,6 +202,8 @@ def test_offline_checks_of_an_sdxl_folder_give_the_engines_answer(
         assert offline.request.clip_skip == loaded.request.clip_skip
         assert len(offline.request.seeds) == len(loaded.request.seeds)
         assert offline.prompt == loaded.prompt
+    with pytest.raises(InvalidRequestError, match="SDXL"):  # no LoRA on SDXL yet, told at once
+        prepare_job(request("a boat <lora:style:1>"), traits, Limits(), models_dir, no_loras)
 
 
 def test_an_a1111_sdxl_single_file_loads_bit_exactly_and_gives_the_folders_images(
@@ -274,5 +276,5 @@ def test_sdxl_previews_use_sdxl_latents_and_loras_are_refused_clearly(
     assert any(event.previews for event in events), "a live preview while it works"
 
     with pytest.raises(InvalidRequestError, match="SDXL") as refused:
-        engine.generate(request("a boat <lora:style:0.8>"))
+        engine.prepare(request("a boat <lora:style:0.8>"))  # before the queue, not when run
     assert "SDXL" in refused.value.ko
