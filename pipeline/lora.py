@@ -104,7 +104,7 @@ DEFAULT_CACHE_BYTES = 2 << 30  # in-memory copies of LoRA files, for adapters ev
 # activation on. 0: from its first batch, so that fused and unfused images (which differ by
 # rounding) never mix for one set; fusing costs about one extra pass over the LoRA weights.
 FUSE_AFTER_BATCHES = 0
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # the last: SDXL's second encoder
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LYCORIS_MARKERS = ("hada_w", "lokr_w", "lora_mid", ".oft_")
 _FACTOR = re.compile(
@@ -153,24 +153,34 @@ def to_peft_state(contents: LoraContents, pipe: StableDiffusionPipeline, path: P
     """`unet.<layer>.lora_A.weight`-style keys with every scale baked into `lora_A`, ready for
     `load_lora_weights`, or ModelLoadError when the file is no LoRA for this pipeline."""
     raw = contents.tensors
-    _refuse_unsupported(raw, path)
+    xl = _is_xl(pipe)
+    _refuse_unsupported(raw, path, xl)
     if all(key.startswith(_KOHYA_PREFIXES) for key in raw):
-        state = _from_kohya(raw, path)
+        state = _from_kohya(raw, path, pipe)
     else:
         state = _bake_metadata_scale(_bake_alphas(raw), contents.adapter_metadata)
     state = _split_and_convert(state)
-    if not hasattr(pipe.text_encoder, "text_model"):
-        state = {
-            key.replace("text_encoder.text_model.", "text_encoder.", 1): v
-            for key, v in state.items()
-        }
+    for encoder in ("text_encoder", "text_encoder_2"):
+        if not hasattr(getattr(pipe, encoder, None), "text_model"):
+            state = {
+                key.replace(f"{encoder}.text_model.", f"{encoder}.", 1): v
+                for key, v in state.items()
+            }
     dtype = pipe.unet.dtype
     state = {key: v.to(dtype) if v.is_floating_point() else v for key, v in state.items()}
     check_fits(state, pipe, path)
     return state
 
 
-def _refuse_unsupported(raw: StateDict, path: Path) -> None:
+def _is_xl(pipe: StableDiffusionPipeline) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def _components(pipe: StableDiffusionPipeline) -> list[torch.nn.Module]:
+    return [getattr(pipe, part) for part in COMPONENTS if getattr(pipe, part, None) is not None]
+
+
+def _refuse_unsupported(raw: StateDict, path: Path, xl: bool) -> None:
     if not raw:
         raise ModelLoadError(f"LoRA file {path.name} holds no tensors.")
     if not any("lora" in key for key in raw):
@@ -183,7 +193,7 @@ def _refuse_unsupported(raw: StateDict, path: Path) -> None:
             f"{path.name} is a LyCORIS network (LoHa, LoKr, ...), which Easel cannot apply; "
             "plain LoRA and LoCon files work."
         )
-    if any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in raw):
+    if not xl and any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in raw):
         raise ModelLoadError(f"{path.name} is an SDXL LoRA; this model is SD 1.x/2.x.")
 
 
@@ -202,9 +212,13 @@ def _bake_alphas(raw: StateDict) -> StateDict:
     return state
 
 
-def _from_kohya(raw: StateDict, path: Path) -> StateDict:
+def _from_kohya(raw: StateDict, path: Path, pipe: StableDiffusionPipeline) -> StateDict:
+    """kohya's names to diffusers' with diffusers' own converter (SDXL's `lora_te1_`,
+    `lora_te2_` and `input_blocks` names included), the alphas baked in first."""
     try:
-        state, _no_alphas = StableDiffusionPipeline.lora_state_dict(_bake_alphas(raw))
+        state, _no_alphas = type(pipe).lora_state_dict(
+            _bake_alphas(raw), unet_config=pipe.unet.config
+        )
     except (ValueError, KeyError) as error:
         raise ModelLoadError(
             f"LoRA file {path.name} has layers Easel cannot map: {first_line(error)}"
@@ -239,19 +253,21 @@ def _bake_metadata_scale(state: StateDict, metadata: str | None) -> StateDict:
 def _split_and_convert(state: StateDict) -> StateDict:
     """diffusers' older spellings (`to_q_lora.down`, `lora_linear_layer`) to peft's, per part.
 
-    Keys with no `unet.` / `text_encoder.` prefix are old attention-processor files: UNet."""
+    Keys with no `unet.` / `text_encoder.` / `text_encoder_2.` prefix are old
+    attention-processor files: UNet."""
     unet: StateDict = {}
-    text: StateDict = {}
+    texts: dict[str, StateDict] = {"text_encoder": {}, "text_encoder_2": {}}
     for key, tensor in state.items():
-        if key.startswith("text_encoder."):
-            text[key.removeprefix("text_encoder.")] = tensor
+        encoder, _, rest = key.partition(".")
+        if encoder in texts:
+            texts[encoder][rest] = tensor
         else:
             unet[key.removeprefix("unet.")] = tensor
-    unet = convert_unet_state_dict_to_peft(unet)
-    text = convert_state_dict_to_peft(text, original_type=StateDictType.DIFFUSERS_OLD)
-    return {f"unet.{k}": v for k, v in unet.items()} | {
-        f"text_encoder.{k}": v for k, v in text.items()
-    }
+    converted = {f"unet.{k}": v for k, v in convert_unet_state_dict_to_peft(unet).items()}
+    for encoder, text in texts.items():
+        peft = convert_state_dict_to_peft(text, original_type=StateDictType.DIFFUSERS_OLD)
+        converted |= {f"{encoder}.{k}": v for k, v in peft.items()}
+    return converted
 
 
 @dataclass(frozen=True)
@@ -414,7 +430,7 @@ class LoraManager:
     def memory(self) -> LoraMemory:
         adapter = {
             parameter.untyped_storage().data_ptr(): parameter.nbytes
-            for component in (self.pipe.unet, self.pipe.text_encoder)
+            for component in _components(self.pipe)
             for name, parameter in component.named_parameters()
             if ".lora_A." in name or ".lora_B." in name
         }
@@ -575,7 +591,7 @@ class LoraManager:
 
     def _layers_to_merge(self, adapters: list[str]) -> Iterator[tuple[BaseTunerLayer, list[str]]]:
         """Each LoRA layer the set changes, with its adapters whose scale there is not 0."""
-        for component in (self.pipe.unet, self.pipe.text_encoder):
+        for component in _components(self.pipe):
             for module in component.modules():
                 if not isinstance(module, BaseTunerLayer):
                     continue
@@ -636,6 +652,7 @@ def _restore(saved: list[_SavedLayer]) -> None:
 def _component_weights(entry: _Resident, use: LoraUse) -> dict[str, float]:
     # Only the parts the adapter has: diffusers warns about the others.
     weights = {"unet": use.unet_weight, "text_encoder": use.te_weight}
+    weights["text_encoder_2"] = use.te_weight  # SDXL: te= weighs both text encoders
     return {part: weights[part] for part in entry.components}
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from pipeline.errors import InvalidRequestError
-from pipeline.families import SDXL, ModelFamily
+from pipeline.families import ModelFamily
 from pipeline.images import check_pixels
 from pipeline.lora_names import requested_loras
 from pipeline.prompts.chunking import PromptChunker
@@ -105,13 +105,6 @@ def prepare_job(
     if hires is not None and hires.upscaler not in (LATENT_UPSCALER, LANCZOS):
         resolve_upscaler(hires.upscaler, models_dir)
     loras = requested_loras(request)
-    if loras and traits.family is SDXL:
-        raise InvalidRequestError(
-            "LoRAs work on SD 1.x and SD 2.x checkpoints in this version of Easel, and this "
-            "checkpoint is SDXL: run the job without <lora:...> tags or presets that add them.",
-            ko="이 버전의 Easel은 SD 1.x와 SD 2.x 체크포인트에서만 LoRA를 씁니다. 이 "
-            "체크포인트는 SDXL이니 <lora:...> 태그나 LoRA를 더하는 프리셋 없이 실행하세요.",
-        )
     for use in loras:
         find_lora(use.name)  # an unknown name is a clear error before the queue
     # Last, and only here: the scheduler classes come with diffusers (and torch).

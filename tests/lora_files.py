@@ -25,7 +25,7 @@ TEXT_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 @dataclass(frozen=True)
 class LoraTarget:
-    component: str  # "unet" or "text_encoder"
+    component: str  # "unet", "text_encoder" or (SDXL) "text_encoder_2"
     module: str  # its name inside the component, as the flattened transformers 5 model has it
     in_features: int
     out_features: int
@@ -38,6 +38,7 @@ class LoraSpec:
     std: float = 0.3  # large enough that a 2-step image visibly changes
     unet: bool = True
     text_encoder: bool = True
+    text_encoder_2: bool = True  # SDXL's second text encoder, where the pipeline has one
     alphas: tuple[float, ...] = (2.0, 4.0)  # kohya only: cycled over the modules
     dtype: torch.dtype = torch.float32  # as saved; published LoRAs are mostly float16
 
@@ -58,6 +59,9 @@ def lora_targets(pipe: StableDiffusionPipeline, spec: LoraSpec) -> list[LoraTarg
         targets += _linear_targets(pipe.unet, "unet", UNET_PROJECTIONS)
     if spec.text_encoder:
         targets += _linear_targets(pipe.text_encoder, "text_encoder", TEXT_PROJECTIONS)
+    second = getattr(pipe, "text_encoder_2", None)
+    if spec.text_encoder_2 and second is not None:
+        targets += _linear_targets(second, "text_encoder_2", TEXT_PROJECTIONS)
     return targets
 
 
@@ -96,25 +100,36 @@ def diffusers_state(pairs: list[LoraPair]) -> dict[str, torch.Tensor]:
 
 
 def _diffusers_prefix(target: LoraTarget) -> str:
-    if target.component == "text_encoder":
-        return f"text_encoder.text_model.{target.module}"
+    if target.component.startswith("text_encoder"):
+        return f"{target.component}.text_model.{_inside_text_model(target.module)}"
     return f"unet.{target.module}"
 
 
 def kohya_state(pairs: list[LoraPair]) -> dict[str, torch.Tensor]:
     state = {}
+    xl = any(pair.target.component == "text_encoder_2" for pair in pairs)
     for pair in pairs:
-        name = kohya_name(pair.target)
+        name = kohya_name(pair.target, xl)
         state[f"{name}.lora_down.weight"] = pair.down.contiguous()
         state[f"{name}.lora_up.weight"] = pair.up.contiguous()
         state[f"{name}.alpha"] = torch.tensor(pair.alpha)
     return state
 
 
-def kohya_name(target: LoraTarget) -> str:
+def kohya_name(target: LoraTarget, xl: bool = False) -> str:
+    """kohya's names; for SDXL its two text encoders are `lora_te1_` and `lora_te2_`."""
+    module = _inside_text_model(target.module).replace(".", "_")
+    if target.component == "text_encoder_2":
+        return "lora_te2_text_model_" + module
     if target.component == "text_encoder":
-        return "lora_te_text_model_" + target.module.replace(".", "_")
-    return "lora_unet_" + target.module.replace(".", "_")
+        return ("lora_te1_" if xl else "lora_te_") + "text_model_" + module
+    return "lora_unet_" + module
+
+
+def _inside_text_model(module: str) -> str:
+    """The module's name under `text_model.`: transformers 5 flattened CLIPTextModel, not
+    CLIPTextModelWithProjection (SDXL's second encoder)."""
+    return module.removeprefix("text_model.")
 
 
 def expected_delta(pair: LoraPair, kohya: bool) -> torch.Tensor:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from pipeline.batching import BatchMode, BatchShape
 from pipeline.engine import Engine
-from pipeline.errors import InvalidRequestError, ModelLoadError
+from pipeline.errors import ModelLoadError
 from pipeline.families import SDXL
 from pipeline.loading import HashCache, LoadedModel, ModelSource, SourceKind, load_model
 from pipeline.model_traits import folder_traits, single_file_traits
@@ -24,6 +24,7 @@ from pipeline.prompts.encoding_xl import XLPromptEncoder
 from pipeline.request import GenerationRequest, HiresFix, ImageRef, ProgressEvent, ResultStatus
 from pipeline.validation import Limits
 from tests.ldm_checkpoint import save_single_file
+from tests.lora_files import LoraSpec, write_lora
 from tests.tiny_models import CPU, build_random_xl_pipeline
 
 pytestmark = pytest.mark.heavy  # started first: see conftest.py
@@ -202,8 +203,11 @@ def test_offline_checks_of_an_sdxl_folder_give_the_engines_answer(
         assert offline.request.clip_skip == loaded.request.clip_skip
         assert len(offline.request.seeds) == len(loaded.request.seeds)
         assert offline.prompt == loaded.prompt
-    with pytest.raises(InvalidRequestError, match="SDXL"):  # no LoRA on SDXL yet, told at once
-        prepare_job(request("a boat <lora:style:1>"), traits, Limits(), models_dir, no_loras)
+    found: list[str] = []
+    with_lora = prepare_job(
+        request("a boat <lora:style:0.7>"), traits, Limits(), models_dir, found.append
+    )
+    assert found == ["style"] and [use.name for use in with_lora.loras] == ["style"]
 
 
 def test_an_a1111_sdxl_single_file_loads_bit_exactly_and_gives_the_folders_images(
@@ -257,24 +261,54 @@ def test_the_sdxl_refiner_is_refused_by_name(tmp_path: Path, xl_folder: Path) ->
         folder_family(refiner)
 
 
-def test_sdxl_previews_use_sdxl_latents_and_loras_are_refused_clearly(
-    xl_model: LoadedModel, tmp_path: Path
-) -> None:
+def test_sdxl_previews_use_sdxl_latents(xl_engine: Engine) -> None:
     from pipeline.previews import XL_LATENTS, LinearDecoder
 
-    (tmp_path / "lora").mkdir()
-    save_file(
-        {"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 8)},
-        tmp_path / "lora" / "style.safetensors",
-    )
-    engine = Engine(xl_model, batching=BatchShape(BatchMode.FIXED, rows=2), models_dir=tmp_path)
-    decoder = engine.preview_maker().decoder
+    decoder = xl_engine.preview_maker().decoder
     assert isinstance(decoder, LinearDecoder) and decoder.space is XL_LATENTS
     events: list[ProgressEvent] = []
-    result = engine.generate(request(steps=4), on_progress=events.append, preview_every=0.0)
+    result = xl_engine.generate(request(steps=4), on_progress=events.append, preview_every=0.0)
     assert result.status is ResultStatus.DONE
     assert any(event.previews for event in events), "a live preview while it works"
 
-    with pytest.raises(InvalidRequestError, match="SDXL") as refused:
-        engine.prepare(request("a boat <lora:style:0.8>"))  # before the queue, not when run
-    assert "SDXL" in refused.value.ko
+
+@pytest.fixture(scope="module")
+def lora_engine(
+    xl_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory, random_sd1: object
+) -> Engine:
+    """The SDXL engine with a LoRA folder: one LoRA in diffusers' layout and the same weights
+    in kohya's (`lora_te1_`, `lora_te2_`), one for the second text encoder alone, and one made
+    for SD 1.x."""
+    models = tmp_path_factory.mktemp("xl-loras")
+    pipe = xl_model.pipe
+    same = LoraSpec(seed=3, alphas=(4.0,))  # alpha = rank: kohya's scale is 1, as diffusers'
+    write_lora(pipe, models / "lora" / "style.safetensors", same)
+    write_lora(pipe, models / "lora" / "style-kohya.safetensors", same, kohya=True)
+    second_only = LoraSpec(seed=4, unet=False, text_encoder=False, std=1.0)
+    write_lora(pipe, models / "lora" / "second.safetensors", second_only, kohya=True)
+    write_lora(random_sd1, models / "lora" / "sd15.safetensors")  # type: ignore[arg-type]
+    return Engine(xl_model, batching=BatchShape(BatchMode.FIXED, rows=2), models_dir=models)
+
+
+def test_sdxl_loras_in_both_layouts_reach_the_unet_and_both_text_encoders(
+    lora_engine: Engine,
+) -> None:
+    plain = image_of(lora_engine, request())
+    styled = image_of(lora_engine, request("a red boat on a lake <lora:style:1>"))
+    assert not np.array_equal(styled, plain)
+    kohya = image_of(lora_engine, request("a red boat on a lake <lora:style-kohya:1>"))
+    assert np.abs(kohya - styled).max() <= 1, "the same weights in kohya's layout"
+    unused = image_of(lora_engine, request("a red boat on a lake <lora:style:0>"))
+    assert np.array_equal(unused, plain)
+    second = image_of(lora_engine, request("a red boat on a lake <lora:second:1>"))
+    assert not np.array_equal(second, plain), "a LoRA of the second text encoder alone"
+    unweighted = image_of(lora_engine, request("a red boat on a lake <lora:second:1:te=0>"))
+    assert np.array_equal(unweighted, plain), "te= weighs the second text encoder too"
+    assert image_of(lora_engine, request()).tolist() == plain.tolist(), "unloaded after"
+
+
+def test_an_sd15_lora_on_sdxl_is_refused_by_what_it_does_not_fit(lora_engine: Engine) -> None:
+    plain = image_of(lora_engine, request())
+    with pytest.raises(ModelLoadError, match="does not fit this model"):
+        lora_engine.generate(request("a red boat on a lake <lora:sd15:1>"))
+    assert np.array_equal(image_of(lora_engine, request()), plain), "nothing half-loaded stays"
