@@ -13,6 +13,11 @@ comparison at batch 1), or `--whole` (EASEL_BATCH_MODE=whole). Prints a table; a
     python -m bench.step                                   # CPU: mid at 256x256, fp32
     python -m bench.step --device cuda --dtype float16 --size 512 --compile unet
     python -m bench.step --rows 2 --batches 1              # batch 1 without padding
+    python -m bench.step --family sdxl --shape tiny --size 256     # SDXL's layout, on the CPU
+    python -m bench.step --family sdxl --shape full --size 1024 --device cuda --dtype float16
+
+With `--family sdxl` the plain side is diffusers' StableDiffusionXLPipeline; `full` builds
+SDXL base's architecture (the configs Easel ships) with random weights.
 """
 
 from __future__ import annotations
@@ -84,8 +89,9 @@ def plain_pipeline(
 ) -> StableDiffusionPipeline:
     """diffusers' own pipeline on the same weights, with the scheduler Easel's default sampler
     makes (the same class and configuration)."""
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(folder), dtype=device.dtype, safety_checker=None, requires_safety_checker=False
+    family = engine.model.family
+    pipe = family.txt2img_class.from_pretrained(
+        str(folder), dtype=device.dtype, **dict(family.pipeline_options)
     ).to(device.device)
     pipe.set_progress_bar_config(disable=True)
     job = engine.prepare(GenerationRequest(prompt=PROMPT, width=size, height=size, steps=steps))
@@ -126,6 +132,7 @@ def main() -> None:
     parser.add_argument("--backend", default="inductor", help="torch.compile's backend")
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="EASEL_BATCH_ROWS")
     parser.add_argument("--whole", action="store_true", help="EASEL_BATCH_MODE=whole")
+    parser.add_argument("--family", default="sd1", choices=["sd1", "sdxl"])
     args = parser.parse_args()
     quiet_diffusers()
     quiet_libraries(bars=False)
@@ -135,13 +142,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {name}", end="")
     print(f" ({threads or torch.get_num_threads()} threads)" if device.is_cpu else "")
     print(
-        f"model {args.shape} at {args.size}x{args.size}, {str(device.dtype)[6:]}, "
+        f"{args.family} model {args.shape} at {args.size}x{args.size}, {str(device.dtype)[6:]}, "
         f"{args.steps} steps, Euler a, CFG {CFG:g}; engine batching {describe(batching(args))}; "
         f"best of {args.repeats}"
     )
     batches = [int(batch) for batch in args.batches.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
-        model = load_shape(args.shape, device, Path(scratch))
+        model = load_shape(args.shape, device, Path(scratch), args.family)
         folder = Path(scratch) / args.shape
         run(model, folder, device, args, batches)
 
