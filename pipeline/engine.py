@@ -28,7 +28,6 @@ from PIL import Image
 from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
 from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
-from pipeline.families import SDXL
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import (
@@ -49,13 +48,7 @@ from pipeline.preparation import (
     prepare_job,
     visible_steps,
 )
-from pipeline.previews import (
-    SD_LATENTS,
-    XL_LATENTS,
-    PreviewMaker,
-    PreviewSchedule,
-    choose_decoder,
-)
+from pipeline.previews import LATENT_SPACES, PreviewMaker, PreviewSchedule, choose_decoder
 from pipeline.prompts.encoding import max_clip_skip
 from pipeline.prompts.plan import PromptPlan, plan_prompt
 from pipeline.request import (
@@ -423,7 +416,7 @@ class Engine:
         the first time a preview is wanted."""
         if self._preview_maker is None:
             pipe = self._txt2img
-            space = XL_LATENTS if self.model.family is SDXL else SD_LATENTS
+            space = LATENT_SPACES[self.model.family.latent_space]
             decoder = choose_decoder(
                 self.models_dir or Path("models"), pipe.device, pipe.dtype, space
             )

@@ -54,6 +54,7 @@ class ModelFamily:
         ("feature_extractor", None),
         ("requires_safety_checker", False),
     )
+    latent_space: str = "sd"  # its VAE's latents, for previews (pipeline/previews.py)
 
     @property
     def txt2img_class(self) -> type[DiffusionPipeline]:
@@ -94,4 +95,5 @@ SDXL = ModelFamily(
     config_folder="sdxl",
     prompt_encoder=_xl_prompt_encoder,
     pipeline_options=(),
+    latent_space="sdxl",
 )

@@ -73,6 +73,7 @@ XL_LATENTS = LatentSpace(
     "taesdxl",
     ("taesdxl_decoder.safetensors", "taesdxl_decoder.pth"),
 )
+LATENT_SPACES = {"sd": SD_LATENTS, "sdxl": XL_LATENTS}  # by ModelFamily.latent_space
 
 
 class PreviewDecoder(Protocol):
