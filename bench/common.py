@@ -42,8 +42,6 @@ def load_shape(name: str, device: DeviceChoice, scratch: Path, family: str = "sd
 
 def _full_size_xl() -> object:
     """SDXL base's architecture from the configs Easel ships, with random weights."""
-    from importlib import resources
-
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -52,14 +50,12 @@ def _full_size_xl() -> object:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from pipeline.checkpoints import shipped_config
+    from pipeline.families import SDXL
     from pipeline.tokenizer import OPEN_CLIP_PAD, build_clip_tokenizer
 
-    configs = resources.files("pipeline.configs").joinpath("sdxl")
-
     def config(part: str, name: str = "config.json") -> dict:
-        import json
-
-        return json.loads(configs.joinpath(part, name).read_text())
+        return shipped_config(SDXL, part, name)
 
     torch.manual_seed(0)
     return StableDiffusionXLPipeline(

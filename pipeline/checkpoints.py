@@ -270,7 +270,8 @@ def text_encoder_config(
     return config
 
 
-def _template(family: ModelFamily, part: str, name: str = "config.json") -> dict:
+def shipped_config(family: ModelFamily, part: str, name: str = "config.json") -> dict:
+    """A config of the family's shipped diffusers folder (pipeline/configs/), by its path."""
     folder = resources.files("pipeline.configs").joinpath(family.config_folder)
     return json.loads(folder.joinpath(part, name).read_text())
 
@@ -278,10 +279,10 @@ def _template(family: ModelFamily, part: str, name: str = "config.json") -> dict
 def single_file_configs(shapes: Shapes, family: ModelFamily, v_prediction: bool) -> dict[str, dict]:
     """The diffusers configs of this checkpoint, by their path in a diffusers folder: the
     family's shipped ones with the sizes read off the checkpoint's shapes."""
-    unet = unet_config(shapes, family, _template(family, "unet"))
-    vae = vae_config(shapes, _template(family, "vae"))
-    text = text_encoder_config(shapes, family, _template(family, "text_encoder"))
-    scheduler = _template(family, "scheduler", "scheduler_config.json")
+    unet = unet_config(shapes, family, shipped_config(family, "unet"))
+    vae = vae_config(shapes, shipped_config(family, "vae"))
+    text = text_encoder_config(shapes, family, shipped_config(family, "text_encoder"))
+    scheduler = shipped_config(family, "scheduler", "scheduler_config.json")
     if family is SD2:
         scheduler["prediction_type"] = "v_prediction" if v_prediction else "epsilon"
         unet["sample_size"] = 96 if v_prediction else 64
@@ -291,10 +292,10 @@ def single_file_configs(shapes: Shapes, family: ModelFamily, v_prediction: bool)
         "vae/config.json": vae,
         "text_encoder/config.json": text,
         "scheduler/scheduler_config.json": scheduler,
-        "model_index.json": _template(family, "", "model_index.json"),
+        "model_index.json": shipped_config(family, "", "model_index.json"),
     }
     if family is SDXL:
-        template = _template(family, "text_encoder_2")
+        template = shipped_config(family, "text_encoder_2")
         configs["text_encoder_2/config.json"] = text_encoder_config(shapes, family, template, True)
     return configs
 

@@ -19,7 +19,8 @@ from diffusers import DiffusionPipeline
 
 from pipeline.prompts.chunking import CHUNK_TOKENS, Chunk, PromptChunker
 
-__all__ = ["CHUNK_TOKENS", "Chunk", "Conditioner", "PromptEncoder", "max_clip_skip"]
+__all__ = ["CHUNK_TOKENS", "Chunk", "Conditioner", "PromptEncoder", "apply_weights"]
+__all__ += ["chunk_ids", "max_clip_skip", "padded_to_longest"]
 
 
 class Conditioner(Protocol):
@@ -62,13 +63,7 @@ class PromptEncoder:
 
     def padded(self, texts: list[str]) -> list[torch.Tensor]:
         """Embeddings of `texts`, each padded with empty-prompt chunks to the longest one."""
-        encoded = [self.encode(text) for text in texts]
-        longest = max(item.shape[1] for item in encoded)
-        empty = self.encode("")
-        return [
-            torch.cat([item, *[empty] * ((longest - item.shape[1]) // empty.shape[1])], dim=1)
-            for item in encoded
-        ]
+        return padded_to_longest([self.encode(text) for text in texts], self.encode(""))
 
     def chunks(self, text: str) -> list[Chunk]:
         return self._chunker.chunks(text)
@@ -89,16 +84,9 @@ class PromptEncoder:
         """The UNet's text conditioning and other arguments for rows of `padded` output."""
         return context, kwargs
 
-    def _ids(self, chunk: Chunk) -> tuple[list[int], list[float]]:
-        padding = CHUNK_TOKENS - len(chunk.tokens)
-        marks = self._chunker
-        ids = [marks.bos, *chunk.tokens, marks.eos, *[marks.pad] * padding]
-        multipliers = [1.0, *chunk.multipliers, 1.0, *[1.0] * padding]
-        return ids, multipliers
-
     @torch.no_grad()
     def _encode_chunk(self, chunk: Chunk) -> torch.Tensor:
-        ids, multipliers = self._ids(chunk)
+        ids, multipliers = chunk_ids(self._chunker, chunk, self._chunker.pad)
         encoder = self.pipe.text_encoder
         input_ids = torch.tensor([ids], device=encoder.device)
         if self.clip_skip <= 1:
@@ -108,11 +96,29 @@ class PromptEncoder:
             text_model = getattr(encoder, "text_model", encoder)
             hidden = text_model.final_layer_norm(states[-self.clip_skip])
         if any(value != 1.0 for value in multipliers):
-            hidden = _apply_weights(hidden, multipliers)
+            hidden = apply_weights(hidden, multipliers)
         return hidden.to(dtype=self.pipe.unet.dtype)
 
 
-def _apply_weights(hidden: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
+def chunk_ids(chunker: PromptChunker, chunk: Chunk, pad: int) -> tuple[list[int], list[float]]:
+    """The chunk's 77 token ids (BOS, its tokens, EOS, then `pad`) and each one's weight."""
+    padding = CHUNK_TOKENS - len(chunk.tokens)
+    ids = [chunker.bos, *chunk.tokens, chunker.eos, *[pad] * padding]
+    multipliers = [1.0, *chunk.multipliers, 1.0, *[1.0] * padding]
+    return ids, multipliers
+
+
+def padded_to_longest(encoded: list[torch.Tensor], empty: torch.Tensor) -> list[torch.Tensor]:
+    """Each embedding followed by as many `empty` chunks as it takes to be the longest's size:
+    the texts of one UNet call need one length."""
+    longest = max(item.shape[1] for item in encoded)
+    return [
+        torch.cat([item, *[empty] * ((longest - item.shape[1]) // empty.shape[1])], dim=1)
+        for item in encoded
+    ]
+
+
+def apply_weights(hidden: torch.Tensor, multipliers: list[float]) -> torch.Tensor:
     # In float32: a large weight would overflow fp16 to inf and the image to NaN.
     original = hidden.float()
     scale = torch.tensor(multipliers, device=hidden.device, dtype=torch.float32)

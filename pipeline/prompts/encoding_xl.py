@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from pipeline.prompts.chunking import CHUNK_TOKENS, Chunk, PromptChunker
-from pipeline.prompts.encoding import _apply_weights
+from pipeline.prompts.chunking import Chunk, PromptChunker
+from pipeline.prompts.encoding import apply_weights, chunk_ids, padded_to_longest
 
 TRAINED_LAYER = 2  # SDXL conditions on the penultimate hidden states of both encoders
 
@@ -55,15 +55,10 @@ class XLPromptEncoder:
     def padded(self, texts: list[str]) -> list[torch.Tensor]:
         """Each text's embeddings padded with empty-prompt chunks to the longest one, its
         pooled embedding packed after them as one more row."""
-        encoded = [self.encode(text) for text in texts]
-        longest = max(item.shape[1] for item in encoded)
-        empty = self.encode("")
+        encoded = padded_to_longest([self.encode(text) for text in texts], self.encode(""))
         return [
-            self._packed(
-                torch.cat([item, *[empty] * ((longest - item.shape[1]) // empty.shape[1])], dim=1),
-                self.pooled(text),
-            )
-            for text, item in zip(texts, encoded, strict=True)
+            self._packed(hidden, self.pooled(text))
+            for text, hidden in zip(texts, encoded, strict=True)
         ]
 
     def pipeline_embeds(
@@ -104,23 +99,22 @@ class XLPromptEncoder:
             self._cache[text] = (hidden, parts[0][1])
         return self._cache[text]
 
-    def _ids(self, chunk: Chunk, pad: int) -> list[int]:
-        padding = CHUNK_TOKENS - len(chunk.tokens)
-        return [self._chunker.bos, *chunk.tokens, self._chunker.eos, *[pad] * padding]
-
     @torch.no_grad()
     def _encode_chunk(self, chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
         first, second = self.pipe.text_encoder, self.pipe.text_encoder_2
-        first_ids = torch.tensor([self._ids(chunk, self._chunker.pad)], device=first.device)
-        second_ids = torch.tensor([self._ids(chunk, self._second_pad)], device=second.device)
-        first_states = first(first_ids, output_hidden_states=True).hidden_states
-        second_output = second(second_ids, output_hidden_states=True)
+        first_ids, multipliers = chunk_ids(self._chunker, chunk, self._chunker.pad)
+        second_ids, _ = chunk_ids(self._chunker, chunk, self._second_pad)
+        first_states = first(
+            torch.tensor([first_ids], device=first.device), output_hidden_states=True
+        ).hidden_states
+        second_output = second(
+            torch.tensor([second_ids], device=second.device), output_hidden_states=True
+        )
         hidden = torch.cat(
             [first_states[self.layer], second_output.hidden_states[self.layer].to(first.device)],
             dim=-1,
         )
-        multipliers = [1.0, *chunk.multipliers, 1.0, *[1.0] * (CHUNK_TOKENS - len(chunk.tokens))]
         if any(value != 1.0 for value in multipliers):
-            hidden = _apply_weights(hidden, multipliers)
+            hidden = apply_weights(hidden, multipliers)
         dtype = self.pipe.unet.dtype
         return hidden.to(dtype=dtype), second_output.text_embeds.to(dtype=dtype)
