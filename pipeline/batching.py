@@ -2,8 +2,9 @@
 
 Which jobs share one pipeline call (the scheduler groups queued jobs by `batch_key`):
 - Only jobs with an equal `BatchKey`: checkpoint, size, steps, sampler and schedule, clip
-  skip, tiling, img2img and its strength, the hires fix's settings, the LoRA set with its
-  weights, and whether the job is guided.
+  skip, tiling, img2img and its strength, inpainting, the hires fix's settings, the LoRA set
+  with its weights, the ControlNet with its control image and settings (one map a call), and
+  whether the job is guided.
   - CFG: jobs of different scales share a call. Each image is guided with its own scale by
     the UNet wrapper, with diffusers' own formula `u + cfg * (c - u)`, and diffusers' guidance
     is handed `(r, r)` so that its `r + cfg * (r - r)` leaves the result as it is: bit for bit
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from pipeline.control_names import control_key
 from pipeline.lora_names import lora_set
 from pipeline.request import HiresFix, LoraUse
 
@@ -83,6 +85,8 @@ class BatchKey:
     denoising_strength: float | None  # img2img's only
     hires: HiresFix | None
     model: str | None = None  # the checkpoint the jobs were queued for (None: the loaded one)
+    inpaint: bool = False  # masked img2img (zoom out, pan): the inpainting pipeline
+    control: str | None = None  # the ControlNet, its image and settings (control_key)
 
 
 def batch_key(job: PreparedJob) -> BatchKey:
@@ -102,6 +106,8 @@ def batch_key(job: PreparedJob) -> BatchKey:
         denoising_strength=request.denoising_strength if request.is_img2img else None,
         hires=request.hires,
         model=request.model,
+        inpaint=request.is_inpaint,
+        control=control_key(request.control),
     )
 
 

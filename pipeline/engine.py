@@ -27,6 +27,8 @@ from PIL import Image
 
 from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
+from pipeline.control import ControlNets, ControlPass
+from pipeline.control_names import control_parameters
 from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
@@ -109,6 +111,7 @@ class _PassSpec:
     arguments: dict[str, Any]
     output_type: str
     size: tuple[int, int]  # the pass's image width and height
+    control: ControlPass | None = None
 
 
 def _shared_key(jobs: Sequence[PreparedJob]) -> BatchKey:
@@ -136,6 +139,26 @@ def _init_images(batch: _Batch) -> list[Image.Image]:
         resized = job.init_image.resize((key.width, key.height), Image.Resampling.LANCZOS)
         images.extend([resized] * job.request.image_count)
     return images
+
+
+def _masks(batch: _Batch) -> list[Image.Image]:
+    """Each job's inpainting mask at the batch size, once per image of that job."""
+    key = batch.key
+    masks: list[Image.Image] = []
+    for job in batch.jobs:
+        assert job.mask_image is not None
+        resized = job.mask_image.resize((key.width, key.height), Image.Resampling.LANCZOS)
+        masks.extend([resized] * job.request.image_count)
+    return masks
+
+
+def _overlaid(image: Image.Image, job: PreparedJob) -> Image.Image:
+    """An inpainted image with the init image's pixels back where the mask keeps them, through
+    the mask's blur (A1111's overlay): the kept area is exactly the input's."""
+    assert job.init_image is not None and job.mask_image is not None
+    init = job.init_image.resize(image.size, Image.Resampling.LANCZOS)
+    mask = job.mask_image.resize(image.size, Image.Resampling.LANCZOS)
+    return Image.composite(image.convert("RGB"), init, mask)
 
 
 @dataclass(frozen=True)
@@ -168,6 +191,7 @@ def _traits(model: LoadedModel, scheduler_config: dict[str, Any]) -> ModelTraits
         max_clip_skip=max_clip_skip(pipe),
         embeds_guidance=pipe.unet.config.time_cond_proj_dim is not None,
         tokenizer=pipe.tokenizer,
+        text_width=pipe.unet.config.cross_attention_dim,
         scheduler_config=lambda: scheduler_config,
     )
 
@@ -222,6 +246,11 @@ class Engine:
             **{**model.pipe.components, **dict(model.family.pipeline_options)}
         )
         self._img2img.set_progress_bar_config(disable=True)
+        self._inpaint = model.family.inpaint_class(
+            **{**model.pipe.components, **dict(model.family.pipeline_options)}
+        )
+        self._inpaint.set_progress_bar_config(disable=True)
+        self.controlnets = ControlNets(model.pipe.unet, self.models_dir or Path("models"))
         self._scheduler_config = dict(model.pipe.scheduler.config)
         self.traits = _traits(model, self._scheduler_config)
         self._preview_maker: PreviewMaker | None = None
@@ -305,8 +334,9 @@ class Engine:
     def _unload(self) -> None:
         """Drop every reference to the loaded checkpoint's weights and free their memory."""
         self._unloaded = f"{self.model.source.name} was unloaded"
-        self._txt2img = self._img2img = None  # type: ignore[assignment]
+        self._txt2img = self._img2img = self._inpaint = None  # type: ignore[assignment]
         self.loras = None  # type: ignore[assignment]
+        self.controlnets = None  # type: ignore[assignment]
         self._preview_maker = None
         self.model = replace(self.model, pipe=None)  # type: ignore[arg-type]  # name, source
         self._free_memory()
@@ -392,6 +422,7 @@ class Engine:
             live = [index for index, event in enumerate(events) if not _is_set(event)]
             images: dict[int, tuple[GeneratedImage, ...]] = {}
             diffusion_s = 0.0
+            control_map = None
             if live:
                 batch = _Batch(tuple(jobs[index] for index in live), key)
                 progress = _Progress(
@@ -400,14 +431,19 @@ class Engine:
                     total=_total_steps(batch.jobs[0].request),
                     previews=self._preview_plan(batch, live, on_progress, preview_every),
                 )
-                done, diffusion_s = self._generate(batch, progress)
+                done, diffusion_s, control_map = self._generate(batch, progress)
                 images = dict(zip(live, done, strict=True)) if done is not None else {}
             cancelled = [index for index, event in enumerate(events) if _is_set(event)]
             if cancelled:
                 self._free_memory()
             timings = Timings(total_s=time.perf_counter() - started, diffusion_s=diffusion_s)
         return [
-            self._result(job, images.get(index) if index not in cancelled else None, timings)
+            self._result(
+                job,
+                images.get(index) if index not in cancelled else None,
+                timings,
+                control_map,
+            )
             for index, job in enumerate(jobs)
         ]
 
@@ -440,11 +476,17 @@ class Engine:
         )
 
     def _result(
-        self, job: PreparedJob, images: tuple[GeneratedImage, ...] | None, timings: Timings
+        self,
+        job: PreparedJob,
+        images: tuple[GeneratedImage, ...] | None,
+        timings: Timings,
+        control_map: Image.Image | None = None,
     ) -> GenerationResult:
-        """DONE with `images`, or CANCELLED (no images, no diffusion time) without them."""
+        """DONE with `images`, or CANCELLED (no images, no diffusion time) without them; the
+        control map when the job asked to see it."""
         if images is None:
             timings = replace(timings, diffusion_s=0.0)
+        shown = job.request.control is not None and job.request.control.show
         return GenerationResult(
             status=ResultStatus.DONE if images is not None else ResultStatus.CANCELLED,
             request=job.request,
@@ -452,18 +494,20 @@ class Engine:
             model_name=self.model.source.name,
             model_hash=self.model.short_hash,
             timings=timings,
+            control_map=control_map if shown and images is not None else None,
         )
 
     def _generate(
         self, batch: _Batch, progress: _Progress
-    ) -> tuple[list[tuple[GeneratedImage, ...]] | None, float]:
-        """Each job's images and the diffusion time; None when every job was cancelled."""
+    ) -> tuple[list[tuple[GeneratedImage, ...]] | None, float, Image.Image | None]:
+        """Each job's images, the diffusion time and the control map (the batch's one); None
+        when every job was cancelled."""
         out_of_memory = False
         self.loras.activate(batch.key.loras)  # a bad file fails the whole batch
         try:
-            images, diffusion_s = self._run(batch, progress)
+            images, diffusion_s, control_map = self._run(batch, progress)
         except _Cancelled:
-            return None, 0.0
+            return None, 0.0, None
         except torch.OutOfMemoryError:
             out_of_memory = True
         if out_of_memory:
@@ -475,16 +519,22 @@ class Engine:
                 f"The GPU ran out of memory for {batch.total} image(s) at "
                 f"{key.width}x{key.height}; try fewer images or a smaller size."
             )
-        return [
-            self._generated(job, job_images)
-            for job, job_images in zip(batch.jobs, batch.split(images), strict=True)
-        ], diffusion_s
+        return (
+            [
+                self._generated(job, job_images)
+                for job, job_images in zip(batch.jobs, batch.split(images), strict=True)
+            ],
+            diffusion_s,
+            control_map,
+        )
 
     def _generated(
         self, job: PreparedJob, images: Sequence[Image.Image]
     ) -> tuple[GeneratedImage, ...]:
         request = job.request
         loras = self._lora_records(job.loras)
+        if job.mask_image is not None:
+            images = [_overlaid(image, job) for image in images]
         return tuple(
             GeneratedImage(
                 image=image,
@@ -504,23 +554,35 @@ class Engine:
             )
         )
 
-    def _run(self, batch: _Batch, progress: _Progress) -> tuple[list[Image.Image], float]:
+    def _run(
+        self, batch: _Batch, progress: _Progress
+    ) -> tuple[list[Image.Image], float, Image.Image | None]:
+        """The batch's images, its diffusion time and its control map (None without one)."""
         key = batch.key
         generators = [
             torch.Generator("cpu").manual_seed(seed)
             for job in batch.jobs
             for seed in job.request.seeds
         ]
-        pipe = self._img2img if key.is_img2img else self._txt2img
+        pipe = self._first_pass_pipe(key)
         arguments: dict[str, Any] = {}
         if any(job.request.variation_seeds for job in batch.jobs):
             arguments["latents"] = self._initial_noise(pipe, batch, generators)
-        if key.is_img2img:
+        if key.inpaint:
+            arguments.update(
+                image=_init_images(batch),
+                mask_image=_masks(batch),
+                strength=key.denoising_strength,
+                width=key.width,
+                height=key.height,
+            )
+        elif key.is_img2img:
             arguments.update(image=_init_images(batch), strength=key.denoising_strength)
         else:
             arguments.update(width=key.width, height=key.height)
         hires = key.hires
         latent_hires = hires is not None and hires.upscaler == LATENT_UPSCALER
+        control, control_map = self._control_pass(batch, (key.width, key.height))
         first_pass = _PassSpec(
             pipe=pipe,
             scheduler=batch.jobs[0].scheduler,  # the jobs' schedulers are alike (same key)
@@ -530,12 +592,30 @@ class Engine:
             arguments=arguments,
             output_type="latent" if latent_hires else "pil",
             size=(key.width, key.height),
+            control=control,
         )
         first, diffusion_s = self._pass(batch, first_pass, generators, progress)
         if hires is None:
-            return first, diffusion_s
+            return first, diffusion_s, control_map
         images, hires_s = self._hires_pass(batch, first, generators, progress)
-        return images, diffusion_s + hires_s
+        return images, diffusion_s + hires_s, control_map
+
+    def _control_pass(
+        self, batch: _Batch, size: tuple[int, int]
+    ) -> tuple[ControlPass | None, Image.Image | None]:
+        """The batch's ControlNet at a pass's size, and its map (one for the batch: the
+        batch key holds the control image and its settings)."""
+        job = batch.jobs[0]
+        use = job.request.control
+        if use is None:
+            return None, None
+        assert job.control_image is not None
+        return self.controlnets.control_pass(use, job.control_image, size)
+
+    def _first_pass_pipe(self, key: BatchKey) -> DiffusionPipeline:
+        if key.inpaint:
+            return self._inpaint
+        return self._img2img if key.is_img2img else self._txt2img
 
     def _hires_pass(
         self,
@@ -573,6 +653,7 @@ class Engine:
             arguments={"image": image, "strength": strength},
             output_type="pil",
             size=(width, height),
+            control=self._control_pass(batch, (width, height))[0],
         )
         return self._pass(batch, second_pass, generators, progress)
 
@@ -612,6 +693,7 @@ class Engine:
             shape=self.batching,
             rows_per_call=self.batching.rows_for(*spec.size, self.model.native_size),
             checks=self.row_checks,
+            control=spec.control,
         )
         # diffusers checks the embeddings' shapes; the wrapper picks each image's per step.
         first = guided.conditioning(0)
@@ -694,9 +776,15 @@ class Engine:
             clip_skip=request.clip_skip if request.clip_skip > 1 else None,  # A1111 omits 1
             tiling=request.tiling,
             rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
-            extra=_hires_keys(request.hires) + _lora_keys(loras),
+            extra=_hires_keys(request.hires) + _lora_keys(loras) + self._control_keys(request),
             version=f"Easel {easel_version()}",
         )
+
+    def _control_keys(self, request: GenerationRequest) -> tuple[tuple[str, str], ...]:
+        use = request.control
+        if use is None:
+            return ()
+        return (("ControlNet 0", control_parameters(use, self.controlnets.short_hash(use.model))),)
 
     def _free_memory(self) -> None:
         gc.collect()

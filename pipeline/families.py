@@ -41,7 +41,8 @@ def _xl_prompt_encoder(pipe: DiffusionPipeline, clip_skip: int) -> Conditioner:
 class ModelFamily:
     id: str
     label: str
-    pipeline_classes: tuple[str, str]  # diffusers' text-to-image and img2img classes, by name
+    # diffusers' text-to-image, img2img and inpainting classes, by name
+    pipeline_classes: tuple[str, str, str]
     pad_token: str
     config_folder: str  # under pipeline/configs/
     # (pipeline, clip skip) -> the encoder of one job's prompts
@@ -64,6 +65,10 @@ class ModelFamily:
     def img2img_class(self) -> type[DiffusionPipeline]:
         return _diffusers_class(self.pipeline_classes[1])
 
+    @property
+    def inpaint_class(self) -> type[DiffusionPipeline]:
+        return _diffusers_class(self.pipeline_classes[2])
+
 
 def _diffusers_class(name: str) -> type[DiffusionPipeline]:
     import diffusers
@@ -74,7 +79,11 @@ def _diffusers_class(name: str) -> type[DiffusionPipeline]:
 SD1 = ModelFamily(
     id="sd1",
     label="SD 1.x",
-    pipeline_classes=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+    pipeline_classes=(
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
+    ),
     pad_token=EOS,
     config_folder="sd1",
     prompt_encoder=_clip_prompt_encoder,
@@ -82,7 +91,11 @@ SD1 = ModelFamily(
 SD2 = ModelFamily(
     id="sd2",
     label="SD 2.x",
-    pipeline_classes=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+    pipeline_classes=(
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
+    ),
     pad_token=OPEN_CLIP_PAD,
     config_folder="sd2",
     prompt_encoder=_clip_prompt_encoder,
@@ -90,7 +103,11 @@ SD2 = ModelFamily(
 SDXL = ModelFamily(
     id="sdxl",
     label="SDXL",
-    pipeline_classes=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    pipeline_classes=(
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    ),
     pad_token=EOS,  # the first tokenizer's; the second (OpenCLIP) pads with "!"
     config_folder="sdxl",
     prompt_encoder=_xl_prompt_encoder,

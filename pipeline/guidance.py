@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pipeline.batching import BatchMode, BatchShape, RowChecks, UNetCall, call_in_fixed_rows
+from pipeline.control import ControlPass
 from pipeline.prompts.encoding import Conditioner
 from pipeline.prompts.plan import PromptPlan
 
@@ -90,10 +91,12 @@ class GuidedUNet:
         shape: BatchShape,
         rows_per_call: int,
         checks: RowChecks,
+        control: ControlPass | None = None,
     ) -> None:
         """`rows_per_call`: the fixed call size at this pass's image size
         (`shape.rows_for`); `checks`: the engine's record of which call shapes keep rows
-        independent on its device."""
+        independent on its device; `control`: the batch's ControlNet (one for all its
+        images)."""
         if len(plans) != len(images_per_plan) or len(plans) != len(scales) or not plans:
             raise ValueError("give one image count and scale per prompt plan, and one plan")
         self.plans = tuple(plans)
@@ -103,6 +106,7 @@ class GuidedUNet:
         self.shape = shape
         self.rows_per_call = rows_per_call
         self.checks = checks
+        self.control = control
         # The plan index of every image of the batch.
         self._image_plans = tuple(
             plan for plan, count in enumerate(images_per_plan) for _ in range(count)
@@ -195,6 +199,12 @@ class GuidedUNet:
         def call(sample: torch.Tensor, step: Any, context: torch.Tensor) -> torch.Tensor:
             steps = _timesteps(step, sample.shape[0])
             text, arguments = self.encoder.unet_inputs(context, kwargs)
+            if self.control is not None:
+                # The last channel says which rows are negative prompts' (see _run_group).
+                sample, negative_rows = sample[:, :-1], sample[:, -1, 0, 0]
+                if self.control.active(self.counter.done, self.counter.steps):
+                    extra = self.control.residuals(sample, steps, text, arguments, negative_rows)
+                    arguments = {**arguments, **extra}
             return original(sample, steps, text, *extra_args, **arguments, return_dict=False)[0]
 
         outputs: dict[int, torch.Tensor] = {}
@@ -218,6 +228,8 @@ class GuidedUNet:
             ]
         )
         context = torch.cat([rows[image].context for image in group])
+        if self.control is not None:
+            sample = _with_row_kinds(sample, [rows[image] for image in group])
         if self.shape.mode is BatchMode.WHOLE:
             output = call(sample, timestep, context)
         else:
@@ -231,6 +243,22 @@ class GuidedUNet:
                 }
             output = fixed
         return {image: output[span] for image, span in zip(group, _spans(rows, group), strict=True)}
+
+
+def _with_row_kinds(sample: torch.Tensor, rows: list[_ImageRows]) -> torch.Tensor:
+    """`sample` with one more channel, 1 on a negative prompt's row: it travels with its row
+    through fixed-size calls, padding and the row checks, where ControlNet's "ControlNet is
+    more important" mode reads it."""
+    kinds = torch.cat(
+        [
+            torch.tensor(
+                [float(image.with_negative and index == 0) for index in range(len(image.context))]
+            )
+            for image in rows
+        ]
+    ).to(sample.device, sample.dtype)
+    plane = kinds.view(-1, 1, 1, 1).expand(-1, 1, *sample.shape[2:])
+    return torch.cat([sample, plane], dim=1)
 
 
 def _same_shape(rows: list[_ImageRows]) -> list[list[int]]:

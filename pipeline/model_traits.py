@@ -111,6 +111,7 @@ def _traits(
         max_clip_skip=layers,
         embeds_guidance=unet.get("time_cond_proj_dim") is not None,
         tokenizer=tokenizer,
+        text_width=int(unet.get("cross_attention_dim", 768)),
         scheduler_config=cache(partial(_loaded_scheduler_config, scheduler_class, scheduler)),
     )
 

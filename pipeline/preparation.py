@@ -15,12 +15,13 @@ time it runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from pipeline.control_names import resolve_control
 from pipeline.errors import InvalidRequestError
 from pipeline.families import ModelFamily
 from pipeline.images import check_pixels
@@ -55,6 +56,8 @@ class PreparedJob:
     # a hires pass are not part of it: it is what the prompt multiplies the UNet's work by.
     cost: float = 1.0
     embeds_guidance: bool = False  # the UNet takes the CFG scale as an input (LCM-distilled)
+    mask_image: Image.Image | None = None  # inpainting's, grayscale: white is repainted
+    control_image: Image.Image | None = None  # the ControlNet's image, before its preprocessor
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class ModelTraits:
     # The pipeline's scheduler config, as its loaded scheduler holds it. A call, because where
     # only the file is at hand, turning it into that takes diffusers (imported when first used).
     scheduler_config: Callable[[], Mapping[str, Any]] = field(compare=False, repr=False)
+    # The width of the text the UNet's cross-attention reads (which ControlNets fit).
+    text_width: int = 768
 
     def chunker(self) -> PromptChunker:
         """What counts a prompt's 75-token chunks, as this family's encoder cuts them."""
@@ -91,6 +96,12 @@ def prepare_job(
         if request.init_image is not None
         else None
     )
+    mask = _open_mask(request, limits) if request.mask_image is not None else None
+    control_image = None
+    if request.control is not None:
+        control = resolve_control(request.control, models_dir, traits.text_width)
+        control_image = open_init_image(control.image, limits.max_input_pixels)
+        request = replace(request, control=control)
     layers = traits.max_clip_skip
     if request.clip_skip > layers:
         raise InvalidRequestError(
@@ -121,7 +132,20 @@ def prepare_job(
         loras=loras,
         cost=job_cost(resolved.request, len(plan.parts), chunks),
         embeds_guidance=traits.embeds_guidance,
+        mask_image=mask,
+        control_image=control_image,
     )
+
+
+def _open_mask(request: GenerationRequest, limits: Limits) -> Image.Image:
+    """An inpainting mask, which needs the image it masks."""
+    assert request.mask_image is not None
+    if request.init_image is None:
+        raise InvalidRequestError(
+            "An inpainting mask needs the image it masks.",
+            ko="인페인팅 마스크에는 가릴 원본 이미지가 필요합니다.",
+        )
+    return open_init_image(request.mask_image, limits.max_input_pixels).convert("L")
 
 
 def check_prompt_length(plan: PromptPlan, chunker: PromptChunker, limits: Limits) -> int:

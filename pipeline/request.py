@@ -90,6 +90,42 @@ class HiresFix:
     upscaler: str = LATENT_UPSCALER  # "Latent", "Lanczos", or an upscaler model's name
 
 
+class ControlMode(StrEnum):
+    """A1111's ControlNet control modes, as its parameters name them."""
+
+    BALANCED = "Balanced"
+    PROMPT = "My prompt is more important"
+    CONTROL = "ControlNet is more important"
+
+
+@dataclass(frozen=True)
+class ControlUse:
+    """A ControlNet a job asks for: the control image, what turns it into the map the model
+    reads (`preprocessor`, "none" for a ready-made map) and the model (a file or folder name
+    in models/ControlNet), with A1111's weight, guidance start and end (shares of the steps)
+    and control mode. `show`: send the map back with the images."""
+
+    image: ImageRef
+    model: str
+    preprocessor: str = "none"
+    weight: float = 1.0
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    mode: ControlMode = ControlMode.BALANCED
+    show: bool = False
+
+    def to_json_value(self) -> dict[str, Any]:
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        return values | {"image": self.image.to_json_value(), "mode": self.mode.value}
+
+    @classmethod
+    def from_json_value(cls, value: dict[str, Any]) -> ControlUse:
+        values = dict(value)
+        values["image"] = ImageRef.from_json_value(values["image"])
+        values["mode"] = ControlMode(values.get("mode", ControlMode.BALANCED.value))
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One batch of images from one prompt; image i uses `seeds[i]` (-1 = pick one at random)."""
@@ -105,6 +141,9 @@ class GenerationRequest:
     seeds: tuple[int | None, ...] = (RANDOM_SEED,)  # None or -1: random
     init_image: ImageRef | None = None
     denoising_strength: float = 0.75
+    # Inpainting (with init_image): white repaints, black keeps the init image's pixels.
+    mask_image: ImageRef | None = None
+    control: ControlUse | None = None
     tiling: bool = False
     clip_skip: int = 1
     # A1111's variation seeds: one per image (None or -1: random), blended into the noise of
@@ -130,6 +169,10 @@ class GenerationRequest:
     @property
     def is_img2img(self) -> bool:
         return self.init_image is not None
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask_image is not None
 
     def to_json(self) -> str:
         return json.dumps(_encode(self), ensure_ascii=False)
@@ -197,6 +240,7 @@ class GenerationResult:
     model_name: str = ""
     model_hash: str | None = None
     timings: Timings = field(default_factory=lambda: Timings(0.0, 0.0))
+    control_map: Image.Image | None = None  # what the ControlNet read, when the job asked
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -217,6 +261,9 @@ class GenerationResult:
             "model_name": self.model_name,
             "model_hash": self.model_hash,
             "timings": asdict(self.timings),
+            "control_map": None
+            if self.control_map is None
+            else ImageRef.from_image(self.control_map).to_json_value(),
         }
         return json.dumps(payload, ensure_ascii=False)
 
@@ -238,6 +285,9 @@ class GenerationResult:
             model_name=payload["model_name"],
             model_hash=payload["model_hash"],
             timings=Timings(**payload["timings"]),
+            control_map=ImageRef.from_json_value(payload["control_map"]).open()
+            if payload.get("control_map")
+            else None,
         )
 
 
@@ -264,7 +314,7 @@ def _encode(request: GenerationRequest) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     for item in fields(request):
         value = getattr(request, item.name)
-        if isinstance(value, ImageRef):
+        if isinstance(value, ImageRef | ControlUse):
             value = value.to_json_value()
         elif isinstance(value, HiresFix):
             value = asdict(value)
@@ -283,10 +333,13 @@ def _decode_request(payload: dict[str, Any]) -> GenerationRequest:
         # A newer bot talking to an older worker: refuse rather than drop an option silently.
         raise ValueError(f"GenerationRequest has no field(s) {', '.join(unknown)}")
     values = dict(payload)
-    if values.get("init_image") is not None:
-        values["init_image"] = ImageRef.from_json_value(values["init_image"])
+    for name in ("init_image", "mask_image"):
+        if values.get(name) is not None:
+            values[name] = ImageRef.from_json_value(values[name])
     if values.get("hires") is not None:
         values["hires"] = HiresFix(**values["hires"])
+    if values.get("control") is not None:
+        values["control"] = ControlUse.from_json_value(values["control"])
     if "loras" in values:
         values["loras"] = tuple(LoraUse(**use) for use in values["loras"])
     for name in ("seeds", "variation_seeds"):

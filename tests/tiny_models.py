@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     DDIMScheduler,
     EulerDiscreteScheduler,
     PNDMScheduler,
@@ -225,3 +226,14 @@ def build_random_xl_pipeline(shape: TinyShape = TINY, seed: int = 0) -> StableDi
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_random_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetModel:
+    """A random ControlNet shaped as `unet`. A trained ControlNet's output convolutions start
+    at zero; these are random too, so the control changes the image from the first test."""
+    torch.manual_seed(seed)
+    model = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.05)
+    return model.eval()
