@@ -67,6 +67,7 @@ from pipeline.request import (
 from pipeline.samplers import SamplerSpec, scheduler_for_steps
 from pipeline.tiling import circular_padding
 from pipeline.upscale import LANCZOS, load_upscaler
+from pipeline.vae import VaeChoice, choose_vae
 from pipeline.validation import Limits
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -237,6 +238,8 @@ class Engine:
         """Make `model` the one every pipeline call uses (the img2img pipeline shares its
         weights; LoRAs are loaded into it afresh)."""
         accelerate(model.pipe, self.acceleration)
+        models = self.models_dir or Path("models")
+        self.vae = choose_vae(model.pipe, models, needs_fix=model.family.vae_overflows_in_fp16)
         self.model = model
         self.loras = LoraManager(
             model.pipe, self.models_dir or Path("models"), self.max_resident_loras
@@ -776,7 +779,10 @@ class Engine:
             clip_skip=request.clip_skip if request.clip_skip > 1 else None,  # A1111 omits 1
             tiling=request.tiling,
             rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
-            extra=_hires_keys(request.hires) + _lora_keys(loras) + self._control_keys(request),
+            extra=_hires_keys(request.hires)
+            + _lora_keys(loras)
+            + self._control_keys(request)
+            + _vae_keys(self.vae),
             version=f"Easel {easel_version()}",
         )
 
@@ -807,6 +813,10 @@ def _hires_keys(hires: HiresFix | None) -> tuple[tuple[str, str], ...]:
         keys.append(("Hires steps", str(hires.steps)))
     keys.append(("Hires upscaler", hires.upscaler))
     return tuple(keys)
+
+
+def _vae_keys(vae: VaeChoice) -> tuple[tuple[str, str], ...]:
+    return (("VAE", vae.name),) if vae.name else ()
 
 
 def _lora_keys(loras: ActiveLoras) -> tuple[tuple[str, str], ...]:

@@ -56,6 +56,7 @@ class ModelFamily:
         ("requires_safety_checker", False),
     )
     latent_space: str = "sd"  # its VAE's latents, for previews (pipeline/previews.py)
+    vae_overflows_in_fp16: bool = False  # SDXL's: a fixed VAE or an fp32 retry (pipeline/vae.py)
 
     @property
     def txt2img_class(self) -> type[DiffusionPipeline]:
@@ -113,4 +114,5 @@ SDXL = ModelFamily(
     prompt_encoder=_xl_prompt_encoder,
     pipeline_options=(),
     latent_space="sdxl",
+    vae_overflows_in_fp16=True,
 )
