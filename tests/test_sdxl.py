@@ -5,6 +5,7 @@ workers hold the weights. All on a tiny random-weight SDXL pipeline built in cod
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,43 @@ def test_an_sd15_lora_on_sdxl_is_refused_by_what_it_does_not_fit(lora_engine: En
     with pytest.raises(ModelLoadError, match="does not fit this model"):
         lora_engine.generate(request("a red boat on a lake <lora:sd15:1>"))
     assert np.array_equal(image_of(lora_engine, request()), plain), "nothing half-loaded stays"
+
+
+@pytest.mark.usefixtures("dynamo")
+def test_a_compiled_sdxl_unet_gives_the_same_images(
+    xl_folder: Path, xl_engine: Engine, tmp_path: Path
+) -> None:
+    """torch.compile through the guidance wrapper with the pooled embedding and the size
+    conditioning: a counting backend traces as inductor would and runs the graphs eagerly."""
+    from torch._dynamo.testing import CompileCounter
+
+    from pipeline.acceleration import Acceleration, CompileTarget, is_compiled
+
+    counter = CompileCounter()
+    source = ModelSource("tiny-xl", SourceKind.DIFFUSERS_FOLDER, str(xl_folder))
+    model = load_model(source, CPU, tmp_path, HashCache(tmp_path / "hashes.json"))
+    settings = Acceleration(compile=CompileTarget.UNET, backend=counter)
+    compiled = Engine(model, batching=BatchShape(BatchMode.FIXED, rows=2), acceleration=settings)
+    assert is_compiled(compiled.model.pipe.unet)
+    assert compiled.warm_up() is not None
+    warmed = counter.frame_count
+    assert warmed >= 1
+    assert np.array_equal(image_of(compiled, request()), image_of(xl_engine, request()))
+    assert counter.frame_count == warmed  # compiled once at the warm-up, reused
+
+
+def test_an_sdxl_controlnet_steers_the_image(xl_model: LoadedModel, tmp_path: Path) -> None:
+    from pipeline.request import ControlUse
+    from tests.tiny_models import build_random_controlnet
+
+    build_random_controlnet(xl_model.pipe.unet).save_pretrained(
+        tmp_path / "ControlNet" / "xl-canny"
+    )
+    engine = Engine(xl_model, batching=BatchShape(BatchMode.FIXED, rows=2), models_dir=tmp_path)
+    edges = Image.new("RGB", (SIZE, SIZE), "white")
+    edges.paste((0, 0, 0), (16, 16, 48, 48))
+    use = ControlUse(image=ImageRef.from_image(edges), model="", preprocessor="canny")
+    plain = image_of(engine, request())
+    controlled = image_of(engine, request(control=use))
+    assert np.abs(controlled - plain).mean() > 1
+    assert np.array_equal(image_of(engine, request(control=replace(use, weight=0.0))), plain)
