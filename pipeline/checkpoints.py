@@ -105,12 +105,16 @@ def _corrupt(path: Path, error: Exception) -> ModelLoadError:
     )
 
 
+INPAINTING_CHANNELS = 9  # the latents, the mask and the masked image's latents
+
+
 def check_unet_inputs(in_channels: int, where: str) -> None:
-    """Inpainting (9), depth (5) and instruct-pix2pix (8) UNets need inputs Easel cannot give."""
-    if in_channels != 4:
+    """Text-to-image (4) and inpainting (9) UNets; depth (5) and instruct-pix2pix (8) UNets
+    need inputs Easel cannot give."""
+    if in_channels not in (4, INPAINTING_CHANNELS):
         raise ModelLoadError(
-            f"{where} is an inpainting, depth or instruct-pix2pix model ({in_channels} UNet input "
-            "channels); Easel runs text-to-image checkpoints with 4."
+            f"{where} is a depth or instruct-pix2pix model ({in_channels} UNet input "
+            "channels); Easel runs text-to-image checkpoints (4) and inpainting ones (9)."
         )
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from pipeline.acceleration import Acceleration, WarmUpReport, accelerate, warm_up
 from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_key
+from pipeline.checkpoints import INPAINTING_CHANNELS
 from pipeline.control import ControlNets, ControlPass
 from pipeline.control_names import control_parameters
 from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
@@ -193,6 +194,7 @@ def _traits(model: LoadedModel, scheduler_config: dict[str, Any]) -> ModelTraits
         embeds_guidance=pipe.unet.config.time_cond_proj_dim is not None,
         tokenizer=pipe.tokenizer,
         text_width=pipe.unet.config.cross_attention_dim,
+        inpainting=pipe.unet.config.in_channels == INPAINTING_CHANNELS,
         scheduler_config=lambda: scheduler_config,
     )
 
@@ -743,7 +745,8 @@ class Engine:
         blended towards the variation seeds' noise when the job has them."""
         assert request.width is not None and request.height is not None
         factor = pipe.vae_scale_factor
-        shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+        channels = pipe.vae.config.latent_channels  # an inpainting UNet takes more than these
+        shape = (channels, request.height // factor, request.width // factor)
         device, dtype = pipe._execution_device, pipe.unet.dtype
         base = randn_tensor(
             (request.image_count, *shape), generator=list(generators), device=device, dtype=dtype

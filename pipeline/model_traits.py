@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.checkpoint_names import ModelSource, SourceKind, family_from_configs
-from pipeline.checkpoints import detect_family, is_v_prediction, read_shapes, single_file_configs
+from pipeline.checkpoints import (
+    INPAINTING_CHANNELS,
+    detect_family,
+    is_v_prediction,
+    read_shapes,
+    single_file_configs,
+)
 from pipeline.errors import ModelLoadError, first_line
 from pipeline.families import SD2, ModelFamily
 from pipeline.preparation import ModelTraits
@@ -112,6 +118,7 @@ def _traits(
         embeds_guidance=unet.get("time_cond_proj_dim") is not None,
         tokenizer=tokenizer,
         text_width=int(unet.get("cross_attention_dim", 768)),
+        inpainting=unet.get("in_channels") == INPAINTING_CHANNELS,
         scheduler_config=cache(partial(_loaded_scheduler_config, scheduler_class, scheduler)),
     )
 

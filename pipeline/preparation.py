@@ -74,6 +74,7 @@ class ModelTraits:
     scheduler_config: Callable[[], Mapping[str, Any]] = field(compare=False, repr=False)
     # The width of the text the UNet's cross-attention reads (which ControlNets fit).
     text_width: int = 768
+    inpainting: bool = False  # an inpainting checkpoint: it fills masks, nothing else
 
     def chunker(self) -> PromptChunker:
         """What counts a prompt's 75-token chunks, as this family's encoder cuts them."""
@@ -97,6 +98,13 @@ def prepare_job(
         else None
     )
     mask = _open_mask(request, limits) if request.mask_image is not None else None
+    if traits.inpainting and mask is None:
+        raise InvalidRequestError(
+            "This is an inpainting checkpoint: it fills masked areas (zoom out, pan); pick "
+            "another checkpoint for this job.",
+            ko="인페인팅 체크포인트는 마스크 영역 채우기(줌 아웃, 팬)에만 씁니다. 이 작업에는 "
+            "다른 체크포인트를 고르세요.",
+        )
     control_image = None
     if request.control is not None:
         control = resolve_control(request.control, models_dir, traits.text_width)

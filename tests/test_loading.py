@@ -261,7 +261,8 @@ FAMILIES = ("SD 1.x", "SD 2.x", "SDXL")
         (SD_INDEX, {"hidden_act": "gelu"}, {"in_channels": 4}, "SD 2.x"),
         (XL_INDEX, {"hidden_act": "quick_gelu"}, XL_UNET, "SDXL"),
         (XL_REFINER_INDEX, {"hidden_act": "gelu"}, XL_UNET, "refiner"),
-        (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 9}, "inpainting"),
+        (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 9}, "SD 1.x"),  # inpainting
+        (SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 8}, "instruct-pix2pix"),
     ],
 )
 def test_diffusers_folder_family(
@@ -276,13 +277,15 @@ def test_diffusers_folder_family(
             loading.detect_local_family(source)
 
 
-def test_inpainting_single_files_are_refused_by_name(tmp_path: Path) -> None:
+def test_depth_and_pix2pix_single_files_are_refused_by_name(tmp_path: Path) -> None:
     shapes = {
-        "model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3),
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 8, 3, 3),
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
     }
-    with pytest.raises(ModelLoadError, match=r"sd-inpaint\.safetensors is an inpainting"):
-        detect_family(shapes, tmp_path / "sd-inpaint.safetensors")
+    with pytest.raises(ModelLoadError, match=r"ip2p\.safetensors is a depth or instruct-pix2pix"):
+        detect_family(shapes, tmp_path / "ip2p.safetensors")
+    shapes["model.diffusion_model.input_blocks.0.0.weight"] = (320, 9, 3, 3)  # inpainting
+    assert detect_family(shapes, tmp_path / "sd-inpaint.safetensors").label == "SD 1.x"
 
 
 @pytest.fixture
@@ -311,13 +314,13 @@ def test_hub_models_are_checked_before_the_download(
     import huggingface_hub
     from diffusers import DiffusionPipeline
 
-    inpainting = _write_configs(
-        tmp_path / "inpainting", SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 9}
+    pix2pix = _write_configs(
+        tmp_path / "pix2pix", SD_INDEX, {"hidden_act": "quick_gelu"}, {"in_channels": 8}
     )
     downloads: list[bool] = []
 
     def fetch_config(repo_id: str, filename: str, **kwargs: object) -> str:
-        return str(inpainting / filename)
+        return str(pix2pix / filename)
 
     def snapshot(repo_id: str, local_files_only: bool = False, **kwargs: object) -> str:
         downloads.append(local_files_only)
@@ -326,6 +329,6 @@ def test_hub_models_are_checked_before_the_download(
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
     monkeypatch.setattr(DiffusionPipeline, "download", snapshot)
     monkeypatch.setattr("pipeline.hub.hub_unreachable", lambda: None)
-    with pytest.raises(ModelLoadError, match="inpainting"):
-        download_from_hub("stable-diffusion-v1-5/stable-diffusion-inpainting", CPU)
+    with pytest.raises(ModelLoadError, match="instruct-pix2pix"):
+        download_from_hub("timbrooks/instruct-pix2pix", CPU)
     assert downloads and all(downloads), "only cache look-ups, no download"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -92,7 +94,30 @@ def test_a_mask_without_an_image_is_refused(engine: Engine) -> None:
 
 def test_masked_requests_travel_as_json() -> None:
     mask = ImageRef.from_image(Image.new("L", (8, 8), 255))
-    request = GenerationRequest(
-        prompt="x", init_image=ImageRef(path="/tmp/a.png"), mask_image=mask
-    )
+    request = GenerationRequest(prompt="x", init_image=ImageRef(path="/tmp/a.png"), mask_image=mask)
     assert GenerationRequest.from_json(request.to_json()) == request
+
+
+def test_an_inpainting_checkpoint_outpaints_and_refuses_plain_jobs(tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from pipeline.loading import HashCache, ModelSource, SourceKind, load_model
+    from tests.tiny_models import CPU, build_random_pipeline
+
+    pipe = build_random_pipeline("sd1")
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
+    pipe.save_pretrained(tmp_path / "tiny-inpainting")
+    source = ModelSource(
+        "tiny-inpainting", SourceKind.DIFFUSERS_FOLDER, str(tmp_path / "tiny-inpainting")
+    )
+    engine = Engine(load_model(source, CPU, tmp_path, HashCache(tmp_path / "hashes.json")))
+    parent = GenerationRequest(prompt="a lighthouse", steps=2, seeds=(7,), width=64, height=64)
+    canvas = build_canvas(picture((128, 128)), Move.LEFT, (96, 64))
+    request = outpaint_request(
+        parent, ImageRef.from_image(canvas.image), ImageRef.from_image(canvas.mask), (96, 64), 1
+    )
+    out = np.asarray(engine.generate(request).images[0].image).astype(int)
+    kept = np.asarray(canvas.mask) == 0
+    assert np.array_equal(out[kept], np.asarray(canvas.image).astype(int)[kept])
+    with pytest.raises(InvalidRequestError, match="inpainting checkpoint"):
+        engine.prepare(parent)
