@@ -52,6 +52,7 @@ class OutputsError(EaselError):
 class SavedResult:
     images: tuple[Path, ...]
     grid: Path | None
+    control_map: Path | None = None  # what the ControlNet read, when the job asked to see it
 
 
 def prompt_stem(prompt: str) -> str:
@@ -59,9 +60,16 @@ def prompt_stem(prompt: str) -> str:
 
 
 def save_result(result: GenerationResult, outputs_dir: Path) -> SavedResult:
-    """Write each image with its parameters, and a grid when there is more than one."""
-    saved = save_images(result.images, outputs_dir, prompt_stem(result.request.prompt))
-    return SavedResult(images=tuple(Path(item.path) for item in saved.records), grid=saved.grid)
+    """Write each image with its parameters, a grid when there is more than one, and the
+    control map when the result has it."""
+    stem = prompt_stem(result.request.prompt)
+    saved = save_images(result.images, outputs_dir, stem)
+    control_map = None
+    if result.control_map is not None:
+        control_map = output_path(outputs_dir, f"control-{stem}")
+        result.control_map.save(control_map, format="PNG")
+    images = tuple(Path(item.path) for item in saved.records)
+    return SavedResult(images=images, grid=saved.grid, control_map=control_map)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def load_controlnet(file: ControlNetFile, unet: Any) -> Any:
         if file.is_folder:
             model = ControlNetModel.from_pretrained(file.path, torch_dtype=unet.dtype)
         else:
-            model = _from_single_file(file.path, unet)
+            model = _from_single_file(file.path, unet).to(dtype=unet.dtype)
     except ModelLoadError:
         raise
     except Exception as error:
@@ -153,7 +153,7 @@ def load_controlnet(file: ControlNetFile, unet: Any) -> Any:
             "another model family)."
         )
     log.info("Loaded the ControlNet %s", file.name)
-    return model.to(unet.device, unet.dtype).eval()
+    return model.to(unet.device).eval()
 
 
 def _from_single_file(path: Path, unet: Any) -> Any:

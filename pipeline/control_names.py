@@ -49,10 +49,14 @@ PREPROCESSORS = {
         Preprocessor("lineart", "lineart", weights="lineart"),
     )
 }
+# The short words `--cn-mode` takes, and A1111's own names.
+MODE_WORDS = {
+    ControlMode.BALANCED: "balanced",
+    ControlMode.PROMPT: "prompt",
+    ControlMode.CONTROL: "control",
+}
 MODES = {
-    "balanced": ControlMode.BALANCED,
-    "prompt": ControlMode.PROMPT,
-    "control": ControlMode.CONTROL,
+    **{word: mode for mode, word in MODE_WORDS.items()},
     **{mode.value.lower(): mode for mode in ControlMode},
 }
 

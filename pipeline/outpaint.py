@@ -85,7 +85,8 @@ def outpaint_request(
     count: int,
 ) -> GenerationRequest:
     """A grid of `count` new pictures on the canvas: the parent's prompt and settings, new
-    seeds (as a reroll), no variation seeds, no hires fix."""
+    seeds (as a reroll), no variation seeds, no hires fix, no ControlNet (its map was drawn
+    for the old frame)."""
     width, height = size
     return replace(
         parent,
@@ -98,6 +99,7 @@ def outpaint_request(
         variation_seeds=(),
         variation_strength=0.0,
         hires=None,
+        control=None,
     )
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from pipeline.images import Infotext
 
 DETAIL_STRENGTH = 0.3  # the U detail pass's denoising (A1111's SD upscale default)
+CODEFORMER_WEIGHT = 0.5  # A1111's default: 0 restores most, 1 keeps most of the face
 
 RANDOM_SEED = -1
 
@@ -144,6 +145,9 @@ class GenerationRequest:
     # Inpainting (with init_image): white repaints, black keeps the init image's pixels.
     mask_image: ImageRef | None = None
     control: ControlUse | None = None
+    # A1111's "Restore faces": a face restorer's name (or gfpgan, codeformer, restoreformer)
+    face_restoration: str | None = None
+    codeformer_weight: float = CODEFORMER_WEIGHT
     tiling: bool = False
     clip_skip: int = 1
     # A1111's variation seeds: one per image (None or -1: random), blended into the noise of
@@ -192,16 +196,24 @@ class UpscaleRequest:
     upscaler: str | None = None
     detail: float = DETAIL_STRENGTH
     model: str | None = None  # the checkpoint of the detail pass; None: whichever is loaded
+    face_restoration: str | None = None  # faces restored after the detail pass (see above)
+    codeformer_weight: float = CODEFORMER_WEIGHT
 
     def to_json(self) -> str:
         payload = {"image": self.image.to_json_value(), "scale": self.scale}
         payload |= {"upscaler": self.upscaler, "detail": self.detail, "model": self.model}
+        if self.face_restoration is not None:
+            payload |= {
+                "face_restoration": self.face_restoration,
+                "codeformer_weight": self.codeformer_weight,
+            }
         return json.dumps(payload, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> UpscaleRequest:
         payload = json.loads(text)
-        unknown = sorted(set(payload) - {"image", "scale", "upscaler", "detail", "model"})
+        known = {"image", "scale", "upscaler", "detail", "model"}
+        unknown = sorted(set(payload) - known - {"face_restoration", "codeformer_weight"})
         if unknown:
             raise ValueError(f"UpscaleRequest has no field(s) {', '.join(unknown)}")
         return cls(
@@ -211,6 +223,8 @@ class UpscaleRequest:
             # Rows written before the detail pass was part of U keep their plain upscale.
             detail=float(payload.get("detail", 0.0)),
             model=payload.get("model"),
+            face_restoration=payload.get("face_restoration"),
+            codeformer_weight=float(payload.get("codeformer_weight", CODEFORMER_WEIGHT)),
         )
 
 

@@ -166,6 +166,8 @@ def test_console_chat_buttons_history_settings_and_errors(
         assert big.size == (original.width * 2, original.height * 2)
     width, height = grid.images[0].width * 2, grid.images[0].height * 2
     assert f"Image 1 of job #1, upscaled to {width}x{height} (job #2)." in output
+    # Under the upscaled image, and only there: zoom out and pan (typed as easel:2:Z2 ...).
+    assert output.count("  [Zoom Out 2x] [Zoom Out 1.5x]\n  [⬅️] [➡️] [⬆️] [⬇️]\n") == 1
     for child in (3, 4):
         varied = store.job(child, with_images=True)
         assert varied is not None and len(varied.images) == 4

@@ -200,3 +200,41 @@ def test_hires_fix_runs_the_control_on_both_passes(engine: Engine) -> None:
     controlled = engine.generate(request(canny(), hires=hires))
     assert controlled.images[0].image.size == (128, 128)
     assert np.abs(pixels(controlled) - pixels(plain)).mean() > 1
+
+
+def test_easel_imagine_with_cn_saves_the_images_and_the_map(
+    models_dir: Path,
+    control_models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+    import sys
+
+    from bot.cli import main
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "stable-diffusion").symlink_to(models_dir / "stable-diffusion")
+    (models / "ControlNet").symlink_to(control_models / "ControlNet")
+    square().save(tmp_path / "pose.png")
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(models))
+    monkeypatch.setenv("EASEL_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("EASEL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EASEL_DEVICE", "cpu")
+    arguments = ["a house --cn canny:0.5 --cn-show", "--cn-image", str(tmp_path / "pose.png")]
+    arguments += ["--n", "1", "--steps", "2", "--size", "64x64", "--model", "tiny-sd1", "--json"]
+    monkeypatch.setattr(sys, "argv", ["easel", "imagine", *arguments])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code in (0, None)
+    report = json.loads(capsys.readouterr().out)
+    with Image.open(report["images"][0]["path"]) as image:
+        assert (
+            'ControlNet 0: "Module: canny, Model: tiny-canny, Weight: 0.5'
+            in image.info["parameters"]
+        )
+    with Image.open(report["control_map"]) as drawn:
+        assert drawn.size == (64, 64)
+        assert set(np.unique(np.asarray(drawn.convert("L")))) == {0, 255}

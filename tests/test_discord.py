@@ -154,6 +154,24 @@ def test_imagine_defers_queues_and_ends_with_the_grid_and_its_buttons(
             assert child is not None and child.kind is JobKind.UPSCALE and child.parent_id == 1
             assert child.status is JobStatus.DONE
             assert result.files[0].data == Path(child.images[0].path).read_bytes()
+            # Under the upscaled image: zoom out and pan, which act on that image.
+            assert button_ids(result) == [
+                ["easel:2:Z2", "easel:2:Z15"],
+                ["easel:2:PL", "easel:2:PR", "easel:2:PU", "easel:2:PD"],
+            ]
+            labels = [[b["label"] for b in row["components"]] for row in result.json["components"]]
+            assert labels == [["Zoom Out 2x", "Zoom Out 1.5x"], ["⬅️", "➡️", "⬆️", "⬇️"]]
+            zoom = await fake.press(int(result.response["id"]), "easel:2:Z15")
+            ack = await zoom.next_call(timeout=WAIT_S)
+            assert ack.json["type"] == DEFERRED_UPDATE and ack.status < 300
+            followup = await zoom.next_call(lambda c: c.method == "POST", timeout=WAIT_S)
+            assert followup.json["content"].startswith("Job #3 is queued")
+            zoomed = await zoom.next_call(is_result, timeout=JOB_WAIT_S)
+            assert zoomed.status == 200, zoomed.response
+            assert button_ids(zoomed)[0] == [f"easel:3:U{n}" for n in range(1, 5)]
+            outpaint = bot.store.job(3)
+            assert outpaint is not None and outpaint.kind is JobKind.ZOOM
+            assert (outpaint.parent_id, outpaint.status) == (2, JobStatus.DONE)
             assert not fake.refused_calls
 
     run(scenario)

@@ -60,6 +60,8 @@ OPTION_ORDER = [
     "hires",
     "image",
     "strength",
+    "control",
+    "control_image",
 ]
 PRESETS = """
 [presets.ink-sketch]
@@ -142,7 +144,7 @@ def test_the_imagine_payload_has_every_option_in_order_with_korean_names() -> No
         assert 1 <= len(option["description_localizations"]["ko"]) <= 100
     assert options["style"]["name_localizations"] == {"ko": "화풍"}
     autocompleted = [name for name, o in options.items() if o.get("autocomplete")]
-    assert autocompleted == ["style", "shot", "lighting", "quality", "preset", "sampler"]
+    assert autocompleted == ["style", "shot", "lighting", "quality", "preset", "sampler", "control"]
     assert (options["seed"]["min_value"], options["seed"]["max_value"]) == (-1, 2**32 - 1)
     assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 100)
     assert (options["cfg"]["min_value"], options["cfg"]["max_value"]) == (1, 30)
@@ -150,6 +152,7 @@ def test_the_imagine_payload_has_every_option_in_order_with_korean_names() -> No
     assert (options["strength"]["min_value"], options["strength"]["max_value"]) == (0, 1)
     types = {name: option["type"] for name, option in options.items()}
     assert (types["tile"], types["image"], types["steps"], types["cfg"]) == (5, 11, 4, 10)
+    assert (types["control"], types["control_image"]) == (3, 11)  # a string, an attachment
     hires = {c["value"]: c for c in options["hires"]["choices"]}
     assert list(hires) == ["off", "2", "1.5", "3", "4"]
     assert hires["off"]["name_localizations"] == {"ko": "끄기"}

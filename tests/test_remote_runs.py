@@ -27,7 +27,13 @@ from pipeline.executors.remote.executor import RemoteExecutor
 from pipeline.executors.remote.wire import RunOrder, RunReport, inline_images
 from pipeline.executors.remote.worker import fit_report
 from pipeline.images import Infotext
-from pipeline.request import GeneratedImage, GenerationRequest, ImageRef, UpscaleRequest
+from pipeline.request import (
+    ControlUse,
+    GeneratedImage,
+    GenerationRequest,
+    ImageRef,
+    UpscaleRequest,
+)
 
 ORIGIN = Origin("test", "chat-remote")
 ALICE = UserRef("test", "alice", "Alice", "en")
@@ -46,7 +52,12 @@ def test_orders_and_reports_round_trip_as_json_with_identical_pixels(tmp_path: P
     source = tmp_path / "chosen.png"
     noise(1).save(source)
     request = GenerationRequest(
-        "a castle", seeds=(5, 6), init_image=ImageRef(path=str(source)), model="tiny-sd1"
+        "a castle",
+        seeds=(5, 6),
+        init_image=ImageRef(path=str(source)),
+        mask_image=ImageRef(path=str(source)),  # a zoom out's mask crosses as bytes too
+        control=ControlUse(ImageRef(path=str(source)), "tiny-canny", "canny"),  # so does a map
+        model="tiny-sd1",
     )
     upscale = UpscaleRequest(ImageRef(path=str(source)), scale=2)
     order = RunOrder(

@@ -70,6 +70,21 @@ def test_imagine_in_a_private_chat_status_progress_grid_and_a_press(
             assert (child.parent_id, child.image_index) == (1, 1)
             assert upscale.document is not None and upscale.reply_to is grid
             assert upscale.document.data == Path(child.images[0].path).read_bytes()
+            # Under the upscaled image: zoom out and pan; a pan arrow queues a wider grid.
+            assert [[b["callback_data"] for b in row] for row in upscale.keyboard] == [
+                ["easel:2:Z2", "easel:2:Z15"],
+                ["easel:2:PL", "easel:2:PR", "easel:2:PU", "easel:2:PD"],
+            ]
+            assert [b["text"] for b in upscale.keyboard[1]] == ["⬅️", "➡️", "⬆️", "⬇️"]
+            start = len(fake.calls)
+            press = fake.press(upscale, "easel:2:PR")
+            await fake.wait_until(lambda: press.answered, WAIT_S)
+            panned = await result_of(fake, chat, start)
+            assert panned.reply_to is upscale and panned.photo
+            assert panned.keyboard[0][0]["callback_data"] == "easel:3:U1"
+            pan = bot.store.job(3, with_images=True)
+            assert pan is not None and pan.kind is JobKind.PAN and pan.parent_id == 2
+            assert (pan.images[0].width, pan.images[0].height) == (96, 64)
             sent = fake.calls_to("sendDocument")[-1]
             assert sent.file(sent.params["thumbnail"]).data.startswith(
                 b"\xff\xd8"

@@ -183,6 +183,51 @@ def imagine(
         float,
         typer.Option(help=bilingual("Denoising strength for img2img.", "img2img 디노이즈 강도.")),
     ] = 0.75,
+    cn: Annotated[
+        str | None,
+        typer.Option(
+            "--cn",
+            help=bilingual(
+                "ControlNet: a preprocessor (canny) or a model, NAME[:WEIGHT].",
+                "ControlNet: 전처리기(canny) 또는 모델, 이름[:가중치].",
+            ),
+        ),
+    ] = None,
+    cn_image: Annotated[
+        Path | None,
+        typer.Option(
+            "--cn-image",
+            help=bilingual("The image the ControlNet follows.", "ControlNet이 따를 이미지."),
+        ),
+    ] = None,
+    cn_start: Annotated[
+        float | None,
+        typer.Option(
+            "--cn-start",
+            help=bilingual("ControlNet from this share of the steps.", "ControlNet 시작 비율."),
+        ),
+    ] = None,
+    cn_end: Annotated[
+        float | None,
+        typer.Option(
+            "--cn-end",
+            help=bilingual("ControlNet until this share of the steps.", "ControlNet 끝 비율."),
+        ),
+    ] = None,
+    cn_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--cn-mode",
+            help=bilingual("balanced, prompt or control.", "balanced, prompt, control 중 하나."),
+        ),
+    ] = None,
+    cn_show: Annotated[
+        bool,
+        typer.Option(
+            "--cn-show",
+            help=bilingual("Save the control map too.", "컨트롤 맵도 저장합니다."),
+        ),
+    ] = False,
     model: ModelOption = None,
     out_dir: OutOption = None,
     as_json: ReportOption = False,
@@ -197,6 +242,8 @@ def imagine(
     settings = Settings()
     if init is not None and not init.is_file():
         raise InvalidRequestError(f"Init image {init} does not exist.")
+    if cn_image is not None and not cn_image.is_file():
+        raise InvalidRequestError(f"Control image {cn_image} does not exist.")
     vocabulary = VocabularyStore(settings.models_dir).current()
     # Everything that needs no model is checked before the (slow) model load.
     options = options_from_fields(
@@ -223,6 +270,12 @@ def imagine(
         lora=lora,
         preset=preset,
         hires=hires,
+        cn=cn,
+        cn_start=cn_start,
+        cn_end=cn_end,
+        cn_mode=cn_mode,
+        cn_show=cn_show,
+        control_image=ImageRef(path=str(cn_image)) if cn_image is not None else None,
     )
     if schedule:
         options = replace(options, sampler=sampler_name(options.sampler, schedule))
@@ -498,6 +551,8 @@ def _print_report(result: GenerationResult, saved: SavedResult) -> None:
             out.print(f"{path}  seed {item.seed}")
     if saved.grid is not None:
         out.print(f"{saved.grid}  grid")
+    if saved.control_map is not None:
+        out.print(f"{saved.control_map}  control map")
     width, height = _output_size(result)
     err.print(f"{len(result.images)} image(s) at {width}x{height} in {result.timings.total_s:.1f}s")
 
@@ -519,6 +574,7 @@ def _json_report(
             for path, item in zip(saved.images, result.images, strict=True)
         ],
         "grid": str(saved.grid) if saved.grid else None,
+        "control_map": str(saved.control_map) if saved.control_map else None,
         "seeds": list(result.seeds),
         "variation_seeds": list(result.request.variation_seeds),
         "parameters": request,

@@ -1,4 +1,5 @@
-"""The buttons under a grid (U1-U4, V1-V4, S1-S4, reroll, remix), the same for every platform.
+"""The buttons under a grid (U1-U4, V1-V4, S1-S4, reroll, remix) and under an image upscaled
+from one (zoom out 2x and 1.5x, the four pan arrows), the same for every platform.
 
 A button's id is `easel:<job id>:<action>`: at most 64 bytes, so it fits Telegram's
 callback_data (64 bytes) and Discord's custom_id (100 characters), and everything a press
@@ -12,28 +13,51 @@ from dataclasses import dataclass
 
 from bot.core.messages import Key, Message
 from bot.store import JobKind
+from pipeline.outpaint import Move
 
 PREFIX = "easel"
 MAX_ID_BYTES = 64
 REROLL = "reroll"
 REMIX = "remix"
-_ACTION = re.compile(r"^(?:(?P<letter>[UVS])(?P<index>[1-9]))$|^(?P<whole>reroll|remix)$", re.I)
+_MOVES = "|".join(move.value for move in Move)  # Z2, Z15, PL, PR, PU, PD
+_ACTION = re.compile(
+    rf"^(?:(?P<letter>[UVS])(?P<index>[1-9]))$|^(?P<whole>reroll|remix)$|^(?P<move>{_MOVES})$",
+    re.I,
+)
 _KINDS = {"U": JobKind.UPSCALE, "V": JobKind.VARY_STRONG, "S": JobKind.VARY_SUBTLE}
 _LETTERS = {kind: letter for letter, kind in _KINDS.items()}
+# Under an upscaled image, as Midjourney has them: the zooms, then the pan arrows.
+OUTPAINT_ROWS = ((Move.ZOOM_2, Move.ZOOM_1_5), (Move.LEFT, Move.RIGHT, Move.UP, Move.DOWN))
+_MOVE_LABELS: dict[Move, str | Message] = {
+    Move.ZOOM_2: Message(Key.BUTTON_ZOOM_2),
+    Move.ZOOM_1_5: Message(Key.BUTTON_ZOOM_1_5),
+    Move.LEFT: "\u2b05\ufe0f",  # ⬅️
+    Move.RIGHT: "\u27a1\ufe0f",  # ➡️
+    Move.UP: "\u2b06\ufe0f",  # ⬆️
+    Move.DOWN: "\u2b07\ufe0f",  # ⬇️
+}
 
 
 @dataclass(frozen=True)
 class Action:
-    """What a button does: a child job of `kind`, from image `index` (0-based) or none."""
+    """What a button does: a child job of `kind`, from image `index` (0-based) or none; a
+    zoom out or pan (`move`) acts on the upscaled image whose button it is."""
 
     kind: JobKind
     index: int | None = None
+    move: Move | None = None
 
     @property
     def name(self) -> str:
+        if self.move is not None:
+            return self.move.value
         if self.index is None:
             return REMIX if self.kind is JobKind.REMIX else REROLL
         return f"{_LETTERS[self.kind]}{self.index + 1}"
+
+
+def outpaint_action(move: Move) -> Action:
+    return Action(JobKind.ZOOM if move.zoom is not None else JobKind.PAN, move=move)
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,9 @@ def parse_action(text: str) -> Action | None:
     match = _ACTION.match(text.strip())
     if match is None:
         return None
+    move = match.group("move")
+    if move:
+        return outpaint_action(Move(move.upper()))
     whole = match.group("whole")
     if whole:
         return Action(JobKind.REMIX if whole.lower() == REMIX else JobKind.REROLL)
@@ -91,3 +118,13 @@ def grid_buttons(job_id: int, image_count: int) -> ButtonRows:
     remix = ButtonSpec(Message(Key.BUTTON_REMIX), button_id(job_id, Action(JobKind.REMIX)))
     rows.append((reroll, remix))
     return tuple(rows)
+
+
+def upscale_buttons(job_id: int) -> ButtonRows:
+    """Under an image upscaled from a grid: Zoom Out 2x and 1.5x, then the four pan arrows."""
+    return tuple(
+        tuple(
+            ButtonSpec(_MOVE_LABELS[move], button_id(job_id, outpaint_action(move))) for move in row
+        )
+        for row in OUTPAINT_ROWS
+    )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.core.messages import normalise_locale
+from pipeline.control_names import PREPROCESSORS, find_controlnets
 from pipeline.presets import Presets
 from pipeline.prompts.vocabulary import Vocabulary, normalize_id
 from pipeline.sampler_names import ALL_NAMES, normalize_sampler
@@ -80,6 +82,16 @@ def preset_choices(
 def sampler_choices(typed: str, limit: int = MAX_CHOICES) -> list[Choice]:
     """Sampler names (A1111's, then the other Karras pairings) that hold `typed`."""
     candidates = (_Candidate(Choice(name, name), (name,)) for name in ALL_NAMES)
+    return _matching(candidates, typed, limit)
+
+
+def control_choices(models_dir: Path, typed: str, limit: int = MAX_CHOICES) -> list[Choice]:
+    """ControlNet preprocessors (the model is picked for the checkpoint), then the models in
+    models/ControlNet by name (a ready-made map), that hold `typed`."""
+    names = [*PREPROCESSORS, *(file.name for file in find_controlnets(models_dir))]
+    candidates = (
+        _Candidate(Choice(name, name), (name,)) for name in names if len(name) <= MAX_VALUE
+    )
     return _matching(candidates, typed, limit)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from bot.core import lifecycle
 from bot.core.bus import EventBus
-from bot.core.buttons import grid_buttons
+from bot.core.buttons import ButtonRows, grid_buttons, upscale_buttons
 from bot.core.config import TIERS, CoreConfig
 from bot.core.errors import log_unexpected, trace_of
 from bot.core.events import (
@@ -41,6 +41,7 @@ from bot.core.events import (
 )
 from bot.core.messages import Key, Localized, Message, error_text, normalise_locale
 from bot.core.scheduler import FairScheduler, QueuedJob
+from bot.core.shown_maps import control_map_file
 from bot.core.words import nsfw_word
 from bot.core.work import KIND_KEYS, lora_names, lora_signature, prompt_preview, work_of
 from bot.outputs import DISK_FULL, NOT_WRITABLE, OutputsError, SavedImages, prompt_stem, save_images
@@ -60,7 +61,7 @@ from bot.store.threads import StoreThreads
 from pipeline.errors import InvalidRequestError, first_line
 from pipeline.executors import Executor, Failure, FailureKind, OutcomeStatus, Task, TaskOutcome
 from pipeline.images import format_infotext, read_infotext
-from pipeline.request import ProgressEvent
+from pipeline.request import GenerationRequest, ProgressEvent
 
 log = logging.getLogger(__name__)
 RECENT_JOBS = 20  # finished jobs the ETA is drawn from
@@ -1143,7 +1144,8 @@ class Dispatcher:
                     Key.FINISHED_UPSCALE,
                     {**size, "parent": job.parent_id, "index": (job.image_index or 0) + 1},
                 )
-            buttons: tuple = ()
+            # Zoom out and pan need the grid's request: an image from a chat has none.
+            buttons: ButtonRows = upscale_buttons(job.id) if job.parent_id is not None else ()
         else:
             seconds = _seconds(job)
             seeds = _seeds_text(job)
@@ -1154,7 +1156,27 @@ class Dispatcher:
         private = (await self.db.run(self.store.settings, job.user_id)).private
         grid = Path(job.grid_path) if job.grid_path else None
         flagged = await self._flagged(job)
-        return Reply(message, images, grid, buttons, parameters, private, flagged=flagged)
+        attachments = await self._shown_map(job)
+        return Reply(
+            message,
+            images,
+            grid,
+            buttons,
+            parameters,
+            private,
+            flagged=flagged,
+            attachments=attachments,
+        )
+
+    async def _shown_map(self, job: JobRecord) -> tuple[Path, ...]:
+        """The control map of a job run with --cn-show."""
+        work = work_of(job)
+        control = work.control if isinstance(work, GenerationRequest) else None
+        if control is None or not control.show:
+            return ()
+        outputs, models = self.config.outputs_dir, self.config.models_dir
+        path = await asyncio.to_thread(control_map_file, work, outputs, models)
+        return (path,) if path is not None else ()
 
     async def _flags(self, jobs: Sequence[JobRecord]) -> dict[int, bool]:
         return {job.id: await self._flagged(job) for job in jobs}

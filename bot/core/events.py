@@ -47,6 +47,8 @@ class Reply:
     editable: str | None = None  # a line the user is asked to edit and send back (remix)
     # The prompt has NSFW words (allowed where it was made): images go behind a spoiler.
     flagged: bool = False
+    # Files sent after the picture: the control map a job asked to see (--cn-show).
+    attachments: tuple[Path, ...] = ()
 
     def text(self, locale: str) -> str:
         return "\n".join(part.render(locale) for part in (self.message, *self.lines))

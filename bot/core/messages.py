@@ -161,6 +161,8 @@ class Key(StrEnum):
     ARG_HIRES = "arg_hires"
     ARG_INIT_IMAGE = "arg_init_image"
     ARG_STRENGTH = "arg_strength"
+    ARG_CONTROL = "arg_control"
+    ARG_CONTROL_IMAGE = "arg_control_image"
     IMAGE_TOO_LARGE = "image_too_large"
     ATTACHMENT_UNREADABLE = "attachment_unreadable"
     NAME_IMAGINE = "name_imagine"
@@ -181,6 +183,8 @@ class Key(StrEnum):
     NAME_HIRES = "name_hires"
     NAME_IMAGE = "name_image"
     NAME_STRENGTH = "name_strength"
+    NAME_CONTROL = "name_control"
+    NAME_CONTROL_IMAGE = "name_control_image"
     CHOICE_HIRES_OFF = "choice_hires_off"
     CHOICE_HIRES_ON = "choice_hires_on"
     NAME_HISTORY = "name_history"
@@ -300,6 +304,13 @@ class Key(StrEnum):
     ADMIN_BAD_DURATION = "admin_bad_duration"
     # The operator's command line: a job another process queued (a retry) joins the queue
     QUEUED_BY_OPERATOR = "queued_by_operator"
+    # Zoom out and pan under an upscaled image (pipeline/outpaint.py)
+    BUTTON_ZOOM_2 = "button_zoom_2"
+    BUTTON_ZOOM_1_5 = "button_zoom_1_5"
+    KIND_ZOOM = "kind_zoom"
+    KIND_PAN = "kind_pan"
+    OUTPAINT_NEEDS_UPSCALE = "outpaint_needs_upscale"
+    REMIX_CANVAS_SIZE = "remix_canvas_size"
 
 
 @dataclass(frozen=True)

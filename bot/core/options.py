@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.buckets import XL_NATIVE, xl_bucket
+from pipeline.control_names import MODES, NO_PREPROCESSOR, PREPROCESSORS
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
 from pipeline.presets import Presets
 from pipeline.prompts.composable import split_and
@@ -25,7 +26,7 @@ from pipeline.prompts.extra_networks import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, lo
 from pipeline.prompts.plan import plan_prompt
 from pipeline.prompts.syntax import PromptSyntaxError, WeightOutOfRange, parse_number, shorten
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
-from pipeline.request import GenerationRequest, HiresFix, ImageRef, LoraUse
+from pipeline.request import ControlMode, ControlUse, GenerationRequest, HiresFix, ImageRef, LoraUse
 from pipeline.sampler_names import resolve_sampler_name as resolve_sampler
 from pipeline.text import clean_text
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
@@ -78,6 +79,13 @@ class ImagineOptions:
     clip_skip: int = 1
     init_image: ImageRef | None = None  # img2img: a chat attachment, a photo, a stored image
     strength: float | None = None  # img2img denoising strength; None: the default
+    # ControlNet: --cn NAME[:WEIGHT] (a preprocessor, or a model for a ready-made map)
+    control: tuple[str, float] | None = None
+    control_image: ImageRef | None = None
+    control_start: float = 0.0
+    control_end: float = 1.0
+    control_mode: ControlMode = ControlMode.BALANCED
+    control_show: bool = False
 
     def composed_prompt(self, vocabulary: Vocabulary) -> str:
         """The user's words first, then style, shot, lighting and quality fragments."""
@@ -126,6 +134,23 @@ class ImagineOptions:
             denoising_strength=(
                 self.strength if self.strength is not None else DEFAULT_IMG2IMG_STRENGTH
             ),
+            control=self._control_use(),
+        )
+
+    def _control_use(self) -> ControlUse | None:
+        if self.control is None or self.control_image is None:
+            return None
+        name, weight = self.control
+        is_preprocessor = name.lower() in PREPROCESSORS or name.lower() == NO_PREPROCESSOR
+        return ControlUse(
+            image=self.control_image,
+            model="" if is_preprocessor else name,
+            preprocessor=name.lower() if is_preprocessor else NO_PREPROCESSOR,
+            weight=weight,
+            guidance_start=self.control_start,
+            guidance_end=self.control_end,
+            mode=self.control_mode,
+            show=self.control_show,
         )
 
 
@@ -172,8 +197,12 @@ def options_from_fields(
     that no longer parses (an operator removed that style) is skipped, never an error."""
     context = _Context(vocabulary, limits or Limits())
     init_image = typed.pop("init_image", None)
-    if init_image is not None and not isinstance(init_image, ImageRef):
-        raise TypeError("init_image is an ImageRef")
+    control_image = typed.pop("control_image", None)
+    # A remix's: its job's control image, used only while the edited line keeps its --cn.
+    kept_control_image = typed.pop("kept_control_image", None)
+    for given in (init_image, control_image, kept_control_image):
+        if given is not None and not isinstance(given, ImageRef):
+            raise TypeError("init_image and the control images are ImageRefs")
     text, flags = _split_flags(clean_text(prompt))
     for key, value in typed.items():
         for item in value if isinstance(value, list | tuple) else [value]:
@@ -206,7 +235,41 @@ def options_from_fields(
     _apply_defaults(values, cleaned, context)
     if init_image is not None:
         values["init_image"] = init_image
+    if control_image is not None:
+        values["control_image"] = control_image
+    if kept_control_image is not None and values.get("control") is not None:
+        values.setdefault("control_image", kept_control_image)
+    _place_control_image(values)
     return _finish(text, values, context)
+
+
+def _place_control_image(values: dict[str, object]) -> None:
+    """With --cn, the image sent with the line is the control image (unless one was given
+    apart, as Discord's control_image option): the job is text-to-image with a control."""
+    has_control = values.get("control") is not None
+    if has_control and "control_image" not in values and "init_image" in values:
+        values["control_image"] = values.pop("init_image")
+    control_flags = ("control_start", "control_end", "control_mode", "control_show")
+    if not has_control and ("control_image" in values or any(f in values for f in control_flags)):
+        raise OptionsError(
+            "The ControlNet options need --cn NAME (a preprocessor such as canny, or a "
+            "ControlNet model).",
+            "ControlNet 옵션에는 --cn 이름(canny 같은 전처리기나 ControlNet 모델)이 필요합니다.",
+        )
+    if has_control and "control_image" not in values:
+        raise OptionsError(
+            "--cn needs a control image: attach one to the message or reply to one (in the "
+            "console: --init FILE; easel imagine: --cn-image FILE).",
+            "--cn에는 컨트롤 이미지가 필요합니다. 메시지에 이미지를 첨부하거나 이미지에 "
+            "답장하세요(콘솔: --init 파일, easel imagine: --cn-image 파일).",
+        )
+    start = values.get("control_start", ImagineOptions.control_start)
+    end = values.get("control_end", ImagineOptions.control_end)
+    if not start < end:  # type: ignore[operator]
+        raise OptionsError(
+            f"--cn-start ({start:g}) must be below --cn-end ({end:g}).",
+            f"--cn-start({start:g})는 --cn-end({end:g})보다 작아야 합니다.",
+        )
 
 
 def _turn_off(values: dict[str, object], flag: _Flag) -> None:
@@ -570,6 +633,50 @@ def _strength(raw: str, _: _Context) -> float:
     return value
 
 
+def _control(raw: str, _: _Context) -> tuple[str, float]:
+    name, colon, weight_text = raw.partition(":")
+    name = name.strip()
+    weight = parse_number(weight_text) if colon else 1.0
+    shown = shorten(raw)
+    if not name or any(char.isspace() for char in name) or weight is None:
+        raise OptionsError(
+            f"--cn must be NAME or NAME:WEIGHT, e.g. canny or canny:0.8, not {shown!r}.",
+            f"--cn 값은 이름 또는 이름:가중치 형식이어야 합니다. 예: canny, canny:0.8 ({shown!r}).",
+        )
+    if not 0.0 <= weight <= 2.0:
+        raise OptionsError(
+            f"The ControlNet weight must be from 0 to 2, not {weight:g}.",
+            f"ControlNet 가중치는 0에서 2 사이여야 합니다. 입력: {weight:g}",
+        )
+    return name, weight
+
+
+def _share(name: str) -> Callable[[str, _Context], float]:
+    def parse(raw: str, _: _Context) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise OptionsError(
+                f"--{name} takes a share of the steps from 0 to 1, e.g. 0.2, not {shorten(raw)!r}.",
+                f"--{name} 값은 0에서 1 사이의 단계 비율이어야 합니다. 예: 0.2 ({shorten(raw)!r}).",
+            )
+        return value
+
+    return parse
+
+
+def _control_mode(raw: str, _: _Context) -> ControlMode:
+    mode = MODES.get(raw.strip().lower())
+    if mode is None:
+        raise OptionsError(
+            f"--cn-mode takes balanced, prompt or control, not {shorten(raw)!r}.",
+            f"--cn-mode 값은 balanced, prompt, control 중 하나여야 합니다({shorten(raw)!r}).",
+        )
+    return mode
+
+
 def _hires(raw: str, _: _Context) -> float:
     if not raw:
         return DEFAULT_HIRES_SCALE
@@ -613,6 +720,11 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("hires", _hires, aliases=("hires",)),
     _Flag("preset", _preset, aliases=("preset",)),
     _Flag("strength", _strength, aliases=("strength",)),
+    _Flag("control", _control, aliases=("cn", "controlnet")),
+    _Flag("control_start", _share("cn-start"), aliases=("cn-start",)),
+    _Flag("control_end", _share("cn-end"), aliases=("cn-end",)),
+    _Flag("control_mode", _control_mode, aliases=("cn-mode",)),
+    _Flag("control_show", _flag_on, takes_value=False, aliases=("cn-show",)),
     _Flag(
         "clip_skip",
         _limited_integer("clip-skip", 1, lambda limits: limits.max_clip_skip),

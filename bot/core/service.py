@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, time
 from pathlib import Path
+
+from PIL import Image
 
 from bot.core.buttons import Action, parse_action
 from bot.core.config import NO_CAP, CoreConfig
@@ -58,6 +61,7 @@ from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
 from pipeline.images import Infotext, format_infotext, read_infotext
 from pipeline.lora_names import UnknownLoraError
+from pipeline.outpaint import Move, build_canvas, canvas_size, outpaint_request
 from pipeline.presets import PresetLoraMissingError, Presets
 from pipeline.prompts.vocabulary import Vocabulary
 from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
@@ -250,10 +254,12 @@ class JobService:
         text: str,
         origin: Origin | None = None,
         init_image: bytes | ImageRef | None = None,
+        control_image: bytes | ImageRef | None = None,
         **fields: object,
     ) -> ImagineOptions:
         """Parse an /imagine line (and typed fields) with the user's saved defaults.
-        `init_image` (an attachment's bytes, or an image Easel stored) makes it img2img.
+        `init_image` (an attachment's bytes, or an image Easel stored) makes it img2img, or
+        is the control image of a line with `--cn`; `control_image` is one given apart.
 
         The preset is, first to last: `--preset` in the line (or a typed field), the user's
         saved preset (`/settings preset=...`), then the default preset of the chat `origin`
@@ -261,6 +267,8 @@ class JobService:
         room's default."""
         if init_image is not None:
             fields["init_image"] = self._input_image(init_image)
+        if control_image is not None:
+            fields["control_image"] = self._input_image(control_image)
         record = await self.user(user)
         saved = await self.db.run(self.store.settings, record.id)
         defaults = {
@@ -299,6 +307,10 @@ class JobService:
         if request.init_image is not None and request.init_image.data is not None:
             stored = await asyncio.to_thread(self._store_input, request.init_image.data)
             prepared = _with_init(prepared, stored)
+        control = prepared.work.control if isinstance(prepared.work, GenerationRequest) else None
+        if control is not None and control.image.data is not None:
+            stored = await asyncio.to_thread(self._store_input, control.image.data)
+            prepared = _with_control_image(prepared, stored)
         return await self._enqueue(record, kind, prepared, origin, parent_id)
 
     def _input_image(self, image: bytes | ImageRef) -> ImageRef:
@@ -343,26 +355,70 @@ class JobService:
 
     async def remix(self, user: UserRef, job_id: int, text: str, origin: Origin) -> Ticket:
         """Queue an edited line as a new job linked to the one it remixes; an img2img job
-        keeps its input image."""
+        keeps its input image, a ControlNet job its control image (the line's --cn flags say
+        whether it is still used)."""
         job = await self._visible_job(job_id, await self.user(user), origin)
         work = work_of(job)
         if not isinstance(work, GenerationRequest):
             raise Refusal(Message(Key.JOB_NOT_READY, {"job": job.id}))
-        options = await self.options(user, text, origin, init_image=work.init_image)
+        kept = work.control.image if work.control is not None else None
+        options = await self.options(
+            user, text, origin, init_image=work.init_image, kept_control_image=kept
+        )
+        if work.is_inpaint:
+            return await self._remix_canvas(user, job, work, options, origin)
         return await self.imagine(user, options, origin, kind=JobKind.REMIX, parent_id=job.id)
+
+    async def _remix_canvas(
+        self,
+        user: UserRef,
+        job: JobRecord,
+        work: GenerationRequest,
+        options: ImagineOptions,
+        origin: Origin,
+    ) -> Ticket:
+        """The remix of a zoom out or pan (or of a job made from one): the edited line paints
+        the same canvas through the same mask, at the canvas's size."""
+        record = await self.user(user)
+        try:
+            request = options.to_request(self.vocabulary(), self.native_size, self.presets())
+        except OptionsError as error:
+            raise _options_refusal(error) from None
+        except PresetLoraMissingError as error:
+            raise _preset_refusal(error) from None
+        except InvalidRequestError as error:
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
+        canvas = (work.width, work.height)
+        if request.width is not None and (request.width, request.height) != canvas:
+            args = {"job": job.id, "width": work.width, "height": work.height}
+            raise Refusal(Message(Key.REMIX_CANVAS_SIZE, args))
+        request = replace(
+            request,
+            width=work.width,
+            height=work.height,
+            init_image=work.init_image,
+            mask_image=work.mask_image,
+        )
+        await self._check_words(request.prompt, origin)
+        await self._admit(record, request.image_count)
+        prepared = await self._prepare(request)
+        return await self._enqueue(record, JobKind.REMIX, prepared, origin, job.id)
 
     # ------------------------------------------------------------------ buttons
 
     async def act(
         self, user: UserRef, job_id: int, action: str | Action, origin: Origin | None = None
     ) -> Ticket:
-        """U1-U4, V1-V4, S1-S4 or reroll on a grid; anyone may press, and it counts against
-        the presser's limits. The child goes to `origin`, or to the grid's own chat."""
+        """U1-U4, V1-V4, S1-S4 or reroll on a grid, zoom out or pan on an upscaled image;
+        anyone may press, and it counts against the presser's limits. The child goes to
+        `origin`, or to the grid's own chat."""
         record = await self.user(user)
         chosen = parse_action(action) if isinstance(action, str) else action
         if chosen is None or chosen.kind is JobKind.REMIX:  # remix: remix_line, then remix
             raise Refusal(Message(Key.UNKNOWN_ACTION, {"action": str(action)}))
         await self._visible_job(job_id, record, origin)
+        if chosen.move is not None:
+            return await self._outpaint(record, job_id, chosen, origin)
         parent, chosen = await self._acted_on(job_id, chosen)
         image = self._chosen_image(parent, chosen)
         work = work_of(parent)
@@ -399,6 +455,50 @@ class JobService:
             args = {"job": parent.id, "index": action.index + 1, "count": len(parent.images)}
             raise Refusal(Message(Key.NO_SUCH_IMAGE, args))
         return Path(parent.images[action.index].path)
+
+    async def _outpaint(
+        self, user: UserRecord, job_id: int, action: Action, origin: Origin | None
+    ) -> Ticket:
+        """Zoom out or pan: the upscaled image itself (not the grid image it came from) on a
+        bigger canvas, and a grid of new pictures painted around it with the grid's request.
+        The canvas and its mask are kept as files, so the job row holds paths."""
+        assert action.move is not None
+        upscaled = await self.db.run(self.store.job, job_id, with_images=True)
+        if upscaled is None:
+            raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": job_id}))
+        if upscaled.kind is not JobKind.UPSCALE or upscaled.parent_id is None:
+            raise Refusal(Message(Key.OUTPAINT_NEEDS_UPSCALE, {"job": job_id}))
+        if upscaled.status is not JobStatus.DONE or not upscaled.images:
+            raise Refusal(Message(Key.JOB_NOT_READY, {"job": job_id}))
+        grid = await self.db.run(self.store.job, upscaled.parent_id, with_images=True)
+        if grid is None:
+            raise Refusal(Message(Key.JOB_NOT_FOUND, {"job": upscaled.parent_id}))
+        work = work_of(grid)
+        if not isinstance(work, GenerationRequest) or not grid.images:
+            raise Refusal(Message(Key.JOB_NOT_READY, {"job": grid.id}))
+        limits = self.config.limits
+        count = min(4, limits.max_images)
+        await self._admit(user, count)
+        width = work.width or grid.images[0].width
+        height = work.height or grid.images[0].height
+        size = canvas_size(action.move, width, height, limits.max_area)
+        image = Path(upscaled.images[0].path)
+        try:
+            canvas, mask = await asyncio.to_thread(self._store_canvas, image, action.move, size)
+        except OSError:  # the image's file is gone (deleted by hand)
+            raise Refusal(Message(Key.JOB_NOT_READY, {"job": job_id})) from None
+        prepared = await self._prepare(outpaint_request(work, canvas, mask, size, count))
+        where = origin or Origin(upscaled.origin_platform, upscaled.origin_chat)
+        return await self._enqueue(user, action.kind, prepared, where, upscaled.id)
+
+    def _store_canvas(
+        self, image_path: Path, move: Move, size: tuple[int, int]
+    ) -> tuple[ImageRef, ImageRef]:
+        """The outpainting canvas and its mask from an image file, stored as uploads are
+        (`_store_input`). Resizing and filling take a while: call it off the event loop."""
+        with Image.open(image_path) as image:
+            canvas = build_canvas(image, move, size)
+        return self._store_input(_png(canvas.image)), self._store_input(_png(canvas.mask))
 
     def _upscaler(self) -> str | None:
         from pipeline.upscale import find_upscalers
@@ -617,7 +717,13 @@ class JobService:
             return Reply(summary)
         result = await self.dispatcher.result_reply(job)
         return Reply(
-            summary, result.images, result.grid, result.buttons, result.parameters, result.private
+            summary,
+            result.images,
+            result.grid,
+            result.buttons,
+            result.parameters,
+            result.private,
+            attachments=result.attachments,
         )
 
     async def history(self, user: UserRef, page: int = 1) -> Reply:
@@ -841,6 +947,19 @@ def _image_count(job: JobRecord) -> Message:
 def _with_init(prepared: PreparedWork, image: ImageRef) -> PreparedWork:
     assert isinstance(prepared.work, GenerationRequest)
     return replace(prepared, work=replace(prepared.work, init_image=image))
+
+
+def _with_control_image(prepared: PreparedWork, image: ImageRef) -> PreparedWork:
+    """The prepared job with its control image kept as a stored file."""
+    assert isinstance(prepared.work, GenerationRequest) and prepared.work.control is not None
+    control = replace(prepared.work.control, image=image)
+    return replace(prepared, work=replace(prepared.work, control=control))
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _fitted(size: tuple[int, int], max_area: int) -> tuple[int, int]:

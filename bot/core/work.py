@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import replace
 from pathlib import Path
 
 from bot.core.buttons import Action
 from bot.core.messages import Key
 from bot.store import JobKind, JobRecord
+from pipeline.control_names import MODE_WORDS, NO_PREPROCESSOR
 from pipeline.executors import Work
 from pipeline.lora_names import lora_set, requested_loras
-from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
+from pipeline.request import ControlMode, ControlUse, GenerationRequest, ImageRef, UpscaleRequest
 from pipeline.variations import reroll, strong_variation, subtle_variation
+
+SUBTLE_REPAINT_DENOISING = 0.4  # S on an outpainted grid (see subtle_repaint)
 
 # How each kind of job is named in replies.
 KIND_KEYS = {
@@ -22,6 +26,8 @@ KIND_KEYS = {
     JobKind.VARY_STRONG: Key.KIND_VARY_STRONG,
     JobKind.REROLL: Key.KIND_REROLL,
     JobKind.REMIX: Key.KIND_REMIX,
+    JobKind.ZOOM: Key.KIND_ZOOM,
+    JobKind.PAN: Key.KIND_PAN,
 }
 
 
@@ -73,9 +79,23 @@ def child_work(
         image = ImageRef(path=str(image_path))
         return UpscaleRequest(image=image, scale=2, upscaler=upscaler, model=parent.model)
     if action.kind is JobKind.VARY_SUBTLE:
+        if parent.is_inpaint:
+            return subtle_repaint(parent, ImageRef(path=str(image_path)), count)
         return subtle_variation(parent, action.index, count)
-    # The chosen image stays a file on disk: the job row keeps its path, not its pixels.
-    return strong_variation(parent, ImageRef(path=str(image_path)), count)
+    # The chosen image stays a file on disk: the job row keeps its path, not its pixels. A
+    # zoom out's or pan's image is varied whole: its canvas mask stays with that job.
+    whole = replace(parent, mask_image=None)
+    return strong_variation(whole, ImageRef(path=str(image_path)), count)
+
+
+def subtle_repaint(parent: GenerationRequest, image: ImageRef, count: int) -> GenerationRequest:
+    """S on a zoom out's or pan's grid. The pipeline takes variation seeds for text-to-image
+    only (an inpainting request has an init image), so the chosen image is painted again
+    through the same mask at a low strength with new seeds: the kept picture stays exactly,
+    the new area changes a little."""
+    request = strong_variation(parent, image, count, SUBTLE_REPAINT_DENOISING)
+    # img2img runs steps x strength steps: at least one.
+    return replace(request, steps=max(request.steps, math.ceil(1 / SUBTLE_REPAINT_DENOISING)))
 
 
 def remix_line(request: GenerationRequest) -> str:
@@ -103,7 +123,25 @@ def remix_line(request: GenerationRequest) -> str:
     flags.extend(f"--lora {lora.name}:{lora.unet_weight:g}" for lora in request.loras)
     if request.init_image is not None:
         flags.append(f"--strength {request.denoising_strength:g}")
+    flags.extend(_control_flags(request.control))
     return " ".join([request.prompt.strip(), *flags])
+
+
+def _control_flags(use: ControlUse | None) -> list[str]:
+    """The --cn flags that give the same ControlNet again (its image stays with the remix)."""
+    if use is None:
+        return []
+    name = use.preprocessor if use.preprocessor != NO_PREPROCESSOR else use.model
+    flags = [f"--cn {name}:{use.weight:g}"]
+    if use.guidance_start != 0.0:
+        flags.append(f"--cn-start {use.guidance_start:g}")
+    if use.guidance_end != 1.0:
+        flags.append(f"--cn-end {use.guidance_end:g}")
+    if use.mode is not ControlMode.BALANCED:
+        flags.append(f"--cn-mode {MODE_WORDS[use.mode]}")
+    if use.show:
+        flags.append("--cn-show")
+    return flags
 
 
 def _quoted(text: str) -> str:

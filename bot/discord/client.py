@@ -55,19 +55,22 @@ class DiscordFrontEnd:
         interaction: discord.Interaction[Any],
         prompt: str,
         image: discord.Attachment | None = None,
+        control_image: discord.Attachment | None = None,
         **fields: object,
     ) -> None:
-        """Acknowledged first (Discord allows 3 s), then the attachment is read and the job
+        """Acknowledged first (Discord allows 3 s), then the attachments are read and the job
         queued; a refused attachment is told to the asker alone."""
         await interaction.response.defer(thinking=True)
         user, origin = user_ref(interaction), origin_of(interaction)
         typed = {name: value for name, value in fields.items() if value is not None}
-        if image is not None:
-            read = await read_image(image)
+        for field, attachment in (("init_image", image), ("control_image", control_image)):
+            if attachment is None:
+                continue
+            read = await read_image(attachment)
             if isinstance(read, Reply):
                 await self._tell_privately(interaction, read, deferred_public=True)
                 return
-            typed["init_image"] = read
+            typed[field] = read
 
         async def queue() -> Ticket:
             options = await self.service.options(user, prompt, origin, **typed)

@@ -3,11 +3,12 @@
 Every option reaches the same parser as the flags written in the prompt (`DiscordFrontEnd.imagine`
 -> `JobService.options`), so both may be used at once; an option and a flag for the same thing
 take the option's value (`tile: False` turns off a `--tile` in the prompt, `hires: off` a
-`--hires`). Style, shot, lighting, quality, preset and sampler are autocompleted from the core's
-choice lists (bot/core/choices.py), labelled in the asker's language. An attached image makes
-the job img2img; one that is not an image or is too large is refused privately before it is
-downloaded. Names, descriptions and choice names carry catalog keys: Korean clients see them
-in Korean (bot/discord/translator.py).
+`--hires`). `control` (`--cn`) takes the image of `control_image`, or else the `image`
+attachment, as its control image. Style, shot, lighting, quality, preset, sampler and control
+are autocompleted from the core's choice lists (bot/core/choices.py), labelled in the asker's
+language. An attached image makes the job img2img; one that is not an image or is too large is
+refused privately before it is downloaded. Names, descriptions and choice names carry catalog
+keys: Korean clients see them in Korean (bot/discord/translator.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from discord import app_commands
 from bot.core.choices import (
     VOCABULARY_OPTIONS,
     Choice,
+    control_choices,
     preset_choices,
     sampler_choices,
     vocabulary_choices,
@@ -64,6 +66,8 @@ OPTION_NAMES = {
     "hires": Key.NAME_HIRES,
     "image": Key.NAME_IMAGE,
     "strength": Key.NAME_STRENGTH,
+    "control": Key.NAME_CONTROL,
+    "control_image": Key.NAME_CONTROL_IMAGE,
 }
 OPTION_DESCRIPTIONS = {
     "prompt": Key.ARG_PROMPT,
@@ -83,6 +87,8 @@ OPTION_DESCRIPTIONS = {
     "hires": Key.ARG_HIRES,
     "image": Key.ARG_INIT_IMAGE,
     "strength": Key.ARG_STRENGTH,
+    "control": Key.ARG_CONTROL,
+    "control_image": Key.ARG_CONTROL_IMAGE,
 }
 
 
@@ -162,11 +168,15 @@ def add_imagine(
         hires: str | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        control: str | None = None,
+        control_image: discord.Attachment | None = None,
     ) -> None:
         await front_end.imagine(
             interaction,
             prompt,
             image,
+            control_image=control_image,
+            cn=control,
             neg=negative,
             style=style,
             shot=shot,
@@ -210,6 +220,10 @@ def add_imagine(
     @imagine.autocomplete("preset")
     async def pick_preset(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:
         return discord_choices(preset_choices(service.presets(), typed, locale_of(interaction)))
+
+    @imagine.autocomplete("control")
+    async def pick_control(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:
+        return discord_choices(control_choices(service.config.models_dir, typed))
 
     @imagine.autocomplete("sampler")
     async def pick_sampler(interaction: Interaction, typed: str) -> list[app_commands.Choice[str]]:

@@ -21,6 +21,8 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 JPEG_QUALITIES = (95, 90, 85, 80, 75, 70)  # tried in turn before the picture is scaled down
 DOWNSCALE = 0.75
 MIN_SIDE = 16
+# A control map sent with a grid gets at least this much, even when the grid filled the limit.
+MIN_EXTRA_BYTES = 256 * 1024
 _STATUS_PREFIX = "discord"
 
 
@@ -103,8 +105,14 @@ def render_event(event: JobEvent, upload_limit: int = DEFAULT_UPLOAD_LIMIT) -> R
             args = {"format": fitted.format, "limit": size_text(upload_limit), "job": event.job_id}
             notes = (Message(Key.RESULT_REENCODED, args),)
         upload = Upload(fitted.data, fitted.filename, spoiler=event.reply.flagged)
+        room = upload_limit - len(fitted.data)  # what the picture leaves of the message's limit
+        extras = []
+        for path in event.reply.attachments:
+            extra = fit_upload(path.read_bytes(), path.name, max(MIN_EXTRA_BYTES, room))
+            extras.append(Upload(extra.data, extra.filename, spoiler=event.reply.flagged))
+            room -= len(extra.data)
         text = content(event.reply, event.locale, notes=notes)
-        return Rendered(text, (upload,), event.reply.buttons)
+        return Rendered(text, (upload, *extras), event.reply.buttons)
     return Rendered(content(event.reply, event.locale))
 
 

@@ -33,6 +33,8 @@ class JobKind(StrEnum):
     VARY_STRONG = "vary-strong"
     REROLL = "reroll"
     REMIX = "remix"
+    ZOOM = "zoom-out"  # Zoom Out 2x / 1.5x under an upscaled image
+    PAN = "pan"  # the pan arrows under an upscaled image
 
 
 class JobStatus(StrEnum):

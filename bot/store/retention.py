@@ -75,8 +75,9 @@ def requests_naming_images(session: Session, *where: sa.ColumnElement[bool]) -> 
 
 
 def paths_named(requests: Iterable[str]) -> set[str]:
-    """The image paths jobs' requests name, as recorded: GenerationRequest.init_image and
-    UpscaleRequest.image are {"path": ...} (or {"data": ...}, inline)."""
+    """The image paths jobs' requests name, as recorded: GenerationRequest.init_image (and
+    mask_image, a zoom out's or pan's canvas mask) and UpscaleRequest.image are
+    {"path": ...} (or {"data": ...}, inline)."""
     named: set[str] = set()
     for request in requests:
         try:

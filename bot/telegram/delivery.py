@@ -232,6 +232,15 @@ class JobMessages:
             sent = await self.bot.send_photo(
                 chat, picture.data, has_spoiler=reply.flagged, **common
             )
+        for path in reply.attachments:  # the control map of a --cn-show job, under the grid
+            data = await asyncio.to_thread(path.read_bytes)
+            await self.bot.send_photo(
+                chat,
+                data,
+                filename=path.name,
+                has_spoiler=reply.flagged,
+                reply_parameters=ReplyParameters(sent.message_id, allow_sending_without_reply=True),
+            )
         status = StatusMessage.parse(event.status_message)
         if status is not None and status.message_id != sent.message_id:
             await self._delete(status)

@@ -96,7 +96,12 @@ def inline_images(work: Work, max_bytes: int = DEFAULT_MAX_BYTES) -> Work:
     if isinstance(work, UpscaleRequest):
         return replace(work, image=_inlined(work.image, max_bytes))
     if work.init_image is not None:
-        return replace(work, init_image=_inlined(work.init_image, max_bytes))
+        work = replace(work, init_image=_inlined(work.init_image, max_bytes))
+    if work.mask_image is not None:  # a zoom out's or pan's canvas mask
+        work = replace(work, mask_image=_inlined(work.mask_image, max_bytes))
+    if work.control is not None:
+        control = replace(work.control, image=_inlined(work.control.image, max_bytes))
+        work = replace(work, control=control)
     return work
 
 
@@ -133,7 +138,7 @@ def _work_to_json(work: Work) -> dict[str, str]:
     if isinstance(work, UpscaleRequest):
         return {"kind": "upscale", "request": work.to_json()}
     if isinstance(work, GenerationRequest):
-        if work.init_image is not None and work.init_image.path is not None:
+        if _names_a_path(work):
             raise ValueError("a path cannot cross machines: inline the image first")
         return {"kind": "generate", "request": work.to_json()}
     raise TypeError(f"not work: {work!r}")
@@ -147,10 +152,16 @@ def _work_from_json(value: dict[str, str]) -> Work:
         return work
     if value["kind"] == "generate":
         request = GenerationRequest.from_json(value["request"])
-        if request.init_image is not None and request.init_image.path is not None:
+        if _names_a_path(request):
             raise ValueError("a request from another machine names a path")
         return request
     raise ValueError(f"unknown kind of work: {value['kind']!r}")
+
+
+def _names_a_path(request: GenerationRequest) -> bool:
+    control = request.control.image if request.control is not None else None
+    images = (request.init_image, request.mask_image, control)
+    return any(image is not None and image.path is not None for image in images)
 
 
 def _outcome_to_json(outcome: TaskOutcome) -> dict[str, Any]:
