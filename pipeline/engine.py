@@ -31,6 +31,7 @@ from pipeline.checkpoints import INPAINTING_CHANNELS
 from pipeline.control import ControlNets, ControlPass
 from pipeline.control_names import control_parameters
 from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
+from pipeline.face_steps import FaceKeys, restore_image_faces
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
 from pipeline.loading import (
@@ -64,6 +65,7 @@ from pipeline.request import (
     ProgressEvent,
     ResultStatus,
     Timings,
+    UpscaleRequest,
 )
 from pipeline.samplers import SamplerSpec, scheduler_for_steps
 from pipeline.tiling import circular_padding
@@ -540,13 +542,30 @@ class Engine:
         loras = self._lora_records(job.loras)
         if job.mask_image is not None:
             images = [_overlaid(image, job) for image in images]
+        face_keys: FaceKeys = ()
+        if request.face_restoration is not None:
+            restored = [self.restore_faces(image, request) for image in images]
+            images = [image for image, _ in restored]
+            face_keys = restored[0][1] if restored else ()
         return tuple(
             GeneratedImage(
                 image=image,
                 seed=seed,
-                infotext=self._infotext(request, job.sampler, seed, index, loras),
+                infotext=self._infotext(request, job.sampler, seed, index, loras, face_keys),
             )
             for index, (image, seed) in enumerate(zip(images, request.seeds, strict=True))
+        )
+
+    def restore_faces(
+        self, image: Image.Image, work: GenerationRequest | UpscaleRequest
+    ) -> tuple[Image.Image, FaceKeys]:
+        """`image` with its faces restored as `work` asks, on this engine's device, and the
+        keys that record it in the parameters."""
+        assert work.face_restoration is not None
+        pipe = self._txt2img
+        models = self.models_dir or Path("models")
+        return restore_image_faces(
+            image, work.face_restoration, work.codeformer_weight, models, pipe.device, pipe.dtype
         )
 
     def _lora_records(self, uses: Sequence[LoraUse]) -> ActiveLoras:
@@ -763,6 +782,7 @@ class Engine:
         seed: int,
         index: int,
         loras: ActiveLoras,
+        face_keys: FaceKeys = (),
     ) -> Infotext:
         return Infotext(
             prompt=prompt_with_lora_tags(request.prompt, request.loras),
@@ -785,6 +805,7 @@ class Engine:
             extra=_hires_keys(request.hires)
             + _lora_keys(loras)
             + self._control_keys(request)
+            + face_keys
             + _vae_keys(self.vae),
             version=f"Easel {easel_version()}",
         )

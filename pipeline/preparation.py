@@ -23,6 +23,7 @@ from PIL import Image
 
 from pipeline.control_names import resolve_control
 from pipeline.errors import InvalidRequestError
+from pipeline.face_steps import check_codeformer_weight, resolve_face_restorer
 from pipeline.families import ModelFamily
 from pipeline.images import check_pixels
 from pipeline.lora_names import requested_loras
@@ -105,6 +106,10 @@ def prepare_job(
             ko="인페인팅 체크포인트는 마스크 영역 채우기(줌 아웃, 팬)에만 씁니다. 이 작업에는 "
             "다른 체크포인트를 고르세요.",
         )
+    if request.face_restoration is not None:
+        check_codeformer_weight(request.codeformer_weight)
+        restorer = resolve_face_restorer(request.face_restoration, models_dir)
+        request = replace(request, face_restoration=restorer.name)
     control_image = None
     if request.control is not None:
         control = resolve_control(request.control, models_dir, traits.text_width)

@@ -87,7 +87,7 @@ def test_upgrade_creates_every_table_and_is_idempotent(db_path: Path) -> None:
     with Store(f"sqlite:///{db_path}") as store:
         assert store.current() is None
         store.upgrade(through_migrations=True)
-        assert store.current() == store.head() == "0006"
+        assert store.current() == store.head() == "0007"
         user = store.user("telegram", "7")
         store.upgrade()
         assert store.current() == store.head()

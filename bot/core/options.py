@@ -20,18 +20,29 @@ from dataclasses import dataclass
 from pipeline.buckets import XL_NATIVE, xl_bucket
 from pipeline.control_names import MODES, NO_PREPROCESSOR, PREPROCESSORS
 from pipeline.errors import InvalidRequestError, UnknownSamplerError
+from pipeline.face_steps import ANY_RESTORER
 from pipeline.presets import Presets
 from pipeline.prompts.composable import split_and
 from pipeline.prompts.extra_networks import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, lora_weight_in_range
 from pipeline.prompts.plan import plan_prompt
 from pipeline.prompts.syntax import PromptSyntaxError, WeightOutOfRange, parse_number, shorten
 from pipeline.prompts.vocabulary import UnknownVocabularyId, Vocabulary
-from pipeline.request import ControlMode, ControlUse, GenerationRequest, HiresFix, ImageRef, LoraUse
+from pipeline.request import (
+    CODEFORMER_WEIGHT,
+    ControlMode,
+    ControlUse,
+    GenerationRequest,
+    HiresFix,
+    ImageRef,
+    LoraUse,
+)
 from pipeline.sampler_names import resolve_sampler_name as resolve_sampler
 from pipeline.text import clean_text
 from pipeline.validation import MAX_SEED, Limits, batch_seeds
 
 ASPECT_STEP = 64
+# Words that make `--face` mean face restoration (a restorer's family, or "restore").
+RESTORER_WORDS = ("restore", "gfpgan", "codeformer", "restoreformer")
 DEFAULT_HIRES_SCALE = 2.0
 # `--preset none`: no preset, whatever the user's or the chat's default is.
 NO_PRESET_WORDS = frozenset({"none", "-", "off", "default", "clear"})
@@ -86,6 +97,9 @@ class ImagineOptions:
     control_end: float = 1.0
     control_mode: ControlMode = ControlMode.BALANCED
     control_show: bool = False
+    # A1111's "Restore faces": a restorer (file, or gfpgan, codeformer, restoreformer, or
+    # "restore" for the first there is) and CodeFormer's weight.
+    restore_faces: tuple[str, float] | None = None
 
     def composed_prompt(self, vocabulary: Vocabulary) -> str:
         """The user's words first, then style, shot, lighting and quality fragments."""
@@ -135,6 +149,8 @@ class ImagineOptions:
                 self.strength if self.strength is not None else DEFAULT_IMG2IMG_STRENGTH
             ),
             control=self._control_use(),
+            face_restoration=self.restore_faces[0] if self.restore_faces else None,
+            codeformer_weight=self.restore_faces[1] if self.restore_faces else CODEFORMER_WEIGHT,
         )
 
     def _control_use(self) -> ControlUse | None:
@@ -204,6 +220,7 @@ def options_from_fields(
         if given is not None and not isinstance(given, ImageRef):
             raise TypeError("init_image and the control images are ImageRefs")
     text, flags = _split_flags(clean_text(prompt))
+    flags = [_face_restoration_alias(flag) for flag in flags]
     for key, value in typed.items():
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is not None and item is not False:
@@ -270,6 +287,20 @@ def _place_control_image(values: dict[str, object]) -> None:
             f"--cn-start ({start:g}) must be below --cn-end ({end:g}).",
             f"--cn-start({start:g})는 --cn-end({end:g})보다 작아야 합니다.",
         )
+
+
+def _face_restoration_alias(flag: tuple[str, str, bool]) -> tuple[str, str, bool]:
+    """`--face` takes the origin notes' face words (`--face cute-eyes`) and, bare or with a
+    restorer (`--face`, `--face codeformer:0.7`), A1111's "Restore faces"."""
+    name, raw, typed = flag
+    if name == "face" and is_restorer_word(raw):
+        return "restore-faces", raw, typed
+    return flag
+
+
+def is_restorer_word(raw: str) -> bool:
+    word = raw.strip().lower()
+    return not word or word.startswith(RESTORER_WORDS)
 
 
 def _turn_off(values: dict[str, object], flag: _Flag) -> None:
@@ -677,6 +708,27 @@ def _control_mode(raw: str, _: _Context) -> ControlMode:
     return mode
 
 
+def parse_restore_faces(raw: str) -> tuple[str, float]:
+    """A restore-faces choice (`gfpgan`, `codeformer:0.7`, "" for the first restorer) as a
+    restorer and CodeFormer's weight; OptionsError when it is not one."""
+    return _restore_faces(raw, None)  # type: ignore[arg-type]  # the parser reads no context
+
+
+def _restore_faces(raw: str, _: _Context) -> tuple[str, float]:
+    name, colon, weight_text = raw.partition(":")
+    name = name.strip() or ANY_RESTORER
+    weight = parse_number(weight_text) if colon else CODEFORMER_WEIGHT
+    if any(char.isspace() for char in name) or weight is None or not 0.0 <= weight <= 1.0:
+        shown = shorten(raw)
+        raise OptionsError(
+            "--restore-faces takes a face restorer and CodeFormer's weight (0 to 1), e.g. "
+            f"gfpgan or codeformer:0.7, not {shown!r}.",
+            "--restore-faces 값은 얼굴 복원 모델과 CodeFormer 가중치(0~1)입니다. 예: gfpgan, "
+            f"codeformer:0.7 ({shown!r}).",
+        )
+    return name, weight
+
+
 def _hires(raw: str, _: _Context) -> float:
     if not raw:
         return DEFAULT_HIRES_SCALE
@@ -725,6 +777,7 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("control_end", _share("cn-end"), aliases=("cn-end",)),
     _Flag("control_mode", _control_mode, aliases=("cn-mode",)),
     _Flag("control_show", _flag_on, takes_value=False, aliases=("cn-show",)),
+    _Flag("restore_faces", _restore_faces, aliases=("restore-faces",)),
     _Flag(
         "clip_skip",
         _limited_integer("clip-skip", 1, lambda limits: limits.max_clip_skip),

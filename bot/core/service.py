@@ -34,6 +34,7 @@ from bot.core.options import (
     ImagineOptions,
     OptionsError,
     options_from_fields,
+    parse_restore_faces,
 )
 from bot.core.setting_choices import MENU_SETTINGS, SettingMenu, setting_menu
 from bot.core.sources import ReloadReport
@@ -59,12 +60,13 @@ from bot.store import (
 )
 from pipeline.errors import InvalidRequestError
 from pipeline.executors import PreparedWork, Work
+from pipeline.face_steps import resolve_face_restorer
 from pipeline.images import Infotext, format_infotext, read_infotext
 from pipeline.lora_names import UnknownLoraError
 from pipeline.outpaint import Move, build_canvas, canvas_size, outpaint_request
 from pipeline.presets import PresetLoraMissingError, Presets
 from pipeline.prompts.vocabulary import Vocabulary
-from pipeline.request import GenerationRequest, ImageRef, UpscaleRequest
+from pipeline.request import CODEFORMER_WEIGHT, GenerationRequest, ImageRef, UpscaleRequest
 from pipeline.text import clean_text
 from pipeline.validation import check_input_size
 from pipeline.variations import STRONG_DENOISING, request_from_infotext, strong_variation
@@ -77,6 +79,7 @@ _SETTING_FLAGS = {
     "steps": "steps",
     "sampler": "sampler",
     "preset": "preset",
+    "restore_faces": "restore-faces",
 }
 # Settings are shown by the names people type in `/settings name=value`.
 _SETTING_SHOWN = {"aspect_ratio": "ar"}
@@ -85,6 +88,8 @@ _SETTING_ALIASES = {
     "ar": "aspect_ratio",
     "aspect": "aspect_ratio",
     "comp": "composition",
+    "faces": "restore_faces",
+    "restore-faces": "restore_faces",
 }
 _CLEAR = {"", "-", "none", "default", "off"}
 # Settings that are on or off: `private` (results shared with no chat), `plain_text` (in a
@@ -428,7 +433,8 @@ class JobService:
         if chosen.kind is JobKind.REROLL:
             count = work.image_count
         await self._admit(record, count)
-        child = child_work(chosen, work, image, count, self._upscaler())
+        faces = await self._saved_faces(record) if chosen.kind is JobKind.UPSCALE else None
+        child = child_work(chosen, work, image, count, self._upscaler(), faces)
         prepared = await self._prepare(child)
         where = origin or Origin(parent.origin_platform, parent.origin_chat)
         return await self._enqueue(record, chosen.kind, prepared, where, parent.id, chosen.index)
@@ -500,6 +506,17 @@ class JobService:
             canvas = build_canvas(image, move, size)
         return self._store_input(_png(canvas.image)), self._store_input(_png(canvas.mask))
 
+    async def _saved_faces(self, user: UserRecord) -> tuple[str, float] | None:
+        """The user's restore-faces setting, for their U upscales (None: not set, or no
+        longer a valid choice)."""
+        saved = await self.db.run(self.store.settings, user.id)
+        if not saved.restore_faces:
+            return None
+        try:
+            return parse_restore_faces(saved.restore_faces)
+        except OptionsError:
+            return None
+
     def _upscaler(self) -> str | None:
         from pipeline.upscale import find_upscalers
 
@@ -520,7 +537,10 @@ class JobService:
             await self._check_words(info.prompt, origin)
         await self._admit(record, 1)
         stored = await asyncio.to_thread(self._store_input, image)
+        faces = await self._saved_faces(record)
         work = UpscaleRequest(image=stored, scale=2, upscaler=self._upscaler())
+        if faces is not None:
+            work = replace(work, face_restoration=faces[0], codeformer_weight=faces[1])
         prepared = await self._prepare(work)
         return await self._enqueue(record, JobKind.UPSCALE, prepared, origin)
 
@@ -818,6 +838,15 @@ class JobService:
             ) from None
         if name == "aspect_ratio":
             return raw.replace(" ", "")
+        if name == "restore_faces":
+            assert parsed.restore_faces is not None
+            try:  # a restorer this bot's models folder has, as a job is checked against
+                resolve_face_restorer(parsed.restore_faces[0], self.config.models_dir)
+            except InvalidRequestError as error:
+                detail = error_text(error)
+                args = {"name": name, "value": raw, "detail": detail}
+                raise Refusal(Message(Key.SETTINGS_BAD_VALUE, args)) from None
+            return _faces_text(parsed.restore_faces)
         value = getattr(parsed, "lighting" if name == "lighting" else name)
         return value
 
@@ -993,6 +1022,15 @@ def _setting_lines_of(saved: SettingsRecord) -> tuple[Message, ...]:
         label = _SETTING_SHOWN.get(name, name)
         lines.append(Message(Key.SETTING_LINE, {"name": label, "value": shown}))
     return tuple(lines)
+
+
+def _faces_text(choice: tuple[str, float] | None) -> str | None:
+    """A restore-faces choice as it is saved: `gfpgan`, or `codeformer:0.7` off the default
+    weight."""
+    if choice is None:
+        return None
+    name, weight = choice
+    return name if weight == CODEFORMER_WEIGHT else f"{name}:{weight:g}"
 
 
 def _setting_text(value: object) -> str:

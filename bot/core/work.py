@@ -13,7 +13,14 @@ from bot.store import JobKind, JobRecord
 from pipeline.control_names import MODE_WORDS, NO_PREPROCESSOR
 from pipeline.executors import Work
 from pipeline.lora_names import lora_set, requested_loras
-from pipeline.request import ControlMode, ControlUse, GenerationRequest, ImageRef, UpscaleRequest
+from pipeline.request import (
+    CODEFORMER_WEIGHT,
+    ControlMode,
+    ControlUse,
+    GenerationRequest,
+    ImageRef,
+    UpscaleRequest,
+)
 from pipeline.variations import reroll, strong_variation, subtle_variation
 
 SUBTLE_REPAINT_DENOISING = 0.4  # S on an outpainted grid (see subtle_repaint)
@@ -69,15 +76,25 @@ def child_work(
     image_path: Path | None,
     count: int,
     upscaler: str | None,
+    faces: tuple[str, float] | None = None,
 ) -> Work:
-    """The work a button asks for, from the parent job's request and chosen image."""
+    """The work a button asks for, from the parent job's request and chosen image; `faces`:
+    the presser's restore-faces setting, a step of U."""
     if action.kind is JobKind.REROLL:
         return reroll(parent)
     assert action.index is not None and image_path is not None
     if action.kind is JobKind.UPSCALE:
         # The detail pass runs on the checkpoint that made the image.
         image = ImageRef(path=str(image_path))
-        return UpscaleRequest(image=image, scale=2, upscaler=upscaler, model=parent.model)
+        restorer, weight = faces if faces is not None else (None, CODEFORMER_WEIGHT)
+        return UpscaleRequest(
+            image=image,
+            scale=2,
+            upscaler=upscaler,
+            model=parent.model,
+            face_restoration=restorer,
+            codeformer_weight=weight,
+        )
     if action.kind is JobKind.VARY_SUBTLE:
         if parent.is_inpaint:
             return subtle_repaint(parent, ImageRef(path=str(image_path)), count)

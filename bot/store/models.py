@@ -134,6 +134,8 @@ class UserSettings(Base):
     steps: Mapped[int | None] = mapped_column(sa.Integer())
     sampler: Mapped[str | None] = mapped_column(sa.String(64))
     preset: Mapped[str | None] = mapped_column(sa.String(64))
+    # A1111's "Restore faces" for new images and U upscales: a restorer, or with a weight.
+    restore_faces: Mapped[str | None] = mapped_column(sa.String(64))
     private: Mapped[bool] = mapped_column(sa.Boolean(), default=False)
     # In a private chat, a line without a command is an /imagine (Telegram).
     plain_text: Mapped[bool] = mapped_column(

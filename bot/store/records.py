@@ -47,6 +47,7 @@ class SettingsRecord:
     steps: int | None = None
     sampler: str | None = None
     preset: str | None = None
+    restore_faces: str | None = None  # "gfpgan", "codeformer:0.7": new images and U upscales
     private: bool = False
     plain_text: bool = True  # a plain line in a private chat is an /imagine
     updated_at: datetime | None = None

@@ -220,9 +220,16 @@ class LocalExecutor:
                 if result.status is ResultStatus.CANCELLED:
                     return TaskOutcome(task.task_id, OutcomeStatus.CANCELLED)
                 enlarged, infotext = result.images[0].image, result.images[0].infotext
+            face_keys: tuple[tuple[str, str], ...] = ()
+            if work.face_restoration is not None:
+                enlarged, face_keys = self.engine.restore_faces(enlarged, work)
         except Exception as error:  # a job's failure is reported, never raised
             return _failed(task, error)
         parameters = upscaled_parameters(infotext, enlarged.size, used, work.scale)
+        if face_keys:  # restored now: any earlier record of a restoration is replaced
+            names = {name for name, _ in face_keys}
+            kept = tuple(item for item in parameters.extra if item[0] not in names)
+            parameters = replace(parameters, extra=(*kept, *face_keys))
         seed = parameters.seed if parameters.seed is not None else 0
         return TaskOutcome(
             task_id=task.task_id,
