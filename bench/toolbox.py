@@ -99,6 +99,38 @@ def controlnet_calls(
     }
 
 
+def face_calls(
+    model: LoadedModel, models: Path, device: DeviceChoice, size: int, steps: int
+) -> dict[str, Callable[[], Any]]:
+    """The plain job, and the plain job followed by restoring one face in an image of its
+    size with a random GFPGAN (detection, crop, the network at 512², the paste)."""
+    from pipeline.faces import load_face_restorer, restore_faces
+    from tests.face_models import draw_face, gfpgan_state, save_state
+
+    path = save_state(gfpgan_state(), models / "GFPGAN" / "bench-gfpgan.safetensors")
+    restorer = load_face_restorer(path, device.device, device.dtype)
+    engine = Engine(model, models_dir=models, batching=BatchShape(BatchMode.FIXED, 2))
+    job = request(size, steps)
+    portrait = Image.new("RGB", (size, size), (60, 60, 60))
+    face = draw_face(size // 2)
+    portrait.paste(face, (size // 4, size // 4))
+
+    def with_faces() -> Any:
+        engine.generate(job)
+        restored = restore_faces(portrait, restorer, models)
+        assert restored.faces == 1, "the bench's face was not found"
+        return restored
+
+    return {"plain": lambda: engine.generate(job), "restore faces": with_faces}
+
+
+def report_faces(seconds: dict[str, float]) -> None:
+    plain, restored = seconds["plain"], seconds["restore faces"]
+    print(f"{'job':<26} {'seconds':>8} {'ratio':>7}")
+    print(f"{'plain':<26} {plain:>8.3f} {1:>7.2f}")
+    print(f"{'with face restoration':<26} {restored:>8.3f} {restored / plain:>7.2f}")
+
+
 def report_controlnet(seconds: dict[str, float]) -> None:
     plain, controlled = seconds["plain"], seconds["controlnet"]
     theirs = seconds["diffusers controlnet"]
@@ -137,6 +169,10 @@ def main() -> None:
         for call in calls.values():
             call()  # kernels, allocator, lazy imports
         report_controlnet(best_times(calls, args.repeats))
+        calls = face_calls(model, models, device, args.size, args.steps)
+        for call in calls.values():
+            call()
+        report_faces(best_times(calls, args.repeats))
     if args.sdxl:
         run_sdxl(device, args.repeats)
 

@@ -44,6 +44,11 @@ class ControlPass:
     hint: torch.Tensor  # (1, 3, height, width), 0 to 1, on the model's device and dtype
     use: ControlUse
 
+    @property
+    def reads_row_kinds(self) -> bool:
+        """Whether it must know the negative prompt's rows ("ControlNet is more important")."""
+        return self.use.mode is ControlMode.CONTROL
+
     def active(self, done: int, steps: int) -> bool:
         """A1111's guidance window: off before `guidance_start` and after `guidance_end`."""
         share = done / steps if steps else 0.0
@@ -55,36 +60,43 @@ class ControlPass:
         timesteps: Any,
         text: torch.Tensor,
         arguments: dict[str, Any],
-        negative_rows: torch.Tensor,
+        negative_rows: torch.Tensor | None,
     ) -> dict[str, Any]:
         """The UNet's extra arguments for these rows; `negative_rows` (rows,) is 1 where a row
-        is a negative prompt's."""
+        is a negative prompt's (given when `reads_row_kinds`)."""
         rows = sample.shape[0]
         channels = self.model.config.in_channels
+        balanced = self.use.mode is ControlMode.BALANCED
         down, mid = self.model(
             sample[:, :channels],
             timesteps,
             encoder_hidden_states=text,
             controlnet_cond=self.hint.expand(rows, -1, -1, -1),
+            conditioning_scale=self.use.weight if balanced else 1.0,
             added_cond_kwargs=arguments.get("added_cond_kwargs"),
             return_dict=False,
         )
+        if not balanced:
+            down, mid = self._soft_injection(list(down), mid, negative_rows)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def _soft_injection(
+        self, down: list[torch.Tensor], mid: torch.Tensor, negative_rows: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The two non-balanced modes: each layer weakened towards the shallow ones, and in
+        "ControlNet is more important" nothing added to the negative prompt's rows."""
         scales = self._layer_scales(len(down) + 1)
-        if self.use.mode is ControlMode.CONTROL:
-            keep = (1 - negative_rows).to(sample.dtype).view(rows, 1, 1, 1)
-        else:
-            keep = torch.ones((rows, 1, 1, 1), dtype=sample.dtype, device=sample.device)
-        return {
-            "down_block_additional_residuals": [
+        if negative_rows is not None:
+            keep = (1 - negative_rows).to(mid.dtype).view(-1, 1, 1, 1)
+            down = [
                 residual * (scale * keep) for residual, scale in zip(down, scales, strict=False)
-            ],
-            "mid_block_additional_residual": mid * (scales[-1] * keep),
-        }
+            ]
+            return down, mid * (scales[-1] * keep)
+        down = [residual * scale for residual, scale in zip(down, scales, strict=False)]
+        return down, mid * scales[-1]
 
     def _layer_scales(self, count: int) -> list[float]:
         weight = self.use.weight
-        if self.use.mode is ControlMode.BALANCED:
-            return [weight] * count
         return [weight * SOFT_INJECTION ** (count - 1 - index) for index in range(count)]
 
 

@@ -200,8 +200,10 @@ class GuidedUNet:
             steps = _timesteps(step, sample.shape[0])
             text, arguments = self.encoder.unet_inputs(context, kwargs)
             if self.control is not None:
-                # The last channel says which rows are negative prompts' (see _run_group).
-                sample, negative_rows = sample[:, :-1], sample[:, -1, 0, 0]
+                negative_rows = None
+                if self.control.reads_row_kinds:
+                    # The last channel says which rows are negative prompts' (_run_group).
+                    sample, negative_rows = sample[:, :-1], sample[:, -1, 0, 0]
                 if self.control.active(self.counter.done, self.counter.steps):
                     extra = self.control.residuals(sample, steps, text, arguments, negative_rows)
                     arguments = {**arguments, **extra}
@@ -228,7 +230,7 @@ class GuidedUNet:
             ]
         )
         context = torch.cat([rows[image].context for image in group])
-        if self.control is not None:
+        if self.control is not None and self.control.reads_row_kinds:
             sample = _with_row_kinds(sample, [rows[image] for image in group])
         if self.shape.mode is BatchMode.WHOLE:
             output = call(sample, timestep, context)

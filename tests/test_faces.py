@@ -2,9 +2,9 @@
 found, recognised by spandrel and run; faces found by OpenCV in drawn pictures, restored and
 pasted back without touching anything else.
 
-A real GFPGAN or CodeFormer pass takes 6 to 10 s on one CPU core, so those run only on a GPU
-or with EASEL_FACE_PASSES=1; the other tests check what those networks are given through an
-identity stand-in for their forward pass, and run the small RestoreFormer for real.
+A real GFPGAN or CodeFormer pass takes 6 to 10 s on one CPU core, so three such passes run
+(EASEL_FACE_PASSES=0 skips them); the other tests check what those networks are given through
+an identity stand-in for their forward pass, and run the small RestoreFormer for real.
 """
 
 from __future__ import annotations
@@ -48,10 +48,8 @@ HAS_CODEFORMER = CodeFormer is not None
 needs_codeformer = pytest.mark.skipif(
     not HAS_CODEFORMER, reason="CodeFormer needs the spandrel-extra-arches package"
 )
-REAL_PASSES = torch.cuda.is_available() or os.environ.get("EASEL_FACE_PASSES") == "1"
-real_passes = pytest.mark.skipif(
-    not REAL_PASSES, reason="a GFPGAN or CodeFormer pass takes seconds on a CPU: a GPU runs it"
-)
+REAL_PASSES = os.environ.get("EASEL_FACE_PASSES", "1") != "0"
+real_passes = pytest.mark.skipif(not REAL_PASSES, reason="EASEL_FACE_PASSES=0")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytestmark = pytest.mark.heavy  # started first: see conftest.py
@@ -249,13 +247,12 @@ def test_a_codeformer_weight_outside_0_to_1_is_refused(
 
 
 @real_passes
-def test_gfpgan_restores_a_face_the_same_way_each_time(models: Path) -> None:
+def test_gfpgan_restores_a_face(models: Path) -> None:
     restorer = load_face_restorer(face_restorer_file("gfpgan", models), DEVICE)
     face = draw_face(FACE_SIZE)
-    first, second = restorer.restore(face), restorer.restore(face)
-    assert first.size == (FACE_SIZE, FACE_SIZE)
-    assert np.array_equal(np.asarray(first), np.asarray(second))
-    assert not np.array_equal(np.asarray(first), np.asarray(face))
+    restored = restorer.restore(face)
+    assert restored.size == (FACE_SIZE, FACE_SIZE)
+    assert not np.array_equal(np.asarray(restored), np.asarray(face))
 
 
 @real_passes
