@@ -19,7 +19,12 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 UNET_PREFIX = "model.diffusion_model."
@@ -350,3 +355,32 @@ def _rename_prefix(key: str, mapping: Mapping[str, str]) -> str | None:
 
 def _prefixed(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {prefix + key: value for key, value in state.items()}
+
+
+def controlnet_to_ldm(
+    controlnet: ControlNetModel, unet: UNet2DConditionModel
+) -> dict[str, torch.Tensor]:
+    """A ControlNet made from `unet` as A1111's single files hold it (`control_model.` keys):
+    the UNet-shaped encoder under LDM names, the hint encoder as `input_hint_block`, the zero
+    convolutions as `zero_convs` and `middle_block_out`."""
+    weights = controlnet.state_dict()
+    shared = ("conv_in.", "time_embedding.", "down_blocks.", "mid_block.")
+    prefixes = _unet_block_prefixes(unet)  # the ControlNet's down and mid blocks are the UNet's
+    state = {
+        _unet_key(key, prefixes): value for key, value in weights.items() if key.startswith(shared)
+    }
+    embedding = "controlnet_cond_embedding."
+    hint_layers = [f"{embedding}conv_in"]
+    blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    hint_layers += [f"{embedding}blocks.{index}" for index in range(blocks)]
+    for index, layer in enumerate(hint_layers):
+        for part in ("weight", "bias"):
+            state[f"input_hint_block.{2 * index}.{part}"] = weights[f"{layer}.{part}"]
+    for part in ("weight", "bias"):
+        state[f"input_hint_block.14.{part}"] = weights[f"{embedding}conv_out.{part}"]
+        state[f"middle_block_out.0.{part}"] = weights[f"controlnet_mid_block.{part}"]
+        for index in range(len(controlnet.controlnet_down_blocks)):
+            state[f"zero_convs.{index}.0.{part}"] = weights[
+                f"controlnet_down_blocks.{index}.{part}"
+            ]
+    return {f"control_model.{key}": value for key, value in state.items()}

@@ -26,6 +26,7 @@ from pipeline.request import (
     ImageRef,
 )
 from tests.conftest import TEST_BATCHING
+from tests.ldm_checkpoint import controlnet_to_ldm
 
 pytestmark = pytest.mark.heavy  # started first: see conftest.py
 
@@ -47,6 +48,11 @@ def control_models(tmp_path_factory: pytest.TempPathFactory, tiny_model: LoadedM
     model = build_random_controlnet(tiny_model.pipe.unet)
     model.save_pretrained(folder / "tiny-canny")
     save_file(model.state_dict(), folder / "tiny_canny_single.safetensors")
+    a1111 = controlnet_to_ldm(model, tiny_model.pipe.unet)
+    save_file(
+        {key: value.contiguous() for key, value in a1111.items()},
+        folder / "tiny_canny_a1111.safetensors",
+    )
     wide = {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": _zeros(64, 2048)}
     save_file(wide, folder / "xl_canny.safetensors")
     return root
@@ -110,6 +116,7 @@ def test_lineart_and_binary_draw_white_lines_on_black(tmp_path: Path) -> None:
 def test_a_preprocessor_picks_the_model_that_fits(control_models: Path) -> None:
     assert [file.name for file in find_controlnets(control_models)] == [
         "tiny-canny",
+        "tiny_canny_a1111",
         "tiny_canny_single",
         "xl_canny",
     ]
@@ -186,9 +193,10 @@ def test_the_parameters_record_the_unit_and_show_returns_the_map(engine: Engine)
     assert engine.generate(request(canny())).control_map is None  # not asked for
 
 
-def test_a_single_file_controlnet_gives_the_folders_pixels(engine: Engine) -> None:
+@pytest.mark.parametrize("name", ["tiny_canny_single", "tiny_canny_a1111"])
+def test_a_single_file_controlnet_gives_the_folders_pixels(engine: Engine, name: str) -> None:
     folder = pixels(engine.generate(request(canny())))
-    single = replace(canny(), model="tiny_canny_single", preprocessor="canny")
+    single = replace(canny(), model=name, preprocessor="canny")
     assert np.array_equal(pixels(engine.generate(request(single))), folder)
 
 
