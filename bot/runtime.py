@@ -35,6 +35,7 @@ def core_config(settings: Settings, on_gpu: bool) -> CoreConfig:
         daily_images=settings.daily_images,
         banned_words=settings.banned_word_list(),
         upscaler=settings.upscaler,
+        inpaint_model=settings.inpaint_model,
         progress_interval=settings.progress_interval,
         # Never throttle a chat harder than a single job.
         progress_chat_interval=min(settings.progress_chat_interval, settings.progress_interval),

@@ -208,6 +208,10 @@ class Settings(EarlySettings):
         default=None,
         description="Upscaler for U buttons (models/upscale); empty: the first, else Lanczos.",
     )
+    inpaint_model: str | None = Field(
+        default=None,
+        description="Inpainting checkpoint for zoom out and pan; empty: the grid's own.",
+    )
     progress_interval: float = Field(default=2.0, ge=0, description="Seconds between updates.")
     progress_chat_interval: float = Field(
         default=1.0, ge=0, description="Seconds between progress updates in one chat."
@@ -325,6 +329,7 @@ class Settings(EarlySettings):
         "telegram_webhook_url",
         "telegram_webhook_secret",
         "upscaler",
+        "inpaint_model",
         "max_batch_images",
         "exact_batches",
         "channels_last",

@@ -30,7 +30,7 @@ from pipeline.batching import BatchKey, BatchMode, BatchShape, RowChecks, batch_
 from pipeline.checkpoints import INPAINTING_CHANNELS
 from pipeline.control import ControlNets, ControlPass
 from pipeline.control_names import control_parameters
-from pipeline.errors import GenerationOutOfMemory, ModelLoadError, first_line
+from pipeline.errors import GenerationOutOfMemory, InvalidRequestError, ModelLoadError, first_line
 from pipeline.face_steps import FaceKeys, restore_image_faces
 from pipeline.guidance import GuidedUNet, StepCounter, vae_slicing
 from pipeline.images import Infotext
@@ -425,6 +425,15 @@ class Engine:
         key = _shared_key(jobs)
         with self._lock:
             self._require_model()
+            if self.traits.inpainting and not key.inpaint:
+                # Checked here, not when the job is queued: jobs are checked against the
+                # checkpoint loaded then, which a zoom out may have made the inpainting one.
+                raise InvalidRequestError(
+                    f"{self.model.source.name} is an inpainting checkpoint: it paints masked "
+                    "areas (zoom out, pan) only; pick another checkpoint for this job.",
+                    ko=f"{self.model.source.name}은(는) 인페인팅 체크포인트라 마스크 영역(줌 "
+                    "아웃, 팬)만 그립니다. 이 작업에는 다른 체크포인트를 고르세요.",
+                )
             started = time.perf_counter()
             live = [index for index, event in enumerate(events) if not _is_set(event)]
             images: dict[int, tuple[GeneratedImage, ...]] = {}

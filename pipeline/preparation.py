@@ -99,13 +99,6 @@ def prepare_job(
         else None
     )
     mask = _open_mask(request, limits) if request.mask_image is not None else None
-    if traits.inpainting and mask is None:
-        raise InvalidRequestError(
-            "This is an inpainting checkpoint: it fills masked areas (zoom out, pan); pick "
-            "another checkpoint for this job.",
-            ko="인페인팅 체크포인트는 마스크 영역 채우기(줌 아웃, 팬)에만 씁니다. 이 작업에는 "
-            "다른 체크포인트를 고르세요.",
-        )
     if request.face_restoration is not None:
         check_codeformer_weight(request.codeformer_weight)
         restorer = resolve_face_restorer(request.face_restoration, models_dir)

@@ -119,5 +119,5 @@ def test_an_inpainting_checkpoint_outpaints_and_refuses_plain_jobs(tmp_path: Pat
     out = np.asarray(engine.generate(request).images[0].image).astype(int)
     kept = np.asarray(canvas.mask) == 0
     assert np.array_equal(out[kept], np.asarray(canvas.image).astype(int)[kept])
-    with pytest.raises(InvalidRequestError, match="inpainting checkpoint"):
-        engine.prepare(parent)
+    with pytest.raises(InvalidRequestError, match="tiny-inpainting is an inpainting checkpoint"):
+        engine.generate(parent)

@@ -242,3 +242,38 @@ def test_zoom_and_pan_on_an_upscaled_image_queue_outpaint_grids(bot: Bot) -> Non
     assert again is not None and again.status is JobStatus.DONE
     assert (again.kind, again.parent_id, len(again.images)) == (JobKind.ZOOM, upscaled_again, 2)
     assert request_of(bot, found["again"]).init_image != zoomed.init_image
+
+
+def test_a_configured_inpainting_checkpoint_paints_zoom_and_pan(
+    engine: Engine, tmp_path: Path
+) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        outputs_dir=tmp_path / "out",
+        models_dir=tmp_path / "models",
+        database_url=f"sqlite:///{tmp_path}/easel.db",
+        progress_interval=0,
+        max_images=1,
+        inpaint_model="sd-inpainting",
+    )
+    made = build_bot(settings, engine, open_store(settings))
+    service = made.service
+
+    async def scenario() -> int:
+        options = await service.options(ALICE, "a castle --steps 2 --n 1", ORIGIN)
+        grid = (await service.imagine(ALICE, options, ORIGIN)).job_id
+        await service.start()
+        await service.wait_until_idle("test")
+        upscale = (await service.act(ALICE, grid, "U1", ORIGIN)).job_id
+        await service.wait_until_idle("test")
+        await service.dispatcher.set_paused(True)  # queued, not run: no such checkpoint here
+        zoom = (await service.act(ALICE, upscale, "Z15", ORIGIN)).job_id
+        await service.stop()
+        return zoom
+
+    try:
+        zoom = run(scenario())
+        request = request_of(made, zoom)
+        assert request.model == "sd-inpainting" and request.is_inpaint
+    finally:
+        made.store.close()

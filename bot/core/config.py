@@ -25,6 +25,7 @@ class CoreConfig:
     daily_images: int = 0  # 0: no cap
     banned_words: tuple[str, ...] = ()
     upscaler: str | None = None  # None: Lanczos
+    inpaint_model: str | None = None  # zoom out and pan's checkpoint; None: the grid's own
     progress_interval: float = 2.0
     shutdown_timeout: float = 60.0
     max_attempts: int = MAX_ATTEMPTS

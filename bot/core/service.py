@@ -493,7 +493,10 @@ class JobService:
             canvas, mask = await asyncio.to_thread(self._store_canvas, image, action.move, size)
         except OSError:  # the image's file is gone (deleted by hand)
             raise Refusal(Message(Key.JOB_NOT_READY, {"job": job_id})) from None
-        prepared = await self._prepare(outpaint_request(work, canvas, mask, size, count))
+        request = outpaint_request(work, canvas, mask, size, count)
+        if self.config.inpaint_model:  # an inpainting checkpoint paints the new frame
+            request = replace(request, model=self.config.inpaint_model)
+        prepared = await self._prepare(request)
         where = origin or Origin(upscaled.origin_platform, upscaled.origin_chat)
         return await self._enqueue(user, action.kind, prepared, where, upscaled.id)
 
