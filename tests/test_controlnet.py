@@ -246,3 +246,46 @@ def test_easel_imagine_with_cn_saves_the_images_and_the_map(
     with Image.open(report["control_map"]) as drawn:
         assert drawn.size == (64, 64)
         assert set(np.unique(np.asarray(drawn.convert("L")))) == {0, 255}
+
+
+def test_depth_runs_a_transformers_depth_model_from_the_annotators_folder(tmp_path: Path) -> None:
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=64,
+        patch_size=16,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
+    folder = tmp_path / "ControlNet" / "annotators" / "depth"
+    DPTForDepthEstimation(config).eval().save_pretrained(folder)
+    DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False).save_pretrained(
+        folder
+    )
+    (tmp_path / "ControlNet" / "tiny-depth").mkdir()
+    (tmp_path / "ControlNet" / "tiny-depth" / "config.json").write_text(
+        '{"cross_attention_dim": 64}'
+    )
+    use = replace(canny(), preprocessor="depth")
+    assert resolve_control(use, tmp_path, text_width=64).model == "tiny-depth"
+    depth = np.asarray(control_map(square(), "depth", (96, 64), tmp_path))
+    assert depth.shape == (64, 96, 3)
+    assert depth.min() == 0 and depth.max() == 255  # normalised: nearest white, farthest black
+
+
+def test_only_jobs_with_the_same_control_share_a_batch(engine: Engine) -> None:
+    from pipeline.batching import batch_key
+
+    def key(control: ControlUse | None) -> object:
+        return batch_key(engine.prepare(request(control)))
+
+    other_image = replace(canny(), image=ImageRef.from_image(square(48)))
+    assert key(canny()) == key(canny())  # the same image bytes and settings
+    assert len({key(None), key(canny()), key(other_image), key(canny(weight=0.5))}) == 4
+    assert key(canny()) != key(canny(mode=ControlMode.CONTROL))
