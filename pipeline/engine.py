@@ -136,24 +136,25 @@ def _is_set(event: threading.Event | None) -> bool:
 
 def _init_images(batch: _Batch) -> list[Image.Image]:
     """Each job's init image at the batch size, once per image of that job."""
-    key = batch.key
-    images: list[Image.Image] = []
-    for job in batch.jobs:
-        assert job.init_image is not None
-        resized = job.init_image.resize((key.width, key.height), Image.Resampling.LANCZOS)
-        images.extend([resized] * job.request.image_count)
-    return images
+    return _per_image(batch, lambda job: job.init_image)
 
 
 def _masks(batch: _Batch) -> list[Image.Image]:
     """Each job's inpainting mask at the batch size, once per image of that job."""
+    return _per_image(batch, lambda job: job.mask_image)
+
+
+def _per_image(
+    batch: _Batch, image_of: Callable[[PreparedJob], Image.Image | None]
+) -> list[Image.Image]:
     key = batch.key
-    masks: list[Image.Image] = []
+    images: list[Image.Image] = []
     for job in batch.jobs:
-        assert job.mask_image is not None
-        resized = job.mask_image.resize((key.width, key.height), Image.Resampling.LANCZOS)
-        masks.extend([resized] * job.request.image_count)
-    return masks
+        image = image_of(job)
+        assert image is not None
+        resized = image.resize((key.width, key.height), Image.Resampling.LANCZOS)
+        images.extend([resized] * job.request.image_count)
+    return images
 
 
 def _overlaid(image: Image.Image, job: PreparedJob) -> Image.Image:

@@ -379,14 +379,12 @@ _FACE_IDS = tuple(FACE_ARCHITECTURES.values())
 def _supported_dtype(model: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
     import torch
 
+    from pipeline.upscale import supported_dtype
+
     if model.architecture.id == "CodeFormer":
         # spandrel says bfloat16, but its codebook lookup multiplies in float32 and fails.
         return torch.float32
-    if dtype == torch.float16 and not model.supports_half:
-        return torch.float32
-    if dtype == torch.bfloat16 and not model.supports_bfloat16:
-        return torch.float32
-    return dtype
+    return supported_dtype(model, dtype)
 
 
 def _mtime(path: Path) -> int:

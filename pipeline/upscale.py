@@ -264,7 +264,7 @@ def _load_cached(
     path: Path, mtime_ns: int, device: torch.device, dtype: torch.dtype
 ) -> ImageModelDescriptor:
     model = _load_descriptor(path, device)
-    return model.to(_supported_dtype(model, dtype)).eval()
+    return model.to(supported_dtype(model, dtype)).eval()
 
 
 def _load_descriptor(path: Path, device: torch.device) -> ImageModelDescriptor:
@@ -294,7 +294,8 @@ def _mtime(path: Path) -> int:
         raise ModelLoadError(f"Upscaler {path.name} is unreadable: {first_line(error)}") from error
 
 
-def _supported_dtype(model: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
+def supported_dtype(model: ImageModelDescriptor, dtype: torch.dtype) -> torch.dtype:
+    """`dtype`, or float32 where spandrel says the architecture does not support it."""
     if dtype == torch.float16 and not model.supports_half:
         return torch.float32
     if dtype == torch.bfloat16 and not model.supports_bfloat16:

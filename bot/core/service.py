@@ -298,14 +298,7 @@ class JobService:
         parent_id: int | None = None,
     ) -> Ticket:
         record = await self.user(user)
-        try:
-            request = options.to_request(self.vocabulary(), self.native_size, self.presets())
-        except OptionsError as error:
-            raise _options_refusal(error) from None
-        except PresetLoraMissingError as error:
-            raise _preset_refusal(error) from None
-        except InvalidRequestError as error:
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
+        request = self._request_of(options)
         await self._check_words(request.prompt, origin)
         await self._admit(record, request.image_count)
         prepared = await self._prepare(request)
@@ -317,6 +310,17 @@ class JobService:
             stored = await asyncio.to_thread(self._store_input, control.image.data)
             prepared = _with_control_image(prepared, stored)
         return await self._enqueue(record, kind, prepared, origin, parent_id)
+
+    def _request_of(self, options: ImagineOptions) -> GenerationRequest:
+        """The options as a request, or a localised refusal."""
+        try:
+            return options.to_request(self.vocabulary(), self.native_size, self.presets())
+        except OptionsError as error:
+            raise _options_refusal(error) from None
+        except PresetLoraMissingError as error:
+            raise _preset_refusal(error) from None
+        except InvalidRequestError as error:
+            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
 
     def _input_image(self, image: bytes | ImageRef) -> ImageRef:
         """An img2img input, checked from its header alone (no pixels decoded)."""
@@ -385,14 +389,7 @@ class JobService:
         """The remix of a zoom out or pan (or of a job made from one): the edited line paints
         the same canvas through the same mask, at the canvas's size."""
         record = await self.user(user)
-        try:
-            request = options.to_request(self.vocabulary(), self.native_size, self.presets())
-        except OptionsError as error:
-            raise _options_refusal(error) from None
-        except PresetLoraMissingError as error:
-            raise _preset_refusal(error) from None
-        except InvalidRequestError as error:
-            raise Refusal(Message(Key.INVALID_REQUEST, {"detail": error_text(error)})) from None
+        request = self._request_of(options)
         canvas = (work.width, work.height)
         if request.width is not None and (request.width, request.height) != canvas:
             args = {"job": job.id, "width": work.width, "height": work.height}
