@@ -106,8 +106,8 @@ def hint_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) ->
 
 
 class ControlNets:
-    """The ControlNet models of one checkpoint, one resident at a time (the last used), and
-    the maps made for the current batch."""
+    """The ControlNet models that fit one checkpoint, one resident at a time (the last used),
+    and the control pass of a batch: its model and its map at the pass's size."""
 
     def __init__(self, unet: Any, models_dir: Path) -> None:
         self.unet = unet
