@@ -249,6 +249,7 @@ def test_easel_imagine_with_cn_saves_the_images_and_the_map(
 
 
 def test_depth_runs_a_transformers_depth_model_from_the_annotators_folder(tmp_path: Path) -> None:
+    import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     config = DPTConfig(
@@ -264,6 +265,7 @@ def test_depth_runs_a_transformers_depth_model_from_the_annotators_folder(tmp_pa
         reassemble_factors=[4, 2, 1, 0.5],
     )
     folder = tmp_path / "ControlNet" / "annotators" / "depth"
+    torch.manual_seed(0)
     DPTForDepthEstimation(config).eval().save_pretrained(folder)
     DPTImageProcessor(size={"height": 64, "width": 64}, keep_aspect_ratio=False).save_pretrained(
         folder
