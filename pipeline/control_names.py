@@ -10,6 +10,7 @@ file's header without loading a tensor.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -128,10 +129,11 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     }
 
 
-def resolve_control(use: ControlUse, models_dir: Path, text_width: int) -> ControlUse:
+def resolve_control(use: ControlUse, models_dir: Path, text_width: int | None) -> ControlUse:
     """`use` with its model named exactly as its file is: a preprocessor's model is the first
     that carries the preprocessor's word and fits a checkpoint of `text_width`; refused
-    clearly when none does, or when the named model does not fit."""
+    clearly when none does, or when the named model does not fit. `text_width` None (no
+    checkpoint loaded yet): the names alone are checked."""
     check_control_ranges(use)
     preprocessor = use.preprocessor.lower()
     if preprocessor != NO_PREPROCESSOR and preprocessor not in PREPROCESSORS:
@@ -212,16 +214,23 @@ def _named(name: str, available: list[ControlNetFile], models_dir: Path) -> Cont
     for file in available:
         if wanted in (file.name.lower(), file.path.name.lower()):
             return file
+    known = [*PREPROCESSORS, *(file.name for file in available)]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint_ko = f" {close[0]!r}을(를) 찾으셨나요?" if close else ""
+    preprocessors = ", ".join(PREPROCESSORS)
     raise InvalidRequestError(
-        f"No ControlNet model named {name!r}. {_listing(available, models_dir)}",
-        ko=f"{name!r}(이)라는 ControlNet 모델이 없습니다. {_listing_ko(available, models_dir)}",
+        f"No ControlNet preprocessor or model named {name!r}.{hint} Preprocessors: "
+        f"{preprocessors}. {_listing(available, models_dir)}",
+        ko=f"{name!r}(이)라는 ControlNet 전처리기나 모델이 없습니다.{hint_ko} 전처리기: "
+        f"{preprocessors}. {_listing_ko(available, models_dir)}",
     )
 
 
 def _for_preprocessor(
     preprocessor: Preprocessor | None,
     available: list[ControlNetFile],
-    text_width: int,
+    text_width: int | None,
     models_dir: Path,
 ) -> ControlNetFile:
     if preprocessor is None:
@@ -238,16 +247,16 @@ def _for_preprocessor(
             return file
     raise InvalidRequestError(
         f"No {word} ControlNet model for this checkpoint in "
-        f"{models_dir.name}/{CONTROLNET_FOLDERS[0]}: its file name must contain {word!r}. "
+        f"{models_dir.name}/{CONTROLNET_FOLDERS[0]}: its name must contain {word!r}. "
         f"{_listing(available, models_dir)}",
         ko=f"{models_dir.name}/{CONTROLNET_FOLDERS[0]}에 이 체크포인트에 맞는 {word} "
-        f"ControlNet 모델이 없습니다. 파일 이름에 {word!r}이(가) 들어가야 합니다. "
+        f"ControlNet 모델이 없습니다. 이름에 {word!r}이(가) 들어가야 합니다. "
         f"{_listing_ko(available, models_dir)}",
     )
 
 
-def _fits(file: ControlNetFile, text_width: int) -> bool:
-    width = context_width(file)
+def _fits(file: ControlNetFile, text_width: int | None) -> bool:
+    width = context_width(file) if text_width is not None else None
     return width is None or width == text_width
 
 

@@ -34,13 +34,12 @@ def resolve_face_restorer(name: str, models_dir: Path) -> FaceRestorerFile:
             return face_restorer_file("gfpgan", models_dir)  # raises, listing the folders
         return face_restorer_file(name, models_dir)
     except UnknownFaceRestorerError as error:
-        folders = f"{models_dir.name}/GFPGAN, {models_dir.name}/Codeformer"
         available = ", ".join(error.available) or "없음"
         raise InvalidRequestError(
             str(error),
             ko=f"{name!r} 얼굴 복원 모델이 없습니다. 쓸 수 있는 것: {available}. GFPGAN과 "
             f"RestoreFormer 모델은 {models_dir.name}/GFPGAN에, CodeFormer 모델은 "
-            f"{models_dir.name}/Codeformer에 넣으세요({folders}).",
+            f"{models_dir.name}/Codeformer에 넣으세요.",
         ) from error
 
 

@@ -106,7 +106,7 @@ def prepare_job(
     control_image = None
     if request.control is not None:
         control = resolve_control(request.control, models_dir, traits.text_width)
-        control_image = open_init_image(control.image, limits.max_input_pixels)
+        control_image = open_init_image(control.image, limits.max_input_pixels, CONTROL_IMAGE)
         request = replace(request, control=control)
     layers = traits.max_clip_skip
     if request.clip_skip > layers:
@@ -151,7 +151,18 @@ def _open_mask(request: GenerationRequest, limits: Limits) -> Image.Image:
             "An inpainting mask needs the image it masks.",
             ko="인페인팅 마스크에는 가릴 원본 이미지가 필요합니다.",
         )
-    return open_init_image(request.mask_image, limits.max_input_pixels).convert("L")
+    return open_init_image(request.mask_image, limits.max_input_pixels, MASK_IMAGE).convert("L")
+
+
+def check_before_load(request: GenerationRequest, models_dir: Path, limits: Limits) -> None:
+    """What can be checked of a job before any checkpoint is loaded (`easel imagine` loads
+    one only after): the ControlNet's names and image, and the face restorer's name."""
+    if request.control is not None:
+        resolve_control(request.control, models_dir, text_width=None)
+        open_init_image(request.control.image, limits.max_input_pixels, CONTROL_IMAGE)
+    if request.face_restoration is not None:
+        check_codeformer_weight(request.codeformer_weight)
+        resolve_face_restorer(request.face_restoration, models_dir)
 
 
 def check_prompt_length(plan: PromptPlan, chunker: PromptChunker, limits: Limits) -> int:
@@ -188,25 +199,31 @@ def pass_steps(steps: int, strength: float | None) -> int:
     return steps
 
 
-def open_init_image(reference: ImageRef, max_pixels: int) -> Image.Image:
-    """The init image, its size checked from the header before its pixels are decoded."""
+INIT_IMAGE = ("The init image", "초기 이미지")
+CONTROL_IMAGE = ("The control image", "컨트롤 이미지")
+MASK_IMAGE = ("The mask", "마스크")
+
+
+def open_init_image(
+    reference: ImageRef, max_pixels: int, what: tuple[str, str] = INIT_IMAGE
+) -> Image.Image:
+    """An input image (`what` it is, in English and Korean), its size checked from the
+    header before its pixels are decoded."""
     where = Path(reference.path).name if reference.path is not None else "the uploaded file"
     where_ko = Path(reference.path).name if reference.path is not None else "업로드한 파일"
+    name, name_ko = f"{what[0]} ({where})", f"{what[1]}({where_ko})"
+    unreadable = InvalidRequestError(
+        f"{name} could not be read as an image.", ko=f"{name_ko}를 이미지로 읽을 수 없습니다."
+    )
     try:
         size = reference.size()
     except Exception as error:  # Pillow raises many types on data that is not an image
-        raise InvalidRequestError(
-            f"The init image ({where}) could not be read as an image.",
-            ko=f"초기 이미지({where_ko})를 이미지로 읽을 수 없습니다.",
-        ) from error
-    check_pixels(size, max_pixels, f"The init image ({where})", f"초기 이미지({where_ko})")
+        raise unreadable from error
+    check_pixels(size, max_pixels, name, name_ko)
     try:
         return reference.open()
     except (OSError, ValueError) as error:
-        raise InvalidRequestError(
-            f"The init image ({where}) could not be read as an image.",
-            ko=f"초기 이미지({where_ko})를 이미지로 읽을 수 없습니다.",
-        ) from error
+        raise unreadable from error
 
 
 # ----- upscales

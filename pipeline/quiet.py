@@ -1,6 +1,7 @@
-"""diffusers' and transformers' loading bars and warnings, which print on every start and garble
-logs and progress lines, turned off unless asked for; and their records sent to the process's
-own log handler (its format, its masking) instead of the handlers they install themselves."""
+"""diffusers' and transformers' loading bars and warnings (and spandrel's), which print on
+every start and garble logs and progress lines, turned off unless asked for; and their records
+sent to the process's own log handler (its format, its masking) instead of the handlers they
+install themselves."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def quiet_libraries(verbose: bool = False, bars: bool = True) -> None:
         diffusers_logging.set_verbosity_error()
         transformers_logging.set_verbosity_error()
         warnings.filterwarnings("ignore", module=_LIBRARIES)
+        # spandrel's architectures use torch.jit.script, which torch now warns about on import:
+        # nothing a user can act on.
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
     if verbose and bars:
         return
     diffusers_logging.disable_progress_bar()

@@ -59,6 +59,11 @@ def test_a_separate_control_image_leaves_the_init_image_for_img2img() -> None:
         ("a knight --cn canny --cn-start 1.5", "--cn-start takes a share", "단계 비율"),
         ("a knight --cn canny --cn-start 0.6 --cn-end 0.4", "must be below", "작아야"),
         ("a knight --cn canny --cn-mode loud", "balanced, prompt or control", "중 하나"),
+        (
+            "a knight --cn canny --strength 0.5",
+            "so --strength has no picture",
+            "컨트롤 이미지를 따로",
+        ),
     ],
 )
 def test_control_mistakes_are_clear_in_both_languages(line: str, english: str, korean: str) -> None:

@@ -131,7 +131,8 @@ def test_a_preprocessor_picks_the_model_that_fits(control_models: Path) -> None:
     [
         (replace(canny(), preprocessor="sobel"), "No ControlNet preprocessor named 'sobel'"),
         (replace(canny(), preprocessor="none"), "needs a ControlNet model by name"),
-        (replace(canny(), model="missing"), "No ControlNet model named 'missing'"),
+        (replace(canny(), model="missing"), "No ControlNet preprocessor or model named 'missi"),
+        (replace(canny(), model="cany", preprocessor="none"), "Did you mean 'canny'"),
         (replace(canny(), model="xl_canny"), "does not fit the loaded checkpoint"),
         (replace(canny(), preprocessor="depth"), "needs its weights in"),
         (replace(canny(), weight=3.0), "weight must be between 0 and 2"),

@@ -135,3 +135,39 @@ def test_the_restore_faces_setting_applies_to_new_images_and_u_upscales(
             assert "Face restoration: RestoreFormer" in upscaled.info["parameters"]
     finally:
         bot.store.close()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--face", "codeformer"], "No CodeFormer model"),
+        (["--restore-faces", "gfpgan:2"], "CodeFormer's weight (0 to 1)"),
+        (["--face", "restorefromer"], "No face restorer named 'restorefromer'"),
+        (["--cn", "cany", "--cn-image", "{image}"], "Did you mean 'canny'"),
+    ],
+)
+def test_easel_imagine_refuses_faces_and_controlnets_before_loading_a_model(
+    face_models: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    message: str,
+) -> None:
+    import sys
+
+    from bot.cli import main
+
+    image = tmp_path / "pose.png"
+    draw_face(64).save(image)
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(face_models))
+    monkeypatch.setenv("EASEL_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    given = [argument.format(image=image) for argument in arguments]
+    monkeypatch.setattr(sys, "argv", ["easel", "imagine", "a portrait", *given])
+    monkeypatch.setattr(
+        "bot.cli.generate._load_engine", lambda *_: pytest.fail("a model was loaded")
+    )
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code != 0
+    assert message in " ".join(capsys.readouterr().err.split())

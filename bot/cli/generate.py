@@ -126,7 +126,12 @@ def imagine(
     ] = None,
     face: Annotated[
         str | None,
-        typer.Option(help=bilingual("Face id, e.g. cute-eyes.", "얼굴 id, 예: cute-eyes.")),
+        typer.Option(
+            help=bilingual(
+                "Face id, e.g. cute-eyes; or a face restorer (gfpgan, codeformer:0.7).",
+                "얼굴 id, 예: cute-eyes. 또는 얼굴 복원 모델(gfpgan, codeformer:0.7).",
+            )
+        ),
     ] = None,
     composition: Annotated[
         str | None,
@@ -183,6 +188,16 @@ def imagine(
         float,
         typer.Option(help=bilingual("Denoising strength for img2img.", "img2img 디노이즈 강도.")),
     ] = 0.75,
+    restore_faces: Annotated[
+        str | None,
+        typer.Option(
+            "--restore-faces",
+            help=bilingual(
+                "Restore faces: restore (the first), gfpgan, codeformer[:WEIGHT], a file.",
+                "얼굴 복원: restore(첫 모델), gfpgan, codeformer[:가중치], 파일 이름.",
+            ),
+        ),
+    ] = None,
     cn: Annotated[
         str | None,
         typer.Option(
@@ -236,6 +251,7 @@ def imagine(
 
     The options are the chat bots' flags; they can also be written inside the prompt.
     """
+    from pipeline.preparation import check_before_load
     from pipeline.presets import load_presets
     from pipeline.prompts.vocabulary import VocabularyStore
 
@@ -270,6 +286,7 @@ def imagine(
         lora=lora,
         preset=preset,
         hires=hires,
+        restore_faces=restore_faces,
         cn=cn,
         cn_start=cn_start,
         cn_end=cn_end,
@@ -280,7 +297,8 @@ def imagine(
     if schedule:
         options = replace(options, sampler=sampler_name(options.sampler, schedule))
     presets = load_presets(settings.models_dir)
-    options.to_request(vocabulary, 512, presets)  # an unknown preset fails before the load
+    early = options.to_request(vocabulary, 512, presets)  # an unknown preset fails now
+    check_before_load(early, settings.models_dir, settings.limits())  # ControlNet, faces
     engine = _load_engine(settings, model, quiet=as_json)
     request = options.to_request(vocabulary, engine.model.native_size, presets)
     if init is not None:

@@ -189,7 +189,7 @@ class ConsoleChat:
         if reply.grid is not None:
             lines.append(f"  grid: {reply.grid}")
         lines += [f"  {index}: {path}" for index, path in enumerate(reply.images, start=1)]
-        lines += [f"  + {path}" for path in reply.attachments]
+        lines += [f"  map: {path}" for path in reply.attachments]  # a --cn-show job's
         for row in reply.buttons:
             lines.append("  [" + "] [".join(button.text(self.locale) for button in row) + "]")
         self._write("\n".join(lines))

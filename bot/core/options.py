@@ -220,12 +220,12 @@ def options_from_fields(
         if given is not None and not isinstance(given, ImageRef):
             raise TypeError("init_image and the control images are ImageRefs")
     text, flags = _split_flags(clean_text(prompt))
-    flags = [_face_restoration_alias(flag) for flag in flags]
     for key, value in typed.items():
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is not None and item is not False:
                 raw = "" if item is True else clean_text(str(item))
                 flags.append((clean_text(key).replace("_", "-"), raw, True))
+    flags = [_face_restoration_alias(flag) for flag in flags]
     values: dict[str, object] = {}
     repeated: dict[str, list[object]] = {}
     written: set[str] = set()
@@ -266,6 +266,15 @@ def _place_control_image(values: dict[str, object]) -> None:
     has_control = values.get("control") is not None
     if has_control and "control_image" not in values and "init_image" in values:
         values["control_image"] = values.pop("init_image")
+        if values.get("strength") is not None:
+            raise OptionsError(
+                "With --cn the image you send is the control image, so --strength has no "
+                "picture to start from. For img2img with a ControlNet, give the control image "
+                "apart: Discord's control_image option, or --cn-image FILE in easel imagine.",
+                "--cn을 쓰면 보낸 이미지는 컨트롤 이미지가 되므로 --strength로 시작할 그림이 "
+                "없습니다. ControlNet과 img2img를 함께 쓰려면 컨트롤 이미지를 따로 주세요: "
+                "Discord의 control_image 옵션, easel imagine의 --cn-image 파일.",
+            )
     control_flags = ("control_start", "control_end", "control_mode", "control_show")
     if not has_control and ("control_image" in values or any(f in values for f in control_flags)):
         raise OptionsError(
