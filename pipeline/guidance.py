@@ -13,6 +13,8 @@ images) and decides what each image conditions on at each call:
   A1111's `u + cfg * sum(w_i * (c_i - u))`.
 - Guidance: each image with its own job's CFG scale, by diffusers' formula `u + cfg * (c - u)`;
   diffusers is handed the result as both halves, so its own guidance leaves it unchanged.
+- ControlNet (pipeline/control.py): the batch's one unit adds its residuals to each call
+  while the step is in its guidance window.
 - Which rows share a UNet call: the batch's `BatchShape` (the rules are in
   pipeline/batching.py): in fixed-size calls (the default), so that image i of a batch is
   bit-identical whichever jobs shared it, or all rows of one shape at once.
