@@ -239,6 +239,9 @@ class RemoteExecutor:
                     return [_outcome(task, OutcomeStatus.NOT_TAKEN) for task in tasks]
                 log.info("Run %s sent to worker %s", run_id, slot)
                 outcomes |= await self._wait(state, sent)
+                # The worker announced what it holds now (its LoRAs, its checkpoint) before
+                # saying DONE: read it before the next batch picks a worker.
+                await self._refresh()
             return [outcomes[task.task_id] for task in tasks]
         finally:
             self._runs.pop(run_id, None)

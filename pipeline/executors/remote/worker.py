@@ -227,6 +227,10 @@ class WorkerNode:
                     self._running.pop(task.task_id, None)
             self._free.put(executor)
         report = fit_report(RunReport(order.run_id, self.name, tuple(outcomes)), self.max_bytes)
+        try:  # what it holds now, before the bot hears DONE and picks a worker for the next
+            self.announce()
+        except Exception as error:
+            log.warning("Announcing this worker failed: %s", error)
         self._publish(order.run_id, RunEvent(RunEventKind.DONE, self.name))
         return report
 
