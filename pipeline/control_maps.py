@@ -21,6 +21,7 @@ from pipeline.control_names import NO_PREPROCESSOR, annotator_folder, annotator_
 
 CANNY_LOW = 100  # A1111's default thresholds
 CANNY_HIGH = 200
+PROCESSOR_RESOLUTION = 512  # A1111's default "Processor Res"
 
 _annotators: dict[tuple[str, Path], Any] = {}
 _annotators_lock = threading.Lock()
@@ -49,9 +50,8 @@ def control_map(
     elif preprocessor == "depth":
         return _depth(fitted, models_dir).resize(size, Image.Resampling.BICUBIC)
     else:
-        return _aux_annotator(preprocessor, fitted, models_dir).resize(
-            size, Image.Resampling.BICUBIC
-        )
+        drawn = _aux_annotator(preprocessor, fitted, models_dir)
+        return drawn.resize(size, Image.Resampling.BICUBIC)
     return Image.fromarray(edges).convert("RGB")
 
 
@@ -107,11 +107,17 @@ def _load_depth(folder: Path) -> tuple[Any, Any]:
 
 def _aux_annotator(name: str, image: Image.Image, models_dir: Path) -> Image.Image:
     detector = _annotator(name, models_dir, lambda folder: _load_aux(name, folder))
-    return detector(image).convert("RGB")
+    # A1111's processor resolution (512), or the image's own side when it is smaller.
+    side = min(PROCESSOR_RESOLUTION, max(image.size))
+    return detector(image, detect_resolution=side, image_resolution=side).convert("RGB")
 
 
 def _load_aux(name: str, folder: Path) -> Any:
-    import controlnet_aux
+    import warnings
+
+    with warnings.catch_warnings():  # its import registers timm models noisily
+        warnings.simplefilter("ignore")
+        import controlnet_aux
 
     classes = {"openpose": "OpenposeDetector", "lineart": "LineartDetector"}
     return getattr(controlnet_aux, classes[name]).from_pretrained(folder)

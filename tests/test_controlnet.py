@@ -294,3 +294,37 @@ def test_only_jobs_with_the_same_control_share_a_batch(engine: Engine) -> None:
     assert key(canny()) == key(canny())  # the same image bytes and settings
     assert len({key(None), key(canny()), key(other_image), key(canny(weight=0.5))}) == 4
     assert key(canny()) != key(canny(mode=ControlMode.CONTROL))
+
+
+def test_openpose_and_lineart_run_controlnet_aux_from_the_annotators_folder(
+    tmp_path: Path,
+) -> None:
+    """controlnet-aux's annotators with random weights, written where A1111's extension keeps
+    its downloads: the maps come back at the job's size."""
+    import torch
+
+    pytest.importorskip("controlnet_aux")
+    from controlnet_aux.lineart import Generator
+    from controlnet_aux.open_pose.face import FaceNet
+    from controlnet_aux.open_pose.model import bodypose_model, handpose_model
+
+    def without_first_name(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        # openpose's own files name a layer without its block (util.transfer puts it back).
+        return {".".join(key.split(".")[1:]): value for key, value in model.state_dict().items()}
+
+    torch.manual_seed(0)
+    annotators = tmp_path / "ControlNet" / "annotators"
+    (annotators / "openpose").mkdir(parents=True)
+    (annotators / "lineart").mkdir()
+    torch.save(
+        without_first_name(bodypose_model()), annotators / "openpose" / "body_pose_model.pth"
+    )
+    torch.save(
+        without_first_name(handpose_model()), annotators / "openpose" / "hand_pose_model.pth"
+    )
+    torch.save(FaceNet().state_dict(), annotators / "openpose" / "facenet.pth")
+    for name in ("sk_model.pth", "sk_model2.pth"):
+        torch.save(Generator(3, 1, 3).state_dict(), annotators / "lineart" / name)
+    for preprocessor in ("openpose", "lineart"):
+        drawn = control_map(square(), preprocessor, (96, 64), tmp_path)
+        assert drawn.size == (96, 64) and drawn.mode == "RGB", preprocessor
