@@ -14,9 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def find_fixed_vae(models_dir: Path) -> Path | None:
 def choose_vae(pipe: Any, models_dir: Path, needs_fix: bool) -> VaeChoice:
     """Set up `pipe`'s VAE for fp16 when `needs_fix` (SDXL in fp16): the fixed VAE when the
     models folder has one, else the overflow retry."""
+    import torch
+
     if not needs_fix or pipe.vae.dtype != torch.float16:
         return VaeChoice()
     path = find_fixed_vae(models_dir)
@@ -82,6 +85,8 @@ def _load_fixed(path: Path, current: Any) -> Any:
 
 def retry_in_fp32_on_overflow(vae: Any) -> None:
     """Decode in fp16; a decode whose output is not all finite runs again in fp32."""
+    import torch
+
     vae.register_to_config(force_upcast=False)
     decode: Callable[..., Any] = vae.decode
 

@@ -492,3 +492,20 @@ def test_a_secret_that_turns_up_elsewhere_is_blanked(
     code, stdout = _doctor("--json")
     assert code == 1
     assert TELEGRAM not in stdout and LEAKED not in stdout
+
+
+def test_the_toolbox_line_names_controlnets_face_restorers_and_a_fixed_vae(
+    setup: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = _models(setup / "models")
+    (models / "ControlNet" / "control_v11p_sd15_canny").mkdir(parents=True)
+    (models / "ControlNet" / "control_v11p_sd15_canny" / "config.json").write_text("{}")
+    (models / "GFPGAN").mkdir()
+    (models / "GFPGAN" / "GFPGANv1.4.pth").write_bytes(b"weights")
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(models))
+    _, report = _report()
+    check = _check(report, "toolbox")
+    assert check["status"] == "ok"
+    assert "ControlNet: control_v11p_sd15_canny" in check["detail"]
+    assert "face restorers: GFPGANv1.4" in check["detail"]
+    assert "no fp16-fixed SDXL VAE" in check["detail"]

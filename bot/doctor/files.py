@@ -1,5 +1,6 @@
-"""The models folder (checkpoints, LoRAs, upscalers, presets and the files they name, the
-vocabulary override), the disk under the outputs folder, and the folders Easel writes to."""
+"""The models folder (checkpoints, LoRAs, upscalers, ControlNet and face models, presets and the
+files they name, the vocabulary override), the disk under the outputs folder, and the folders
+Easel writes to."""
 
 from __future__ import annotations
 
@@ -142,6 +143,32 @@ def check_upscalers(settings: Settings) -> Check:
     chosen = wanted or files[0].stem
     names = ", ".join(path.stem for path in files)
     return Check.ok("upscalers", f"{len(files)} ({names}); U buttons use {chosen}")
+
+
+def check_toolbox(settings: Settings) -> Check:
+    """What ControlNet, face restoration and SDXL's fp16 VAE will find (all optional)."""
+    from pipeline.control_names import find_controlnets
+    from pipeline.faces import find_face_restorers
+    from pipeline.vae import find_fixed_vae
+
+    models = settings.models_dir
+    controlnets = [file.name for file in find_controlnets(models)]
+    restorers = [file.name for file in find_face_restorers(models)]
+    fixed_vae = find_fixed_vae(models)
+    parts = [
+        f"ControlNet: {', '.join(controlnets)}" if controlnets else "no ControlNet models",
+        f"face restorers: {', '.join(restorers)}" if restorers else "no face restorers",
+        f"fp16 VAE fix: {fixed_vae.name}" if fixed_vae else "no fp16-fixed SDXL VAE",
+    ]
+    if settings.inpaint_model:
+        parts.append(f"zoom out and pan painted by {settings.inpaint_model}")
+    if controlnets or restorers or fixed_vae:
+        return Check.ok("toolbox", "; ".join(parts))
+    return Check.ok(
+        "toolbox",
+        "; ".join(parts) + f" (optional: {models / 'ControlNet'}, {models / 'GFPGAN'}, "
+        f"{models / 'Codeformer'}, {models / 'VAE'})",
+    )
 
 
 def check_presets(settings: Settings) -> list[Check]:
