@@ -101,17 +101,21 @@ class Recorder:
         return event
 
 
-@pytest.fixture
-def bot(engine: Engine, tmp_path: Path) -> Iterator[Bot]:
-    settings = Settings(
+def bot_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         outputs_dir=tmp_path / "out",
         models_dir=tmp_path / "models",
         database_url=f"sqlite:///{tmp_path}/easel.db",
         progress_interval=0,
         max_batch_images=4,
-        max_images=2,  # a press makes min(4, max_images) pictures: two, to keep this quick
+        **{"max_images": 2, **overrides},  # a press makes min(4, max_images) pictures
     )
+
+
+@pytest.fixture
+def bot(engine: Engine, tmp_path: Path) -> Iterator[Bot]:
+    settings = bot_settings(tmp_path)
     made = build_bot(settings, engine, open_store(settings))
     yield made
     made.store.close()
@@ -247,15 +251,7 @@ def test_zoom_and_pan_on_an_upscaled_image_queue_outpaint_grids(bot: Bot) -> Non
 def test_a_configured_inpainting_checkpoint_paints_zoom_and_pan(
     engine: Engine, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        outputs_dir=tmp_path / "out",
-        models_dir=tmp_path / "models",
-        database_url=f"sqlite:///{tmp_path}/easel.db",
-        progress_interval=0,
-        max_images=1,
-        inpaint_model="sd-inpainting",
-    )
+    settings = bot_settings(tmp_path, max_images=1, inpaint_model="sd-inpainting")
     made = build_bot(settings, engine, open_store(settings))
     service = made.service
 
