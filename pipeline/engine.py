@@ -600,7 +600,9 @@ class Engine:
         ]
         pipe = self._first_pass_pipe(key)
         arguments: dict[str, Any] = {}
-        if any(job.request.variation_seeds for job in batch.jobs):
+        # An inpainting pass draws its noise here too: diffusers' own would come after its VAE
+        # encode has drawn from the generators, and variation seeds blend into this noise.
+        if key.inpaint or any(job.request.variation_seeds for job in batch.jobs):
             arguments["latents"] = self._initial_noise(pipe, batch, generators)
         if key.inpaint:
             arguments.update(

@@ -218,7 +218,9 @@ def _check_variation(request: GenerationRequest) -> None:
             f"Variation strength must be between 0 and 1, not {request.variation_strength:g}.",
             ko=f"변형 강도는 0에서 1 사이여야 합니다. 입력: {request.variation_strength:g}",
         )
-    if request.is_img2img:
+    # An inpainting request at full strength (zoom out, pan) starts from noise too.
+    starts_from_noise = request.is_inpaint and request.denoising_strength == 1.0
+    if request.is_img2img and not starts_from_noise:
         raise InvalidRequestError(
             "Variation seeds blend text-to-image noise; an init image cannot take them.",
             ko="변형 시드는 텍스트로 이미지를 만들 때의 노이즈를 섞습니다. 초기 이미지와 함께 "

@@ -121,3 +121,26 @@ def test_an_inpainting_checkpoint_outpaints_and_refuses_plain_jobs(tmp_path: Pat
     assert np.array_equal(out[kept], np.asarray(canvas.image).astype(int)[kept])
     with pytest.raises(InvalidRequestError, match="tiny-inpainting is an inpainting checkpoint"):
         engine.generate(parent)
+
+
+def test_variation_seeds_vary_an_outpainting_and_keep_the_old_pixels(engine: Engine) -> None:
+    from pipeline.variations import subtle_variation
+
+    parent = GenerationRequest(prompt="a lighthouse", steps=3, seeds=(7,), width=64, height=64)
+    canvas = build_canvas(picture((128, 128)), Move.ZOOM_1_5, (96, 96))
+    grid = outpaint_request(
+        parent, ImageRef.from_image(canvas.image), ImageRef.from_image(canvas.mask), (96, 96), 1
+    )
+    grid = engine.generate(grid).request  # its seed fixed
+    original = np.asarray(engine.generate(grid).images[0].image).astype(int)
+    same = subtle_variation(grid, 0, count=2, strength=0.0)
+    varied = subtle_variation(grid, 0, count=2, strength=0.5)
+    unchanged = np.asarray(engine.generate(same).images[0].image).astype(int)
+    assert np.array_equal(unchanged, original)  # strength 0 is the picture itself
+    result = engine.generate(varied)
+    kept = np.asarray(canvas.mask) == 0
+    frame = np.asarray(canvas.mask) == 255
+    first = np.asarray(result.images[0].image).astype(int)
+    assert np.array_equal(first[kept], original[kept])
+    assert np.abs(first[frame] - original[frame]).mean() > 1
+    assert result.images[0].infotext.variation_seed_strength == 0.5

@@ -220,15 +220,16 @@ def test_zoom_and_pan_on_an_upscaled_image_queue_outpaint_grids(bot: Bot) -> Non
     with Image.open(request_of(bot, pan).mask_image.path) as mask:  # type: ignore[union-attr, arg-type]
         assert mask.getpixel((0, 32)) == 255 and mask.getpixel((95, 32)) == 0  # new on the left
 
-    # The grid's buttons act on the outpainted request: S paints the chosen image again
-    # through the same mask, lightly (variation seeds are text-to-image only); V varies the
-    # chosen image whole; remix paints the same canvas with the edited prompt.
+    # The grid's buttons act on the outpainted request: S keeps the chosen picture's seed
+    # and canvas and blends in variation seeds (an outpainting starts from noise, as
+    # text-to-image does); V varies the chosen image whole; remix paints the same canvas with
+    # the edited prompt.
     zoomed = request_of(bot, zoom)
     images = bot.store.job(zoom, with_images=True).images  # type: ignore[union-attr]
     subtle = request_of(bot, found["subtle"])
-    assert subtle.mask_image == zoomed.mask_image
-    assert subtle.init_image is not None and subtle.init_image.path == images[1].path
-    assert subtle.denoising_strength == 0.4 and not subtle.variation_seeds
+    assert (subtle.init_image, subtle.mask_image) == (zoomed.init_image, zoomed.mask_image)
+    assert set(subtle.seeds) == {images[1].seed} and len(subtle.variation_seeds) == 2
+    assert subtle.denoising_strength == 1.0
     strong = request_of(bot, found["strong"])
     assert strong.mask_image is None
     assert strong.init_image is not None and strong.init_image.path == images[0].path

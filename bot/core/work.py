@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from pipeline.request import (
     UpscaleRequest,
 )
 from pipeline.variations import reroll, strong_variation, subtle_variation
-
-SUBTLE_REPAINT_DENOISING = 0.4  # S on an outpainted grid (see subtle_repaint)
 
 # How each kind of job is named in replies.
 KIND_KEYS = {
@@ -95,24 +92,12 @@ def child_work(
             face_restoration=restorer,
             codeformer_weight=weight,
         )
-    if action.kind is JobKind.VARY_SUBTLE:
-        if parent.is_inpaint:
-            return subtle_repaint(parent, ImageRef(path=str(image_path)), count)
+    if action.kind is JobKind.VARY_SUBTLE:  # a zoom out's or pan's too: its canvas stays
         return subtle_variation(parent, action.index, count)
     # The chosen image stays a file on disk: the job row keeps its path, not its pixels. A
     # zoom out's or pan's image is varied whole: its canvas mask stays with that job.
     whole = replace(parent, mask_image=None)
     return strong_variation(whole, ImageRef(path=str(image_path)), count)
-
-
-def subtle_repaint(parent: GenerationRequest, image: ImageRef, count: int) -> GenerationRequest:
-    """S on a zoom out's or pan's grid. The pipeline takes variation seeds for text-to-image
-    only (an inpainting request has an init image), so the chosen image is painted again
-    through the same mask at a low strength with new seeds: the kept picture stays exactly,
-    the new area changes a little."""
-    request = strong_variation(parent, image, count, SUBTLE_REPAINT_DENOISING)
-    # img2img runs steps x strength steps: at least one.
-    return replace(request, steps=max(request.steps, math.ceil(1 / SUBTLE_REPAINT_DENOISING)))
 
 
 def remix_line(request: GenerationRequest) -> str:
