@@ -557,11 +557,12 @@ class Engine:
             restored = [self.restore_faces(image, request) for image in images]
             images = [image for image, _ in restored]
             face_keys = restored[0][1] if restored else ()
+        toolbox_keys = self._control_keys(request) + face_keys  # once for the job's images
         return tuple(
             GeneratedImage(
                 image=image,
                 seed=seed,
-                infotext=self._infotext(request, job.sampler, seed, index, loras, face_keys),
+                infotext=self._infotext(request, job.sampler, seed, index, loras, toolbox_keys),
             )
             for index, (image, seed) in enumerate(zip(images, request.seeds, strict=True))
         )
@@ -794,8 +795,10 @@ class Engine:
         seed: int,
         index: int,
         loras: ActiveLoras,
-        face_keys: FaceKeys = (),
+        toolbox_keys: tuple[tuple[str, str], ...] = (),
     ) -> Infotext:
+        """An image's A1111 parameters; `toolbox_keys`: its job's ControlNet and face
+        restoration keys."""
         return Infotext(
             prompt=prompt_with_lora_tags(request.prompt, request.loras),
             negative_prompt=request.negative_prompt,
@@ -816,8 +819,7 @@ class Engine:
             rng="CPU",  # noise is drawn on the CPU, so seeds match across devices
             extra=_hires_keys(request.hires)
             + _lora_keys(loras)
-            + self._control_keys(request)
-            + face_keys
+            + toolbox_keys
             + _vae_keys(self.vae),
             version=f"Easel {easel_version()}",
         )
