@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.errors import InvalidRequestError
@@ -158,32 +157,16 @@ def resolve_control(use: ControlUse, models_dir: Path, text_width: int | None) -
     else:
         wanted = PREPROCESSORS.get(preprocessor)
         file = _for_preprocessor(wanted, available, text_width, models_dir)
-    return ControlUse(
-        image=use.image,
-        model=file.name,
-        preprocessor=preprocessor,
-        weight=use.weight,
-        guidance_start=use.guidance_start,
-        guidance_end=use.guidance_end,
-        mode=use.mode,
-        show=use.show,
-    )
+    return replace(use, model=file.name, preprocessor=preprocessor)
 
 
 def check_annotator(preprocessor: Preprocessor, models_dir: Path) -> None:
-    """A preprocessor that needs weights has them (and its package, for controlnet_aux's)."""
+    """A preprocessor that needs weights has them."""
     if preprocessor.weights is None:
         return
     folder = annotator_folder(models_dir) / preprocessor.weights
     if not folder.is_dir():
         raise annotator_missing(preprocessor.name, folder)
-    if preprocessor.name != "depth" and importlib.util.find_spec("controlnet_aux") is None:
-        raise InvalidRequestError(
-            f"The {preprocessor.name} preprocessor needs the controlnet-aux package "
-            "(pip install controlnet-aux).",
-            ko=f"{preprocessor.name} 전처리기에는 controlnet-aux 패키지가 필요합니다"
-            "(pip install controlnet-aux).",
-        )
 
 
 def annotator_missing(name: str, folder: Path) -> InvalidRequestError:
